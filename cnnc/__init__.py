@@ -1,0 +1,34 @@
+"""cnnc: a compiler for convolutional networks written in a small declarative language.
+
+Pipeline: text -> parse tree (grammar/cnn.lark) -> AST (cnnc.syntax) -> shape-inferred IR
+(cnnc.shapes -> cnnc.ir.Network) -> a backend (cnnc.backends.numpy_backend, cnnc.backends.c_backend).
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .diagnostics import CnncError, SpecError  # noqa: E402
+from .frontend import network_from_text, networks_from_file, read_network  # noqa: E402
+
+BACKENDS = ("numpy", "c")
+
+
+def load(path, backend: str = "numpy", model: str | None = None, dtype: str = "float32", seed: int = 0, **options):
+    """Parse and shape-check a .cnn file and build a runnable Model on the chosen backend.
+
+    path: a .cnn file, or (backend "c") a directory written by `cnnc compile`.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend == "c":
+        from .backends.c_backend import load_c_model
+
+        return load_c_model(path, model=model, dtype=dtype, seed=seed, **options)
+    if options:
+        raise ValueError(f"the numpy backend takes no options; got {', '.join(sorted(options))}")
+    from .backends.numpy_backend import NumpyModel
+
+    return NumpyModel(read_network(path, model), dtype=dtype, seed=seed)
+
+
+__all__ = ["load", "read_network", "networks_from_file", "network_from_text", "CnncError", "SpecError", "__version__"]

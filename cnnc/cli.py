@@ -1,0 +1,101 @@
+"""The `cnnc` command: argument parsing only; every subcommand calls into a pipeline module.
+
+Each subcommand is added by an `add_*_parser(subparsers)` function that sets `func`, a callable
+taking the parsed arguments and returning the exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .diagnostics import CnncError
+
+
+# ---- cnnc check ---------------------------------------------------------------------------------
+def add_check_parser(subparsers) -> None:
+    p = subparsers.add_parser("check", help="parse and shape-check a .cnn file; print each model's layer table",
+                              description="Parse and shape-check a .cnn file. Errors are printed as FILE:LINE:COL "
+                                          "with the source line, and the exit status is 1.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="the .cnn file(s)")
+    p.add_argument("--model", help="check only this model (of a single file)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_check)
+
+
+def run_check(args) -> int:
+    from .frontend import network_list_from_text, read_source, select
+    from .summary import network_record, summary_table
+
+    if args.model and len(args.files) > 1:
+        raise CnncError(f"--model picks a model of one file, but {len(args.files)} files were given")
+    networks = []
+    for path in args.files:
+        text = read_source(path)
+        found = network_list_from_text(text, path)
+        found = [select(found, args.model, path)] if args.model else found
+        for network in found:
+            for warning in network.warnings:
+                print(warning.render(text), file=sys.stderr)
+        networks += found
+    if args.json:
+        print(json.dumps({"models": [network_record(n) for n in networks]}, indent=2))
+    else:
+        print("\n\n".join(summary_table(n) for n in networks))
+    return 0
+
+
+# ---- the command --------------------------------------------------------------------------------
+PARSER_BUILDERS = [add_check_parser]
+
+
+def _optional_parsers():
+    """Subcommands whose modules may pull in heavier dependencies are registered lazily here."""
+    from importlib import import_module
+
+    for module, function in [
+        ("cnnc.gradcheck", "add_gradcheck_parser"),
+        ("cnnc.backends.c_backend", "add_compile_parser"),
+        ("cnnc.train", "add_train_parsers"),
+        ("cnnc.fetch", "add_data_parser"),
+        ("cnnc.export", "add_export_parsers"),
+        ("cnnc.viz", "add_viz_parsers"),
+    ]:
+        try:
+            yield getattr(import_module(module), function)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # a real import error inside an existing module must surface
+                raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnnc", description="cnnc: check, compile, train and export convolutional "
+                                     "networks written in the .cnn language.")
+    parser.add_argument("--version", action="version", version=f"cnnc {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in PARSER_BUILDERS + list(_optional_parsers()):
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CnncError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cnnc: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

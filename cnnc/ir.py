@@ -1,0 +1,136 @@
+"""The shape-inferred IR: the contract between the front end and every backend.
+
+`cnnc.shapes.infer(program)` produces one `Network` per `model` block. Every size is known:
+backends (NumPy, C, standalone C, ONNX) read these dataclasses and nothing else.
+
+Shapes are per sample; the batch dimension N is implicit everywhere:
+  2-D layers see (C, H, W), 1-D layers (C, L), flat layers (D,).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+
+from .diagnostics import Diagnostic, Loc
+
+CONV_KINDS = ("conv1d", "conv2d")
+MAXPOOL_KINDS = ("maxpool1d", "maxpool2d")
+AVGPOOL_KINDS = ("avgpool1d", "avgpool2d")
+POOL_KINDS = MAXPOOL_KINDS + AVGPOOL_KINDS
+WINDOW_KINDS = CONV_KINDS + POOL_KINDS  # layers with kernel/stride/padding geometry
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax")
+LAYER_KINDS = WINDOW_KINDS + ("global_avgpool", "flatten", "dense", "dropout") + ACTIVATIONS
+LOSSES = ("cross_entropy", "mse")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One trainable tensor, in PyTorch's layout.
+
+    name: "<layer>.weight" or "<layer>.bias"
+    shape: conv2d weight (F, C, KH, KW), conv1d (F, C, K), dense (units, inputs), bias (F,)
+    init: "he" (normal, std sqrt(2/fan_in)), "glorot" (uniform, limit sqrt(6/(fan_in+fan_out))) or "zeros"
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    fan_in: int
+    fan_out: int
+    init: str
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer with every size resolved.
+
+    kind: one of LAYER_KINDS.
+    Window layers (conv*, *pool*d) carry one entry per spatial axis (1 for 1-D, 2 for 2-D, as (H, W)):
+        out = (in + pad_before + pad_after - dilation*(kernel-1) - 1) // stride + 1
+    Pooling has dilation 1. Average pooling counts padded zeros in the window area (PyTorch's default).
+    activation: an activation fused after a conv or dense layer (`activation=` in the spec), else None.
+        Standalone activation layers have kind == the activation and activation None.
+    slope: the negative slope of leaky_relu (as a kind or as the fused activation).
+    rate: dropout probability (inverted dropout: kept values are scaled by 1/(1-rate) while training).
+    """
+
+    name: str
+    kind: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    loc: Loc | None = None
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    pad_before: tuple[int, ...] = ()
+    pad_after: tuple[int, ...] = ()
+    filters: int = 0  # conv output channels
+    units: int = 0  # dense outputs
+    bias: bool = False
+    activation: str | None = None
+    slope: float = 0.01
+    rate: float = 0.0
+    params: tuple[ParamSpec, ...] = ()
+    macs: int = 0  # multiply-accumulates per sample
+    receptive_field: tuple[int, ...] | None = None  # input pixels seen by one output, per spatial axis
+    jump: tuple[int, ...] | None = None  # distance on the input between adjacent outputs, per axis
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.kernel)
+
+    @property
+    def param_count(self) -> int:
+        return sum(p.size for p in self.params)
+
+    @property
+    def in_size(self) -> int:
+        return prod(self.in_shape)
+
+    @property
+    def out_size(self) -> int:
+        return prod(self.out_shape)
+
+
+@dataclass(frozen=True)
+class Network:
+    """A whole model: its input, its layers in order and its loss."""
+
+    name: str
+    input_name: str
+    input_shape: tuple[int, ...]
+    layers: tuple[Layer, ...]
+    loss: str | None  # "cross_entropy", "mse" or None (no loss statement)
+    file: str = "<string>"
+    loc: Loc | None = None
+    warnings: tuple[Diagnostic, ...] = field(default=())
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.layers[-1].out_shape if self.layers else self.input_shape
+
+    @property
+    def param_specs(self) -> tuple[ParamSpec, ...]:
+        return tuple(p for layer in self.layers for p in layer.params)
+
+    @property
+    def param_count(self) -> int:
+        return sum(layer.param_count for layer in self.layers)
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def activation_elements(self) -> int:
+        """Elements per sample of the input and every layer output (float32 memory = 4x this)."""
+        return prod(self.input_shape) + sum(layer.out_size for layer in self.layers)
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)

@@ -1,0 +1,226 @@
+"""The Model API shared by every backend.
+
+    m = cnnc.load("specs/lenet5.cnn", backend="numpy", dtype="float32", seed=0)
+    y = m.forward(x, train=False)     # x: (N, *m.input_shape) -> y: (N, *m.output_shape)
+    loss, dy = m.loss(y, target)      # mean over the batch
+    dx = m.backward(dy)               # fills m.grads (same keys and shapes as m.params)
+
+This base class owns everything that is the same for every backend: checking inputs, initialising
+parameters from the seed, drawing dropout masks, the loss, and saving and loading weights.
+A backend subclass supplies storage and arithmetic:
+
+    _allocate()                      -> (params, grads): dicts of zeroed arrays, one per ParamSpec
+    _forward(x, train, masks)        -> y     x: (N, *input_shape) C-contiguous, of self.dtype
+    _backward(dy)                    -> dx    overwrites self.grads
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+
+from .fileio import atomic_path
+from .ir import Network, ParamSpec
+
+DTYPES = ("float32", "float64")
+
+
+def initial_value(spec: ParamSpec, rng: np.random.Generator) -> np.ndarray:
+    """He-normal for layers feeding ReLU-like activations, Glorot-uniform otherwise, zero biases."""
+    if spec.init == "zeros":
+        return np.zeros(spec.shape)
+    if spec.init == "he":
+        return rng.normal(0.0, np.sqrt(2.0 / spec.fan_in), size=spec.shape)
+    limit = np.sqrt(6.0 / (spec.fan_in + spec.fan_out))
+    return rng.uniform(-limit, limit, size=spec.shape)
+
+
+def check_dtype(dtype) -> str:
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    return name
+
+
+class Model:
+    backend_name = "abstract"
+
+    def __init__(self, network: Network, dtype: str = "float32", seed: int = 0):
+        self.network = network
+        self.dtype = np.dtype(check_dtype(dtype))
+        self.seed = int(seed)
+        self.params, self.grads = self._allocate()
+        self.reset_parameters(self.seed)
+        # Dropout masks come from their own stream so that training is reproducible from the seed.
+        self.dropout_rng = np.random.default_rng([self.seed, 1])
+        self._forward_batch: int | None = None  # batch size of the last forward, None before any
+
+    # ---- what a backend provides -------------------------------------------------------------
+    def _allocate(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def _forward(self, x: np.ndarray, train: bool, masks: dict[str, np.ndarray] | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _backward(self, dy: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # ---- shapes --------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.network.name
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.network.input_shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.network.output_shape
+
+    @property
+    def loss_kind(self) -> str:
+        """The spec's loss; without a loss statement, cross_entropy for flat outputs, else mse."""
+        if self.network.loss:
+            return self.network.loss
+        return "cross_entropy" if len(self.output_shape) == 1 else "mse"
+
+    def reset_parameters(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for spec in self.network.param_specs:
+            self.params[spec.name][...] = initial_value(spec, rng)
+
+    # ---- the API -------------------------------------------------------------------------------
+    def forward(self, x, train: bool = False) -> np.ndarray:
+        """x: (N, *input_shape) -> (N, *output_shape), the last layer's output before the loss."""
+        x = self._checked_array(x, "x", (None, *self.input_shape))
+        masks = self._dropout_masks(x.shape[0]) if train else None
+        y = self._forward(x, bool(train), masks)
+        self._forward_batch = x.shape[0]
+        return y
+
+    def loss(self, y, target) -> tuple[float, np.ndarray]:
+        """Mean loss over the batch and its gradient dy with respect to y."""
+        y = self._checked_array(y, "y", (None, *self.output_shape))
+        if self.loss_kind == "cross_entropy":
+            return cross_entropy(y, self._checked_labels(target, y.shape[0]))
+        target = self._checked_array(target, "target", y.shape)
+        return mse(y, target)
+
+    def backward(self, dy) -> np.ndarray:
+        """dy: (N, *output_shape), the gradient of the loss w.r.t. the last forward's output.
+        Returns dx: (N, *input_shape) and overwrites m.grads."""
+        if self._forward_batch is None:
+            raise ValueError("backward() needs a forward() first: there is no saved forward pass to differentiate")
+        dy = self._checked_array(dy, "dy", (self._forward_batch, *self.output_shape))
+        return self._backward(dy)
+
+    def predict_proba(self, x) -> np.ndarray:
+        """Class probabilities (softmax of the scores) for a flat classifier output."""
+        y = self.forward(x, train=False).astype(np.float64)
+        z = np.exp(y - y.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    # ---- weights files -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {name: value.copy() for name, value in self.params.items()}
+
+    def save(self, path) -> None:
+        """Write the parameters to an .npz keyed by parameter name, atomically."""
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **self.params)
+
+    def load_weights(self, source) -> None:
+        """Load parameters from an .npz path or a dict of arrays; every name, shape and dtype is checked."""
+        arrays = read_npz(source) if isinstance(source, (str, os.PathLike)) else dict(source)
+        where = f"weights file {os.fspath(source)}" if isinstance(source, (str, os.PathLike)) else "weights"
+        problems = weight_mismatches(self.network, arrays)
+        if problems:
+            raise ValueError(f"{where} does not fit model '{self.name}':\n  " + "\n  ".join(problems))
+        for name, value in arrays.items():
+            self.params[name][...] = value
+
+    # ---- input checking ------------------------------------------------------------------------
+    def _checked_array(self, a, what: str, shape: tuple) -> np.ndarray:
+        a = np.asarray(a)
+        if a.dtype.kind not in "fiu":
+            raise ValueError(f"{what} must be a real numeric array (float32 or float64); got dtype {a.dtype}")
+        expected = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
+            raise ValueError(f"{what} must have shape {expected} for model '{self.name}'; got {tuple(a.shape)}")
+        if a.shape[0] == 0:
+            raise ValueError(f"{what} must hold at least one sample; got an empty batch {tuple(a.shape)}")
+        a = np.ascontiguousarray(a, dtype=self.dtype)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what} contains NaN or infinite values; cnnc rejects non-finite inputs")
+        return a
+
+    def _checked_labels(self, target, n: int) -> np.ndarray:
+        t = np.asarray(target)
+        classes = self.output_shape[0]
+        if t.dtype.kind not in "iu" and not (t.dtype.kind == "f" and np.all(t == np.round(t))):
+            raise ValueError(f"cross_entropy targets must be integer class labels; got dtype {t.dtype}")
+        if t.shape != (n,):
+            raise ValueError(f"cross_entropy targets must have shape ({n},), one label per sample; got {t.shape}")
+        t = t.astype(np.int64)
+        if t.min() < 0 or t.max() >= classes:
+            bad = t[(t < 0) | (t >= classes)][0]
+            raise ValueError(f"labels must be in [0, {classes - 1}] for {classes} classes; got {bad}")
+        return t
+
+    def _dropout_masks(self, n: int) -> dict[str, np.ndarray] | None:
+        """Inverted dropout: per dropout layer a (N, *shape) array of 0 or 1/(1-rate)."""
+        masks = {}
+        for layer in self.network.layers:
+            if layer.kind == "dropout" and layer.rate > 0:
+                keep = self.dropout_rng.random((n, *layer.in_shape)) >= layer.rate
+                masks[layer.name] = (keep / (1.0 - layer.rate)).astype(self.dtype)
+        return masks or None
+
+
+def cross_entropy(y: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Softmax + negative log-likelihood, mean over the batch. y: (N, K) scores, labels: (N,)."""
+    n = y.shape[0]
+    shifted = y - y.max(axis=1, keepdims=True)
+    log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_p = shifted - log_sum
+    loss = -log_p[np.arange(n), labels].mean()
+    dy = np.exp(log_p)
+    dy[np.arange(n), labels] -= 1.0
+    return float(loss), (dy / n).astype(y.dtype)
+
+
+def mse(y: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean squared error over every element (PyTorch's MSELoss default)."""
+    diff = y - target
+    return float(np.mean(diff * diff)), (2.0 * diff / diff.size).astype(y.dtype)
+
+
+def read_npz(path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise ValueError(f"weights file {os.fspath(path)} does not exist") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise ValueError(f"weights file {os.fspath(path)} is not a readable .npz archive ({e})") from None
+
+
+def weight_mismatches(network: Network, arrays: dict[str, np.ndarray]) -> list[str]:
+    """Every way `arrays` fails to match the network's parameters, one line each."""
+    specs = {p.name: p for p in network.param_specs}
+    problems = [f"missing parameter '{name}' with shape {spec.shape}" for name, spec in specs.items() if name not in arrays]
+    problems += [f"unexpected array '{name}' (the model has no such parameter)" for name in arrays if name not in specs]
+    for name, value in arrays.items():
+        if name not in specs:
+            continue
+        value = np.asarray(value)
+        if value.dtype.kind != "f":
+            problems.append(f"'{name}' has dtype {value.dtype}; expected floating point")
+        elif tuple(value.shape) != specs[name].shape:
+            problems.append(f"'{name}' has shape {tuple(value.shape)}; expected {specs[name].shape}")
+        elif not np.isfinite(value).all():
+            problems.append(f"'{name}' contains NaN or infinite values")
+    return problems

@@ -1,0 +1,74 @@
+"""What `cnnc check` prints: a per-layer table (like Keras' summary or torchinfo) and its JSON form."""
+from __future__ import annotations
+
+from .ir import Layer, Network
+from .shapes import fmt_shape
+
+FLOAT32_BYTES = 4
+
+
+def layer_record(layer: Layer) -> dict:
+    record = {"name": layer.name, "kind": layer.kind, "output": list(layer.out_shape),
+              "params": layer.param_count, "macs": layer.macs}
+    if layer.activation:
+        record["activation"] = layer.activation
+    if layer.receptive_field:
+        record["receptive_field"] = list(layer.receptive_field)
+    return record
+
+
+def network_record(network: Network) -> dict:
+    return {
+        "name": network.name,
+        "file": network.file,
+        "input": list(network.input_shape),
+        "output": list(network.output_shape),
+        "layers": [layer_record(layer) for layer in network.layers],
+        "params": network.param_count,
+        "macs": network.macs,
+        "activation_bytes": network.activation_elements * FLOAT32_BYTES,
+        "loss": network.loss,
+        "warnings": [{"line": w.loc.line, "col": w.loc.col, "message": w.message} if w.loc else {"message": w.message}
+                     for w in network.warnings],
+    }
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _kind_cell(layer: Layer) -> str:
+    return f"{layer.kind}+{layer.activation}" if layer.activation else layer.kind
+
+
+def _rf_cell(layer: Layer) -> str:
+    return "x".join(str(r) for r in layer.receptive_field) if layer.receptive_field else ""
+
+
+def summary_table(network: Network) -> str:
+    """One row per layer: name, kind, output shape, parameters, MACs, receptive field; then totals."""
+    header = ("layer", "kind", "output", "params", "MACs", "receptive field")
+    rows = [(network.input_name, "input", fmt_shape(network.input_shape), "0", "0", "1" if len(network.input_shape) > 1 else "")]
+    rows += [(layer.name, _kind_cell(layer), fmt_shape(layer.out_shape), f"{layer.param_count:,}", f"{layer.macs:,}",
+              _rf_cell(layer)) for layer in network.layers]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    right = {3, 4}
+
+    def line(cells) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    rule = "-" * len(line(header))
+    params_bytes = network.param_count * FLOAT32_BYTES
+    act_bytes = network.activation_elements * FLOAT32_BYTES
+    totals = [
+        f"parameters: {network.param_count:,} ({human_bytes(params_bytes)} as float32)",
+        f"multiply-accumulates per sample: {network.macs:,}",
+        f"activation memory per sample: {network.activation_elements:,} values ({human_bytes(act_bytes)} as float32)",
+        f"loss: {network.loss or 'none'}",
+    ]
+    title = f"model {network.name} ({network.file}): input {fmt_shape(network.input_shape)} -> output {fmt_shape(network.output_shape)}"
+    return "\n".join([title, line(header), rule, *(line(r) for r in rows), rule, *totals])
