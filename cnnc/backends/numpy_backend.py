@@ -1,0 +1,382 @@
+"""The NumPy reference backend: the ground truth every other backend is checked against.
+
+Each layer kind is a pair of plain functions, `X_forward` and `X_backward`, side by side. The first
+lines of each say every tensor's shape. Forward returns whatever backward needs (the padded input,
+the max-pool winners, the pre-activation), and the model keeps it in `self.saved[layer.name]`.
+
+The convolution follows the textbook derivation (see the lecture notes' "Summary of backprop
+equations"). All three of its computations use one primitive, `correlate`:
+    forward  y  = b + correlate(x_padded, w)                          (stride s, dilation d)
+    weights  dw = correlate(x_padded, dy dilated by s)                (stride d: the kernel taps)
+    input    dx = correlate(dy dilated by s and zero-padded to full size, w rotated 180 degrees),
+                  cropped by the padding: the "full convolution" of dy with the kernel.
+
+1-D layers run as 2-D layers of height 1: (N, C, L) is viewed as (N, C, 1, L), a kernel K as (1, K).
+
+What this file deliberately is not: fast. It is vectorised (windows are strided views, the
+contractions are einsum/BLAS calls, there is no Python loop over pixels), so a LeNet-5 training step
+at batch 64 takes milliseconds, but where clarity and speed disagree it chooses clarity: the
+stride-dilated dy multiplies zeros, and pooling's backward loops over the kernel offsets.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..ir import CONV_KINDS, Layer
+from ..model import Model
+
+Pair = tuple[int, int]  # a (height, width) value of the window geometry
+
+
+# ---- geometry ------------------------------------------------------------------------------------
+def geometry_2d(layer: Layer) -> tuple[Pair, Pair, Pair, Pair, Pair]:
+    """(kernel, stride, dilation, pad_before, pad_after) as (H, W) pairs; a 1-D layer gets height 1."""
+    g = (layer.kernel, layer.stride, layer.dilation, layer.pad_before, layer.pad_after)
+    if layer.spatial_dims == 1:
+        return tuple((neutral, v[0]) for neutral, v in zip((1, 1, 1, 0, 0), g))
+    return g
+
+
+def as_2d(a: np.ndarray, spatial_dims: int) -> np.ndarray:
+    """(N, C, L) -> (N, C, 1, L); also a conv1d weight (F, C, K) -> (F, C, 1, K). 2-D arrays pass through."""
+    return a[:, :, None, :] if spatial_dims == 1 else a
+
+
+def spatial_2d(shape: tuple[int, ...]) -> Pair:
+    """A per-sample (C, H, W) shape -> (H, W); (C, L) -> (1, L)."""
+    return (1, shape[1]) if len(shape) == 2 else (shape[1], shape[2])
+
+
+def pad(x: np.ndarray, before: Pair, after: Pair, value: float = 0.0) -> np.ndarray:
+    """x: (N, C, H, W) -> (N, C, H + before[0] + after[0], W + before[1] + after[1])"""
+    return np.pad(x, ((0, 0), (0, 0), (before[0], after[0]), (before[1], after[1])), constant_values=value)
+
+
+def crop(xp: np.ndarray, before: Pair, after: Pair) -> np.ndarray:
+    """The inverse of pad: xp: (N, C, HP, WP) -> (N, C, HP - before[0] - after[0], WP - before[1] - after[1])"""
+    HP, WP = xp.shape[2:]
+    return xp[:, :, before[0]:HP - after[0], before[1]:WP - after[1]]
+
+
+def dilate(dy: np.ndarray, stride: Pair) -> np.ndarray:
+    """Insert stride-1 zeros between neighbours: dy: (N, F, OH, OW) -> (N, F, (OH-1)*sh + 1, (OW-1)*sw + 1).
+    Output (i, j) was computed at input offset (i*sh, j*sw); the dilated dy sits where its outputs were."""
+    (sh, sw), (N, F, OH, OW) = stride, dy.shape
+    out = np.zeros((N, F, (OH - 1) * sh + 1, (OW - 1) * sw + 1), dy.dtype)
+    out[:, :, ::sh, ::sw] = dy
+    return out
+
+
+def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair = (1, 1)) -> np.ndarray:
+    """Every window of the (already padded) input, as a view: no copy.
+    xp: (N, C, HP, WP) -> (N, C, OH, OW, KH, KW), with [n, c, i, j, p, q] = xp[n, c, i*sh + p*dh, j*sw + q*dw]"""
+    (KH, KW), (sh, sw), (dh, dw) = kernel, stride, dilation
+    span = (dh * (KH - 1) + 1, dw * (KW - 1) + 1)
+    return sliding_window_view(xp, span, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
+def unwindow(dwin: np.ndarray, padded_hw: Pair, stride: Pair) -> np.ndarray:
+    """The adjoint of `windows` (dilation 1): add every window's gradient back where the window read it.
+    dwin: (N, C, OH, OW, KH, KW) -> dxp: (N, C, HP, WP). Overlapping windows accumulate.
+    Loops over the KH*KW kernel offsets; each iteration is one strided add over the whole batch."""
+    N, C, OH, OW, KH, KW = dwin.shape
+    sh, sw = stride
+    dxp = np.zeros((N, C, *padded_hw), dwin.dtype)
+    for p in range(KH):
+        for q in range(KW):
+            dxp[:, :, p:p + (OH - 1) * sh + 1:sh, q:q + (OW - 1) * sw + 1:sw] += dwin[:, :, :, :, p, q]
+    return dxp
+
+
+def correlate(x: np.ndarray, k: np.ndarray, stride: Pair, dilation: Pair) -> np.ndarray:
+    """Valid cross-correlation, the one primitive behind the convolution and both of its gradients.
+    x: (N, C, H, W), k: (F, C, KH, KW) -> out: (N, F, OH, OW), OH = (H - dh*(KH-1) - 1) // sh + 1
+    out[n, f, i, j] = sum_{c, p, q} k[f, c, p, q] * x[n, c, i*sh + p*dh, j*sw + q*dw]"""
+    F, C, KH, KW = k.shape
+    patches = windows(x, (KH, KW), stride, dilation)  # (N, C, OH, OW, KH, KW), a view
+    N, _, OH, OW = patches.shape[:4]
+    cols = patches.transpose(0, 1, 4, 5, 2, 3).reshape(N, C * KH * KW, OH * OW)  # im2col: the one copy
+    return (k.reshape(F, C * KH * KW) @ cols).reshape(N, F, OH, OW)  # one GEMM per sample
+
+
+# ---- convolution ---------------------------------------------------------------------------------
+def conv_forward(x, w, b, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair):
+    """x: (N, C, H, W), w: (F, C, KH, KW), b: (F,) or None -> y: (N, F, OH, OW), xp: (N, C, HP, WP)
+    y[n, f, i, j] = b[f] + sum_{c, p, q} w[f, c, p, q] * xp[n, c, i*sh + p*dh, j*sw + q*dw]
+    xp is x zero-padded: backward needs it for dw."""
+    xp = pad(x, pad_before, pad_after)
+    y = correlate(xp, w, stride, dilation)
+    if b is not None:
+        y = y + b[:, None, None]
+    return y, xp
+
+
+def conv_backward(dy, xp, w, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair):
+    """dy: (N, F, OH, OW), xp: (N, C, HP, WP) the padded input, w: (F, C, KH, KW)
+    -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,)"""
+    F, C, KH, KW = w.shape
+    HP, WP = xp.shape[2:]
+    (dh, dw_), span = dilation, (dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1)
+    # db[f] = sum_{n, i, j} dy[n, f, i, j]: the bias is added once at every output position.
+    db = dy.sum(axis=(0, 2, 3))
+    # dy dilated by the stride, dyd: (N, F, DH, DW). Then every formula below has stride 1 in dy.
+    dyd = dilate(dy, stride)
+    DH, DW = dyd.shape[2:]
+    # dw[f, c, p, q] = sum_{n, t, u} dyd[n, f, t, u] * xp[n, c, p*dh + t, q*dw + u]:
+    # the padded input correlated with dyd, the batch summed as the "channel" axis, kernel taps d apart.
+    # (HP - DH) // dh + 1 >= KH taps fit; the extra ones (input rows no window reached) are cut off.
+    dw = correlate(xp.transpose(1, 0, 2, 3), dyd.transpose(1, 0, 2, 3), dilation, (1, 1))  # (C, F, >=KH, >=KW)
+    dw = dw[:, :, :KH, :KW].transpose(1, 0, 2, 3)
+    # dxp[n, c, m, l] = sum_{f, p, q} w[f, c, p, q] * dyd[n, f, m - p*dh, l - q*dw]: a full convolution.
+    # Zero-pad dyd by span-1 on each side (and on the far side also by the rows/columns of xp no window
+    # reached), then correlate with the kernel rotated 180 degrees and its channel axes swapped.
+    dyd_full = pad(dyd, (span[0] - 1, span[1] - 1), (HP - DH, WP - DW))  # (N, F, HP + span_h - 1, WP + span_w - 1)
+    w_rot = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, KH, KW)
+    dxp = correlate(dyd_full, w_rot, (1, 1), dilation)  # (N, C, HP, WP)
+    return crop(dxp, pad_before, pad_after), dw, db
+
+
+# ---- dense ---------------------------------------------------------------------------------------
+def dense_forward(x, w, b):
+    """x: (N, D), w: (U, D), b: (U,) or None -> y: (N, U);  y[n, u] = b[u] + sum_d w[u, d] * x[n, d]"""
+    y = x @ w.T
+    return y + b if b is not None else y
+
+
+def dense_backward(dy, x, w):
+    """dy: (N, U), x: (N, D), w: (U, D) -> dx: (N, D), dw: (U, D), db: (U,)"""
+    return dy @ w, dy.T @ x, dy.sum(axis=0)
+
+
+# ---- pooling -------------------------------------------------------------------------------------
+def maxpool_forward(x, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair):
+    """x: (N, C, H, W) -> y: (N, C, OH, OW), winner: (N, C, OH, OW) int64
+    y[n, c, i, j] = max_{p, q} xp[n, c, i*sh + p, j*sw + q] over the -inf padded input.
+    winner = p*KW + q of the maximum, the first in window order on ties (like PyTorch)."""
+    xp = pad(x, pad_before, pad_after, -np.inf)  # padding never wins: it is at most half the window
+    win = windows(xp, kernel, stride)  # (N, C, OH, OW, KH, KW)
+    flat = win.reshape(*win.shape[:4], -1)  # (N, C, OH, OW, KH*KW)
+    winner = flat.argmax(axis=-1)  # argmax returns the first maximum
+    y = np.take_along_axis(flat, winner[..., None], axis=-1)[..., 0]
+    return y, winner
+
+
+def maxpool_backward(dy, winner, x_hw: Pair, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair):
+    """dy: (N, C, OH, OW), winner: (N, C, OH, OW) -> dx: (N, C, H, W): each dy goes to its window's winner."""
+    KH, KW = kernel
+    one_hot = np.arange(KH * KW) == winner[..., None]  # (N, C, OH, OW, KH*KW)
+    dwin = (one_hot * dy[..., None]).reshape(*dy.shape, KH, KW)
+    padded_hw = (x_hw[0] + pad_before[0] + pad_after[0], x_hw[1] + pad_before[1] + pad_after[1])
+    return crop(unwindow(dwin, padded_hw, stride), pad_before, pad_after)
+
+
+def avgpool_forward(x, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair):
+    """x: (N, C, H, W) -> y: (N, C, OH, OW)
+    y[n, c, i, j] = sum_{p, q} xp[n, c, i*sh + p, j*sw + q] / (KH*KW): padded zeros count in the area."""
+    return windows(pad(x, pad_before, pad_after), kernel, stride).mean(axis=(4, 5))
+
+
+def avgpool_backward(dy, x_hw: Pair, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair):
+    """dy: (N, C, OH, OW) -> dx: (N, C, H, W): each dy is shared equally by the KH*KW cells of its window."""
+    KH, KW = kernel
+    dwin = np.broadcast_to((dy / (KH * KW))[..., None, None], (*dy.shape, KH, KW))
+    padded_hw = (x_hw[0] + pad_before[0] + pad_after[0], x_hw[1] + pad_before[1] + pad_after[1])
+    return crop(unwindow(dwin, padded_hw, stride), pad_before, pad_after)
+
+
+def global_avgpool_forward(x):
+    """x: (N, C, *spatial) -> y: (N, C), the mean over every spatial position."""
+    return x.reshape(*x.shape[:2], -1).mean(axis=2)
+
+
+def global_avgpool_backward(dy, x_shape):
+    """dy: (N, C) -> dx: x_shape = (N, C, *spatial), dy shared equally by the positions."""
+    count = int(np.prod(x_shape[2:]))
+    return np.broadcast_to((dy / count).reshape(*dy.shape, *(1,) * (len(x_shape) - 2)), x_shape).copy()
+
+
+# ---- activations: elementwise, except softmax over the feature axis --------------------------------
+# Each backward takes the input z and output y of its forward and uses whichever is natural.
+def relu_forward(z, slope):
+    return np.maximum(z, 0)
+
+
+def relu_backward(dy, z, y, slope):
+    return dy * (z > 0)  # the derivative at 0 is taken as 0, like PyTorch
+
+
+def leaky_relu_forward(z, slope):
+    return np.where(z > 0, z, slope * z)
+
+
+def leaky_relu_backward(dy, z, y, slope):
+    return np.where(z > 0, dy, slope * dy)
+
+
+def sigmoid_forward(z, slope):
+    e = np.exp(-np.abs(z))  # never overflows: 1/(1+e^-z) for z >= 0, e^z/(1+e^z) for z < 0
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid_backward(dy, z, y, slope):
+    return dy * y * (1 - y)
+
+
+def tanh_forward(z, slope):
+    return np.tanh(z)
+
+
+def tanh_backward(dy, z, y, slope):
+    return dy * (1 - y * y)
+
+
+def softmax_forward(z, slope):
+    """z: (N, K) -> y: (N, K), y[n] = exp(z[n]) / sum(exp(z[n]))"""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def softmax_backward(dy, z, y, slope):
+    """dz[n, k] = y[n, k] * (dy[n, k] - sum_j dy[n, j] * y[n, j]): the softmax Jacobian times dy."""
+    return y * (dy - (dy * y).sum(axis=1, keepdims=True))
+
+
+ACTIVATION_FUNCTIONS = {
+    "relu": (relu_forward, relu_backward),
+    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
+    "sigmoid": (sigmoid_forward, sigmoid_backward),
+    "tanh": (tanh_forward, tanh_backward),
+    "softmax": (softmax_forward, softmax_backward),
+}
+
+
+# ---- the model -----------------------------------------------------------------------------------
+class NumpyModel(Model):
+    """Runs a Network layer by layer with the functions above.
+
+    self.saved[layer.name] holds, after a forward pass, what that layer's backward reads:
+        conv: xp (padded input), z and y when an activation is fused;  dense: x, and z/y likewise
+        maxpool: winner;  activations: z, y;  dropout: mask (None when it was the identity)
+    """
+
+    backend_name = "numpy"
+
+    def _allocate(self):
+        """One parameter block and one gradient block; the dicts hold reshaped views into them."""
+        specs = self.network.param_specs
+        total = sum(spec.size for spec in specs)
+        self.param_block = np.zeros(total, self.dtype)
+        self.grad_block = np.zeros(total, self.dtype)
+        params, grads, offset = {}, {}, 0
+        for spec in specs:
+            params[spec.name] = self.param_block[offset:offset + spec.size].reshape(spec.shape)
+            grads[spec.name] = self.grad_block[offset:offset + spec.size].reshape(spec.shape)
+            offset += spec.size
+        self.saved: dict[str, dict] = {}
+        return params, grads
+
+    def _weight_bias(self, layer: Layer):
+        return self.params[f"{layer.name}.weight"], self.params[f"{layer.name}.bias"] if layer.bias else None
+
+    def _forward(self, x, train, masks):
+        saved = {}
+        for layer in self.network.layers:
+            mask = masks.get(layer.name) if train and masks else None
+            x, saved[layer.name] = self._layer_forward(layer, x, mask)
+        self.saved = saved  # only a completed forward replaces what backward will read
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def _backward(self, dy):
+        for layer in reversed(self.network.layers):
+            dy = self._layer_backward(layer, dy, self.saved[layer.name])
+        return np.ascontiguousarray(dy, dtype=self.dtype)
+
+    # ---- one layer: unpack the IR, call the function pair, repack the shapes ----------------------
+    def _layer_forward(self, layer: Layer, x, mask):
+        """x: (N, *layer.in_shape) -> (y: (N, *layer.out_shape), what backward needs)"""
+        N = x.shape[0]
+        kind = layer.kind
+        if kind in CONV_KINDS:
+            _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
+            w, b = self._weight_bias(layer)
+            z, xp = conv_forward(as_2d(x, layer.spatial_dims), as_2d(w, layer.spatial_dims), b,
+                                 stride, dilation, pad_before, pad_after)
+            z = z.reshape(N, *layer.out_shape)
+            return self._activation_forward(layer, z, {"xp": xp})
+        if kind == "dense":
+            w, b = self._weight_bias(layer)
+            return self._activation_forward(layer, dense_forward(x, w, b), {"x": x})
+        if kind in ("maxpool1d", "maxpool2d"):
+            kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
+            y, winner = maxpool_forward(as_2d(x, layer.spatial_dims), kernel, stride, pad_before, pad_after)
+            return y.reshape(N, *layer.out_shape), {"winner": winner}
+        if kind in ("avgpool1d", "avgpool2d"):
+            kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
+            y = avgpool_forward(as_2d(x, layer.spatial_dims), kernel, stride, pad_before, pad_after)
+            return y.reshape(N, *layer.out_shape), {}
+        if kind == "global_avgpool":
+            return global_avgpool_forward(x), {}
+        if kind == "flatten":
+            return x.reshape(N, -1), {}
+        if kind == "dropout":
+            return (x if mask is None else x * mask), {"mask": mask}
+        if kind in ACTIVATION_FUNCTIONS:
+            forward, _ = ACTIVATION_FUNCTIONS[kind]
+            y = forward(x, layer.slope)
+            return y, {"z": x, "y": y}
+        raise AssertionError(f"numpy backend: unhandled layer kind {kind!r}")
+
+    def _activation_forward(self, layer: Layer, z, saved: dict):
+        """The activation fused after a conv or dense layer's bias, if any."""
+        if layer.activation is None:
+            return z, saved
+        forward, _ = ACTIVATION_FUNCTIONS[layer.activation]
+        y = forward(z, layer.slope)
+        return y, {**saved, "z": z, "y": y}
+
+    def _layer_backward(self, layer: Layer, dy, saved: dict):
+        """dy: (N, *layer.out_shape) -> dx: (N, *layer.in_shape); conv and dense overwrite their grads."""
+        N = dy.shape[0]
+        kind = layer.kind
+        x_shape = (N, *layer.in_shape)
+        if layer.activation is not None:
+            _, backward = ACTIVATION_FUNCTIONS[layer.activation]
+            dy = backward(dy, saved["z"], saved["y"], layer.slope)
+        if kind in CONV_KINDS:
+            _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
+            w, b = self._weight_bias(layer)
+            dx, dw, db = conv_backward(as_2d(dy, layer.spatial_dims), saved["xp"], as_2d(w, layer.spatial_dims),
+                                       stride, dilation, pad_before, pad_after)
+            self._store_grads(layer, dw, db)
+            return dx.reshape(x_shape)
+        if kind == "dense":
+            w, _ = self._weight_bias(layer)
+            dx, dw, db = dense_backward(dy, saved["x"], w)
+            self._store_grads(layer, dw, db)
+            return dx
+        if kind in ("maxpool1d", "maxpool2d"):
+            kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
+            dx = maxpool_backward(as_2d(dy, layer.spatial_dims), saved["winner"], spatial_2d(layer.in_shape), kernel, stride,
+                                  pad_before, pad_after)
+            return dx.reshape(x_shape)
+        if kind in ("avgpool1d", "avgpool2d"):
+            kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
+            dx = avgpool_backward(as_2d(dy, layer.spatial_dims), spatial_2d(layer.in_shape), kernel, stride, pad_before, pad_after)
+            return dx.reshape(x_shape)
+        if kind == "global_avgpool":
+            return global_avgpool_backward(dy, x_shape)
+        if kind == "flatten":
+            return dy.reshape(x_shape)
+        if kind == "dropout":
+            return dy if saved["mask"] is None else dy * saved["mask"]
+        if kind in ACTIVATION_FUNCTIONS:
+            _, backward = ACTIVATION_FUNCTIONS[kind]
+            return backward(dy, saved["z"], saved["y"], layer.slope)
+        raise AssertionError(f"numpy backend: unhandled layer kind {kind!r}")
+
+    def _store_grads(self, layer: Layer, dw, db) -> None:
+        """Overwrite, in place: m.grads holds views into one block that other code keeps."""
+        self.grads[f"{layer.name}.weight"][...] = dw.reshape(self.grads[f"{layer.name}.weight"].shape)
+        if layer.bias:
+            self.grads[f"{layer.name}.bias"][...] = db

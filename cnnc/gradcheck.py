@@ -1,0 +1,140 @@
+"""Check a backend's gradients against central finite differences, like torch.autograd.gradcheck.
+
+    errors = gradcheck(cnnc.load("specs/lenet5.cnn", dtype="float64"))   # {"c1.weight": 3e-10, ..., "input": ...}
+
+For every parameter tensor and the input, each entry is perturbed by +-eps and the model's own loss
+re-evaluated: numeric = (L(p + eps) - L(p - eps)) / (2 eps), in float64, with train=False (dropout is
+the identity). The error of a tensor is max|analytic - numeric| / max(max|analytic|, max|numeric|, 1e-8):
+relative to the tensor's largest gradient, so entries near zero do not blow it up.
+
+Works with any Model subclass: it only calls forward, loss and backward and writes params in place.
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+
+from .model import Model
+
+THRESHOLD = 1e-6  # a tensor passes when its error is below this
+TINY = 1e-8  # floor of the relative error's denominator
+
+
+def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
+    """max|a - n| / max(max|a|, max|n|, TINY): one number per tensor, robust to entries near zero."""
+    scale = max(float(np.max(np.abs(analytic), initial=0.0)), float(np.max(np.abs(numeric), initial=0.0)), TINY)
+    return float(np.max(np.abs(analytic - numeric), initial=0.0)) / scale
+
+
+def gradcheck_inputs(model: Model, batch: int, seed: int):
+    """A random batch, target and parameter set, all drawn from `seed`.
+
+    Parameters are normal with std 1/sqrt(fan_in), biases included: a zero bias would put outputs
+    whose window lies wholly in the padding exactly on ReLU's kink, where finite differences disagree
+    with any one-sided derivative. Continuous random inputs make max-pool ties unlikely likewise."""
+    rng = np.random.default_rng(seed)
+    params = {spec.name: rng.normal(0.0, 1.0 / math.sqrt(spec.fan_in), spec.shape) for spec in model.network.param_specs}
+    x = rng.normal(size=(batch, *model.input_shape))
+    if model.loss_kind == "cross_entropy":
+        target = rng.integers(0, model.output_shape[0], size=batch)
+    else:
+        target = rng.normal(size=(batch, *model.output_shape))
+    return params, x, target
+
+
+def gradcheck(model: Model, batch: int = 2, eps: float = 1e-6, seed: int = 0, samples: int | None = None) -> dict[str, float]:
+    """-> {tensor name: relative error} for every parameter and "input" (the gradient dx).
+
+    The check runs at random parameters drawn from `seed` (see gradcheck_inputs); the model's own
+    parameters are put back afterwards. samples: check only this many randomly chosen entries per
+    tensor (None: every entry). The model must be float64: float32 rounding swamps the differences."""
+    if model.dtype != np.float64:
+        raise ValueError(f"gradcheck needs a float64 model (finite differences drown in float32 rounding); "
+                         f"got {model.dtype.name}: build it with dtype='float64'")
+    if batch < 1:
+        raise ValueError(f"gradcheck batch must be at least 1; got {batch}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"gradcheck eps must be a positive number; got {eps}")
+    if samples is not None and samples < 1:
+        raise ValueError(f"gradcheck samples must be at least 1 (or None for every entry); got {samples}")
+    original = {name: value.copy() for name, value in model.params.items()}
+    try:
+        params, x, target = gradcheck_inputs(model, batch, seed)
+        for name, value in params.items():
+            model.params[name][...] = value
+
+        # analytic: one forward and backward
+        _, dy = model.loss(model.forward(x, train=False), target)
+        dx = model.backward(dy)
+        analytic = {name: np.array(g, dtype=np.float64) for name, g in model.grads.items()}
+        analytic["input"] = np.array(dx, dtype=np.float64)
+
+        def loss_at() -> float:
+            return model.loss(model.forward(x, train=False), target)[0]
+
+        pick = np.random.default_rng([seed, 2])
+        tensors = [(name, model.params[name]) for name in model.params] + [("input", x)]
+        errors = {}
+        for name, tensor in tensors:
+            indices = list(np.ndindex(tensor.shape))
+            if samples is not None and samples < len(indices):
+                indices = [indices[i] for i in np.sort(pick.choice(len(indices), samples, replace=False))]
+            numeric = np.zeros(len(indices))
+            for k, index in enumerate(indices):
+                keep = tensor[index]
+                tensor[index] = keep + eps
+                plus = loss_at()
+                tensor[index] = keep - eps
+                minus = loss_at()
+                tensor[index] = keep
+                numeric[k] = (plus - minus) / (2 * eps)
+            chosen = np.array([analytic[name][index] for index in indices])
+            errors[name] = relative_error(chosen, numeric)
+        return errors
+    finally:
+        for name, value in original.items():
+            model.params[name][...] = value
+
+
+# ---- cnnc gradcheck ------------------------------------------------------------------------------
+def add_gradcheck_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "gradcheck", help="compare a backend's gradients with central finite differences (float64)",
+        description="Compare the analytic gradient of every parameter tensor and of the input with central "
+                    f"finite differences of the model's loss, in float64. Prints the worst relative error per "
+                    f"tensor; the exit status is 1 if any exceeds {THRESHOLD:g}.")
+    p.add_argument("file", metavar="FILE", help="the .cnn file")
+    p.add_argument("--model", help="the model to check, when the file holds several")
+    p.add_argument("--backend", choices=("numpy", "c"), default="numpy", help="the backend to check (default numpy)")
+    p.add_argument("--batch", type=int, default=2, help="samples in the random batch (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random batch, targets and parameters (default 0)")
+    p.add_argument("--eps", type=float, default=1e-6, help="finite-difference step (default 1e-6)")
+    p.add_argument("--samples", type=int, default=None, metavar="K",
+                   help="check K randomly chosen entries per tensor instead of all (faster on big models)")
+    p.set_defaults(func=run_gradcheck_cli)
+
+
+def run_gradcheck_cli(args) -> int:
+    """`cnnc gradcheck FILE [--model NAME] [--backend numpy|c] [--batch N] [--seed S]` -> exit status."""
+    import cnnc
+
+    model = cnnc.load(args.file, backend=args.backend, model=args.model, dtype="float64", seed=args.seed)
+    eps = getattr(args, "eps", 1e-6)
+    samples = getattr(args, "samples", None)
+    errors = gradcheck(model, batch=args.batch, eps=eps, seed=args.seed, samples=samples)
+    shapes = {name: tuple(p.shape) for name, p in model.params.items()}
+    shapes["input"] = (args.batch, *model.input_shape)
+    print(f"gradcheck {model.name}: {model.backend_name} backend, float64, batch {args.batch}, seed {args.seed}, "
+          f"eps {eps:g}" + (f", {samples} entries per tensor" if samples else ""))
+    width = max(len(name) for name in errors)
+    failed = [name for name, error in errors.items() if not error < THRESHOLD]  # NaN fails too
+    for name, error in errors.items():
+        verdict = "FAIL" if name in failed else "PASS"
+        print(f"  {name:<{width}}  {str(shapes[name]):<18} max rel error {error:.2e}  {verdict}")
+    if failed:
+        print(f"{len(failed)} of {len(errors)} tensors exceed {THRESHOLD:g}: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"all {len(errors)} tensors within {THRESHOLD:g}")
+    return 0
