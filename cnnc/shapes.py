@@ -1,10 +1,15 @@
 """AST -> shape-inferred IR: check every statement and compute every layer's output shape.
 
-Per spatial axis, for convolution and pooling:
-    out = floor((in + pad_before + pad_after - dilation*(kernel-1) - 1) / stride) + 1
+Per spatial axis, for convolution and pooling (PyTorch's formula):
+    out = (in + pad_before + pad_after - dilation*(kernel-1) - 1) // stride + 1
 
-All mistakes in a model are collected and raised together as one SpecError, each located at the
-offending token, with the arithmetic and, where one is obvious, the fix.
+Every mistake in a file is collected and raised together as one SpecError, each located at the
+offending token, with the arithmetic and, where one is obvious, the fix. Within a model, argument
+and naming mistakes are reported for every layer; shape inference stops at the first layer whose
+shapes do not fit (later shapes would be guesses).
+
+The pass reads top-down: infer -> _infer_model -> _infer_layers -> _check_arguments, then one
+function per layer kind (_conv, _pool, _dense, ...) sharing _window for the geometry.
 """
 from __future__ import annotations
 
@@ -14,37 +19,22 @@ from math import prod
 
 from .diagnostics import Diagnostic, Loc, SpecError
 from .ir import ACTIVATIONS, CONV_KINDS, LAYER_KINDS, LOSSES, POOL_KINDS, Layer, Network, ParamSpec
-from .syntax import Argument, InputStmt, LayerStmt, LossStmt, ModelDecl, Program, Value
+from .syntax import InputStmt, LayerStmt, LossStmt, ModelDecl, Program, Value
 
 MAX_ELEMENTS = 2**31 - 1  # per sample, per tensor: indices must fit a 32-bit int
-RESERVED = set(LAYER_KINDS) | {"model", "input", "loss"}
+KEYWORDS = ("model", "input", "loss")
+RESERVED = set(LAYER_KINDS) | set(KEYWORDS)
 AXIS_NAMES = {1: ("length",), 2: ("height", "width")}
+AXIS_UNITS = {"length": ("sample", "samples"), "height": ("row", "rows"), "width": ("column", "columns")}
 RELU_LIKE = ("relu", "leaky_relu")
 
 
-# ---- the arguments each kind takes ---------------------------------------------------------------
-@dataclass(frozen=True)
-class ArgRule:
-    """type: "count" (positive int), "window" (positive int or pair), "padding", "bool", "activation",
-    "slope" (real number), "rate" (in [0, 1))."""
+class _Mistake(Exception):
+    """One located error in a statement. Raised inside this module, collected, never escapes it."""
 
-    type: str
-    required: bool = False
-
-
-_CONV_ARGS = {"filters": ArgRule("count", True), "kernel": ArgRule("window", True), "stride": ArgRule("window"),
-              "padding": ArgRule("padding"), "dilation": ArgRule("window"), "bias": ArgRule("bool"),
-              "activation": ArgRule("activation"), "slope": ArgRule("slope")}
-_POOL_ARGS = {"size": ArgRule("window", True), "stride": ArgRule("window"), "padding": ArgRule("padding")}
-KIND_ARGS: dict[str, dict[str, ArgRule]] = {
-    **{k: _CONV_ARGS for k in CONV_KINDS},
-    **{k: _POOL_ARGS for k in POOL_KINDS},
-    "global_avgpool": {}, "flatten": {},
-    "dense": {"units": ArgRule("count", True), "bias": ArgRule("bool"), "activation": ArgRule("activation"),
-              "slope": ArgRule("slope")},
-    "relu": {}, "sigmoid": {}, "tanh": {}, "softmax": {}, "leaky_relu": {"slope": ArgRule("slope")},
-    "dropout": {"rate": ArgRule("rate")},
-}
+    def __init__(self, message: str, loc: Loc | None, hint: str | None = None):
+        super().__init__(message)
+        self.diagnostic = Diagnostic("error", message, loc, hint)
 
 
 def did_you_mean(word: str, choices) -> str:
@@ -56,391 +46,636 @@ def fmt_shape(shape) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
-class _Errors:
-    def __init__(self):
-        self.items: list[Diagnostic] = []
+def _plural(n: int, axis: str) -> str:
+    one, many = AXIS_UNITS[axis]
+    return f"{n} {one if n == 1 else many}"
 
-    def add(self, message: str, loc: Loc | None, hint: str | None = None) -> None:
-        self.items.append(Diagnostic("error", message, loc, hint))
+
+def _show(t: tuple[int, ...]) -> str:
+    """(3, 3) -> "3", (3, 5) -> "(3, 5)": how the value would be written in the spec."""
+    return str(t[0]) if len(set(t)) == 1 else "(" + ", ".join(map(str, t)) + ")"
+
+
+# ---- the arguments each kind takes ---------------------------------------------------------------
+REQUIRED = "required"
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """type: "count" (positive int), "window" (positive int, or a pair for 2-D layers), "padding"
+    (non-negative int or pair, `same` or `valid`), "bool", "activation", "slope" (a number) or
+    "rate" (a number in [0, 1)). default: the value when the argument is absent, or REQUIRED;
+    None for a pooling stride means "the window size"."""
+
+    type: str
+    default: object = REQUIRED
+
+
+_CONV_ARGS = {"filters": ArgSpec("count"), "kernel": ArgSpec("window"), "stride": ArgSpec("window", 1),
+              "padding": ArgSpec("padding", 0), "dilation": ArgSpec("window", 1), "bias": ArgSpec("bool", True),
+              "activation": ArgSpec("activation", None), "slope": ArgSpec("slope", 0.01)}
+_POOL_ARGS = {"size": ArgSpec("window"), "stride": ArgSpec("window", None), "padding": ArgSpec("padding", 0)}
+KIND_ARGS: dict[str, dict[str, ArgSpec]] = {
+    **{k: _CONV_ARGS for k in CONV_KINDS},
+    **{k: _POOL_ARGS for k in POOL_KINDS},
+    "global_avgpool": {}, "flatten": {},
+    "dense": {"units": ArgSpec("count"), "bias": ArgSpec("bool", True), "activation": ArgSpec("activation", None),
+              "slope": ArgSpec("slope", 0.01)},
+    "relu": {}, "sigmoid": {}, "tanh": {}, "softmax": {}, "leaky_relu": {"slope": ArgSpec("slope", 0.01)},
+    "dropout": {"rate": ArgSpec("rate", 0.5)},
+}
+_EXAMPLES = {"filters": "filters=16", "kernel": "kernel=3", "size": "size=2", "units": "units=10"}
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where a value goes: layer kind and name, and the argument key. str() prefixes messages."""
+
+    kind: str
+    layer: str
+    key: str
+
+    @property
+    def dims(self) -> int:
+        return 1 if self.kind.endswith("1d") else 2
+
+    def __str__(self) -> str:
+        return f"{self.kind} '{self.layer}': {self.key}"
+
+
+def _describe(value: Value) -> str:
+    return {"int": "the integer", "float": "the number", "word": "the word", "pair": "the pair"}[value.kind] + (
+        f" '{value}'" if value.kind == "word" else f" {value}")
+
+
+def _integer(value: Value, slot: _Slot, minimum: int) -> int:
+    sign = "positive" if minimum == 1 else "non-negative"
+    if value.kind != "int":
+        hint = None
+        if value.kind == "float" and value.value == int(value.value) and value.value >= minimum:
+            hint = f"write {slot.key}={int(value.value)}"
+        raise _Mistake(f"{slot} must be a {sign} integer; got {_describe(value)}", value.loc, hint)
+    if value.value < minimum:
+        raise _Mistake(f"{slot} must be {sign}; got {value.value}", value.loc)
+    return value.value
+
+
+def _window_value(value: Value, slot: _Slot, minimum: int = 1) -> tuple[int, ...]:
+    """An int for every axis, or a (height, width) pair for 2-D layers."""
+    if value.kind != "pair":
+        return (_integer(value, slot, minimum),) * slot.dims
+    if slot.dims == 1:
+        raise _Mistake(f"{slot} is the pair {value}, but {slot.kind} is 1-D and takes a single integer", value.loc,
+                       f"write {slot.key}={value.value[0]}, or use the 2-D layer {slot.kind[:-2]}2d")
+    return tuple(_integer(v, slot, minimum) for v in value.value)
+
+
+def _padding_value(value: Value, slot: _Slot):
+    """`same`, or the padding before (= after) each axis."""
+    if value.kind != "word":
+        return _window_value(value, slot, minimum=0)
+    if value.value == "valid":
+        return (0,) * slot.dims
+    if value.value == "same" and slot.kind in POOL_KINDS:
+        raise _Mistake(f"{slot}: 'same' is for convolutions; pooling takes an integer padding", value.loc,
+                       "pooling with stride 1 and an odd size k keeps the size with padding=(k-1)/2")
+    if value.value != "same":
+        raise _Mistake(f"{slot} must be an integer, a pair, 'same' or 'valid'; got '{value}'"
+                       f"{did_you_mean(value.value, ('same', 'valid'))}", value.loc)
+    return "same"
+
+
+def _bool_value(value: Value, slot: _Slot) -> bool:
+    if value.kind != "word" or value.value not in ("true", "false"):
+        suggestion = did_you_mean(value.value, ("true", "false")) if value.kind == "word" else ""
+        raise _Mistake(f"{slot} must be true or false; got {_describe(value)}{suggestion}", value.loc)
+    return value.value == "true"
+
+
+def _activation_value(value: Value, slot: _Slot) -> str | None:
+    choices = ACTIVATIONS + ("none",)
+    if value.kind != "word":
+        raise _Mistake(f"{slot} must be an activation name; got {_describe(value)}", value.loc,
+                       "activations: " + ", ".join(choices))
+    if value.value not in choices:
+        raise _Mistake(f"unknown activation '{value}'{did_you_mean(value.value, choices)}", value.loc,
+                       "activations: " + ", ".join(choices))
+    return None if value.value == "none" else value.value
+
+
+def _number(value: Value, slot: _Slot) -> float:
+    if value.kind not in ("int", "float"):
+        raise _Mistake(f"{slot} must be a number; got {_describe(value)}", value.loc)
+    return float(value.value)
+
+
+def _rate_value(value: Value, slot: _Slot) -> float:
+    rate = _number(value, slot)
+    if not 0 <= rate < 1:
+        raise _Mistake(f"{slot} must be a number in [0, 1); got {value}", value.loc,
+                       "rate is the probability of dropping a value, e.g. rate=0.5")
+    return rate
+
+
+_CHECKERS = {
+    "count": lambda value, slot: _integer(value, slot, 1),
+    "window": _window_value,
+    "padding": _padding_value,
+    "bool": _bool_value,
+    "activation": _activation_value,
+    "slope": _number,
+    "rate": _rate_value,
+}
+
+
+@dataclass(frozen=True)
+class _Args:
+    """A layer's checked arguments: every argument of its kind (given, else the default), converted to
+    Python values (windows as one int per axis), and the given ones' Values for error locations."""
+
+    values: dict[str, object]
+    given: dict[str, Value]
+
+    def __getitem__(self, key: str):
+        return self.values[key]
+
+    def loc(self, key: str, fallback: Loc) -> Loc:
+        return self.given[key].loc if key in self.given else fallback
+
+
+def _check_arguments(stmt: LayerStmt, name: str, errors: list[Diagnostic]) -> _Args | None:
+    """Known keys, no duplicates, values of the right type, required ones present; None after a mistake."""
+    specs = KIND_ARGS[stmt.kind]
+    first_error = len(errors)
+    given: dict[str, Value] = {}
+    values: dict[str, object] = {}
+    misspelt = set()  # keys an unknown argument probably meant: not also reported as missing
+    for arg in stmt.arguments:
+        slot = _Slot(stmt.kind, name, arg.key)
+        try:
+            if arg.key not in specs:
+                misspelt.update(difflib.get_close_matches(arg.key, list(specs), n=1, cutoff=0.6))
+                raise _Mistake(f"{stmt.kind} '{name}' has no argument '{arg.key}'{did_you_mean(arg.key, specs)}",
+                               arg.loc, _takes(stmt.kind, arg.key))
+            if arg.key in given:
+                raise _Mistake(f"{slot} is given twice", arg.loc, "remove one of them")
+            given[arg.key] = arg.value
+            values[arg.key] = _CHECKERS[specs[arg.key].type](arg.value, slot)
+        except _Mistake as mistake:
+            errors.append(mistake.diagnostic)
+    for key, spec in specs.items():
+        if spec.default == REQUIRED and key not in given and key not in misspelt:
+            errors.append(Diagnostic("error", f"{stmt.kind} '{name}' needs the argument '{key}'", stmt.loc,
+                                     f"add it, e.g. {stmt.kind}({_EXAMPLES[key]})"))
+    if "slope" in values and stmt.kind != "leaky_relu" and values.get("activation") != "leaky_relu":
+        errors.append(Diagnostic("error", f"{stmt.kind} '{name}': slope only applies with activation=leaky_relu",
+                                 given["slope"].loc, "add activation=leaky_relu, or remove slope"))
+    if len(errors) > first_error:
+        return None
+    dims = 1 if stmt.kind.endswith("1d") else 2
+    for key, spec in specs.items():
+        if key not in values:
+            default = spec.default
+            spread = spec.type in ("window", "padding") and default is not None  # one value per axis
+            values[key] = (default,) * dims if spread else default
+    return _Args(values, given)
+
+
+def _takes(kind: str, key: str) -> str:
+    if not KIND_ARGS[kind]:
+        hint = f"{kind} takes no arguments"
+        return hint + ("; for a slope use leaky_relu(slope=...)" if key == "slope" else "")
+    return f"{kind} takes " + ", ".join(KIND_ARGS[kind])
+
+
+# ---- what flows between layers -------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Tensor:
+    """A layer's input: its per-sample shape, who produced it, and its receptive field on the model's
+    input (pixels seen per spatial axis, and the distance between neighbouring values); None once flat."""
+
+    shape: tuple[int, ...]
+    source: str  # "the input 'image'" or "'c1'"
+    from_input: bool = False
+    receptive_field: tuple[int, ...] | None = None
+    jump: tuple[int, ...] | None = None
+
+    def described(self, adjective: str = "") -> str:
+        """"the input 'x' is the 1-D [1, 28]" or "'flatten_1' outputs the flat [784]"."""
+        verb = "is" if self.from_input else "outputs"
+        return f"{self.source} {verb} {adjective + ' ' if adjective else ''}{fmt_shape(self.shape)}"
+
+
+def _output_of(layer: Layer) -> _Tensor:
+    return _Tensor(layer.out_shape, f"'{layer.name}'", False, layer.receptive_field, layer.jump)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One layer statement being inferred: the statement, its resolved name, its checked arguments, its input."""
+
+    stmt: LayerStmt
+    name: str
+    args: _Args
+    x: _Tensor
+
+    @property
+    def kind(self) -> str:
+        return self.stmt.kind
+
+    @property
+    def title(self) -> str:
+        return f"{self.stmt.kind} '{self.name}'"
+
+    def loc(self, key: str) -> Loc:
+        return self.args.loc(key, self.stmt.loc)
 
 
 # ---- entry point ---------------------------------------------------------------------------------
 def infer(program: Program, source: str | None = None) -> list[Network]:
-    """Shape-check every model in the program. Raises SpecError listing every error found."""
-    errors = _Errors()
+    """Shape-check every model in the program. Raises SpecError listing every error found, in source order."""
+    errors: list[Diagnostic] = []
     networks = []
     seen: dict[str, Loc] = {}
     for decl in program.models:
         if decl.name in seen:
-            first = seen[decl.name]
-            errors.add(f"duplicate model name '{decl.name}' (first defined at line {first.line})", decl.loc,
-                       "give each model in a file its own name")
+            errors.append(Diagnostic("error", f"duplicate model name '{decl.name}' (first defined at line "
+                                     f"{seen[decl.name].line})", decl.loc, "give each model in a file its own name"))
         seen.setdefault(decl.name, decl.loc)
         network = _infer_model(decl, program.file, errors)
         if network is not None:
             networks.append(network)
-    if errors.items:
-        raise SpecError(errors.items, source)
+    if errors:
+        raise SpecError(_in_source_order(errors), source)
     return networks
 
 
-def _infer_model(decl: ModelDecl, file: str, errors: _Errors) -> Network | None:
-    n_errors = len(errors.items)
-    inputs = [s for s in decl.statements if isinstance(s, InputStmt)]
-    losses = [s for s in decl.statements if isinstance(s, LossStmt)]
-    statements = list(decl.statements)
-    if not inputs:
-        errors.add(f"model '{decl.name}' has no input statement", decl.loc,
-                   "begin the model with its input, e.g. `input image[1, 28, 28]` ([C, H, W]) or `input signal[1, 128]` ([C, L])")
-        return None
-    if statements[0] is not inputs[0]:
-        errors.add("the input statement must come first in the model", inputs[0].loc,
-                   "move `input ...` to the first line of the model")
-    for extra in inputs[1:]:
-        errors.add(f"model '{decl.name}' has more than one input statement", extra.loc, "a model has one input")
-    for loss in losses:
-        if loss is not statements[-1]:
-            errors.add("the loss statement must be the last statement of the model", loss.loc)
-        if loss.kind not in LOSSES:
-            errors.add(f"unknown loss '{loss.kind}'{did_you_mean(loss.kind, LOSSES)}", loss.loc,
-                       "losses: " + ", ".join(LOSSES))
-    input_shape = _input_shape(inputs[0], errors)
-    stmts = [s for s in statements if isinstance(s, LayerStmt)]
+def _in_source_order(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    return sorted(diagnostics, key=lambda d: (d.loc.line, d.loc.col) if d.loc else (0, 0))
+
+
+def _infer_model(decl: ModelDecl, file: str, errors: list[Diagnostic]) -> Network | None:
+    first_error = len(errors)
+    input_stmt = _the_input(decl, errors)
+    loss = _the_loss(decl, errors)
+    stmts = [s for s in decl.statements if isinstance(s, LayerStmt)]
     if not stmts:
-        errors.add(f"model '{decl.name}' has no layers", decl.end, "add layers between the input and the closing '}'")
-    layers, warnings = _infer_layers(stmts, inputs[0], input_shape, errors)
-    loss = losses[-1].kind if losses else None
-    if layers is not None and losses and loss == "cross_entropy":
-        out = layers[-1].out_shape if layers else input_shape
-        if len(out) != 1:
-            errors.add(f"cross_entropy needs flat class scores, but the model's output is {fmt_shape(out)}",
-                       losses[-1].loc, "add `flatten` and a `dense(units=CLASSES)` layer before the loss")
-    if len(errors.items) > n_errors or layers is None or input_shape is None:
+        errors.append(Diagnostic("error", f"model '{decl.name}' has no layers", decl.end,
+                                 "add layers between the input and the closing '}'"))
+    x = _input_tensor(input_stmt, errors) if input_stmt is not None else None
+    warnings: list[Diagnostic] = []
+    layers = _infer_layers(stmts, input_stmt, x, errors, warnings)
+    if layers is not None and x is not None and loss is not None:
+        _check_loss(loss, layers[-1].out_shape if layers else x.shape, errors)
+    if len(errors) > first_error:
         return None
-    if loss == "cross_entropy" and layers and (layers[-1].kind == "softmax" or layers[-1].activation == "softmax"):
+    if loss is not None and loss.kind == "cross_entropy" and "softmax" in (layers[-1].kind, layers[-1].activation):
         warnings.append(Diagnostic("warning", "cross_entropy applies softmax itself; a softmax before it squashes "
                                    "the scores twice and slows learning", layers[-1].loc,
                                    "remove the softmax: the model's output is then the raw class scores (logits)"))
-    return Network(name=decl.name, input_name=inputs[0].name or "input", input_shape=input_shape,
-                   layers=tuple(_with_inits(layers)), loss=loss, file=file, loc=decl.loc, warnings=tuple(warnings))
+    return Network(name=decl.name, input_name=input_stmt.name or "input", input_shape=x.shape,
+                   layers=tuple(_with_inits(layers)), loss=loss.kind if loss else None, file=file, loc=decl.loc,
+                   warnings=tuple(_in_source_order(warnings)))
 
 
-def _input_shape(stmt: InputStmt, errors: _Errors) -> tuple[int, ...] | None:
-    ok = True
+def _the_input(decl: ModelDecl, errors: list[Diagnostic]) -> InputStmt | None:
+    """The model's one input statement, which must come first."""
+    inputs = [s for s in decl.statements if isinstance(s, InputStmt)]
+    if not inputs:
+        errors.append(Diagnostic("error", f"model '{decl.name}' has no input statement", decl.loc,
+                                 "begin the model with its input, e.g. `input image[1, 28, 28]` ([C, H, W]) "
+                                 "or `input signal[1, 128]` ([C, L])"))
+        return None
+    if decl.statements[0] is not inputs[0]:
+        errors.append(Diagnostic("error", "the input statement must come first in the model", inputs[0].loc,
+                                 "move `input ...` to the first line of the model"))
+    for extra in inputs[1:]:
+        errors.append(Diagnostic("error", f"model '{decl.name}' has more than one input statement (the first is at "
+                                 f"line {inputs[0].loc.line})", extra.loc, "a model has one input"))
+    return inputs[0]
+
+
+def _the_loss(decl: ModelDecl, errors: list[Diagnostic]) -> LossStmt | None:
+    """The model's optional loss statement, which must come last."""
+    losses = [s for s in decl.statements if isinstance(s, LossStmt)]
+    for loss in losses:
+        if loss.kind not in LOSSES:
+            errors.append(Diagnostic("error", f"unknown loss '{loss.kind}'{did_you_mean(loss.kind, LOSSES)}", loss.loc,
+                                     "losses: " + ", ".join(LOSSES)))
+    for extra in losses[1:]:
+        errors.append(Diagnostic("error", f"model '{decl.name}' has more than one loss statement (the first is at "
+                                 f"line {losses[0].loc.line})", extra.loc, "a model has at most one loss"))
+    if losses and losses[0] is not decl.statements[-1]:
+        errors.append(Diagnostic("error", "the loss statement must be the last statement of the model",
+                                 losses[0].loc, "move `loss ...` to the end of the model"))
+    return losses[0] if losses and losses[0].kind in LOSSES else None
+
+
+def _check_loss(loss: LossStmt, out_shape: tuple[int, ...], errors: list[Diagnostic]) -> None:
+    if loss.kind == "cross_entropy" and len(out_shape) != 1:
+        errors.append(Diagnostic("error", f"cross_entropy needs flat class scores, but the model's output is "
+                                 f"{fmt_shape(out_shape)}", loss.loc,
+                                 "add `flatten` and a `dense(units=CLASSES)` layer before the loss"))
+
+
+def _input_tensor(stmt: InputStmt, errors: list[Diagnostic]) -> _Tensor | None:
+    first_error = len(errors)
+    if stmt.name in RESERVED:
+        errors.append(Diagnostic("error", f"'{stmt.name}' is a reserved word (a layer kind or keyword) and cannot "
+                                 "name the input", stmt.name_loc, f"choose another name, e.g. '{stmt.name}_in'"))
     for dim in stmt.dims:
         if dim.kind != "int" or dim.value <= 0:
-            errors.add(f"input dimensions must be positive integers; got {dim}", dim.loc)
-            ok = False
+            errors.append(Diagnostic("error", f"input dimensions must be positive integers; got {dim}", dim.loc))
     if not 1 <= len(stmt.dims) <= 3:
-        errors.add(f"input takes [C, L] for 1-D signals or [C, H, W] for images (or [D] for flat vectors); "
-                   f"got {len(stmt.dims)} dimensions", stmt.loc)
-        ok = False
-    if not ok:
+        errors.append(Diagnostic("error", "input takes [C, L] for 1-D signals or [C, H, W] for images (or [D] for "
+                                 f"flat vectors); got {len(stmt.dims)} dimensions", stmt.dims_loc or stmt.loc))
+    if len(errors) > first_error:
         return None
     shape = tuple(d.value for d in stmt.dims)
     if prod(shape) > MAX_ELEMENTS:
-        errors.add(f"input {fmt_shape(shape)} has {prod(shape):,} elements per sample, over the limit of 2^31 - 1",
-                   stmt.loc)
+        errors.append(Diagnostic("error", f"input {fmt_shape(shape)} has {_product(shape)} elements per sample, "
+                                 "over the limit of 2^31 - 1 (2,147,483,647)", stmt.dims_loc or stmt.loc,
+                                 "use a smaller input, e.g. a lower resolution"))
         return None
-    return shape
+    spatial = len(shape) - 1
+    ones = (1,) * spatial if spatial else None
+    source = f"the input '{stmt.name}'" if stmt.name else "the input"
+    return _Tensor(shape, source, True, ones, ones)
+
+
+def _product(shape) -> str:
+    """"64 x 9998 x 9998 = 6,397,440,256": the arithmetic behind a size."""
+    return " x ".join(f"{s:,}" for s in shape) + f" = {prod(shape):,}" if len(shape) > 1 else f"{prod(shape):,}"
 
 
 # ---- layers --------------------------------------------------------------------------------------
-def _infer_layers(stmts: list[LayerStmt], input_stmt: InputStmt, input_shape, errors: _Errors):
-    """Walk the layers in order -> (layers or None, warnings). Argument errors are reported for every
-    layer; shape errors stop inference at the first (later shapes would be guesses), giving None."""
+def _infer_layers(stmts: list[LayerStmt], input_stmt: InputStmt | None, x: _Tensor | None,
+                  errors: list[Diagnostic], warnings: list[Diagnostic]) -> list[Layer] | None:
+    """Walk the layers in order. Names and arguments are checked for every layer; shapes until the first
+    layer that does not fit. Returns the layers, or None if any shape is unknown (x None: no usable input)."""
     names: dict[str, Loc] = {}
-    if input_stmt.name:
-        names[input_stmt.name] = input_stmt.loc
+    if input_stmt is not None and input_stmt.name:
+        names[input_stmt.name] = input_stmt.name_loc
     counts: dict[str, int] = {}
     layers: list[Layer] = []
-    shape = input_shape
-    previous = input_stmt.name or "the input"
-    warnings: list[Diagnostic] = []
-    rf = [(1, 1)] * (len(input_shape) - 1) if input_shape and len(input_shape) > 1 else []
     for stmt in stmts:
         if stmt.kind not in LAYER_KINDS:
-            if stmt.kind in ("model", "input", "loss"):
-                errors.add(f"'{stmt.kind}' is a keyword and cannot start a layer statement here", stmt.loc)
-            else:
-                errors.add(f"unknown layer kind '{stmt.kind}'{did_you_mean(stmt.kind, LAYER_KINDS)}", stmt.loc,
-                           "layer kinds: " + ", ".join(LAYER_KINDS))
-            shape = None
+            errors.append(_unknown_kind(stmt))
+            x = None
             continue
         counts[stmt.kind] = counts.get(stmt.kind, 0) + 1
         name = stmt.name or f"{stmt.kind}_{counts[stmt.kind]}"
         _check_name(stmt, name, names, errors)
         args = _check_arguments(stmt, name, errors)
-        if args is None or shape is None:
-            shape = None
+        if args is None or x is None:
+            x = None
             continue
-        layer, new_rf = _infer_layer(stmt, name, args, shape, previous, rf, errors, warnings)
-        if layer is None:
-            shape = None
+        try:
+            layer = _check_size(_INFER[stmt.kind](_Step(stmt, name, args, x), warnings))
+        except _Mistake as mistake:
+            errors.append(mistake.diagnostic)
+            x = None
             continue
         layers.append(layer)
-        shape, previous, rf = layer.out_shape, f"'{name}'", new_rf
-    return (layers if shape is not None else None), warnings
+        x = _output_of(layer)
+    return layers if x is not None else None
 
 
-def _check_name(stmt: LayerStmt, name: str, names: dict[str, Loc], errors: _Errors) -> None:
-    if stmt.name is not None and stmt.name in RESERVED:
-        errors.add(f"'{stmt.name}' is a reserved word (a layer kind or keyword) and cannot name a layer", stmt.name_loc,
-                   f"choose another name, e.g. '{stmt.name}1'")
+def _unknown_kind(stmt: LayerStmt) -> Diagnostic:
+    if stmt.kind in KEYWORDS:
+        return Diagnostic("error", f"'{stmt.kind}' is a keyword and cannot start a layer statement here", stmt.loc)
+    return Diagnostic("error", f"unknown layer kind '{stmt.kind}'{did_you_mean(stmt.kind, LAYER_KINDS)}", stmt.loc,
+                      "layer kinds: " + ", ".join(LAYER_KINDS))
+
+
+def _check_name(stmt: LayerStmt, name: str, names: dict[str, Loc], errors: list[Diagnostic]) -> None:
+    loc = stmt.name_loc or stmt.loc
+    if stmt.name in RESERVED:
+        errors.append(Diagnostic("error", f"'{stmt.name}' is a reserved word (a layer kind or keyword) and cannot "
+                                 "name a layer", loc, f"choose another name, e.g. '{stmt.name}1'"))
     elif name in names:
-        errors.add(f"duplicate layer name '{name}' (first used at line {names[name].line})",
-                   stmt.name_loc or stmt.loc, "every layer in a model needs its own name")
-    names.setdefault(name, stmt.name_loc or stmt.loc)
+        first = f"line {names[name].line}" if names[name] else "the input"
+        if stmt.name is None:
+            message = (f"the unnamed {stmt.kind} is named '{name}' automatically, but that name is already used "
+                       f"(at {first})")
+            hint = f"name this layer, e.g. `{stmt.kind} {name}b`, or rename the other one"
+        else:
+            message, hint = f"duplicate layer name '{name}' (first used at {first})", "every layer in a model needs its own name"
+        errors.append(Diagnostic("error", message, loc, hint))
+    names.setdefault(name, loc)
 
 
-def _check_arguments(stmt: LayerStmt, name: str, errors: _Errors) -> dict[str, Value] | None:
-    """Known names, no duplicates, the right types; returns {key: Value} or None after an error."""
-    rules = KIND_ARGS[stmt.kind]
-    given: dict[str, Value] = {}
-    ok = True
-    for arg in stmt.arguments:
-        if arg.key not in rules:
-            takes = ", ".join(rules) if rules else "no arguments"
-            errors.add(f"{stmt.kind} '{name}' has no argument '{arg.key}'{did_you_mean(arg.key, rules)}", arg.loc,
-                       f"{stmt.kind} takes {takes}")
-            ok = False
-        elif arg.key in given:
-            errors.add(f"argument '{arg.key}' is given twice", arg.loc, "remove one of them")
-            ok = False
-        elif not _check_value(stmt, name, arg, rules[arg.key], errors):
-            ok = False
-        given.setdefault(arg.key, arg.value)
-    for key, rule in rules.items():
-        if rule.required and key not in given:
-            example = {"filters": "filters=16", "kernel": "kernel=3", "size": "size=2", "units": "units=10"}[key]
-            errors.add(f"{stmt.kind} '{name}' needs the argument '{key}'", stmt.loc, f"add it, e.g. {stmt.kind}({example})")
-            ok = False
-    if ok and "slope" in given and stmt.kind != "leaky_relu" and _word(given.get("activation")) != "leaky_relu":
-        errors.add("'slope' only applies with activation=leaky_relu", given["slope"].loc)
-        ok = False
-    return given if ok else None
-
-
-def _word(value: Value | None) -> str | None:
-    return value.value if value is not None and value.kind == "word" else None
-
-
-def _check_value(stmt: LayerStmt, name: str, arg: Argument, rule: ArgRule, errors: _Errors) -> bool:
-    value, what = arg.value, f"{stmt.kind} '{name}': {arg.key}"
-    dims = 1 if stmt.kind.endswith("1d") else 2
-
-    def positive_int(v: Value, allow_zero=False) -> bool:
-        if v.kind != "int":
-            kind_word = "a pair" if v.kind == "pair" else ("a float" if v.kind == "float" else f"the word '{v}'")
-            errors.add(f"{what} must be {'a non-negative' if allow_zero else 'a positive'} integer; got {kind_word} {v if v.kind != 'word' else ''}".rstrip(),
-                       v.loc, f"write {arg.key}={max(1, int(v.value)) if v.kind == 'float' else 3}" if v.kind == "float" else None)
-            return False
-        if v.value < 0 or (v.value == 0 and not allow_zero):
-            errors.add(f"{what} must be {'non-negative' if allow_zero else 'positive'}; got {v.value}", v.loc)
-            return False
-        return True
-
-    def window(v: Value, allow_zero=False) -> bool:
-        if v.kind == "pair":
-            if dims == 1:
-                errors.add(f"{what} is a pair {v}, but {stmt.kind} is 1-D and takes a single integer", v.loc,
-                           f"write {arg.key}={v.value[0]}, or use the 2-D layer {stmt.kind[:-2]}2d")
-                return False
-            return all([positive_int(v.value[0], allow_zero), positive_int(v.value[1], allow_zero)])
-        return positive_int(v, allow_zero)
-
-    if rule.type == "count":
-        return positive_int(value)
-    if rule.type == "window":
-        return window(value)
-    if rule.type == "padding":
-        if value.kind == "word":
-            if value.value not in ("same", "valid"):
-                errors.add(f"{what} must be an integer, a pair, 'same' or 'valid'; got '{value}'"
-                           f"{did_you_mean(value.value, ('same', 'valid'))}", value.loc)
-                return False
-            if value.value == "same" and stmt.kind in POOL_KINDS:
-                errors.add(f"{what}: 'same' is for convolutions; pooling takes an integer padding", value.loc)
-                return False
-            return True
-        return window(value, allow_zero=True)
-    if rule.type == "bool":
-        if value.kind != "word" or value.value not in ("true", "false"):
-            errors.add(f"{what} must be true or false; got {value}", value.loc)
-            return False
-        return True
-    if rule.type == "activation":
-        if value.kind != "word" or value.value not in ACTIVATIONS + ("none",):
-            word = value.value if value.kind == "word" else str(value)
-            errors.add(f"unknown activation '{word}'{did_you_mean(str(word), ACTIVATIONS)}", value.loc,
-                       "activations: " + ", ".join(ACTIVATIONS) + ", none")
-            return False
-        return True
-    if rule.type == "slope":
-        if value.kind not in ("int", "float"):
-            errors.add(f"{what} must be a number; got {value}", value.loc)
-            return False
-        return True
-    if rule.type == "rate":
-        if value.kind not in ("int", "float") or not 0 <= value.value < 1:
-            errors.add(f"{what} must be a number in [0, 1); got {value}", value.loc,
-                       "rate is the probability of dropping a value, e.g. rate=0.5")
-            return False
-        return True
-    raise AssertionError(rule.type)
-
-
-def _pair(value: Value | None, default: tuple[int, ...], dims: int) -> tuple[int, ...]:
-    if value is None:
-        return default
-    if value.kind == "pair":
-        return (value.value[0].value, value.value[1].value)
-    return (value.value,) * dims
-
-
-def _infer_layer(stmt, name, args, shape, previous, rf, errors, warnings):
-    kind = stmt.kind
-    if kind in CONV_KINDS or kind in POOL_KINDS:
-        return _infer_window(stmt, name, args, shape, previous, rf, errors, warnings)
-    activation = _word(args.get("activation"))
-    activation = None if activation == "none" else activation
-    slope = float(args["slope"].value) if "slope" in args else 0.01
-    if kind == "dense":
-        if len(shape) != 1:
-            errors.add(f"dense '{name}' needs a flat input, but {previous} outputs {fmt_shape(shape)}", stmt.loc,
-                       f"add `flatten` before '{name}' (giving [{prod(shape)}])")
-            return None, rf
-        units = args["units"].value
-        bias = _word(args.get("bias")) != "false"
-        params = [ParamSpec(f"{name}.weight", (units, shape[0]), shape[0], units, "glorot")]
-        if bias:
-            params.append(ParamSpec(f"{name}.bias", (units,), shape[0], units, "zeros"))
-        layer = Layer(name, kind, shape, (units,), stmt.loc, units=units, bias=bias, activation=activation,
-                      slope=slope, params=tuple(params), macs=shape[0] * units)
-        return _checked_size(layer, errors), []
-    if kind == "flatten":
-        return Layer(name, kind, shape, (prod(shape),), stmt.loc), []
-    if kind == "global_avgpool":
-        if len(shape) < 2:
-            errors.add(f"global_avgpool '{name}' needs a [C, H, W] or [C, L] input, but {previous} outputs the flat "
-                       f"{fmt_shape(shape)}", stmt.loc, "global average pooling must come before flatten")
-            return None, rf
-        return Layer(name, kind, shape, (shape[0],), stmt.loc, receptive_field=None), []
-    if kind == "softmax" and len(shape) != 1:
-        errors.add(f"softmax '{name}' normalises flat class scores, but {previous} outputs {fmt_shape(shape)}",
-                   stmt.loc, "add `flatten` (and a dense layer) before softmax")
-        return None, rf
-    rate = float(args["rate"].value) if "rate" in args else 0.5
-    return Layer(name, kind, shape, shape, stmt.loc, slope=slope, rate=rate if kind == "dropout" else 0.0,
-                 receptive_field=tuple(r for r, _ in rf) or None, jump=tuple(j for _, j in rf) or None), rf
-
-
-def _infer_window(stmt, name, args, shape, previous, rf, errors, warnings):
-    """Convolution or pooling: per spatial axis, out = (in + pb + pa - d*(k-1) - 1) // s + 1."""
-    kind = stmt.kind
-    dims = 1 if kind.endswith("1d") else 2
-    if len(shape) != dims + 1:
-        want = "[C, L]" if dims == 1 else "[C, H, W]"
-        got = {1: "flat", 2: "1-D", 3: "2-D"}[len(shape)]
-        hint = {1: f"{kind} must come before flatten/dense",
-                2: f"use {kind[:-2]}1d for 1-D signals", 3: f"use {kind[:-2]}2d for images"}[len(shape)]
-        errors.add(f"{kind} '{name}' needs a {want} input, but {previous} outputs the {got} {fmt_shape(shape)}",
-                   stmt.loc, hint)
-        return None, rf
-    is_conv = kind in CONV_KINDS
-    kernel = _pair(args.get("kernel" if is_conv else "size"), (), dims)
-    stride = _pair(args.get("stride"), (1,) * dims if is_conv else kernel, dims)
-    dilation = _pair(args.get("dilation"), (1,) * dims, dims)
-    padding = args.get("padding")
-    if _word(padding) == "same":
-        if any(s != 1 for s in stride):
-            errors.add(f"{kind} '{name}': padding=same needs stride 1, but stride is {_show(stride)}", padding.loc,
-                       "give the padding as a number, e.g. padding=" + str(dilation[0] * (kernel[0] - 1) // 2))
-            return None, rf
-        total = [d * (k - 1) for d, k in zip(dilation, kernel)]
-        pad_before = tuple(t // 2 for t in total)
-        pad_after = tuple(t - t // 2 for t in total)
-    else:
-        pad_before = pad_after = (0,) * dims if _word(padding) == "valid" else _pair(padding, (0,) * dims, dims)
-    if not is_conv:
-        for axis, (p, k) in enumerate(zip(pad_before, kernel)):
-            if p > k // 2:
-                errors.add(f"{kind} '{name}': padding {p} is more than half the pooling window {k} "
-                           f"(at most {k // 2})", padding.loc, f"use padding={k // 2} or less")
-                return None, rf
-    spatial = shape[1:]
-    out = []
-    for axis in range(dims):
-        size, k, s, d, pb, pa = spatial[axis], kernel[axis], stride[axis], dilation[axis], pad_before[axis], pad_after[axis]
-        span = d * (k - 1) + 1
-        axis_name = AXIS_NAMES[dims][axis]
-        if span > size + pb + pa:
-            window_word = "kernel" if is_conv else "pooling window"
-            dil = f" (dilation {d} spans {span})" if d > 1 else ""
-            errors.add(f"{kind} '{name}': {window_word} {k}{dil} is larger than the padded input {axis_name} "
-                       f"{size + pb + pa} ({size} + {pb} + {pa}) from {previous}",
-                       (args.get("kernel") or args.get("size")).loc,
-                       f"use a smaller {'kernel' if is_conv else 'size'}, or pad the input "
-                       f"(padding={(span - size + 1) // 2}" + (" or padding=same)" if is_conv else ")"))
-            return None, rf
-        o = (size + pb + pa - span) // s + 1
-        dropped = (size + pb + pa - span) % s - pa
-        if dropped > 0:
-            warnings.append(Diagnostic(
-                "warning", f"{kind} '{name}': stride {s} leaves the last {dropped} input "
-                f"{'rows' if axis_name == 'height' else 'columns' if axis_name == 'width' else 'samples'} of {previous}'s "
-                f"{axis_name} {size} unused: ({size} + {pb} + {pa} - {span}) = {size + pb + pa - span} is not a multiple of {s}",
-                stmt.loc, "pad the input or change the stride/window so that it divides evenly"))
-        out.append(o)
-    channels = args["filters"].value if is_conv else shape[0]
-    new_rf = [(r + (dd * (k - 1)) * j, j * s) for (r, j), k, s, dd in zip(rf, kernel, stride, dilation)]
-    params, macs = (), 0
-    bias = False
-    activation = None
-    slope = float(args["slope"].value) if "slope" in args else 0.01
-    if is_conv:
-        fan_in, fan_out = shape[0] * prod(kernel), channels * prod(kernel)
-        bias = _word(args.get("bias")) != "false"
-        params = (ParamSpec(f"{name}.weight", (channels, shape[0], *kernel), fan_in, fan_out, "glorot"),)
-        if bias:
-            params += (ParamSpec(f"{name}.bias", (channels,), fan_in, fan_out, "zeros"),)
-        macs = channels * prod(out) * shape[0] * prod(kernel)
-        activation = _word(args.get("activation"))
-        activation = None if activation == "none" else activation
-        if activation == "softmax":
-            errors.add(f"{kind} '{name}': activation=softmax needs flat class scores; a convolution outputs feature maps",
-                       args["activation"].loc, "apply softmax after flatten and a dense layer")
-            return None, rf
-    layer = Layer(name, kind, shape, (channels, *out), stmt.loc, kernel=kernel, stride=stride,
-                  dilation=dilation if is_conv else (1,) * dims, pad_before=pad_before, pad_after=pad_after,
-                  filters=channels if is_conv else 0, bias=bias, activation=activation, slope=slope, params=params,
-                  macs=macs, receptive_field=tuple(r for r, _ in new_rf), jump=tuple(j for _, j in new_rf))
-    return _checked_size(layer, errors), new_rf
-
-
-def _show(t: tuple[int, ...]) -> str:
-    return str(t[0]) if len(set(t)) == 1 else "(" + ", ".join(map(str, t)) + ")"
-
-
-def _checked_size(layer: Layer, errors: _Errors) -> Layer | None:
-    too_big = [(what, n) for what, n in [("output", layer.out_size)] + [(p.name, p.size) for p in layer.params]
-               if n > MAX_ELEMENTS]
-    if too_big:
-        what, n = too_big[0]
-        errors.add(f"{layer.kind} '{layer.name}': {what} {fmt_shape(layer.out_shape) if what == 'output' else ''} "
-                   f"has {n:,} elements per sample, over the limit of 2^31 - 1 (2,147,483,647)".replace("  ", " "),
-                   layer.loc, "reduce the layer's size, or downsample earlier with stride or pooling")
-        return None
+def _check_size(layer: Layer) -> Layer:
+    """Every tensor's elements must be indexable with a 32-bit int."""
+    for what, shape in [("output", layer.out_shape)] + [(p.name, p.shape) for p in layer.params]:
+        if prod(shape) > MAX_ELEMENTS:
+            raise _Mistake(f"{layer.kind} '{layer.name}': {what} {fmt_shape(shape)} has {_product(shape)} elements"
+                           f"{' per sample' if what == 'output' else ''}, over the limit of 2^31 - 1 (2,147,483,647)",
+                           layer.loc, "make the layer smaller, or downsample earlier with a stride or pooling")
     return layer
 
 
+def _require_spatial(step: _Step, dims: int) -> None:
+    """A 1-D layer needs [C, L], a 2-D layer [C, H, W]."""
+    shape = step.x.shape
+    if len(shape) == dims + 1:
+        return
+    want = "[C, L]" if dims == 1 else "[C, H, W]"
+    got = {1: "flat", 2: "1-D", 3: "2-D"}[len(shape)]
+    if len(shape) > 1:
+        hint = f"use {step.kind[:-2]}{len(shape) - 1}d for {'1-D signals' if len(shape) == 2 else 'images'}"
+    elif step.x.from_input:
+        hint = "a flat input [D] only feeds dense layers; give the input as [C, L] or [C, H, W]"
+    else:
+        hint = f"{step.kind} must come before flatten and dense layers"
+    raise _Mistake(f"{step.title} needs a {want} input, but {step.x.described('the ' + got)}", step.stmt.loc, hint)
+
+
+# ---- one function per kind -----------------------------------------------------------------------
+def _conv(step: _Step, warnings: list[Diagnostic]) -> Layer:
+    """x: (C, *in) -> (filters, *out); weight (filters, C, *kernel)."""
+    window = _window(step, step.args["kernel"], step.args["stride"], step.args["dilation"], warnings)
+    channels, filters, kernel = step.x.shape[0], step.args["filters"], window.kernel
+    if step.args["activation"] == "softmax":
+        raise _Mistake(f"{step.title}: activation=softmax needs flat class scores; a convolution outputs feature maps",
+                       step.loc("activation"), "apply softmax after flatten and a dense layer")
+    fan_in, fan_out = channels * prod(kernel), filters * prod(kernel)
+    params = (ParamSpec(f"{step.name}.weight", (filters, channels, *kernel), fan_in, fan_out, "glorot"),)
+    if step.args["bias"]:
+        params += (ParamSpec(f"{step.name}.bias", (filters,), fan_in, fan_out, "zeros"),)
+    return replace(window.layer(step, (filters, *window.out)), filters=filters, bias=step.args["bias"],
+                   activation=step.args["activation"], slope=step.args["slope"], params=params,
+                   macs=filters * prod(window.out) * channels * prod(kernel))
+
+
+def _pool(step: _Step, warnings: list[Diagnostic]) -> Layer:
+    """x: (C, *in) -> (C, *out); the stride defaults to the window size."""
+    size = step.args["size"]
+    stride = step.args["stride"] or size
+    window = _window(step, size, stride, (1,) * len(size), warnings)
+    return window.layer(step, (step.x.shape[0], *window.out))
+
+
+def _global_avgpool(step: _Step, warnings: list[Diagnostic]) -> Layer:
+    """x: (C, *spatial) -> (C,)."""
+    if len(step.x.shape) == 1:
+        raise _Mistake(f"{step.title} needs a [C, L] or [C, H, W] input, but {step.x.described('the flat')}",
+                       step.stmt.loc, "global average pooling must come before flatten")
+    return Layer(step.name, step.kind, step.x.shape, step.x.shape[:1], step.stmt.loc)
+
+
+def _flatten(step: _Step, warnings: list[Diagnostic]) -> Layer:
+    """x: (C, *spatial) -> (C * prod(spatial),), row-major like torch.flatten."""
+    return Layer(step.name, step.kind, step.x.shape, (prod(step.x.shape),), step.stmt.loc)
+
+
+def _dense(step: _Step, warnings: list[Diagnostic]) -> Layer:
+    """x: (D,) -> (units,); weight (units, D)."""
+    shape, units = step.x.shape, step.args["units"]
+    if len(shape) != 1:
+        hint = f"add `flatten` before '{step.name}' (giving [{prod(shape):,}])"
+        if len(shape) > 1:
+            hint += f", or `global_avgpool` (giving [{shape[0]}])"
+        raise _Mistake(f"{step.title} needs a flat input, but {step.x.described()}", step.stmt.loc, hint)
+    params = (ParamSpec(f"{step.name}.weight", (units, shape[0]), shape[0], units, "glorot"),)
+    if step.args["bias"]:
+        params += (ParamSpec(f"{step.name}.bias", (units,), shape[0], units, "zeros"),)
+    return Layer(step.name, step.kind, shape, (units,), step.stmt.loc, units=units, bias=step.args["bias"],
+                 activation=step.args["activation"], slope=step.args["slope"], params=params, macs=shape[0] * units)
+
+
+def _elementwise(step: _Step, warnings: list[Diagnostic]) -> Layer:
+    """Activations and dropout: the shape and the receptive field pass through."""
+    if step.kind == "softmax" and len(step.x.shape) != 1:
+        raise _Mistake(f"{step.title} normalises flat class scores, but {step.x.described()}", step.stmt.loc,
+                       "add `flatten` (and a dense layer) before softmax")
+    return Layer(step.name, step.kind, step.x.shape, step.x.shape, step.stmt.loc,
+                 slope=step.args.values.get("slope", 0.01), rate=step.args.values.get("rate", 0.0),
+                 receptive_field=step.x.receptive_field, jump=step.x.jump)
+
+
+_INFER = {
+    **{k: _conv for k in CONV_KINDS},
+    **{k: _pool for k in POOL_KINDS},
+    "global_avgpool": _global_avgpool, "flatten": _flatten, "dense": _dense,
+    **{k: _elementwise for k in ACTIVATIONS + ("dropout",)},
+}
+
+
+# ---- window geometry (convolution and pooling) ---------------------------------------------------
+@dataclass(frozen=True)
+class _Window:
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pad_before: tuple[int, ...]
+    pad_after: tuple[int, ...]
+    out: tuple[int, ...]  # output size per spatial axis
+
+    def layer(self, step: _Step, out_shape: tuple[int, ...]) -> Layer:
+        """The Layer with this geometry and its receptive field: r' = r + dilation*(kernel-1)*jump, jump' = jump*stride."""
+        rf = tuple(r + d * (k - 1) * j for r, j, k, d in zip(step.x.receptive_field, step.x.jump, self.kernel, self.dilation))
+        jump = tuple(j * s for j, s in zip(step.x.jump, self.stride))
+        return Layer(step.name, step.kind, step.x.shape, out_shape, step.stmt.loc, kernel=self.kernel,
+                     stride=self.stride, dilation=self.dilation, pad_before=self.pad_before, pad_after=self.pad_after,
+                     receptive_field=rf, jump=jump)
+
+
+def _window(step: _Step, kernel, stride, dilation, warnings: list[Diagnostic]) -> _Window:
+    """Resolve padding and compute the output size per axis: out = (in + pb + pa - d*(k-1) - 1) // s + 1."""
+    dims = len(kernel)
+    _require_spatial(step, dims)
+    pad_before, pad_after = _padding(step, kernel, stride, dilation)
+    out = []
+    for axis in range(dims):
+        size, padded = step.x.shape[1 + axis], step.x.shape[1 + axis] + pad_before[axis] + pad_after[axis]
+        span = dilation[axis] * (kernel[axis] - 1) + 1
+        if span > padded:
+            raise _too_large(step, axis, kernel[axis], dilation[axis], pad_before[axis], pad_after[axis])
+        out.append((padded - span) // stride[axis] + 1)
+    window = _Window(kernel, stride, dilation, pad_before, pad_after, tuple(out))
+    warnings.extend(_unread_input_warnings(step, window))
+    return window
+
+
+def _padding(step: _Step, kernel, stride, dilation) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(pad_before, pad_after) per axis. `same` pads dilation*(kernel-1) in total, the odd one after."""
+    padding = step.args["padding"]
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            raise _Mistake(f"{step.title}: padding=same needs stride 1, but stride is {_show(stride)}",
+                           step.loc("padding"), "give the padding as a number, e.g. padding="
+                           + _show(tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))))
+        total = tuple(d * (k - 1) for d, k in zip(dilation, kernel))
+        return tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
+    if step.kind in POOL_KINDS:
+        for axis, (p, k) in enumerate(zip(padding, kernel)):
+            if p > k // 2:
+                where = f" {AXIS_NAMES[len(kernel)][axis]}" if len(kernel) > 1 and len(set(padding)) > 1 else ""
+                raise _Mistake(f"{step.title}: padding{where} {p} is more than half the pooling window {k} "
+                               f"(at most {k} // 2 = {k // 2})", step.loc("padding"),
+                               f"use padding={k // 2} or less" if k > 1 else "remove the padding")
+    return padding, padding
+
+
+def _too_large(step: _Step, axis: int, k: int, d: int, pb: int, pa: int) -> _Mistake:
+    is_conv = step.kind in CONV_KINDS
+    dims = len(step.x.shape) - 1
+    size, span = step.x.shape[1 + axis], d * (k - 1) + 1
+    axis_name = AXIS_NAMES[dims][axis]
+    window = "kernel" if is_conv else "pooling window"
+    dilated = f" (dilation {d} spans {span})" if d > 1 else ""
+    need = (span - size + 1) // 2  # padding on each side that makes the window fit
+    smaller = f"a smaller {'kernel' if is_conv else 'size'}" + (" or dilation" if d > 1 else "")
+    fix = (f"use {smaller} (the window must span at most {size + pb + pa}), or pad the input (padding={need}"
+           + (" or padding=same)" if is_conv else ")"))
+    return _Mistake(f"{step.title}: {window} {k}{dilated} is larger than the padded input {axis_name} "
+                    f"{size + pb + pa} ({size} + {pb} + {pa}) from {step.x.source}",
+                    step.loc("kernel" if is_conv else "size"), fix)
+
+
+def _unread_input_warnings(step: _Step, window: _Window) -> list[Diagnostic]:
+    """Warn when the stride skips input: rows left over after the last window, or gaps between windows."""
+    dims = len(window.kernel)
+    loc = step.loc("stride") if "stride" in step.args.given else step.loc("kernel" if step.kind in CONV_KINDS else "size")
+    found: dict[tuple, list[str]] = {}  # the arithmetic -> the axes it applies to (one message for equal axes)
+    for axis in range(dims):
+        size = step.x.shape[1 + axis]
+        k, s, d = window.kernel[axis], window.stride[axis], window.dilation[axis]
+        pb, pa = window.pad_before[axis], window.pad_after[axis]
+        span = d * (k - 1) + 1
+        left_over = (size + pb + pa - span) % s - pa  # input rows after the last window (padding is dropped first)
+        if left_over > 0:
+            found.setdefault(("end", size, pb, pa, span, s, left_over, window.out[axis]), []).append(AXIS_NAMES[dims][axis])
+        if s > span:
+            found.setdefault(("gap", span, s), []).append(AXIS_NAMES[dims][axis])
+    warnings = []
+    for facts, axes in found.items():
+        if facts[0] == "end":
+            _, size, pb, pa, span, s, left_over, out = facts
+            what = " and ".join(_plural(left_over, a) for a in axes) if len(axes) == 1 else \
+                f"{left_over} {' and '.join(AXIS_UNITS[a][left_over != 1] for a in axes)}"
+            message = (f"{step.title}: stride {s} leaves the last {what} of {step.x.source} unread: "
+                       f"({size} + {pb} + {pa} - {span}) = {size + pb + pa - span} is not a multiple of {s}, so "
+                       f"{out} windows cover only {(out - 1) * s + span - pb} of the {size}")
+            hint = "pad the input, or choose a window and stride that divide it evenly"
+        else:
+            _, span, s = facts
+            units = " and ".join(AXIS_UNITS[a][1] for a in axes)
+            message = (f"{step.title}: stride {s} is larger than the window ({span}), so {s - span} of every {s} "
+                       f"input {units} of {step.x.source} are never read")
+            hint = f"use stride {span} or less, or a larger window"
+        warnings.append(Diagnostic("warning", message, loc, hint))
+    return warnings
+
+
+# ---- initialisation ------------------------------------------------------------------------------
 def _with_inits(layers: list[Layer]) -> list[Layer]:
     """Weights of a layer whose output feeds a ReLU-like activation get He init, others Glorot."""
     result = []
     for i, layer in enumerate(layers):
         if layer.params and _feeds_relu(layers, i):
-            specs = tuple(ParamSpec(p.name, p.shape, p.fan_in, p.fan_out, "he") if p.init == "glorot" else p
-                          for p in layer.params)
+            specs = tuple(replace(p, init="he") if p.init == "glorot" else p for p in layer.params)
             layer = replace(layer, params=specs)
         result.append(layer)
     return result
@@ -457,5 +692,3 @@ def _feeds_relu(layers: list[Layer], i: int) -> bool:
         if nxt.kind not in POOL_KINDS + ("dropout", "flatten"):
             return False
     return False
-
-

@@ -1,7 +1,7 @@
 """What `cnnc check` prints: a per-layer table (like Keras' summary or torchinfo) and its JSON form."""
 from __future__ import annotations
 
-from .ir import Layer, Network
+from .ir import CONV_KINDS, Layer, Network
 from .shapes import fmt_shape
 
 FLOAT32_BYTES = 4
@@ -28,9 +28,30 @@ def network_record(network: Network) -> dict:
         "macs": network.macs,
         "activation_bytes": network.activation_elements * FLOAT32_BYTES,
         "loss": network.loss,
+        "weight_sharing": weight_sharing(network),
         "warnings": [{"line": w.loc.line, "col": w.loc.col, "message": w.message} if w.loc else {"message": w.message}
                      for w in network.warnings],
     }
+
+
+def dense_equivalent_params(layer: Layer) -> int:
+    """Parameters of a dense layer mapping the same input to the same output (with a bias if the layer has one):
+    what weight sharing saves for a convolution."""
+    return layer.in_size * layer.out_size + (layer.out_size if layer.bias else 0)
+
+
+def weight_sharing(network: Network) -> list[dict]:
+    """For each convolution: its parameters, and those of a dense layer with the same input and output sizes."""
+    return [{"layer": layer.name, "params": layer.param_count, "dense_params": dense_equivalent_params(layer)}
+            for layer in network.layers if layer.kind in CONV_KINDS]
+
+
+def _sharing_line(layer: Layer) -> str:
+    dense = dense_equivalent_params(layer)
+    arithmetic = f"{layer.in_size:,} x {layer.out_size:,}" + (f" + {layer.out_size:,}" if layer.bias else "")
+    return (f"weight sharing: {layer.name} has {layer.param_count:,} parameters; a dense layer from "
+            f"{fmt_shape(layer.in_shape)} to {fmt_shape(layer.out_shape)} would need {arithmetic} = {dense:,} "
+            f"({dense / layer.param_count:,.0f}x as many)")
 
 
 def human_bytes(n: int) -> str:
@@ -52,7 +73,8 @@ def _rf_cell(layer: Layer) -> str:
 def summary_table(network: Network) -> str:
     """One row per layer: name, kind, output shape, parameters, MACs, receptive field; then totals."""
     header = ("layer", "kind", "output", "params", "MACs", "receptive field")
-    rows = [(network.input_name, "input", fmt_shape(network.input_shape), "0", "0", "1" if len(network.input_shape) > 1 else "")]
+    input_rf = "x".join("1" for _ in network.input_shape[1:])  # "1x1" for images, "1" for signals, "" if flat
+    rows = [(network.input_name, "input", fmt_shape(network.input_shape), "0", "0", input_rf)]
     rows += [(layer.name, _kind_cell(layer), fmt_shape(layer.out_shape), f"{layer.param_count:,}", f"{layer.macs:,}",
               _rf_cell(layer)) for layer in network.layers]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
@@ -70,5 +92,6 @@ def summary_table(network: Network) -> str:
         f"activation memory per sample: {network.activation_elements:,} values ({human_bytes(act_bytes)} as float32)",
         f"loss: {network.loss or 'none'}",
     ]
+    totals += [_sharing_line(layer) for layer in network.layers if layer.kind in CONV_KINDS]
     title = f"model {network.name} ({network.file}): input {fmt_shape(network.input_shape)} -> output {fmt_shape(network.output_shape)}"
     return "\n".join([title, line(header), rule, *(line(r) for r in rows), rule, *totals])

@@ -1,23 +1,32 @@
 """Text -> AST: the Lark grammar in grammar/cnn.lark, and plain dataclasses for what it parses.
 
 Nothing downstream touches Lark objects. Every node keeps its source location so that later
-stages report errors at the offending token.
+stages report errors at the offending token. Syntax errors are turned into messages that say what
+is missing and where (see `_syntax_error`); names (layer kinds, arguments, words) are checked later,
+in cnnc/shapes.py.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from functools import cache
 
-from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken, v_args
 
 from .diagnostics import Diagnostic, Loc, SpecError
 from .resources import read_resource
+
+MAX_INT = 2**63 - 1  # integers must fit a 64-bit signed int; anything larger is a typo
 
 
 # ---- the AST -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Value:
-    """An argument value. kind: "int", "float", "word" or "pair" (value is then a tuple of two Values)."""
+    """An argument value or input dimension.
+
+    kind: "int", "float", "word" (value is a str) or "pair" (value is a tuple of two scalar Values).
+    """
 
     kind: str
     value: object
@@ -40,7 +49,9 @@ class Argument:
 class InputStmt:
     name: str | None
     dims: tuple[Value, ...]
-    loc: Loc
+    loc: Loc  # of the keyword `input`
+    name_loc: Loc | None = None
+    dims_loc: Loc | None = None  # from '[' to ']'
 
 
 @dataclass(frozen=True)
@@ -58,10 +69,13 @@ class LossStmt:
     loc: Loc  # of the loss name
 
 
+Statement = InputStmt | LayerStmt | LossStmt
+
+
 @dataclass(frozen=True)
 class ModelDecl:
     name: str
-    statements: tuple[InputStmt | LayerStmt | LossStmt, ...]
+    statements: tuple[Statement, ...]
     loc: Loc  # of the model name
     end: Loc  # of the closing brace
 
@@ -84,51 +98,96 @@ def parse(text: str, file: str = "<string>") -> Program:
         tree = _parser().parse(text)
     except UnexpectedInput as e:
         raise SpecError(_syntax_error(e, text, file), text) from None
-    models = tuple(_model(m, file) for m in tree.children)
+    to_ast = _ToAst(file)
+    models = tuple(to_ast.transform(tree))
+    if to_ast.errors:
+        raise SpecError(to_ast.errors, text)
     if not models:
-        raise SpecError(
-            Diagnostic("error", "no model found: a .cnn file holds one or more `model NAME { ... }` blocks",
-                       Loc(file, 1, 1), hint="start with: model mynet {\n    input image[1, 28, 28]\n    ...\n}"),
-            text,
-        )
+        raise SpecError(Diagnostic("error", "no model found: a .cnn file holds one or more `model NAME { ... }` blocks",
+                                   Loc(file, 1, 1), hint="start with: model mynet { input image[1, 28, 28] ... }"), text)
     return Program(file, models)
 
 
-def _loc(file: str, token: Token) -> Loc:
-    return Loc(file, token.line, token.column, max(1, len(str(token))))
+def _token_loc(file: str, token: Token) -> Loc:
+    return Loc(file, token.line, token.column, max(1, len(token)))
 
 
-def _model(tree: Tree, file: str) -> ModelDecl:
-    name, *statements = tree.children
-    end = Loc(file, tree.meta.end_line, max(1, tree.meta.end_column - 1))
-    return ModelDecl(str(name), tuple(_statement(s, file) for s in statements), _loc(file, name), end)
+def _meta_loc(file: str, meta) -> Loc:
+    length = meta.end_column - meta.column if meta.end_line == meta.line else 1
+    return Loc(file, meta.line, meta.column, max(1, length))
 
 
-def _statement(tree: Tree, file: str):
-    if tree.data == "input_stmt":
-        name, dims = tree.children
-        loc = Loc(file, tree.meta.line, tree.meta.column, 5)
-        return InputStmt(str(name) if name is not None else None, tuple(_value(d, file) for d in dims.children), loc)
-    if tree.data == "loss_stmt":
-        (name,) = tree.children
-        return LossStmt(str(name), _loc(file, name))
-    kind, name, arguments = tree.children
-    args = tuple(Argument(str(a.children[0]), _value(a.children[1], file), _loc(file, a.children[0]))
-                 for a in (arguments.children if arguments is not None else []) if a is not None)
-    return LayerStmt(str(kind), str(name) if name is not None else None, args, _loc(file, kind),
-                     _loc(file, name) if name is not None else None)
+class _ToAst(Transformer):
+    """Parse tree -> AST dataclasses. Numbers out of range are collected in `errors`."""
+
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+        self.errors: list[Diagnostic] = []
+
+    def start(self, models):
+        return models
+
+    @v_args(meta=True)
+    def model(self, meta, children):
+        name, *statements = children
+        end = Loc(self.file, meta.end_line, max(1, meta.end_column - 1))  # the '}'
+        return ModelDecl(str(name), tuple(statements), _token_loc(self.file, name), end)
+
+    @v_args(meta=True)
+    def input_stmt(self, meta, children):
+        name, *dims = children
+        name_loc = _token_loc(self.file, name) if name is not None else None
+        first, last = dims[0].loc, dims[-1].loc
+        dims_loc = Loc(self.file, first.line, first.col - 1, last.col + last.length - first.col + 2)
+        return InputStmt(str(name) if name is not None else None, tuple(dims),
+                         Loc(self.file, meta.line, meta.column, len("input")), name_loc, dims_loc)
+
+    def loss_stmt(self, children):
+        (name,) = children
+        return LossStmt(str(name), _token_loc(self.file, name))
+
+    def layer_stmt(self, children):
+        kind, name, arguments = children
+        return LayerStmt(str(kind), str(name) if name is not None else None, tuple(arguments or ()),
+                         _token_loc(self.file, kind), _token_loc(self.file, name) if name is not None else None)
+
+    def arguments(self, children):
+        return children
+
+    def argument(self, children):
+        key, value = children
+        return Argument(str(key), value, _token_loc(self.file, key))
+
+    @v_args(meta=True)
+    def pair(self, meta, children):
+        return Value("pair", tuple(children), _meta_loc(self.file, meta))
+
+    def word(self, children):
+        (token,) = children
+        return Value("word", str(token), _token_loc(self.file, token))
+
+    def integer(self, children):
+        (token,) = children
+        loc = _token_loc(self.file, token)
+        digits = token.lstrip("+-").lstrip("0")
+        if len(digits) > 19 or int(token) > MAX_INT or int(token) < -MAX_INT:  # len() first: int() refuses 4300+ digits
+            self.errors.append(Diagnostic("error", f"integer {_shorten(token)} is too large (at most {MAX_INT:,})", loc))
+            return Value("int", 0, loc)
+        return Value("int", int(token), loc)
+
+    def real(self, children):
+        (token,) = children
+        loc = _token_loc(self.file, token)
+        value = float(token)
+        if not math.isfinite(value):
+            self.errors.append(Diagnostic("error", f"number {_shorten(token)} is out of range", loc))
+            return Value("float", 0.0, loc)
+        return Value("float", value, loc)
 
 
-def _value(tree, file: str) -> Value:
-    if isinstance(tree, Token):  # pragma: no cover - every value is wrapped in a rule alias
-        raise AssertionError(tree)
-    if tree.data == "pair":
-        first, second = (_value(c, file) for c in tree.children)
-        return Value("pair", (first, second), Loc(file, tree.meta.line, tree.meta.column,
-                                                 tree.meta.end_column - tree.meta.column))
-    (token,) = tree.children
-    converters = {"int": int, "float": float, "word": str}
-    return Value(tree.data, converters[tree.data](token), _loc(file, token))
+def _shorten(text: str, limit: int = 24) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---- syntax errors that say what to do ----------------------------------------------------------
@@ -138,73 +197,37 @@ _TOKEN_WORDS = {
     "SIGNED_FLOAT": "a number", "_NEWLINE": "end of line", "$END": "end of file", "MODEL": "'model'",
     "INPUT": "'input'", "LOSS": "'loss'",
 }
+_VALUE_TOKENS = {"SIGNED_INT", "SIGNED_FLOAT", "NAME", "LPAR"}
+_STATEMENT_END = {"_NEWLINE", "SEMICOLON", "RBRACE"}
 
 
-def _describe(token_type: str) -> str:
-    return _TOKEN_WORDS.get(token_type, token_type.lower())
+def _code(line: str) -> str:
+    """A source line without its comment and trailing blanks ('#' only ever starts a comment)."""
+    return line.split("#", 1)[0].rstrip()
 
 
-def _found(token: Token) -> str:
-    if token.type == "$END":
-        return "end of file"
-    if token.type == "_NEWLINE":
-        return "end of line"
-    return f"'{token}'"
+def _end_of_code(lines: list[str], last_line: int) -> tuple[int, int]:
+    """(line, col) just past the last code character on or before `last_line`; (1, 1) if there is none."""
+    for number in range(min(last_line, len(lines)), 0, -1):
+        code = _code(lines[number - 1])
+        if code.strip():
+            return number, len(code) + 1
+    return 1, 1
 
 
-def _syntax_error(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
-    line, col = max(1, e.line if e.line != -1 else 1), max(1, e.column if e.column != -1 else 1)
-    if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
-        lines = text.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
-        expected = set(e.expected)
-        if "RBRACE" in expected or not text.strip():
-            message = "unexpected end of file: a model block is missing its closing '}'"
-        else:
-            message = "unexpected end of file: expected " + _expected_list(expected)
-        return Diagnostic("error", message, Loc(file, line, col))
-    if isinstance(e, UnexpectedCharacters):
-        char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
-        hint = None
-        if char == "{":
-            hint = "'{' opens a model block: `model NAME {`"
-        return Diagnostic("error", f"unexpected character '{char}'", Loc(file, line, col), hint=hint)
-    assert isinstance(e, UnexpectedToken)
-    token, expected = e.token, set(e.expected)
-    length = 1 if token.type == "_NEWLINE" else max(1, len(str(token)))
-    if token.type == "_NEWLINE":
-        # Point just past the last character of the line rather than at the newline itself.
-        line_text = text.splitlines()[token.line - 1] if token.line - 1 < len(text.splitlines()) else ""
-        line, col = token.line, len(line_text.rstrip()) + 1
-    loc = Loc(file, line, col, length)
-    closing = {"(": "')'", "[": "']'"}
-    opener = _unclosed_bracket(text, token)
-    if opener and token.type in ("_NEWLINE", "$END", "RBRACE", "SEMICOLON"):
-        what = "argument list" if opener == "(" else "input dimensions"
-        return Diagnostic("error", f"unclosed '{opener}': the {what} is missing its closing {closing[opener]} before "
-                          + _found(token), loc, hint=f"close the {what} with {closing[opener]}")
-    if "MODEL" in expected:
-        return Diagnostic("error", f"unexpected {_found(token)}: expected `model NAME {{ ... }}`", loc)
-    if "EQUAL" in expected:
-        return Diagnostic("error", f"expected '=' after the argument name, found {_found(token)}", loc,
-                          hint="arguments are written key=value, e.g. kernel=3")
-    if expected >= {"_NEWLINE", "SEMICOLON"} or expected >= {"_NEWLINE", "RBRACE"}:
-        return Diagnostic("error", f"unexpected {_found(token)} after the end of the statement", loc,
-                          hint="one statement per line: KIND [NAME] [(key=value, ...)]; separate statements on one line with ';'")
-    if "LBRACE" in expected:
-        return Diagnostic("error", f"expected '{{' after the model name, found {_found(token)}", loc)
-    return Diagnostic("error", f"unexpected {_found(token)}: expected {_expected_list(expected)}", loc)
+def _open_model(lines: list[str], line: int, before: str) -> tuple[str, int] | None:
+    """The name and line of the last `model NAME` in `before` (the code of `line` up to the error) or above it."""
+    for number, code in [(line, before)] + [(n, _code(lines[n - 1])) for n in range(line - 1, 0, -1)]:
+        found = re.findall(r"\bmodel\s+([A-Za-z_][A-Za-z0-9_]*)", code)
+        if found:
+            return found[-1], number
+    return None
 
 
-def _unclosed_bracket(text: str, token: Token) -> str | None:
-    """The innermost '(' or '[' still open on the token's line before the token, if any."""
-    lines = text.splitlines()
-    if token.type == "$END" or not 1 <= token.line <= len(lines):
-        before = lines[-1] if lines else ""
-    else:
-        before = lines[token.line - 1][: token.column - 1]
+def _unclosed_bracket(before: str) -> str | None:
+    """The innermost '(' or '[' still open in `before` (the code of a line up to the error), if any."""
     stack = []
-    for char in before.split("#", 1)[0]:
+    for char in before:
         if char in "([":
             stack.append(char)
         elif char in ")]" and stack:
@@ -212,6 +235,96 @@ def _unclosed_bracket(text: str, token: Token) -> str | None:
     return stack[-1] if stack else None
 
 
+def _found(token: Token) -> str:
+    if token.type in ("$END", "_NEWLINE"):
+        return _TOKEN_WORDS[token.type]
+    return f"'{_shorten(str(token))}'"
+
+
 def _expected_list(expected: set[str]) -> str:
-    words = sorted({_describe(t) for t in expected})
+    words = sorted({_TOKEN_WORDS.get(t, t.lower()) for t in expected})
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _char_name(char: str) -> str:
+    return f"'{char}'" if char.isprintable() and not char.isspace() else f"U+{ord(char):04X}"
+
+
+_CHAR_HINTS = {
+    "{": "'{' opens a model block: `model NAME {`",
+    '"': "the language has no strings: write words without quotes, e.g. activation=relu",
+    "'": "the language has no strings: write words without quotes, e.g. activation=relu",
+    ":": "arguments are written key=value, e.g. kernel=3",
+    "-": "names are letters, digits and '_' (e.g. conv_2d); a negative number has no space after '-'",
+}
+
+
+def _syntax_error(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
+    lines = text.split("\n")
+    if isinstance(e, UnexpectedCharacters):
+        char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
+        return Diagnostic("error", f"unexpected character {_char_name(char)}", Loc(file, e.line, e.column),
+                          hint=_CHAR_HINTS.get(char))
+    if not isinstance(e, UnexpectedToken):  # UnexpectedEOF: the LALR parser reports end of input as a token
+        line, col = _end_of_code(lines, len(lines))
+        return Diagnostic("error", "unexpected end of file", Loc(file, line, col))
+    token, expected = e.token, set(e.expected)
+    if token.type == "$END":
+        line, col = _end_of_code(lines, len(lines))
+        length = 1
+    elif token.type == "_NEWLINE":  # point just past the last code on the line, not at the newline
+        line, col = _end_of_code(lines, token.line)
+        length = 1
+    else:
+        line, col, length = token.line, token.column, max(1, len(token))
+    before = _code(lines[line - 1])[: col - 1] if line <= len(lines) else ""
+    message, hint = _explain(token, expected, before, lines, line)
+    return Diagnostic("error", message, Loc(file, line, col, length), hint)
+
+
+def _explain(token: Token, expected: set[str], before: str, lines: list[str], line: int) -> tuple[str, str | None]:
+    """(message, hint) for an unexpected token; `before` is the code on its line before it."""
+    found = _found(token)
+    opener = _unclosed_bracket(before)
+    ends = token.type in _STATEMENT_END or token.type == "$END"
+    if opener and ends:
+        what, close = ("argument list", "')'") if opener == "(" else ("input dimensions", "']'")
+        if opener == "(" and re.search(r"=\s*\([^()]*$", before):
+            what = "pair"
+        return (f"unclosed '{opener}': the {what} needs a closing {close} before {found}",
+                f"close the {what} with {close}")
+    if re.search(r"=\s*\([^()]*$", before):  # inside a pair
+        return (f"unexpected {found} in a pair: a pair is two values in parentheses, (height, width)",
+                "e.g. kernel=(3, 5)")
+    if opener and "COMMA" in expected:
+        what, close = ("arguments", "')'") if opener == "(" else ("dimensions", "']'")
+        return f"expected ',' or {close} between {what}, found {found}", f"separate {what} with ','"
+    if re.search(r"=\s*$", before) and expected & _VALUE_TOKENS:
+        return (f"expected a value after '=', found {found}",
+                "a value is an integer, a number, a word or a pair like (3, 5)")
+    if re.search(r"\[\s*$|,\s*$", before) and opener == "[":
+        return f"expected an input dimension (an integer), found {found}", "e.g. input image[1, 28, 28]"
+    if re.search(r"\bloss\s*$", before) and "NAME" in expected:
+        return f"expected the loss after 'loss', found {found}", "write `loss cross_entropy` or `loss mse`"
+    if re.search(r"\binput(\s+[A-Za-z_][A-Za-z0-9_]*)?\s*$", before) and "LSQB" in expected:
+        return (f"expected the input dimensions in '[...]', found {found}",
+                "e.g. input image[1, 28, 28] ([C, H, W]) or input signal[1, 128] ([C, L])")
+    if re.search(r"\bmodel\s*$", before) and "NAME" in expected:
+        return f"expected the model name after 'model', found {found}", "write `model NAME {`"
+    if token.type in ("$END", "MODEL") and "MODEL" not in expected:
+        model = _open_model(lines, line, before)
+        which = f"model '{model[0]}' (opened at line {model[1]})" if model else "a model block"
+        where = "end of file" if token.type == "$END" else "the next model"
+        return f"{which} is missing its closing '}}' before {where}", "close the model block with '}'"
+    if "EQUAL" in expected:
+        return f"expected '=' after the argument name, found {found}", "arguments are written key=value, e.g. kernel=3"
+    if "LBRACE" in expected:
+        return f"expected '{{' after the model name, found {found}", "write `model NAME {`"
+    if "MODEL" in expected:
+        return f"unexpected {found}: expected `model NAME {{ ... }}`", None
+    if "_NEWLINE" in expected and not ends:
+        hint = "one statement per line: KIND [NAME] [(key=value, ...)]; separate statements on one line with ';'"
+        if "LPAR" in expected and token.type == "NAME":
+            hint = "arguments go in parentheses after the layer name, e.g. dense out(units=10)"
+        return f"unexpected {found} after the end of the statement", hint
+    return f"unexpected {found}: expected {_expected_list(expected)}", None
