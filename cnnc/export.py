@@ -1,0 +1,112 @@
+"""`cnnc export` and `cnnc import`: argument parsing only; the work is in export_c, export_onnx, import_onnx.
+
+    cnnc export FILE --weights W.npz --format c -o DIR [--name PREFIX] [--dtype float32] [--model NAME]
+    cnnc export FILE --format c --dry-run            # flash and RAM bytes, no weights needed
+    cnnc export FILE --weights W.npz --format onnx -o model.onnx
+    cnnc import model.onnx -o model.cnn [--weights W.npz] [--model NAME]
+"""
+from __future__ import annotations
+
+import os
+
+from .diagnostics import CnncError
+from .summary import human_bytes
+
+FORMATS = ("c", "onnx")
+
+
+def add_export_parsers(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a model with its weights as standalone C or ONNX",
+        description="Export a model and its trained weights: --format c writes PREFIX.h, PREFIX.c (C99, no malloc, "
+                    "weights as static const arrays, one scratch arena), an example main.c and a Makefile into the "
+                    "directory -o; --format onnx writes one .onnx file (opset 17, dynamic batch).")
+    p.add_argument("file", metavar="FILE", help="the .cnn file")
+    p.add_argument("--weights", metavar="W.npz", help="the weights (.npz from training or Model.save); required "
+                                                      "unless --dry-run")
+    p.add_argument("--format", choices=FORMATS, required=True, help="c (standalone C99) or onnx")
+    p.add_argument("-o", "--output", metavar="OUT", help="C: the directory to write; ONNX: the .onnx file")
+    p.add_argument("--name", metavar="PREFIX", help="C: the prefix of every exported identifier (default: the "
+                                                    "model's name)")
+    p.add_argument("--dtype", default="float32", help="the arithmetic type; the exports compute in float32")
+    p.add_argument("--model", metavar="NAME", help="which model of a file holding several")
+    p.add_argument("--dry-run", action="store_true", help="write nothing; print the flash (weights) and RAM "
+                                                          "(arena) bytes the export needs")
+    p.set_defaults(func=run_export)
+
+    q = subparsers.add_parser(
+        "import", help="turn an ONNX model into a .cnn file and its weights",
+        description="Read an ONNX graph made of supported operators (Conv, MaxPool, AveragePool, GlobalAveragePool, "
+                    "Gemm, MatMul+Add, Flatten, Reshape, Relu, Sigmoid, Tanh, LeakyRelu, Softmax, Dropout) and write "
+                    "a readable .cnn file and its weights. Anything else is refused with the node and operator named.")
+    q.add_argument("file", metavar="MODEL.onnx", help="the ONNX model")
+    q.add_argument("-o", "--output", metavar="MODEL.cnn", required=True, help="the .cnn file to write")
+    q.add_argument("--weights", metavar="W.npz", help="where to write the weights (default: beside the .cnn, .npz)")
+    q.add_argument("--model", metavar="NAME", help="the model's name in the .cnn (default: the graph's name)")
+    q.set_defaults(func=run_import)
+
+
+def _load_model(args):
+    """The network and, with --weights, a float32 Model holding them (weights checked by name and shape)."""
+    import cnnc
+
+    network = cnnc.read_network(args.file, args.model)
+    if args.weights is None:
+        return network, None
+    model = cnnc.load(args.file, backend="numpy", model=args.model, dtype="float32")
+    try:
+        model.load_weights(args.weights)
+    except ValueError as e:  # a missing, unreadable or mismatched weights file is the user's input
+        raise CnncError(str(e)) from None
+    return network, model
+
+
+def run_export(args) -> int:
+    if args.dtype != "float32":
+        raise CnncError(f"--dtype {args.dtype}: the C and ONNX exports compute in float32 only")
+    network, model = _load_model(args)
+    if args.format == "c":
+        from .export_c import checked_prefix, export_c, memory_report
+
+        prefix = checked_prefix(args.name or network.name)
+        if args.dry_run:
+            print(memory_report(network, prefix))
+            return 0
+        _require(args, model, "a directory, e.g. -o out/")
+        paths = export_c(model, args.output, prefix=prefix)
+        print(memory_report(network, prefix))
+        print("wrote " + ", ".join(os.fspath(p) for p in paths))
+        print(f"build the example: make -C {os.fspath(args.output)}  (then ./{prefix} INPUT.bin)")
+        return 0
+    if args.name:
+        raise CnncError("--name sets the C prefix; the ONNX export has none (the graph is named after the model)")
+    params = network.param_count * 4
+    if args.dry_run:
+        print(f"model {network.name}: ONNX export (float32, opset 17): {params:,} bytes of weights "
+              f"({human_bytes(params)}), {network.param_count:,} floats")
+        return 0
+    from .export_onnx import export_onnx
+
+    _require(args, model, "the .onnx file, e.g. -o model.onnx")
+    export_onnx(model, args.output)
+    print(f"wrote {args.output} (ONNX opset 17, {human_bytes(os.path.getsize(args.output))}, input "
+          f"'{network.input_name}' (N, {', '.join(map(str, network.input_shape))}))")
+    return 0
+
+
+def _require(args, model, output_hint: str) -> None:
+    if model is None:
+        raise CnncError("export needs the trained weights: --weights W.npz (or --dry-run for the sizes only)")
+    if not args.output:
+        raise CnncError(f"export needs -o: {output_hint}")
+
+
+def run_import(args) -> int:
+    from .import_onnx import import_onnx
+
+    weights = args.weights or os.path.splitext(args.output)[0] + ".npz"
+    network, arrays = import_onnx(args.file, args.output, weights, model_name=args.model)
+    print(f"wrote {args.output} (model {network.name}: {len(network.layers)} layers, input "
+          f"{list(network.input_shape)} -> output {list(network.output_shape)}) and {weights} "
+          f"({len(arrays)} arrays, {network.param_count:,} parameters)")
+    return 0

@@ -1,0 +1,552 @@
+"""An ONNX model -> a readable .cnn file and its weights: `cnnc import model.onnx -o model.cnn`.
+
+    network, weights = import_onnx("model.onnx", "model.cnn")     # also writes model.npz
+
+The graph must be a simple chain (each tensor read by the next node only) of these operators:
+
+    Conv                  -> conv1d / conv2d (group 1); a Relu, Sigmoid, Tanh or LeakyRelu right after
+                             becomes its activation=
+    MaxPool, AveragePool  -> maxpool*/avgpool* (average pooling with padding must count the padded
+                             zeros, count_include_pad=1, as cnnc's does)
+    GlobalAveragePool     -> global_avgpool (with the Flatten/Reshape after it, which cnnc needs not)
+    Gemm, MatMul (+ Add)  -> dense (MatMul's Add of a constant becomes the bias)
+    Flatten, Reshape      -> flatten (only to (batch, everything else))
+    Relu, Sigmoid, Tanh, LeakyRelu, Softmax -> the activation layers (Softmax on flat scores only)
+    Dropout               -> dropout(rate=...);  Identity -> nothing
+
+Padding: ONNX gives a begin and an end per axis. Equal per axis -> padding=P or (PH, PW); otherwise,
+for a stride-1 convolution, `same` when it is exactly cnnc's split (the odd pixel at the end);
+anything else cannot be written in the language and is refused. Every refusal names the node and
+its operator. Weights keep their layouts (cnnc's are PyTorch's, the same as ONNX's Conv and
+Gemm(transB=1)); MatMul's and Gemm(transB=0)'s matrices are transposed, Gemm's alpha and beta folded in.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from math import prod
+from pathlib import Path
+
+import numpy as np
+
+from .diagnostics import CnncError
+from .export_onnx import require_onnx
+from .fileio import atomic_path, atomic_write_text
+from .ir import LAYER_KINDS, Network
+from .model import weight_mismatches
+
+SUPPORTED = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul", "Add", "Flatten", "Reshape",
+             "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Softmax", "Dropout", "Identity")
+ACTIVATION_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "LeakyRelu": "leaky_relu", "Softmax": "softmax"}
+RESERVED = set(LAYER_KINDS) | {"model", "input", "loss"}
+AUTO_NAME = re.compile(r"(%s)_[0-9]+\Z" % "|".join(LAYER_KINDS))  # names cnnc gives unnamed layers
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass
+class Statement:
+    """One layer line of the .cnn file being written."""
+
+    kind: str
+    name: str | None
+    args: dict[str, str] = field(default_factory=dict)  # key -> the value as written
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # "weight"/"bias" -> array
+    out_shape: tuple[int, ...] = ()
+    output: str = ""  # the ONNX tensor this layer's output stands for
+    from_matmul: bool = False  # a dense layer whose bias may still come from an Add
+
+    def text(self) -> str:
+        head = self.kind + (f" {self.name}" if self.name else "")
+        args = ", ".join(f"{k}={v}" for k, v in self.args.items())
+        return head + (f"({args})" if args else "")
+
+
+def _real(value: float) -> str:
+    """The shortest text that reads back as the same float32, always with a '.' or an exponent."""
+    text = str(np.float32(value))
+    return text if any(c in text for c in ".e") else text + ".0"
+
+
+def _window(values) -> str:
+    """[3] or [3, 3] -> "3", [3, 5] -> "(3, 5)": the shortest way the language says it."""
+    values = [int(v) for v in values]
+    return str(values[0]) if len(set(values)) == 1 else f"({values[0]}, {values[1]})"
+
+
+def _comment_safe(text: str) -> str:
+    return re.sub(r"[^\x20-\x7e]", "?", str(text))[:120]
+
+
+class _Refusal(CnncError):
+    pass
+
+
+class Importer:
+    """Walks the ONNX graph node by node, keeping the cnnc shape of the current tensor."""
+
+    def __init__(self, onnx, proto, source: str):
+        self.onnx, self.proto, self.graph, self.source = onnx, proto, proto.graph, source
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.constants = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
+        self.consumers: dict[str, int] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                if name:
+                    self.consumers[name] = self.consumers.get(name, 0) + 1
+        self.statements: list[Statement] = []
+        self.used_names: set[str] = set()
+        self.counts: dict[str, int] = {}
+        self.unit_axes = 0  # trailing size-1 axes ONNX still has after GlobalAveragePool (cnnc drops them)
+        self.input_name, self.shape, self.batch = self._graph_input()
+        self.input_shape = self.shape
+        self.current = self.graph_input_tensor
+
+    # ---- errors ------------------------------------------------------------------------------------
+    def refuse(self, node, message: str):
+        label = f"'{node.name}'" if node.name else f"#{list(self.graph.node).index(node) + 1}"
+        raise _Refusal(f"{self.source}: node {label} ({node.op_type}): {message}")
+
+    def fail(self, message: str):
+        raise _Refusal(f"{self.source}: {message}")
+
+    # ---- the graph's input and output -------------------------------------------------------------------
+    def _graph_input(self):
+        inputs = [v for v in self.graph.input if v.name not in self.constants]
+        if len(inputs) != 1:
+            self.fail(f"cnnc imports a graph with exactly one input; this one has {len(inputs)} "
+                      f"({', '.join(repr(v.name) for v in inputs)})")
+        value = inputs[0]
+        self.graph_input_tensor = value.name
+        tensor_type = value.type.tensor_type
+        if tensor_type.elem_type not in (self.onnx.TensorProto.FLOAT, self.onnx.TensorProto.DOUBLE):
+            self.fail(f"the input '{value.name}' is not a float tensor (ONNX element type {tensor_type.elem_type})")
+        dims = list(tensor_type.shape.dim)
+        if not 2 <= len(dims) <= 4 or any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims[1:]):
+            self.fail(f"the input '{value.name}' must be (batch, D), (batch, C, L) or (batch, C, H, W) with known sizes "
+                      f"after the batch; it is ({', '.join(d.dim_param or str(d.dim_value) for d in dims)})")
+        shape = tuple(int(d.dim_value) for d in dims[1:])
+        batch = int(dims[0].dim_value) if dims[0].HasField("dim_value") else None
+        default = {1: "features", 2: "signal", 3: "image"}[len(shape)]
+        name = value.name if IDENTIFIER.match(value.name) and value.name not in RESERVED else default
+        self.used_names.add(name)
+        return name, shape, batch
+
+    # ---- names ---------------------------------------------------------------------------------------
+    def layer_name(self, node, fallback: str | None) -> str | None:
+        """A name for the layer from the ONNX node's: the last part of a path like "/c1/Conv" that is not
+        the operator. Parameterised layers always get one (their weights are keyed by it): `fallback`
+        numbered, like conv1, when the node's name will not do; other layers stay unnamed then."""
+        parts = [p for p in re.split(r"[/:]", node.name or "") if p and p.lower() != node.op_type.lower()]
+        candidate = parts[-1] if parts else ""
+        if fallback is not None:
+            candidate = re.sub(r"[^A-Za-z0-9_]", "_", candidate).strip("_")
+        if self._usable(candidate):
+            self.used_names.add(candidate)
+            return candidate
+        if fallback is None:
+            return None
+        while True:
+            self.counts[fallback] = self.counts.get(fallback, 0) + 1
+            name = f"{fallback}{self.counts[fallback]}"
+            if self._usable(name):
+                self.used_names.add(name)
+                return name
+
+    def _usable(self, name: str) -> bool:
+        return (bool(IDENTIFIER.match(name)) and name not in RESERVED and not AUTO_NAME.match(name)
+                and name not in self.used_names and name.lower() not in ("true", "false", "same", "valid", "none"))
+
+    # ---- helpers -------------------------------------------------------------------------------------
+    def attributes(self, node) -> dict:
+        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def constant(self, node, index: int, what: str) -> np.ndarray | None:
+        """The node's index-th input as an array; it must be a constant (an initializer or a Constant node)."""
+        if index >= len(node.input) or not node.input[index]:
+            return None
+        name = node.input[index]
+        if name not in self.constants:
+            self.refuse(node, f"its {what} '{name}' must be a constant (an initializer), not computed in the graph")
+        return self.constants[name]
+
+    def emit(self, node, kind: str, name: str | None, args: dict, out_shape, weights=None, **extra) -> Statement:
+        statement = Statement(kind, name, args, weights or {}, tuple(out_shape), node.output[0], **extra)
+        self.statements.append(statement)
+        self.shape = tuple(out_shape)
+        return statement
+
+    def last_fusable(self) -> Statement | None:
+        """The previous statement, when it is a conv/dense without an activation whose output is the current tensor."""
+        if self.statements:
+            last = self.statements[-1]
+            if last.output == self.current and last.kind in ("conv1d", "conv2d", "dense") and "activation" not in last.args:
+                return last
+        return None
+
+    # ---- the walk ------------------------------------------------------------------------------------
+    def run(self) -> tuple[str, list[Statement]]:
+        outputs = [v.name for v in self.graph.output]
+        if len(outputs) != 1:
+            self.fail(f"cnnc imports a graph with exactly one output; this one has {len(outputs)}")
+        for node in self.graph.node:
+            if node.domain not in ("", "ai.onnx"):
+                self.refuse(node, f"operators of the domain '{node.domain}' are not supported")
+            if node.op_type == "Constant":
+                self._constant_node(node)
+                continue
+            if node.op_type not in SUPPORTED:
+                self.refuse(node, f"the operator {node.op_type} is not supported by cnnc import; supported: "
+                                  f"{', '.join(SUPPORTED)}")
+            if not node.input or node.input[0] != self.current:
+                reads = node.input[0] if node.input else "nothing"
+                self.refuse(node, f"it reads '{reads}', not the previous layer's output '{self.current}': cnnc imports "
+                                  f"only a simple chain of layers (no branches, no skip connections)")
+            if self.consumers.get(self.current, 0) > 1:
+                self.refuse(node, f"the tensor '{self.current}' feeds {self.consumers[self.current]} nodes; cnnc "
+                                  f"imports only a simple chain of layers")
+            for extra in node.output[1:]:
+                if extra and (self.consumers.get(extra) or extra in outputs):
+                    self.refuse(node, f"its extra output '{extra}' is used; cnnc layers have one output")
+            getattr(self, "_" + node.op_type)(node)
+            self.current = node.output[0]
+        if self.current != outputs[0]:
+            self.fail(f"the graph's output '{outputs[0]}' is not the end of the chain of layers (which ends at "
+                      f"'{self.current}')")
+        return self.input_name, self.statements
+
+    def _constant_node(self, node) -> None:
+        attributes = self.attributes(node)
+        if "value" not in attributes:
+            self.refuse(node, f"only Constant nodes holding a tensor ('value') are supported; got {sorted(attributes)}")
+        self.constants[node.output[0]] = self.onnx.numpy_helper.to_array(attributes["value"])
+
+    # ---- geometry ------------------------------------------------------------------------------------
+    def _pads(self, node, attrs, kernel, stride, dilation) -> tuple[list[int], list[int]]:
+        """(pad_before, pad_after) per spatial axis, from pads or auto_pad."""
+        dims = len(kernel)
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            before, after = [], []
+            for size, k, s, d in zip(self.shape[1:], kernel, stride, dilation):
+                total = max(0, (-(-size // s) - 1) * s + d * (k - 1) + 1 - size)
+                small, large = total // 2, total - total // 2
+                before.append(small if auto_pad == "SAME_UPPER" else large)
+                after.append(large if auto_pad == "SAME_UPPER" else small)
+            return before, after
+        if auto_pad == "VALID":
+            return [0] * dims, [0] * dims
+        if auto_pad != "NOTSET":
+            self.refuse(node, f"auto_pad={auto_pad} is not an ONNX value cnnc knows")
+        pads = [int(p) for p in attrs.get("pads", [0] * (2 * dims))]
+        if len(pads) != 2 * dims or min(pads) < 0:
+            self.refuse(node, f"pads={pads} must be {2 * dims} non-negative numbers")
+        return pads[:dims], pads[dims:]
+
+    def _padding_arg(self, node, before, after, kernel, stride, dilation, conv: bool) -> str | None:
+        """The padding= text, None for no padding; refuses what the language cannot write."""
+        if before == after:
+            return None if not any(before) else _window(before)
+        same_before = [d * (k - 1) // 2 for k, d in zip(kernel, dilation)]
+        same_after = [d * (k - 1) - b for k, d, b in zip(kernel, dilation, same_before)]
+        if conv and all(s == 1 for s in stride) and (before, after) == (same_before, same_after):
+            return "same"
+        self.refuse(node, f"its padding (begin {before}, end {after}) differs between the two sides of an axis and is "
+                          f"not padding=same (begin {same_before}, end {same_after}"
+                          f"{', stride 1' if conv else ', and only convolutions take same'}); cnnc cannot write it")
+
+    def _output_size(self, node, attrs, before, after, kernel, stride, dilation) -> list[int]:
+        out = []
+        for size, b, a, k, s, d in zip(self.shape[1:], before, after, kernel, stride, dilation):
+            span = d * (k - 1) + 1
+            if span > size + b + a:
+                self.refuse(node, f"its window {k} is larger than the padded input {size + b + a}")
+            if attrs.get("ceil_mode", 0) and (size + b + a - span) % s:
+                self.refuse(node, "ceil_mode=1 changes the output size here; cnnc rounds the output size down "
+                                  "(ceil_mode=0)")
+            out.append((size + b + a - span) // s + 1)
+        return out
+
+    def _spatial_input(self, node, dims_from) -> int:
+        if self.unit_axes or len(self.shape) not in (2, 3):
+            self.refuse(node, f"it needs a (batch, C, L) or (batch, C, H, W) input; the previous layer outputs "
+                              f"{self._onnx_shape()}")
+        if dims_from is not None and dims_from != len(self.shape) - 1:
+            self.refuse(node, f"its window has {dims_from} axes but its input has {len(self.shape) - 1} spatial axes")
+        return len(self.shape) - 1
+
+    def _onnx_shape(self) -> str:
+        return "(N, " + ", ".join(str(s) for s in self.shape + (1,) * self.unit_axes) + ")"
+
+    # ---- the operators --------------------------------------------------------------------------------
+    def _Conv(self, node) -> None:
+        attrs = self.attributes(node)
+        weight = self.constant(node, 1, "weight")
+        bias = self.constant(node, 2, "bias")
+        if weight is None:
+            self.refuse(node, "it has no weight input")
+        dims = self._spatial_input(node, weight.ndim - 2)
+        if attrs.get("group", 1) != 1:
+            self.refuse(node, f"grouped convolution (group={attrs['group']}) is not supported; cnnc convolutions "
+                              f"use group=1")
+        filters, channels = weight.shape[:2]
+        if channels != self.shape[0]:
+            self.refuse(node, f"its weight {tuple(weight.shape)} expects {channels} input channels; the input has "
+                              f"{self.shape[0]}")
+        kernel = [int(k) for k in attrs.get("kernel_shape", weight.shape[2:])]
+        if kernel != list(weight.shape[2:]):
+            self.refuse(node, f"kernel_shape={kernel} does not match the weight's {list(weight.shape[2:])}")
+        stride = [int(s) for s in attrs.get("strides", [1] * dims)]
+        dilation = [int(d) for d in attrs.get("dilations", [1] * dims)]
+        before, after = self._pads(node, attrs, kernel, stride, dilation)
+        padding = self._padding_arg(node, before, after, kernel, stride, dilation, conv=True)
+        out = self._output_size(node, attrs, before, after, kernel, stride, dilation)
+        args = {"filters": str(filters), "kernel": _window(kernel)}
+        if any(s != 1 for s in stride):
+            args["stride"] = _window(stride)
+        if padding:
+            args["padding"] = padding
+        if any(d != 1 for d in dilation):
+            args["dilation"] = _window(dilation)
+        weights = {"weight": weight}
+        if bias is None:
+            args["bias"] = "false"
+        else:
+            weights["bias"] = bias.reshape(-1)
+            if weights["bias"].shape != (filters,):
+                self.refuse(node, f"its bias has shape {tuple(bias.shape)}; expected ({filters},)")
+        self.emit(node, f"conv{dims}d", self.layer_name(node, "conv"), args, (filters, *out), weights)
+
+    def _pool(self, node, kind: str) -> None:
+        attrs = self.attributes(node)
+        if "kernel_shape" not in attrs:
+            self.refuse(node, "it has no kernel_shape")
+        kernel = [int(k) for k in attrs["kernel_shape"]]
+        dims = self._spatial_input(node, len(kernel))
+        stride = [int(s) for s in attrs.get("strides", [1] * dims)]
+        if any(int(d) != 1 for d in attrs.get("dilations", [1] * dims)):
+            self.refuse(node, f"dilated pooling (dilations={list(attrs['dilations'])}) is not supported")
+        before, after = self._pads(node, attrs, kernel, stride, [1] * dims)
+        if kind == "avgpool" and any(before + after) and not attrs.get("count_include_pad", 0):
+            self.refuse(node, "it averages only the real inputs at a padded border (count_include_pad=0); cnnc's "
+                              "average pooling counts the padded zeros (count_include_pad=1)")
+        if any(p > k // 2 for p, k in zip(before + after, kernel + kernel)):
+            self.refuse(node, f"its padding (begin {before}, end {after}) is more than half the window {kernel}")
+        padding = self._padding_arg(node, before, after, kernel, stride, [1] * dims, conv=False)
+        out = self._output_size(node, attrs, before, after, kernel, stride, [1] * dims)
+        args = {"size": _window(kernel)}
+        if stride != kernel:  # cnnc's pooling stride defaults to the window size
+            args["stride"] = _window(stride)
+        if padding:
+            args["padding"] = padding
+        self.emit(node, f"{kind}{dims}d", self.layer_name(node, None), args, (self.shape[0], *out))
+
+    def _MaxPool(self, node) -> None:
+        self._pool(node, "maxpool")
+
+    def _AveragePool(self, node) -> None:
+        self._pool(node, "avgpool")
+
+    def _GlobalAveragePool(self, node) -> None:
+        dims = self._spatial_input(node, None)
+        self.emit(node, "global_avgpool", self.layer_name(node, None), {}, (self.shape[0],))
+        self.unit_axes = dims  # ONNX keeps (N, C, 1, 1); the Flatten or Reshape after it is cnnc's no-op
+
+    def _to_flat(self, node) -> None:
+        if self.unit_axes:
+            self.unit_axes = 0
+            self.statements[-1].output = node.output[0]
+        elif len(self.shape) > 1:
+            self.emit(node, "flatten", self.layer_name(node, None), {}, (prod(self.shape),))
+        elif self.statements:
+            self.statements[-1].output = node.output[0]
+
+    def _Flatten(self, node) -> None:
+        axis = self.attributes(node).get("axis", 1)
+        rank = 1 + len(self.shape) + self.unit_axes
+        if axis not in (1, 1 - rank):
+            self.refuse(node, f"Flatten(axis={axis}) would not keep the batch axis alone; cnnc flattens with axis=1")
+        self._to_flat(node)
+
+    def _Reshape(self, node) -> None:
+        target = self.constant(node, 1, "target shape")
+        if target is None:
+            self.refuse(node, "it has no target shape")
+        target = [int(t) for t in np.asarray(target).reshape(-1)]
+        size = prod(self.shape)
+        batch_ok = target[:1] == [0] or target[:1] == [-1] or (self.batch is not None and target[:1] == [self.batch])
+        if len(target) != 2 or not batch_ok or target[1] not in (size, -1) or target == [-1, -1]:
+            self.refuse(node, f"it reshapes to {target}; cnnc imports only a reshape to (batch, {size}) such as "
+                              f"[-1, {size}] or [0, -1]")
+        if self.attributes(node).get("allowzero", 0) and 0 in target:
+            self.refuse(node, "allowzero=1 with a 0 in the target shape makes an empty tensor")
+        self._to_flat(node)
+
+    def _dense_input(self, node) -> int:
+        if self.unit_axes or len(self.shape) != 1:
+            self.refuse(node, f"it needs a flat (batch, D) input; the previous layer outputs {self._onnx_shape()} "
+                              f"(add a Flatten before it)")
+        return self.shape[0]
+
+    def _Gemm(self, node) -> None:
+        attrs = self.attributes(node)
+        inputs = self._dense_input(node)
+        if attrs.get("transA", 0):
+            self.refuse(node, "transA=1 transposes the batch; cnnc's dense layer reads (batch, D)")
+        matrix = self.constant(node, 1, "weight")
+        weight = matrix if attrs.get("transB", 0) else matrix.T  # -> (units, inputs)
+        if weight.ndim != 2 or weight.shape[1] != inputs:
+            self.refuse(node, f"its weight {tuple(matrix.shape)} (transB={attrs.get('transB', 0)}) does not take "
+                              f"{inputs} inputs")
+        units = weight.shape[0]
+        weights = {"weight": weight * np.asarray(attrs.get("alpha", 1.0), weight.dtype)}
+        bias = self.constant(node, 2, "bias")
+        if bias is not None:
+            if bias.size not in (1, units) or (bias.ndim == 2 and bias.shape[0] != 1) or bias.ndim > 2:
+                self.refuse(node, f"its bias {tuple(bias.shape)} is not one value per output ({units})")
+            bias = np.broadcast_to(bias.reshape(-1), (units,)) * np.asarray(attrs.get("beta", 1.0), bias.dtype)
+            weights["bias"] = np.ascontiguousarray(bias)
+        args = {"units": str(units)} if bias is not None else {"units": str(units), "bias": "false"}
+        self.emit(node, "dense", self.layer_name(node, "fc"), args, (units,), weights)
+
+    def _MatMul(self, node) -> None:
+        inputs = self._dense_input(node)
+        matrix = self.constant(node, 1, "weight")
+        if matrix.ndim != 2 or matrix.shape[0] != inputs:
+            self.refuse(node, f"its weight {tuple(matrix.shape)} is not ({inputs}, units)")
+        units = matrix.shape[1]
+        self.emit(node, "dense", self.layer_name(node, "fc"), {"units": str(units), "bias": "false"}, (units,),
+                  {"weight": np.ascontiguousarray(matrix.T)}, from_matmul=True)
+
+    def _Add(self, node) -> None:
+        last = self.statements[-1] if self.statements else None
+        if not (last and last.from_matmul and last.output == self.current and "bias" not in last.weights):
+            self.refuse(node, "Add is supported only as the bias right after a MatMul")
+        bias = self.constant(node, 1, "bias")
+        units = last.out_shape[0]
+        if bias is None or bias.size not in (1, units) or bias.ndim > 2:
+            self.refuse(node, f"the added value must be a constant with one value per output ({units})")
+        last.weights["bias"] = np.ascontiguousarray(np.broadcast_to(bias.reshape(-1), (units,)))
+        del last.args["bias"]
+        last.from_matmul = False
+        last.output = node.output[0]
+
+    def _activation(self, node, kind: str, args: dict) -> None:
+        last = self.last_fusable()
+        if kind == "softmax" and (self.unit_axes or len(self.shape) != 1):
+            self.refuse(node, f"softmax normalises flat class scores; its input is {self._onnx_shape()}")
+        if last is not None and not (kind == "softmax" and last.kind != "dense"):
+            last.args["activation"] = kind
+            last.args.update(args)
+            last.output = node.output[0]
+            return
+        self.emit(node, kind, self.layer_name(node, None), args, self.shape)
+
+    def _Relu(self, node) -> None:
+        self._activation(node, "relu", {})
+
+    def _Sigmoid(self, node) -> None:
+        self._activation(node, "sigmoid", {})
+
+    def _Tanh(self, node) -> None:
+        self._activation(node, "tanh", {})
+
+    def _LeakyRelu(self, node) -> None:
+        alpha = float(self.attributes(node).get("alpha", 0.01))
+        self._activation(node, "leaky_relu", {} if np.float32(alpha) == np.float32(0.01) else {"slope": _real(alpha)})
+
+    def _Softmax(self, node) -> None:
+        axis = self.attributes(node).get("axis", -1 if self.opset >= 13 else 1)
+        if axis not in (1, -1):
+            self.refuse(node, f"Softmax(axis={axis}) is not over the class scores of a (batch, K) tensor")
+        self._activation(node, "softmax", {})
+
+    def _Dropout(self, node) -> None:
+        attrs = self.attributes(node)
+        ratio = self.constant(node, 1, "ratio")
+        ratio = float(ratio) if ratio is not None else float(attrs.get("ratio", 0.5))
+        if len(node.input) > 2 and node.input[2]:
+            training = self.constant(node, 2, "training_mode")
+            if bool(training):
+                self.refuse(node, "training_mode is true: this graph applies dropout at inference")
+        if not 0 <= ratio < 1:
+            self.refuse(node, f"ratio {ratio} is outside [0, 1)")
+        self.emit(node, "dropout", self.layer_name(node, None), {"rate": _real(ratio)}, self.shape)
+
+    def _Identity(self, node) -> None:
+        if self.statements:
+            self.statements[-1].output = node.output[0]
+
+
+# ---- writing -----------------------------------------------------------------------------------------
+def _model_name(requested: str | None, graph_name: str, cnn_path: Path) -> str:
+    if requested is not None:
+        if not IDENTIFIER.match(requested) or requested in RESERVED:
+            raise CnncError(f"--model {requested!r} is not a usable model name: it must match [A-Za-z_][A-Za-z0-9_]* "
+                            f"and not be a keyword")
+        return requested
+    for candidate in (graph_name, re.sub(r"[^A-Za-z0-9_]", "_", cnn_path.stem)):
+        if IDENTIFIER.match(candidate or "") and candidate not in RESERVED:
+            return candidate
+    return "imported"
+
+
+def cnn_text(model_name: str, input_name: str, input_shape, statements: list[Statement], header: list[str]) -> str:
+    """The .cnn file: one statement a line, each layer's output shape as a comment."""
+    lines = [f"input {input_name}[{', '.join(map(str, input_shape))}]"]
+    lines += [s.text() for s in statements]
+    shapes = [""] + [f"# -> [{', '.join(map(str, s.out_shape))}]" for s in statements]
+    width = max(len(line) for line in lines)
+    body = [f"    {line.ljust(width)}   {shape}".rstrip() for line, shape in zip(lines, shapes)]
+    return "\n".join([*(f"# {_comment_safe(h)}" for h in header), f"model {model_name} {{", *body, "}", ""])
+
+
+def _weights(statements: list[Statement]) -> dict[str, np.ndarray]:
+    arrays = {}
+    for s in statements:
+        for role, value in s.weights.items():
+            value = np.asarray(value)
+            arrays[f"{s.name}.{role}"] = np.ascontiguousarray(value if value.dtype == np.float64 else value.astype(np.float32))
+    return arrays
+
+
+def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None = None) -> tuple[Network, dict]:
+    """Read an ONNX model and write the .cnn file and its weights (.npz, by default beside the .cnn).
+    Returns the shape-checked Network and the weights {name: array}. Refuses, with a CnncError naming the
+    node and operator, anything the language cannot express."""
+    from . import __version__
+    from .frontend import network_from_text
+
+    onnx = require_onnx("onnx")
+    source, cnn_path = os.fspath(onnx_path), Path(os.fspath(cnn_path))
+    weights_path = Path(os.fspath(weights_path)) if weights_path is not None else cnn_path.with_suffix(".npz")
+    try:
+        proto = onnx.load(source)
+    except FileNotFoundError:
+        raise CnncError(f"{source}: no such file") from None
+    except Exception as e:  # protobuf's DecodeError and friends: the file is not an ONNX model
+        raise CnncError(f"{source}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    importer = Importer(onnx, proto, source)
+    input_name, statements = importer.run()
+    name = _model_name(model_name, proto.graph.name, cnn_path)
+    producer = f"{proto.producer_name} {proto.producer_version}".strip() or "an unknown producer"
+    header = [f"Imported from {Path(source).name} (ONNX opset {importer.opset}, written by {producer}) by cnnc "
+              f"{__version__}.", f"Weights: {weights_path.name}. No loss statement: add one (e.g. `loss cross_entropy`) "
+              f"to train it."]
+    text = cnn_text(name, input_name, importer.input_shape, statements, header)
+    network = network_from_text(text, file=os.fspath(cnn_path))
+    if network.output_shape != importer.shape:
+        raise AssertionError(f"import_onnx: cnnc infers the output {network.output_shape}, the importer {importer.shape}")
+    arrays = _weights(statements)
+    problems = weight_mismatches(network, arrays)
+    if problems:
+        raise CnncError(f"{source}: the imported weights do not fit the written model:\n  " + "\n  ".join(problems))
+    atomic_write_text(cnn_path, text)
+    with atomic_path(weights_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    return network, arrays
+
+
+__all__ = ["import_onnx", "Importer", "cnn_text", "SUPPORTED"]
