@@ -419,13 +419,13 @@ def _infer_layers(stmts: list[LayerStmt], input_stmt: InputStmt | None, x: _Tens
     counts: dict[str, int] = {}
     layers: list[Layer] = []
     for stmt in stmts:
+        counts[stmt.kind] = counts.get(stmt.kind, 0) + 1
+        name = stmt.name or f"{stmt.kind}_{counts[stmt.kind]}"
+        _check_name(stmt, name, names, errors)
         if stmt.kind not in LAYER_KINDS:
             errors.append(_unknown_kind(stmt))
             x = None
             continue
-        counts[stmt.kind] = counts.get(stmt.kind, 0) + 1
-        name = stmt.name or f"{stmt.kind}_{counts[stmt.kind]}"
-        _check_name(stmt, name, names, errors)
         args = _check_arguments(stmt, name, errors)
         if args is None or x is None:
             x = None
