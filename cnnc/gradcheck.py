@@ -99,6 +99,17 @@ def gradcheck(model: Model, batch: int = 2, eps: float = 1e-6, seed: int = 0, sa
 
 
 # ---- cnnc gradcheck ------------------------------------------------------------------------------
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)  # argparse turns a ValueError here into "invalid ... value"
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def add_gradcheck_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "gradcheck", help="compare a backend's gradients with central finite differences (float64)",
@@ -108,10 +119,10 @@ def add_gradcheck_parser(subparsers) -> None:
     p.add_argument("file", metavar="FILE", help="the .cnn file")
     p.add_argument("--model", help="the model to check, when the file holds several")
     p.add_argument("--backend", choices=("numpy", "c"), default="numpy", help="the backend to check (default numpy)")
-    p.add_argument("--batch", type=int, default=2, help="samples in the random batch (default 2)")
+    p.add_argument("--batch", type=_positive(int), default=2, help="samples in the random batch (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random batch, targets and parameters (default 0)")
-    p.add_argument("--eps", type=float, default=1e-6, help="finite-difference step (default 1e-6)")
-    p.add_argument("--samples", type=int, default=None, metavar="K",
+    p.add_argument("--eps", type=_positive(float), default=1e-6, help="finite-difference step (default 1e-6)")
+    p.add_argument("--samples", type=_positive(int), default=None, metavar="K",
                    help="check K randomly chosen entries per tensor instead of all (faster on big models)")
     p.set_defaults(func=run_gradcheck_cli)
 
