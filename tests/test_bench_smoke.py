@@ -1,0 +1,144 @@
+"""The benchmark harness (bench/): a tiny real run checked for structure, plus its pure parts.
+
+Not a timed test: nothing here asserts a speed. The smoke run measures LeNet-5 with the NumPy backend
+and PyTorch, 1 thread, 2 repeats, a 256^3 GEMM, in a few seconds.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+sys.path.insert(0, str(BENCH))
+
+import report  # noqa: E402
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / "bench.py"), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("bench") / "lenet5.json"
+    done = run_bench("--models", "lenet5", "--backends", "numpy,torch", "--threads", "1", "--repeats", "2",
+                     "--quick", "--gemm-size", "256", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    return done.stdout, json.loads(out.read_text())
+
+
+def test_smoke_run_records_every_measurement(smoke):
+    _, record = smoke
+    assert record["schema"] == "cnnc-bench/1"
+    assert record["settings"]["threads"] == [1] and record["settings"]["batch"] == 64
+    assert record["models"]["lenet5"]["macs"] == 416_520
+    assert record["models"]["lenet5"]["flops_per_image"] == {"forward": 833_040.0, "train": 2_499_120.0}
+    rows = {(r["backend"], r["threads"]): r for r in record["rows"]}
+    assert set(rows) == {("numpy", 1), ("torch", 1)}
+    for row in rows.values():
+        assert row["status"] == "ok", row["note"]
+        d = row["derived"]
+        assert d["latency_b1_us"] > 0 and d["infer_ips"]["median"] > 0 and d["train_ips"]["median"] > 0
+        assert d["infer_ips"]["p25"] <= d["infer_ips"]["median"] <= d["infer_ips"]["p75"]
+        assert d["train_gflops"] == pytest.approx(d["train_ips"]["median"] * 2_499_120 / 1e9)
+        assert 0 < d["train_gemm_fraction"] == pytest.approx(
+            d["train_gflops"] / record["gemm"]["rates"]["1"]["reference_gflops"])
+    for backend in ("numpy", "torch"):
+        raw = record["raw"][backend]["1"]["models"][0]
+        assert raw["latency_b1"]["samples"] == 2 and raw["train_batch"]["samples"] == 2
+        assert record["raw"][backend]["1"]["thread_report"]["OMP_NUM_THREADS"] == "1"
+    assert record["raw"]["torch"]["1"]["models"][0]["torch_threads"] == 1
+
+
+def test_smoke_run_compares_the_same_function(smoke):
+    """Same weights and inputs: the NumPy backend and the nn.Sequential agree, so the ratios compare like with like."""
+    _, record = smoke
+    numpy_row = next(r for r in record["rows"] if r["backend"] == "numpy")
+    assert numpy_row["check_diff"] < 1e-4
+    numpy_raw = record["raw"]["numpy"]["1"]["models"][0]
+    torch_raw = record["raw"]["torch"]["1"]["models"][0]
+    assert numpy_raw["loss0"] == pytest.approx(torch_raw["loss0"], rel=1e-4)
+    v = numpy_row["versus"]
+    assert v["train_ratio"] == pytest.approx(numpy_row["derived"]["train_ips"]["median"] /
+                                             next(r for r in record["rows"] if r["backend"] == "torch")["derived"]["train_ips"]["median"])
+
+
+def test_smoke_run_prints_tables_and_targets(smoke):
+    stdout, record = smoke
+    assert "lenet5" in stdout and "vs torch" in stdout and "targets" in stdout
+    targets = {(t["model"], t["metric"]): t for t in record["targets"]}
+    train = targets[("lenet5", "train_ratio")]
+    assert train["threshold"] == 2.0 and train["backends"]["numpy"]["status"] in ("PASS", "MISS")
+    assert train["backends"]["numpy"]["value"] == pytest.approx(
+        next(r for r in record["rows"] if r["backend"] == "numpy")["versus"]["train_ratio"])
+    # One thread only: no scaling figure, and no C backend requested, so no compile timing.
+    assert targets[("lenet5", "train_scaling_vs_torch")]["backends"]["numpy"]["status"] == "n/a"
+    assert record["compile"] == {}
+
+
+def test_bad_options_are_reported_without_traceback():
+    done = run_bench("--threads", "0", "--no-json")
+    assert done.returncode == 2
+    assert "--threads takes comma-separated positive integers" in done.stderr and "Traceback" not in done.stderr
+    done = run_bench("--models", "nosuch", "--no-json")
+    assert done.returncode == 2 and "'nosuch' is neither one of lenet5" in done.stderr
+
+
+def test_targets_pass_and_miss_by_threshold():
+    figures = {"c": {"lenet5": {"train_ratio": 2.5, "latency_ratio": 0.3, "cold_compile_s": 1.2, "cached_load_ms": 80.0}}}
+    rows = report.evaluate_targets(["lenet5"], figures, ["c", "numpy"], {"numpy": "not built yet"})
+    status = {r["metric"]: r["backends"]["c"]["status"] for r in rows}
+    assert status == {"train_ratio": "PASS", "latency_ratio": "MISS", "train_scaling_vs_torch": "n/a",
+                      "infer_scaling_vs_torch": "n/a", "cold_compile_s": "PASS", "cached_load_ms": "MISS"}
+    numpy_status = {r["metric"]: r["backends"]["numpy"]["status"] for r in rows}
+    assert numpy_status["train_ratio"] == "not built yet" and numpy_status["cold_compile_s"] == "-"  # C only
+    vgg = report.evaluate_targets(["vgg_small"], {"c": {"vgg_small": {"train_ratio": 0.79}}}, ["c"], {})
+    assert [(r["metric"], r["threshold"], r["backends"]["c"]["status"]) for r in vgg][0] == ("train_ratio", 0.8, "MISS")
+
+
+def test_rates_come_from_per_batch_times():
+    times = {"median_s": 0.01, "p25_s": 0.008, "p75_s": 0.016, "min_s": 0.007, "max_s": 0.02, "samples": 5}
+    assert report.rate_stats(times, 64) == {"median": 6400.0, "p25": 4000.0, "p75": 8000.0, "samples": 5}
+    assert report.spread_pct(times) == pytest.approx(40.0)
+
+
+TORCH_NET_SPEC = """
+model mixed {
+    input x[3, 11, 10]
+    conv2d a(filters=4, kernel=4, padding=same, activation=leaky_relu)
+    avgpool2d p(size=3, stride=2, padding=1)
+    conv2d b(filters=5, kernel=(3, 2), stride=(1, 2), dilation=(2, 1), bias=false, activation=tanh)
+    maxpool2d m(size=2, padding=1)
+    sigmoid
+    global_avgpool
+    dense out(units=3)
+}
+"""
+
+
+@pytest.mark.parametrize("text", [TORCH_NET_SPEC, (REPO / "specs" / "signal1d.cnn").read_text()])
+def test_torch_sequential_matches_the_numpy_backend(text):
+    """bench/torch_net.py builds the same function as cnnc: asymmetric `same` padding, pooling padding, 1-D."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("cnnc.backends.numpy_backend")
+    import cnnc
+    from cnnc.backends.numpy_backend import NumpyModel
+    from torch_net import load_params, torch_sequential
+
+    network = cnnc.network_from_text(text)
+    model = NumpyModel(network, dtype="float64", seed=3)
+    net, owners = torch_sequential(network)
+    net = net.double().eval()
+    load_params(owners, model.params)
+    x = np.random.default_rng(0).standard_normal((2, *network.input_shape))
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.forward(x), expected, rtol=1e-10, atol=1e-12)
