@@ -341,7 +341,9 @@ def test_lenet5_training_step_at_batch_64_takes_milliseconds():
         _, dy = m.loss(m.forward(x, train=True), labels)
         m.backward(dy)
         times.append(time.perf_counter() - start)
-    assert sorted(times)[2] < 0.25, f"median step {sorted(times)[2] * 1e3:.0f} ms: something is looping over pixels"
+    # About 25 ms on an idle 2-core machine; a Python loop over LeNet's 300k output pixels takes seconds.
+    # The fastest of 5 and a wide bound keep the test meaningful on a loaded, shared machine.
+    assert min(times) < 1.0, f"fastest step {min(times) * 1e3:.0f} ms: something is looping over pixels"
 
 
 # ---- errors ---------------------------------------------------------------------------------------
