@@ -35,7 +35,8 @@ def gradcheck_inputs(model: Model, batch: int, seed: int):
     whose window lies wholly in the padding exactly on ReLU's kink, where finite differences disagree
     with any one-sided derivative. Continuous random inputs make max-pool ties unlikely likewise."""
     rng = np.random.default_rng(seed)
-    params = {spec.name: rng.normal(0.0, 1.0 / math.sqrt(spec.fan_in), spec.shape) for spec in model.network.param_specs}
+    params = {spec.name: rng.normal(0.0, 1.0 / math.sqrt(spec.fan_in), spec.shape)
+              for spec in model.network.param_specs}
     x = rng.normal(size=(batch, *model.input_shape))
     if model.loss_kind == "cross_entropy":
         target = rng.integers(0, model.output_shape[0], size=batch)
@@ -44,7 +45,8 @@ def gradcheck_inputs(model: Model, batch: int, seed: int):
     return params, x, target
 
 
-def gradcheck(model: Model, batch: int = 2, eps: float = 1e-6, seed: int = 0, samples: int | None = None) -> dict[str, float]:
+def gradcheck(model: Model, batch: int = 2, eps: float = 1e-6, seed: int = 0,
+              samples: int | None = None) -> dict[str, float]:
     """-> {tensor name: relative error} for every parameter and "input" (the gradient dx).
 
     The check runs at random parameters drawn from `seed` (see gradcheck_inputs); the model's own

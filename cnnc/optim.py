@@ -42,7 +42,8 @@ class Optimizer:
     def __init__(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float):
         if set(params) != set(grads):
             extra = sorted(set(params) ^ set(grads))
-            raise ValueError(f"params and grads must have the same names; these are in only one of them: {', '.join(extra)}")
+            raise ValueError("params and grads must have the same names; these are in only one of them: "
+                             + ", ".join(extra))
         for name, p in params.items():
             if grads[name].shape != p.shape:
                 raise ValueError(f"grads['{name}'] has shape {grads[name].shape} but params['{name}'] has {p.shape}")

@@ -76,7 +76,8 @@ def _run(network: Network, params, x, masks):
     tx = torch.tensor(np.asarray(x, dtype=np.float64), requires_grad=True)
     h = tx
     for layer in network.layers:
-        mask = None if masks is None or layer.name not in masks else torch.tensor(np.asarray(masks[layer.name], np.float64))
+        mask = masks.get(layer.name) if masks is not None else None
+        mask = None if mask is None else torch.tensor(np.asarray(mask, np.float64))
         h = layer_forward(layer, h, tparams, mask)
     return h, tx, tparams
 

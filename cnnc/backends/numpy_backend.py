@@ -14,7 +14,7 @@ equations"). All three of its computations use one primitive, `correlate`:
 1-D layers run as 2-D layers of height 1: (N, C, L) is viewed as (N, C, 1, L), a kernel K as (1, K).
 
 What this file deliberately is not: fast. It is vectorised (windows are strided views, the
-contractions are einsum/BLAS calls, there is no Python loop over pixels), so a LeNet-5 training step
+contractions are im2col + BLAS GEMMs, there is no Python loop over pixels), so a LeNet-5 training step
 at batch 64 takes milliseconds, but where clarity and speed disagree it chooses clarity: the
 stride-dilated dy multiplies zeros, and pooling's backward loops over the kernel offsets.
 """
@@ -76,17 +76,17 @@ def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair = (1, 1))
     return sliding_window_view(xp, span, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
 
 
-def unwindow(dwin: np.ndarray, padded_hw: Pair, stride: Pair) -> np.ndarray:
-    """The adjoint of `windows` (dilation 1): add every window's gradient back where the window read it.
-    dwin: (N, C, OH, OW, KH, KW) -> dxp: (N, C, HP, WP). Overlapping windows accumulate.
+def unwindow(dwin: np.ndarray, x_hw: Pair, stride: Pair, pad_before: Pair, pad_after: Pair) -> np.ndarray:
+    """The adjoint of pad-then-`windows` (dilation 1): add each window's gradient back where it read.
+    dwin: (N, C, OH, OW, KH, KW) -> dx: (N, C, H, W). Overlapping windows accumulate; padding is dropped.
     Loops over the KH*KW kernel offsets; each iteration is one strided add over the whole batch."""
     N, C, OH, OW, KH, KW = dwin.shape
     sh, sw = stride
-    dxp = np.zeros((N, C, *padded_hw), dwin.dtype)
+    dxp = np.zeros((N, C, x_hw[0] + pad_before[0] + pad_after[0], x_hw[1] + pad_before[1] + pad_after[1]), dwin.dtype)
     for p in range(KH):
         for q in range(KW):
             dxp[:, :, p:p + (OH - 1) * sh + 1:sh, q:q + (OW - 1) * sw + 1:sw] += dwin[:, :, :, :, p, q]
-    return dxp
+    return crop(dxp, pad_before, pad_after)
 
 
 def correlate(x: np.ndarray, k: np.ndarray, stride: Pair, dilation: Pair) -> np.ndarray:
@@ -117,7 +117,7 @@ def conv_backward(dy, xp, w, stride: Pair, dilation: Pair, pad_before: Pair, pad
     -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,)"""
     F, C, KH, KW = w.shape
     HP, WP = xp.shape[2:]
-    (dh, dw_), span = dilation, (dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1)
+    span = (dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1)  # the dilated kernel's extent
     # db[f] = sum_{n, i, j} dy[n, f, i, j]: the bias is added once at every output position.
     db = dy.sum(axis=(0, 2, 3))
     # dy dilated by the stride, dyd: (N, F, DH, DW). Then every formula below has stride 1 in dy.
@@ -167,8 +167,7 @@ def maxpool_backward(dy, winner, x_hw: Pair, kernel: Pair, stride: Pair, pad_bef
     KH, KW = kernel
     one_hot = np.arange(KH * KW) == winner[..., None]  # (N, C, OH, OW, KH*KW)
     dwin = (one_hot * dy[..., None]).reshape(*dy.shape, KH, KW)
-    padded_hw = (x_hw[0] + pad_before[0] + pad_after[0], x_hw[1] + pad_before[1] + pad_after[1])
-    return crop(unwindow(dwin, padded_hw, stride), pad_before, pad_after)
+    return unwindow(dwin, x_hw, stride, pad_before, pad_after)
 
 
 def avgpool_forward(x, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair):
@@ -181,8 +180,7 @@ def avgpool_backward(dy, x_hw: Pair, kernel: Pair, stride: Pair, pad_before: Pai
     """dy: (N, C, OH, OW) -> dx: (N, C, H, W): each dy is shared equally by the KH*KW cells of its window."""
     KH, KW = kernel
     dwin = np.broadcast_to((dy / (KH * KW))[..., None, None], (*dy.shape, KH, KW))
-    padded_hw = (x_hw[0] + pad_before[0] + pad_after[0], x_hw[1] + pad_before[1] + pad_after[1])
-    return crop(unwindow(dwin, padded_hw, stride), pad_before, pad_after)
+    return unwindow(dwin, x_hw, stride, pad_before, pad_after)
 
 
 def global_avgpool_forward(x):
@@ -345,7 +343,7 @@ class NumpyModel(Model):
             dy = backward(dy, saved["z"], saved["y"], layer.slope)
         if kind in CONV_KINDS:
             _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
-            w, b = self._weight_bias(layer)
+            w, _ = self._weight_bias(layer)
             dx, dw, db = conv_backward(as_2d(dy, layer.spatial_dims), saved["xp"], as_2d(w, layer.spatial_dims),
                                        stride, dilation, pad_before, pad_after)
             self._store_grads(layer, dw, db)
@@ -357,12 +355,13 @@ class NumpyModel(Model):
             return dx
         if kind in ("maxpool1d", "maxpool2d"):
             kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
-            dx = maxpool_backward(as_2d(dy, layer.spatial_dims), saved["winner"], spatial_2d(layer.in_shape), kernel, stride,
-                                  pad_before, pad_after)
+            dx = maxpool_backward(as_2d(dy, layer.spatial_dims), saved["winner"], spatial_2d(layer.in_shape),
+                                  kernel, stride, pad_before, pad_after)
             return dx.reshape(x_shape)
         if kind in ("avgpool1d", "avgpool2d"):
             kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
-            dx = avgpool_backward(as_2d(dy, layer.spatial_dims), spatial_2d(layer.in_shape), kernel, stride, pad_before, pad_after)
+            dx = avgpool_backward(as_2d(dy, layer.spatial_dims), spatial_2d(layer.in_shape),
+                                  kernel, stride, pad_before, pad_after)
             return dx.reshape(x_shape)
         if kind == "global_avgpool":
             return global_avgpool_backward(dy, x_shape)
