@@ -34,9 +34,9 @@ class Diagnostic:
             head = f"{self.loc.file}:{self.loc.line}:{self.loc.col}: {self.severity}: {self.message}"
         lines = [head]
         if self.loc is not None and source is not None:
-            source_lines = source.splitlines()
+            source_lines = source.split("\n")  # as the parser counts lines: not at \f, \v, U+2028, ...
             if 1 <= self.loc.line <= len(source_lines):
-                text = source_lines[self.loc.line - 1].expandtabs(1)
+                text = source_lines[self.loc.line - 1].rstrip("\r").expandtabs(1)
                 caret = " " * (self.loc.col - 1) + "^" + "~" * max(0, min(self.loc.length, len(text) - self.loc.col + 1) - 1)
                 lines += ["    " + text, "    " + caret]
         if self.hint:

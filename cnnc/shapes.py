@@ -37,9 +37,16 @@ class _Mistake(Exception):
         self.diagnostic = Diagnostic("error", message, loc, hint)
 
 
+def closest(word: str, choices) -> str | None:
+    """The choice `word` most likely misspells (ignoring case), or None."""
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.7)
+    return by_lower[close[0]] if close else None
+
+
 def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    close = closest(word, choices)
+    return f"; did you mean '{close}'?" if close else ""
 
 
 def fmt_shape(shape) -> str:
@@ -214,7 +221,7 @@ def _check_arguments(stmt: LayerStmt, name: str, errors: list[Diagnostic]) -> _A
         slot = _Slot(stmt.kind, name, arg.key)
         try:
             if arg.key not in specs:
-                misspelt.update(difflib.get_close_matches(arg.key, list(specs), n=1, cutoff=0.6))
+                misspelt.add(closest(arg.key, specs))
                 raise _Mistake(f"{stmt.kind} '{name}' has no argument '{arg.key}'{did_you_mean(arg.key, specs)}",
                                arg.loc, _takes(stmt.kind, arg.key))
             if arg.key in given:

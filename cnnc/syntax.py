@@ -7,6 +7,7 @@ in cnnc/shapes.py.
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -316,12 +317,20 @@ def _explain(token: Token, expected: set[str], before: str, lines: list[str], li
         which = f"model '{model[0]}' (opened at line {model[1]})" if model else "a model block"
         where = "end of file" if token.type == "$END" else "the next model"
         return f"{which} is missing its closing '}}' before {where}", "close the model block with '}'"
+    if "MODEL" in expected:  # at the top level, between model blocks
+        hint = "statements go inside a model block: model NAME { ... }"
+        if token.type == "RBRACE":
+            hint = "is there one '}' too many?"
+        elif token.type == "NAME" and difflib.get_close_matches(token.lower(), ["model"], cutoff=0.7):
+            hint = "did you mean 'model'?"
+        return f"unexpected {found} outside a model block", hint
     if "EQUAL" in expected:
         return f"expected '=' after the argument name, found {found}", "arguments are written key=value, e.g. kernel=3"
     if "LBRACE" in expected:
         return f"expected '{{' after the model name, found {found}", "write `model NAME {`"
-    if "MODEL" in expected:
-        return f"unexpected {found}: expected `model NAME {{ ... }}`", None
+    if not before.strip() or before.rstrip().endswith((";", "{")):
+        return (f"expected a statement, found {found}",
+                "a statement is `input NAME[dims]`, `KIND [NAME] [(key=value, ...)]` or `loss NAME`")
     if "_NEWLINE" in expected and not ends:
         hint = "one statement per line: KIND [NAME] [(key=value, ...)]; separate statements on one line with ';'"
         if "LPAR" in expected and token.type == "NAME":
