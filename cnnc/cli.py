@@ -21,6 +21,8 @@ def add_check_parser(subparsers) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="the .cnn file(s)")
     p.add_argument("--model", help="check only this model (of a single file)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--html", metavar="REPORT", help="also write a self-contained HTML page: table, diagram, "
+                                                      "receptive-field growth (needs cnnc[viz])")
     p.set_defaults(func=run_check)
 
 
@@ -43,6 +45,11 @@ def run_check(args) -> int:
         print(json.dumps({"models": [network_record(n) for n in networks]}, indent=2))
     else:
         print("\n\n".join(summary_table(n) for n in networks))
+    if args.html:
+        from .report import write_report
+
+        write_report(networks, args.html)
+        print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
 
