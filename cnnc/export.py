@@ -68,7 +68,7 @@ def run_export(args) -> int:
     if args.format == "c":
         from .export_c import checked_prefix, export_c, memory_report
 
-        prefix = checked_prefix(args.name or network.name)
+        prefix = checked_prefix(args.name if args.name is not None else network.name)
         if args.dry_run:
             print(memory_report(network, prefix))
             return 0

@@ -134,10 +134,12 @@ class Importer:
 
     # ---- names ---------------------------------------------------------------------------------------
     def layer_name(self, node, fallback: str | None) -> str | None:
-        """A name for the layer from the ONNX node's: the last part of a path like "/c1/Conv" that is not
-        the operator. Parameterised layers always get one (their weights are keyed by it): `fallback`
-        numbered, like conv1, when the node's name will not do; other layers stay unnamed then."""
-        parts = [p for p in re.split(r"[/:]", node.name or "") if p and p.lower() != node.op_type.lower()]
+        """A name for the layer from the ONNX node's: "c1" from "c1" or from PyTorch's "/c1/Conv".
+        Parameterised layers always get one (their weights are keyed by it): `fallback` numbered, like
+        conv1, when the node's name will not do; other layers stay unnamed then."""
+        parts = [p for p in re.split(r"[/:]", node.name or "") if p]
+        if len(parts) > 1 and parts[-1] == node.op_type:  # PyTorch's "/module/Op"
+            parts.pop()
         candidate = parts[-1] if parts else ""
         if fallback is not None:
             candidate = re.sub(r"[^A-Za-z0-9_]", "_", candidate).strip("_")
@@ -486,7 +488,8 @@ def _model_name(requested: str | None, graph_name: str, cnn_path: Path) -> str:
             raise CnncError(f"--model {requested!r} is not a usable model name: it must match [A-Za-z_][A-Za-z0-9_]* "
                             f"and not be a keyword")
         return requested
-    for candidate in (graph_name, re.sub(r"[^A-Za-z0-9_]", "_", cnn_path.stem)):
+    generic = ("main_graph", "torch_jit", "torch-jit-export", "graph")  # exporters' default graph names
+    for candidate in ("" if graph_name in generic else graph_name, re.sub(r"[^A-Za-z0-9_]", "_", cnn_path.stem)):
         if IDENTIFIER.match(candidate or "") and candidate not in RESERVED:
             return candidate
     return "imported"

@@ -1,0 +1,368 @@
+"""Standalone C export: every spec (plus two that use every layer kind) exported through the CLI with
+random weights, built with the strict flags and with sanitizers, run, and compared with the NumPy
+backend (and with the C backend when it is installed).
+
+Compile budget: the exports are linked into ONE test program (which is also the proof that several
+exported models link together without symbol clashes), built twice in parallel: strict -O2 with static
+arenas, and -fsanitize=address,undefined with caller-owned arenas malloc'd to exactly
+PREFIX_ARENA_BYTES, so that AddressSanitizer catches any access past the planned arena. One more
+small build checks the generated main.c and Makefile.
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc.cli import main
+from cnnc.diagnostics import CnncError
+from cnnc.export_c import c_float, checked_prefix, memory_plan
+from cnnc.frontend import networks_from_file
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+GCC = shutil.which("gcc")
+CLANG = shutil.which("clang")
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror"]
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+BATCH = 3
+
+pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is needed to build the exported C")
+
+# Every layer kind and option the specs/ files do not use: average pooling with padding, asymmetric
+# `same` padding (an even kernel), pairs, stride pairs, bias=false, leaky_relu with a slope, tanh,
+# sigmoid, softmax (fused and standalone), dropout, 1-D average pooling and global pooling.
+EXTRA_SPECS = """
+model kitchen {
+    input x[2, 9, 10]
+    conv2d a(filters=3, kernel=(2, 3), padding=same, activation=leaky_relu, slope=0.2)
+    avgpool2d ap(size=3, stride=2, padding=1)
+    conv2d b(filters=4, kernel=2, stride=(1, 2), bias=false, activation=tanh)
+    maxpool2d(size=(2, 1), padding=(1, 0))
+    leaky_relu(slope=0.05)
+    flatten
+    dense d(units=7, bias=false, activation=sigmoid)
+    dropout(rate=0.5)
+    dense e(units=5, activation=softmax)
+}
+model kitchen1d {
+    input s[2, 17]
+    conv1d c(filters=3, kernel=4, padding=same, dilation=2)
+    avgpool1d(size=2, padding=1)
+    sigmoid
+    global_avgpool
+    tanh
+    softmax
+}
+model flat_only {
+    input v[6]
+    relu
+    flatten
+}
+"""
+
+
+def spec_models(extra_file: Path) -> list[tuple[Path, str]]:
+    files = sorted(SPECS.glob("*.cnn")) + [extra_file]
+    return [(path, net.name) for path in files for net in networks_from_file(path)]
+
+
+def randomized(path: Path, name: str, seed: int):
+    """cnnc.load with the seed, then non-zero biases so that every bias path runs."""
+    m = cnnc.load(path, model=name, seed=seed)
+    rng = np.random.default_rng(seed)
+    for key, p in m.params.items():
+        if key.endswith(".bias"):
+            p[...] = rng.normal(0.0, 0.5, p.shape)
+    return m
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max(), 1e-30))
+
+
+DRIVER = r"""
+/* Test driver: every exported model in one program. argv: MODEL SAMPLES; reads SAMPLES inputs of raw
+   float32 from stdin and writes the outputs, raw float32, to stdout. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+%(includes)s
+
+typedef struct {
+    const char *name;
+    int (*predict)(const float *, float *);
+    int input_size, output_size;
+    size_t arena_bytes;
+#ifdef EXTERNAL
+    void (*set_arena)(void *);
+#endif
+} entry;
+
+static const entry models[] = {
+%(entries)s
+};
+
+int main(int argc, char **argv) {
+    const entry *m = NULL;
+    int samples;
+    if (argc != 3) return 2;
+    samples = atoi(argv[2]);
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        if (strcmp(models[i].name, argv[1]) == 0) m = &models[i];
+    }
+    if (m == NULL) return 2;
+    float *input = malloc(sizeof(float) * (size_t)m->input_size);
+    float *output = malloc(sizeof(float) * (size_t)m->output_size);
+    if (m->predict(NULL, output) != -1) return 4; /* a NULL pointer is an error, not a crash */
+#ifdef EXTERNAL
+    /* exactly the planned size: AddressSanitizer reports any access beyond it */
+    void *arena = malloc(m->arena_bytes ? m->arena_bytes : 1);
+    if (m->arena_bytes && m->predict(input, output) != 1) return 5; /* no arena yet */
+    m->set_arena(arena);
+#endif
+    for (int s = 0; s < samples; s++) {
+        if (fread(input, sizeof(float), (size_t)m->input_size, stdin) != (size_t)m->input_size) return 3;
+        if (m->predict(input, output) != 0) return 6;
+        fwrite(output, sizeof(float), (size_t)m->output_size, stdout);
+    }
+#ifdef EXTERNAL
+    free(arena);
+#endif
+    free(input);
+    free(output);
+    return 0;
+}
+"""
+
+
+def driver_source(prefixes: list[str]) -> str:
+    includes = "\n".join(f'#include "{p}.h"' for p in prefixes)
+    entries = []
+    for p in prefixes:
+        P = p.upper()
+        entries.append(f'    {{"{p}", {p}_predict, {P}_INPUT_SIZE, {P}_OUTPUT_SIZE, {P}_ARENA_BYTES\n'
+                       f'#ifdef EXTERNAL\n     , {p}_set_arena\n#endif\n    }},')
+    return DRIVER % {"includes": includes, "entries": "\n".join(entries)}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Export every model through `cnnc export`, then build the strict and the sanitizer programs."""
+    root = tmp_path_factory.mktemp("export_c")
+    extra = root / "extra.cnn"
+    extra.write_text(EXTRA_SPECS)
+    exports = {}  # prefix -> (export dir, the NumPy model with the same weights)
+    jobs = [(path, name, name) for path, name in spec_models(extra)]
+    jobs.append((SPECS / "lenet5.cnn", "lenet5", "second_lenet"))  # the same spec again, other weights and prefix
+    for seed, (path, name, prefix) in enumerate(jobs):
+        m = randomized(path, name, seed)
+        weights = root / f"{prefix}.npz"
+        m.save(weights)
+        out = root / prefix
+        args = ["export", str(path), "--weights", str(weights), "--format", "c", "-o", str(out), "--model", name]
+        assert main(args + (["--name", prefix] if prefix != name else [])) == 0
+        exports[prefix] = (out, m)
+    (root / "driver.c").write_text(driver_source(list(exports)))
+    sources = [str(root / "driver.c")] + [str(out / f"{p}.c") for p, (out, _) in exports.items()]
+    includes = [f"-I{out}" for out, _ in exports.values()]
+    external = ["-DEXTERNAL"] + [f"-D{p.upper()}_EXTERNAL_ARENA" for p in exports]
+    builds = {
+        "strict": [GCC, *STRICT, "-O2", *includes, *sources, "-lm", "-o", str(root / "strict")],
+        "sanitized": [GCC, *STRICT, "-O1", *SANITIZE, *external, *includes, *sources, "-lm", "-o", str(root / "sanitized")],
+    }
+    if CLANG:
+        builds["clang"] = [CLANG, *STRICT, "-O2", *includes, *sources, "-lm", "-o", str(root / "clang")]
+    running = {name: subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for name, cmd in builds.items()}
+    c_models = c_backend_models([m for p, (_, m) in exports.items() if p == m.name])  # meanwhile, in this process
+    for name, proc in running.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"the {name} build failed:\n{err}"
+    return root, exports, list(builds), c_models
+
+
+def c_backend_models(numpy_models) -> dict:
+    """The C backend's models with the same weights, all from one compiler run; {} until that backend exists."""
+    if importlib.util.find_spec("cnnc.backends.c_backend") is None:
+        return {}
+    from cnnc.backends.c_backend import compile_networks
+
+    module = compile_networks([m.network for m in numpy_models], "float32")
+    models = {}
+    for m in numpy_models:
+        models[m.name] = module.model(m.name)
+        models[m.name].load_weights(m.params)
+    return models
+
+
+def run_driver(program: Path, prefix: str, x: np.ndarray, output_size: int) -> np.ndarray:
+    result = subprocess.run([str(program), prefix, str(len(x))], input=np.ascontiguousarray(x, np.float32).tobytes(),
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0, f"{program.name} {prefix} exited {result.returncode}: {result.stderr.decode()}"
+    return np.frombuffer(result.stdout, np.float32).reshape(len(x), output_size)
+
+
+def test_every_export_matches_the_backends_in_every_build(exported):
+    """Each spec's export, in each build, gives the NumPy backend's outputs to 1e-5 (relative to the largest
+    output); the static-arena and the sanitized external-arena builds agree bit for bit."""
+    root, exports, builds, c_models = exported
+    failures = []
+    for seed, (prefix, (out, m)) in enumerate(exports.items()):
+        x = np.random.default_rng(100 + seed).standard_normal((BATCH, *m.input_shape)).astype(np.float32)
+        want = m.forward(x).reshape(BATCH, -1)
+        outputs = {b: run_driver(root / b, prefix, x, want.shape[1]) for b in builds}
+        for build, got in outputs.items():
+            if rel_err(got, want) > 1e-5:
+                failures.append(f"{prefix} ({build} build): relative error {rel_err(got, want):.2e} against numpy")
+        if not np.array_equal(outputs["strict"], outputs["sanitized"]):
+            failures.append(f"{prefix}: static and external arena builds differ")
+        if prefix in c_models:
+            y_c = c_models[prefix].forward(x).reshape(BATCH, -1)
+            if rel_err(outputs["strict"], y_c) > 1e-5:
+                failures.append(f"{prefix}: relative error {rel_err(outputs['strict'], y_c):.2e} against the C backend")
+    assert not failures, "\n".join(failures)
+    assert len(exports) == 12  # 8 models in specs/, 3 extra, lenet5 a second time
+    assert not c_models or len(c_models) == 11
+
+
+def test_two_exports_of_one_spec_link_into_one_program_and_keep_their_own_weights(exported):
+    root, exports, _, _ = exported
+    x = np.random.default_rng(7).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    first = run_driver(root / "strict", "lenet5", x, 10)
+    second = run_driver(root / "strict", "second_lenet", x, 10)
+    assert rel_err(first, exports["lenet5"][1].forward(x)) < 1e-5
+    assert rel_err(second, exports["second_lenet"][1].forward(x)) < 1e-5
+    assert np.abs(first - second).max() > 1e-3  # different weights really were exported
+
+
+def test_only_the_api_is_visible_to_the_linker(exported):
+    """Everything but PREFIX_predict (and PREFIX_set_arena) is static: no symbol can clash."""
+    root, exports, _, _ = exported
+    out = exports["lenet5"][0]
+    obj = root / "lenet5_external.o"
+    subprocess.run([GCC, *STRICT, "-DLENET5_EXTERNAL_ARENA", "-c", str(out / "lenet5.c"), "-o", str(obj)], check=True)
+    nm = subprocess.run(["nm", "-g", "--defined-only", str(obj)], capture_output=True, text=True, check=True)
+    assert sorted(line.split()[-1] for line in nm.stdout.splitlines()) == ["lenet5_predict", "lenet5_set_arena"]
+
+
+def test_example_main_and_makefile_build_and_read_a_file_or_stdin(exported, tmp_path):
+    root, exports, _, _ = exported
+    out, m = exports["lenet5"]
+    build = tmp_path / "lenet5"
+    shutil.copytree(out, build)
+    flags = " ".join(STRICT + ["-O2"])
+    for target in ("lenet5", "external"):
+        result = subprocess.run(["make", "-C", str(build), target, f"CFLAGS={flags}"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    x = np.random.default_rng(3).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    (tmp_path / "x.bin").write_bytes(x.tobytes())
+    want = m.forward(x)[0]
+    for program in ("lenet5", "lenet5_external"):
+        from_file = subprocess.run([str(build / program), str(tmp_path / "x.bin")], capture_output=True, text=True)
+        from_stdin = subprocess.run([str(build / program)], input=x.tobytes(), capture_output=True)
+        assert from_file.returncode == 0 and from_stdin.returncode == 0, from_file.stderr
+        scores = np.array([float(v) for v in from_file.stdout.split()], np.float32)
+        assert from_stdin.stdout.decode() == from_file.stdout
+        assert scores.shape == (10,) and rel_err(scores, want) < 1e-5
+    short = subprocess.run([str(build / "lenet5")], input=x.tobytes()[:100], capture_output=True)
+    assert short.returncode == 1 and b"expected 784 float32 values, read 25" in short.stderr
+
+
+def test_arena_is_the_largest_pair_of_live_tensors_and_never_overlaps(tmp_path):
+    """The plan's arena equals the lower bound of any out-of-place plan (the input and output of some layer
+    alive at once), and no layer reads memory it is writing."""
+    extra = tmp_path / "extra.cnn"
+    extra.write_text(EXTRA_SPECS)
+    for path, name in spec_models(extra):
+        network = cnnc.read_network(path, name)
+        plan = memory_plan(network)
+        lower_bound = 0
+        for step in plan.steps:
+            if step.op not in ("compute", "copy"):
+                assert step.src == step.dst, f"{name}: an in-place step moves data"
+                continue
+            src_size = step.layer.in_size if step.layer else plan.input_floats
+            spans = [(b.offset, b.offset + n) for b, n in ((step.src, src_size), (step.dst, step.size)) if b.where == "arena"]
+            for lo, hi in spans:
+                assert 0 <= lo < hi <= plan.arena_floats, f"{name}: layer {step.index} leaves the arena"
+            if len(spans) == 2:
+                (a0, a1), (b0, b1) = spans
+                assert a1 <= b0 or b1 <= a0, f"{name}: layer {step.index} overwrites its own input"
+            lower_bound = max(lower_bound, sum(hi - lo for lo, hi in spans))
+        assert plan.arena_floats == lower_bound, name
+    # LeNet-5 by hand: conv c1 writes 6*28*28 = 4704 floats while pool s2 writes 6*14*14 = 1176 from them
+    lenet = memory_plan(cnnc.read_network(SPECS / "lenet5.cnn"))
+    assert lenet.arena_floats == 4704 + 1176 and lenet.arena_bytes == 23520
+    assert lenet.weight_bytes == 61706 * 4
+    # no compute layer between input and output: no arena at all
+    assert memory_plan(cnnc.read_network(SPECS / "worked_2d.cnn")).arena_floats == 0
+
+
+def test_dry_run_prints_flash_and_ram_and_writes_nothing(tmp_path, capsys):
+    assert main(["export", str(SPECS / "lenet5.cnn"), "--format", "c", "--dry-run", "-o", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "246,824 bytes" in printed and "23,520 bytes" in printed and "LENET5_ARENA_BYTES" in printed
+    assert not (tmp_path / "out").exists()
+
+
+def test_header_macros_state_the_sizes(exported):
+    _, exports, _, _ = exported
+    header = (exports["second_lenet"][0] / "second_lenet.h").read_text()
+    assert "#define SECOND_LENET_INPUT_SIZE 784\n" in header
+    assert "#define SECOND_LENET_OUTPUT_SIZE 10\n" in header
+    assert "#define SECOND_LENET_ARENA_BYTES 23520\n" in header
+    assert "int second_lenet_predict(const float *input, float *output);" in header
+
+
+@pytest.mark.parametrize("prefix", ["int", "9lives", "my-model", "__x", "_Model", "", "a b", "static"])
+def test_unusable_prefixes_are_refused(prefix, tmp_path, capsys):
+    with pytest.raises(CnncError, match="not usable"):
+        checked_prefix(prefix)
+    code = main(["export", str(SPECS / "worked_1d.cnn"), "--format", "c", "--dry-run", "--name", prefix])
+    assert code == 1 and "not usable" in capsys.readouterr().err
+
+
+def test_spec_text_reaches_the_c_only_as_checked_names_in_comments(tmp_path):
+    spec = tmp_path / "names.cnn"
+    spec.write_text("# */ int evil(void) { return 1; } /*\n"
+                    "model names {\n    input zzqinput[4]\n    dense zzqdense(units=3)  # */ evil\n    relu zzqrelu\n}\n")
+    m = cnnc.load(spec)
+    m.save(tmp_path / "w.npz")
+    assert main(["export", str(spec), "--weights", str(tmp_path / "w.npz"), "--format", "c", "-o", str(tmp_path / "c")]) == 0
+    for file in ("names.c", "names.h", "main.c"):
+        text = (tmp_path / "c" / file).read_text()
+        assert "evil" not in text
+        code = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+        assert "zzq" not in code, f"{file}: a layer name is used outside a comment"
+    assert "zzqdense" in (tmp_path / "c" / "names.c").read_text()  # but it does help the reader
+
+
+def test_floats_are_written_to_round_trip_exactly():
+    values = np.array([1 / 3, 3.0, -0.0, 1e-45, 1.17549435e-38, 3.4028235e38, -2.5e-7, 0.1, 123456789.0], np.float32)
+    for v in values:
+        text = c_float(v)
+        assert text.endswith("f") and re.fullmatch(r"-?[0-9]+(\.[0-9]*)?(e[-+][0-9]+)?f", text), text
+        assert np.float32(float(text[:-1])) == v and np.signbit(np.float32(float(text[:-1]))) == np.signbit(v)
+    with pytest.raises(ValueError, match="non-finite"):
+        c_float(np.inf)
+
+
+def test_wrong_dtype_missing_weights_and_bad_output_are_cli_errors(tmp_path, capsys):
+    spec = str(SPECS / "worked_1d.cnn")
+    assert main(["export", spec, "--format", "c", "-o", str(tmp_path), "--dtype", "float64"]) == 1
+    assert "float32 only" in capsys.readouterr().err
+    assert main(["export", spec, "--format", "c", "-o", str(tmp_path)]) == 1
+    assert "--weights" in capsys.readouterr().err
+    cnnc.load(SPECS / "lenet5.cnn").save(tmp_path / "lenet.npz")
+    assert main(["export", spec, "--weights", str(tmp_path / "lenet.npz"), "--format", "c", "-o", str(tmp_path)]) == 1
+    assert "does not fit model 'worked_1d'" in capsys.readouterr().err
+    cnnc.load(spec).save(tmp_path / "w.npz")
+    (tmp_path / "file").write_text("")
+    assert main(["export", spec, "--weights", str(tmp_path / "w.npz"), "--format", "c", "-o", str(tmp_path / "file")]) == 1
+    assert "not a directory" in capsys.readouterr().err
