@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,7 @@ sys.path[:0] = [str(REPO), str(HERE)]
 
 import report  # noqa: E402
 from machine import git_record, machine_record, machine_summary  # noqa: E402
-from worker import THREAD_VARS  # noqa: E402
+from worker import THREAD_VARS, busy_cpu_seconds  # noqa: E402
 
 MODELS = {  # key -> (spec relative to the repository, model name in the file)
     "lenet5": ("specs/lenet5.cnn", None),
@@ -44,9 +45,10 @@ MODELS = {  # key -> (spec relative to the repository, model name in the file)
     "vgg_small": ("specs/vgg_small.cnn", None),
 }
 BACKENDS = ("c", "numpy", "torch")
-# glibc: keep freed memory in the heap (never trim, never mmap blocks under 32 MiB, the largest
-# threshold glibc accepts on 64-bit); see docs/performance.md.
-TORCH_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+# glibc: serve blocks up to 1 GiB from the heap instead of fresh mmaps, and never give freed heap memory
+# back to the kernel, so a training step reuses already-faulted pages (checked: glibc 2.36 honours values
+# this large when they come from the environment). See docs/performance.md.
+TORCH_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 OPENBLAS_TUNING_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 TIMING = {  # see worker.time_calls
     "full": {"warmup_s": 0.5, "warmup_calls": 3, "repeats": 30, "min_sample_s": 0.005, "max_s": 8.0},
@@ -74,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-repeats", type=int, help="cold compiles per model (default 3, 1 with --quick)")
     p.add_argument("--json", metavar="OUT", help="write the results here (default bench/results/<date>-<commit>.json)")
     p.add_argument("--no-json", action="store_true", help="print only")
+    p.add_argument("--wait-quiet", type=float, metavar="SECONDS",
+                   help="before each subprocess, wait up to this long for other processes to use under "
+                        f"{report.BUSY_CORES} cores (default 120, 0 with --quick)")
     p.add_argument("--seed", type=int, default=0, help="weights and inputs seed (default 0)")
     args = p.parse_args(argv)
     args.model_entries = model_entries(args.models)
@@ -86,6 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         timing["repeats"] = args.repeats
     args.timing = timing
     args.compile_repeats = args.compile_repeats or (1 if args.quick else 3)
+    if args.wait_quiet is None:
+        args.wait_quiet = 0.0 if args.quick else 120.0
     if args.batch < 1 or args.gemm_size < 1:
         raise BenchError("--batch and --gemm-size must be positive")
     return args
@@ -138,8 +145,34 @@ def worker_env(threads: int, extra: dict | None = None, unset=()) -> dict:
     return env
 
 
-def run_worker(config: dict, env: dict, workdir: Path) -> dict:
+def other_load(seconds: float = 1.0) -> float | None:
+    """Cores' worth of CPU used by other processes over `seconds` (this driver sleeps meanwhile)."""
+    busy0 = busy_cpu_seconds()
+    time.sleep(seconds)
+    busy1 = busy_cpu_seconds()
+    return None if busy0 is None else (busy1 - busy0) / seconds
+
+
+def wait_for_quiet(max_wait: float) -> dict | None:
+    """On a shared machine, wait (up to max_wait seconds) until other processes leave the CPUs alone."""
+    if max_wait <= 0:
+        return None
+    start = time.monotonic()
+    while True:
+        load = other_load()
+        waited = time.monotonic() - start
+        if load is None or load < report.BUSY_CORES:
+            return {"waited_s": round(waited, 1), "load_cores": load, "quiet": True}
+        if waited >= max_wait:
+            print(f"    (the machine stayed busy, {load:.2f} cores used by others; measuring anyway)",
+                  file=sys.stderr, flush=True)
+            return {"waited_s": round(waited, 1), "load_cores": load, "quiet": False}
+        time.sleep(2.0)
+
+
+def run_worker(config: dict, env: dict, workdir: Path, wait_quiet: float = 0.0) -> dict:
     """Run bench/worker.py on `config` in a fresh interpreter; -> its result dict, or {"error": ...}."""
+    quiet = wait_for_quiet(wait_quiet)
     tag = f"{config['task']}-{config.get('backend', '')}-{config.get('threads', '')}-{time.monotonic_ns()}"
     config_path, result_path = workdir / f"{tag}.config.json", workdir / f"{tag}.result.json"
     config_path.write_text(json.dumps(config), encoding="utf-8")
@@ -147,8 +180,9 @@ def run_worker(config: dict, env: dict, workdir: Path) -> dict:
                           env=env, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0 or not result_path.exists():
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"error": f"worker exited with status {done.returncode}: {tail}", "stderr": done.stderr[-4000:]}
-    return json.loads(result_path.read_text(encoding="utf-8"))
+        return {"error": f"worker exited with status {done.returncode}: {tail}", "stderr": done.stderr[-4000:],
+                "quiet_wait": quiet}
+    return {**json.loads(result_path.read_text(encoding="utf-8")), "quiet_wait": quiet}
 
 
 def c_backend_state() -> str | None:
@@ -176,7 +210,7 @@ def measure_gemm(args, workdir: Path) -> dict:
         per_variant = {}
         for name, unset in variants.items():
             config = {"task": "gemm", "threads": threads, "size": args.gemm_size, "timing": timing}
-            per_variant[name] = run_worker(config, worker_env(threads, unset=unset), workdir)
+            per_variant[name] = run_worker(config, worker_env(threads, unset=unset), workdir, args.wait_quiet)
         ok = [r["gflops"] for r in per_variant.values() if "gflops" in r]
         out["rates"][str(threads)] = {"variants": per_variant, "reference_gflops": max(ok) if ok else None}
     return out
@@ -205,31 +239,37 @@ def compile_command(entry: dict, out_dir: Path) -> list[str]:
 
 
 def measure_compile(entry: dict, args, workdir: Path) -> dict:
-    """Cold `cnnc compile` wall time (fresh interpreter, empty CNNC_CACHE_DIR), then cnnc.load in a fresh
-    process twice against that cache: the first fills what `compile` did not, the second is the cached load."""
+    """Cold `cnnc compile` wall time (fresh interpreter, empty CNNC_CACHE_DIR); then, each in a fresh process,
+    cnnc.load of the spec twice against that cache (the second is "the cached load") and of the compiled
+    directory once."""
     colds, loads, errors = [], [], []
-    for i in range(args.compile_repeats):
+    for _ in range(args.compile_repeats):
         cache = Path(tempfile.mkdtemp(prefix=f"cache-{entry['key']}-", dir=workdir))
         env = worker_env(1, {"CNNC_CACHE_DIR": str(cache)})
+        out_dir = cache / "compiled"
+        wait_for_quiet(args.wait_quiet)
         t0 = time.perf_counter()
-        done = subprocess.run(compile_command(entry, cache / "out"), env=env, cwd=workdir, capture_output=True, text=True)
+        done = subprocess.run(compile_command(entry, out_dir), env=env, cwd=workdir, capture_output=True, text=True)
         elapsed = time.perf_counter() - t0
         if done.returncode != 0:
             errors.append(f"cnnc compile failed ({done.returncode}): {done.stderr.strip()[-500:]}")
             break
         colds.append(elapsed)
-        config = {"task": "load", "spec": entry["spec"], "model": entry["model"]}
-        first = run_worker(config, env, workdir)
-        second = run_worker(config, env, workdir)
-        if "load_s" not in second:
-            errors.append(second.get("error") or first.get("error", "load failed"))
+        spec_load = {"task": "load", "path": entry["spec"], "model": entry["model"]}
+        timings = {"first": run_worker(spec_load, env, workdir), "second": run_worker(spec_load, env, workdir),
+                   "directory": run_worker({"task": "load", "path": str(out_dir), "model": None}, env, workdir)}
+        failed = [f"{k}: {v['error']}" for k, v in timings.items() if "error" in v]
+        if failed:
+            errors += failed
             break
-        loads.append({"first": first, "second": second})
+        loads.append(timings)
     result = {"cold_compile_runs_s": colds, "loads": loads, "errors": errors}
     if colds:
         result["cold_compile_s"] = statistics.median(colds)
     if loads:
         result["cached_load_ms"] = 1000 * statistics.median(r["second"]["load_s"] for r in loads)
+        result["directory_load_ms"] = 1000 * statistics.median(r["directory"]["load_s"] for r in loads)
+        result["cached_load_import_ms"] = 1000 * statistics.median(r["second"]["import_c_backend_s"] for r in loads)
     return result
 
 
@@ -258,7 +298,7 @@ def run_backends(args, workdir: Path, unavailable: dict) -> dict:
             env = worker_env(threads, TORCH_MALLOC_ENV if backend == "torch" else None)
             if backend == "c":
                 env["CNNC_CACHE_DIR"] = str(workdir / "c-cache")
-            raw.setdefault(backend, {})[threads] = run_worker(config, env, workdir)
+            raw.setdefault(backend, {})[threads] = run_worker(config, env, workdir, args.wait_quiet)
     return raw
 
 
@@ -338,10 +378,7 @@ def print_report(args, info, rows, gemm, compile_times, targets, machine, git, u
         print(report.model_table([r for r in rows if r["model"] == key]))
     if compile_times:
         print("\ncompile and load (C backend):")
-        body = [[k, f"{c['cold_compile_s']:.2f} s" if "cold_compile_s" in c else "",
-                 f"{c['cached_load_ms']:.1f} ms" if "cached_load_ms" in c else "", "; ".join(c["errors"])]
-                for k, c in compile_times.items()]
-        print(report.table(["model", "cold compile", "cached load", "errors"], body))
+        print(report.compile_table(compile_times))
     cnnc_backends = [b for b in args.backend_list if b != report.REFERENCE]
     if targets and cnnc_backends:
         print("\ntargets (ratios are cnnc / PyTorch measured in this run):")
@@ -368,6 +405,7 @@ def main(argv=None) -> int:
     except BenchError as e:
         print(f"bench.py: error: {e}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` removes the work directory
     started = datetime.datetime.now().astimezone()
     machine, git = machine_record(), git_record(REPO)
     info = model_info(args.model_entries)

@@ -14,12 +14,14 @@ ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENB
             "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "CNNC_CACHE_DIR", "CC", "CFLAGS")
 
 
-def command_output(args: list[str], cwd=None) -> str | None:
+def command_output(args: list[str], cwd=None, strip: bool = True) -> str | None:
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=30, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() if strip else done.stdout
 
 
 def lscpu() -> dict[str, str]:
@@ -66,8 +68,9 @@ def software_record() -> dict:
 def git_record(repo: Path) -> dict:
     """The commit measured, and which tracked or untracked source files differ from it."""
     commit = command_output(["git", "rev-parse", "HEAD"], cwd=repo)
-    status = command_output(["git", "status", "--porcelain", "--", "cnnc", "templates", "grammar", "bench"], cwd=repo)
-    dirty = [line[3:] for line in (status or "").splitlines() if line.strip()]
+    status = command_output(["git", "status", "--porcelain", "--", "cnnc", "templates", "grammar", "bench"], cwd=repo,
+                            strip=False)
+    dirty = [line[3:] for line in (status or "").splitlines() if line.strip()]  # "XY path"
     return {"commit": commit, "dirty_files": dirty}
 
 

@@ -208,6 +208,16 @@ def model_table(rows: list[dict]) -> str:
     return "\n".join([text] + notes)
 
 
+def compile_table(compile_times: dict) -> str:
+    def ms(c, key):
+        return f"{c[key]:.1f} ms" if key in c else ""
+
+    body = [[k, f"{c['cold_compile_s']:.2f} s" if "cold_compile_s" in c else "", ms(c, "cached_load_ms"),
+             ms(c, "cached_load_import_ms"), ms(c, "directory_load_ms"), "; ".join(c["errors"])]
+            for k, c in compile_times.items()]
+    return table(["model", "cold compile", "cached load (spec)", "of which import", "load (compiled dir)", "errors"], body)
+
+
 def fmt_target_value(metric: str, value: float | None) -> str:
     if value is None:
         return ""

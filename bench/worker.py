@@ -8,7 +8,7 @@ another. CONFIG.json says what to run:
     {"task": "models", "backend": "c"|"numpy"|"torch", "threads": 1, "models": [{"key", "spec", "model"}],
      "batch": 64, "seed": 0, "lr": 0.01, "timing": {...}}
     {"task": "gemm", "threads": 1, "size": 2048, "timing": {...}}
-    {"task": "load", "spec": ..., "model": ...}            # one cnnc.load(backend="c"), timed
+    {"task": "load", "path": ..., "model": ...}            # one cnnc.load(backend="c"), timed
 
 RESULT.json receives a dict (see each task's function). A model that fails records its error and the
 next model still runs.
@@ -269,7 +269,8 @@ def run_gemm(config: dict) -> dict:
 
 
 def run_load(config: dict) -> dict:
-    """The time of one cnnc.load(backend="c") in a fresh process: importing the C backend, then loading."""
+    """The time of one cnnc.load(path, backend="c") in a fresh process (path: a .cnn file or a directory
+    written by `cnnc compile`): importing the C backend, then loading."""
     t0 = time.perf_counter()
     import cnnc
 
@@ -277,7 +278,7 @@ def run_load(config: dict) -> dict:
     import cnnc.backends.c_backend  # noqa: F401 - cnnc.load imports it lazily; timed separately here
 
     t2 = time.perf_counter()
-    cnnc.load(config["spec"], backend="c", model=config["model"], dtype="float32", seed=0)
+    cnnc.load(config["path"], backend="c", model=config["model"], dtype="float32", seed=0)
     t3 = time.perf_counter()
     return {"task": "load", "import_cnnc_s": t1 - t0, "import_c_backend_s": t2 - t1, "load_call_s": t3 - t2,
             "load_s": t3 - t1}

@@ -142,3 +142,16 @@ def test_torch_sequential_matches_the_numpy_backend(text):
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model.forward(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_markdown_rendering_quotes_the_record(smoke, tmp_path):
+    """bench/to_markdown.py renders the docs' tables from a record: the figures in the text are the JSON's."""
+    _, record = smoke
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(record))
+    done = subprocess.run([sys.executable, str(BENCH / "to_markdown.py"), str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    torch_row = next(r for r in record["rows"] if r["backend"] == "torch")
+    assert "**lenet5**" in done.stdout and "| torch | 1 |" in done.stdout
+    assert report.fmt_rate(torch_row["derived"]["train_ips"]["median"]) in done.stdout
+    assert "training img/s (batch 64, 1 thread) >= 2x PyTorch" in done.stdout
