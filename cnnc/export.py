@@ -76,7 +76,8 @@ def run_export(args) -> int:
         paths = export_c(model, args.output, prefix=prefix)
         print(memory_report(network, prefix))
         print("wrote " + ", ".join(os.fspath(p) for p in paths))
-        print(f"build the example: make -C {os.fspath(args.output)}  (then ./{prefix} INPUT.bin)")
+        out = os.fspath(args.output)
+        print(f"build and run the example: make -C {out} && {os.path.join(out, prefix)} INPUT.bin")
         return 0
     if args.name:
         raise CnncError("--name sets the C prefix; the ONNX export has none (the graph is named after the model)")

@@ -59,11 +59,17 @@ def is_identifier(text: str) -> bool:
             and not text.startswith("__") and not re.match(r"_[A-Z]", text))
 
 
+RESERVED_PREFIXES = ("main", "clean", "external")  # PREFIX.c would overwrite main.c; Makefile targets
+
+
 def checked_prefix(prefix: str) -> str:
     if not is_identifier(prefix):
         raise CnncError(f"C prefix {prefix!r} is not usable: it must match ^[A-Za-z_][A-Za-z0-9_]*$, not be a C "
                         f"keyword and not start with '__' or '_' plus a capital letter (those are reserved); "
                         f"choose one with --name PREFIX")
+    if prefix in RESERVED_PREFIXES:
+        raise CnncError(f"C prefix {prefix!r} is not usable: the export also writes main.c and a Makefile with the "
+                        f"targets clean and external; choose another with --name PREFIX")
     return prefix
 
 
@@ -332,8 +338,17 @@ def export_c(model, out_dir, prefix: str | None = None, dtype: str = "float32") 
     paths = []
     for name, text in files.items():
         atomic_write_text(out / name, text)
+        honour_umask(out / name)
         paths.append(out / name)
     return paths
+
+
+def honour_umask(path) -> None:
+    """Atomic writes create files readable by their owner only (mkstemp); exported files are meant to be
+    shared and copied into other projects, so give them the mode a plain open() would have."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 __all__ = ["memory_plan", "memory_report", "render_c", "export_c", "is_identifier", "checked_prefix", "c_float",

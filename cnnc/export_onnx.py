@@ -137,7 +137,10 @@ def export_onnx(model, path) -> None:
         raise ValueError(f"export_onnx needs a cnnc Model (from cnnc.load) with .network and .params; got {type(model).__name__}")
     if os.path.isdir(os.fspath(path)):
         raise CnncError(f"{os.fspath(path)}: is a directory; the ONNX export writes one file, e.g. -o {network.name}.onnx")
+    from .export_c import honour_umask
+
     atomic_write_bytes(path, build_onnx(network, params).SerializeToString())
+    honour_umask(path)
 
 
 __all__ = ["export_onnx", "build_onnx", "require_onnx", "OPSET", "INSTALL_HINT"]

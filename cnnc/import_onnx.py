@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .diagnostics import CnncError
+from .export_c import honour_umask
 from .export_onnx import require_onnx
 from .fileio import atomic_path, atomic_write_text
 from .ir import LAYER_KINDS, Network
@@ -196,6 +197,9 @@ class Importer:
                 self.refuse(node, f"operators of the domain '{node.domain}' are not supported")
             if node.op_type == "Constant":
                 self._constant_node(node)
+                continue
+            if node.op_type == "Identity" and node.input and node.input[0] in self.constants:
+                self.constants[node.output[0]] = self.constants[node.input[0]]  # another name for a weight
                 continue
             if node.op_type not in SUPPORTED:
                 self.refuse(node, f"the operator {node.op_type} is not supported by cnnc import; supported: "
@@ -549,6 +553,8 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     with atomic_path(weights_path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+    for path in (cnn_path, weights_path):
+        honour_umask(path)
     return network, arrays
 
 

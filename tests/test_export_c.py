@@ -11,6 +11,7 @@ small build checks the generated main.c and Makefile.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -318,9 +319,12 @@ def test_header_macros_state_the_sizes(exported):
     assert "#define SECOND_LENET_OUTPUT_SIZE 10\n" in header
     assert "#define SECOND_LENET_ARENA_BYTES 23520\n" in header
     assert "int second_lenet_predict(const float *input, float *output);" in header
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (exports["second_lenet"][0] / "second_lenet.c").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
-@pytest.mark.parametrize("prefix", ["int", "9lives", "my-model", "__x", "_Model", "", "a b", "static"])
+@pytest.mark.parametrize("prefix", ["int", "9lives", "my-model", "__x", "_Model", "", "a b", "static", "main"])
 def test_unusable_prefixes_are_refused(prefix, tmp_path, capsys):
     with pytest.raises(CnncError, match="not usable"):
         checked_prefix(prefix)
