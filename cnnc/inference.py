@@ -1,0 +1,157 @@
+"""Using a trained classifier: evaluation on a labelled split, and reading inputs for `cnnc predict`.
+
+    result = evaluate(model, ds.x_test, ds.y_test)     # {"accuracy", "loss", "n", "confusion"}
+    x, names = read_inputs(["seven.png", "batch.npy"], model.input_shape)
+    probs = model.predict_proba(x)                     # (N, K)
+
+Preprocessing of images (stated in `cnnc predict --help` and docs/training.md): Pillow opens the file,
+converts it to grayscale ("L") for a 1-channel model or RGB for a 3-channel one, resizes it to the
+model's input height and width with bilinear interpolation when the size differs, and scales the
+8-bit values 0..255 to [0, 1]. Nothing else: no inversion, no centring, no normalisation.
+.npy arrays are used as given (float), except uint8 arrays, which are scaled to [0, 1] like images.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .diagnostics import CnncError
+from .model import Model
+
+EVAL_BATCH = 500  # samples per forward pass when evaluating; only memory depends on it
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+def evaluate(model: Model, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> dict:
+    """Accuracy, mean loss and confusion matrix of a classifier on x: (N, *input_shape), y: (N,) labels.
+
+    confusion[i][j] counts samples of true class i predicted as class j."""
+    classes = model.output_shape[0]
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    loss_sum = 0.0
+    for start in range(0, len(x), batch):
+        xb, yb = x[start:start + batch], y[start:start + batch]
+        scores = model.forward(xb, train=False)   # (B, K)
+        if not np.isfinite(scores).all():
+            return {"accuracy": float("nan"), "loss": float("nan"), "n": int(len(x)), "confusion": confusion}
+        loss, _ = model.loss(scores, yb)
+        loss_sum += loss * len(xb)
+        np.add.at(confusion, (yb, scores.argmax(axis=1)), 1)
+    correct = int(np.trace(confusion))
+    return {"accuracy": correct / len(x), "loss": loss_sum / len(x), "n": int(len(x)), "confusion": confusion}
+
+
+def confusion_table(confusion: np.ndarray) -> str:
+    """The confusion matrix as aligned text: rows are true classes, columns predicted classes."""
+    k = confusion.shape[0]
+    width = max(len(str(int(confusion.max()))), len(str(k - 1)), 3)
+    head = "true\\pred " + " ".join(f"{j:>{width}}" for j in range(k))
+    rows = [f"{i:>9} " + " ".join(f"{int(v):>{width}}" for v in confusion[i]) for i in range(k)]
+    return "\n".join([head] + rows)
+
+
+# ---- inputs for predict --------------------------------------------------------------------------
+IMAGE_MODES = {1: "L", 3: "RGB"}
+
+
+def read_inputs(paths: list[str], input_shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+    """Every file as model input: x: (N, *input_shape) float32, and one name per sample
+    ("seven.png", or "batch.npy[3]" for sample 3 of a batch)."""
+    arrays, names = [], []
+    for path in paths:
+        x = read_npy(path, input_shape) if str(path).endswith(".npy") else read_image(path, input_shape)
+        arrays.append(x)
+        names += [str(path)] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))]
+    return np.concatenate(arrays).astype(np.float32), names
+
+
+def read_image(path, input_shape: tuple[int, ...]) -> np.ndarray:
+    """An image file -> (1, C, H, W) in [0, 1] (see the module docstring for the preprocessing)."""
+    if len(input_shape) != 3 or input_shape[0] not in IMAGE_MODES:
+        raise CnncError(f"{path}: the model takes input {list(input_shape)}, not 1- or 3-channel images; "
+                        "give a .npy array instead")
+    channels, height, width = input_shape
+    image = _open_image(path)
+    image = image.convert(IMAGE_MODES[channels])
+    if image.size != (width, height):
+        from PIL import Image
+
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)  # (H, W) or (H, W, 3)
+    chw = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    return chw[None]                                                   # (1, C, H, W)
+
+
+def _open_image(path):
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise CnncError(f"{path}: reading images needs Pillow (pip install pillow), or give a .npy array") from None
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except FileNotFoundError:
+        raise CnncError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CnncError(f"{path}: is a directory, expected an image or a .npy file") from None
+    except UnidentifiedImageError:
+        raise CnncError(f"{path}: not an image Pillow can read (PNG, PGM, JPEG, ...) and not a .npy array") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise CnncError(f"{path}: cannot read the image ({e})") from None
+
+
+def read_npy(path, input_shape: tuple[int, ...]) -> np.ndarray:
+    """A .npy array -> (N, *input_shape): one sample (*input_shape), (H, W) for a 1-channel image
+    model, or a batch (N, *input_shape) / (N, H, W). uint8 is scaled to [0, 1]; floats are used as given."""
+    a = _load_npy(path)
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / np.float32(255.0)
+    elif a.dtype.kind not in "fiu":
+        raise CnncError(f"{path}: holds {a.dtype} values; expected a numeric array (float, or uint8 0..255)")
+    x = _as_batch(a, tuple(input_shape))
+    if x is None:
+        shape = tuple(input_shape)
+        forms = [f"{shape} (one sample)", f"(N, {', '.join(map(str, shape))}) (a batch)"]
+        if len(shape) == 3 and shape[0] == 1:
+            forms[1:1] = [f"{shape[1:]} (one image)", f"(N, {shape[1]}, {shape[2]})"]
+        raise CnncError(f"{path}: array of shape {a.shape} does not fit the model's input {list(shape)}; "
+                        f"expected {' or '.join(forms)}")
+    if not np.isfinite(x).all():
+        raise CnncError(f"{path}: contains NaN or infinite values")
+    return x.astype(np.float32)
+
+
+def _as_batch(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    if a.shape == shape:
+        return a[None]
+    if a.ndim == len(shape) + 1 and a.shape[1:] == shape and len(a):
+        return a
+    if len(shape) == 3 and shape[0] == 1:   # 1-channel images may come without the channel axis
+        if a.shape == shape[1:]:
+            return a[None, None]
+        if a.ndim == 3 and a.shape[1:] == shape[1:] and len(a):
+            return a[:, None]
+    return None
+
+
+def _load_npy(path) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise CnncError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CnncError(f"{path}: is a directory, expected a .npy file") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise CnncError(f"{path}: not a readable .npy array ({e})") from None
+    if not isinstance(a, np.ndarray):
+        raise CnncError(f"{path}: is an .npz archive; predict reads one .npy array per file")
+    return a
+
+
+def top_k(probs: np.ndarray, k: int = 3) -> list[list[tuple[int, float]]]:
+    """probs: (N, K) -> for each sample the k most likely (class, probability), most likely first."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(int(c), float(p[c])) for c in row] for p, row in zip(probs, order)]
+
+
+__all__ = ["evaluate", "confusion_table", "read_inputs", "read_image", "read_npy", "top_k"]
