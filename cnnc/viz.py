@@ -393,48 +393,47 @@ def grid_shape(count: int) -> tuple[int, int]:
     return math.ceil(count / cols), cols
 
 
+def filter_tiles(weight: np.ndarray, layer: Layer, mode: str) -> tuple[np.ndarray, int, int, float]:
+    """The tiles a filter grid shows, its rows and columns, and the colour scale's limit max|w|.
+
+    weight: (F, C, KH, KW) or (F, C, K); at most MAX_FILTERS filters and MAX_CHANNELS channels are shown.
+      filters:  (F, KH, KW) for one input channel, (F, C, K) for conv1d: a C x K tile per filter
+      channels: (F*C, KH, KW), one row per filter, one column per input channel
+      rgb:      (F, KH, KW, 3) in [0, 1], with 0.5 grey for a zero weight
+    """
+    w = weight[:MAX_FILTERS, :MAX_CHANNELS].astype(np.float64)
+    F, C = w.shape[:2]
+    limit = float(np.abs(w).max()) or 1.0
+    if mode == "channels":
+        return w.reshape(F * C, *w.shape[2:]), F, C, limit
+    if mode == "rgb":
+        return 0.5 + 0.5 * np.moveaxis(w, 1, -1) / limit, *grid_shape(F), limit
+    tiles = w[:, 0] if layer.spatial_dims == 2 else w
+    return tiles, *grid_shape(F), limit
+
+
 def filters_figure(network: Network, weight: np.ndarray, layer: Layer, mode: str = "auto", source: str = ""):
     """A grid of a conv layer's kernels, colour-mapped on one symmetric scale (0 is the middle colour)."""
     new_figure = require_matplotlib()
     mode = filter_mode(layer, mode)
-    F, C = weight.shape[:2]
-    shown_f = min(F, MAX_FILTERS)
-    shown_c = min(C, MAX_CHANNELS)
-    w = weight[:shown_f].astype(np.float64)
-    if layer.spatial_dims == 1:
-        w = w[:, :shown_c]       # (F, C, K): each filter a C x K tile
-    limit = float(np.abs(w).max()) or 1.0
-    if mode == "channels":
-        # w: (F, C, KH, KW) -> rows are filters, columns input channels
-        tiles = w[:, :shown_c].reshape(shown_f * shown_c, *w.shape[2:])
-        rows, cols = shown_f, shown_c
-    elif mode == "rgb":
-        # w: (F, 3, KH, KW) -> (F, KH, KW, 3), 0.5 grey is a zero weight
-        tiles = 0.5 + 0.5 * np.moveaxis(w, 1, -1) / limit
-        rows, cols = grid_shape(shown_f)
-    else:
-        tiles = w[:, 0] if layer.spatial_dims == 2 else w
-        rows, cols = grid_shape(shown_f)
+    tiles, rows, cols, limit = filter_tiles(weight, layer, mode)
     image = mosaic(tiles, rows, cols)
-    fig = _filter_canvas(new_figure, image.shape[:2], mode)
-    ax = fig.axes[0]
+    fig = _filter_canvas(new_figure, image.shape[:2])
+    ax, cax = fig.axes
     if mode == "rgb":
-        shown = np.where(np.isnan(image), 1.0, image)  # white gaps
-        ax.imshow(shown, interpolation="nearest")
-        mappable = _scale_mappable(limit)
-        label = "weight (each of R, G, B)"
+        ax.imshow(np.where(np.isnan(image), 1.0, image), interpolation="nearest")  # white gaps
+        fig.colorbar(_grey_scale(limit), cax=cax, label="weight (each of R, G, B)")
     else:
-        cmap = _diverging_cmap()
-        mappable = ax.imshow(np.ma.masked_invalid(image), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
-        label = "weight"
-    fig.colorbar(mappable, cax=fig.axes[1], label=label)
+        im = ax.imshow(np.ma.masked_invalid(image), cmap=_diverging_cmap(), vmin=-limit, vmax=limit,
+                       interpolation="nearest")
+        fig.colorbar(im, cax=cax, label="weight")
+    shown_f, shown_c = min(weight.shape[0], MAX_FILTERS), min(weight.shape[1], MAX_CHANNELS)
     _label_filter_axes(ax, mode, tiles.shape[1:3], rows, cols, shown_f, shown_c, layer)
     _outline_tiles(ax, len(tiles), cols, tiles.shape[1:3])
+    F, C = weight.shape[:2]
     title = f"{network.name}: {layer.kind} {layer.name}, {F} filters of {TIMES.join(map(str, weight.shape[1:]))}"
-    notes = []
-    if shown_f < F:
-        notes.append(f"first {shown_f} filters shown")
-    if (mode == "channels" or layer.spatial_dims == 1) and shown_c < C:
+    notes = [f"first {shown_f} filters shown"] if shown_f < F else []
+    if shown_c < C:
         notes.append(f"first {shown_c} input channels shown")
     if source:
         notes.append(f"weights: {Path(source).name}")
@@ -448,7 +447,7 @@ def _diverging_cmap():
     return colormaps["RdBu_r"].with_extremes(bad="white")
 
 
-def _scale_mappable(limit: float):
+def _grey_scale(limit: float):
     """A grey scale from -limit to +limit for the colour bar of an RGB mosaic."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
@@ -457,7 +456,7 @@ def _scale_mappable(limit: float):
     return ScalarMappable(Normalize(-limit, limit), colormaps["gray"])
 
 
-def _filter_canvas(new_figure, image_hw: tuple[int, int], mode: str):
+def _filter_canvas(new_figure, image_hw: tuple[int, int]):
     """A figure sized so one kernel pixel is a readable square, with an axes and a colour-bar axes."""
     h, w = image_hw
     pixel = min(0.3, 7.0 / w, 7.0 / h)        # inches per kernel pixel
@@ -547,10 +546,8 @@ def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            high = 65535.0 if img.mode.startswith("I;16") else 255.0
-            if high > 255 and C == 1:
-                a = np.asarray(img, dtype=np.float64)   # 16-bit grey: keep the precision
-                img = Image.fromarray(a.astype(np.float32), mode="F")
+            if img.mode == "I" or img.mode.startswith("I;16"):  # 16-bit grey (PGM, PNG): keep the precision
+                img, high = img.convert("F"), 65535.0
             else:
                 img, high = img.convert("L" if C == 1 else "RGB"), 255.0
             shrinking = img.width > W or img.height > H
@@ -558,8 +555,8 @@ def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
             a = np.asarray(img, dtype=np.float64) / high
     except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
         raise CnncError(f"{path}: not a readable image ({e})") from None
-    # a: (H, W) or (H, W, 3) -> (C, H, W)
-    return a[None] if C == 1 else np.moveaxis(a, -1, 0)
+    # a: (H, W) grey or (H, W, 3) -> (C, H, W)
+    return np.repeat(a[None], C, axis=0) if a.ndim == 2 else np.moveaxis(a, -1, 0)
 
 
 def layer_outputs(model, x: np.ndarray) -> list[tuple[Layer, np.ndarray]]:

@@ -305,6 +305,15 @@ def test_rgb_images_become_three_channels_resized_and_scaled(tmp_path):
     np.testing.assert_allclose(grey, 76 / 255, atol=1 / 255)  # ITU-R 601 luma of red: 0.299 * 255
 
 
+def test_16_bit_pgm_keeps_its_precision(tmp_path):
+    from cnnc.viz import read_input
+
+    ramp = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000 + 7   # 7 .. 63007, beyond 8 bits
+    Image.fromarray(ramp).save(tmp_path / "ramp.pgm")
+    x = read_input(tmp_path / "ramp.pgm", (1, 8, 8))                 # already 8x8: no resampling
+    np.testing.assert_allclose(x[0], ramp / 65535, rtol=1e-6)
+
+
 # ---- cnnc viz curves ------------------------------------------------------------------------------------
 def test_curves_from_a_training_log(trained, tmp_path, capsys):
     from cnnc.viz import curves_figure, read_metrics
