@@ -53,11 +53,6 @@ def fmt_shape(shape) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
-def _plural(n: int, axis: str) -> str:
-    one, many = AXIS_UNITS[axis]
-    return f"{n} {one if n == 1 else many}"
-
-
 def _show(t: tuple[int, ...]) -> str:
     """(3, 3) -> "3", (3, 5) -> "(3, 5)": how the value would be written in the spec."""
     return str(t[0]) if len(set(t)) == 1 else "(" + ", ".join(map(str, t)) + ")"
@@ -540,7 +535,7 @@ def _dense(step: _Step, warnings: list[Diagnostic]) -> Layer:
     """x: (D,) -> (units,); weight (units, D)."""
     shape, units = step.x.shape, step.args["units"]
     if len(shape) != 1:
-        hint = f"add `flatten` before '{step.name}' (giving [{prod(shape):,}])"
+        hint = f"add `flatten` before '{step.name}' (giving [{prod(shape)}])"
         if len(shape) > 1:
             hint += f", or `global_avgpool` (giving [{shape[0]}])"
         raise _Mistake(f"{step.title} needs a flat input, but {step.x.described()}", step.stmt.loc, hint)
@@ -642,38 +637,32 @@ def _too_large(step: _Step, axis: int, k: int, d: int, pb: int, pa: int) -> _Mis
 
 
 def _unread_input_warnings(step: _Step, window: _Window) -> list[Diagnostic]:
-    """Warn when the stride skips input: rows left over after the last window, or gaps between windows."""
-    dims = len(window.kernel)
+    """Warn when the stride skips input: rows left over after the last window, or gaps between windows.
+    Axes with the same arithmetic share one warning ("the last 1 row and column")."""
     loc = step.loc("stride") if "stride" in step.args.given else step.loc("kernel" if step.kind in CONV_KINDS else "size")
-    found: dict[tuple, list[str]] = {}  # the arithmetic -> the axes it applies to (one message for equal axes)
-    for axis in range(dims):
-        size = step.x.shape[1 + axis]
-        k, s, d = window.kernel[axis], window.stride[axis], window.dilation[axis]
-        pb, pa = window.pad_before[axis], window.pad_after[axis]
-        span = d * (k - 1) + 1
-        left_over = (size + pb + pa - span) % s - pa  # input rows after the last window (padding is dropped first)
+    found: dict[tuple[str, bool, str], list[str]] = {}  # (message with {units}, singular?, hint) -> axis names
+    for axis, axis_name in enumerate(AXIS_NAMES[len(window.kernel)]):
+        size, out = step.x.shape[1 + axis], window.out[axis]
+        pb, pa, s = window.pad_before[axis], window.pad_after[axis], window.stride[axis]
+        span = window.dilation[axis] * (window.kernel[axis] - 1) + 1
+        left_over = (size + pb + pa - span) % s - pa  # input rows after the last window (the padding goes first)
         if left_over > 0:
-            found.setdefault(("end", size, pb, pa, span, s, left_over, window.out[axis]), []).append(AXIS_NAMES[dims][axis])
+            message = (f"{step.title}: stride {s} leaves the last {left_over} {{units}} of {step.x.source} unread: "
+                       f"({size} + {pb} + {pa} - {span}) = {size + pb + pa - span} is not a multiple of {s}, "
+                       f"so {out} windows cover only {(out - 1) * s + span - pb} of the {size}")
+            key = (message, left_over == 1, "pad the input, or choose a window and stride that divide it evenly")
+            found.setdefault(key, []).append(axis_name)
         if s > span:
-            found.setdefault(("gap", span, s), []).append(AXIS_NAMES[dims][axis])
-    warnings = []
-    for facts, axes in found.items():
-        if facts[0] == "end":
-            _, size, pb, pa, span, s, left_over, out = facts
-            what = " and ".join(_plural(left_over, a) for a in axes) if len(axes) == 1 else \
-                f"{left_over} {' and '.join(AXIS_UNITS[a][left_over != 1] for a in axes)}"
-            message = (f"{step.title}: stride {s} leaves the last {what} of {step.x.source} unread: "
-                       f"({size} + {pb} + {pa} - {span}) = {size + pb + pa - span} is not a multiple of {s}, so "
-                       f"{out} windows cover only {(out - 1) * s + span - pb} of the {size}")
-            hint = "pad the input, or choose a window and stride that divide it evenly"
-        else:
-            _, span, s = facts
-            units = " and ".join(AXIS_UNITS[a][1] for a in axes)
             message = (f"{step.title}: stride {s} is larger than the window ({span}), so {s - span} of every {s} "
-                       f"input {units} of {step.x.source} are never read")
-            hint = f"use stride {span} or less, or a larger window"
-        warnings.append(Diagnostic("warning", message, loc, hint))
-    return warnings
+                       f"input {{units}} of {step.x.source} are never read")
+            found.setdefault((message, False, f"use stride {span} or less, or a larger window"), []).append(axis_name)
+    return [Diagnostic("warning", message.format(units=_units(axes, singular)), loc, hint)
+            for (message, singular, hint), axes in found.items()]
+
+
+def _units(axes: list[str], singular: bool) -> str:
+    """["height", "width"] -> "rows and columns" (or "row and column")."""
+    return " and ".join(AXIS_UNITS[axis][0 if singular else 1] for axis in axes)
 
 
 # ---- initialisation ------------------------------------------------------------------------------

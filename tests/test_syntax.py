@@ -1,10 +1,17 @@
-"""The parser (cnnc.syntax): statements, separators, comments, values, locations, names, model selection."""
+"""The parser (cnnc.syntax): statements, separators, comments, values, locations, names, model selection;
+and docs/language.md checked against what the checker does."""
+import json
+import re
+from pathlib import Path
+
 import pytest
 
 import cnnc
 from cnnc.cli import main
 from cnnc.diagnostics import SpecError
 from cnnc.frontend import network_list_from_text
+from cnnc.shapes import KIND_ARGS, REQUIRED
+from cnnc.summary import network_record, summary_table
 from cnnc.syntax import InputStmt, LayerStmt, LossStmt, parse
 
 
@@ -184,3 +191,55 @@ def test_a_file_with_several_models_needs_a_model_name(tmp_path):
         cnnc.read_network(path)
     assert cnnc.read_network(path, model="small").output_shape == (2,)
     assert cnnc.network_from_text(TWO_MODELS, model="big").output_shape == (64,)
+
+
+# ---- docs/language.md stays true -------------------------------------------------------------------------
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "language.md"
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+
+def fenced_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(), flags=re.S)
+
+
+def test_every_cnn_example_in_the_docs_checks_cleanly():
+    blocks = fenced_blocks("cnn")
+    assert len(blocks) >= 5
+    for block in blocks:
+        for network in network_list_from_text(block, "docs.cnn"):
+            assert network.warnings == (), network.name
+    demo = cnnc.network_from_text(next(b for b in blocks if "shapes_demo" in b))
+    assert demo.layer("wide").pad_before == (1, 2) and demo.layer("even").pad_after == (1, 1)
+    assert demo.layer("pool").out_shape == (8, 11, 10)
+
+
+def test_the_docs_name_every_kind_argument_and_default():
+    text = DOCS.read_text()
+    for kind, args in KIND_ARGS.items():
+        assert f"`{kind}`" in text, kind
+        for key, spec in args.items():
+            assert f"`{key}`" in text, (kind, key)
+            if spec.default not in (REQUIRED, None):
+                default = {True: "true", False: "false"}.get(spec.default, spec.default)
+                assert f"`{default}`" in text, (kind, key, default)
+
+
+def test_the_summary_and_json_shown_in_the_docs_are_what_check_prints():
+    text = DOCS.read_text()
+    table = summary_table(cnnc.read_network(SPECS / "lenet5.cnn"))
+    assert "\n".join(table.splitlines()[1:]) in text  # all but the title line, which names the path
+    (shown,) = fenced_blocks("json")
+    record = network_record(cnnc.read_network(SPECS / "worked_1d.cnn"))
+    assert json.loads(shown) == {"models": [{**record, "file": "specs/worked_1d.cnn"}]}
+
+
+def test_the_diagnostics_shown_in_the_docs_are_what_check_prints():
+    text = DOCS.read_text()
+    spec = "# lenet\nmodel m {\n    input image[1, 5, 5]\n    conv2d c1(filters=6, kernel=7)\n}\n"
+    with pytest.raises(SpecError) as info:
+        network_list_from_text(spec, "lenet.cnn")
+    rendered = info.value.render().split("\n")
+    assert "\n".join(rendered) in text
+    warning_spec = "model m {\n    input image[1, 28, 28]\n    maxpool2d p(size=3)\n}\n"
+    (warning,) = network_list_from_text(warning_spec, "w.cnn")[0].warnings
+    assert warning.render(warning_spec) in text
