@@ -40,6 +40,13 @@ from .model import weight_mismatches
 SUPPORTED = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul", "Add", "Flatten", "Reshape",
              "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Softmax", "Dropout", "Identity")
 ACTIVATION_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "LeakyRelu": "leaky_relu", "Softmax": "softmax"}
+OPERATOR_HINTS = {  # why a common unsupported operator appears, and how to avoid it
+    "BatchNormalization": "PyTorch folds it into the convolution before it when it exports in eval mode with "
+                          "constant folding (the default)",
+    "Shape": "the graph computes a reshape from the input's shape (x.view(x.size(0), -1)); flatten with "
+             "torch.flatten(x, 1) or nn.Flatten() instead",
+    "Pad": "give the padding to the Conv or pooling node itself",
+}
 RESERVED = set(LAYER_KINDS) | {"model", "input", "loss"}
 AUTO_NAME = re.compile(r"(%s)_[0-9]+\Z" % "|".join(LAYER_KINDS))  # names cnnc gives unnamed layers
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -202,8 +209,9 @@ class Importer:
                 self.constants[node.output[0]] = self.constants[node.input[0]]  # another name for a weight
                 continue
             if node.op_type not in SUPPORTED:
-                self.refuse(node, f"the operator {node.op_type} is not supported by cnnc import; supported: "
-                                  f"{', '.join(SUPPORTED)}")
+                hint = f"; {OPERATOR_HINTS[node.op_type]}" if node.op_type in OPERATOR_HINTS else ""
+                self.refuse(node, f"the operator {node.op_type} is not supported by cnnc import (supported: "
+                                  f"{', '.join(SUPPORTED)}){hint}")
             if not node.input or node.input[0] != self.current:
                 reads = node.input[0] if node.input else "nothing"
                 self.refuse(node, f"it reads '{reads}', not the previous layer's output '{self.current}': cnnc imports "
