@@ -278,7 +278,7 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
         length = 1
     else:
         line, col, length = token.line, token.column, max(1, len(token))
-    before = _code(lines[line - 1])[: col - 1] if line <= len(lines) else ""
+    before = _code(lines[line - 1])[: col - 1]
     message, hint = _explain(token, expected, before, lines, line)
     return Diagnostic("error", message, Loc(file, line, col, length), hint)
 

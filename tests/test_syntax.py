@@ -154,6 +154,9 @@ def test_numbers_out_of_range_are_syntax_errors():
     assert "is too large" in error.message and (error.loc.line, error.loc.col) == (3, 16)
     error = first_error("model m {\n input x[4]\n leaky_relu(slope=1e999)\n}")
     assert "out of range" in error.message
+    # once a crash (OverflowError while suggesting `write kernel=<int>`): infinity never reaches the shape pass
+    error = first_error("model m {\n input x[1, 8, 8]\n conv2d c(filters=1, kernel=1e999)\n}")
+    assert error.message == "number 1e999 is out of range" and (error.loc.line, error.loc.col) == (3, 29)
 
 
 def test_a_number_with_thousands_of_digits_is_an_error_not_a_crash():
