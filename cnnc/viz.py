@@ -475,7 +475,8 @@ def _outline_tiles(ax, count: int, cols: int, tile_hw: tuple[int, int]) -> None:
     from matplotlib.patches import Rectangle
 
     h, w = tile_hw
-    frames = [Rectangle((c * (w + 1) - 0.5, r * (h + 1) - 0.5), w, h) for r, c in (divmod(t, cols) for t in range(count))]
+    cells = [divmod(t, cols) for t in range(count)]  # (row, column) of each tile
+    frames = [Rectangle((c * (w + 1) - 0.5, r * (h + 1) - 0.5), w, h) for r, c in cells]
     ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="#9a9a9a", linewidth=0.5, clip_on=False))
 
 
@@ -487,15 +488,17 @@ def _label_filter_axes(ax, mode, tile_hw, rows, cols, shown_f, shown_c, layer: L
         spine.set_visible(False)
     if mode == "channels":
         step_c, step_f = max(1, shown_c // 16), max(1, shown_f // 16)
-        ax.set_xticks([c * (w + 1) + (w - 1) / 2 for c in range(0, cols, step_c)], [str(c) for c in range(0, cols, step_c)], fontsize=7)
-        ax.set_yticks([f * (h + 1) + (h - 1) / 2 for f in range(0, rows, step_f)], [str(f) for f in range(0, rows, step_f)], fontsize=7)
+        shown_cols, shown_rows = range(0, cols, step_c), range(0, rows, step_f)
+        ax.set_xticks([c * (w + 1) + (w - 1) / 2 for c in shown_cols], [str(c) for c in shown_cols], fontsize=7)
+        ax.set_yticks([f * (h + 1) + (h - 1) / 2 for f in shown_rows], [str(f) for f in shown_rows], fontsize=7)
         ax.set_xlabel("input channel")
         ax.set_ylabel("filter")
         ax.tick_params(length=0)
         return
     for f in range(shown_f):
         r, c = divmod(f, cols)
-        ax.text(c * (w + 1) + (w - 1) / 2, r * (h + 1) - 0.5, str(f), ha="center", va="bottom", fontsize=6.5, color="#555555")
+        ax.text(c * (w + 1) + (w - 1) / 2, r * (h + 1) - 0.5, str(f), ha="center", va="bottom", fontsize=6.5,
+                color="#555555")
     if layer.spatial_dims == 1:
         ax.set_xlabel("tiles: one per filter, rows = input channels, columns = kernel taps", fontsize=8)
     else:
@@ -588,8 +591,8 @@ def maps_figure(network: Network, x: np.ndarray, outputs: list[tuple[Layer, np.n
     body_w = max(MAX_MAPS * tile, 6.0)
     width, height = label_w + body_w + 1.3, title_h + sum(heights) + bottom
     fig = new_figure(width, height)
-    fig.text(0.15 / width, 1 - 0.3 / height, f"{network.name}: what each layer makes of {Path(source).name or 'the input'}",
-             fontsize=12, fontweight="bold", va="center")
+    title = f"{network.name}: what each layer makes of {Path(source).name or 'the input'}"
+    fig.text(0.15 / width, 1 - 0.3 / height, title, fontsize=12, fontweight="bold", va="center")
     top = title_h
     for i, ((kind, name, y, layer), row_h) in enumerate(zip(rows, heights)):
         box = (label_w, height - top - row_h + gap_h, body_w, row_h - 2 * gap_h)  # inches: x, y, w, h
@@ -737,9 +740,13 @@ def _metrics_record(path: Path, number: int, line: str) -> dict:
     for series in SERIES:
         for metric in METRICS:
             value = record.get(f"{series}_{metric}")
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            if value is not None and not _is_number(value):
                 raise CnncError(f"{where}: '{series}_{metric}' must be a number or null; got {value!r}")
     return record
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def curves_figure(records: list[dict], source: str = ""):
@@ -779,8 +786,9 @@ def curves_figure(records: list[dict], source: str = ""):
 # =====================================================================================================
 def add_viz_parsers(subparsers) -> None:
     p = subparsers.add_parser("draw", help="draw a network's architecture (PNG or SVG)",
-                              description="Draw a diagram of the network: one box per layer with its kind, name, output "
-                                          f"shape and parameter count, and convolution/pooling windows to scale. Needs {VIZ_EXTRA}.")
+                              description="Draw a diagram of the network: one box per layer with its kind, name, "
+                                          "output shape and parameter count, and convolution/pooling windows to "
+                                          f"scale. Needs {VIZ_EXTRA}.")
     p.add_argument("file", metavar="FILE", help="the .cnn file")
     p.add_argument("--model", help="the model to draw (for a file with several)")
     p.add_argument("-o", "--output", required=True, metavar="IMAGE", help="output file, .png or .svg")

@@ -144,6 +144,19 @@ def test_missing_matplotlib_names_the_viz_extra(tmp_path, capsys, monkeypatch):
     assert status == 1
     assert "matplotlib" in err and "pip install 'cnnc[viz]'" in err
     assert not (tmp_path / "a.png").exists()
+    status, out, err = run(["check", SPECS / "lenet5.cnn", "--html", tmp_path / "r.html"], capsys)
+    assert status == 1 and "pip install 'cnnc[viz]'" in err and "model lenet5" in out  # the table still printed
+    assert not (tmp_path / "r.html").exists()
+    status, out, _ = run(["check", SPECS / "lenet5.cnn"], capsys)  # and check itself needs no plotting
+    assert status == 0 and "61,706" in out
+
+
+def test_cnnc_starts_without_importing_matplotlib_or_pillow():
+    code = ("import sys, cnnc.cli; cnnc.cli.build_parser(); "
+            "print(sorted(m for m in ('matplotlib', 'PIL') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_missing_pillow_names_the_viz_extra(trained, monkeypatch):
