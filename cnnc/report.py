@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import __version__
 from .fileio import atomic_write_text
 from .ir import Layer, Network
+from .shapes import fmt_shape
 from .summary import FLOAT32_BYTES, human_bytes
 
 RF_BOX_PX = 84  # the largest extent in a receptive-field sketch, in CSS pixels
@@ -116,10 +117,6 @@ def rf_sketch(rf: tuple[int, ...], input_extent: tuple[int, ...], scale: float) 
 
 def extent(value: int, dims: int) -> str:
     return "×".join([str(value)] * dims) if dims else ""
-
-
-def fmt_shape(shape) -> str:
-    return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
 def kind_cell(layer: Layer) -> str:

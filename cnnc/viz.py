@@ -28,6 +28,7 @@ import numpy as np
 from .diagnostics import CnncError
 from .fileio import atomic_path
 from .ir import CONV_KINDS, POOL_KINDS, WINDOW_KINDS, Layer, Network
+from .shapes import fmt_shape
 
 VIZ_EXTRA = "pip install 'cnnc[viz]'"
 IMAGE_FORMATS = ("png", "svg")
@@ -36,7 +37,8 @@ PNG_DPI = 150
 
 # ---- optional dependencies -------------------------------------------------------------------------
 def require_matplotlib():
-    """The matplotlib Figure class, on the Agg canvas; a CnncError naming the extra if it is missing."""
+    """A function (width, height in inches) -> a new Figure on an Agg canvas; a CnncError naming the
+    extra if matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -102,10 +104,6 @@ def trained_model(network: Network, weights):
     except ValueError as e:
         raise CnncError(str(e)) from None
     return m
-
-
-def fmt_shape(shape) -> str:
-    return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
 def kind_label(layer: Layer) -> str:
