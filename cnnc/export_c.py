@@ -120,8 +120,8 @@ class MemoryPlan:
         return self.weight_floats * FLOAT_BYTES
 
 
-def memory_plan(network: Network) -> MemoryPlan:
-    """Every statement of the generated predict() with its buffers, and the bytes it all needs."""
+def _operations(network: Network) -> list[tuple[str, Layer | None, int]]:
+    """(op, layer, 1-based layer index) per statement of predict(), in order; see Step.op."""
     ops: list[tuple[str, Layer | None, int]] = []
     for index, layer in enumerate(network.layers, 1):
         if layer.kind in COMPUTE_KINDS:
@@ -132,27 +132,40 @@ def memory_plan(network: Network) -> MemoryPlan:
             ops.append((layer.kind, layer, index))
         elif layer.kind not in ALIAS_KINDS:
             raise AssertionError(f"export_c: unhandled layer kind {layer.kind!r}")
-    input_floats = prod(network.input_shape)
     if not ops or ops[0][0] != "compute":  # the input is const: in-place work needs a copy of it first
         ops.insert(0, ("copy", None, 0))
+    return ops
+
+
+def _arena_floats(between: list[int]) -> int:
+    """The arena for the tensors written between the input and the output, in order: each is alive
+    only while it is written and while the next layer reads it, so the largest adjacent pair."""
+    if not between:
+        return 0
+    return max([between[0]] + [a + b for a, b in zip(between, between[1:])])
+
+
+def memory_plan(network: Network) -> MemoryPlan:
+    """Every statement of the generated predict() with its buffers, and the bytes it all needs."""
+    input_floats = prod(network.input_shape)
+    ops = _operations(network)
     sizes = [layer.out_size if layer else input_floats for op, layer, _ in ops if op in ("compute", "copy")]
-    between = sizes[:-1]  # tensors written to the arena; the last compute layer writes the output
-    arena = max([between[0]] + [a + b for a, b in zip(between, between[1:])]) if between else 0
+    arena = _arena_floats(sizes[:-1])  # the last computed tensor goes to the caller's output
     steps, current, produced = [], Buffer("input"), 0
     for op, layer, index in ops:
-        if op in ("compute", "copy"):
-            produced += 1
-            if produced == len(sizes):
-                dst = Buffer("output")
-            elif produced % 2 == 1:
-                dst = Buffer("arena", 0)  # odd intermediates at the bottom of the arena
-            else:
-                dst = Buffer("arena", arena - sizes[produced - 1])  # even ones at the top
-            steps.append(Step(op, layer, index, current, dst, sizes[produced - 1]))
-            current = dst
+        if op not in ("compute", "copy"):  # an activation, in place
+            steps.append(Step(op, layer, index, current, current, layer.out_size))
+            continue
+        size = sizes[produced]
+        produced += 1
+        if produced == len(sizes):
+            dst = Buffer("output")
+        elif produced % 2 == 1:
+            dst = Buffer("arena", 0)  # the 1st, 3rd, ... computed tensors at the bottom of the arena
         else:
-            size = layer.out_size
-            steps.append(Step(op, layer, index, current, current, size))
+            dst = Buffer("arena", arena - size)  # the 2nd, 4th, ... at the top
+        steps.append(Step(op, layer, index, current, dst, size))
+        current = dst
     return MemoryPlan(tuple(steps), arena, network.param_count, input_floats, prod(network.output_shape))
 
 
@@ -160,15 +173,17 @@ def memory_report(network: Network, prefix: str | None = None) -> str:
     """What `cnnc export --format c --dry-run` prints."""
     plan = memory_plan(network)
     p = (prefix or network.name).upper()
+    input_bytes, output_bytes = plan.input_floats * FLOAT_BYTES, plan.output_floats * FLOAT_BYTES
+    one_buffer_per_layer = network.activation_elements * FLOAT_BYTES - input_bytes - output_bytes
     return "\n".join([
         f"model {network.name}: standalone C export (float32)",
         f"  flash (weights, static const): {plan.weight_bytes:>10,} bytes ({human_bytes(plan.weight_bytes)}), "
         f"{plan.weight_floats:,} floats",
         f"  RAM (scratch arena):           {plan.arena_bytes:>10,} bytes ({human_bytes(plan.arena_bytes)}) "
         f"= {p}_ARENA_BYTES",
-        f"  caller's buffers:              {plan.input_floats * FLOAT_BYTES:>10,} bytes input ({p}_INPUT_SIZE = "
-        f"{plan.input_floats}), {plan.output_floats * FLOAT_BYTES:,} bytes output ({p}_OUTPUT_SIZE = {plan.output_floats})",
-        f"  (for comparison, one buffer per layer would need {network.activation_elements * FLOAT_BYTES - (plan.input_floats + plan.output_floats) * FLOAT_BYTES:,} bytes of scratch)",
+        f"  caller's buffers:              {input_bytes:>10,} bytes input ({p}_INPUT_SIZE = {plan.input_floats}), "
+        f"{output_bytes:,} bytes output ({p}_OUTPUT_SIZE = {plan.output_floats})",
+        f"  (for comparison, one buffer per layer would need {one_buffer_per_layer:,} bytes of scratch)",
     ])
 
 

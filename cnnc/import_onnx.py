@@ -224,6 +224,8 @@ class Importer:
                     self.refuse(node, f"its extra output '{extra}' is used; cnnc layers have one output")
             getattr(self, "_" + node.op_type)(node)
             self.current = node.output[0]
+        if not self.statements:
+            self.fail("the graph has no layer cnnc can write (only Identity, Flatten or Reshape of the input)")
         if self.current != outputs[0]:
             self.fail(f"the graph's output '{outputs[0]}' is not the end of the chain of layers (which ends at "
                       f"'{self.current}')")

@@ -65,6 +65,12 @@ model flat_only {
     relu
     flatten
 }
+model activation_first {
+    input v[2, 5]
+    tanh
+    flatten
+    dense o(units=3)
+}
 """
 
 
@@ -228,8 +234,8 @@ def test_every_export_matches_the_backends_in_every_build(exported):
             if rel_err(outputs["strict"], y_c) > 1e-5:
                 failures.append(f"{prefix}: relative error {rel_err(outputs['strict'], y_c):.2e} against the C backend")
     assert not failures, "\n".join(failures)
-    assert len(exports) == 12  # 8 models in specs/, 3 extra, lenet5 a second time
-    assert not c_models or len(c_models) == 11
+    assert len(exports) == 13  # 8 models in specs/, 4 extra, lenet5 a second time
+    assert not c_models or len(c_models) == 12
 
 
 def test_two_exports_of_one_spec_link_into_one_program_and_keep_their_own_weights(exported):
@@ -303,6 +309,9 @@ def test_arena_is_the_largest_pair_of_live_tensors_and_never_overlaps(tmp_path):
     assert lenet.weight_bytes == 61706 * 4
     # no compute layer between input and output: no arena at all
     assert memory_plan(cnnc.read_network(SPECS / "worked_2d.cnn")).arena_floats == 0
+    # an in-place layer first: the const input is copied into the arena, then dense reads it from there
+    first = memory_plan(cnnc.read_network(extra, "activation_first"))
+    assert [s.op for s in first.steps] == ["copy", "tanh", "compute"] and first.arena_floats == 10
 
 
 def test_dry_run_prints_flash_and_ram_and_writes_nothing(tmp_path, capsys):
