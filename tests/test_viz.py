@@ -102,6 +102,9 @@ def test_draw_writes_svg_with_every_layer_name_and_shape(tmp_path, capsys):
     out = tmp_path / "digits.svg"
     status, _, _ = run(["draw", DIGITS, "-o", out], capsys)
     assert status == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the owner-only mode of a temporary file
     text = out.read_text()
     assert text.lstrip().startswith("<?xml") and "<svg" in text
     network = cnnc.read_network(DIGITS)
