@@ -331,10 +331,12 @@ def render_c(network: Network, params: dict[str, np.ndarray], prefix: str) -> di
     }
 
 
-def _model_params(model) -> tuple[Network, dict[str, np.ndarray]]:
+def network_and_params(model) -> tuple[Network, dict[str, np.ndarray]]:
+    """The Network and the {name: array} parameters of a cnnc Model; what both exports read."""
     network, params = getattr(model, "network", None), getattr(model, "params", None)
     if not isinstance(network, Network) or not isinstance(params, dict):
-        raise ValueError(f"export needs a cnnc Model (from cnnc.load) with .network and .params; got {type(model).__name__}")
+        raise ValueError(f"export needs a cnnc Model (from cnnc.load) with .network and .params; "
+                         f"got {type(model).__name__}")
     return network, params
 
 
@@ -345,7 +347,7 @@ def export_c(model, out_dir, prefix: str | None = None, dtype: str = "float32") 
     prefix: the C identifier prefix, by default the model's name."""
     if dtype not in DTYPES:
         raise CnncError(f"the standalone C export computes in float32 only; got --dtype {dtype}")
-    network, params = _model_params(model)
+    network, params = network_and_params(model)
     files = render_c(network, params, prefix or network.name)
     out = Path(os.fspath(out_dir))
     if out.exists() and not out.is_dir():

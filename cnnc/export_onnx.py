@@ -31,7 +31,8 @@ from .ir import AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network
 OPSET = 17
 IR_VERSION = 8  # the IR version that goes with opset 17: readable by every onnxruntime since 1.11
 INSTALL_HINT = "pip install 'cnnc[onnx]'"
-ONNX_ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "leaky_relu": "LeakyRelu", "softmax": "Softmax"}
+ONNX_ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "leaky_relu": "LeakyRelu",
+                    "softmax": "Softmax"}
 
 
 def require_onnx(*modules: str):
@@ -130,12 +131,12 @@ def build_onnx(network: Network, params: dict[str, np.ndarray]):
 
 def export_onnx(model, path) -> None:
     """Write `model` (a cnnc Model with its weights) to an .onnx file, atomically."""
-    network, params = getattr(model, "network", None), getattr(model, "params", None)
-    if not isinstance(network, Network) or not isinstance(params, dict):
-        raise ValueError(f"export_onnx needs a cnnc Model (from cnnc.load) with .network and .params; got {type(model).__name__}")
+    from .export_c import honour_umask, network_and_params
+
+    network, params = network_and_params(model)
     if os.path.isdir(os.fspath(path)):
-        raise CnncError(f"{os.fspath(path)}: is a directory; the ONNX export writes one file, e.g. -o {network.name}.onnx")
-    from .export_c import honour_umask
+        raise CnncError(f"{os.fspath(path)}: is a directory; the ONNX export writes one file, "
+                        f"e.g. -o {network.name}.onnx")
 
     atomic_write_bytes(path, build_onnx(network, params).SerializeToString())
     honour_umask(path)

@@ -39,7 +39,6 @@ from .model import weight_mismatches
 
 SUPPORTED = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul", "Add", "Flatten", "Reshape",
              "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Softmax", "Dropout", "Identity")
-ACTIVATION_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "LeakyRelu": "leaky_relu", "Softmax": "softmax"}
 OPERATOR_HINTS = {  # why a common unsupported operator appears, and how to avoid it
     "BatchNormalization": "PyTorch folds it into the convolution before it when it exports in eval mode with "
                           "constant folding (the default)",
@@ -131,8 +130,9 @@ class Importer:
             self.fail(f"the input '{value.name}' is not a float tensor (ONNX element type {tensor_type.elem_type})")
         dims = list(tensor_type.shape.dim)
         if not 2 <= len(dims) <= 4 or any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims[1:]):
-            self.fail(f"the input '{value.name}' must be (batch, D), (batch, C, L) or (batch, C, H, W) with known sizes "
-                      f"after the batch; it is ({', '.join(d.dim_param or str(d.dim_value) for d in dims)})")
+            shown = ", ".join(d.dim_param or str(d.dim_value) for d in dims)
+            self.fail(f"the input '{value.name}' must be (batch, D), (batch, C, L) or (batch, C, H, W) with known "
+                      f"sizes after the batch; it is ({shown})")
         shape = tuple(int(d.dim_value) for d in dims[1:])
         batch = int(dims[0].dim_value) if dims[0].HasField("dim_value") else None
         default = {1: "features", 2: "signal", 3: "image"}[len(shape)]
@@ -190,7 +190,8 @@ class Importer:
         """The previous statement, when it is a conv/dense without an activation whose output is the current tensor."""
         if self.statements:
             last = self.statements[-1]
-            if last.output == self.current and last.kind in ("conv1d", "conv2d", "dense") and "activation" not in last.args:
+            fusable = last.kind in ("conv1d", "conv2d", "dense") and "activation" not in last.args
+            if fusable and last.output == self.current:
                 return last
         return None
 
@@ -524,7 +525,8 @@ def _weights(statements: list[Statement]) -> dict[str, np.ndarray]:
     for s in statements:
         for role, value in s.weights.items():
             value = np.asarray(value)
-            arrays[f"{s.name}.{role}"] = np.ascontiguousarray(value if value.dtype == np.float64 else value.astype(np.float32))
+            dtype = np.float64 if value.dtype == np.float64 else np.float32
+            arrays[f"{s.name}.{role}"] = np.ascontiguousarray(value, dtype=dtype)
     return arrays
 
 
@@ -549,12 +551,13 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     name = _model_name(model_name, proto.graph.name, cnn_path)
     producer = f"{proto.producer_name} {proto.producer_version}".strip() or "an unknown producer"
     header = [f"Imported from {Path(source).name} (ONNX opset {importer.opset}, written by {producer}) by cnnc "
-              f"{__version__}.", f"Weights: {weights_path.name}. No loss statement: add one (e.g. `loss cross_entropy`) "
-              f"to train it."]
+              f"{__version__}.",
+              f"Weights: {weights_path.name}. No loss statement: add one (e.g. `loss cross_entropy`) to train it."]
     text = cnn_text(name, input_name, importer.input_shape, statements, header)
     network = network_from_text(text, file=os.fspath(cnn_path))
     if network.output_shape != importer.shape:
-        raise AssertionError(f"import_onnx: cnnc infers the output {network.output_shape}, the importer {importer.shape}")
+        raise AssertionError(f"import_onnx: cnnc infers the output {network.output_shape}, "
+                             f"the importer {importer.shape}")
     arrays = _weights(statements)
     problems = weight_mismatches(network, arrays)
     if problems:
