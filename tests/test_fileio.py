@@ -24,3 +24,12 @@ def test_failure_mid_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
             raise KeyboardInterrupt
     assert target.read_text() == "good checkpoint"
     assert os.listdir(tmp_path) == ["ckpt.npz"]
+
+
+def test_written_files_get_the_mode_a_plain_open_would_give(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "w.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "w.txt").stat().st_mode & 0o777 == 0o644
