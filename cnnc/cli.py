@@ -27,30 +27,41 @@ def add_check_parser(subparsers) -> None:
 
 
 def run_check(args) -> int:
-    from .frontend import network_list_from_text, read_source, select
+    """Check every file; a bad file is reported and the rest are still checked (exit 1 if any failed)."""
     from .summary import network_record, summary_table
 
     if args.model and len(args.files) > 1:
         raise CnncError(f"--model picks a model of one file, but {len(args.files)} files were given")
-    networks = []
+    networks, failed = [], False
     for path in args.files:
-        text = read_source(path)
-        found = network_list_from_text(text, path)
-        found = [select(found, args.model, path)] if args.model else found
-        for network in found:
-            for warning in network.warnings:
-                print(warning.render(text), file=sys.stderr)
-        networks += found
+        try:
+            networks += _checked_networks(path, args.model)
+        except CnncError as e:
+            print(e.render(), file=sys.stderr)
+            failed = True
     if args.json:
         print(json.dumps({"models": [network_record(n) for n in networks]}, indent=2))
-    else:
+    elif networks:
         print("\n\n".join(summary_table(n) for n in networks))
-    if args.html:
+    if args.html and not failed:
         from .report import write_report
 
         write_report(networks, args.html)
         print(f"wrote {args.html}", file=sys.stderr)
-    return 0
+    return 1 if failed else 0
+
+
+def _checked_networks(path: str, model: str | None):
+    """Parse and shape-check one file, printing its warnings (with the source line) to stderr."""
+    from .frontend import network_list_from_text, read_source, select
+
+    text = read_source(path)
+    found = network_list_from_text(text, path)
+    found = [select(found, model, path)] if model else found
+    for network in found:
+        for warning in network.warnings:
+            print(warning.render(text), file=sys.stderr)
+    return found
 
 
 # ---- the command --------------------------------------------------------------------------------

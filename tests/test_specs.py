@@ -100,3 +100,12 @@ def test_console_script_runs():
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "61,706" in result.stdout
+
+
+def test_check_reports_a_bad_file_and_still_checks_the_others(tmp_path, capsys):
+    bad = tmp_path / "bad.cnn"
+    bad.write_text("model bad {\n    input image[1, 5, 5]\n    conv2d c1(filters=6, kernel=7)\n}\n")
+    assert main(["check", str(bad), str(SPECS / "worked_1d.cnn")]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(f"{bad}:3:33: error: conv2d 'c1': kernel 7 is larger than the padded input height 5")
+    assert "model worked_1d" in out
