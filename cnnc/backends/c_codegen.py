@@ -326,12 +326,27 @@ def _constants(layer: Layer, K: str) -> tuple[list[str], list[str]]:
     elif family == "global_avgpool":
         rows.append(("channels, positions per channel", [("C", layer.in_shape[0]), ("HW", prod(layer.in_shape[1:]))]))
     rows.append(("elements per sample", [("IN_SIZE", layer.in_size), ("OUT_SIZE", layer.out_size)]))
+    if family is not None:
+        rows.append(("multiply-adds per sample, for the parallel-or-not choice", [("WORK", min(work(layer), MAX_INT32))]))
     text = []
     for comment, pairs in rows:
         body = ", ".join(f"{K}_{name} = {c_int(value, f'{name} of layer {layer.name}', 0)}" for name, value in pairs) + ","
         text.append(f"{body:<44}  // {comment}")
     return text, notes
 
+
+def work(layer: Layer) -> int:
+    """Multiply-adds (or adds, for pooling) per sample of the layer's kernels: how much a loop over the
+    batch has to share out between threads."""
+    if layer.macs:
+        return layer.macs
+    if layer.kind in POOL_KINDS:
+        return layer.out_size * prod(layer.kernel)
+    return layer.in_size
+
+
+# Below this many multiply-adds a kernel runs on one thread (see module.c.j2).
+PARALLEL_MIN_WORK = 1 << 16
 
 ACTIVATION_READS = {"relu": "pre", "leaky_relu": "pre", "sigmoid": "out", "tanh": "out", "softmax": "out"}
 
@@ -563,7 +578,8 @@ def generate(networks, dtype: str = "float32") -> CSource:
     title = (f"model '{plans[0].network.name}'" if single else
              f"{len(plans)} models: " + ", ".join(f"'{p.network.name}'" for p in plans)) + f", {dtype}"
     text = _environment().get_template("module.c.j2").render(
-        title=title, version=__version__, ctype=C_TYPES[dtype], dtype=dtype, networks=plans, helpers=helpers)
+        title=title, version=__version__, ctype=C_TYPES[dtype], dtype=dtype, networks=plans, helpers=helpers,
+        parallel_min_work=PARALLEL_MIN_WORK)
     return CSource(text, cdef_for(plans, C_TYPES[dtype]), dtype, plans)
 
 
