@@ -1,0 +1,359 @@
+"""The C backend: the network compiled to native code, with exactly the NumPy backend's Model API.
+
+    m = cnnc.load("specs/lenet5.cnn", backend="c", dtype="float32")   # generate, compile (cached), load
+    y = m.forward(x); loss, dy = m.loss(y, labels); dx = m.backward(dy)
+
+    module = compile_networks([net_a, net_b], "float64")   # several networks, one compiler run
+    a = module.model("net_a", seed=0)
+
+Memory, as the generated C sees it (see c_codegen for the layout and templates/ for the code):
+    parameter block   every ParamSpec, one after another; m.params[name] is a reshaped NumPy view on it
+    gradient block    the same layout; m.grads[name] likewise. backward overwrites it.
+    activation block  the input copy, every layer's output, pre-activations, dropout masks and two
+                      gradient scratch buffers, for a batch of N; grown (never shrunk) to the largest N seen
+    argmax block      int32 max-pool winners, likewise
+The blocks are allocated by cffi and owned by the model; the views keep them alive.
+
+Options (cnnc.load(..., backend="c", **options)): cache_dir, openmp (default True), native
+(-march=native, default True unless $CNNC_PORTABLE is set), opt ("-O3"), extra_cflags.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..diagnostics import CnncError
+from ..fileio import atomic_write_bytes, atomic_write_text
+from ..frontend import network_from_text, read_network, read_source, select
+from ..ir import Network
+from ..model import DTYPES, Model, check_dtype
+from . import c_build
+from .c_codegen import SIZE_CONSTANTS, CSource, NetworkPlan, generate
+
+BUILD_OPTIONS = ("cache_dir", "openmp", "native", "opt", "extra_cflags")
+
+
+def _check_options(options: dict) -> None:
+    unknown = sorted(set(options) - set(BUILD_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown C backend option(s) {', '.join(unknown)}; the options are {', '.join(BUILD_OPTIONS)}")
+
+
+# ---- a compiled module: one or more networks --------------------------------------------------------
+class CModule:
+    """The compiled code of one or more networks of one dtype, and their plans."""
+
+    def __init__(self, built: c_build.Built, source: CSource):
+        self.built, self.source = built, source
+        self.dtype = source.dtype
+        self.plans = {plan.network.name: plan for plan in source.plans}
+        for plan in source.plans:
+            self._check_sizes(plan)
+
+    def _check_sizes(self, plan: NetworkPlan) -> None:
+        """The sizes the compiled C reports must be the plan's: a mismatch means a stale module."""
+        expected = dict(zip(SIZE_CONSTANTS, (plan.param_count, plan.act_count, plan.argmax_count, plan.in_size,
+                                             plan.out_size, plan.dropout_count)))
+        for what, value in expected.items():
+            got = getattr(self.built.lib, f"{plan.K}MODEL_{what}")
+            if got != value:
+                raise CnncError(f"the C module in {self.built.directory} does not match model '{plan.network.name}' "
+                                f"({plan.K}MODEL_{what} is {got}, expected {value}); delete that directory to rebuild it")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.plans)
+
+    def model(self, name: str | None = None, seed: int = 0) -> CModel:
+        if name is None:
+            if len(self.plans) != 1:
+                raise ValueError(f"this module holds {len(self.plans)} models ({', '.join(self.plans)}); name one")
+            name = next(iter(self.plans))
+        if name not in self.plans:
+            raise ValueError(f"this module has no model '{name}'; it has: {', '.join(self.plans)}")
+        return CModel(self.plans[name].network, self.dtype, seed, module=self)
+
+
+def compile_networks(networks, dtype: str = "float32", **options) -> CModule:
+    """Generate one C file for all `networks` and build it (or take it from the cache)."""
+    _check_options(options)
+    dtype = check_dtype(dtype)
+    networks = [networks] if isinstance(networks, Network) else list(networks)
+    names = [n.name for n in networks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"networks compiled together need distinct names; got {names}")
+    source = generate(networks, dtype)
+    return CModule(c_build.build(source, **options), source)
+
+
+# ---- the model ---------------------------------------------------------------------------------------
+class CModel(Model):
+    backend_name = "c"
+
+    def __init__(self, network: Network, dtype: str = "float32", seed: int = 0, *, module: CModule | None = None,
+                 **options):
+        dtype = check_dtype(dtype)
+        if module is None:
+            module = compile_networks([network], dtype, **options)
+        elif options:
+            raise ValueError("build options apply when compiling; this model reuses a compiled module")
+        if module.dtype != dtype:
+            raise ValueError(f"the module was compiled for {module.dtype}; got dtype {dtype}")
+        plan = module.plans.get(network.name)
+        if plan is None or plan.network != network:
+            raise ValueError(f"the module was not compiled from this network '{network.name}'")
+        self.module, self.plan = module, plan
+        self._ffi, lib = module.built.ffi, module.built.lib
+        self._c_forward = getattr(lib, f"{plan.P}model_forward")
+        self._c_backward = getattr(lib, f"{plan.P}model_backward")
+        self._lib = lib
+        self._capacity = 0  # the batch size the activation block holds
+        self._acts = self._argmax = None
+        self._last_batch: int | None = None  # N of the last completed forward
+        self._dropout_applied = False
+        self._uncleared = self._ffi.new_allocator(should_clear_after_alloc=False)
+        super().__init__(network, dtype, seed)
+
+    # ---- memory ----
+    def _allocate(self):
+        """The parameter and gradient blocks (zeroed) and their per-tensor views."""
+        count = self.plan.param_count
+        self._param_mem = self._ffi.new("real[]", max(count, 1))
+        self._grad_mem = self._ffi.new("real[]", max(count, 1))
+        self.param_block = self._view(self._param_mem, count)
+        self.grad_block = self._view(self._grad_mem, count)
+        params, grads = {}, {}
+        for spec, field in zip(self.network.param_specs, self.plan.params):
+            start = field.offset
+            params[spec.name] = self.param_block[start:start + spec.size].reshape(spec.shape)
+            grads[spec.name] = self.grad_block[start:start + spec.size].reshape(spec.shape)
+        return params, grads
+
+    def _view(self, cdata, count: int) -> np.ndarray:
+        """A NumPy array on cffi memory, no copy: writes from either side are seen by the other."""
+        return np.frombuffer(self._ffi.buffer(cdata), dtype=self.dtype, count=count)
+
+    def _reserve(self, n: int) -> None:
+        """Activation and argmax blocks for a batch of n: allocated when n exceeds every batch before.
+        Every forward writes what it later reads, so the memory is not cleared."""
+        if n <= self._capacity:
+            return
+        self._acts = self._uncleared("real[]", n * self.plan.act_count)
+        self._argmax = self._uncleared("int32_t[]", max(n * self.plan.argmax_count, 1))
+        self._capacity = n
+        self._last_batch = None  # the saved state is gone with the old block
+
+    def _ptr(self, a: np.ndarray, ctype: str = "real[]", writable: bool = False):
+        return self._ffi.from_buffer(ctype, a, require_writable=writable)
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes held by the activation and argmax blocks."""
+        return self._capacity * (self.plan.act_count * self.dtype.itemsize + self.plan.argmax_count * 4)
+
+    # ---- the three calls ----
+    def _forward(self, x, train, masks):
+        """x: (N, *input_shape) contiguous of self.dtype -> y: (N, *output_shape)"""
+        n = x.shape[0]
+        self._reserve(n)
+        y = np.empty((n, *self.output_shape), self.dtype)
+        masks_arg, keep_alive = self._mask_pointers(n, masks if train else None)
+        self._c_forward(self._ptr(y, writable=True), self._acts, self._argmax, self._ptr(x), self._param_mem,
+                        masks_arg, n)
+        del keep_alive  # the C copied the masks into the activation block
+        self._last_batch, self._dropout_applied = n, masks_arg != self._ffi.NULL
+        return y
+
+    def _mask_pointers(self, n: int, masks: dict | None):
+        """-> (NULL or an array of one pointer per dropout layer, the arrays behind the pointers).
+        A dropout layer without a mask in `masks` keeps everything (a mask of ones)."""
+        layers = self.plan.dropout_layers
+        if masks is None or not layers:
+            return self._ffi.NULL, None
+        arrays = []
+        for name in layers:
+            shape = (n, *self.network.layer(name).in_shape)
+            mask = masks.get(name)
+            if mask is None:
+                mask = np.ones(shape, self.dtype)
+            mask = np.ascontiguousarray(mask, dtype=self.dtype)
+            if mask.shape != shape:
+                raise ValueError(f"dropout mask for '{name}' must have shape {shape}; got {mask.shape}")
+            arrays.append(mask)
+        return self._ffi.new("real*[]", [self._ptr(a) for a in arrays]), arrays
+
+    def _backward(self, dy):
+        """dy: (N, *output_shape) for the last forward's N -> dx: (N, *input_shape); overwrites grads."""
+        n = dy.shape[0]
+        if self._last_batch != n:
+            raise ValueError(f"backward needs dy for the last forward's batch of {self._last_batch}; got {n}")
+        dy = np.ascontiguousarray(dy, dtype=self.dtype)
+        dx = np.empty((n, *self.input_shape), self.dtype)
+        self._c_backward(self._ptr(dx, writable=True), self._grad_mem, self._ptr(dy), self._param_mem, self._acts,
+                         self._argmax, n, int(self._dropout_applied))
+        return dx
+
+    def loss(self, y, target) -> tuple[float, np.ndarray]:
+        """The base class's loss (same checks, same maths), computed in C in one pass."""
+        y = self._checked_array(y, "y", (None, *self.output_shape))
+        n = y.shape[0]
+        dy = np.empty_like(y)
+        if self.loss_kind == "cross_entropy":
+            labels = np.ascontiguousarray(self._checked_labels(target, n), dtype=np.int64)
+            value = self._lib.cross_entropy_loss(self._ptr(dy, writable=True), self._ptr(y),
+                                                 self._ptr(labels, "int64_t[]"), n, self.output_shape[0])
+        else:
+            target = self._checked_array(target, "target", y.shape)
+            value = self._lib.mse_loss(self._ptr(dy, writable=True), self._ptr(y), self._ptr(target), y.size)
+        return float(value), dy
+
+
+# ---- cnnc.load(path, backend="c") --------------------------------------------------------------------
+def load_c_model(path, model: str | None = None, dtype: str = "float32", seed: int = 0, **options) -> CModel:
+    """path: a .cnn file, or a directory written by `cnnc compile`."""
+    _check_options(options)
+    dtype = check_dtype(dtype)
+    if Path(path).is_dir():
+        return load_compiled_directory(Path(path), model, dtype, seed, **options)
+    return CModel(read_network(path, model), dtype, seed, **options)
+
+
+# ---- cnnc compile: a directory holding the C, the module, the spec and a manifest -----------------
+DIR_MANIFEST = "manifest.json"
+DIR_FORMAT = "cnnc-compile-1"
+
+
+def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "float32", emit_c: bool = False,
+                         **options) -> list[Path]:
+    """Write MODEL.c, the spec, a manifest and (unless emit_c) the built module into out_dir.
+    Returns the paths written."""
+    _check_options(options)
+    dtype = check_dtype(dtype)
+    path, out = Path(path), Path(out_dir)
+    text = read_source(path)
+    network = select(_networks(text, path), model, str(path))
+    source = generate(network, dtype)
+    build_options = {k: v for k, v in options.items() if k != "cache_dir"}
+    manifest = {"format": DIR_FORMAT, "cnnc": __version__, "model": network.name, "dtype": dtype,
+                "spec_file": path.name, "c_file": f"{network.name}.c", "options": build_options,
+                "source_sha256": _sha256(source.text), "cdef_sha256": _sha256(source.cdef), "module_file": None}
+    if out.exists() and not out.is_dir():
+        raise CnncError(f"{out}: exists and is not a directory")
+    previous = _read_dir_manifest(out) if out.is_dir() else None
+    written = [out / manifest["spec_file"], out / manifest["c_file"]]
+    atomic_write_text(written[0], text)
+    atomic_write_text(written[1], source.text)
+    if not emit_c:
+        built = c_build.build(source, cache_dir=options.get("cache_dir"), **build_options)
+        so = _module_file(built)
+        target = out / so.name
+        atomic_write_bytes(target, so.read_bytes())
+        written.append(target)
+        opts = c_build.BuildOptions.from_options(**build_options)
+        manifest.update(module_file=so.name, module_sha256=c_build.file_sha256(target), key=built.key,
+                        abi=sysconfig.get_config_var("EXT_SUFFIX"),
+                        cpu=c_build.cpu_signature() if opts.native else None)
+    atomic_write_text(out / DIR_MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    written.append(out / DIR_MANIFEST)
+    stale = previous.get("module_file") if previous else None
+    if stale and stale != manifest["module_file"] and Path(stale).name == stale:
+        (out / stale).unlink(missing_ok=True)
+    return written
+
+
+def _networks(text: str, path: Path):
+    from ..frontend import network_list_from_text
+
+    return network_list_from_text(text, str(path))
+
+
+def _module_file(built: c_build.Built) -> Path:
+    manifest = c_build.read_manifest(built.directory)
+    return built.directory / manifest["module_file"]
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_dir_manifest(directory: Path) -> dict | None:
+    try:
+        manifest = json.loads((directory / DIR_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == DIR_FORMAT else None
+
+
+def load_compiled_directory(directory: Path, model: str | None, dtype: str, seed: int, **options) -> CModel:
+    """Load what `cnnc compile` wrote. The module there is imported directly (no compiler needed) when
+    it was built from this same C for this Python and, with -march=native, this CPU; otherwise the
+    spec stored beside it is compiled through the cache."""
+    manifest = _read_dir_manifest(directory)
+    if manifest is None:
+        raise CnncError(f"{directory}: not a directory written by `cnnc compile` (no readable {DIR_MANIFEST})")
+    if model is not None and model != manifest["model"]:
+        raise CnncError(f"{directory} holds model '{manifest['model']}', not '{model}'")
+    if dtype != manifest["dtype"]:
+        raise CnncError(f"{directory} was compiled for {manifest['dtype']}; load it with dtype='{manifest['dtype']}' "
+                        f"or compile it again with --dtype {dtype}")
+    spec = directory / Path(manifest["spec_file"]).name
+    network = network_from_text(read_source(spec), manifest["model"], str(spec))
+    source = generate(network, dtype)
+    built = _directory_module(directory, manifest, source)
+    if built is None:
+        build_options = {**manifest.get("options", {}), **{k: v for k, v in options.items() if k != "cache_dir"}}
+        built = c_build.build(source, cache_dir=options.get("cache_dir"), **build_options)
+    return CModule(built, source).model(network.name, seed)
+
+
+def _directory_module(directory: Path, manifest: dict, source: CSource) -> c_build.Built | None:
+    module_file = manifest.get("module_file")
+    if not module_file:
+        return None  # --emit-c: no module
+    fits = (manifest.get("source_sha256") == _sha256(source.text) and manifest.get("cdef_sha256") == _sha256(source.cdef)
+            and manifest.get("abi") == sysconfig.get_config_var("EXT_SUFFIX")
+            and manifest.get("cpu") in (None, c_build.cpu_signature()))
+    so = directory / Path(module_file).name
+    if not fits or not so.is_file() or c_build.file_sha256(so) != manifest.get("module_sha256"):
+        return None
+    try:
+        module = c_build.import_module_file(c_build.module_name(manifest["key"]), so)
+    except ImportError:
+        return None
+    return c_build.Built(module.ffi, module.lib, manifest["key"], directory, source)
+
+
+def add_compile_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compile", help="compile a model to native code with the C backend",
+        description="Generate C for a model and build it into a Python extension module in DIR, together with the "
+                    "spec and a manifest, so that cnnc.load(DIR, backend='c') loads it without compiling again.")
+    p.add_argument("file", metavar="FILE", help="the .cnn file")
+    p.add_argument("--model", help="the model to compile, when the file holds several")
+    p.add_argument("-o", "--output", metavar="DIR", help="the output directory (default: build/MODEL)")
+    p.add_argument("--emit-c", action="store_true", help="write the C source (and spec, manifest) but do not compile")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="the element type (default float32)")
+    p.add_argument("--portable", action="store_true", help="do not tune for this CPU (no -march=native)")
+    p.add_argument("--no-openmp", action="store_true", help="build without OpenMP threads")
+    p.set_defaults(func=run_compile)
+
+
+def run_compile(args) -> int:
+    options = {"openmp": not args.no_openmp}
+    if args.portable:
+        options["native"] = False
+    model = args.model
+    if args.output is None:
+        model = model or select(_networks(read_source(args.file), Path(args.file)), None, args.file).name
+    out = Path(args.output or Path("build") / model)
+    for written in compile_to_directory(args.file, out, model, args.dtype, emit_c=args.emit_c, **options):
+        print(f"wrote {written} ({written.stat().st_size:,} bytes)")
+    return 0
+
+
+__all__ = ["CModel", "CModule", "compile_networks", "load_c_model", "compile_to_directory", "add_compile_parser"]

@@ -1,0 +1,400 @@
+"""Compile generated C into a CPython extension with cffi, through a content-addressed cache.
+
+    module = build(source)        # a CSource from c_codegen -> Built(ffi, lib, key, directory)
+
+The cache key is a SHA-256 of everything that decides the bytes of the built module: the C text, the
+cffi declarations, the compiler (its path and `--version`), the flags, the CPU when the flags say
+-march=native, the Python ABI, and the cnnc and cffi versions. An entry is a directory
+
+    $CNNC_CACHE_DIR/c/<key>/        (default $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc)
+        model.c                     the generated C, for reading
+        _cnnc_<key>.<abi>.so         the extension module
+        manifest.json               key, flags, compiler, and the module's size and SHA-256
+
+A hit imports the module directly: no compiler runs. A build happens in a private temporary
+directory beside the entries and is renamed into place in one step, so concurrent processes building
+the same key both succeed (the loser of the rename uses the winner's entry). An entry whose manifest
+is missing or unreadable, or whose module does not match the recorded size and SHA-256 (a truncated
+copy, a crash mid-write on a filesystem without atomic rename) is moved aside and rebuilt.
+
+The compiler runs in a child Python process (`ffi.compile` under setuptools), so that its output is
+captured and a failure becomes a CnncError naming the compiler, not a wall of distutils internals.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cffi
+
+from .. import __version__
+from ..diagnostics import CnncError
+from ..fileio import atomic_write_text
+from .c_codegen import CSource
+
+MANIFEST = "manifest.json"
+C_FILE = "model.c"
+FORMAT = 1  # of the manifest; bump when an entry's layout changes
+NUMPY_HINT = 'use backend="numpy" (cnnc.load(..., backend="numpy")), which needs no compiler'
+
+
+# ---- the compiler ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Compiler:
+    command: tuple[str, ...]  # as setuptools will run it, e.g. ("gcc",) or ("ccache", "gcc")
+    path: str  # the resolved executable of command[0]
+    version: str  # the output of `command --version`
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.command)
+
+
+def compiler_command() -> tuple[str, ...]:
+    """What setuptools will run: $CC if set, else the compiler Python was built with."""
+    words = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    if not words:
+        raise CnncError(f"the C compiler setting CC={os.environ.get('CC')!r} is empty; set CC to a C compiler, or "
+                        f"{NUMPY_HINT}")
+    return tuple(words)
+
+
+def find_compiler() -> Compiler:
+    """The compiler and its version; a CnncError naming it if it cannot be run."""
+    command = compiler_command()
+    path = shutil.which(command[0])
+    if path is None:
+        where = "$CC" if os.environ.get("CC") else "Python's build configuration"
+        raise CnncError(f"C compiler '{command[0]}' (from {where}) was not found; install a C compiler "
+                        f"(gcc or clang), set CC to one, or {NUMPY_HINT}")
+    return Compiler(command, path, _compiler_version(command, path, os.stat(path).st_mtime_ns))
+
+
+@lru_cache(maxsize=None)
+def _compiler_version(command: tuple[str, ...], path: str, mtime_ns: int) -> str:
+    """`CC --version`, remembered per process for an unchanged executable (path and mtime)."""
+    try:
+        result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
+    except OSError as e:
+        raise CnncError(f"C compiler '{' '.join(command)}' cannot be run ({e.strerror}); {NUMPY_HINT}") from None
+    except subprocess.TimeoutExpired:
+        raise CnncError(f"C compiler '{' '.join(command)}' did not answer --version within 60 s; {NUMPY_HINT}") from None
+    if result.returncode != 0:
+        raise CnncError(f"C compiler '{' '.join(command)}' failed on --version (exit {result.returncode}): "
+                        f"{result.stderr.strip()[:300]}; {NUMPY_HINT}")
+    return result.stdout.strip()
+
+
+@lru_cache(maxsize=None)
+def _accepts(compiler: Compiler, flags: tuple[str, ...]) -> bool:
+    """Whether the compiler builds and links a trivial program with these flags (e.g. -fopenmp)."""
+    with tempfile.TemporaryDirectory(prefix="cnnc-probe-") as tmp:
+        source = Path(tmp, "probe.c")
+        source.write_text("int main(void) { return 0; }\n")
+        try:
+            result = subprocess.run([*compiler.command, *flags, str(source), "-o", str(Path(tmp, "probe"))],
+                                    capture_output=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return result.returncode == 0
+
+
+# ---- flags -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildOptions:
+    """openmp: parallel loops (dropped if the compiler cannot link -fopenmp).
+    native: -march=native (off for a module that must run on other machines of the same architecture;
+            also off when $CNNC_PORTABLE is set to anything but 0 or empty).
+    opt: the optimisation level. extra_cflags: appended last."""
+
+    openmp: bool = True
+    native: bool = True
+    opt: str = "-O3"
+    extra_cflags: tuple[str, ...] = ()
+
+    @classmethod
+    def from_options(cls, openmp=True, native=None, opt="-O3", extra_cflags=()) -> BuildOptions:
+        if native is None:
+            native = os.environ.get("CNNC_PORTABLE", "") in ("", "0")
+        if opt not in ("-O0", "-O1", "-O2", "-O3", "-Os"):
+            raise ValueError(f"opt must be one of -O0, -O1, -O2, -O3, -Os; got {opt!r}")
+        if isinstance(extra_cflags, str) or not all(isinstance(f, str) for f in extra_cflags):
+            raise ValueError(f"extra_cflags must be a list of strings; got {extra_cflags!r}")
+        return cls(bool(openmp), bool(native), opt, tuple(extra_cflags))
+
+
+def requested_flags(options: BuildOptions) -> list[str]:
+    """The flags asked for; the key is computed from these (a compiler accepts the same flags every time)."""
+    flags = [options.opt, "-g0", "-fno-math-errno"]  # -g0 overrides Python's own -g
+    if options.native:
+        flags.append("-march=native")
+    if options.openmp:
+        flags.append("-fopenmp")
+    return flags + list(options.extra_cflags)
+
+
+def usable_flags(compiler: Compiler, options: BuildOptions) -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) after probing: without OpenMP, only its simd pragmas are kept
+    (-fopenmp-simd) and the other pragmas are silenced."""
+    flags = requested_flags(options)
+    link = []
+    if options.native and not _accepts(compiler, ("-march=native",)):
+        flags.remove("-march=native")
+    if options.openmp:
+        if _accepts(compiler, ("-fopenmp",)):
+            link.append("-fopenmp")
+        else:
+            flags.remove("-fopenmp")
+            flags += ["-fopenmp-simd"] if _accepts(compiler, ("-fopenmp-simd",)) else []
+            flags.append("-Wno-unknown-pragmas")
+    else:
+        flags.append("-Wno-unknown-pragmas")
+    return flags, link
+
+
+@lru_cache(maxsize=1)
+def cpu_signature() -> str:
+    """What -march=native compiles for: the CPU model and feature flags where the OS says them."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f if line.startswith(("model name", "flags", "Features", "CPU part"))]
+        return hashlib.sha256("\n".join(sorted(set(lines))).encode()).hexdigest()[:16]
+    except OSError:
+        return f"{platform.machine()}-{platform.processor()}"
+
+
+# ---- the cache ---------------------------------------------------------------------------------------
+def cache_root(cache_dir=None) -> Path:
+    """$CNNC_CACHE_DIR, else $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc; C modules live under c/."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("CNNC_CACHE_DIR") or Path(
+            os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnc"
+    return Path(cache_dir) / "c"
+
+
+def cache_key(source: CSource, compiler: Compiler, options: BuildOptions) -> str:
+    flags = requested_flags(options)
+    identity = {
+        "format": FORMAT, "cnnc": __version__, "cffi": cffi.__version__,
+        "python": sys.implementation.cache_tag, "abi": sysconfig.get_config_var("EXT_SUFFIX"),
+        "compiler": [compiler.name, compiler.path, compiler.version], "flags": flags,
+        "cpu": cpu_signature() if options.native else platform.machine(),
+        "cdef": hashlib.sha256(source.cdef.encode()).hexdigest(),
+        "source": hashlib.sha256(source.text.encode()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def module_name(key: str) -> str:
+    return f"_cnnc_{key[:32]}"
+
+
+@dataclass
+class Built:
+    """A loaded module: `lib` holds the C functions, `ffi` allocates and converts."""
+
+    ffi: object
+    lib: object
+    key: str
+    directory: Path  # the cache entry (or `cnnc compile` directory) it was loaded from
+    source: CSource | None = None
+    compiled: bool = False  # True when this call ran the compiler
+
+
+_LOADED: dict[Path, Built] = {}  # cache entry -> its module, loaded in this process
+
+
+def build(source: CSource, cache_dir=None, **options) -> Built:
+    """The module for `source`, from the cache or freshly compiled into it."""
+    opts = BuildOptions.from_options(**options)
+    compiler = find_compiler()
+    key = cache_key(source, compiler, opts)
+    entry = cache_root(cache_dir) / key
+    if entry in _LOADED:
+        return _LOADED[entry]
+    built = load_entry(entry, key, source)
+    if built is None and entry.exists():
+        # Entries arrive complete, by rename: one that exists now but failed to load a moment ago
+        # either just arrived from a concurrent build, or is damaged.
+        built = load_entry(entry, key, source)
+        if built is None:
+            discard(entry)
+    if built is None:
+        compile_into(entry, key, source, compiler, opts)
+        built = load_entry(entry, key, source)
+        if built is None:
+            raise CnncError(f"the C module built in {entry} fails its own check right after the build; "
+                            f"the cache directory may be unreliable (set CNNC_CACHE_DIR elsewhere) or {NUMPY_HINT}")
+        built.compiled = True
+    _LOADED[entry] = built
+    return built
+
+
+def read_manifest(directory: Path) -> dict | None:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def load_entry(directory: Path, key: str, source: CSource | None) -> Built | None:
+    """Import the module in `directory` if its manifest says `key` and its file matches; else None."""
+    manifest = read_manifest(directory)
+    if manifest is None or manifest.get("key") != key or not isinstance(manifest.get("module_file"), str):
+        return None
+    so = directory / Path(manifest["module_file"]).name
+    if not module_intact(so, manifest):
+        return None
+    try:
+        module = import_module_file(module_name(key), so)
+    except ImportError:
+        return None
+    return Built(module.ffi, module.lib, key, directory, source)
+
+
+def module_intact(so: Path, manifest: dict) -> bool:
+    try:
+        if so.stat().st_size != manifest.get("module_size"):
+            return False
+        return file_sha256(so) == manifest.get("module_sha256")
+    except OSError:
+        return False
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def import_module_file(name: str, path: Path):
+    if name in sys.modules:
+        return sys.modules[name]
+    # Idle OpenMP threads sleep rather than spin: spinning threads on a busy machine (or next to
+    # NumPy's BLAS threads) make every parallel loop wait for a descheduled thread. libgomp reads this
+    # once, when the first module that links it is loaded; a value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+def discard(entry: Path) -> None:
+    """Move a bad entry aside (one rename, so no reader sees it half-deleted), then delete it."""
+    trash = entry.with_name(f".trash-{entry.name}-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        os.rename(entry, trash)
+    except FileNotFoundError:
+        return  # another process got there first
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# ---- compiling ---------------------------------------------------------------------------------------
+# Run by a child Python: the compiler's messages arrive on its stderr, the commands setuptools ran on
+# its stdout; a failure exits 1 with one line saying so (no traceback to wade through).
+_BUILD_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from cffi import FFI
+    job = json.load(open(sys.argv[1], encoding="utf-8"))
+    ffi = FFI()
+    ffi.cdef(job["cdef"])
+    ffi.set_source(job["module"], job["source"], extra_compile_args=job["cflags"], extra_link_args=job["ldflags"])
+    try:
+        print(ffi.compile(tmpdir=job["tmpdir"], verbose=True))
+    except Exception as e:
+        sys.exit(f"cffi: {type(e).__name__}: {e}")
+""")
+
+
+def compile_into(entry: Path, key: str, source: CSource, compiler: Compiler, options: BuildOptions) -> None:
+    """Build in a private directory beside `entry`, then rename it into place. If a concurrent build
+    renamed its entry there first, the rename fails and the finished entry is used instead."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        sweep_leftovers(entry.parent)
+        staging = Path(tempfile.mkdtemp(prefix=f".build-{key[:12]}-", dir=entry.parent))
+    except OSError as e:
+        raise CnncError(f"cannot write to the C module cache {entry.parent} ({e.strerror}); set CNNC_CACHE_DIR "
+                        f"to a writable directory") from None
+    try:
+        manifest = compile_module(staging, key, source, compiler, options)
+        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        try:
+            os.rename(staging, entry)
+        except OSError as e:
+            if not entry.is_dir():  # not a concurrent build that won the race
+                raise CnncError(f"cannot move the built module into the cache at {entry} ({e.strerror})") from None
+    except OSError as e:
+        raise CnncError(f"building in the C module cache {staging} failed ({e}); set CNNC_CACHE_DIR to a "
+                        f"writable directory with free space") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+STALE_SECONDS = 24 * 3600
+
+
+def sweep_leftovers(root: Path) -> None:
+    """Delete what killed processes left: staging directories a day old (no build takes that long)
+    and entries moved aside for deletion."""
+    now = time.time()
+    for path in root.glob(".*-*"):
+        try:
+            if path.name.startswith(".trash-") or (path.name.startswith(".build-") and now - path.stat().st_mtime > STALE_SECONDS):
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def compile_module(directory: Path, key: str, source: CSource, compiler: Compiler, options: BuildOptions) -> dict:
+    """Compile `source` into `directory` -> the manifest describing what was built. Leaves only
+    model.c and the module there."""
+    cflags, ldflags = usable_flags(compiler, options)
+    work = directory / "work"
+    work.mkdir()
+    job = work / "job.json"
+    name = module_name(key)
+    job.write_text(json.dumps({"cdef": source.cdef, "source": source.text, "module": name, "cflags": cflags,
+                               "ldflags": ldflags, "tmpdir": str(work)}), encoding="utf-8")
+    env = {**os.environ, "CC": shlex.join(compiler.command)}
+    try:
+        result = subprocess.run([sys.executable, "-c", _BUILD_SCRIPT, str(job)], capture_output=True, text=True,
+                                env=env, cwd=work, timeout=1800)
+    except subprocess.TimeoutExpired:
+        raise CnncError(f"C compiler '{compiler.name}' did not finish within 30 minutes; {NUMPY_HINT}") from None
+    built = [p for p in work.iterdir() if p.name.startswith(name) and p.suffix in (".so", ".pyd", ".dylib")]
+    if result.returncode != 0 or len(built) != 1:
+        raise CnncError(f"C compiler '{compiler.name}' failed to build the generated module "
+                        f"(flags: {' '.join(cflags)}):\n{_tail(result.stderr or result.stdout)}\n{NUMPY_HINT}")
+    so = directory / built[0].name
+    os.replace(built[0], so)
+    (directory / C_FILE).write_text(source.text, encoding="utf-8")
+    shutil.rmtree(work)
+    return {"format": FORMAT, "key": key, "module": name, "module_file": so.name, "module_size": so.stat().st_size,
+            "module_sha256": file_sha256(so), "dtype": source.dtype, "cnnc": __version__, "compiler": compiler.name,
+            "compiler_path": compiler.path, "compiler_version": compiler.version.splitlines()[0] if compiler.version else "",
+            "cflags": cflags, "ldflags": ldflags, "models": [p.network.name for p in source.plans]}
+
+
+def _tail(output: str, lines: int = 25) -> str:
+    """The last lines of the compiler's messages, indented."""
+    kept = [line for line in output.strip().splitlines() if line.strip()]
+    return "\n".join("    " + line for line in kept[-lines:])
