@@ -1,0 +1,493 @@
+"""The C backend against the NumPy backend and PyTorch: forward, loss, dx and every gradient, for every
+layer-kind configuration, float64 and float32; batch sizes; the generated C under -Wall -Wextra;
+hostile identifiers; a missing compiler; `cnnc compile`; optimisers on the zero-copy views.
+
+Every configuration is one network of two bundles (one C module per dtype) compiled once per session.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc.backends import c_build
+from cnnc.backends.c_backend import CModel, compile_networks
+from cnnc.backends.c_codegen import generate
+from cnnc.backends.numpy_backend import NumpyModel
+from cnnc.cli import main
+from cnnc.gradcheck import gradcheck
+from cnnc.optim import SGD, Adam
+
+torch = pytest.importorskip("torch", reason="PyTorch is an independent reference for these tests")
+from torch_reference import torch_forward_backward, torch_loss_backward  # noqa: E402
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
+
+# One model per configuration: strides 1-3, paddings 0/1/2 and asymmetric `same` with even kernels,
+# dilations 1-2, non-square kernels and windows, pooling padding, 1-D and 2-D, every activation fused
+# and standalone, dropout, dense, flatten, global_avgpool, softmax; then whole networks.
+CASES = {
+    "conv2d_k3": "input x[2, 6, 7]\nconv2d c(filters=3, kernel=3)",
+    "conv2d_k3_s2_p1": "input x[3, 7, 8]\nconv2d c(filters=2, kernel=3, stride=2, padding=1)",
+    "conv2d_k32_s31_p2_d21": "input x[2, 9, 6]\nconv2d c(filters=3, kernel=(3,2), stride=(3,1), padding=2, dilation=(2,1))",
+    "conv2d_k23_s12_p01_d2": "input x[2, 7, 9]\nconv2d c(filters=2, kernel=(2,3), stride=(1,2), padding=(0,1), dilation=2)",
+    "conv2d_k3_s3_p21_d2_nobias": "input x[2, 10, 8]\nconv2d c(filters=2, kernel=3, stride=3, padding=(2,1), dilation=2, bias=false)",
+    "conv2d_same_k4": "input x[2, 6, 5]\nconv2d c(filters=2, kernel=4, padding=same)",
+    "conv2d_same_k25_d2": "input x[2, 6, 9]\nconv2d c(filters=2, kernel=(2,5), padding=same, dilation=2)",
+    "conv2d_1x1_s2": "input x[4, 5, 5]\nconv2d c(filters=3, kernel=1, stride=2)",
+    "conv2d_relu": "input x[2, 6, 6]\nconv2d c(filters=2, kernel=3, padding=1, activation=relu)",
+    "conv2d_leaky": "input x[2, 6, 6]\nconv2d c(filters=2, kernel=3, activation=leaky_relu, slope=0.2)",
+    "conv2d_leaky_negative_slope": "input x[2, 5, 5]\nconv2d c(filters=2, kernel=2, activation=leaky_relu, slope=-0.5)",
+    "conv1d_k3": "input x[2, 9]\nconv1d c(filters=3, kernel=3)",
+    "conv1d_k4_s3_p2": "input x[3, 12]\nconv1d c(filters=2, kernel=4, stride=3, padding=2)",
+    "conv1d_k3_s2_p1_d2": "input x[2, 11]\nconv1d c(filters=2, kernel=3, stride=2, padding=1, dilation=2)",
+    "conv1d_same_k2": "input x[2, 7]\nconv1d c(filters=2, kernel=2, padding=same)",
+    "conv1d_same_k4_d2_nobias": "input x[2, 10]\nconv1d c(filters=2, kernel=4, padding=same, dilation=2, bias=false)",
+    "conv1d_sigmoid": "input x[2, 8]\nconv1d c(filters=2, kernel=3, activation=sigmoid)",
+    "conv1d_tanh_s2": "input x[2, 8]\nconv1d c(filters=2, kernel=3, stride=2, activation=tanh)",
+    "maxpool2d_2": "input x[2, 6, 8]\nmaxpool2d p(size=2)",
+    "maxpool2d_32_s21_p1": "input x[2, 7, 6]\nmaxpool2d p(size=(3,2), stride=(2,1), padding=1)",
+    "maxpool2d_3_s1_p1": "input x[2, 5, 5]\nmaxpool2d p(size=3, stride=1, padding=1)",
+    "maxpool2d_3_unused_rows": "input x[2, 8, 7]\nmaxpool2d p(size=3)",
+    "maxpool2d_42_s23_p21": "input x[2, 7, 6]\nmaxpool2d p(size=(4,2), stride=(2,3), padding=(2,1))",
+    "avgpool2d_2": "input x[2, 6, 8]\navgpool2d p(size=2)",
+    "avgpool2d_32_s21_p1": "input x[2, 7, 6]\navgpool2d p(size=(3,2), stride=(2,1), padding=1)",
+    "avgpool2d_42_s23_p21": "input x[2, 7, 6]\navgpool2d p(size=(4,2), stride=(2,3), padding=(2,1))",
+    "maxpool1d_3_s2_p1": "input x[2, 10]\nmaxpool1d p(size=3, stride=2, padding=1)",
+    "maxpool1d_4_s3_p2": "input x[2, 11]\nmaxpool1d p(size=4, stride=3, padding=2)",
+    "avgpool1d_4_s1_p2": "input x[2, 7]\navgpool1d p(size=4, stride=1, padding=2)",
+    "global_avgpool_2d": "input x[3, 4, 5]\nglobal_avgpool",
+    "global_avgpool_1d": "input x[3, 6]\nglobal_avgpool",
+    "flatten_dense": "input x[2, 3, 4]\nflatten\ndense d(units=5)",
+    "dense_nobias_tanh": "input x[5]\ndense d(units=3, bias=false, activation=tanh)",
+    "dense_softmax": "input x[5]\ndense d(units=4, activation=softmax)",
+    "dense_sigmoid": "input x[4]\ndense d(units=3, activation=sigmoid)",
+    "relu": "input x[2, 3, 4]\nrelu",
+    "leaky_relu": "input x[2, 7]\nleaky_relu(slope=0.1)",
+    "sigmoid": "input x[2, 3, 4]\nsigmoid",
+    "tanh": "input x[9]\ntanh",
+    "softmax": "input x[7]\nsoftmax",
+    "dropout": "input x[2, 3, 4]\ndropout d(rate=0.5)",
+    "dropout_rate0": "input x[6]\ndropout(rate=0)\ndense d(units=2)",
+    "flatten_only": "input x[2, 3]\nflatten",
+    "net_2d": "input x[2, 9, 9]\nconv2d c1(filters=3, kernel=3, padding=same, activation=relu)\nmaxpool2d p1(size=2)\n"
+              "conv2d c2(filters=4, kernel=2, stride=2, activation=tanh)\nflatten\ndropout(rate=0.3)\n"
+              "dense d1(units=6, activation=sigmoid)\ndense out(units=3)\nloss cross_entropy",
+    "net_1d": "input x[3, 16]\nconv1d c1(filters=4, kernel=5, padding=same, activation=leaky_relu)\navgpool1d p(size=2)\n"
+              "conv1d c2(filters=4, kernel=3, dilation=2)\nglobal_avgpool\ndropout d(rate=0.25)\ndense out(units=2)\nloss mse",
+}
+SPEC_MODELS = [(path.name, n.name) for path in sorted(SPECS.glob("*.cnn")) for n in cnnc.networks_from_file(path)]
+
+
+def case_network(name: str):
+    return cnnc.network_from_text(f"model {name} {{\n{CASES[name]}\n}}")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cnnc-cache")
+
+
+@pytest.fixture(scope="session")
+def bundles(cache_dir):
+    """{dtype: CModule}: every case and every shipped model, one module per dtype, built in parallel."""
+    networks = [case_network(name) for name in CASES]
+    networks += [n for path in sorted(SPECS.glob("*.cnn")) for n in cnnc.networks_from_file(path)]
+    with ThreadPoolExecutor(2) as pool:
+        futures = {dtype: pool.submit(compile_networks, networks, dtype, cache_dir=cache_dir)
+                   for dtype in ("float64", "float32")}
+        return {dtype: future.result() for dtype, future in futures.items()}
+
+
+# ---- comparing -------------------------------------------------------------------------------------
+def rel_err(a, b) -> float:
+    """max |a - b| relative to the reference's largest entry: one number per tensor."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
+    return float(np.abs(a - b).max(initial=0.0) / max(np.abs(b).max(initial=0.0), 1e-300))
+
+
+def assert_close(got: dict, expected: dict, tol: float, against: str) -> None:
+    assert set(got) == set(expected)
+    bad = {name: rel_err(got[name], expected[name]) for name in expected}
+    bad = {name: f"{err:.1e}" for name, err in bad.items() if not err <= tol}
+    assert not bad, f"differs from {against} beyond {tol:g} (relative to each tensor's largest entry): {bad}"
+
+
+def randomize(model, seed: int) -> None:
+    """Normal parameters, biases too, so every term of every gradient is exercised."""
+    rng = np.random.default_rng(seed)
+    for name, p in model.params.items():
+        p[...] = rng.normal(size=p.shape) * (1.0 if p.ndim == 1 else 1.0 / np.sqrt(p[0].size))
+
+
+def masks_for(network, n: int, seed: int) -> dict:
+    """The dropout masks a Model with this seed draws for its first training forward of n samples."""
+    return NumpyModel(network, "float64", seed)._dropout_masks(n) or {}
+
+
+def forward_backward(model, x, dy, train: bool) -> dict:
+    y = model.forward(x, train=train)
+    dx = model.backward(dy)
+    return {"y": y, "dx": dx, **{f"grad {k}": v.copy() for k, v in model.grads.items()}}
+
+
+def c_and_numpy_models(bundles, network, dtype: str, seed: int):
+    c = bundles[dtype].model(network.name, seed=seed)
+    randomize(c, seed)
+    ref = NumpyModel(network, dtype, seed)
+    ref.load_weights(c.params)
+    return c, ref
+
+
+def check_against_references(bundles, network, dtype: str, n: int = 3, seed: int = 0) -> None:
+    """Train-mode forward (dropout masks, identical in both: same seed) and backward of a random dy, then
+    the loss path, each against the NumPy backend and PyTorch (float64) with the dtype's tolerance."""
+    tol = TOLERANCE[dtype]
+    c, ref = c_and_numpy_models(bundles, network, dtype, seed)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.normal(size=(n, *network.input_shape)).astype(dtype)
+    dy = rng.normal(size=(n, *network.output_shape)).astype(dtype)
+    masks = masks_for(network, n, seed)
+
+    got = forward_backward(c, x, dy, train=True)
+    assert all(v.dtype == np.dtype(dtype) for v in got.values())
+    assert_close(got, forward_backward(ref, x, dy, train=True), tol, f"the NumPy backend ({dtype})")
+    ty, tdx, tgrads = torch_forward_backward(network, c.params, x, dy, masks)
+    assert_close(got, {"y": ty, "dx": tdx, **{f"grad {k}": v for k, v in tgrads.items()}}, tol, "PyTorch")
+
+    # through the model's loss, eval mode
+    target = (rng.integers(0, network.output_shape[0], n) if c.loss_kind == "cross_entropy"
+              else rng.normal(size=(n, *network.output_shape)))
+    results = {}
+    for name, model in [("c", c), ("numpy", ref)]:
+        y = model.forward(x)
+        loss, dloss = model.loss(y, target)
+        dx = model.backward(dloss)
+        results[name] = {"loss": np.array(loss), "dy": dloss, "dx": dx, **{f"grad {k}": v.copy() for k, v in model.grads.items()}}
+    assert_close(results["c"], results["numpy"], tol, f"the NumPy backend's loss path ({dtype})")
+    tloss, _, tdx, tgrads = torch_loss_backward(network, c.params, x, target)
+    del results["c"]["dy"]
+    assert_close(results["c"], {"loss": np.array(tloss), "dx": tdx, **{f"grad {k}": v for k, v in tgrads.items()}},
+                 tol, "PyTorch's loss path")
+
+
+# ---- agreement ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", CASES)
+def test_every_layer_configuration_agrees_with_numpy_and_pytorch(bundles, case, dtype):
+    check_against_references(bundles, case_network(case), dtype, seed=zlib.crc32(case.encode()) % 1000)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("spec,model", SPEC_MODELS)
+def test_shipped_models_agree_with_numpy_and_pytorch(bundles, spec, model, dtype):
+    check_against_references(bundles, cnnc.read_network(SPECS / spec, model), dtype, n=2)
+
+
+def test_batch_sizes_one_odd_and_large_reuse_one_growing_block(bundles):
+    """N is a runtime argument: the activation block grows to the largest batch and is reused below it."""
+    network = case_network("net_2d")
+    c, ref = c_and_numpy_models(bundles, network, "float64", 5)
+    rng = np.random.default_rng(5)
+    capacities = []
+    for n in (7, 1, 513, 1, 64):
+        x = rng.normal(size=(n, *network.input_shape))
+        dy = rng.normal(size=(n, *network.output_shape))
+        assert_close(forward_backward(c, x, dy, False), forward_backward(ref, x, dy, False), 1e-10, f"NumPy at N={n}")
+        capacities.append(c._capacity)
+    assert capacities == [7, 7, 513, 513, 513]
+    assert c.activation_bytes == 513 * (c.plan.act_count * 8 + c.plan.argmax_count * 4)
+
+
+def test_results_do_not_depend_on_threads_or_on_other_samples_in_the_batch(bundles):
+    """Threads split the batch, never a sum: the same input gives the same bits, alone or in a batch."""
+    c = bundles["float32"].model("net_2d", seed=1)
+    x = np.random.default_rng(2).normal(size=(33, *c.input_shape)).astype(np.float32)
+    y = c.forward(x)
+    assert np.array_equal(y, c.forward(x))
+    assert np.array_equal(y[5:6], c.forward(x[5:6]))
+
+
+def test_backward_reuses_the_saved_state_of_the_last_forward_only(bundles):
+    c = bundles["float64"].model("net_2d")
+    x = np.random.default_rng(3).normal(size=(4, *c.input_shape))
+    c.forward(x)
+    with pytest.raises(ValueError, match=r"dy must have shape \(4, 3\)"):
+        c.backward(np.zeros((5, 3)))
+    fresh = bundles["float64"].model("net_2d")
+    with pytest.raises(ValueError, match="needs a forward"):
+        fresh.backward(np.zeros((4, 3)))
+
+
+def test_maxpool_ties_go_to_the_first_in_window_order_and_padding_never_wins(bundles):
+    network = case_network("maxpool2d_3_s1_p1")
+    c, ref = c_and_numpy_models(bundles, network, "float64", 0)
+    x = -np.ones((1, *network.input_shape))  # every window a tie, and padding (-inf) below every value
+    x[0, 1, 2, 2] = 5.0
+    dy = np.arange(np.prod(network.output_shape), dtype=np.float64).reshape(1, *network.output_shape) + 1
+    got, expected = forward_backward(c, x, dy, False), forward_backward(ref, x, dy, False)
+    assert np.array_equal(got["y"], expected["y"]) and got["y"].min() == -1.0
+    assert np.array_equal(got["dx"], expected["dx"])
+    assert got["dx"][0, 0, 0, 0] == dy[0, 0, 0, 0] + dy[0, 0, 0, 1] + dy[0, 0, 1, 0] + dy[0, 0, 1, 1]
+
+
+def test_activation_derivatives_at_exactly_zero_match_pytorch(bundles):
+    for case in ("relu", "leaky_relu"):
+        network = case_network(case)
+        c = bundles["float64"].model(case)
+        x = np.zeros((2, *network.input_shape))
+        dy = np.ones((2, *network.output_shape))
+        got = forward_backward(c, x, dy, False)
+        ty, tdx, _ = torch_forward_backward(network, c.params, x, dy)
+        assert np.array_equal(got["y"], ty) and np.array_equal(got["dx"], tdx), case
+
+
+def test_dropout_in_eval_mode_is_the_identity_and_in_training_uses_the_drawn_masks(bundles):
+    network = case_network("dropout")
+    c = bundles["float64"].model("dropout", seed=3)
+    x = np.random.default_rng(0).normal(size=(5, *network.input_shape))
+    assert np.array_equal(c.forward(x), x)
+    assert np.array_equal(c.backward(x), x)
+    mask = masks_for(network, 5, seed=3)["d"]
+    y = c.forward(x, train=True)
+    assert np.array_equal(y, x * mask) and set(np.unique(mask)) == {0.0, 2.0}
+    assert np.array_equal(c.backward(np.ones_like(x)), mask)
+
+
+def test_gradcheck_passes_on_a_c_model_in_float64(bundles):
+    errors = gradcheck(bundles["float64"].model("net_2d"), batch=2)
+    assert set(errors) == {"c1.weight", "c1.bias", "c2.weight", "c2.bias", "d1.weight", "d1.bias", "out.weight",
+                           "out.bias", "input"}
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_gradcheck_command_accepts_the_c_backend(cache_dir, monkeypatch, capsys):
+    monkeypatch.setenv("CNNC_CACHE_DIR", str(cache_dir))
+    assert main(["gradcheck", str(SPECS / "worked_2d.cnn"), "--backend", "c"]) == 0
+    out = capsys.readouterr().out
+    assert "c backend" in out and "all 3 tensors within" in out
+
+
+# ---- the zero-copy views ------------------------------------------------------------------------------
+def test_params_and_grads_are_views_on_the_c_blocks(bundles):
+    c = bundles["float64"].model("flatten_dense")
+    w, g = c.params["d.weight"], c.grads["d.weight"]
+    assert np.shares_memory(w, c.param_block) and np.shares_memory(g, c.grad_block)
+    assert w.flags.writeable and w.shape == (5, 24)
+    x = np.ones((1, 2, 3, 4))
+    c.params["d.bias"][...] = 0
+    w[...] = 0
+    w[3, :] = 1.0
+    assert np.array_equal(c.forward(x)[0], [0, 0, 0, 24, 0])
+    c.backward(np.ones((1, 5)))
+    assert c.grads["d.weight"] is g and np.array_equal(g, np.ones((5, 24)))  # backward writes in place
+
+
+@pytest.mark.parametrize("make", [
+    lambda p, g: SGD(p, g, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
+    lambda p, g: Adam(p, g, lr=0.01, weight_decay=0.001),
+], ids=["sgd", "adam"])
+def test_python_optimisers_train_the_c_model_through_its_views(bundles, make):
+    network = case_network("net_1d")
+    c, ref = c_and_numpy_models(bundles, network, "float64", 7)
+    rng = np.random.default_rng(7)
+    x, target = rng.normal(size=(6, 3, 16)), rng.normal(size=(6, 2))
+    optimisers = [make(m.params, m.grads) for m in (c, ref)]
+    losses = {"c": [], "numpy": []}
+    for step in range(4):
+        for (name, m), opt in zip([("c", c), ("numpy", ref)], optimisers):
+            loss, dy = m.loss(m.forward(x, train=True), target)
+            m.backward(dy)
+            opt.step()
+            losses[name].append(loss)
+    assert np.allclose(losses["c"], losses["numpy"], rtol=1e-10, atol=0)
+    assert losses["c"][-1] < losses["c"][0]
+    assert_close(c.params, ref.params, 1e-10, "the NumPy model trained the same way")
+
+
+def test_save_and_load_weights_round_trip_through_the_c_blocks(bundles, tmp_path):
+    c = bundles["float32"].model("lenet5", seed=4)
+    c.save(tmp_path / "w.npz")
+    d = bundles["float32"].model("lenet5", seed=5)
+    assert not np.array_equal(c.params["c1.weight"], d.params["c1.weight"])
+    d.load_weights(tmp_path / "w.npz")
+    x = np.random.default_rng(0).normal(size=(2, 1, 28, 28))
+    assert np.array_equal(c.forward(x), d.forward(x))
+
+
+def test_same_seed_gives_the_same_initial_parameters_as_the_numpy_backend(bundles):
+    network = cnnc.read_network(SPECS / "lenet5.cnn")
+    c, ref = bundles["float32"].model("lenet5", seed=11), NumpyModel(network, "float32", 11)
+    for name in ref.params:
+        assert np.array_equal(c.params[name], ref.params[name]), name
+
+
+def test_a_model_and_a_module_of_another_dtype_do_not_mix(bundles):
+    with pytest.raises(ValueError, match="compiled for float32"):
+        CModel(case_network("relu"), "float64", module=bundles["float32"])
+    with pytest.raises(ValueError, match="no model 'nope'"):
+        bundles["float32"].model("nope")
+
+
+# ---- the generated C ----------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_generated_c_compiles_without_warnings_under_wall_wextra(bundles, tmp_path, dtype):
+    path = tmp_path / "bundle.c"
+    path.write_text(bundles[dtype].source.text)
+    for flags in (["-fopenmp"], ["-std=c99", "-Wpedantic", "-Wno-unknown-pragmas"]):
+        result = subprocess.run(["gcc", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", *flags, str(path)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[:3000]
+
+
+def test_generated_c_reads_like_the_maths(bundles):
+    """Spot checks of the shape of the code a reader sees: named constants, named functions and buffers."""
+    text = generate(cnnc.read_network(SPECS / "lenet5.cnn"), "float32").text
+    assert "typedef float real;" in text
+    assert "L1_C = 1, L1_H = 28, L1_W = 28," in text and "L1_F = 6, L1_OH = 28, L1_OW = 28," in text
+    assert "static void l1_conv2d_forward(real* restrict out, const real* restrict inp," in text
+    assert "static void l2_maxpool2d_backward(real* restrict dinp, const real* restrict dout, const int32_t* restrict argmax" in text
+    assert "l1_conv2d_forward(a.l1_pre, a.input, p.l1_weight, p.l1_bias, N);" in text
+    assert "relu_forward(a.l1_out, a.l1_pre, N * L1_OUT_SIZE);" in text
+    assert "real* l1_weight;  // c1.weight (6, 1, 5, 5)" in text
+    assert "sigmoid_forward" not in text  # only the helpers a model uses are emitted
+    assert generate(cnnc.read_network(SPECS / "lenet5.cnn"), "float64").text.count("typedef double real;") == 1
+
+
+# ---- safety: nothing unchecked reaches the C -------------------------------------------------------
+HOSTILE = ['x); system("rm -rf /"); //', "a*/ evil(); /*", "c1\n#include <stdlib.h>", "", "1abc", "c-1", "näme"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_layer_names_built_directly_as_ir_are_refused(name):
+    network = cnnc.read_network(SPECS / "lenet5.cnn")
+    layers = list(network.layers)
+    layers[0] = dataclasses.replace(layers[0], name=name)
+    with pytest.raises(ValueError, match="not a valid identifier"):
+        generate(dataclasses.replace(network, layers=tuple(layers)))
+
+
+@pytest.mark.parametrize("field", ["name", "input_name"])
+def test_hostile_model_and_input_names_are_refused(field):
+    network = cnnc.read_network(SPECS / "lenet5.cnn")
+    with pytest.raises(ValueError, match="not a valid identifier"):
+        generate(dataclasses.replace(network, **{field: 'm */ system("id"); /*'}))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"kind": 'relu"); evil("'}, "unknown layer kind"),
+    ({"activation": "system"}, "activation"),
+    ({"kernel": ("5); evil(", 5)}, "kernel must be an integer"),
+    ({"kernel": (5.0, 5)}, "kernel must be an integer"),
+    ({"stride": (True, 1)}, "stride must be an integer"),
+    ({"slope": float("nan")}, "slope must be a finite number"),
+    ({"out_shape": (6, 28, 29)}, "does not follow from its input"),
+    ({"filters": 7}, "does not follow from its input"),
+    ({"pad_before": (3, 2)}, "does not follow from its input"),
+])
+def test_hostile_or_inconsistent_layer_fields_are_refused(change, message):
+    network = cnnc.read_network(SPECS / "lenet5.cnn")
+    layers = list(network.layers)
+    layers[0] = dataclasses.replace(layers[0], **change)
+    with pytest.raises(ValueError, match=message):
+        generate(dataclasses.replace(network, layers=tuple(layers)))
+
+
+def test_pooling_padding_over_half_the_window_is_refused_before_it_can_read_out_of_bounds():
+    network = case_network("maxpool2d_2")
+    layer = dataclasses.replace(network.layers[0], pad_before=(2, 2), pad_after=(2, 2), out_shape=(2, 5, 6))
+    with pytest.raises(ValueError, match="exceeds half the window"):
+        generate(dataclasses.replace(network, layers=(layer,)))
+
+
+# ---- the compiler's absence or failure ---------------------------------------------------------------
+def test_a_missing_compiler_is_a_clear_error_suggesting_the_numpy_backend(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "/nonexistent/cnnc-test-cc")
+    with pytest.raises(cnnc.CnncError) as info:
+        cnnc.load(SPECS / "worked_1d.cnn", backend="c", cache_dir=tmp_path)
+    message = str(info.value)
+    assert "/nonexistent/cnnc-test-cc" in message and 'backend="numpy"' in message
+    assert "Traceback" not in message and "distutils" not in message
+
+
+def test_a_failing_compiler_is_a_clear_error_with_its_own_message(monkeypatch, tmp_path):
+    fake = tmp_path / "fakecc"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo "fakecc 1.0"; exit 0; fi\n'
+                    'echo "fakecc: error: out of cheese" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    with pytest.raises(cnnc.CnncError) as info:
+        cnnc.load(SPECS / "worked_1d.cnn", backend="c", cache_dir=tmp_path / "cache", openmp=False, native=False)
+    message = str(info.value)
+    assert f"C compiler '{fake}' failed" in message and "out of cheese" in message and 'backend="numpy"' in message
+    assert not any((tmp_path / "cache" / "c").iterdir())  # no half-built entry left behind
+
+
+def test_the_cli_prints_the_compiler_error_without_a_traceback(monkeypatch, capsys):
+    monkeypatch.setenv("CC", "/nonexistent/cnnc-test-cc")
+    assert main(["gradcheck", str(SPECS / "worked_1d.cnn"), "--backend", "c"]) == 1
+    err = capsys.readouterr().err
+    assert "cnnc-test-cc" in err and "Traceback" not in err
+
+
+def test_unknown_options_are_refused():
+    with pytest.raises(ValueError, match="unknown C backend option"):
+        cnnc.load(SPECS / "worked_1d.cnn", backend="c", optimize=True)
+
+
+# ---- cnnc compile ---------------------------------------------------------------------------------------
+def test_compile_writes_a_directory_that_loads_without_compiling(cache_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CNNC_CACHE_DIR", str(cache_dir))
+    out = tmp_path / "lenet"
+    assert main(["compile", str(SPECS / "lenet5.cnn"), "-o", str(out), "--dtype", "float64"]) == 0
+    printed = capsys.readouterr().out
+    names = sorted(p.name for p in out.iterdir())
+    assert "lenet5.c" in names and "lenet5.cnn" in names and "manifest.json" in names
+    assert any(n.startswith("_cnnc_") and n.endswith(".so") for n in names)
+    assert all(f"wrote {out / n}" in printed for n in names)
+
+    monkeypatch.setattr(c_build, "compile_module", _no_compiling)
+    monkeypatch.setenv("CC", "/nonexistent/cc")  # loading a compiled directory needs no compiler at all
+    m = cnnc.load(out, backend="c", dtype="float64", seed=3)
+    ref = cnnc.load(SPECS / "lenet5.cnn", backend="numpy", dtype="float64", seed=3)
+    x = np.random.default_rng(0).normal(size=(3, 1, 28, 28))
+    assert rel_err(m.forward(x), ref.forward(x)) < 1e-10
+    assert m.module.built.directory == out
+
+    with pytest.raises(cnnc.CnncError, match="compiled for float64"):
+        cnnc.load(out, backend="c")
+    with pytest.raises(cnnc.CnncError, match="holds model 'lenet5', not 'other'"):
+        cnnc.load(out, backend="c", model="other", dtype="float64")
+
+
+def test_compile_emit_c_writes_only_source_and_loading_it_builds_through_the_cache(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNC_CACHE_DIR", str(cache_dir))
+    out = tmp_path / "w"
+    assert main(["compile", str(SPECS / "mnist_pair.cnn"), "--model", "mnist_cnn", "-o", str(out), "--emit-c"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mnist_cnn.c", "mnist_pair.cnn"]
+    assert "void model_forward(real* y" in (out / "mnist_cnn.c").read_text()
+    m = cnnc.load(out, backend="c")
+    assert m.name == "mnist_cnn" and m.forward(np.zeros((2, 1, 28, 28))).shape == (2, 10)
+
+
+def test_compile_reports_file_errors_through_cnnc_error(tmp_path, capsys):
+    assert main(["compile", str(tmp_path / "missing.cnn"), "--emit-c"]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert main(["compile", str(SPECS / "mnist_pair.cnn"), "--emit-c", "-o", str(tmp_path / "o")]) == 1
+    assert "choose one with model=NAME" in capsys.readouterr().err
+    with pytest.raises(cnnc.CnncError, match="not a directory written by `cnnc compile`"):
+        cnnc.load(tmp_path, backend="c")
+
+
+def _no_compiling(*args, **kwargs):
+    raise AssertionError("the compiler ran")
