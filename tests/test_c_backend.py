@@ -20,6 +20,7 @@ import cnnc
 from cnnc.backends import c_build
 from cnnc.backends.c_backend import CModel, compile_networks
 from cnnc.backends.c_codegen import generate
+from cnnc.backends.c_optim import FusedAdam, FusedSGD
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
 from cnnc.gradcheck import gradcheck
@@ -312,6 +313,36 @@ def test_python_optimisers_train_the_c_model_through_its_views(bundles, make):
     assert np.allclose(losses["c"], losses["numpy"], rtol=1e-10, atol=0)
     assert losses["c"][-1] < losses["c"][0]
     assert_close(c.params, ref.params, 1e-10, "the NumPy model trained the same way")
+
+
+@pytest.mark.parametrize("fused,plain,hyper", [
+    (FusedSGD, SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01, "nesterov": True}),
+    (FusedSGD, SGD, {"lr": 0.05}),
+    (FusedAdam, Adam, {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.001}),
+], ids=["sgd-nesterov", "sgd-plain", "adam"])
+def test_fused_c_optimisers_step_like_cnnc_optim_and_share_its_checkpoints(bundles, fused, plain, hyper):
+    network = case_network("net_2d")
+    c, ref = c_and_numpy_models(bundles, network, "float64", 9)
+    rng = np.random.default_rng(9)
+    x, labels = rng.normal(size=(5, *network.input_shape)), rng.integers(0, 3, 5)
+    opts = {"c": fused(c, **hyper), "numpy": plain(ref.params, ref.grads, **hyper)}
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
+            for name, m in [("c", c), ("numpy", ref)]:
+                m.backward(m.loss(m.forward(x), labels)[1])
+                opts[name].step()
+
+    train(3)
+    assert_close(c.params, ref.params, 1e-10, "cnnc.optim stepping the NumPy model")
+    # Checkpoints cross over: the fused optimiser resumes from the NumPy one's state, and back.
+    opts["c"].load_state_dict(opts["numpy"].state_dict())
+    opts["numpy"].load_state_dict(opts["c"].state_dict())
+    train(2)
+    assert_close(c.params, ref.params, 1e-10, "cnnc.optim after exchanging checkpoints")
+    assert opts["c"].steps == 5
+    with pytest.raises(ValueError, match="C backend model"):
+        fused(ref)
 
 
 def test_save_and_load_weights_round_trip_through_the_c_blocks(bundles, tmp_path):
