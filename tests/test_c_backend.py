@@ -52,6 +52,7 @@ CASES = {
     "conv1d_k3_s2_p1_d2": "input x[2, 11]\nconv1d c(filters=2, kernel=3, stride=2, padding=1, dilation=2)",
     "conv1d_same_k2": "input x[2, 7]\nconv1d c(filters=2, kernel=2, padding=same)",
     "conv1d_same_k4_d2_nobias": "input x[2, 10]\nconv1d c(filters=2, kernel=4, padding=same, dilation=2, bias=false)",
+    "conv1d_long_rows_in_blocks": "input x[2, 2300]\nconv1d c(filters=2, kernel=4, stride=1, padding=2, dilation=2)",
     "conv1d_sigmoid": "input x[2, 8]\nconv1d c(filters=2, kernel=3, activation=sigmoid)",
     "conv1d_tanh_s2": "input x[2, 8]\nconv1d c(filters=2, kernel=3, stride=2, activation=tanh)",
     "maxpool2d_2": "input x[2, 6, 8]\nmaxpool2d p(size=2)",

@@ -312,6 +312,9 @@ def _constants(layer: Layer, K: str) -> tuple[list[str], list[str]]:
         rows.append(("kernel" if is_conv else "window", [("KH", KH), ("KW", KW)]))
         rows.append(("stride", [("SH", SH), ("SW", SW)]))
         if is_conv:
+            rows.append(("output columns per block of the weight gradient's partial sums",
+                         [("OW_BLOCK", min(OW, OW_BLOCK_MAX))]))
+        if is_conv:
             rows.append(("dilation", [("DH", DH), ("DW", DW)]))
         rows.append(("zero rows above, columns left (those below/right follow from OH, OW)" if is_conv
                      else "padding above, left", [("PH", PH), ("PW", PW)]))
@@ -344,6 +347,10 @@ def work(layer: Layer) -> int:
         return layer.out_size * prod(layer.kernel)
     return layer.in_size
 
+
+# The conv weight gradient keeps one partial sum per output column on the stack, in blocks of at most
+# this many columns (8 KiB of doubles).
+OW_BLOCK_MAX = 1024
 
 # Below this many multiply-adds a kernel runs on one thread (see module.c.j2).
 PARALLEL_MIN_WORK = 1 << 16
