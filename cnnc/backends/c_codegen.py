@@ -312,12 +312,12 @@ def _constants(layer: Layer, K: str) -> tuple[list[str], list[str]]:
         rows.append(("kernel" if is_conv else "window", [("KH", KH), ("KW", KW)]))
         rows.append(("stride", [("SH", SH), ("SW", SW)]))
         if is_conv:
-            rows.append(("output columns per block of the weight gradient's partial sums",
-                         [("OW_BLOCK", min(OW, OW_BLOCK_MAX))]))
-        if is_conv:
             rows.append(("dilation", [("DH", DH), ("DW", DW)]))
         rows.append(("zero rows above, columns left (those below/right follow from OH, OW)" if is_conv
                      else "padding above, left", [("PH", PH), ("PW", PW)]))
+        if is_conv:
+            rows.append(("output columns per block of the weight gradient's partial sums",
+                         [("OW_BLOCK", min(OW, OW_BLOCK_MAX))]))
         if layer.spatial_dims == 1:
             notes.append(f"{layer.kind} runs as a {layer.kind[:-2]}2d of height 1: (C, L) is (C, 1, L)")
         if family != "conv" or layer.pad_before != layer.pad_after:
