@@ -228,6 +228,13 @@ def test_backward_reuses_the_saved_state_of_the_last_forward_only(bundles):
     fresh = bundles["float64"].model("net_2d")
     with pytest.raises(ValueError, match="needs a forward"):
         fresh.backward(np.zeros((4, 3)))
+    # The C boundary checks what it is handed even when the base class's checks are bypassed.
+    with pytest.raises(ValueError, match=r"x must be a C-contiguous float64 array of shape \(4, 2, 9, 9\)"):
+        c._forward(x.astype(np.float32), False, None)
+    with pytest.raises(ValueError, match="dy"):
+        c._backward(np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="dropout mask for 'dropout_1'"):
+        c._forward(x, True, {"dropout_1": np.ones((4, 5))})
 
 
 def test_maxpool_ties_go_to_the_first_in_window_order_and_padding_never_wins(bundles):

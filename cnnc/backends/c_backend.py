@@ -151,6 +151,14 @@ class CModel(Model):
     def _ptr(self, a: np.ndarray, ctype: str = "real[]", writable: bool = False):
         return self._ffi.from_buffer(ctype, a, require_writable=writable)
 
+    def _c_input(self, a: np.ndarray, shape: tuple[int, ...], what: str):
+        """A pointer to `a` for C, which reads exactly prod(shape) reals: from_buffer checks neither the
+        dtype nor the size, so they are checked here, where the memory is handed over."""
+        if a.shape != shape or a.dtype != self.dtype or not a.flags.c_contiguous:
+            raise ValueError(f"{what} must be a C-contiguous {self.dtype.name} array of shape {shape}; "
+                             f"got {a.dtype.name} {a.shape}")
+        return self._ptr(a)
+
     @property
     def activation_bytes(self) -> int:
         """Bytes held by the activation and argmax blocks."""
@@ -160,41 +168,35 @@ class CModel(Model):
     def _forward(self, x, train, masks):
         """x: (N, *input_shape) contiguous of self.dtype -> y: (N, *output_shape)"""
         n = x.shape[0]
+        x_ptr = self._c_input(x, (n, *self.input_shape), "x")
         self._reserve(n)
         y = np.empty((n, *self.output_shape), self.dtype)
-        masks_arg, keep_alive = self._mask_pointers(n, masks if train else None)
-        self._c_forward(self._ptr(y, writable=True), self._acts, self._argmax, self._ptr(x), self._param_mem,
-                        masks_arg, n)
-        del keep_alive  # the C copied the masks into the activation block
-        self._last_batch, self._dropout_applied = n, masks_arg != self._ffi.NULL
+        masks = self._mask_arrays(n, masks) if train and masks and self.plan.dropout_layers else None
+        masks_arg = self._ffi.new("real*[]", [self._ptr(a) for a in masks]) if masks else self._ffi.NULL
+        self._c_forward(self._ptr(y, writable=True), self._acts, self._argmax, x_ptr, self._param_mem, masks_arg, n)
+        self._last_batch, self._dropout_applied = n, masks is not None  # C copied the masks into its block
         return y
 
-    def _mask_pointers(self, n: int, masks: dict | None):
-        """-> (NULL or an array of one pointer per dropout layer, the arrays behind the pointers).
-        A dropout layer without a mask in `masks` keeps everything (a mask of ones)."""
-        layers = self.plan.dropout_layers
-        if masks is None or not layers:
-            return self._ffi.NULL, None
+    def _mask_arrays(self, n: int, masks: dict) -> list[np.ndarray]:
+        """One (n, *in_shape) mask per dropout layer of the plan, in order; a layer missing from `masks`
+        keeps everything (a mask of ones)."""
         arrays = []
-        for name in layers:
+        for name in self.plan.dropout_layers:
             shape = (n, *self.network.layer(name).in_shape)
             mask = masks.get(name)
-            if mask is None:
-                mask = np.ones(shape, self.dtype)
-            mask = np.ascontiguousarray(mask, dtype=self.dtype)
-            if mask.shape != shape:
-                raise ValueError(f"dropout mask for '{name}' must have shape {shape}; got {mask.shape}")
+            mask = np.ones(shape, self.dtype) if mask is None else np.ascontiguousarray(mask, dtype=self.dtype)
+            self._c_input(mask, shape, f"dropout mask for '{name}'")
             arrays.append(mask)
-        return self._ffi.new("real*[]", [self._ptr(a) for a in arrays]), arrays
+        return arrays
 
     def _backward(self, dy):
         """dy: (N, *output_shape) for the last forward's N -> dx: (N, *input_shape); overwrites grads."""
-        n = dy.shape[0]
-        if self._last_batch != n:
-            raise ValueError(f"backward needs dy for the last forward's batch of {self._last_batch}; got {n}")
-        dy = np.ascontiguousarray(dy, dtype=self.dtype)
+        n = self._last_batch
+        if n is None:
+            raise ValueError("backward needs a forward first: there is no saved forward pass to differentiate")
+        dy_ptr = self._c_input(dy, (n, *self.output_shape), "dy (for the last forward's batch)")
         dx = np.empty((n, *self.input_shape), self.dtype)
-        self._c_backward(self._ptr(dx, writable=True), self._grad_mem, self._ptr(dy), self._param_mem, self._acts,
+        self._c_backward(self._ptr(dx, writable=True), self._grad_mem, dy_ptr, self._param_mem, self._acts,
                          self._argmax, n, int(self._dropout_applied))
         return dx
 

@@ -148,22 +148,19 @@ def requested_flags(options: BuildOptions) -> list[str]:
 
 
 def usable_flags(compiler: Compiler, options: BuildOptions) -> tuple[list[str], list[str]]:
-    """(compile flags, link flags) after probing: without OpenMP, only its simd pragmas are kept
-    (-fopenmp-simd) and the other pragmas are silenced."""
+    """(compile flags, link flags) after probing. Without OpenMP threads (not asked for, or the compiler
+    cannot link them), its simd pragmas still apply through -fopenmp-simd where the compiler has it,
+    and the thread pragmas are silenced."""
     flags = requested_flags(options)
-    link = []
     if options.native and not _accepts(compiler, ("-march=native",)):
         flags.remove("-march=native")
+    if options.openmp and _accepts(compiler, ("-fopenmp",)):
+        return flags, ["-fopenmp"]
     if options.openmp:
-        if _accepts(compiler, ("-fopenmp",)):
-            link.append("-fopenmp")
-        else:
-            flags.remove("-fopenmp")
-            flags += ["-fopenmp-simd"] if _accepts(compiler, ("-fopenmp-simd",)) else []
-            flags.append("-Wno-unknown-pragmas")
-    else:
-        flags.append("-Wno-unknown-pragmas")
-    return flags, link
+        flags.remove("-fopenmp")
+    if _accepts(compiler, ("-fopenmp-simd",)):
+        flags.append("-fopenmp-simd")
+    return flags + ["-Wno-unknown-pragmas"], []
 
 
 @lru_cache(maxsize=1)
