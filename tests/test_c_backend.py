@@ -19,7 +19,7 @@ import pytest
 import cnnc
 from cnnc.backends import c_build
 from cnnc.backends.c_backend import CModel, compile_networks
-from cnnc.backends.c_codegen import generate
+from cnnc.backends.c_codegen import BlockedConv, choose_kernel, generate
 from cnnc.backends.c_optim import FusedAdam, FusedSGD
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
@@ -85,6 +85,30 @@ CASES = {
               "dense d1(units=6, activation=sigmoid)\ndense out(units=3)\nloss cross_entropy",
     "net_1d": "input x[3, 16]\nconv1d c1(filters=4, kernel=5, padding=same, activation=leaky_relu)\navgpool1d p(size=2)\n"
               "conv1d c2(filters=4, kernel=3, dilation=2)\nglobal_avgpool\ndropout d(rate=0.25)\ndense out(units=2)\nloss mse",
+    # The blocked convolution (choose_kernel): by output channels or by columns, forward and input gradient;
+    # tiny, odd and large channel counts, tiles with a tail, strides, dilations, asymmetric padding, 1-D.
+    "blocked_tiny_one_channel": "input x[1, 6, 9]\nconv2d c(filters=4, kernel=3)",
+    "blocked_odd_tail_tiles": "input x[3, 5, 19]\nconv2d c(filters=16, kernel=3, activation=relu)",
+    "blocked_large_channels": "input x[33, 6, 20]\nconv2d c(filters=40, kernel=3, padding=1)",
+    "blocked_s2_d2_nonsquare": "input x[16, 11, 13]\nconv2d c(filters=17, kernel=(3,2), stride=2, padding=(2,1), dilation=(1,2))",
+    "blocked_same_even_k4_d2": "input x[6, 9, 10]\nconv2d c(filters=8, kernel=4, padding=same, dilation=2, bias=false)",
+    "blocked_conv1d_s2_d2": "input x[5, 40]\nconv1d c(filters=12, kernel=3, stride=2, padding=1, dilation=2)",
+    "blocked_conv1d_long": "input x[4, 301]\nconv1d c(filters=20, kernel=5, padding=2, activation=tanh)",
+    "blocked_net": "input x[3, 12, 12]\nconv2d c1(filters=8, kernel=3, padding=1, activation=relu)\n"
+                   "conv2d c2(filters=6, kernel=3, stride=2)\nflatten\ndense out(units=3)\nloss cross_entropy",
+}
+# What choose_kernel must pick for the cases above (kernel, forward by columns, input gradient by columns)
+# in float32, so that every variant is exercised.
+BLOCKED_VARIANTS = {
+    ("blocked_tiny_one_channel", "c"): (True, True),
+    ("blocked_odd_tail_tiles", "c"): (False, True),
+    ("blocked_large_channels", "c"): (False, False),
+    ("blocked_s2_d2_nonsquare", "c"): (False, False),
+    ("blocked_same_even_k4_d2", "c"): (True, True),
+    ("blocked_conv1d_s2_d2", "c"): (False, True),
+    ("blocked_conv1d_long", "c"): (True, True),
+    ("blocked_net", "c1"): (True, True),
+    ("blocked_net", "c2"): (False, True),
 }
 SPEC_MODELS = [(path.name, n.name) for path in sorted(SPECS.glob("*.cnn")) for n in cnnc.networks_from_file(path)]
 
@@ -207,7 +231,8 @@ def test_batch_sizes_one_odd_and_large_reuse_one_growing_block(bundles):
         assert_close(forward_backward(c, x, dy, False), forward_backward(ref, x, dy, False), 1e-10, f"NumPy at N={n}")
         capacities.append(c._capacity)
     assert capacities == [7, 7, 513, 513, 513]
-    assert c.activation_bytes == 513 * (c.plan.act_count * 8 + c.plan.argmax_count * 4)
+    slack = 2 * 64 // 8  # reals: one vector to align the block, one for vector reads past its end
+    assert c.activation_bytes == (c.plan.fixed_count + 513 * c.plan.act_count + slack) * 8 + 513 * c.plan.argmax_count * 4
 
 
 def test_results_do_not_depend_on_threads_or_on_other_samples_in_the_batch(bundles):
@@ -217,6 +242,33 @@ def test_results_do_not_depend_on_threads_or_on_other_samples_in_the_batch(bundl
     y = c.forward(x)
     assert np.array_equal(y, c.forward(x))
     assert np.array_equal(y[5:6], c.forward(x[5:6]))
+
+
+def test_kernel_choice_covers_every_blocked_variant_and_the_direct_fallback():
+    for (case, layer_name), (forward_cols, input_grad_cols) in BLOCKED_VARIANTS.items():
+        layer = case_network(case).layer(layer_name)
+        assert choose_kernel(layer) == "blocked", case
+        blocked = BlockedConv.of(layer, 16)
+        assert (blocked.forward_by_columns, blocked.input_grad_by_columns) == (forward_cols, input_grad_cols), case
+    for case in ("conv2d_k3", "conv2d_k3_s3_p21_d2_nobias", "conv1d_k4_s3_p2"):  # 3 filters; stride 3
+        assert choose_kernel(case_network(case).layer("c")) == "direct", case
+    text = generate(cnnc.read_network(SPECS / "lenet5.cnn"), "float32").text
+    assert "static void l3_conv2d_correlate(" in text and "L3_OB = 10, L3_OB_TAIL = 0," in text
+
+
+@pytest.mark.parametrize("case,dtype", [("blocked_net", "float64"), ("net_2d", "float32"), ("net_1d", "float64")])
+def test_backward_without_input_grad_gives_the_same_gradients_and_no_dx(bundles, case, dtype):
+    c = bundles[dtype].model(case, seed=4)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5, *c.input_shape)).astype(dtype)
+    dy = rng.normal(size=(5, *c.output_shape)).astype(dtype)
+    c.forward(x)
+    assert c.backward(dy).shape == x.shape
+    full = {k: v.copy() for k, v in c.grads.items()}
+    c.grad_block[...] = np.nan
+    assert c.backward(dy, input_grad=False) is None
+    for name, value in full.items():
+        assert np.array_equal(c.grads[name], value), name
 
 
 def test_backward_reuses_the_saved_state_of_the_last_forward_only(bundles):
@@ -396,7 +448,7 @@ def test_generated_c_reads_like_the_maths(bundles):
     assert "L1_C = 1, L1_H = 28, L1_W = 28," in text and "L1_F = 6, L1_OH = 28, L1_OW = 28," in text
     assert "static void l1_conv2d_forward(real* restrict out, const real* restrict inp," in text
     assert "static void l2_maxpool2d_backward(real* restrict dinp, const real* restrict dout, const int32_t* restrict argmax" in text
-    assert "l1_conv2d_forward(a.l1_pre, a.input, p.l1_weight, p.l1_bias, N);" in text
+    assert "l1_conv2d_forward(a.l1_pre, a.input, p.l1_weight, p.l1_bias, a.l1_xpad, a.l1_wpack, a.l1_bpack, N);" in text
     assert "relu_forward(a.l1_out, a.l1_pre, N * L1_OUT_SIZE);" in text
     assert "real* l1_weight;  // c1.weight (6, 1, 5, 5)" in text
     assert "sigmoid_forward" not in text  # only the helpers a model uses are emitted

@@ -33,7 +33,7 @@ from ..frontend import network_from_text, read_network, read_source, select
 from ..ir import Network
 from ..model import DTYPES, Model, check_dtype
 from . import c_build
-from .c_codegen import SIZE_CONSTANTS, CSource, NetworkPlan, generate
+from .c_codegen import SIZE_CONSTANTS, VECTOR_BYTES, CSource, NetworkPlan, generate
 
 BUILD_OPTIONS = ("cache_dir", "openmp", "native", "opt", "extra_cflags")
 
@@ -57,8 +57,8 @@ class CModule:
 
     def _check_sizes(self, plan: NetworkPlan) -> None:
         """The sizes the compiled C reports must be the plan's: a mismatch means a stale module."""
-        expected = dict(zip(SIZE_CONSTANTS, (plan.param_count, plan.act_count, plan.argmax_count, plan.in_size,
-                                             plan.out_size, plan.dropout_count)))
+        expected = dict(zip(SIZE_CONSTANTS, (plan.param_count, plan.act_count, plan.fixed_count, plan.argmax_count,
+                                             plan.in_size, plan.out_size, plan.dropout_count)))
         for what, value in expected.items():
             got = getattr(self.built.lib, f"{plan.K}MODEL_{what}")
             if got != value:
@@ -116,6 +116,7 @@ class CModel(Model):
         self._acts = self._argmax = None
         self._last_batch: int | None = None  # N of the last completed forward
         self._dropout_applied = False
+        self._dx_scratch: np.ndarray | None = None  # dx for backward(dy, input_grad=False)
         self._uncleared = self._ffi.new_allocator(should_clear_after_alloc=False)
         super().__init__(network, dtype, seed)
 
@@ -143,7 +144,8 @@ class CModel(Model):
         Every forward writes what it later reads, so the memory is not cleared."""
         if n <= self._capacity:
             return
-        self._acts = self._uncleared("real[]", n * self.plan.act_count)
+        # the fixed buffers, n samples' buffers, and slack (see _act_reals)
+        self._acts = self._uncleared("real[]", self._act_reals(n))
         self._argmax = self._uncleared("int32_t[]", max(n * self.plan.argmax_count, 1))
         self._capacity = n
         self._last_batch = None  # the saved state is gone with the old block
@@ -159,10 +161,16 @@ class CModel(Model):
                              f"got {a.dtype.name} {a.shape}")
         return self._ptr(a)
 
+    def _act_reals(self, n: int) -> int:
+        # two vectors of slack: one to align the start, one for vector reads just past the last buffer
+        return self.plan.fixed_count + n * self.plan.act_count + 2 * VECTOR_BYTES // self.dtype.itemsize
+
     @property
     def activation_bytes(self) -> int:
         """Bytes held by the activation and argmax blocks."""
-        return self._capacity * (self.plan.act_count * self.dtype.itemsize + self.plan.argmax_count * 4)
+        if not self._capacity:
+            return 0
+        return self._act_reals(self._capacity) * self.dtype.itemsize + self._capacity * self.plan.argmax_count * 4
 
     # ---- the three calls ----
     def _forward(self, x, train, masks):
@@ -189,16 +197,33 @@ class CModel(Model):
             arrays.append(mask)
         return arrays
 
-    def _backward(self, dy):
-        """dy: (N, *output_shape) for the last forward's N -> dx: (N, *input_shape); overwrites grads."""
+    def backward(self, dy, input_grad: bool = True):
+        """dy: (N, *output_shape), the gradient of the loss w.r.t. the last forward's output. Overwrites
+        m.grads and returns dx: (N, *input_shape); with input_grad=False returns None and skips the
+        first layer's input gradient (a training step does not need it)."""
+        if input_grad:
+            return super().backward(dy)
+        if self._forward_batch is None:
+            raise ValueError("backward() needs a forward() first: there is no saved forward pass to differentiate")
+        self._backward(self._checked_array(dy, "dy", (self._forward_batch, *self.output_shape)), input_grad=False)
+        return None
+
+    def _backward(self, dy, input_grad: bool = True):
+        """dy: (N, *output_shape) for the last forward's N -> dx: (N, *input_shape); overwrites grads.
+        input_grad=False: dx is not wanted (None is returned)."""
         n = self._last_batch
         if n is None:
             raise ValueError("backward needs a forward first: there is no saved forward pass to differentiate")
         dy_ptr = self._c_input(dy, (n, *self.output_shape), "dy (for the last forward's batch)")
-        dx = np.empty((n, *self.input_shape), self.dtype)
+        if input_grad:
+            dx = np.empty((n, *self.input_shape), self.dtype)
+        else:  # a first layer that is not a convolution or dense layer still writes dx: give it scratch
+            if self._dx_scratch is None or len(self._dx_scratch) < n:
+                self._dx_scratch = np.empty((self._capacity, *self.input_shape), self.dtype)
+            dx = self._dx_scratch[:n]
         self._c_backward(self._ptr(dx, writable=True), self._grad_mem, dy_ptr, self._param_mem, self._acts,
-                         self._argmax, n, int(self._dropout_applied))
-        return dx
+                         self._argmax, n, int(self._dropout_applied), int(input_grad))
+        return dx if input_grad else None
 
     def loss(self, y, target) -> tuple[float, np.ndarray]:
         """The base class's loss (same checks, same maths), computed in C in one pass."""

@@ -33,7 +33,11 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 C_TYPES = {"float32": "float", "float64": "double"}
 MAX_INT32 = 2**31 - 1
 # Per-network sizes the C defines as <prefix>MODEL_<what> and Python reads back through cffi.
-SIZE_CONSTANTS = ("PARAM_COUNT", "ACT_COUNT", "ARGMAX_COUNT", "IN_SIZE", "OUT_SIZE", "DROPOUT_LAYERS")
+SIZE_CONSTANTS = ("PARAM_COUNT", "ACT_COUNT", "FIXED_COUNT", "ARGMAX_COUNT", "IN_SIZE", "OUT_SIZE", "DROPOUT_LAYERS")
+# The blocked kernels work on vectors of VECTOR_BYTES (GCC vector extensions: AVX-512 where the CPU has it,
+# two AVX2 or four SSE registers elsewhere); VL = VECTOR_BYTES / sizeof(real) lanes.
+VECTOR_BYTES = 64
+ITEM_SIZE = {"float32": 4, "float64": 8}
 
 
 # ---- validation: nothing unchecked reaches the C text ----------------------------------------------
@@ -164,7 +168,8 @@ class Kernel:
 
 
 KERNELS: dict[str, dict[str, Kernel]] = {
-    "conv": {"direct": Kernel("conv2d_forward.c.j2", "conv2d_backward.c.j2")},
+    "conv": {"direct": Kernel("conv2d_forward.c.j2", "conv2d_backward.c.j2"),
+             "blocked": Kernel("conv2d_blocked_forward.c.j2", "conv2d_blocked_backward.c.j2")},
     "dense": {"direct": Kernel("dense_forward.c.j2", "dense_backward.c.j2")},
     "maxpool": {"direct": Kernel("maxpool2d_forward.c.j2", "maxpool2d_backward.c.j2")},
     "avgpool": {"direct": Kernel("avgpool2d_forward.c.j2", "avgpool2d_backward.c.j2")},
@@ -185,9 +190,57 @@ def kernel_family(layer: Layer) -> str | None:
 
 
 def choose_kernel(layer: Layer) -> str:
-    """The implementation of this layer's kind to use. One per kind today; the hook for per-layer
-    choices (by size, by an option) later."""
+    """The implementation of this layer's kind to use, decided at compile time from its shapes.
+
+    conv: "blocked" (register tiles of output columns x a vector of channels, see conv2d_blocked.c.j2)
+    when there are enough filters and input channels to fill some vector lanes and rows long enough for a
+    tile, and the stride is at most 2 (its input gradient correlates a stride-dilated output gradient,
+    which wastes stride^2 of the work); "direct" (the plain loops) otherwise. Everything else: "direct"."""
+    if kernel_family(layer) == "conv":
+        H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = _geometry_2d(layer)
+        filters, channels = layer.out_shape[0], layer.in_shape[0]
+        if filters >= BLOCKED_MIN_CHANNELS and OW >= BLOCKED_MIN_WIDTH and W >= BLOCKED_MIN_WIDTH and max(SH, SW) <= 2:
+            return "blocked"
     return "direct"
+
+
+# A blocked convolution needs this many filters (vector lanes to fill) and output and input columns (a tile).
+BLOCKED_MIN_CHANNELS = 4
+BLOCKED_MIN_WIDTH = 4
+# Register budget of one tile: at most this many vector accumulators.
+MAX_TILE = 16
+
+
+def column_block(width: int) -> tuple[int, int]:
+    """(columns per register tile, columns in the last, shorter tile or 0) for rows of `width`: a divisor
+    of the width in [4, 16] when there is one (the largest), else tiles of 8 and a tail."""
+    if width <= MAX_TILE:
+        return width, 0
+    for block in range(MAX_TILE, 3, -1):
+        if width % block == 0:
+            return block, 0
+    return 8, width % 8
+
+
+def by_columns(channels: int, width: int, vl: int) -> bool:
+    """Whether a correlation with `channels` outputs on rows of `width` fills more vector lanes with
+    columns than with channels."""
+    return width / (-(-width // vl) * vl) > channels / (-(-channels // vl) * vl)
+
+
+def column_tile(channels: int, rows: int) -> tuple[int, int]:
+    """(output channels, output rows) per tile of the by-columns correlation: a divisor of the channels up
+    to 8, and two rows when the rows pair up and it fits MAX_TILE accumulators."""
+    mb = max(d for d in range(1, min(channels, 8) + 1) if channels % d == 0)
+    return mb, 2 if rows % 2 == 0 and 2 * mb <= MAX_TILE else 1
+
+
+def weight_grad_block(channels: int, kernel_width: int) -> tuple[int, int]:
+    """(input channels, kernel columns) per weight-gradient tile: the largest divisor of the channels up to
+    MAX_TILE, then as many kernel columns (a divisor of the kernel width) as still fit."""
+    cb = max(d for d in range(1, min(channels, MAX_TILE) + 1) if channels % d == 0)
+    kb = max(d for d in range(1, kernel_width + 1) if kernel_width % d == 0 and cb * d <= MAX_TILE)
+    return cb, kb
 
 
 # ---- the plan --------------------------------------------------------------------------------------
@@ -199,11 +252,13 @@ class Buffer:
     shape: tuple[int, ...]
     note: str
     ctype: str = "real"
-    offset: int = 0  # per sample, within its block
+    offset: int = 0  # per sample, within its block (for a fixed buffer: within the fixed region)
+    fixed: bool = False  # one copy whatever the batch (packed weights), at the start of the activation block
+    align: int = 1  # the size is rounded up to a multiple of this many elements
 
     @property
     def size(self) -> int:
-        return prod(self.shape)
+        return -(-prod(self.shape) // self.align) * self.align
 
 
 @dataclass
@@ -241,6 +296,7 @@ class NetworkPlan:
     param_count: int
     acts: list[Buffer]
     act_count: int
+    fixed_count: int
     argmax_count: int
     dropout_layers: list[str]  # names of the layers that take a mask, in order
     forward_lines: list[str]
@@ -298,7 +354,7 @@ def _geometry_2d(layer: Layer):
     return (H, W, OH, OW, *layer.kernel, *layer.stride, *layer.dilation, *layer.pad_before)
 
 
-def _constants(layer: Layer, K: str) -> tuple[list[str], list[str]]:
+def _constants(layer: Layer, K: str, blocked: BlockedConv | None = None) -> tuple[list[str], list[str]]:
     """The layer's enum rows (`L3_C = 6, L3_H = 14,  // input`) and any notes for its banner."""
     rows: list[tuple[str, list[tuple[str, int]]]] = []
     notes: list[str] = []
@@ -315,7 +371,9 @@ def _constants(layer: Layer, K: str) -> tuple[list[str], list[str]]:
             rows.append(("dilation", [("DH", DH), ("DW", DW)]))
         rows.append(("zero rows above, columns left (those below/right follow from OH, OW)" if is_conv
                      else "padding above, left", [("PH", PH), ("PW", PW)]))
-        if is_conv:
+        if blocked is not None:
+            rows += blocked.rows()
+        elif is_conv:
             rows.append(("output columns per block of the weight gradient's partial sums",
                          [("OW_BLOCK", min(OW, OW_BLOCK_MAX))]))
         if layer.spatial_dims == 1:
@@ -336,6 +394,79 @@ def _constants(layer: Layer, K: str) -> tuple[list[str], list[str]]:
         body = ", ".join(f"{K}_{name} = {c_int(value, f'{name} of layer {layer.name}', 0)}" for name, value in pairs) + ","
         text.append(f"{body:<44}  // {comment}")
     return text, notes
+
+
+@dataclass
+class BlockedConv:
+    """Sizes of a blocked convolution beyond its geometry: vectors, tiles and scratch planes."""
+
+    FV: int  # vectors of VL filters
+    CV: int  # vectors of VL input channels (the input gradient's outputs)
+    HP: int  # rows and columns of the (zero-padded) input as the forward correlation reads it
+    WP: int
+    HD: int  # rows and columns of the spread-out, padded output gradient
+    WD: int
+    OB: int  # output columns per forward tile, and in the last tile (0: none)
+    OB_TAIL: int
+    XB: int  # input columns per input-gradient tile, and in the last tile
+    XB_TAIL: int
+    CB: int  # input channels and kernel columns per weight-gradient tile
+    KB: int
+    padded: bool  # whether forward copies the input into a padded buffer
+    # Forward and input gradient each vectorise over output channels, or over output columns (few channels):
+    forward_by_columns: bool
+    input_grad_by_columns: bool
+    FMB: int = 0  # by columns: output channels and rows per tile, forward and input gradient
+    FRB: int = 0
+    XMB: int = 0
+    XRB: int = 0
+
+    @classmethod
+    def of(cls, layer: Layer, vl: int) -> "BlockedConv":
+        H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = _geometry_2d(layer)
+        C, F = layer.in_shape[0], layer.out_shape[0]
+        HP = max(PH + H, (OH - 1) * SH + (KH - 1) * DH + 1)
+        WP = max(PW + W, (OW - 1) * SW + (KW - 1) * DW + 1)
+        HD = (KH - 1) * DH + max(PH + H, (OH - 1) * SH + 1)
+        WD = (KW - 1) * DW + max(PW + W, (OW - 1) * SW + 1)
+        fwd_cols = SW == 1 and by_columns(F, OW, vl)
+        dx_cols = by_columns(C, W, vl)
+        OB, OB_TAIL = (vl, OW % vl) if fwd_cols else column_block(OW)
+        XB, XB_TAIL = (vl, W % vl) if dx_cols else column_block(W)
+        b = cls(-(-F // vl), -(-C // vl), HP, WP, HD, WD, OB, OB_TAIL, XB, XB_TAIL, *weight_grad_block(C, KW),
+                padded=(HP, WP, PH, PW) != (H, W, 0, 0), forward_by_columns=fwd_cols, input_grad_by_columns=dx_cols)
+        if fwd_cols:
+            b.FMB, b.FRB = column_tile(F, OH)
+        if dx_cols:
+            b.XMB, b.XRB = column_tile(C, H)
+        return b
+
+    def rows(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        tiles = []
+        if self.forward_by_columns:
+            tiles.append(("forward by columns: output channels, rows per tile", [("FMB", self.FMB), ("FRB", self.FRB)]))
+        if self.input_grad_by_columns:
+            tiles.append(("input gradient by columns: channels, rows per tile", [("XMB", self.XMB), ("XRB", self.XRB)]))
+        return tiles + [("vectors of VL filters, of VL input channels", [("FV", self.FV), ("CV", self.CV)]),
+                ("input plane as forward reads it" + (" (zero-padded copy)" if self.padded else ""),
+                 [("HP", self.HP), ("WP", self.WP)]),
+                ("output gradient plane, spread by the stride and padded by the kernel's reach", [("HD", self.HD), ("WD", self.WD)]),
+                ("output columns per forward tile, in the last tile", [("OB", self.OB), ("OB_TAIL", self.OB_TAIL)]),
+                ("input columns per input-gradient tile, in the last tile", [("XB", self.XB), ("XB_TAIL", self.XB_TAIL)]),
+                ("input channels, kernel columns per weight-gradient tile", [("CB", self.CB), ("KB", self.KB)])]
+
+    def geometries(self, K: str) -> tuple[dict, dict]:
+        """The constant names the shared correlation macro reads, for forward and for the input gradient."""
+        common = {"KH": f"{K}_KH", "KW": f"{K}_KW", "DH": f"{K}_DH", "DW": f"{K}_DW", "WORK": f"{K}_WORK"}
+        forward = {**common, "CIN": f"{K}_C", "M": f"{K}_F", "MV": f"{K}_FV", "IH": f"{K}_HP", "IW": f"{K}_WP",
+                   "OH": f"{K}_OH", "OW": f"{K}_OW", "SH": f"{K}_SH", "SW": f"{K}_SW", "ROW0": "0", "COL0": "0",
+                   "OB": f"{K}_OB", "OB_TAIL": f"{K}_OB_TAIL", "tail": self.OB_TAIL > 0,
+                   "by_columns": self.forward_by_columns, "MB": f"{K}_FMB", "RB": f"{K}_FRB"}
+        backward = {**common, "CIN": f"{K}_F", "M": f"{K}_C", "MV": f"{K}_CV", "IH": f"{K}_HD", "IW": f"{K}_WD",
+                    "OH": f"{K}_H", "OW": f"{K}_W", "SH": "1", "SW": "1", "ROW0": f"{K}_PH", "COL0": f"{K}_PW",
+                    "OB": f"{K}_XB", "OB_TAIL": f"{K}_XB_TAIL", "tail": self.XB_TAIL > 0,
+                    "by_columns": self.input_grad_by_columns, "MB": f"{K}_XMB", "RB": f"{K}_XRB"}
+        return forward, backward
 
 
 def work(layer: Layer) -> int:
@@ -372,18 +503,23 @@ def _activation_call(kind: str, direction: str, dst: str, src: str, saved: str |
 class _Planner:
     """Walks one network, assigning buffers and writing the forward and backward call sequences."""
 
-    def __init__(self, network: Network, P: str, K: str):
-        self.network, self.P, self.K = network, P, K
+    def __init__(self, network: Network, P: str, K: str, vl: int):
+        self.network, self.P, self.K, self.vl = network, P, K, vl
         self.acts: list[Buffer] = [Buffer("input", network.input_shape,
-                                          f"{_shape(network.input_shape)} a copy of x '{network.input_name}': backward reads it")]
+                                          f"{_shape(network.input_shape)} a copy of x '{network.input_name}': backward reads it",
+                                          align=vl)]
+        self.fixed: list[Buffer] = []
         self.argmax: list[Buffer] = []
         self.params: list[ParamBuffer] = []
         self.param_offset = 0
         self.dropout_layers: list[str] = []
 
-    def buffer(self, field_name: str, shape, note: str, ctype: str = "real") -> str:
-        b = Buffer(field_name, tuple(shape), f"{_shape(shape)} {note}", ctype)
-        (self.argmax if ctype == "int32_t" else self.acts).append(b)
+    def buffer(self, field_name: str, shape, note: str, ctype: str = "real", fixed: bool = False) -> str:
+        """A buffer of (N, *shape) (or of shape, if fixed), every real one a whole number of vectors long
+        so that each starts on a vector boundary."""
+        b = Buffer(field_name, tuple(shape), f"{_shape(shape)} {note}", ctype, fixed=fixed,
+                   align=1 if ctype == "int32_t" else self.vl)
+        (self.argmax if ctype == "int32_t" else self.fixed if fixed else self.acts).append(b)
         return f"a.{field_name}"
 
     def param(self, field_name: str, spec) -> str:
@@ -400,7 +536,7 @@ class _Planner:
             current = lp.out
         forward_lines = [line for lp in layers for line in self.forward_calls(lp)]
         backward_lines = self.backward_calls(layers)
-        for block in (self.acts, self.argmax):
+        for block in (self.acts, self.fixed, self.argmax):
             offset = 0
             for b in block:
                 b.offset, offset = offset, offset + b.size
@@ -409,7 +545,8 @@ class _Planner:
         title = (f"model '{n.name}': {n.input_name} {_shape(n.input_shape)} -> {_shape(n.output_shape)}, "
                  f"{len(n.layers)} layers, {params:,} parameters")
         return NetworkPlan(n, self.P, self.K, title, layers, self.params, self.param_offset,
-                           self.acts + self.argmax, sum(b.size for b in self.acts), sum(b.size for b in self.argmax),
+                           self.fixed + self.acts + self.argmax, sum(b.size for b in self.acts),
+                           sum(b.size for b in self.fixed), sum(b.size for b in self.argmax),
                            self.dropout_layers, forward_lines, backward_lines, current)
 
     # ---- one layer's buffers ----
@@ -419,8 +556,10 @@ class _Planner:
         K = f"{self.K}L{index}"
         kind_word = layer.kind + (f" + {layer.activation}" if layer.activation else "")
         summary = f"{kind_word} '{layer.name}': {_shape(layer.in_shape)} -> {_shape(layer.out_shape)}"
-        rows, notes = _constants(layer, K)
-        kernel = KERNELS[family][choose_kernel(layer)] if family else None
+        choice = choose_kernel(layer) if family else None
+        blocked = BlockedConv.of(layer, self.vl) if choice == "blocked" else None
+        rows, notes = _constants(layer, K, blocked)
+        kernel = KERNELS[family][choice] if family else None
         lp = LayerPlan(index, layer, f"{self.P}{sym}_{layer.kind}", K, summary, notes, rows,
                        kernel.forward if kernel else None, kernel.backward if kernel else None, inp=inp)
         if layer.kind == "flatten" or (layer.kind == "dropout" and layer.rate == 0):
@@ -434,11 +573,30 @@ class _Planner:
         lp.out = self.buffer(f"{sym}_out", layer.out_shape, f"'{layer.name}'")
         if family == "maxpool":
             lp.extra["argmax"] = self.buffer(f"{sym}_argmax", layer.out_shape, f"'{layer.name}' winners", "int32_t")
+        if blocked is not None:
+            self.plan_blocked_conv(lp, sym, blocked)
         if layer.kind == "dropout":
             lp.extra["mask"] = self.buffer(f"{sym}_mask", layer.in_shape, f"'{layer.name}' mask, 0 or 1/(1 - {layer.rate!r})")
             lp.extra["mask_index"] = len(self.dropout_layers)
             self.dropout_layers.append(layer.name)
         return lp
+
+    def plan_blocked_conv(self, lp: LayerPlan, sym: str, b: BlockedConv) -> None:
+        """The scratch a blocked convolution needs: the padded input (kept for backward), the packed
+        weights, the output gradient with filters last and spread out, the rotated weights."""
+        layer, vl = lp.layer, self.vl
+        C, F = layer.in_shape[0], layer.out_shape[0]
+        H, W, OH, OW, KH, KW = _geometry_2d(layer)[:6]
+        forward, backward = b.geometries(lp.K)
+        lp.extra.update(padded=b.padded, forward_geometry=forward, input_grad_geometry=backward)
+        lp.extra["xpad"] = (self.buffer(f"{sym}_xpad", (C, b.HP, b.WP), f"'{layer.name}' input, zero-padded: backward reads it")
+                            if b.padded else "NULL")
+        lp.extra["wpack"] = self.buffer(f"{sym}_wpack", (C, KH, KW, b.FV * vl), f"'{layer.name}' weights, filters last", fixed=True)
+        lp.extra["bpack"] = self.buffer(f"{sym}_bpack", (b.FV * vl,), f"'{layer.name}' bias, padded to whole vectors", fixed=True)
+        lp.extra["wrot"] = self.buffer(f"{sym}_wrot", (F, KH, KW, b.CV * vl), f"'{layer.name}' weights turned 180 degrees, channels last",
+                                       fixed=True)
+        lp.extra["dyt"] = self.buffer(f"{sym}_dyt", (OH, OW, b.FV * vl), f"'{layer.name}' output gradient, filters last")
+        lp.extra["dypad"] = self.buffer(f"{sym}_dypad", (F, b.HD, b.WD), f"'{layer.name}' output gradient, spread and padded")
 
     # ---- forward ----
     def forward_calls(self, lp: LayerPlan) -> list[str]:
@@ -449,7 +607,11 @@ class _Planner:
         family = kernel_family(layer)
         slope = c_real(layer.slope, "slope")
         target = lp.pre or lp.out
-        if family in ("conv", "dense"):
+        if "wpack" in lp.extra:
+            bias = f"p.{lp.extra['bias']}" if "bias" in lp.extra else "NULL"
+            lines.append(f"{lp.fn}_forward({target}, {lp.inp}, p.{lp.extra['weight']}, {bias}, {lp.extra['xpad']}, "
+                         f"{lp.extra['wpack']}, {lp.extra['bpack']}, N);")
+        elif family in ("conv", "dense"):
             bias = f"p.{lp.extra['bias']}" if "bias" in lp.extra else "NULL"
             lines.append(f"{lp.fn}_forward({target}, {lp.inp}, p.{lp.extra['weight']}, {bias}, N);")
         elif family == "maxpool":
@@ -497,9 +659,19 @@ class _Planner:
                 lines.append(_activation_call(layer.activation, "backward", dpre, dout, saved, f"N * {K}_OUT_SIZE", K, slope))
                 dout = dpre
             dinp = "dx" if first else other_than(dout, layer.in_size)
-            lines.append(f"zero({dinp}, N * {K}_IN_SIZE);")
             family = kernel_family(layer)
-            if family in ("conv", "dense"):
+            if first and family in ("conv", "dense"):
+                # the first layer's input gradient only when the caller wants dx
+                lines.append(f"if (input_grad) {{ zero(dx, N * {K}_IN_SIZE); }}")
+                dinp = "input_grad ? dx : NULL"
+            else:
+                lines.append(f"zero({dinp}, N * {K}_IN_SIZE);")
+            if "wpack" in lp.extra:
+                dbias = f"g.{lp.extra['bias']}" if "bias" in lp.extra else "NULL"
+                xin = lp.extra["xpad"] if lp.extra["padded"] else lp.inp
+                lines.append(f"{lp.fn}_backward({dinp}, g.{lp.extra['weight']}, {dbias}, {dout}, {xin}, "
+                             f"p.{lp.extra['weight']}, {lp.extra['dyt']}, {lp.extra['dypad']}, {lp.extra['wrot']}, N);")
+            elif family in ("conv", "dense"):
                 dbias = f"g.{lp.extra['bias']}" if "bias" in lp.extra else "NULL"
                 lines.append(f"{lp.fn}_backward({dinp}, g.{lp.extra['weight']}, {dbias}, {dout}, {lp.inp}, "
                              f"p.{lp.extra['weight']}, N);")
@@ -541,12 +713,14 @@ def _environment() -> jinja2.Environment:
                               keep_trailing_newline=True, autoescape=False)
 
 
-def plan_network(network: Network, prefix: str = "") -> NetworkPlan:
+def plan_network(network: Network, prefix: str = "", dtype: str = "float32") -> NetworkPlan:
     """Check the network and plan its C. prefix: "" for a module of one network, "m<k>_" in a bundle."""
     check_network(network)
     if not re.fullmatch(r"(m[0-9]+_)?", prefix):
         raise ValueError(f"network symbol prefix must be '' or m<k>_; got {prefix!r}")
-    return _Planner(network, prefix, prefix.upper()).plan()
+    if dtype not in C_TYPES:
+        raise ValueError(f"dtype must be one of {', '.join(C_TYPES)}; got {dtype!r}")
+    return _Planner(network, prefix, prefix.upper(), VECTOR_BYTES // ITEM_SIZE[dtype]).plan()
 
 
 def cdef_for(plans, ctype: str) -> str:
@@ -560,7 +734,7 @@ def cdef_for(plans, ctype: str) -> str:
                   f"void {P}model_forward(real* y, real* act_block, int32_t* argmax_block, const real* x, "
                   f"real* param_block, const real* const* masks, int64_t N);",
                   f"void {P}model_backward(real* dx, real* grad_block, const real* dy, real* param_block, "
-                  f"real* act_block, int32_t* argmax_block, int64_t N, int dropout);"]
+                  f"real* act_block, int32_t* argmax_block, int64_t N, int dropout, int input_grad);"]
     lines += ["double cross_entropy_loss(real* dlogits, const real* logits, const int64_t* labels, int64_t N, int K);",
               "double mse_loss(real* dy, const real* y, const real* target, int64_t count);",
               "void sgd_step(real* param, real* momentum_buffer, const real* grad, int64_t count, double lr, "
@@ -580,13 +754,13 @@ def generate(networks, dtype: str = "float32") -> CSource:
     if dtype not in C_TYPES:
         raise ValueError(f"dtype must be one of {', '.join(C_TYPES)}; got {dtype!r}")
     single = len(networks) == 1
-    plans = tuple(plan_network(n, "" if single else f"m{k}_") for k, n in enumerate(networks))
+    plans = tuple(plan_network(n, "" if single else f"m{k}_", dtype) for k, n in enumerate(networks))
     helpers = set().union(*(_helpers_of(p) for p in plans))
     title = (f"model '{plans[0].network.name}'" if single else
              f"{len(plans)} models: " + ", ".join(f"'{p.network.name}'" for p in plans)) + f", {dtype}"
     text = _environment().get_template("module.c.j2").render(
         title=title, version=__version__, ctype=C_TYPES[dtype], dtype=dtype, networks=plans, helpers=helpers,
-        parallel_min_work=PARALLEL_MIN_WORK)
+        parallel_min_work=PARALLEL_MIN_WORK, vector_bytes=VECTOR_BYTES)
     return CSource(text, cdef_for(plans, C_TYPES[dtype]), dtype, plans)
 
 
