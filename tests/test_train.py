@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from cnnc.diagnostics import CnncError
 from cnnc.train import DEFAULT_LR, LOG_KEYS, TrainConfig, Trainer, TrainingInterrupted, load_classifier, load_data_for, make_splits
 
 ROOT = Path(__file__).resolve().parent.parent
+BATCHES = math.ceil(1437 / TrainConfig().batch)  # batches per epoch of the digits training split
 DIGITS_SPEC = str(ROOT / "specs" / "digits.cnn")
 TINY = """
 model tiny {
@@ -160,6 +162,21 @@ def test_resume_extends_a_finished_constant_schedule_run(tiny):
     assert_identical(weights("part.npz"), weights("full.npz"))
 
 
+def test_c_backend_trains_resumes_exactly_and_agrees_with_numpy(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNC_CACHE_DIR", str(tmp_path / "cache"))
+    common = ["--data", "digits", "--epochs", 2, "--quiet"]
+    assert run_cli("train", tiny, *common, "--backend", "c", "-o", "c.npz", "--log", "c.jsonl")[0] == 0
+    assert run_cli("train", tiny, *common, "--backend", "c", "-o", "part.npz", "--stop-after", 1)[0] == 0
+    assert run_cli("train", tiny, "--resume", "part.ckpt.npz", "--quiet")[0] == 0   # the checkpoint says c
+    assert load_checkpoint("part.ckpt.npz").meta["backend"] == "c"
+    assert_identical(weights("part.npz"), weights("c.npz"))
+    assert run_cli("train", tiny, *common, "--backend", "numpy", "-o", "np.npz", "--log", "np.jsonl")[0] == 0
+    c_log, np_log = ([json.loads(line) for line in Path(f).read_text().splitlines()] for f in ("c.jsonl", "np.jsonl"))
+    for c_epoch, np_epoch in zip(c_log, np_log):     # the same run up to float summation order
+        assert c_epoch["train_loss"] == pytest.approx(np_epoch["train_loss"], rel=1e-4)
+        assert c_epoch["test_loss"] == pytest.approx(np_epoch["test_loss"], rel=1e-4)
+
+
 def make_trainer(spec_path: str, checkpoint: str, epochs: int = 2) -> Trainer:
     config = TrainConfig(epochs=epochs, seed=7).checked()
     model = load_classifier(spec_path, None, "numpy", seed=config.seed)
@@ -184,7 +201,7 @@ def test_stop_mid_epoch_and_resume_is_bit_identical(tiny):
     assert (stopped.value.epoch, stopped.value.batch) == (2, 5)
 
     ckpt = load_checkpoint("part.ckpt.npz")
-    assert ckpt.meta["position"] == {"epoch": 1, "batch": 5, "step": 23 + 5} and len(ckpt.perm) == 1437
+    assert ckpt.meta["position"] == {"epoch": 1, "batch": 5, "step": BATCHES + 5} and len(ckpt.perm) == 1437
     second = make_trainer(tiny, "part.ckpt.npz")
     second.restore(ckpt)
     second.fit()
@@ -243,7 +260,7 @@ def test_exploding_loss_stops_with_the_epoch_and_batch(tiny):
     status, _, stderr = run_cli("train", tiny, "--data", "digits", "--backend", "numpy", "--optimizer", "sgd",
                                 "--lr", "1e8", "--quiet")
     assert status == 1 and "Traceback" not in stderr
-    assert "error: training diverged in epoch 1, batch " in stderr and "of 23: the loss is " in stderr
+    assert "error: training diverged in epoch 1, batch " in stderr and f"of {BATCHES}: the loss is " in stderr
     assert "no checkpoint had been written yet" in stderr and "note: lower the learning rate" in stderr
     assert not Path("tiny.weights.npz").exists() and not Path("tiny.weights.ckpt.npz").exists()
 
@@ -258,7 +275,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tiny):
             t.model.params["out.weight"][...] = np.inf    # as if the last step had overflowed
 
     trainer.on_batch = blow_up_in_epoch_2
-    with pytest.raises(CnncError, match=r"diverged in epoch 2, batch 4 of 23: the network's outputs are not finite"
+    with pytest.raises(CnncError, match=rf"diverged in epoch 2, batch 4 of {BATCHES}: the network's outputs are not finite"
                                         r".*\(1 epoch\(s\) done\) is kept: run\.ckpt\.npz"):
         trainer.fit()
     after = load_checkpoint("run.ckpt.npz")
