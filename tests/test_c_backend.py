@@ -94,6 +94,7 @@ CASES = {
     "blocked_same_even_k4_d2": "input x[6, 9, 10]\nconv2d c(filters=8, kernel=4, padding=same, dilation=2, bias=false)",
     "blocked_conv1d_s2_d2": "input x[5, 40]\nconv1d c(filters=12, kernel=3, stride=2, padding=1, dilation=2)",
     "blocked_conv1d_long": "input x[4, 301]\nconv1d c(filters=20, kernel=5, padding=2, activation=tanh)",
+    "blocked_dense_odd": "input x[77]\ndense d(units=7, activation=relu)\ndense out(units=18)",
     "blocked_net": "input x[3, 12, 12]\nconv2d c1(filters=8, kernel=3, padding=1, activation=relu)\n"
                    "conv2d c2(filters=6, kernel=3, stride=2)\nflatten\ndense out(units=3)\nloss cross_entropy",
 }
@@ -252,6 +253,9 @@ def test_kernel_choice_covers_every_blocked_variant_and_the_direct_fallback():
         assert (blocked.forward_by_columns, blocked.input_grad_by_columns) == (forward_cols, input_grad_cols), case
     for case in ("conv2d_k3", "conv2d_k3_s3_p21_d2_nobias", "conv1d_k4_s3_p2"):  # 3 filters; stride 3
         assert choose_kernel(case_network(case).layer("c")) == "direct", case
+    # dense: blocked from 16 inputs (tails of inputs, of units, of samples), direct below
+    assert [choose_kernel(layer) for layer in case_network("blocked_dense_odd").layers] == ["blocked", "direct"]
+    assert choose_kernel(case_network("flatten_dense").layer("d")) == "blocked"
     text = generate(cnnc.read_network(SPECS / "lenet5.cnn"), "float32").text
     assert "static void l3_conv2d_correlate(" in text and "L3_OB = 10, L3_OB_TAIL = 0," in text
 

@@ -170,7 +170,8 @@ class Kernel:
 KERNELS: dict[str, dict[str, Kernel]] = {
     "conv": {"direct": Kernel("conv2d_forward.c.j2", "conv2d_backward.c.j2"),
              "blocked": Kernel("conv2d_blocked_forward.c.j2", "conv2d_blocked_backward.c.j2")},
-    "dense": {"direct": Kernel("dense_forward.c.j2", "dense_backward.c.j2")},
+    "dense": {"direct": Kernel("dense_forward.c.j2", "dense_backward.c.j2"),
+              "blocked": Kernel("dense_blocked_forward.c.j2", "dense_blocked_backward.c.j2")},
     "maxpool": {"direct": Kernel("maxpool2d_forward.c.j2", "maxpool2d_backward.c.j2")},
     "avgpool": {"direct": Kernel("avgpool2d_forward.c.j2", "avgpool2d_backward.c.j2")},
     "global_avgpool": {"direct": Kernel("global_avgpool_forward.c.j2", "global_avgpool_backward.c.j2")},
@@ -201,12 +202,16 @@ def choose_kernel(layer: Layer) -> str:
         filters, channels = layer.out_shape[0], layer.in_shape[0]
         if filters >= BLOCKED_MIN_CHANNELS and OW >= BLOCKED_MIN_WIDTH and W >= BLOCKED_MIN_WIDTH and max(SH, SW) <= 2:
             return "blocked"
+    if layer.kind == "dense" and layer.in_shape[0] >= BLOCKED_MIN_INPUTS:
+        return "blocked"
     return "direct"
 
 
 # A blocked convolution needs this many filters (vector lanes to fill) and output and input columns (a tile).
 BLOCKED_MIN_CHANNELS = 4
 BLOCKED_MIN_WIDTH = 4
+# A blocked dense layer needs this many inputs (a vector's worth, in float32).
+BLOCKED_MIN_INPUTS = 16
 # Register budget of one tile: at most this many vector accumulators.
 MAX_TILE = 16
 
@@ -389,11 +394,12 @@ def _constants(layer: Layer, K: str, blocked: BlockedConv | None = None) -> tupl
     rows.append(("elements per sample", [("IN_SIZE", layer.in_size), ("OUT_SIZE", layer.out_size)]))
     if family is not None:
         rows.append(("multiply-adds per sample, for the parallel-or-not choice", [("WORK", min(work(layer), MAX_INT32))]))
-    text = []
-    for comment, pairs in rows:
-        body = ", ".join(f"{K}_{name} = {c_int(value, f'{name} of layer {layer.name}', 0)}" for name, value in pairs) + ","
-        text.append(f"{body:<44}  // {comment}")
-    return text, notes
+    return [_enum_row(K, layer.name, comment, pairs) for comment, pairs in rows], notes
+
+
+def _enum_row(K: str, layer_name: str, comment: str, pairs) -> str:
+    body = ", ".join(f"{K}_{name} = {c_int(value, f'{name} of layer {layer_name}', 0)}" for name, value in pairs) + ","
+    return f"{body:<44}  // {comment}"
 
 
 @dataclass
@@ -557,7 +563,7 @@ class _Planner:
         kind_word = layer.kind + (f" + {layer.activation}" if layer.activation else "")
         summary = f"{kind_word} '{layer.name}': {_shape(layer.in_shape)} -> {_shape(layer.out_shape)}"
         choice = choose_kernel(layer) if family else None
-        blocked = BlockedConv.of(layer, self.vl) if choice == "blocked" else None
+        blocked = BlockedConv.of(layer, self.vl) if family == "conv" and choice == "blocked" else None
         rows, notes = _constants(layer, K, blocked)
         kernel = KERNELS[family][choice] if family else None
         lp = LayerPlan(index, layer, f"{self.P}{sym}_{layer.kind}", K, summary, notes, rows,
@@ -575,6 +581,8 @@ class _Planner:
             lp.extra["argmax"] = self.buffer(f"{sym}_argmax", layer.out_shape, f"'{layer.name}' winners", "int32_t")
         if blocked is not None:
             self.plan_blocked_conv(lp, sym, blocked)
+        if family == "dense" and choice == "blocked":
+            self.plan_blocked_dense(lp)
         if layer.kind == "dropout":
             lp.extra["mask"] = self.buffer(f"{sym}_mask", layer.in_shape, f"'{layer.name}' mask, 0 or 1/(1 - {layer.rate!r})")
             lp.extra["mask_index"] = len(self.dropout_layers)
@@ -591,12 +599,21 @@ class _Planner:
         lp.extra.update(padded=b.padded, forward_geometry=forward, input_grad_geometry=backward)
         lp.extra["xpad"] = (self.buffer(f"{sym}_xpad", (C, b.HP, b.WP), f"'{layer.name}' input, zero-padded: backward reads it")
                             if b.padded else "NULL")
-        lp.extra["wpack"] = self.buffer(f"{sym}_wpack", (C, KH, KW, b.FV * vl), f"'{layer.name}' weights, filters last", fixed=True)
+        lp.extra["wpack"] = self.buffer(f"{sym}_wpack", (KH, KW, C, b.FV * vl), f"'{layer.name}' weights, filters last", fixed=True)
         lp.extra["bpack"] = self.buffer(f"{sym}_bpack", (b.FV * vl,), f"'{layer.name}' bias, padded to whole vectors", fixed=True)
-        lp.extra["wrot"] = self.buffer(f"{sym}_wrot", (F, KH, KW, b.CV * vl), f"'{layer.name}' weights turned 180 degrees, channels last",
+        lp.extra["wrot"] = self.buffer(f"{sym}_wrot", (KH, KW, F, b.CV * vl), f"'{layer.name}' weights turned 180 degrees, channels last",
                                        fixed=True)
         lp.extra["dyt"] = self.buffer(f"{sym}_dyt", (OH, OW, b.FV * vl), f"'{layer.name}' output gradient, filters last")
         lp.extra["dypad"] = self.buffer(f"{sym}_dypad", (F, b.HD, b.WD), f"'{layer.name}' output gradient, spread and padded")
+
+    def plan_blocked_dense(self, lp: LayerPlan) -> None:
+        """Vectors along the inputs: DV whole ones and a tail of DT; tiles of 4 units and a tail of UT."""
+        D, U, vl = lp.layer.in_shape[0], lp.layer.units, self.vl
+        full, tail = divmod(D % (4 * vl), vl)
+        rest = [(full + 1, tail)] if tail else ([(full, vl)] if full else [])
+        lp.extra["dense"] = {"DT": D % vl, "UT": U % 4, "rest": rest}
+        lp.constant_rows.append(_enum_row(lp.K, lp.layer.name, "whole vectors of inputs, inputs left over; units left over by tiles of 4",
+                                          [("DV", D // vl), ("DT", D % vl), ("UT", U % 4)]))
 
     # ---- forward ----
     def forward_calls(self, lp: LayerPlan) -> list[str]:
