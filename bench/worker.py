@@ -145,7 +145,10 @@ class CnncRunner:
     def train_step(self, x, target):
         y = self.model.forward(x, train=True)
         loss, dy = self.model.loss(y, target)
-        self.model.backward(dy)
+        if self.model.backend_name == "c":
+            self.model.backward(dy, input_grad=False)  # like PyTorch here: no gradient for the input
+        else:
+            self.model.backward(dy)
         self._sgd_step()
         return loss
 

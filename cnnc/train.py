@@ -239,7 +239,10 @@ class Trainer:
                 self.diverged(f"the loss is {loss}")
             if loss > EXPLODED_LOSS:
                 self.diverged(f"the loss is {loss:.3g}, beyond {EXPLODED_LOSS:g}")
-            self.model.backward(dscores)
+            if self.model.backend_name == "c":
+                self.model.backward(dscores, input_grad=False)  # C skips the first layer's input gradient
+            else:
+                self.model.backward(dscores)
             self.optimizer.step()
         return loss, int((scores.argmax(axis=1) == labels).sum())
 

@@ -490,7 +490,7 @@ def work(layer: Layer) -> int:
 OW_BLOCK_MAX = 1024
 
 # Below this many multiply-adds a kernel runs on one thread (see module.c.j2).
-PARALLEL_MIN_WORK = 1 << 16
+PARALLEL_MIN_WORK = 1 << 20
 
 ACTIVATION_READS = {"relu": "pre", "leaky_relu": "pre", "sigmoid": "out", "tanh": "out", "softmax": "out"}
 
