@@ -251,8 +251,10 @@ def run_models(config: dict) -> dict:
         except Exception as e:  # noqa: BLE001 - one failing model must not hide the others' figures
             results.append({"key": entry["key"], "status": "error", "error": f"{type(e).__name__}: {e}",
                             "traceback": traceback.format_exc(limit=6)})
+    import cnnc
+
     return {"task": "models", "backend": config["backend"], "threads": config["threads"], "models": results,
-            "thread_report": thread_report()}
+            "thread_report": thread_report(), "cnnc_file": cnnc.__file__}  # which checkout was measured
 
 
 def run_gemm(config: dict) -> dict:
