@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from math import isfinite, prod
 
-import jinja2
-
 from .. import __version__
 from ..ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, LAYER_KINDS, MAXPOOL_KINDS, POOL_KINDS, Layer, Network
 from ..resources import resource_dir
@@ -725,6 +723,8 @@ class CSource:
 
 @cache
 def _environment() -> jinja2.Environment:
+    import jinja2  # here, not at the top: a cache hit plans the network but renders nothing
+
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                               keep_trailing_newline=True, autoescape=False)
