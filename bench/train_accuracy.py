@@ -14,9 +14,9 @@ cnnc runs as a user would run it: `cnnc train SPEC --data DATA --log ...` in a s
 metrics log (the epoch's batches, without the per-epoch test evaluation).
 
 PyTorch runs an nn.Sequential built from the same IR (bench/torch_net.py) starting from cnnc's initial
-weights, twice: with cnnc's recipe (Adam, the same peak lr, the same per-step cosine schedule, batch,
-epochs) for the time per epoch and the accuracy the recipe gives in PyTorch, and with the common
-fixed-rate baseline (Adam, lr 1e-3, no schedule) for reference. Its seconds per epoch likewise count
+weights, twice: with cnnc's recipe (Adam, the same peak lr, per-step cosine schedule, weight decay,
+batch and epochs) for the time per epoch and the accuracy the recipe gives in PyTorch, and with the
+common fixed-rate baseline (Adam, lr 1e-3, no schedule, no weight decay) for reference. Its seconds per epoch likewise count
 only the training batches.
 
 Writes bench/results/train_accuracy-<date>.json and .md, and prints the Markdown table.
@@ -38,6 +38,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cnnc.train import TrainConfig  # noqa: E402  (the defaults whose results this script measures)
 
 TASKS = {
     "digits": {"spec": "specs/digits.cnn", "data": "digits", "options": [], "target": 0.98},
@@ -111,16 +113,16 @@ def run_cnnc(task: dict, backend: str, workdir: Path) -> dict:
 
 
 # ---- PyTorch, the same model and recipe --------------------------------------------------------------
-def run_torch(task: dict, schedule: str, lr: float) -> dict:
-    """Train the task's model in PyTorch from cnnc's initial weights (seed 0) with Adam at `lr`,
-    `schedule` "cosine" (cnnc's per-step schedule) or "constant"."""
+def run_torch(task: dict, schedule: str, lr: float, weight_decay: float) -> dict:
+    """Train the task's model in PyTorch from cnnc's initial weights (seed 0) with Adam at `lr` and
+    L2 `weight_decay` (the same rule as cnnc's), `schedule` "cosine" (cnnc's per-step schedule) or "constant"."""
     import torch
     import torch.nn.functional as F
     from torch_net import load_params, torch_sequential
 
     import cnnc
     from cnnc.datasets import load_dataset
-    from cnnc.train import TrainConfig, learning_rate
+    from cnnc.train import learning_rate
 
     config = TrainConfig(**_config_options(task["options"])).checked()
     network = cnnc.read_network(REPO / task["spec"])
@@ -131,7 +133,7 @@ def run_torch(task: dict, schedule: str, lr: float) -> dict:
     x_test, y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
     torch.manual_seed(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(y_train)
     steps_per_epoch = math.ceil(n / config.batch)
     total, step = config.epochs * steps_per_epoch, 0
@@ -150,7 +152,7 @@ def run_torch(task: dict, schedule: str, lr: float) -> dict:
             step += 1
         seconds.append(round(time.perf_counter() - started, 3))
         accuracy.append(_torch_accuracy(net, x_test, y_test))
-    return {"schedule": schedule, "lr": lr, "threads": torch.get_num_threads(), "test_accuracy": accuracy[-1],
+    return {"schedule": schedule, "lr": lr, "weight_decay": weight_decay, "threads": torch.get_num_threads(), "test_accuracy": accuracy[-1],
             "accuracy_per_epoch": accuracy, "seconds_per_epoch": seconds}
 
 
@@ -222,11 +224,13 @@ def main(argv=None) -> int:
             print(f"{name}: cnnc ({args.backend}) ...", file=sys.stderr, flush=True)
             entry["cnnc"] = run_cnnc(task, args.backend, Path(workdir))
         if not args.no_torch:
+            recipe = TrainConfig(**_config_options(task["options"])).checked()
             entry["quiet_before_torch"] = wait_for_quiet(args.wait_quiet)
             print(f"{name}: PyTorch, same recipe ...", file=sys.stderr, flush=True)
-            entry["torch_recipe"] = run_torch(task, "cosine", _peak_lr(task))
+            entry["torch_recipe"] = run_torch(task, recipe.schedule, recipe.lr, recipe.weight_decay)
+            entry["quiet_before_torch_fixed"] = wait_for_quiet(args.wait_quiet)
             print(f"{name}: PyTorch, Adam {BASELINE_LR:g} fixed ...", file=sys.stderr, flush=True)
-            entry["torch_fixed"] = run_torch(task, "constant", BASELINE_LR)
+            entry["torch_fixed"] = run_torch(task, "constant", BASELINE_LR, 0.0)
         entry["met"] = "error" not in entry["cnnc"] and entry["cnnc"]["test_accuracy"] >= task["target"]
         record["tasks"][name] = entry
         print(f"{name}: cnnc test accuracy {entry['cnnc'].get('test_accuracy')}, target met: {entry['met']}",
@@ -241,12 +245,6 @@ def main(argv=None) -> int:
     print(table)
     print(f"\nwritten: {out / (stem + '.json')}, {out / (stem + '.md')}", file=sys.stderr)
     return 0 if all(t["met"] for t in record["tasks"].values()) else 1
-
-
-def _peak_lr(task: dict) -> float:
-    from cnnc.train import TrainConfig
-
-    return TrainConfig(**_config_options(task["options"])).checked().lr
 
 
 if __name__ == "__main__":
