@@ -1,9 +1,12 @@
-"""The C backend's compile cache: a hit runs no compiler, concurrent builds both succeed, a corrupted
-entry is rebuilt, and the key changes with everything that changes the module."""
+"""The C backend's compile cache: a hit runs no compiler and renders no C, concurrent builds both
+succeed, a corrupted entry is rebuilt, and the key changes with everything that changes the module
+(and with nothing else: where a spec was written does not matter)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,8 +17,9 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc.backends import c_build
+from cnnc.backends import c_backend, c_build
 from cnnc.backends.c_codegen import generate
+from cnnc.resources import resource_dir
 
 # Small enough that a build takes about a second; each test gets its own spec text, so its own key.
 SPEC = "model tiny {{\n  input x[2, 9]\n  conv1d c(filters={filters}, kernel=3, padding=1, activation=tanh)\n  loss mse\n}}\n"
@@ -31,6 +35,7 @@ def forget_loaded_modules() -> None:
     """What a new process would know: nothing (the imported extension itself stays importable)."""
     c_build._LOADED.clear()
     c_build._compiler_version.cache_clear()
+    c_build._hash_files.cache_clear()
 
 
 def no_compiling(*args, **kwargs):
@@ -63,26 +68,47 @@ def test_second_load_is_a_cache_hit_that_runs_no_compiler(tmp_path, monkeypatch)
     assert np.array_equal(output(first), output(second))
 
 
-def test_a_new_process_loads_the_cached_module_in_milliseconds(tmp_path):
-    spec, cache = write_spec(tmp_path, 3), tmp_path / "cache"
-    cnnc.load(spec, backend="c", cache_dir=cache)
+def test_a_new_process_loads_the_cached_module_without_jinja_a_compiler_or_any_child_process(tmp_path):
+    """A hit imports the module and nothing else: no template is rendered (jinja2 is never imported),
+    no compiler runs and no process is spawned, not even `cc --version` (remembered in the cache).
+    The same holds for a directory written by `cnnc compile`."""
+    spec, cache, out = write_spec(tmp_path, 3), tmp_path / "cache", tmp_path / "compiled"
+    expected = output(cnnc.load(spec, backend="c", cache_dir=cache))
+    c_backend.compile_to_directory(spec, out, cache_dir=cache)
     script = textwrap.dedent(f"""
-        import json, time
+        import json, subprocess, sys, time
+        import numpy as np
         import cnnc
-        from cnnc.backends import c_build
-        def no_compiling(*args, **kwargs):
-            raise AssertionError("the compiler ran")
-        c_build.compile_module = no_compiling
+        from cnnc.backends import c_backend, c_build
+        def refuse(*args, **kwargs):
+            raise AssertionError("a cache hit spawned a process, compiled or rendered C")
+        subprocess.Popen = c_build.compile_module = c_backend.generate = refuse
         cnnc.read_network({str(spec)!r})  # the front end's own import cost is not the cache's
         start = time.perf_counter()
         m = cnnc.load({str(spec)!r}, backend="c", cache_dir={str(cache)!r})
-        print(json.dumps({{"seconds": time.perf_counter() - start, "compiled": m.module.built.compiled}}))
+        seconds = time.perf_counter() - start
+        d = cnnc.load({str(out)!r}, backend="c", cache_dir={str(tmp_path / "unused")!r})
+        x = np.linspace(-1, 1, 36).reshape(2, 2, 9)
+        print(json.dumps({{"seconds": seconds, "compiled": m.module.built.compiled, "y": m.forward(x).tolist(),
+                          "dir": str(d.module.built.directory), "dir_y": d.forward(x).tolist(),
+                          "imported": sorted(set(sys.modules) & {{"jinja2", "setuptools", "distutils", "cffi.recompiler"}})}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["compiled"] is False
-    assert report["seconds"] < 1.5, report  # typically 0.05-0.2 s: Jinja's first render, the hash, the import
+    assert report["compiled"] is False and report["imported"] == []
+    assert np.array_equal(np.array(report["y"]), expected) and np.array_equal(np.array(report["dir_y"]), expected)
+    assert report["dir"] == str(out)
+    assert report["seconds"] < 1.0, report  # typically 5-15 ms: plan, hash, import the module
+
+
+def test_a_hit_renders_the_c_only_when_asked_and_it_is_the_c_the_module_was_built_from(tmp_path):
+    spec, cache = write_spec(tmp_path, 7), tmp_path / "cache"
+    cnnc.load(spec, backend="c", cache_dir=cache)
+    forget_loaded_modules()
+    module = cnnc.load(spec, backend="c", cache_dir=cache).module
+    assert not module.built.compiled and module.built.source is None
+    assert module.source.text == (module.built.directory / "model.c").read_text()
 
 
 def test_two_processes_compiling_the_same_spec_at_once_both_succeed(tmp_path):
@@ -166,25 +192,110 @@ def test_a_corrupted_entry_is_detected_and_rebuilt(tmp_path, corrupt):
     assert np.array_equal(output(first), output(again))
 
 
-def test_the_key_follows_the_source_the_flags_the_compiler_and_the_versions(monkeypatch):
+def test_the_key_follows_the_network_the_flags_the_compiler_and_the_versions(monkeypatch):
     network = cnnc.network_from_text(SPEC.format(filters=2))
-    source32, source64 = generate(network, "float32"), generate(network, "float64")
+    other = cnnc.network_from_text(SPEC.format(filters=3).replace("tiny", "other"))
     compiler = c_build.find_compiler()
     default = c_build.BuildOptions()
-    key = c_build.cache_key(source32, compiler, default)
-    assert key == c_build.cache_key(generate(network, "float32"), compiler, default)  # deterministic
-    other_compiler = c_build.Compiler(compiler.command, compiler.path, compiler.version + " (patched)")
+
+    def key(networks=(network,), dtype="float32", compiler=compiler, options=default):
+        return c_build.cache_key(c_build.source_key(list(networks), dtype), compiler, options)
+
+    base = key()
+    assert base == key([cnnc.network_from_text(SPEC.format(filters=2))])  # deterministic
+    renamed = dataclasses.replace(network, layers=(dataclasses.replace(network.layers[0], name="d"),))
     variants = [
-        c_build.cache_key(source64, compiler, default),
-        c_build.cache_key(generate(cnnc.network_from_text(SPEC.format(filters=3)), "float32"), compiler, default),
-        c_build.cache_key(source32, compiler, c_build.BuildOptions(native=False)),
-        c_build.cache_key(source32, compiler, c_build.BuildOptions(openmp=False)),
-        c_build.cache_key(source32, compiler, c_build.BuildOptions(opt="-O2")),
-        c_build.cache_key(source32, other_compiler, default),
+        key(dtype="float64"),
+        key([other]),
+        key([renamed]),  # names are written into the C's comments
+        key([network, other]),
+        key([other, network]),  # a bundle's symbols follow its order
+        key(options=c_build.BuildOptions(native=False)),
+        key(options=c_build.BuildOptions(openmp=False)),
+        key(options=c_build.BuildOptions(opt="-O2")),
+        key(compiler=c_build.Compiler(compiler.command, compiler.path, compiler.version + " (patched)")),
     ]
     monkeypatch.setattr(c_build, "__version__", "999")
-    variants.append(c_build.cache_key(source32, compiler, default))
-    assert len({key, *variants}) == 1 + len(variants)
+    variants.append(key())
+    assert len({base, *variants}) == 1 + len(variants)
+
+
+def test_editing_a_template_or_the_code_generator_changes_the_key(tmp_path, monkeypatch):
+    network = cnnc.network_from_text(SPEC.format(filters=2))
+    before = c_build.source_key([network], "float32")
+    templates = tmp_path / "templates"
+    shutil.copytree(resource_dir("templates"), templates)
+    monkeypatch.setattr(c_build, "resource_dir", lambda kind: templates)
+    assert c_build.source_key([network], "float32") == before  # the same files elsewhere: the same key
+
+    conv = templates / "conv2d_forward.c.j2"
+    original = conv.read_text()
+    conv.write_text(original + "// edited\n")
+    edited = c_build.source_key([network], "float32")
+    conv.write_text(original)
+    assert c_build.source_key([network], "float32") == before  # the contents decide, not the file's time
+    (templates / "export" / "new.c.j2").write_text("")
+    added = c_build.source_key([network], "float32")
+    (templates / "export" / "new.c.j2").unlink()
+
+    codegen = tmp_path / "c_codegen.py"
+    codegen.write_text(Path(c_build.c_codegen.__file__).read_text() + "# edited\n")
+    monkeypatch.setattr(c_build.c_codegen, "__file__", str(codegen))
+    changed_codegen = c_build.source_key([network], "float32")
+    assert len({before, edited, added, changed_codegen}) == 4
+
+
+def test_specs_with_the_same_layers_share_an_entry_wherever_and_however_they_are_written(tmp_path):
+    """Source locations and file names are not part of the key: they never reach the C."""
+    cache = tmp_path / "cache"
+    first = write_spec(tmp_path, 8)
+    second = tmp_path / "elsewhere" / "renamed.cnn"
+    second.parent.mkdir()
+    second.write_text("# the same network, written elsewhere and laid out differently\n\n"
+                      + SPEC.format(filters=8).replace("  conv1d", "\n      conv1d"))
+    a = cnnc.load(first, backend="c", cache_dir=cache)
+    forget_loaded_modules()
+    b = cnnc.load(second, backend="c", cache_dir=cache)
+    assert a.network.layers[0].loc != b.network.layers[0].loc and a.network.file != b.network.file
+    assert a.module.built.compiled and not b.module.built.compiled
+    assert entries(cache) == [a.module.built.key] == [b.module.built.key]
+    assert np.array_equal(output(a), output(b))
+
+
+def test_a_hit_plans_the_networks_exactly_as_the_code_generator_does():
+    tiny = cnnc.network_from_text(SPEC.format(filters=2))
+    lenet = cnnc.read_network(Path(__file__).parent.parent / "specs" / "lenet5.cnn")
+    for networks in ([tiny], [tiny, lenet], [lenet, tiny]):
+        assert c_backend.plan_networks(networks, "float64") == generate(networks, "float64").plans
+    with pytest.raises(ValueError, match="at least one network"):
+        c_backend.compile_networks([])
+
+
+def test_the_compiler_version_is_remembered_on_disk_until_the_executable_changes(tmp_path, monkeypatch):
+    def write_compiler(path: Path, version: str) -> None:
+        new = path.with_name("new")
+        new.write_text(f'#!/bin/sh\necho "{version}"\n')
+        new.chmod(0o755)
+        os.replace(new, path)  # as an upgrade does: a new file under the old name
+
+    fake, records = tmp_path / "fakecc", tmp_path / "records"
+    write_compiler(fake, "fakecc 1.0")
+    assert c_build.compiler_version((str(fake),), str(fake), records) == "fakecc 1.0"
+    [record] = records.iterdir()
+
+    c_build._compiler_version.cache_clear()  # a new process: only the record remembers
+    with monkeypatch.context() as m:
+        m.setattr(c_build.subprocess, "run", no_compiling)
+        assert c_build.compiler_version((str(fake),), str(fake), records) == "fakecc 1.0"
+
+    write_compiler(fake, "fakecc 2.0 (a longer version line)")
+    assert c_build.compiler_version((str(fake),), str(fake), records) == "fakecc 2.0 (a longer version line)"
+    assert len(list(records.iterdir())) == 2
+
+    record.write_text("{ not json")
+    write_compiler(fake, "fakecc 1.0")  # same size as the first, a new inode: asked again, record rewritten
+    c_build._compiler_version.cache_clear()
+    assert c_build.compiler_version((str(fake),), str(fake), records) == "fakecc 1.0"
 
 
 def test_cache_location_and_portable_builds_follow_the_environment(monkeypatch, tmp_path):

@@ -33,7 +33,7 @@ from ..frontend import network_from_text, read_network, read_source, select
 from ..ir import Network
 from ..model import DTYPES, Model, check_dtype
 from . import c_build
-from .c_codegen import SIZE_CONSTANTS, VECTOR_BYTES, CSource, NetworkPlan, generate
+from .c_codegen import SIZE_CONSTANTS, VECTOR_BYTES, CSource, NetworkPlan, generate, plan_network
 
 BUILD_OPTIONS = ("cache_dir", "openmp", "native", "opt", "extra_cflags")
 
@@ -48,12 +48,19 @@ def _check_options(options: dict) -> None:
 class CModule:
     """The compiled code of one or more networks of one dtype, and their plans."""
 
-    def __init__(self, built: c_build.Built, source: CSource):
-        self.built, self.source = built, source
-        self.dtype = source.dtype
-        self.plans = {plan.network.name: plan for plan in source.plans}
-        for plan in source.plans:
+    def __init__(self, built: c_build.Built, plans: tuple[NetworkPlan, ...], dtype: str):
+        self.built, self.dtype = built, dtype
+        self.plans = {plan.network.name: plan for plan in plans}
+        self._source = built.source
+        for plan in plans:
             self._check_sizes(plan)
+
+    @property
+    def source(self) -> CSource:
+        """The generated C: the build's, or (a module from the cache) rendered again on first use."""
+        if self._source is None:
+            self._source = generate([plan.network for plan in self.plans.values()], self.dtype)
+        return self._source
 
     def _check_sizes(self, plan: NetworkPlan) -> None:
         """The sizes the compiled C reports must be the plan's: a mismatch means a stale module."""
@@ -79,16 +86,27 @@ class CModule:
         return CModel(self.plans[name].network, self.dtype, seed, module=self)
 
 
+def plan_networks(networks: list[Network], dtype: str) -> tuple[NetworkPlan, ...]:
+    """Check and plan the networks as `generate` does (one network unprefixed, a bundle's as m0_, m1_,
+    ...), without rendering any C: what a cache hit needs."""
+    if not networks:
+        raise ValueError("compiling needs at least one network; got none")
+    single = len(networks) == 1
+    return tuple(plan_network(n, "" if single else f"m{k}_", dtype) for k, n in enumerate(networks))
+
+
 def compile_networks(networks, dtype: str = "float32", **options) -> CModule:
-    """Generate one C file for all `networks` and build it (or take it from the cache)."""
+    """Generate one C file for all `networks` and build it, or take the module from the cache (which is
+    keyed by the networks and the code generator, so a hit renders no C)."""
     _check_options(options)
     dtype = check_dtype(dtype)
     networks = [networks] if isinstance(networks, Network) else list(networks)
     names = [n.name for n in networks]
     if len(set(names)) != len(names):
         raise ValueError(f"networks compiled together need distinct names; got {names}")
-    source = generate(networks, dtype)
-    return CModule(c_build.build(source, **options), source)
+    plans = plan_networks(networks, dtype)
+    built = c_build.build(c_build.source_key(networks, dtype), lambda: generate(networks, dtype), **options)
+    return CModule(built, plans, dtype)
 
 
 # ---- the model ---------------------------------------------------------------------------------------
@@ -252,7 +270,7 @@ def load_c_model(path, model: str | None = None, dtype: str = "float32", seed: i
 
 # ---- cnnc compile: a directory holding the C, the module, the spec and a manifest -----------------
 DIR_MANIFEST = "manifest.json"
-DIR_FORMAT = "cnnc-compile-1"
+DIR_FORMAT = "cnnc-compile-2"  # 2: the module is matched by source_key, not by the C's SHA-256
 
 
 def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "float32", emit_c: bool = False,
@@ -265,10 +283,11 @@ def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "
     text = read_source(path)
     network = select(_networks(text, path), model, str(path))
     source = generate(network, dtype)
+    source_id = c_build.source_key([network], dtype)
     build_options = {k: v for k, v in options.items() if k != "cache_dir"}
     manifest = {"format": DIR_FORMAT, "cnnc": __version__, "model": network.name, "dtype": dtype,
                 "spec_file": path.name, "c_file": f"{network.name}.c", "options": build_options,
-                "source_sha256": _sha256(source.text), "cdef_sha256": _sha256(source.cdef), "module_file": None}
+                "source_key": source_id, "source_sha256": _sha256(source.text), "module_file": None}
     if out.exists() and not out.is_dir():
         raise CnncError(f"{out}: exists and is not a directory")
     previous = _read_dir_manifest(out) if out.is_dir() else None
@@ -276,7 +295,7 @@ def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "
     atomic_write_text(written[0], text)
     atomic_write_text(written[1], source.text)
     if not emit_c:
-        built = c_build.build(source, cache_dir=options.get("cache_dir"), **build_options)
+        built = c_build.build(source_id, lambda: source, cache_dir=options.get("cache_dir"), **build_options)
         so = _module_file(built)
         target = out / so.name
         atomic_write_bytes(target, so.read_bytes())
@@ -318,8 +337,9 @@ def _read_dir_manifest(directory: Path) -> dict | None:
 
 def load_compiled_directory(directory: Path, model: str | None, dtype: str, seed: int, **options) -> CModel:
     """Load what `cnnc compile` wrote. The module there is imported directly (no compiler needed) when
-    it was built from this same C for this Python and, with -march=native, this CPU; otherwise the
-    spec stored beside it is compiled through the cache."""
+    it was built from the C this cnnc would generate (same `source_key`: same network, dtype, templates
+    and code generator) for this Python and, with -march=native, this CPU; otherwise the spec stored
+    beside it is compiled through the cache."""
     manifest = _read_dir_manifest(directory)
     if manifest is None:
         raise CnncError(f"{directory}: not a directory written by `cnnc compile` (no readable {DIR_MANIFEST})")
@@ -330,20 +350,21 @@ def load_compiled_directory(directory: Path, model: str | None, dtype: str, seed
                         f"or compile it again with --dtype {dtype}")
     spec = directory / Path(manifest["spec_file"]).name
     network = network_from_text(read_source(spec), manifest["model"], str(spec))
-    source = generate(network, dtype)
-    built = _directory_module(directory, manifest, source)
+    plans = plan_networks([network], dtype)
+    source_id = c_build.source_key([network], dtype)
+    built = _directory_module(directory, manifest, source_id)
     if built is None:
         build_options = {**manifest.get("options", {}), **{k: v for k, v in options.items() if k != "cache_dir"}}
-        built = c_build.build(source, cache_dir=options.get("cache_dir"), **build_options)
-    return CModule(built, source).model(network.name, seed)
+        built = c_build.build(source_id, lambda: generate(network, dtype), cache_dir=options.get("cache_dir"),
+                              **build_options)
+    return CModule(built, plans, dtype).model(network.name, seed)
 
 
-def _directory_module(directory: Path, manifest: dict, source: CSource) -> c_build.Built | None:
+def _directory_module(directory: Path, manifest: dict, source_id: str) -> c_build.Built | None:
     module_file = manifest.get("module_file")
     if not module_file:
         return None  # --emit-c: no module
-    fits = (manifest.get("source_sha256") == _sha256(source.text) and manifest.get("cdef_sha256") == _sha256(source.cdef)
-            and manifest.get("abi") == sysconfig.get_config_var("EXT_SUFFIX")
+    fits = (manifest.get("source_key") == source_id and manifest.get("abi") == sysconfig.get_config_var("EXT_SUFFIX")
             and manifest.get("cpu") in (None, c_build.cpu_signature()))
     so = directory / Path(module_file).name
     if not fits or not so.is_file() or c_build.file_sha256(so) != manifest.get("module_sha256"):
@@ -352,7 +373,7 @@ def _directory_module(directory: Path, manifest: dict, source: CSource) -> c_bui
         module = c_build.import_module_file(c_build.module_name(manifest["key"]), so)
     except ImportError:
         return None
-    return c_build.Built(module.ffi, module.lib, manifest["key"], directory, source)
+    return c_build.Built(module.ffi, module.lib, manifest["key"], directory)
 
 
 def add_compile_parser(subparsers) -> None:

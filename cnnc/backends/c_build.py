@@ -1,17 +1,21 @@
-"""Compile generated C into a CPython extension with cffi, through a content-addressed cache.
+"""Compile generated C into a CPython extension with cffi, through a cache keyed by what the C is made of.
 
-    module = build(source)        # a CSource from c_codegen -> Built(ffi, lib, key, directory)
+    module = build(source_key(networks, dtype), lambda: generate(networks, dtype))   # -> Built(ffi, lib, key, directory)
 
-The cache key is a SHA-256 of everything that decides the bytes of the built module: the C text, the
-cffi declarations, the compiler (its path and `--version`), the flags, the CPU when the flags say
--march=native, the Python ABI, and the cnnc and cffi versions. An entry is a directory
+The cache key is a SHA-256 of everything that decides the bytes of the built module. It is computed
+from the inputs of code generation, not from its output, so a hit renders no C: `source_key` hashes
+the networks' IR (without source locations and file names, which do not reach the C), the dtype,
+every template file, c_codegen.py and the cnnc version; `cache_key` adds the compiler (its path and
+`--version`), the flags, the CPU when the flags say -march=native, the Python ABI and the cffi
+version. An entry is a directory
 
     $CNNC_CACHE_DIR/c/<key>/        (default $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc)
         model.c                     the generated C, for reading
         _cnnc_<key>.<abi>.so         the extension module
         manifest.json               key, flags, compiler, and the module's size and SHA-256
 
-A hit imports the module directly: no compiler runs. A build happens in a private temporary
+A hit imports the module directly: no Jinja, no compiler (its `--version` is remembered on disk per
+executable). A build happens in a private temporary
 directory beside the entries and is renamed into place in one step, so concurrent processes building
 the same key both succeed (the loser of the rename uses the winner's entry). An entry whose manifest
 is missing or unreadable, or whose module does not match the recorded size and SHA-256 (a truncated
@@ -22,6 +26,7 @@ captured and a failure becomes a CnncError naming the compiler, not a wall of di
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -38,17 +43,20 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import cffi
 
 from .. import __version__
 from ..diagnostics import CnncError
 from ..fileio import atomic_write_text
+from ..resources import resource_dir
+from . import c_codegen
 from .c_codegen import CSource
 
 MANIFEST = "manifest.json"
 C_FILE = "model.c"
-FORMAT = 1  # of the manifest; bump when an entry's layout changes
+FORMAT = 2  # of the manifest and the key; bump when either changes
 NUMPY_HINT = 'use backend="numpy" (cnnc.load(..., backend="numpy")), which needs no compiler'
 
 
@@ -73,7 +81,7 @@ def compiler_command() -> tuple[str, ...]:
     return tuple(words)
 
 
-def find_compiler() -> Compiler:
+def find_compiler(cache_dir=None) -> Compiler:
     """The compiler and its version; a CnncError naming it if it cannot be run."""
     command = compiler_command()
     path = shutil.which(command[0])
@@ -81,12 +89,43 @@ def find_compiler() -> Compiler:
         where = "$CC" if os.environ.get("CC") else "Python's build configuration"
         raise CnncError(f"C compiler '{command[0]}' (from {where}) was not found; install a C compiler "
                         f"(gcc or clang), set CC to one, or {NUMPY_HINT}")
-    return Compiler(command, path, _compiler_version(command, path, os.stat(path).st_mtime_ns))
+    return Compiler(command, path, compiler_version(command, path, cache_root(cache_dir).with_name("compilers")))
+
+
+def executables_identity(command: tuple[str, ...], path: str) -> dict:
+    """What changes when the compiler does: the resolved path, then for every word of the command that
+    names a program (`ccache gcc` names two) its file's device, inode, size and times."""
+    identity = {"command": list(command), "path": path, "files": []}
+    for word in command:
+        found = shutil.which(word)
+        if found:
+            st = os.stat(found)
+            identity["files"].append([found, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+    return identity
+
+
+def compiler_version(command: tuple[str, ...], path: str, records: Path) -> str:
+    """`CC --version`, remembered in `records` (one small JSON file per compiler identity) so that a new
+    process whose compiler has not changed spawns nothing; asked again when the executables change."""
+    identity = executables_identity(command, path)
+    record = records / f"{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]}.json"
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        if saved.get("identity") == identity and isinstance(saved.get("version"), str):
+            return saved["version"]
+    except (OSError, ValueError, AttributeError):
+        pass  # no record yet, or an unreadable one: ask the compiler and write it again
+    version = _compiler_version(command, path, json.dumps(identity, sort_keys=True))
+    try:
+        atomic_write_text(record, json.dumps({"identity": identity, "version": version}, indent=2) + "\n")
+    except OSError:
+        pass  # a read-only cache: the next process asks again
+    return version
 
 
 @lru_cache(maxsize=None)
-def _compiler_version(command: tuple[str, ...], path: str, mtime_ns: int) -> str:
-    """`CC --version`, remembered per process for an unchanged executable (path and mtime)."""
+def _compiler_version(command: tuple[str, ...], path: str, identity: str) -> str:
+    """`CC --version`, remembered per process for unchanged executables (`identity`)."""
     try:
         result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
     except OSError as e:
@@ -183,15 +222,71 @@ def cache_root(cache_dir=None) -> Path:
     return Path(cache_dir) / "c"
 
 
-def cache_key(source: CSource, compiler: Compiler, options: BuildOptions) -> str:
-    flags = requested_flags(options)
+IR_SKIPPED = ("loc", "file", "warnings")  # where a network was written and what it was warned about: not in the C
+
+
+def ir_data(value):
+    """The IR as plain JSON data: every dataclass field except IR_SKIPPED, tagged with its class name.
+    Anything that is not a dataclass, tuple, list, str, int, float, bool or None is refused."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: ir_data(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in IR_SKIPPED}
+        return {"class": type(value).__name__, **fields}
+    if isinstance(value, (tuple, list)):
+        return [ir_data(v) for v in value]
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    raise ValueError(f"cannot key the C module cache on a {type(value).__name__} in the IR ({value!r}); "
+                     f"IR fields hold dataclasses, tuples, str, int, float, bool or None")
+
+
+def codegen_files() -> list[tuple[str, Path]]:
+    """(name, path) of every file code generation reads besides the IR: c_codegen.py and the templates."""
+    files = [("c_codegen.py", Path(c_codegen.__file__))]
+    templates = resource_dir("templates")
+    for folder, subfolders, names in os.walk(templates):
+        subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
+        for name in sorted(names):
+            path = Path(folder, name)
+            files.append((path.relative_to(templates).as_posix(), path))
+    return files
+
+
+def codegen_fingerprint() -> str:
+    """SHA-256 of the code generator's files. The contents are hashed once per process per set of file
+    stamps (size and mtime), so an edit to a template is seen by the next load even in this process."""
+    stamps = []
+    for name, path in codegen_files():
+        st = path.stat()
+        stamps.append((name, str(path), st.st_size, st.st_mtime_ns))
+    return _hash_files(tuple(stamps))
+
+
+@lru_cache(maxsize=16)
+def _hash_files(stamps: tuple[tuple[str, str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, path, _, _ in stamps:
+        data = Path(path).read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def source_key(networks, dtype: str) -> str:
+    """What the generated C and its cffi declarations are a function of: the networks (in order, as
+    IR), the dtype, the code generator's files and the cnnc version. Equal keys, equal C."""
+    identity = {"format": FORMAT, "cnnc": __version__, "codegen": codegen_fingerprint(), "dtype": dtype,
+                "networks": [ir_data(n) for n in networks]}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def cache_key(source_id: str, compiler: Compiler, options: BuildOptions) -> str:
+    """The entry for the C that `source_id` (a `source_key`) names, built by this compiler, with these
+    flags, for this Python."""
     identity = {
-        "format": FORMAT, "cnnc": __version__, "cffi": cffi.__version__,
+        "format": FORMAT, "source": source_id, "cffi": cffi.__version__,
         "python": sys.implementation.cache_tag, "abi": sysconfig.get_config_var("EXT_SUFFIX"),
-        "compiler": [compiler.name, compiler.path, compiler.version], "flags": flags,
+        "compiler": [compiler.name, compiler.path, compiler.version], "flags": requested_flags(options),
         "cpu": cpu_signature() if options.native else platform.machine(),
-        "cdef": hashlib.sha256(source.cdef.encode()).hexdigest(),
-        "source": hashlib.sha256(source.text.encode()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -208,30 +303,32 @@ class Built:
     lib: object
     key: str
     directory: Path  # the cache entry (or `cnnc compile` directory) it was loaded from
-    source: CSource | None = None
+    source: CSource | None = None  # the C, when this process rendered it (a miss); None on a hit
     compiled: bool = False  # True when this call ran the compiler
 
 
 _LOADED: dict[Path, Built] = {}  # cache entry -> its module, loaded in this process
 
 
-def build(source: CSource, cache_dir=None, **options) -> Built:
-    """The module for `source`, from the cache or freshly compiled into it."""
+def build(source_id: str, render: Callable[[], CSource], cache_dir=None, **options) -> Built:
+    """The module for the C that `source_id` (a `source_key`) names, from the cache or compiled into it. `render()`
+    generates that C; it is called only on a miss."""
     opts = BuildOptions.from_options(**options)
-    compiler = find_compiler()
-    key = cache_key(source, compiler, opts)
+    compiler = find_compiler(cache_dir)
+    key = cache_key(source_id, compiler, opts)
     entry = cache_root(cache_dir) / key
     if entry in _LOADED:
         return _LOADED[entry]
-    built = load_entry(entry, key, source)
+    built = load_entry(entry, key)
     if built is None and entry.exists():
         # Entries arrive complete, by rename: one that exists now but failed to load a moment ago
         # either just arrived from a concurrent build, or is damaged.
-        built = load_entry(entry, key, source)
+        built = load_entry(entry, key)
         if built is None:
             discard(entry)
     if built is None:
-        compile_into(entry, key, source, compiler, opts)
+        source = render()
+        compile_into(entry, key, source, compiler, opts, source_id)
         built = load_entry(entry, key, source)
         if built is None:
             raise CnncError(f"the C module built in {entry} fails its own check right after the build; "
@@ -249,7 +346,7 @@ def read_manifest(directory: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
-def load_entry(directory: Path, key: str, source: CSource | None) -> Built | None:
+def load_entry(directory: Path, key: str, source: CSource | None = None) -> Built | None:
     """Import the module in `directory` if its manifest says `key` and its file matches; else None."""
     manifest = read_manifest(directory)
     if manifest is None or manifest.get("key") != key or not isinstance(manifest.get("module_file"), str):
@@ -321,7 +418,8 @@ _BUILD_SCRIPT = textwrap.dedent("""
 """)
 
 
-def compile_into(entry: Path, key: str, source: CSource, compiler: Compiler, options: BuildOptions) -> None:
+def compile_into(entry: Path, key: str, source: CSource, compiler: Compiler, options: BuildOptions,
+                 source_id: str) -> None:
     """Build in a private directory beside `entry`, then rename it into place. If a concurrent build
     renamed its entry there first, the rename fails and the finished entry is used instead."""
     try:
@@ -333,6 +431,7 @@ def compile_into(entry: Path, key: str, source: CSource, compiler: Compiler, opt
                         f"to a writable directory") from None
     try:
         manifest = compile_module(staging, key, source, compiler, options)
+        manifest["source_key"] = source_id
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         try:
             os.rename(staging, entry)
