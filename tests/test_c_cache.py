@@ -285,7 +285,7 @@ def test_the_compiler_version_is_remembered_on_disk_until_the_executable_changes
 
     c_build._compiler_version.cache_clear()  # a new process: only the record remembers
     with monkeypatch.context() as m:
-        m.setattr(c_build.subprocess, "run", no_compiling)
+        m.setattr(subprocess, "run", no_compiling)
         assert c_build.compiler_version((str(fake),), str(fake), records) == "fakecc 1.0"
 
     write_compiler(fake, "fakecc 2.0 (a longer version line)")

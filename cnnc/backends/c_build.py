@@ -23,6 +23,7 @@ copy, a crash mid-write on a filesystem without atomic rename) is moved aside an
 
 The compiler runs in a child Python process (`ffi.compile` under setuptools), so that its output is
 captured and a failure becomes a CnncError naming the compiler, not a wall of distutils internals.
+`subprocess` is imported by the functions that start a process: a hit starts none (and saves its import).
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -126,6 +126,8 @@ def compiler_version(command: tuple[str, ...], path: str, records: Path) -> str:
 @lru_cache(maxsize=None)
 def _compiler_version(command: tuple[str, ...], path: str, identity: str) -> str:
     """`CC --version`, remembered per process for unchanged executables (`identity`)."""
+    import subprocess
+
     try:
         result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
     except OSError as e:
@@ -141,6 +143,8 @@ def _compiler_version(command: tuple[str, ...], path: str, identity: str) -> str
 @lru_cache(maxsize=None)
 def _accepts(compiler: Compiler, flags: tuple[str, ...]) -> bool:
     """Whether the compiler builds and links a trivial program with these flags (e.g. -fopenmp)."""
+    import subprocess
+
     with tempfile.TemporaryDirectory(prefix="cnnc-probe-") as tmp:
         source = Path(tmp, "probe.c")
         source.write_text("int main(void) { return 0; }\n")
@@ -463,6 +467,8 @@ def sweep_leftovers(root: Path) -> None:
 def compile_module(directory: Path, key: str, source: CSource, compiler: Compiler, options: BuildOptions) -> dict:
     """Compile `source` into `directory` -> the manifest describing what was built. Leaves only
     model.c and the module there."""
+    import subprocess
+
     cflags, ldflags = usable_flags(compiler, options)
     work = directory / "work"
     work.mkdir()
