@@ -94,22 +94,27 @@ CASES = {
     "blocked_same_even_k4_d2": "input x[6, 9, 10]\nconv2d c(filters=8, kernel=4, padding=same, dilation=2, bias=false)",
     "blocked_conv1d_s2_d2": "input x[5, 40]\nconv1d c(filters=12, kernel=3, stride=2, padding=1, dilation=2)",
     "blocked_conv1d_long": "input x[4, 301]\nconv1d c(filters=20, kernel=5, padding=2, activation=tanh)",
+    # few filters on rows of at least a vector: the weight gradient by columns (a last, overlapping vector)
+    "blocked_wgrad_columns_d2": "input x[2, 7, 37]\nconv2d c(filters=5, kernel=(2,3), padding=(1,2), dilation=(1,2), activation=relu)",
+    "blocked_wgrad_columns_s21": "input x[3, 9, 20]\nconv2d c(filters=5, kernel=3, stride=(2,1), bias=false)",
     "blocked_dense_odd": "input x[77]\ndense d(units=7, activation=relu)\ndense out(units=18)",
     "blocked_net": "input x[3, 12, 12]\nconv2d c1(filters=8, kernel=3, padding=1, activation=relu)\n"
                    "conv2d c2(filters=6, kernel=3, stride=2)\nflatten\ndense out(units=3)\nloss cross_entropy",
 }
-# What choose_kernel must pick for the cases above (kernel, forward by columns, input gradient by columns)
-# in float32, so that every variant is exercised.
+# What choose_kernel must pick for the cases above (kernel, forward by columns, input gradient by columns,
+# weight gradient by columns) in float32, so that every variant is exercised.
 BLOCKED_VARIANTS = {
-    ("blocked_tiny_one_channel", "c"): (True, True),
-    ("blocked_odd_tail_tiles", "c"): (False, True),
-    ("blocked_large_channels", "c"): (False, False),
-    ("blocked_s2_d2_nonsquare", "c"): (False, False),
-    ("blocked_same_even_k4_d2", "c"): (True, True),
-    ("blocked_conv1d_s2_d2", "c"): (False, True),
-    ("blocked_conv1d_long", "c"): (True, True),
-    ("blocked_net", "c1"): (True, True),
-    ("blocked_net", "c2"): (False, True),
+    ("blocked_tiny_one_channel", "c"): (True, True, False),
+    ("blocked_odd_tail_tiles", "c"): (False, True, False),
+    ("blocked_large_channels", "c"): (False, False, False),
+    ("blocked_s2_d2_nonsquare", "c"): (False, False, False),
+    ("blocked_same_even_k4_d2", "c"): (True, True, False),
+    ("blocked_conv1d_s2_d2", "c"): (False, True, False),
+    ("blocked_conv1d_long", "c"): (True, True, True),
+    ("blocked_wgrad_columns_d2", "c"): (True, True, True),
+    ("blocked_wgrad_columns_s21", "c"): (True, True, True),
+    ("blocked_net", "c1"): (True, True, False),
+    ("blocked_net", "c2"): (False, True, False),
 }
 SPEC_MODELS = [(path.name, n.name) for path in sorted(SPECS.glob("*.cnn")) for n in cnnc.networks_from_file(path)]
 
@@ -245,12 +250,51 @@ def test_results_do_not_depend_on_threads_or_on_other_samples_in_the_batch(bundl
     assert np.array_equal(y[5:6], c.forward(x[5:6]))
 
 
+THREADS_SCRIPT = """
+import sys, numpy as np, cnnc
+from cnnc.backends.c_backend import compile_networks
+networks = [cnnc.read_network(sys.argv[2]), cnnc.read_network(sys.argv[3], model="mnist_cnn")]
+module = compile_networks(networks, "float32", cache_dir=sys.argv[1])
+out = {}
+for network in networks:
+    m = module.model(network.name, seed=0)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, *m.input_shape)).astype(np.float32)
+    y = m.forward(x, train=True)
+    loss, dy = m.loss(y, rng.integers(0, 10, 64))
+    out[network.name + " y"], out[network.name + " dx"] = y, m.backward(dy)
+    out.update({network.name + " " + k: v for k, v in m.grads.items()})
+np.savez(sys.argv[4], **out)
+"""
+
+
+def test_one_and_two_threads_give_identical_results(cache_dir, tmp_path):
+    """LeNet-5 and the MNIST net at batch 64 (every blocked kernel past the parallel threshold): threads share
+    out samples or disjoint weights, never one sum, so OMP_NUM_THREADS=1 and 2 give the same bits."""
+    import os
+    import sys
+    results = {}
+    for threads in (1, 2):
+        path = tmp_path / f"threads{threads}.npz"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "passive"}
+        subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(cache_dir), str(SPECS / "lenet5.cnn"),
+                        str(SPECS / "mnist_pair.cnn"), str(path)], env=env, check=True, timeout=300)
+        with np.load(path) as data:
+            results[threads] = dict(data)
+    assert len(results[1]) == 2 * 2 + 10 + 6 and set(results[1]) == set(results[2])
+    differ = [name for name in results[1] if not np.array_equal(results[1][name], results[2][name])]
+    assert not differ, f"1 and 2 threads differ in {differ}"
+    assert all(np.abs(v).max() > 0 for v in results[1].values())
+
+
 def test_kernel_choice_covers_every_blocked_variant_and_the_direct_fallback():
-    for (case, layer_name), (forward_cols, input_grad_cols) in BLOCKED_VARIANTS.items():
+    for (case, layer_name), expected in BLOCKED_VARIANTS.items():
         layer = case_network(case).layer(layer_name)
         assert choose_kernel(layer) == "blocked", case
         blocked = BlockedConv.of(layer, 16)
-        assert (blocked.forward_by_columns, blocked.input_grad_by_columns) == (forward_cols, input_grad_cols), case
+        assert (blocked.forward_by_columns, blocked.input_grad_by_columns, blocked.weight_grad_by_columns) == expected, case
+        if expected[2]:  # in float64 too (8 lanes)
+            assert BlockedConv.of(layer, 8).weight_grad_by_columns, case
     for case in ("conv2d_k3", "conv2d_k3_s3_p21_d2_nobias", "conv1d_k4_s3_p2"):  # 3 filters; stride 3
         assert choose_kernel(case_network(case).layer("c")) == "direct", case
     # dense: blocked from 16 inputs (tails of inputs, of units, of samples), direct below
@@ -258,6 +302,9 @@ def test_kernel_choice_covers_every_blocked_variant_and_the_direct_fallback():
     assert choose_kernel(case_network("flatten_dense").layer("d")) == "blocked"
     text = generate(cnnc.read_network(SPECS / "lenet5.cnn"), "float32").text
     assert "static void l3_conv2d_correlate(" in text and "L3_OB = 10, L3_OB_TAIL = 0," in text
+    # LeNet-5's c1 (6 filters, 28 columns): weight gradient by columns, 3 filters x 5 taps per tile, no transpose
+    assert "L1_WMB = 3," in text and "l1_conv2d_weight_grad_step(" in text and "l1_conv2d_transpose" not in text
+    assert "l3_conv2d_transpose(" in text and "L3_WMB" not in text
 
 
 @pytest.mark.parametrize("case,dtype", [("blocked_net", "float64"), ("net_2d", "float32"), ("net_1d", "float64")])

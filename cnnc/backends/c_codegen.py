@@ -238,6 +238,20 @@ def column_tile(channels: int, rows: int) -> tuple[int, int]:
     return mb, 2 if rows % 2 == 0 and 2 * mb <= MAX_TILE else 1
 
 
+def weight_grad_by_columns(filters: int, width: int, kernel_width: int, stride: int, vl: int) -> bool:
+    """Whether the weight gradient should be vectorised over output columns (few filters: vectors of VL
+    filters would stay mostly empty). Needs unit column stride, a tile of filters x kernel columns that fits
+    the registers, and rows of at least one vector (a row's last vector overlaps the one before it rather
+    than reading past the row)."""
+    return stride == 1 and width >= vl and kernel_width <= MAX_TILE and by_columns(filters, width, vl)
+
+
+def weight_grad_column_tile(filters: int, kernel_width: int) -> int:
+    """Filters per tile of the by-columns weight gradient: the largest divisor of the filters whose tile of
+    filters x kernel columns vector sums fits MAX_TILE accumulators."""
+    return max(d for d in range(1, filters + 1) if filters % d == 0 and d * kernel_width <= MAX_TILE)
+
+
 def weight_grad_block(channels: int, kernel_width: int) -> tuple[int, int]:
     """(input channels, kernel columns) per weight-gradient tile: the largest divisor of the channels up to
     MAX_TILE, then as many kernel columns (a divisor of the kernel width) as still fit."""
@@ -424,6 +438,9 @@ class BlockedConv:
     FRB: int = 0
     XMB: int = 0
     XRB: int = 0
+    # The weight gradient vectorised over output columns (few filters): WMB filters x KW taps per tile.
+    weight_grad_by_columns: bool = False
+    WMB: int = 0
 
     @classmethod
     def of(cls, layer: Layer, vl: int) -> "BlockedConv":
@@ -443,6 +460,8 @@ class BlockedConv:
             b.FMB, b.FRB = column_tile(F, OH)
         if dx_cols:
             b.XMB, b.XRB = column_tile(C, H)
+        if weight_grad_by_columns(F, OW, KW, SW, vl):
+            b.weight_grad_by_columns, b.WMB = True, weight_grad_column_tile(F, KW)
         return b
 
     def rows(self) -> list[tuple[str, list[tuple[str, int]]]]:
@@ -451,6 +470,8 @@ class BlockedConv:
             tiles.append(("forward by columns: output channels, rows per tile", [("FMB", self.FMB), ("FRB", self.FRB)]))
         if self.input_grad_by_columns:
             tiles.append(("input gradient by columns: channels, rows per tile", [("XMB", self.XMB), ("XRB", self.XRB)]))
+        if self.weight_grad_by_columns:
+            tiles.append(("weight gradient by columns: filters per tile (x KW taps)", [("WMB", self.WMB)]))
         return tiles + [("vectors of VL filters, of VL input channels", [("FV", self.FV), ("CV", self.CV)]),
                 ("input plane as forward reads it" + (" (zero-padded copy)" if self.padded else ""),
                  [("HP", self.HP), ("WP", self.WP)]),
@@ -594,14 +615,16 @@ class _Planner:
         C, F = layer.in_shape[0], layer.out_shape[0]
         H, W, OH, OW, KH, KW = _geometry_2d(layer)[:6]
         forward, backward = b.geometries(lp.K)
-        lp.extra.update(padded=b.padded, forward_geometry=forward, input_grad_geometry=backward)
+        lp.extra.update(padded=b.padded, forward_geometry=forward, input_grad_geometry=backward,
+                        weight_grad_by_columns=b.weight_grad_by_columns)
         lp.extra["xpad"] = (self.buffer(f"{sym}_xpad", (C, b.HP, b.WP), f"'{layer.name}' input, zero-padded: backward reads it")
                             if b.padded else "NULL")
         lp.extra["wpack"] = self.buffer(f"{sym}_wpack", (KH, KW, C, b.FV * vl), f"'{layer.name}' weights, filters last", fixed=True)
         lp.extra["bpack"] = self.buffer(f"{sym}_bpack", (b.FV * vl,), f"'{layer.name}' bias, padded to whole vectors", fixed=True)
         lp.extra["wrot"] = self.buffer(f"{sym}_wrot", (KH, KW, F, b.CV * vl), f"'{layer.name}' weights turned 180 degrees, channels last",
                                        fixed=True)
-        lp.extra["dyt"] = self.buffer(f"{sym}_dyt", (OH, OW, b.FV * vl), f"'{layer.name}' output gradient, filters last")
+        lp.extra["dyt"] = ("NULL" if b.weight_grad_by_columns else  # the by-columns weight gradient reads dout itself
+                           self.buffer(f"{sym}_dyt", (OH, OW, b.FV * vl), f"'{layer.name}' output gradient, filters last"))
         lp.extra["dypad"] = self.buffer(f"{sym}_dypad", (F, b.HD, b.WD), f"'{layer.name}' output gradient, spread and padded")
 
     def plan_blocked_dense(self, lp: LayerPlan) -> None:
