@@ -91,7 +91,8 @@ def test_a_new_process_loads_the_cached_module_without_jinja_a_compiler_or_any_c
         x = np.linspace(-1, 1, 36).reshape(2, 2, 9)
         print(json.dumps({{"seconds": seconds, "compiled": m.module.built.compiled, "y": m.forward(x).tolist(),
                           "dir": str(d.module.built.directory), "dir_y": d.forward(x).tolist(),
-                          "imported": sorted(set(sys.modules) & {{"jinja2", "setuptools", "distutils", "cffi.recompiler"}})}}))
+                          "imported": sorted(set(sys.modules) & {{"jinja2", "setuptools", "distutils",
+                                                                  "cffi.recompiler"}})}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

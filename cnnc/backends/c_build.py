@@ -1,23 +1,24 @@
 """Compile generated C into a CPython extension with cffi, through a cache keyed by what the C is made of.
 
-    module = build(source_key(networks, dtype), lambda: generate(networks, dtype))   # -> Built(ffi, lib, key, directory)
+    module = build(source_key(networks, dtype), lambda: generate(networks, dtype))
+    # -> Built(ffi, lib, key, directory); the lambda runs only on a miss
 
 The cache key is a SHA-256 of everything that decides the bytes of the built module. It is computed
 from the inputs of code generation, not from its output, so a hit renders no C: `source_key` hashes
 the networks' IR (without source locations and file names, which do not reach the C), the dtype,
-every template file, c_codegen.py and the cnnc version; `cache_key` adds the compiler (its path and
-`--version`), the flags, the CPU when the flags say -march=native, the Python ABI and the cffi
-version. An entry is a directory
+every template file, c_codegen.py, ir.py and the cnnc version; `cache_key` adds the compiler (its
+path and `--version`), the flags, the CPU when the flags say -march=native, the Python ABI and the
+cffi version. An entry is a directory
 
     $CNNC_CACHE_DIR/c/<key>/        (default $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc)
         model.c                     the generated C, for reading
         _cnnc_<key>.<abi>.so         the extension module
         manifest.json               key, flags, compiler, and the module's size and SHA-256
 
-A hit imports the module directly: no Jinja, no compiler (its `--version` is remembered on disk per
-executable). A build happens in a private temporary
-directory beside the entries and is renamed into place in one step, so concurrent processes building
-the same key both succeed (the loser of the rename uses the winner's entry). An entry whose manifest
+A hit imports the module directly: no Jinja, no compiler, no child process (the compiler's
+`--version` is remembered on disk per executable). A build happens in a private temporary directory
+beside the entries and is renamed into place in one step, so concurrent processes building the same
+key both succeed (the loser of the rename uses the winner's entry). An entry whose manifest
 is missing or unreadable, or whose module does not match the recorded size and SHA-256 (a truncated
 copy, a crash mid-write on a filesystem without atomic rename) is moved aside and rebuilt.
 
@@ -47,7 +48,7 @@ from typing import Callable
 
 import cffi
 
-from .. import __version__
+from .. import __version__, ir
 from ..diagnostics import CnncError
 from ..fileio import atomic_write_text
 from ..resources import resource_dir
@@ -233,8 +234,9 @@ def ir_data(value):
     """The IR as plain JSON data: every dataclass field except IR_SKIPPED, tagged with its class name.
     Anything that is not a dataclass, tuple, list, str, int, float, bool or None is refused."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: ir_data(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in IR_SKIPPED}
-        return {"class": type(value).__name__, **fields}
+        fields = dataclasses.fields(value)
+        return {"class": type(value).__name__,
+                **{f.name: ir_data(getattr(value, f.name)) for f in fields if f.name not in IR_SKIPPED}}
     if isinstance(value, (tuple, list)):
         return [ir_data(v) for v in value]
     if value is None or isinstance(value, (str, int, float)):
@@ -244,8 +246,9 @@ def ir_data(value):
 
 
 def codegen_files() -> list[tuple[str, Path]]:
-    """(name, path) of every file code generation reads besides the IR: c_codegen.py and the templates."""
-    files = [("c_codegen.py", Path(c_codegen.__file__))]
+    """(name, path) of every file code generation reads besides the IR: c_codegen.py, ir.py (whose
+    properties it reads) and the templates."""
+    files = [("c_codegen.py", Path(c_codegen.__file__)), ("ir.py", Path(ir.__file__))]
     templates = resource_dir("templates")
     for folder, subfolders, names in os.walk(templates):
         subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
@@ -277,7 +280,8 @@ def _hash_files(stamps: tuple[tuple[str, str, int, int], ...]) -> str:
 
 def source_key(networks, dtype: str) -> str:
     """What the generated C and its cffi declarations are a function of: the networks (in order, as
-    IR), the dtype, the code generator's files and the cnnc version. Equal keys, equal C."""
+    IR), the dtype, the code generator's files and the cnnc version. Equal keys, equal C (up to the
+    Jinja version, which is left out: asking it means importing Jinja)."""
     identity = {"format": FORMAT, "cnnc": __version__, "codegen": codegen_fingerprint(), "dtype": dtype,
                 "networks": [ir_data(n) for n in networks]}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
