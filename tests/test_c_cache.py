@@ -112,6 +112,20 @@ def test_a_hit_renders_the_c_only_when_asked_and_it_is_the_c_the_module_was_buil
     assert module.source.text == (module.built.directory / "model.c").read_text()
 
 
+def test_a_directory_compiled_before_the_source_key_still_loads_through_the_cache(tmp_path, monkeypatch):
+    """A format-1 `cnnc compile` directory matched its module by the C's SHA-256; its module is not
+    trusted now (it has no source key), so the stored spec is built through the cache instead."""
+    spec, cache, out = write_spec(tmp_path, 9), tmp_path / "cache", tmp_path / "old"
+    c_backend.compile_to_directory(spec, out, cache_dir=cache)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["source_key"]
+    (out / "manifest.json").write_text(json.dumps({**manifest, "format": "cnnc-compile-1"}))
+    forget_loaded_modules()
+    m = cnnc.load(out, backend="c", cache_dir=cache)
+    assert m.module.built.directory.parent == cache / "c" and not m.module.built.compiled
+    assert np.array_equal(output(m), output(cnnc.load(spec, backend="c", cache_dir=cache)))
+
+
 def test_two_processes_compiling_the_same_spec_at_once_both_succeed(tmp_path):
     """Both children are held until both have started compiling, so both builds really overlap and one
     of them loses the rename into the cache."""

@@ -271,6 +271,7 @@ def load_c_model(path, model: str | None = None, dtype: str = "float32", seed: i
 # ---- cnnc compile: a directory holding the C, the module, the spec and a manifest -----------------
 DIR_MANIFEST = "manifest.json"
 DIR_FORMAT = "cnnc-compile-2"  # 2: the module is matched by source_key, not by the C's SHA-256
+READABLE_DIR_FORMATS = ("cnnc-compile-1", DIR_FORMAT)  # a format-1 module is rebuilt through the cache
 
 
 def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "float32", emit_c: bool = False,
@@ -332,7 +333,7 @@ def _read_dir_manifest(directory: Path) -> dict | None:
         manifest = json.loads((directory / DIR_MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == DIR_FORMAT else None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") in READABLE_DIR_FORMATS else None
 
 
 def load_compiled_directory(directory: Path, model: str | None, dtype: str, seed: int, **options) -> CModel:
