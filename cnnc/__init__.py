@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .diagnostics import CnncError, SpecError  # noqa: E402
 from .frontend import network_from_text, networks_from_file, read_network  # noqa: E402
+from .model import Model  # noqa: E402  (every backend's Model; brings in NumPy, which any use of cnnc needs)
 
 BACKENDS = ("numpy", "c")
 
@@ -31,4 +32,4 @@ def load(path, backend: str = "numpy", model: str | None = None, dtype: str = "f
     return NumpyModel(read_network(path, model), dtype=dtype, seed=seed)
 
 
-__all__ = ["load", "read_network", "networks_from_file", "network_from_text", "CnncError", "SpecError", "__version__"]
+__all__ = ["load", "Model", "read_network", "networks_from_file", "network_from_text", "CnncError", "SpecError", "__version__"]

@@ -31,6 +31,14 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
         raise
 
 
+def cache_home() -> Path:
+    """cnnc's cache directory: $CNNC_CACHE_DIR, else $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc."""
+    configured = os.environ.get("CNNC_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnc"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

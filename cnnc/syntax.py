@@ -7,15 +7,20 @@ in cnnc/shapes.py.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import hashlib
 import math
 import re
+import sys
 from dataclasses import dataclass
 from functools import cache
 
+import lark
 from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken, v_args
 
 from .diagnostics import Diagnostic, Loc, SpecError
+from .fileio import atomic_path, cache_home
 from .resources import read_resource
 
 MAX_INT = 2**63 - 1  # integers must fit a 64-bit signed int; anything larger is a typo
@@ -90,7 +95,19 @@ class Program:
 # ---- parsing -------------------------------------------------------------------------------------
 @cache
 def _parser() -> Lark:
-    return Lark(read_resource("grammar", "cnn.lark"), parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    """The LALR parser for grammar/cnn.lark. Building its tables takes ~30 ms, so they are kept in
+    cnnc's cache directory, keyed by the grammar and the Lark version; a bad or stale file is rebuilt."""
+    grammar = read_resource("grammar", "cnn.lark")
+    key = hashlib.sha256(f"{grammar}\0{lark.__version__}\0{sys.version_info[:2]}".encode()).hexdigest()[:32]
+    path = cache_home() / "parser" / f"cnn-{key}.lark"
+    with contextlib.suppress(Exception):  # a missing, truncated or foreign file: build afresh
+        with open(path, "rb") as f:
+            return Lark.load(f)
+    parser = Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    with contextlib.suppress(OSError):  # an unwritable cache only costs the next process 30 ms
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            parser.save(f)
+    return parser
 
 
 def parse(text: str, file: str = "<string>") -> Program:

@@ -246,3 +246,20 @@ def test_the_diagnostics_shown_in_the_docs_are_what_check_prints():
     warning_spec = "model m {\n    input image[1, 28, 28]\n    maxpool2d p(size=3)\n}\n"
     (warning,) = network_list_from_text(warning_spec, "w.cnn")[0].warnings
     assert warning.render(warning_spec) in text
+
+
+def test_a_damaged_parser_cache_is_rebuilt(tmp_path, monkeypatch):
+    from cnnc import syntax
+
+    monkeypatch.setenv("CNNC_CACHE_DIR", str(tmp_path))
+    syntax._parser.cache_clear()
+    try:
+        syntax.parse("model a {\n input x[1, 4]\n relu\n}\n")
+        (cached,) = (tmp_path / "parser").iterdir()
+        cached.write_bytes(b"not a parser")
+        syntax._parser.cache_clear()
+        program = syntax.parse("model a {\n input x[1, 4]\n relu\n}\n")
+        assert program.models[0].statements[1].kind == "relu"
+        assert cached.read_bytes() != b"not a parser"  # rebuilt and saved again
+    finally:
+        syntax._parser.cache_clear()

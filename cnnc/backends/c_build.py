@@ -50,7 +50,7 @@ import cffi
 
 from .. import __version__, ir
 from ..diagnostics import CnncError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, cache_home
 from ..resources import resource_dir
 from . import c_codegen
 from .c_codegen import CSource
@@ -221,10 +221,7 @@ def cpu_signature() -> str:
 # ---- the cache ---------------------------------------------------------------------------------------
 def cache_root(cache_dir=None) -> Path:
     """$CNNC_CACHE_DIR, else $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc; C modules live under c/."""
-    if cache_dir is None:
-        cache_dir = os.environ.get("CNNC_CACHE_DIR") or Path(
-            os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnc"
-    return Path(cache_dir) / "c"
+    return (Path(cache_dir) if cache_dir is not None else cache_home()) / "c"
 
 
 IR_SKIPPED = ("loc", "file", "warnings")  # where a network was written and what it was warned about: not in the C
