@@ -56,6 +56,7 @@ CASES = {
     "conv1d_sigmoid": "input x[2, 8]\nconv1d c(filters=2, kernel=3, activation=sigmoid)",
     "conv1d_tanh_s2": "input x[2, 8]\nconv1d c(filters=2, kernel=3, stride=2, activation=tanh)",
     "maxpool2d_2": "input x[2, 6, 8]\nmaxpool2d p(size=2)",
+    "maxpool2d_2_odd_ties": "input x[3, 7, 9]\nmaxpool2d p(size=2, stride=2)",
     "maxpool2d_32_s21_p1": "input x[2, 7, 6]\nmaxpool2d p(size=(3,2), stride=(2,1), padding=1)",
     "maxpool2d_3_s1_p1": "input x[2, 5, 5]\nmaxpool2d p(size=3, stride=1, padding=1)",
     "maxpool2d_3_unused_rows": "input x[2, 8, 7]\nmaxpool2d p(size=3)",
@@ -300,6 +301,11 @@ def test_kernel_choice_covers_every_blocked_variant_and_the_direct_fallback():
     # dense: blocked from 16 inputs (tails of inputs, of units, of samples), direct below
     assert [choose_kernel(layer) for layer in case_network("blocked_dense_odd").layers] == ["blocked", "direct"]
     assert choose_kernel(case_network("flatten_dense").layer("d")) == "blocked"
+    # max pooling: the fixed 2x2 / stride 2 / no padding window, the general one otherwise
+    assert choose_kernel(case_network("maxpool2d_2").layer("p")) == "2x2"
+    assert choose_kernel(case_network("maxpool2d_2_odd_ties").layer("p")) == "2x2"
+    for case in ("maxpool2d_32_s21_p1", "maxpool2d_3_s1_p1", "maxpool2d_42_s23_p21", "maxpool1d_3_s2_p1"):
+        assert choose_kernel(case_network(case).layers[0]) == "direct", case
     text = generate(cnnc.read_network(SPECS / "lenet5.cnn"), "float32").text
     assert "static void l3_conv2d_correlate(" in text and "L3_OB = 10, L3_OB_TAIL = 0," in text
     # LeNet-5's c1 (6 filters, 28 columns): weight gradient by columns, 3 filters x 5 taps per tile, no transpose
@@ -338,6 +344,20 @@ def test_backward_reuses_the_saved_state_of_the_last_forward_only(bundles):
         c._backward(np.zeros((4, 2)))
     with pytest.raises(ValueError, match="dropout mask for 'dropout_1'"):
         c._forward(x, True, {"dropout_1": np.ones((4, 5))})
+
+
+def test_maxpool_2x2_ties_go_to_the_first_in_window_order(bundles):
+    network = case_network("maxpool2d_2_odd_ties")
+    c, ref = c_and_numpy_models(bundles, network, "float64", 0)
+    x = np.zeros((2, *network.input_shape))  # every window a tie, but for a few winners placed by hand
+    x[0, 0, 1, 1] = x[0, 1, 2, 3] = x[1, 2, 5, 4] = 1.0
+    x[1, 0, 0, :] = x[1, 0, 1, :] = -1.0  # ties of negatives in the top windows
+    dy = np.arange(np.prod(network.output_shape), dtype=np.float64).reshape(1, *network.output_shape) + 1
+    dy = np.concatenate([dy, 2 * dy])
+    got, expected = forward_backward(c, x, dy, False), forward_backward(ref, x, dy, False)
+    assert np.array_equal(got["y"], expected["y"]) and np.array_equal(got["dx"], expected["dx"])
+    assert got["dx"][0, 0, 1, 1] == dy[0, 0, 0, 0] and got["dx"][0, 0, 0, 0] == 0
+    assert got["dx"][1, 0, 0, 2] == dy[1, 0, 0, 1] and got["dx"][0, 2, 0, 0] == dy[0, 2, 0, 0]
 
 
 def test_maxpool_ties_go_to_the_first_in_window_order_and_padding_never_wins(bundles):

@@ -170,7 +170,8 @@ KERNELS: dict[str, dict[str, Kernel]] = {
              "blocked": Kernel("conv2d_blocked_forward.c.j2", "conv2d_blocked_backward.c.j2")},
     "dense": {"direct": Kernel("dense_forward.c.j2", "dense_backward.c.j2"),
               "blocked": Kernel("dense_blocked_forward.c.j2", "dense_blocked_backward.c.j2")},
-    "maxpool": {"direct": Kernel("maxpool2d_forward.c.j2", "maxpool2d_backward.c.j2")},
+    "maxpool": {"direct": Kernel("maxpool2d_forward.c.j2", "maxpool2d_backward.c.j2"),
+                "2x2": Kernel("maxpool2d_2x2_forward.c.j2", "maxpool2d_backward.c.j2")},
     "avgpool": {"direct": Kernel("avgpool2d_forward.c.j2", "avgpool2d_backward.c.j2")},
     "global_avgpool": {"direct": Kernel("global_avgpool_forward.c.j2", "global_avgpool_backward.c.j2")},
 }
@@ -194,7 +195,9 @@ def choose_kernel(layer: Layer) -> str:
     conv: "blocked" (register tiles of output columns x a vector of channels, see conv2d_blocked.c.j2)
     when there are enough filters and input channels to fill some vector lanes and rows long enough for a
     tile, and the stride is at most 2 (its input gradient correlates a stride-dilated output gradient,
-    which wastes stride^2 of the work); "direct" (the plain loops) otherwise. Everything else: "direct"."""
+    which wastes stride^2 of the work); "direct" (the plain loops) otherwise. dense: "blocked" from
+    BLOCKED_MIN_INPUTS inputs. maxpool2d: "2x2" (four fixed loads per window) for the 2x2 window, stride 2,
+    no padding. Everything else: "direct"."""
     if kernel_family(layer) == "conv":
         H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = _geometry_2d(layer)
         filters, channels = layer.out_shape[0], layer.in_shape[0]
@@ -202,6 +205,9 @@ def choose_kernel(layer: Layer) -> str:
             return "blocked"
     if layer.kind == "dense" and layer.in_shape[0] >= BLOCKED_MIN_INPUTS:
         return "blocked"
+    if (layer.kind == "maxpool2d" and layer.kernel == (2, 2) and layer.stride == (2, 2)
+            and not any(layer.pad_before + layer.pad_after)):
+        return "2x2"
     return "direct"
 
 
