@@ -699,7 +699,7 @@ class _Planner:
             if lp.pre:  # through the fused activation first: dout -> dpre
                 dpre = other_than(dout, layer.out_size)
                 saved = lp.pre if ACTIVATION_READS[layer.activation] == "pre" else lp.out
-                lines.append(f"zero({dpre}, N * {K}_OUT_SIZE);")
+                # elementwise backward helpers write (=) every element: no zeroing first
                 lines.append(_activation_call(layer.activation, "backward", dpre, dout, saved, f"N * {K}_OUT_SIZE", K, slope))
                 dout = dpre
             dinp = "dx" if first else other_than(dout, layer.in_size)
@@ -708,7 +708,7 @@ class _Planner:
                 # the first layer's input gradient only when the caller wants dx
                 lines.append(f"if (input_grad) {{ zero(dx, N * {K}_IN_SIZE); }}")
                 dinp = "input_grad ? dx : NULL"
-            else:
+            elif family is not None:  # the elementwise helpers write (=) every element, the others accumulate
                 lines.append(f"zero({dinp}, N * {K}_IN_SIZE);")
             if "wpack" in lp.extra:
                 dbias = f"g.{lp.extra['bias']}" if "bias" in lp.extra else "NULL"
