@@ -56,8 +56,8 @@ def busy_cpu_seconds() -> float | None:
         fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     except OSError:
         return None
-    ticks = [int(v) for v in fields]
-    idle = ticks[3] + ticks[4]  # idle + iowait
+    ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal (guest is inside user)
+    idle = ticks[3] + ticks[4]
     return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
 
@@ -67,6 +67,26 @@ def others_load(seconds: float = 1.0) -> float | None:
     time.sleep(seconds)
     after = busy_cpu_seconds()
     return None if before is None else (after - before) / seconds
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds used by this process and its finished children."""
+    import resource
+
+    return sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for field in ("ru_utime", "ru_stime"))
+
+
+def measured(run, *args) -> dict:
+    """run(*args) -> its result dict, plus the cores' worth of CPU that other processes used meanwhile
+    (busy CPU of the whole machine minus this process's own): above ~0.25 the timings are suspect."""
+    busy, own, started = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
+    result = run(*args)
+    wall = time.perf_counter() - started
+    if busy is not None:
+        others = (busy_cpu_seconds() - busy - (own_cpu_seconds() - own)) / wall
+        result["others_cores_during"] = round(max(others, 0.0), 2)
+    return result
 
 
 def wait_for_quiet(max_wait: float, busy: float = 0.25) -> dict:
@@ -176,11 +196,20 @@ def median(values: list[float]) -> float:
     return float(np.median(values)) if values else float("nan")
 
 
+def epoch_times(run: dict) -> str:
+    seconds = run["seconds_per_epoch"]
+    others = run.get("others_cores_during")
+    return f"{median(seconds):.2f} ({min(seconds):.2f})" + (f" [{others:.2f}]" if others is not None else "")
+
+
 def markdown(record: dict) -> str:
     cpu = record["machine"]["cpu"]
     lines = [f"Machine: {cpu['model_name']}, {cpu['cpus']} CPUs; cnnc backend `{record['backend']}`, "
              f"PyTorch {record['machine']['torch']} with {record['machine']['torch_threads']} threads; "
              f"commit {record['machine']['git']}, {record['date']}.", "",
+             "Seconds per epoch: median (fastest) of the epochs' training loops; in brackets after them, the "
+             "cores' worth of CPU other processes used during the run (the machine is shared; above 0.25 the "
+             "times are suspect).", "",
              "| task | target | cnnc test accuracy | epochs | cnnc s/epoch | PyTorch s/epoch (same recipe) | "
              "PyTorch accuracy, same recipe | PyTorch accuracy, Adam 1e-3 fixed | met |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -191,9 +220,8 @@ def table_row(name: str, r: dict) -> str:
     c, recipe, fixed = r["cnnc"], r.get("torch_recipe"), r.get("torch_fixed")
     if "error" in c:
         return f"| {name} | {r['target']:.0%} | error: {c['error'].splitlines()[-1]} | | | | | | **no** |"
-    cells = [name, f"{r['target']:.0%}", f"{c['test_accuracy']:.2%}", str(c["epochs"]),
-             f"{median(c['seconds_per_epoch']):.2f}",
-             f"{median(recipe['seconds_per_epoch']):.2f}" if recipe else "-",
+    cells = [name, f"{r['target']:.0%}", f"{c['test_accuracy']:.2%}", str(c["epochs"]), epoch_times(c),
+             epoch_times(recipe) if recipe else "-",
              f"{recipe['test_accuracy']:.2%}" if recipe else "-",
              f"{fixed['test_accuracy']:.2%}" if fixed else "-",
              "yes" if r["met"] else "**no**"]
@@ -222,15 +250,15 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as workdir:
             entry["quiet_before_cnnc"] = wait_for_quiet(args.wait_quiet)
             print(f"{name}: cnnc ({args.backend}) ...", file=sys.stderr, flush=True)
-            entry["cnnc"] = run_cnnc(task, args.backend, Path(workdir))
+            entry["cnnc"] = measured(run_cnnc, task, args.backend, Path(workdir))
         if not args.no_torch:
             recipe = TrainConfig(**_config_options(task["options"])).checked()
             entry["quiet_before_torch"] = wait_for_quiet(args.wait_quiet)
             print(f"{name}: PyTorch, same recipe ...", file=sys.stderr, flush=True)
-            entry["torch_recipe"] = run_torch(task, recipe.schedule, recipe.lr, recipe.weight_decay)
+            entry["torch_recipe"] = measured(run_torch, task, recipe.schedule, recipe.lr, recipe.weight_decay)
             entry["quiet_before_torch_fixed"] = wait_for_quiet(args.wait_quiet)
             print(f"{name}: PyTorch, Adam {BASELINE_LR:g} fixed ...", file=sys.stderr, flush=True)
-            entry["torch_fixed"] = run_torch(task, "constant", BASELINE_LR, 0.0)
+            entry["torch_fixed"] = measured(run_torch, task, "constant", BASELINE_LR, 0.0)
         entry["met"] = "error" not in entry["cnnc"] and entry["cnnc"]["test_accuracy"] >= task["target"]
         record["tasks"][name] = entry
         print(f"{name}: cnnc test accuracy {entry['cnnc'].get('test_accuracy')}, target met: {entry['met']}",

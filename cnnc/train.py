@@ -488,7 +488,7 @@ def run_train(args) -> int:
     if ckpt:
         check_same_data(ckpt, identity["data"])
         trainer.restore(ckpt)
-        progress.note(resume_note(ckpt, config, backend))
+        progress.note(resume_note(ckpt, config, backend, trainer.batches_per_epoch))
     hint = resume_hint(args.file, model_name, data, checkpoint_path)
     started = time.perf_counter()
     try:
@@ -512,11 +512,11 @@ def run_train(args) -> int:
     return 0
 
 
-def resume_note(ckpt: Checkpoint, config: TrainConfig, backend: str) -> str:
+def resume_note(ckpt: Checkpoint, config: TrainConfig, backend: str, batches: int) -> str:
     position = ckpt.meta["position"]
-    where = (f"epoch {position['epoch'] + 1}, batch {position['batch'] + 1}" if ckpt.perm is not None
-             else f"the start of epoch {position['epoch'] + 1}")
-    notes = [f"resuming {ckpt.path} at {where} of {config.epochs}"]
+    where = f"epoch {position['epoch'] + 1} of {config.epochs}"
+    where += f", batch {position['batch'] + 1} of {batches}" if ckpt.perm is not None else " (its start)"
+    notes = [f"resuming {ckpt.path} at {where}"]
     if ckpt.meta["backend"] != backend:
         notes.append(f"note: the checkpoint was trained on the {ckpt.meta['backend']} backend; continuing on {backend}, "
                      "so the weights will differ slightly from an uninterrupted run")
@@ -533,7 +533,8 @@ def final_summary(model: Model, trainer: Trainer, backend: str, wall: float, out
     images = sum(len(trainer.splits.y_train) for _ in history)
     lines = [f"{model.name}: test accuracy {last['test_accuracy']:.2%} ({round(last['test_accuracy'] * n_test)}/{n_test}), "
              f"test loss {last['test_loss']:.4f} after {len(history)} epochs",
-             f"training: {seconds:.1f} s ({images / seconds:,.0f} images/s, {backend} backend); this run's wall time {wall:.1f} s",
+             f"training: {seconds:.1f} s over {len(history)} epochs ({images / seconds:,.0f} images/s, {backend} backend); "
+             f"this run's wall time {wall:.1f} s",
              f"weights written to {output}",
              f"checkpoint: {trainer.checkpoint_path} (--resume it with a larger --epochs to train further)"]
     if log_path:
