@@ -242,6 +242,40 @@ def test_batch_sizes_one_odd_and_large_reuse_one_growing_block(bundles):
     assert c.activation_bytes == (c.plan.fixed_count + 513 * c.plan.act_count + slack) * 8 + 513 * c.plan.argmax_count * 4
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_inference_short_path_matches_the_checked_path_and_returns_fresh_arrays(bundles, dtype):
+    """forward on a C-contiguous array of the model's dtype skips conversions; anything else is converted
+    first. Both give the same bits, and every call returns a new array the next call leaves alone."""
+    m = bundles[dtype].model("mnist_cnn", seed=0)
+    x = np.random.default_rng(3).normal(size=(3, *m.input_shape)).astype(dtype)
+    y = m.forward(x)
+    other = "float64" if dtype == "float32" else "float32"
+    wide = np.zeros((3, *m.input_shape[:-1], 2 * m.input_shape[-1]), dtype)
+    wide[..., ::2] = x  # a strided view: not C-contiguous
+    assert np.array_equal(m.forward(wide[..., ::2]), y)
+    assert np.array_equal(m.forward(x.tolist()), y)
+    assert np.array_equal(m.forward(x.astype(other)), m.forward(x.astype(other).astype(dtype)))
+    first = m.forward(x[:1]).copy()
+    kept = m.forward(x[:1])
+    again = m.forward(x[1:2])
+    assert np.array_equal(kept, first) and not np.shares_memory(kept, again)
+    assert np.array_equal(again, y[1:2]) and np.array_equal(kept, y[:1])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 397, -1])
+def test_short_path_rejects_non_finite_inputs_anywhere_in_the_batch(bundles, bad, where):
+    """The finiteness check runs in C on the short path: every element, up to the last one, is checked."""
+    m = bundles["float32"].model("mnist_cnn", seed=0)
+    for n in (1, 3):
+        x = np.ones((n, *m.input_shape), np.float32)
+        x.reshape(-1)[where] = bad
+        with pytest.raises(ValueError, match="x contains NaN or infinite values"):
+            m.forward(x)
+    huge = np.full((1, *m.input_shape), np.finfo(np.float32).max, np.float32)
+    assert m.forward(huge).shape == (1, *m.output_shape)  # the largest finite value is finite
+
+
 def test_results_do_not_depend_on_threads_or_on_other_samples_in_the_batch(bundles):
     """Threads split the batch, never a sum: the same input gives the same bits, alone or in a batch."""
     c = bundles["float32"].model("net_2d", seed=1)
@@ -358,6 +392,31 @@ def test_maxpool_2x2_ties_go_to_the_first_in_window_order(bundles):
     assert np.array_equal(got["y"], expected["y"]) and np.array_equal(got["dx"], expected["dx"])
     assert got["dx"][0, 0, 1, 1] == dy[0, 0, 0, 0] and got["dx"][0, 0, 0, 0] == 0
     assert got["dx"][1, 0, 0, 2] == dy[1, 0, 0, 1] and got["dx"][0, 2, 0, 0] == dy[0, 2, 0, 0]
+
+
+def test_maxpool_2x2_backward_overwrites_every_input_gradient_cell_including_uncovered_edges(bundles):
+    """The 2x2 backward writes (=) its whole input gradient instead of accumulating into a zeroed one:
+    cells that lost their window, and the odd last row and column no window covers, must come out 0 even
+    when the buffer held other values (a garbage-filled dx, and the reused scratch of a deeper network)."""
+    network = case_network("maxpool2d_2_odd_ties")  # (3, 7, 9) -> (3, 3, 4): row 6 and column 8 uncovered
+    c, ref = c_and_numpy_models(bundles, network, "float64", 0)
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, *network.input_shape))
+    dy = rng.normal(size=(2, *network.output_shape))
+    c.forward(x)
+    dx = np.full((2, *network.input_shape), 7.0)  # garbage where the winners' zeros must go
+    c._c_backward(c._ptr(dx, writable=True), c._grad_mem, c._ptr(dy), c._param_mem, c._acts, c._argmax, 2, 0, 1)
+    ref.forward(x)
+    assert np.array_equal(dx, ref.backward(dy))
+    assert not dx[:, :, 6, :].any() and not dx[:, :, :, 8].any()
+    assert np.count_nonzero(dx) == dy.size  # one winner per window, every other cell 0
+    deeper = case_network("net_2d")  # conv (9x9) -> 2x2 max pool (4x4): its dinp is reused gradient scratch
+    c, ref = c_and_numpy_models(bundles, deeper, "float64", 2)
+    for n in (3, 3, 2):
+        x = rng.normal(size=(n, *deeper.input_shape))
+        dy = rng.normal(size=(n, *deeper.output_shape))
+        assert_close(forward_backward(c, x, dy, False), forward_backward(ref, x, dy, False), 1e-10, "NumPy")
+    assert "zero(a.grad_b, N * L2_IN_SIZE)" not in generate(cnnc.read_network(SPECS / "mnist_pair.cnn", model="mnist_cnn")).text
 
 
 def test_maxpool_ties_go_to_the_first_in_window_order_and_padding_never_wins(bundles):

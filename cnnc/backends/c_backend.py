@@ -137,6 +137,7 @@ class CModel(Model):
         self._dx_scratch: np.ndarray | None = None  # dx for backward(dy, input_grad=False)
         self._uncleared = self._ffi.new_allocator(should_clear_after_alloc=False)
         super().__init__(network, dtype, seed)
+        self._input_tail, self._output_tail = tuple(self.input_shape), tuple(self.output_shape)
 
     # ---- memory ----
     def _allocate(self):
@@ -191,6 +192,26 @@ class CModel(Model):
         return self._act_reals(self._capacity) * self.dtype.itemsize + self._capacity * self.plan.argmax_count * 4
 
     # ---- the three calls ----
+    def forward(self, x, train: bool = False) -> np.ndarray:
+        """x: (N, *input_shape) -> y: (N, *output_shape), a new array each call.
+        Inference on an ndarray that is already C-contiguous, of the model's dtype and shape, takes a
+        short path (batch-1 latency is mostly Python): no conversion, and the finiteness check in C.
+        Anything else goes through the base class's checks and conversions."""
+        if (train or type(x) is not np.ndarray or x.dtype != self.dtype or not x.flags.c_contiguous
+                or x.shape[1:] != self._input_tail or x.shape[0] == 0):
+            return super().forward(x, train)
+        n = x.shape[0]
+        x_ptr = self._ptr(x)
+        if not self._lib.all_finite(x_ptr, x.size):
+            raise ValueError("x contains NaN or infinite values; cnnc rejects non-finite inputs")
+        self._reserve(n)
+        y = np.empty((n, *self._output_tail), self.dtype)
+        self._c_forward(self._ptr(y, writable=True), self._acts, self._argmax, x_ptr, self._param_mem,
+                        self._ffi.NULL, n)
+        self._last_batch, self._dropout_applied = n, False
+        self._forward_batch = n
+        return y
+
     def _forward(self, x, train, masks):
         """x: (N, *input_shape) contiguous of self.dtype -> y: (N, *output_shape)"""
         n = x.shape[0]

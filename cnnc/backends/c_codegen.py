@@ -171,10 +171,15 @@ KERNELS: dict[str, dict[str, Kernel]] = {
     "dense": {"direct": Kernel("dense_forward.c.j2", "dense_backward.c.j2"),
               "blocked": Kernel("dense_blocked_forward.c.j2", "dense_blocked_backward.c.j2")},
     "maxpool": {"direct": Kernel("maxpool2d_forward.c.j2", "maxpool2d_backward.c.j2"),
-                "2x2": Kernel("maxpool2d_2x2_forward.c.j2", "maxpool2d_backward.c.j2")},
+                "2x2": Kernel("maxpool2d_2x2_forward.c.j2", "maxpool2d_2x2_backward.c.j2")},
     "avgpool": {"direct": Kernel("avgpool2d_forward.c.j2", "avgpool2d_backward.c.j2")},
     "global_avgpool": {"direct": Kernel("global_avgpool_forward.c.j2", "global_avgpool_backward.c.j2")},
 }
+
+
+# Backward kernels that write (=) every element of their input gradient, so it is not zeroed first (the
+# others accumulate into it). The elementwise helpers do too; they have no kernel family.
+WRITES_WHOLE_INPUT_GRAD = {"maxpool2d_2x2_backward.c.j2"}
 
 
 def kernel_family(layer: Layer) -> str | None:
@@ -708,7 +713,8 @@ class _Planner:
                 # the first layer's input gradient only when the caller wants dx
                 lines.append(f"if (input_grad) {{ zero(dx, N * {K}_IN_SIZE); }}")
                 dinp = "input_grad ? dx : NULL"
-            elif family is not None:  # the elementwise helpers write (=) every element, the others accumulate
+            elif family is not None and lp.backward_template not in WRITES_WHOLE_INPUT_GRAD:
+                # the elementwise helpers and WRITES_WHOLE_INPUT_GRAD write (=) every element, the others accumulate
                 lines.append(f"zero({dinp}, N * {K}_IN_SIZE);")
             if "wpack" in lp.extra:
                 dbias = f"g.{lp.extra['bias']}" if "bias" in lp.extra else "NULL"
@@ -783,6 +789,7 @@ def cdef_for(plans, ctype: str) -> str:
                   f"real* act_block, int32_t* argmax_block, int64_t N, int dropout, int input_grad);"]
     lines += ["double cross_entropy_loss(real* dlogits, const real* logits, const int64_t* labels, int64_t N, int K);",
               "double mse_loss(real* dy, const real* y, const real* target, int64_t count);",
+              "int all_finite(const real* x, int64_t count);",
               "void sgd_step(real* param, real* momentum_buffer, const real* grad, int64_t count, double lr, "
               "double momentum, double weight_decay, int nesterov, int first_step);",
               "void adam_step(real* param, real* m, real* v, const real* grad, int64_t count, double lr, double beta1, "
