@@ -179,7 +179,7 @@ KERNELS: dict[str, dict[str, Kernel]] = {
 
 # Backward kernels that write (=) every element of their input gradient, so it is not zeroed first (the
 # others accumulate into it). The elementwise helpers do too; they have no kernel family.
-WRITES_WHOLE_INPUT_GRAD = {"maxpool2d_2x2_backward.c.j2"}
+WRITES_WHOLE_INPUT_GRAD = {"maxpool2d_2x2_backward.c.j2", "dense_blocked_backward.c.j2"}
 
 
 def kernel_family(layer: Layer) -> str | None:
@@ -711,7 +711,8 @@ class _Planner:
             family = kernel_family(layer)
             if first and family in ("conv", "dense"):
                 # the first layer's input gradient only when the caller wants dx
-                lines.append(f"if (input_grad) {{ zero(dx, N * {K}_IN_SIZE); }}")
+                if lp.backward_template not in WRITES_WHOLE_INPUT_GRAD:
+                    lines.append(f"if (input_grad) {{ zero(dx, N * {K}_IN_SIZE); }}")
                 dinp = "input_grad ? dx : NULL"
             elif family is not None and lp.backward_template not in WRITES_WHOLE_INPUT_GRAD:
                 # the elementwise helpers and WRITES_WHOLE_INPUT_GRAD write (=) every element, the others accumulate
