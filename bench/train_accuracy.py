@@ -286,7 +286,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"train_accuracy-{record['date'][:10]}-{args.backend}"
+    stem = f"train_accuracy-{record['date'][:10]}-{args.backend}" + ("" if names == list(TASKS) else "-" + "-".join(names))
     table = markdown(record)
     (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / f"{stem}.md").write_text(table + "\n")
