@@ -528,12 +528,14 @@ def resume_note(ckpt: Checkpoint, config: TrainConfig, backend: str, batches: in
 
 def final_summary(model: Model, trainer: Trainer, backend: str, wall: float, output: str, log_path: str | None) -> str:
     last, history = trainer.state.history[-1], trainer.state.history
+    epochs = f"{len(history)} epoch" + ("s" if len(history) != 1 else "")
     n_test = len(trainer.splits.y_test)
     seconds = sum(r["seconds"] for r in history)
-    images = sum(len(trainer.splits.y_train) for _ in history)
+    images = len(trainer.splits.y_train) * len(history)
+    rate = f"{images / seconds:,.0f} images/s, " if seconds > 0 else ""
     lines = [f"{model.name}: test accuracy {last['test_accuracy']:.2%} ({round(last['test_accuracy'] * n_test)}/{n_test}), "
-             f"test loss {last['test_loss']:.4f} after {len(history)} epochs",
-             f"training: {seconds:.1f} s over {len(history)} epochs ({images / seconds:,.0f} images/s, {backend} backend); "
+             f"test loss {last['test_loss']:.4f} after {epochs}",
+             f"training: {seconds:.1f} s over {epochs} ({rate}{backend} backend); "
              f"this run's wall time {wall:.1f} s",
              f"weights written to {output}",
              f"checkpoint: {trainer.checkpoint_path} (--resume it with a larger --epochs to train further)"]
