@@ -373,7 +373,8 @@ def load_classifier(spec: str, model_name: str | None, backend: str, seed: int =
     except ModuleNotFoundError as e:
         raise CnncError(f"the C backend is not available ({e}); use --backend numpy") from None
     except (CnncError, OSError, RuntimeError) as e:
-        raise CnncError([Diagnostic("error", f"building model '{network.name}' with the C backend failed: {e}",
+        reason = "; ".join(d.message for d in e.diagnostics) if isinstance(e, CnncError) else str(e)
+        raise CnncError([Diagnostic("error", f"building model '{network.name}' with the C backend failed: {reason}",
                                     hint="use --backend numpy to run on the NumPy reference backend")]) from None
 
 

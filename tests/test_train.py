@@ -356,3 +356,12 @@ def test_bad_inputs_give_clean_errors(digits_weights, tmp_path):
         assert status == 1, args
         assert message in stderr, (args, stderr)
         assert "Traceback" not in stderr
+
+
+def test_a_failed_c_build_suggests_the_numpy_backend(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNC_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("CC", "/bin/false")
+    status, _, stderr = run_cli("train", tiny, "--data", "digits", "--epochs", 1)
+    assert status == 1 and "Traceback" not in stderr
+    assert "error: building model 'tiny' with the C backend failed: " in stderr
+    assert "note: use --backend numpy" in stderr
