@@ -355,17 +355,8 @@ def export_c(model, out_dir, prefix: str | None = None, dtype: str = "float32") 
     paths = []
     for name, text in files.items():
         atomic_write_text(out / name, text)
-        honour_umask(out / name)
         paths.append(out / name)
     return paths
-
-
-def honour_umask(path) -> None:
-    """Atomic writes create files readable by their owner only (mkstemp); exported files are meant to be
-    shared and copied into other projects, so give them the mode a plain open() would have."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 __all__ = ["memory_plan", "memory_report", "render_c", "export_c", "is_identifier", "checked_prefix", "c_float",

@@ -131,7 +131,7 @@ def build_onnx(network: Network, params: dict[str, np.ndarray]):
 
 def export_onnx(model, path) -> None:
     """Write `model` (a cnnc Model with its weights) to an .onnx file, atomically."""
-    from .export_c import honour_umask, network_and_params
+    from .export_c import network_and_params
 
     network, params = network_and_params(model)
     if os.path.isdir(os.fspath(path)):
@@ -139,7 +139,6 @@ def export_onnx(model, path) -> None:
                         f"e.g. -o {network.name}.onnx")
 
     atomic_write_bytes(path, build_onnx(network, params).SerializeToString())
-    honour_umask(path)
 
 
 __all__ = ["export_onnx", "build_onnx", "require_onnx", "OPSET", "INSTALL_HINT"]

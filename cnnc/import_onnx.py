@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from .diagnostics import CnncError
-from .export_c import honour_umask
 from .export_onnx import require_onnx
 from .fileio import atomic_path, atomic_write_text
 from .ir import LAYER_KINDS, Network
@@ -566,8 +565,6 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     with atomic_path(weights_path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-    for path in (cnn_path, weights_path):
-        honour_umask(path)
     return network, arrays
 
 

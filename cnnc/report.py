@@ -19,10 +19,7 @@ RF_BOX_PX = 84  # the largest extent in a receptive-field sketch, in CSS pixels
 
 def write_report(networks: list[Network], path) -> None:
     """Write the page atomically, readable like any file the user makes (a report is meant to be shared)."""
-    from .export_c import honour_umask
-
     atomic_write_text(path, report_html(networks))
-    honour_umask(path)
 
 
 def report_html(networks: list[Network]) -> str:

@@ -72,12 +72,9 @@ def image_format(path) -> str:
 
 def save_figure(fig, path) -> None:
     """Write a figure as PNG or SVG (by suffix), atomically, with the mode a plain open() would give."""
-    from .export_c import honour_umask
-
     fmt = image_format(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=PNG_DPI, facecolor="white")
-    honour_umask(path)
 
 
 def figure_svg(fig) -> str:
