@@ -5,10 +5,13 @@ Pipeline: text -> parse tree (grammar/cnn.lark) -> AST (cnnc.syntax) -> shape-in
 """
 from __future__ import annotations
 
+import os
+
 __version__ = "0.1.0"
 
 from .diagnostics import CnncError, SpecError  # noqa: E402
 from .frontend import network_from_text, networks_from_file, read_network  # noqa: E402
+from . import optim  # noqa: E402,F401  (cnnc.optim.SGD / Adam)
 from .model import Model  # noqa: E402  (every backend's Model; brings in NumPy, which any use of cnnc needs)
 
 BACKENDS = ("numpy", "c")
@@ -19,6 +22,8 @@ def load(path, backend: str = "numpy", model: str | None = None, dtype: str = "f
 
     path: a .cnn file, or (backend "c") a directory written by `cnnc compile`.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a .cnn file (or a `cnnc compile` directory) as str or Path; got {path!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if backend == "c":

@@ -108,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     except CnncError as e:
         print(e.render(), file=sys.stderr)
         return 1
+    except ValueError as e:  # the Python API's own checks (wrong shapes, non-finite inputs, ...)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a file the command reads or writes, named by the system's message
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("cnnc: interrupted", file=sys.stderr)
         return 130

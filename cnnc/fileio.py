@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .diagnostics import CnncError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ""):
@@ -16,8 +18,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
         np.savez(tmp, **arrays)
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    check_writable(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    except OSError as e:
+        raise CnncError(f"{target}: cannot write ({e.strerror})") from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the mode open() would
     try:
@@ -29,6 +34,20 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail early, as a CnncError naming the file, if `path` cannot be written: it is a directory, or its
+    directory cannot be made or written. Commands call this before long work whose result goes there."""
+    target = Path(path)
+    if target.is_dir():
+        raise CnncError(f"{target}: is a directory; give a file name to write")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CnncError(f"{target}: cannot create its directory {target.parent} ({e.strerror})") from None
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise CnncError(f"{target}: cannot write in {target.parent} (permission denied)")
 
 
 def cache_home() -> Path:

@@ -47,10 +47,13 @@ class Model:
     backend_name = "abstract"
 
     def __init__(self, network: Network, dtype: str = "float32", seed: int = 0):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
         self.network = network
         self.dtype = np.dtype(check_dtype(dtype))
         self.seed = int(seed)
-        self.params, self.grads = self._allocate()
+        params, grads = self._allocate()
+        self.params, self.grads = TensorDict(params, "params"), TensorDict(grads, "grads")
         self.reset_parameters(self.seed)
         # Dropout masks come from their own stream so that training is reproducible from the seed.
         self.dropout_rng = np.random.default_rng([self.seed, 1])
@@ -94,6 +97,8 @@ class Model:
     # ---- the API -------------------------------------------------------------------------------
     def forward(self, x, train: bool = False) -> np.ndarray:
         """x: (N, *input_shape) -> (N, *output_shape), the last layer's output before the loss."""
+        if not isinstance(train, (bool, np.bool_)):
+            raise ValueError(f"train must be True or False; got {train!r}")
         x = self._checked_array(x, "x", (None, *self.input_shape))
         masks = self._dropout_masks(x.shape[0]) if train else None
         y = self._forward(x, bool(train), masks)
@@ -178,6 +183,35 @@ class Model:
                 keep = self.dropout_rng.random((n, *layer.in_shape)) >= layer.rate
                 masks[layer.name] = (keep / (1.0 - layer.rate)).astype(self.dtype)
         return masks or None
+
+
+class TensorDict(dict):
+    """A model's params or grads: the backend's own arrays, which must stay the same objects (the C
+    backend's are views on its memory). Assigning `m.params[name] = value` copies value into place,
+    checking its shape; adding or removing names is refused."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], what: str):
+        super().__init__(arrays)
+        self.what = what
+
+    def __setitem__(self, name, value) -> None:
+        if name not in self:
+            raise KeyError(f"{self.what} has no tensor '{name}'; it has: {', '.join(self)}")
+        target = dict.__getitem__(self, name)
+        if value is target:  # `m.params[k] -= step` rebinds the same array after updating it in place
+            return
+        value = np.asarray(value)
+        if value.shape != target.shape or value.dtype.kind not in "fiu":
+            raise ValueError(f"{self.what}['{name}'] expects a real array of shape {target.shape}; "
+                             f"got shape {value.shape}, dtype {value.dtype}")
+        target[...] = value
+
+    def __delitem__(self, name) -> None:
+        raise TypeError(f"{self.what} has a fixed set of tensors; '{name}' cannot be removed")
+
+    def update(self, *args, **kwargs) -> None:
+        for name, value in dict(*args, **kwargs).items():
+            self[name] = value
 
 
 def cross_entropy(y: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:

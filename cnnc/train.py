@@ -31,7 +31,7 @@ import numpy as np
 from .checkpoint import (Checkpoint, data_fingerprint, default_checkpoint_path, load_checkpoint, network_hash,
                          rng_state, save_checkpoint, set_rng_state)
 from .diagnostics import CnncError, Diagnostic, SpecError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, check_writable
 from .inference import confusion_table, evaluate, read_inputs, top_k
 from .model import Model
 from .progress import Progress
@@ -472,6 +472,9 @@ def run_train(args) -> int:
     output = args.output or saved.get("output") or default_output(args.file, model_name)
     log_path = args.log or saved.get("log")
     checkpoint_path = args.resume or default_checkpoint_path(output)
+    for path in (output, log_path, checkpoint_path):  # find out now, not after the last epoch
+        if path:
+            check_writable(path)
 
     if ckpt:  # the spec is checked first: nothing else matters if it is another network
         model = load_classifier(args.file, model_name, backend, seed=saved["config"]["seed"])

@@ -1,0 +1,60 @@
+"""API misuse raises ValueError saying what was expected; the CLI turns unwritable outputs into errors."""
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc.cli import main
+from pathlib import Path
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_assigning_a_parameter_copies_it_into_the_model(backend):
+    m = cnnc.load(SPECS / "worked_2d.cnn", backend=backend, dtype="float64")
+    x = np.ones((1, 1, 4, 4))
+    m.params["conv.weight"] = np.full((1, 1, 2, 2), 0.5)
+    m.params["conv.bias"] = np.array([1.0])
+    np.testing.assert_array_equal(m.forward(x), np.full((1, 1, 3, 3), 3.0))  # 1 + 4 * 0.5
+    with pytest.raises(ValueError, match=r"expects a real array of shape \(1, 1, 2, 2\); got shape \(2, 2\)"):
+        m.params["conv.weight"] = np.zeros((2, 2))
+    with pytest.raises(KeyError, match="no tensor 'conv.weights'"):
+        m.params["conv.weights"] = np.zeros((1, 1, 2, 2))
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "a", True])
+def test_a_bad_seed_is_named(seed):
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        cnnc.load(SPECS / "worked_1d.cnn", seed=seed)
+
+
+def test_bad_path_and_train_flag_are_value_errors():
+    with pytest.raises(ValueError, match="path must be a .cnn file"):
+        cnnc.load(3)
+    m = cnnc.load(SPECS / "worked_1d.cnn")
+    with pytest.raises(ValueError, match="train must be True or False; got 'no'"):
+        m.forward(np.zeros((1, 1, 4)), train="no")
+
+
+def test_optimisers_are_reachable_from_the_package():
+    m = cnnc.load(SPECS / "worked_1d.cnn", dtype="float64")
+    before = m.params["conv.weight"].copy()
+    m.forward(np.ones((2, 1, 4)))
+    m.backward(np.ones((2, 1, 3)))
+    cnnc.optim.SGD(m.params, m.grads, lr=0.1).step()
+    np.testing.assert_allclose(m.params["conv.weight"], before - 0.1 * m.grads["conv.weight"])
+
+
+@pytest.mark.parametrize("args", [
+    ["check", "{spec}", "--html", "{dir}"],
+    ["draw", "{spec}", "-o", "/proc/cnnc-test.png"],
+    ["train", "{spec}", "--data", "digits", "--backend", "numpy", "-o", "{dir}"],
+    ["compile", "{spec}", "--emit-c", "-o", "/proc/cnnc-test"],
+])
+def test_unwritable_outputs_are_errors_not_tracebacks(tmp_path, capsys, args):
+    out_dir = tmp_path / "taken.npz"
+    out_dir.mkdir()
+    argv = [a.format(spec=SPECS / "digits.cnn", dir=out_dir) for a in args]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
