@@ -157,8 +157,13 @@ class Model:
             raise ValueError(f"{what} must have shape {expected} for model '{self.name}'; got {tuple(a.shape)}")
         if a.shape[0] == 0:
             raise ValueError(f"{what} must hold at least one sample; got an empty batch {tuple(a.shape)}")
-        a = np.ascontiguousarray(a, dtype=self.dtype)
+        given = a
+        with np.errstate(over="ignore"):
+            a = np.ascontiguousarray(a, dtype=self.dtype)
         if not np.isfinite(a).all():
+            if np.isfinite(given).all():
+                raise ValueError(f"{what} has values beyond the {self.dtype.name} range (largest magnitude "
+                                 f"{np.abs(given).max():.3g}); scale the data or use dtype='float64'")
             raise ValueError(f"{what} contains NaN or infinite values; cnnc rejects non-finite inputs")
         return a
 

@@ -58,3 +58,11 @@ def test_unwritable_outputs_are_errors_not_tracebacks(tmp_path, capsys, args):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
+
+
+def test_finite_float64_input_beyond_float32_range_is_named_as_such():
+    m = cnnc.load(SPECS / "worked_1d.cnn", dtype="float32")
+    with pytest.raises(ValueError, match=r"beyond the float32 range \(largest magnitude 1e\+39\)"):
+        m.forward(np.full((1, 1, 4), 1e39))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        m.forward(np.full((1, 1, 4), np.nan))
