@@ -313,6 +313,57 @@ def test_the_compiler_version_is_remembered_on_disk_until_the_executable_changes
     assert c_build.compiler_version((str(fake),), str(fake), records) == "fakecc 1.0"
 
 
+def test_accepted_flags_are_remembered_with_the_compiler_and_forgotten_when_it_changes(tmp_path, monkeypatch):
+    """A yes from a probe is kept in the compiler's record, so a new process probes nothing; a no is asked
+    again (an OpenMP runtime may be installed since); a replaced compiler starts a new record."""
+    log, fake, records = tmp_path / "calls", tmp_path / "fakecc", tmp_path / "records"
+
+    def write_compiler(openmp: bool) -> c_build.Compiler:
+        new = fake.with_name("new")
+        refuse = 'case "$*" in *-fopenmp\\ *) exit 1;; esac\n' if not openmp else ""
+        new.write_text(f'#!/bin/sh\necho "$1" >> {log}\n[ "$1" = --version ] && echo "fakecc {openmp}"\n{refuse}exit 0\n')
+        new.chmod(0o755)
+        os.replace(new, fake)  # as an upgrade does: a new file under the old name
+        command = (str(fake),)
+        return c_build.Compiler(command, str(fake), c_build.compiler_version(command, str(fake), records),
+                                c_build.record_file(command, str(fake), records))
+
+    def probes() -> list[str]:
+        return [line for line in log.read_text().splitlines() if line != "--version"] if log.exists() else []
+
+    def new_process() -> None:
+        c_build._accepts.cache_clear()
+        c_build._compiler_version.cache_clear()
+
+    compiler = write_compiler(openmp=True)
+    with_openmp = (["-O3", "-g0", "-fno-math-errno", "-march=native", "-fopenmp"], ["-fopenmp"])
+    assert c_build.usable_flags(compiler, c_build.BuildOptions()) == with_openmp
+    assert probes() == ["-march=native", "-fopenmp"]
+    assert json.loads(compiler.record.read_text())["accepts"] == ["-fopenmp", "-march=native"]
+    new_process()
+    with monkeypatch.context() as m:
+        m.setattr(subprocess, "run", no_compiling)
+        assert c_build.usable_flags(compiler, c_build.BuildOptions()) == with_openmp
+
+    log.unlink()
+    new_process()
+    compiler = write_compiler(openmp=False)  # replaced: its own record, probed afresh
+    without = (["-O3", "-g0", "-fno-math-errno", "-march=native", "-fopenmp-simd", "-Wno-unknown-pragmas"], [])
+    assert c_build.usable_flags(compiler, c_build.BuildOptions()) == without
+    assert probes() == ["-march=native", "-fopenmp", "-fopenmp-simd"]
+    new_process()
+    assert c_build.usable_flags(compiler, c_build.BuildOptions()) == without
+    assert probes() == ["-march=native", "-fopenmp", "-fopenmp-simd", "-fopenmp"]  # only the no is asked again
+    assert json.loads(compiler.record.read_text())["accepts"] == ["-fopenmp-simd", "-march=native"]
+    assert len(list(records.iterdir())) == 2
+
+    compiler.record.write_text("{ not json")  # a damaged record: probe, and remember nothing
+    new_process()
+    assert c_build.usable_flags(compiler, c_build.BuildOptions()) == without
+    assert compiler.record.read_text() == "{ not json"  # left for compiler_version to rewrite
+    assert c_build.usable_flags(dataclasses.replace(compiler, record=None), c_build.BuildOptions()) == without
+
+
 def test_cache_location_and_portable_builds_follow_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("CNNC_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -334,7 +385,7 @@ def test_cache_location_and_portable_builds_follow_the_environment(monkeypatch, 
 
 def test_a_compiler_without_openmp_builds_without_it(tmp_path, monkeypatch):
     """The probe decides: a compiler that cannot link -fopenmp gets -fopenmp-simd (or nothing) instead."""
-    compiler = c_build.find_compiler()
+    compiler = c_build.find_compiler(tmp_path / "cache")  # a fresh record: no remembered -fopenmp
     real = c_build._accepts
 
     def no_openmp(compiler, flags):

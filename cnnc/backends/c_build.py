@@ -16,7 +16,8 @@ cffi version. An entry is a directory
         manifest.json               key, flags, compiler, and the module's size and SHA-256
 
 A hit imports the module directly: no Jinja, no compiler, no child process (the compiler's
-`--version` is remembered on disk per executable). A build happens in a private temporary directory
+`--version` is remembered on disk per executable, and so are the flags it was found to accept, so a
+later miss runs no probes either). A build happens in a private temporary directory
 beside the entries and is renamed into place in one step, so concurrent processes building the same
 key both succeed (the loser of the rename uses the winner's entry). An entry whose manifest
 is missing or unreadable, or whose module does not match the recorded size and SHA-256 (a truncated
@@ -67,6 +68,7 @@ class Compiler:
     command: tuple[str, ...]  # as setuptools will run it, e.g. ("gcc",) or ("ccache", "gcc")
     path: str  # the resolved executable of command[0]
     version: str  # the output of `command --version`
+    record: Path | None = None  # the file remembering its version and the flags it accepts (None: remember nothing)
 
     @property
     def name(self) -> str:
@@ -90,7 +92,8 @@ def find_compiler(cache_dir=None) -> Compiler:
         where = "$CC" if os.environ.get("CC") else "Python's build configuration"
         raise CnncError(f"C compiler '{command[0]}' (from {where}) was not found; install a C compiler "
                         f"(gcc or clang), set CC to one, or {NUMPY_HINT}")
-    return Compiler(command, path, compiler_version(command, path, cache_root(cache_dir).with_name("compilers")))
+    records = cache_root(cache_dir).with_name("compilers")
+    return Compiler(command, path, compiler_version(command, path, records), record_file(command, path, records))
 
 
 def executables_identity(command: tuple[str, ...], path: str) -> dict:
@@ -105,11 +108,17 @@ def executables_identity(command: tuple[str, ...], path: str) -> dict:
     return identity
 
 
+def record_file(command: tuple[str, ...], path: str, records: Path) -> Path:
+    """The record of this compiler in `records`, named by the identity of its executables."""
+    identity = executables_identity(command, path)
+    return records / f"{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]}.json"
+
+
 def compiler_version(command: tuple[str, ...], path: str, records: Path) -> str:
     """`CC --version`, remembered in `records` (one small JSON file per compiler identity) so that a new
     process whose compiler has not changed spawns nothing; asked again when the executables change."""
     identity = executables_identity(command, path)
-    record = records / f"{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]}.json"
+    record = record_file(command, path, records)
     try:
         saved = json.loads(record.read_text(encoding="utf-8"))
         if saved.get("identity") == identity and isinstance(saved.get("version"), str):
@@ -139,6 +148,40 @@ def _compiler_version(command: tuple[str, ...], path: str, identity: str) -> str
         raise CnncError(f"C compiler '{' '.join(command)}' failed on --version (exit {result.returncode}): "
                         f"{result.stderr.strip()[:300]}; {NUMPY_HINT}")
     return result.stdout.strip()
+
+
+def accepts(compiler: Compiler, flags: tuple[str, ...]) -> bool:
+    """Whether the compiler builds and links with these flags, a yes remembered in its record (beside its
+    version, so a replaced compiler is asked again). A no is not remembered: installing an OpenMP runtime
+    turns it into a yes without changing the compiler. Saves the probes' ~85 ms on every later miss."""
+    if " ".join(flags) in remembered_flags(compiler):
+        return True
+    if not _accepts(compiler, flags):
+        return False
+    remember_flags(compiler, flags)
+    return True
+
+
+def remembered_flags(compiler: Compiler) -> list[str]:
+    """The flag sets (each joined by spaces) the compiler's record says it accepts; [] without a record."""
+    try:
+        saved = json.loads(compiler.record.read_text(encoding="utf-8"))
+        accepted = saved.get("accepts", []) if saved.get("version") == compiler.version else []
+        return [f for f in accepted if isinstance(f, str)] if isinstance(accepted, list) else []
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []  # no record (or None), or an unreadable one: probe
+
+
+def remember_flags(compiler: Compiler, flags: tuple[str, ...]) -> None:
+    """Add a yes to the compiler's record, which `compiler_version` wrote (no record, nothing remembered)."""
+    try:
+        saved = json.loads(compiler.record.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or saved.get("version") != compiler.version:
+            return
+        saved["accepts"] = sorted({*remembered_flags(compiler), " ".join(flags)})
+        atomic_write_text(compiler.record, json.dumps(saved, indent=2) + "\n")
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # a read-only cache or a damaged record: the next miss probes again
 
 
 @lru_cache(maxsize=None)
@@ -196,13 +239,13 @@ def usable_flags(compiler: Compiler, options: BuildOptions) -> tuple[list[str], 
     cannot link them), its simd pragmas still apply through -fopenmp-simd where the compiler has it,
     and the thread pragmas are silenced."""
     flags = requested_flags(options)
-    if options.native and not _accepts(compiler, ("-march=native",)):
+    if options.native and not accepts(compiler, ("-march=native",)):
         flags.remove("-march=native")
-    if options.openmp and _accepts(compiler, ("-fopenmp",)):
+    if options.openmp and accepts(compiler, ("-fopenmp",)):
         return flags, ["-fopenmp"]
     if options.openmp:
         flags.remove("-fopenmp")
-    if _accepts(compiler, ("-fopenmp-simd",)):
+    if accepts(compiler, ("-fopenmp-simd",)):
         flags.append("-fopenmp-simd")
     return flags + ["-Wno-unknown-pragmas"], []
 
@@ -408,11 +451,17 @@ def discard(entry: Path) -> None:
 
 # ---- compiling ---------------------------------------------------------------------------------------
 # Run by a child Python: the compiler's messages arrive on its stderr, the commands setuptools ran on
-# its stdout; a failure exits 1 with one line saying so (no traceback to wade through).
+# its stdout; a failure exits 1 with one line saying so (no traceback to wade through). It imports
+# cffi and setuptools (~0.2 s) before it reads the job's path from stdin, so that the parent's flag
+# probes run meanwhile; no path (the parent gave up) exits quietly.
 _BUILD_SCRIPT = textwrap.dedent("""
     import json, sys
     from cffi import FFI
-    job = json.load(open(sys.argv[1], encoding="utf-8"))
+    import cffi.recompiler, cffi._shimmed_dist_utils
+    path = sys.stdin.readline().strip()
+    if not path:
+        sys.exit(0)
+    job = json.load(open(path, encoding="utf-8"))
     ffi = FFI()
     ffi.cdef(job["cdef"])
     ffi.set_source(job["module"], job["source"], extra_compile_args=job["cflags"], extra_link_args=job["ldflags"])
@@ -470,19 +519,26 @@ def compile_module(directory: Path, key: str, source: CSource, compiler: Compile
     model.c and the module there."""
     import subprocess
 
-    cflags, ldflags = usable_flags(compiler, options)
     work = directory / "work"
     work.mkdir()
-    job = work / "job.json"
-    name = module_name(key)
-    job.write_text(json.dumps({"cdef": source.cdef, "source": source.text, "module": name, "cflags": cflags,
-                               "ldflags": ldflags, "tmpdir": str(work)}), encoding="utf-8")
     env = {**os.environ, "CC": shlex.join(compiler.command)}
-    try:
-        result = subprocess.run([sys.executable, "-c", _BUILD_SCRIPT, str(job)], capture_output=True, text=True,
-                                env=env, cwd=work, timeout=1800)
-    except subprocess.TimeoutExpired:
-        raise CnncError(f"C compiler '{compiler.name}' did not finish within 30 minutes; {NUMPY_HINT}") from None
+    child = subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, cwd=work)
+    with child:  # waits for the child however this block is left
+        try:
+            cflags, ldflags = usable_flags(compiler, options)  # while the child imports
+            job = work / "job.json"
+            name = module_name(key)
+            job.write_text(json.dumps({"cdef": source.cdef, "source": source.text, "module": name, "cflags": cflags,
+                                       "ldflags": ldflags, "tmpdir": str(work)}), encoding="utf-8")
+            stdout, stderr = child.communicate(f"{job}\n", timeout=1800)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            raise CnncError(f"C compiler '{compiler.name}' did not finish within 30 minutes; {NUMPY_HINT}") from None
+        except BaseException:
+            child.kill()
+            raise
+    result = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     built = [p for p in work.iterdir() if p.name.startswith(name) and p.suffix in (".so", ".pyd", ".dylib")]
     if result.returncode != 0 or len(built) != 1:
         raise CnncError(f"C compiler '{compiler.name}' failed to build the generated module "
