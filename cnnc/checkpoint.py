@@ -18,12 +18,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import zipfile
 
 import numpy as np
 
 from .diagnostics import CnncError
-from .fileio import atomic_path
+from .fileio import atomic_path, describe_contents, is_numpy_file
 from .ir import Network
 
 FORMAT = "cnnc-checkpoint-1"
@@ -132,6 +133,9 @@ def load_checkpoint(path) -> Checkpoint:
 
 def _read_archive(path: str) -> dict[str, np.ndarray]:
     try:
+        if not is_numpy_file(path):  # a .npy gets its own message below
+            raise CnncError(f"{path}: not a readable checkpoint: not a NumPy .npz archive "
+                            f"(it is {describe_contents(path)})")
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise CnncError(f"{path}: holds a single array, not a checkpoint .npz archive")
@@ -145,6 +149,32 @@ def _read_archive(path: str) -> dict[str, np.ndarray]:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise CnncError(f"{path}: not a readable checkpoint .npz archive ({e})") from None
+
+
+def is_checkpoint(arrays: dict[str, np.ndarray]) -> bool:
+    """True if the arrays of an .npz are a training checkpoint's (a 'meta' entry and 'param/...' arrays)."""
+    return "meta" in arrays and any(name.startswith("param/") for name in arrays)
+
+
+def checkpoint_given_as_weights(path, arrays: dict[str, np.ndarray]) -> str:
+    """The message for a checkpoint passed where a weights file belongs: what it is, where the run's
+    weights file is, and how to use the checkpoint instead."""
+    path = os.fspath(path)
+    resume = f"--resume {shlex.quote(path)}"
+    try:
+        meta = json.loads(str(arrays["meta"]))
+        done, epochs = meta["position"]["epoch"], meta["config"]["epochs"]
+        finished = done >= epochs and not arrays["perm"].size
+        spec, output = shlex.quote(meta["spec"]["file"]), meta["output"]
+        what = f"model '{meta['spec']['name']}', {done} of {epochs} epoch(s) done"
+    except (KeyError, TypeError, ValueError):  # an older or damaged checkpoint: say what is certain
+        return (f"{path} is a training checkpoint, not a weights file; continue its run with "
+                f"`cnnc train SPEC {resume}`, and load the weights file the run writes when it finishes")
+    if finished:
+        return (f"{path} is a training checkpoint ({what}), not a weights file; its run wrote the weights file "
+                f"{output}; to train further, use `cnnc train {spec} {resume} --epochs {done + 1}` or more")
+    return (f"{path} is a training checkpoint ({what}), not a weights file; continue its run with "
+            f"`cnnc train {spec} {resume}`, which writes the weights file {output} when it finishes")
 
 
 def default_checkpoint_path(weights_path) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .diagnostics import CnncError, Diagnostic
+from .fileio import describe_contents
 
 # ---------------------------------------------------------------------------------------------
 # The Dataset type
@@ -90,7 +91,7 @@ def make_dataset(name: str, x_train, y_train, x_test, y_test, description: str,
     labels are integers >= 0. `where` names the source in error messages (default: name).
     """
     where = where or name
-    x_train, x_test = (np.ascontiguousarray(x, dtype=np.float32) for x in (x_train, x_test))
+    x_train, x_test = (_as_float32(where, split, x) for split, x in (("train", x_train), ("test", x_test)))
     y_train, y_test = (np.ascontiguousarray(y, dtype=np.int64) for y in (y_train, y_test))
     _check_split(where, "train", x_train, y_train)
     _check_split(where, "test", x_test, y_test)
@@ -103,6 +104,18 @@ def make_dataset(name: str, x_train, y_train, x_test, y_test, description: str,
     elif top >= classes:
         raise CnncError(f"{where}: label {top} is out of range for {classes} classes (0..{classes - 1})")
     return Dataset(name, x_train, y_train, x_test, y_test, int(classes), description)
+
+
+def _as_float32(where: str, split: str, x) -> np.ndarray:
+    """x as a C-contiguous float32 array; finite values beyond float32's range are an error naming the
+    largest, not NumPy's overflow warning followed by a complaint about infinities."""
+    given = np.asarray(x)
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(given, dtype=np.float32)
+    if given.dtype.kind == "f" and not np.isfinite(x).all() and np.isfinite(given).all():
+        raise CnncError(f"{where}: x_{split} has values beyond the float32 range (largest magnitude "
+                        f"{np.abs(given).max():.3g}); scale the data")
+    return x
 
 
 def _check_split(where: str, split: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -501,6 +514,10 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def _npz_arrays(path: Path, f) -> dict[str, np.ndarray]:
     """Every array in the open .npz file `f`."""
+    head = f.read(6)
+    f.seek(0)
+    if not head.startswith((b"PK", b"\x93NUMPY")):  # else NumPy's message would be about pickled data
+        raise CnncError(f"{path}: not a NumPy .npz archive (it is {describe_contents(path)})")
     try:
         loaded = np.load(f, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:

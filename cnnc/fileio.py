@@ -71,3 +71,47 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+# ---- what a file holds, for error messages ---------------------------------------------------------
+MAGIC = ((b"\x93NUMPY", "a NumPy .npy file holding one array"),
+         (b"PK\x03\x04", "a zip archive"), (b"PK\x05\x06", "an empty zip archive"),
+         (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"))
+
+
+def describe_contents(path: str | os.PathLike) -> str:
+    """What the file at `path` looks like from its first bytes, for a message saying it is the wrong kind:
+    "an empty file", "a NumPy .npy file holding one array", "a zip archive", "text beginning 'hello'", or
+    "binary data beginning 08 07 ff"."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "an empty file"
+    for magic, kind in MAGIC:
+        if head.startswith(magic):
+            return kind
+    text = _utf8_prefix(head)
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        shown = " ".join(text.split())
+        return f"text beginning {shown[:24]!r}" if shown else "a file of blank text"
+    return "binary data beginning " + " ".join(f"{b:02x}" for b in head[:8])
+
+
+def _utf8_prefix(head: bytes) -> str | None:
+    """head as UTF-8, forgiving only a character cut off at its end; None if it is not UTF-8."""
+    try:
+        return head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return head[:e.start].decode("utf-8") if e.start >= len(head) - 3 and e.start > 0 else None
+
+
+def is_zip(path: str | os.PathLike) -> bool:
+    """True if the file starts like a zip archive (a .npz is one)."""
+    with open(path, "rb") as f:
+        return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def is_numpy_file(path: str | os.PathLike) -> bool:
+    """True if the file starts like a .npz (a zip archive) or a .npy array."""
+    with open(path, "rb") as f:
+        return f.read(6).startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY"))

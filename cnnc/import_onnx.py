@@ -32,7 +32,7 @@ import numpy as np
 
 from .diagnostics import CnncError
 from .export_onnx import require_onnx
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_path, atomic_write_text, describe_contents
 from .ir import LAYER_KINDS, Network
 from .model import weight_mismatches
 
@@ -529,6 +529,23 @@ def _weights(statements: list[Statement]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _read_model(onnx, source: str):
+    """The ModelProto in `source`. Protobuf parses some foreign bytes (an empty file, for one) as an
+    empty message, so a model without a graph is refused too, saying what the file looks like."""
+    try:
+        proto = onnx.load(source)
+    except FileNotFoundError:
+        raise CnncError(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise CnncError(f"{source}: is a directory, expected an .onnx file") from None
+    except Exception as e:  # protobuf's DecodeError and friends: the file is not an ONNX model
+        raise CnncError(f"{source}: not a readable ONNX model: it is {describe_contents(source)} "
+                        f"({type(e).__name__}: {e})") from None
+    if not proto.HasField("graph"):
+        raise CnncError(f"{source}: not an ONNX model: it holds no graph (it is {describe_contents(source)})")
+    return proto
+
+
 def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None = None) -> tuple[Network, dict]:
     """Read an ONNX model and write the .cnn file and its weights (.npz, by default beside the .cnn).
     Returns the shape-checked Network and the weights {name: array}. Refuses, with a CnncError naming the
@@ -539,12 +556,7 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     onnx = require_onnx("onnx")
     source, cnn_path = os.fspath(onnx_path), Path(os.fspath(cnn_path))
     weights_path = Path(os.fspath(weights_path)) if weights_path is not None else cnn_path.with_suffix(".npz")
-    try:
-        proto = onnx.load(source)
-    except FileNotFoundError:
-        raise CnncError(f"{source}: no such file") from None
-    except Exception as e:  # protobuf's DecodeError and friends: the file is not an ONNX model
-        raise CnncError(f"{source}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    proto = _read_model(onnx, source)
     importer = Importer(onnx, proto, source)
     input_name, statements = importer.run()
     name = _model_name(model_name, proto.graph.name, cnn_path)

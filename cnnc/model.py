@@ -20,7 +20,8 @@ import zipfile
 
 import numpy as np
 
-from .fileio import atomic_path
+from .checkpoint import checkpoint_given_as_weights, is_checkpoint
+from .fileio import atomic_path, describe_contents, is_zip
 from .ir import Network, ParamSpec
 
 DTYPES = ("float32", "float64")
@@ -138,9 +139,13 @@ class Model:
                 np.savez(f, **self.params)
 
     def load_weights(self, source) -> None:
-        """Load parameters from an .npz path or a dict of arrays; every name, shape and dtype is checked."""
-        arrays = read_npz(source) if isinstance(source, (str, os.PathLike)) else dict(source)
-        where = f"weights file {os.fspath(source)}" if isinstance(source, (str, os.PathLike)) else "weights"
+        """Load parameters from an .npz path or a dict of arrays; every name, shape and dtype is checked.
+        A training checkpoint (.ckpt.npz) is refused with a message naming its run's weights file."""
+        is_path = isinstance(source, (str, os.PathLike))
+        arrays = read_npz(source) if is_path else dict(source)
+        where = f"weights file {os.fspath(source)}" if is_path else "weights"
+        if is_path and is_checkpoint(arrays):
+            raise ValueError(checkpoint_given_as_weights(source, arrays))
         problems = weight_mismatches(self.network, arrays)
         if problems:
             raise ValueError(f"{where} does not fit model '{self.name}':\n  " + "\n  ".join(problems))
@@ -238,13 +243,23 @@ def mse(y: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def read_npz(path) -> dict[str, np.ndarray]:
+    """The arrays of a weights .npz; a missing file, a directory, another kind of file or a damaged
+    archive is a ValueError naming the file."""
+    where = f"weights file {os.fspath(path)}"
+    try:
+        if not is_zip(path):  # a text file would otherwise get NumPy's message about pickled data
+            raise ValueError(f"{where}: not a NumPy .npz archive (it is {describe_contents(path)})")
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"{where}: is a directory, expected a .npz file") from None
+    except OSError as e:
+        raise ValueError(f"{where} cannot be read ({e.strerror or e})") from None
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise ValueError(f"weights file {os.fspath(path)} does not exist") from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"weights file {os.fspath(path)} is not a readable .npz archive ({e})") from None
+        raise ValueError(f"{where} is not a readable .npz archive ({e})") from None
 
 
 def weight_mismatches(network: Network, arrays: dict[str, np.ndarray]) -> list[str]:

@@ -513,6 +513,8 @@ def read_input(path, shape: tuple[int, ...]) -> np.ndarray:
     """An image (PNG/PGM/...: via Pillow, to the model's channels, resized, scaled to [0, 1]) or a .npy
     array of the input shape ((C, H, W), or (H, W) for one channel). Returns x: shape, float32."""
     path = Path(path)
+    if path.is_dir():
+        raise CnncError(f"{path}: is a directory; --input takes one image or .npy file")
     if not path.is_file():
         raise CnncError(f"{path}: no such input file")
     x = _read_npy(path, shape) if path.suffix.lower() == ".npy" else _read_image(path, shape)
