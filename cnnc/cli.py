@@ -87,9 +87,31 @@ def _optional_parsers():
                 raise
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The top-level parser. argparse leaves a subcommand's unknown arguments to the top level, which would
+    report them under `usage: cnnc ...`; this reports them with the (sub)subcommand's own usage line."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            _innermost_parser(self, parsed).error(f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed
+
+
+def _innermost_parser(parser: argparse.ArgumentParser, parsed) -> argparse.ArgumentParser:
+    """The parser of the command that was chosen: cnnc -> cnnc viz -> cnnc viz maps. argparse has no public
+    way to list a parser's subcommands, so this reads its actions."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(parsed, action.dest, None))
+            if chosen is not None:
+                return _innermost_parser(chosen, parsed)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnnc", description="cnnc: check, compile, train and export convolutional "
-                                     "networks written in the .cnn language.")
+    parser = CommandParser(prog="cnnc", description="cnnc: check, compile, train and export convolutional "
+                           "networks written in the .cnn language.")
     parser.add_argument("--version", action="version", version=f"cnnc {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in PARSER_BUILDERS + list(_optional_parsers()):

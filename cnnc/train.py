@@ -460,6 +460,7 @@ def resume_hint(spec: str, model_name: str | None, data: str, checkpoint: str) -
 
 
 def run_train(args) -> int:
+    began = time.perf_counter()  # the summary reports building the model and loading the data separately
     ckpt = load_checkpoint(args.resume) if args.resume else None
     saved = ckpt.meta if ckpt else {}
     model_name = args.model or saved.get("spec", {}).get("model")
@@ -512,7 +513,8 @@ def run_train(args) -> int:
               f"{checkpoint_path}\ncontinue with: {hint}")
         return 0
     model.save(output)
-    print(final_summary(model, trainer, backend, time.perf_counter() - started, output, log_path))
+    timing = {"setup": started - began, "loop": time.perf_counter() - started}
+    print(final_summary(model, trainer, backend, timing, output, log_path))
     return 0
 
 
@@ -530,7 +532,9 @@ def resume_note(ckpt: Checkpoint, config: TrainConfig, backend: str, batches: in
     return "\n".join(notes)
 
 
-def final_summary(model: Model, trainer: Trainer, backend: str, wall: float, output: str, log_path: str | None) -> str:
+def final_summary(model: Model, trainer: Trainer, backend: str, timing: dict, output: str, log_path: str | None) -> str:
+    """timing: seconds spent on "setup" (reading a checkpoint, building the model, loading the data) and
+    on the "loop" (this invocation's epochs: training, evaluation after each, checkpoints)."""
     last, history = trainer.state.history[-1], trainer.state.history
     epochs = f"{len(history)} epoch" + ("s" if len(history) != 1 else "")
     n_test = len(trainer.splits.y_test)
@@ -539,8 +543,9 @@ def final_summary(model: Model, trainer: Trainer, backend: str, wall: float, out
     rate = f"{images / seconds:,.0f} images/s, " if seconds > 0 else ""
     lines = [f"{model.name}: test accuracy {last['test_accuracy']:.2%} ({round(last['test_accuracy'] * n_test)}/{n_test}), "
              f"test loss {last['test_loss']:.4f} after {epochs}",
-             f"training: {seconds:.1f} s over {epochs} ({rate}{backend} backend); "
-             f"this run's wall time {wall:.1f} s",
+             f"training: {seconds:.1f} s over {epochs} ({rate}{backend} backend)",
+             f"this invocation: {timing['setup'] + timing['loop']:.1f} s wall time ({timing['setup']:.1f} s building "
+             f"the model and loading the data, {timing['loop']:.1f} s training, evaluating and checkpointing)",
              f"weights written to {output}",
              f"checkpoint: {trainer.checkpoint_path} (--resume it with a larger --epochs to train further)"]
     if log_path:
@@ -630,7 +635,8 @@ def _add_train(subparsers) -> None:
     p.add_argument("--stop-after", type=int, metavar="N", help="end this invocation after epoch N, leaving the "
                    "checkpoint to --resume later; the schedule still spans --epochs")
     p.add_argument("--log", metavar="METRICS.jsonl", help="write one JSON object per epoch to this file")
-    p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines: print only "
+                   "the final summary (errors are still printed)")
     p.set_defaults(func=run_train)
 
 

@@ -1,0 +1,238 @@
+"""Rough edges found in a review of the CLI and the file readers, each checked by the message a user sees:
+train's -q, subcommand usage lines, text and checkpoint files given as weights, non-ONNX files given to
+import, a directory given to viz maps --input, the train summary's timing, and float32 overflow in data.
+
+Runs use TINY (4 filters, 8x8 digits) on the NumPy backend: a 1-epoch run takes well under a second.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc.cli import main
+from cnnc.datasets import load_dataset, make_dataset
+from cnnc.diagnostics import CnncError
+from cnnc.fileio import describe_contents
+
+TINY = """
+model tiny {
+    input image[1, 8, 8]
+    conv2d c1(filters=4, kernel=3, activation=relu)   # -> [4, 6, 6]
+    maxpool2d p1(size=2)                               # -> [4, 3, 3]
+    flatten
+    dense out(units=10)
+    loss cross_entropy
+}
+"""
+QUICK = ["--data", "digits", "--backend", "numpy"]
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main([str(a) for a in args])
+    return status, out.getvalue(), err.getvalue()
+
+
+def usage_error(*args) -> str:
+    """stderr of an argparse error (which exits with status 2)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    assert e.value.code == 2
+    return err.getvalue()
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch) -> str:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.cnn").write_text(TINY)
+    (tmp_path / "notes.txt").write_text("hello, these are notes\n")
+    return "tiny.cnn"
+
+
+# ---- 1. train -q ---------------------------------------------------------------------------------
+def test_train_q_prints_only_the_summary(tiny):
+    status, stdout, stderr = run_cli("train", tiny, *QUICK, "--epochs", 1, "-q")
+    assert status == 0 and stderr == ""  # no progress lines, no per-epoch line
+    assert stdout.startswith("tiny: test accuracy ") and "weights written to tiny.weights.npz" in stdout
+    assert Path("tiny.weights.npz").exists()
+
+
+def test_train_q_still_prints_errors(tiny):
+    status, stdout, stderr = run_cli("train", tiny, *QUICK, "--optimizer", "sgd", "--lr", "1e8", "-q")
+    assert status == 1 and stdout == ""
+    assert stderr.startswith("error: training diverged in epoch 1, batch ")
+
+
+def test_train_help_lists_q_with_quiet(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "-q, --quiet" in capsys.readouterr().out
+
+
+# ---- 2. usage errors name the subcommand -----------------------------------------------------------
+def test_unknown_option_of_a_subcommand_shows_that_subcommands_usage(tiny):
+    err = usage_error("train", tiny, "--bogus")
+    assert err.startswith("usage: cnnc train [-h]")
+    assert err.rstrip().endswith("cnnc train: error: unrecognized arguments: --bogus")
+
+
+def test_extra_positional_of_a_nested_subcommand_shows_its_usage(tiny):
+    err = usage_error("viz", "maps", tiny, "--weights", "w.npz", "--input", "x.npy", "-o", "m.png", "surplus")
+    assert err.startswith("usage: cnnc viz maps [-h]")
+    assert err.rstrip().endswith("cnnc viz maps: error: unrecognized arguments: surplus")
+
+
+def test_unknown_top_level_option_keeps_the_top_level_usage():
+    err = usage_error("--bogus")
+    assert err.startswith("usage: cnnc [-h] [--version] COMMAND")
+    assert err.rstrip().endswith("cnnc: error: unrecognized arguments: --bogus")
+
+
+# ---- 3. a file that is not a .npz ------------------------------------------------------------------
+@pytest.mark.parametrize("content, found", [
+    (b"", "an empty file"),
+    (b"hello,\n  these are notes\n", "text beginning 'hello, these are notes'"),
+    (b"\x08\x07\xff\x00", "binary data beginning 08 07 ff 00"),
+    ("é".encode() * 32 + b"\xc3", "text beginning '" + "é" * 24 + "'"),  # a character cut at the 64-byte mark
+])
+def test_describe_contents_says_what_a_file_looks_like(tmp_path, content, found):
+    path = tmp_path / "f"
+    path.write_bytes(content)
+    assert describe_contents(path) == found
+
+
+def test_load_weights_of_a_text_file_names_it_and_says_what_it_is(tiny):
+    Path("x.npz").write_text("hello\n")
+    model = cnnc.load(tiny, backend="numpy")
+    with pytest.raises(ValueError) as e:
+        model.load_weights("x.npz")
+    assert str(e.value) == "weights file x.npz: not a NumPy .npz archive (it is text beginning 'hello')"
+
+
+def test_eval_with_text_or_npy_weights_is_a_clear_error_not_numpys(tiny):
+    status, _, stderr = run_cli("eval", tiny, "--weights", "notes.txt", *QUICK)
+    assert status == 1 and "pickled" not in stderr
+    assert stderr.strip() == "error: weights file notes.txt: not a NumPy .npz archive (it is text beginning 'hello, these are notes')"
+    np.save("one.npy", np.zeros(3))
+    status, _, stderr = run_cli("eval", tiny, "--weights", "one.npy", *QUICK)  # was a TypeError traceback
+    assert status == 1
+    assert stderr.strip() == "error: weights file one.npy: not a NumPy .npz archive (it is a NumPy .npy file holding one array)"
+
+
+def test_text_file_as_data_or_checkpoint_is_named_as_such(tiny):
+    status, _, stderr = run_cli("train", tiny, "--data", "notes.txt", "--backend", "numpy")
+    assert status == 1
+    assert stderr.strip() == "error: notes.txt: not a NumPy .npz archive (it is text beginning 'hello, these are notes')"
+    status, _, stderr = run_cli("train", tiny, "--resume", "notes.txt")
+    assert status == 1 and "pickled" not in stderr
+    assert stderr.strip() == ("error: notes.txt: not a readable checkpoint: not a NumPy .npz archive "
+                              "(it is text beginning 'hello, these are notes')")
+
+
+# ---- 4. a checkpoint given as weights ----------------------------------------------------------------
+def test_checkpoint_of_an_unfinished_run_given_as_weights_says_how_to_continue(tiny):
+    assert run_cli("train", tiny, *QUICK, "--epochs", 2, "--stop-after", 1, "-o", "part.npz")[0] == 0
+    status, _, stderr = run_cli("eval", tiny, "--weights", "part.ckpt.npz", *QUICK)
+    assert status == 1 and "missing parameter" not in stderr
+    assert stderr.strip() == ("error: part.ckpt.npz is a training checkpoint (model 'tiny', 1 of 2 epoch(s) done), "
+                              "not a weights file; continue its run with `cnnc train tiny.cnn --resume part.ckpt.npz`, "
+                              "which writes the weights file part.npz when it finishes")
+
+
+def test_checkpoint_of_a_finished_run_points_at_its_weights_file(tiny):
+    assert run_cli("train", tiny, *QUICK, "--epochs", 1, "-q")[0] == 0
+    model = cnnc.load(tiny, backend="numpy")
+    with pytest.raises(ValueError) as e:
+        model.load_weights("tiny.weights.ckpt.npz")
+    assert str(e.value) == ("tiny.weights.ckpt.npz is a training checkpoint (model 'tiny', 1 of 1 epoch(s) done), "
+                            "not a weights file; its run wrote the weights file tiny.weights.npz; to train further, "
+                            "use `cnnc train tiny.cnn --resume tiny.weights.ckpt.npz --epochs 2` or more")
+    model.load_weights("tiny.weights.npz")  # the file the message names loads
+
+
+# ---- 5. cnnc import of a file that is not ONNX --------------------------------------------------------
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty.onnx: not an ONNX model: it holds no graph (it is an empty file)"),
+    (b"\x08\x07", "empty.onnx: not an ONNX model: it holds no graph (it is binary data beginning 08 07)"),
+])
+def test_import_of_bytes_protobuf_accepts_says_not_an_onnx_model(tiny, content, message):
+    pytest.importorskip("onnx")
+    Path("empty.onnx").write_bytes(content)  # protobuf parses these as an empty ModelProto: "0 inputs" before
+    status, _, stderr = run_cli("import", "empty.onnx", "-o", "out.cnn")
+    assert status == 1 and stderr.strip() == f"error: {message}"
+
+
+def test_import_of_an_npy_says_what_the_file_is(tiny):
+    pytest.importorskip("onnx")
+    np.save("a.npy", np.arange(10.0))
+    status, _, stderr = run_cli("import", "a.npy", "-o", "out.cnn")
+    assert status == 1
+    assert stderr.startswith("error: a.npy: not a readable ONNX model: it is a NumPy .npy file holding one array (")
+
+
+# ---- 6. viz maps --input DIR ----------------------------------------------------------------------------
+def test_viz_maps_input_directory_is_named_as_a_directory(tiny):
+    cnnc.load(tiny, backend="numpy").save("w.npz")
+    Path("inputs").mkdir()
+    status, _, stderr = run_cli("viz", "maps", tiny, "--weights", "w.npz", "--input", "inputs", "-o", "m.png")
+    assert status == 1
+    assert stderr.strip() == "error: inputs: is a directory; --input takes one image or .npy file"
+
+
+# ---- 7. the summary's timing includes building the model and loading the data ---------------------------
+def test_train_summary_wall_time_includes_build_and_data_load(tiny, monkeypatch):
+    import cnnc.train
+
+    slow_load, original = 0.4, cnnc.train.load_data_for
+
+    def load_data_slowly(model, data):
+        time.sleep(slow_load)
+        return original(model, data)
+
+    monkeypatch.setattr(cnnc.train, "load_data_for", load_data_slowly)
+    started = time.perf_counter()
+    status, stdout, _ = run_cli("train", tiny, *QUICK, "--epochs", 1, "-q")
+    elapsed = time.perf_counter() - started
+    assert status == 0
+    found = re.search(r"^this invocation: ([\d.]+) s wall time \(([\d.]+) s building the model and loading the data, "
+                      r"([\d.]+) s training, evaluating and checkpointing\)$", stdout, re.M)
+    assert found, stdout
+    wall, setup, loop = map(float, found.groups())
+    training = float(re.search(r"^training: ([\d.]+) s over 1 epoch", stdout, re.M).group(1))
+    assert setup >= slow_load - 0.05           # the slow data load is counted in the setup figure
+    assert abs(wall - (setup + loop)) <= 0.11  # each figure is rounded to 0.1 s
+    assert loop >= training - 0.05 and wall <= elapsed + 0.05
+
+
+# ---- 8. data beyond float32's range ----------------------------------------------------------------------
+def test_data_beyond_float32_is_a_clean_error_without_numpy_warning(tmp_path):
+    path = tmp_path / "big.npz"
+    x = np.zeros((4, 1, 8, 8))
+    x[1, 0, 2, 3] = -1e300
+    np.savez(path, x_train=x, y_train=np.arange(4), x_test=np.zeros((2, 1, 8, 8)), y_test=np.arange(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy's "overflow encountered in cast" would now be raised
+        with pytest.raises(CnncError) as e:
+            load_dataset(path)
+    assert str(e.value) == (f"error: {path}: x_train has values beyond the float32 range "
+                            "(largest magnitude 1e+300); scale the data")
+
+
+def test_float32_data_with_infinity_is_still_named_as_non_finite():
+    x = np.zeros((3, 1, 4, 4))
+    x[0, 0, 0, 0] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CnncError, match="x_train contains NaN or infinite values"):
+            make_dataset("d", x, np.arange(3), np.zeros((1, 1, 4, 4)), np.zeros(1, int), "test data")
+
