@@ -276,6 +276,16 @@ def test_short_path_rejects_non_finite_inputs_anywhere_in_the_batch(bundles, bad
     assert m.forward(huge).shape == (1, *m.output_shape)  # the largest finite value is finite
 
 
+@pytest.mark.parametrize("n", [3, 5, 67])
+def test_uneven_batch_slices_agree_with_numpy_and_pytorch(bundles, n):
+    """A batch runs as min(N, MODEL_SLICES) slices of unequal sizes (LeNet-5 in float32 has 4: at N=5
+    they hold 1, 1, 1 and 2 samples), each with its own scratch and gradient block: every sample's
+    output and input gradient, and the summed parameter gradients, must still match the references."""
+    network = cnnc.read_network(SPECS / "lenet5.cnn")
+    assert bundles["float32"].model(network.name).plan.slices == 4
+    check_against_references(bundles, network, "float32", n=n, seed=n)
+
+
 def test_results_do_not_depend_on_threads_or_on_other_samples_in_the_batch(bundles):
     """Threads split the batch, never a sum: the same input gives the same bits, alone or in a batch."""
     c = bundles["float32"].model("net_2d", seed=1)
@@ -304,8 +314,9 @@ np.savez(sys.argv[4], **out)
 
 
 def test_one_and_two_threads_give_identical_results(cache_dir, tmp_path):
-    """LeNet-5 and the MNIST net at batch 64 (every blocked kernel past the parallel threshold): threads share
-    out samples or disjoint weights, never one sum, so OMP_NUM_THREADS=1 and 2 give the same bits."""
+    """LeNet-5 and the MNIST net at batch 64 (past every parallel threshold): threads share out batch slices
+    whose gradient blocks are summed in slice order, never in thread order, so OMP_NUM_THREADS=1 and 2 give
+    the same bits."""
     import os
     import sys
     results = {}

@@ -330,8 +330,17 @@ class NetworkPlan:
     forward_lines: list[str]
     backward_lines: list[str]
     output_buffer: str
+    slices: int  # a batch runs as at most this many slices (see batch_slices)
+    slice_fixed_count: int  # the fixed buffers of one batch slice (fixed_count holds `slices` of them)
+    grad_stride: int  # the parameter count rounded up to whole vectors: one slice's gradient block
+    work: int  # multiply-adds per sample of the whole network, for the parallel-or-not choice
 
     # ---- what the template prints ----
+    @property
+    def grad_slices_offset(self) -> int:
+        """Where the gradient blocks of slices 1.. start in the fixed region (slice 0 uses the caller's)."""
+        return self.slices * self.slice_fixed_count
+
     @property
     def in_size(self) -> int:
         return prod(self.network.input_shape)
@@ -522,6 +531,20 @@ OW_BLOCK_MAX = 1024
 # Below this many multiply-adds a kernel runs on one thread (see module.c.j2).
 PARALLEL_MIN_WORK = 1 << 20
 
+# A batch is cut into at most this many contiguous slices, each run through the whole network by one
+# thread (network.c.j2): the most threads one forward or backward pass can use. Each slice has its own
+# scratch and its own parameter-gradient block, summed in slice order, so no result depends on the
+# thread count. Extra slices cost one thread each time: every slice re-reads the weights and writes a
+# gradient block of its own. So a network gets MAX_BATCH_SLICES only while its parameters fit in
+# SMALL_PARAM_BYTES (a quarter of one core's L2 here), otherwise MIN_BATCH_SLICES.
+MAX_BATCH_SLICES = 4
+MIN_BATCH_SLICES = 2
+SMALL_PARAM_BYTES = 256 * 1024
+
+
+def batch_slices(param_count: int, item_size: int) -> int:
+    return MAX_BATCH_SLICES if param_count * item_size <= SMALL_PARAM_BYTES else MIN_BATCH_SLICES
+
 ACTIVATION_READS = {"relu": "pre", "leaky_relu": "pre", "sigmoid": "out", "tanh": "out", "softmax": "out"}
 
 
@@ -580,10 +603,16 @@ class _Planner:
         params = sum(lp.layer.param_count for lp in layers)
         title = (f"model '{n.name}': {n.input_name} {_shape(n.input_shape)} -> {_shape(n.output_shape)}, "
                  f"{len(n.layers)} layers, {params:,} parameters")
+        slice_fixed = sum(b.size for b in self.fixed)
+        grad_stride = -(-self.param_offset // self.vl) * self.vl
+        slices = batch_slices(self.param_offset, VECTOR_BYTES // self.vl)
+        fixed_count = slices * slice_fixed + (slices - 1) * grad_stride
+        network_work = min(sum(work(lp.layer) for lp in layers if kernel_family(lp.layer) and lp.out != lp.inp), MAX_INT32)
         return NetworkPlan(n, self.P, self.K, title, layers, self.params, self.param_offset,
                            self.fixed + self.acts + self.argmax, sum(b.size for b in self.acts),
-                           sum(b.size for b in self.fixed), sum(b.size for b in self.argmax),
-                           self.dropout_layers, forward_lines, backward_lines, current)
+                           fixed_count, sum(b.size for b in self.argmax),
+                           self.dropout_layers, forward_lines, backward_lines, current,
+                           slices, slice_fixed, grad_stride, network_work)
 
     # ---- one layer's buffers ----
     def plan_layer(self, index: int, layer: Layer, inp: str) -> LayerPlan:
@@ -670,7 +699,7 @@ class _Planner:
         elif layer.kind == "dropout":
             count = f"N * {K}_OUT_SIZE"
             lines += [f"if (masks != NULL) {{",
-                      f"    dropout_forward({lp.out}, {lp.extra['mask']}, {lp.inp}, masks[{lp.extra['mask_index']}], {count});",
+                      f"    dropout_forward({lp.out}, {lp.extra['mask']}, {lp.inp}, masks[{lp.extra['mask_index']}] + n0 * {K}_OUT_SIZE, {count});",
                       "} else {",
                       f"    identity_forward({lp.out}, {lp.inp}, {count});",
                       "}"]
