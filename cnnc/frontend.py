@@ -1,16 +1,33 @@
-"""The front of the pipeline as three calls: text or file -> shape-inferred Networks."""
+"""The front of the pipeline as three calls: text or file -> shape-inferred Networks.
+
+A spec read from a file is also remembered: its Networks are pickled in cnnc's cache directory
+(cache_home()/ir), keyed by the file's text and by everything else that decides its IR (see
+`front_end_fingerprint`). A later process loading the unchanged file unpickles them, and so never
+imports Lark, the parser (cnnc.syntax) or the shape checker (cnnc.shapes): most of a cached
+`cnnc.load`. A file with errors is not remembered (it is parsed again, to report them).
+"""
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import pickle
+import sys
+from functools import cache
+from pathlib import Path
 
+from . import __version__
 from .diagnostics import CnncError, SpecError
+from .fileio import atomic_path, cache_home
 from .ir import Network
-from .shapes import infer
-from .syntax import parse
+from .resources import resource_dir
 
 
 def network_list_from_text(text: str, file: str = "<string>") -> list[Network]:
     """Parse and shape-check every model in `text`. Raises SpecError with located diagnostics."""
+    from .shapes import infer  # imported here: a cached load needs neither (nor Lark)
+    from .syntax import parse
+
     return infer(parse(text, file), text)
 
 
@@ -31,7 +48,7 @@ def read_source(path) -> str:
 
 
 def networks_from_file(path) -> list[Network]:
-    return network_list_from_text(read_source(path), os.fspath(path))
+    return remembered_network_list(read_source(path), os.fspath(path))
 
 
 def select(networks: list[Network], model: str | None, where: str) -> Network:
@@ -55,4 +72,123 @@ def read_network(path, model: str | None = None) -> Network:
     return select(networks_from_file(path), model, os.fspath(path))
 
 
-__all__ = ["read_source", "network_from_text", "network_list_from_text", "networks_from_file", "read_network", "select", "SpecError"]
+# ---- the IR cache: a spec file's Networks, remembered --------------------------------------------
+IR_FORMAT = 1  # of the entries and their key; bump when either changes
+_MODULE_DIR = Path(__file__).resolve().parent
+# cnnc's modules whose code decides a spec's IR (shapes.py and syntax.py, and what they build it from)
+FRONT_END_MODULES = ("frontend.py", "syntax.py", "shapes.py", "ir.py", "diagnostics.py")
+
+
+def front_end_files() -> list[Path]:
+    """Every file whose contents decide the IR of a given text: the front end's modules, the grammar,
+    and Lark's __init__.py (which holds its version), found without importing Lark."""
+    files = [_MODULE_DIR / name for name in FRONT_END_MODULES] + [resource_dir("grammar") / "cnn.lark"]
+    lark_module = sys.modules.get("lark")
+    origin = getattr(lark_module, "__file__", None) if lark_module else None
+    if origin is None:
+        spec = importlib.util.find_spec("lark")
+        origin = spec.origin if spec is not None else None
+    if origin is None:
+        raise OSError("the lark package is not installed")
+    return files + [Path(origin)]
+
+
+def _stamps(files: list[Path]) -> tuple:
+    """(path, size, mtime) of each file: what tells an edited file from the one this process loaded."""
+    stamps = []
+    for path in files:
+        st = os.stat(path)
+        stamps.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(stamps)
+
+
+def _stamps_at_import() -> tuple | None:
+    try:
+        return _stamps(front_end_files())
+    except OSError:
+        return None  # a front end without readable files (say, in a zip): nothing is cached
+
+
+# Taken when this module is imported, right after cnnc.ir and cnnc.diagnostics: the files of the code
+# this process runs. cnnc.syntax and cnnc.shapes are imported later, on the first parse;
+# `front_end_fingerprint` checks that no file changed in between (nor since), so an entry is never
+# written from, nor read for, code other than the code its key names.
+_STAMPS_AT_IMPORT = _stamps_at_import()
+
+
+def front_end_fingerprint() -> str | None:
+    """SHA-256 of what decides a text's IR besides the text: the front end's files (modules, grammar,
+    Lark's version), cnnc's version and Python's. None (do not cache) when a file cannot be read or
+    has changed since this process imported cnnc: the code on disk is then not the code running."""
+    if _STAMPS_AT_IMPORT is None:
+        return None
+    try:
+        if _stamps(front_end_files()) != _STAMPS_AT_IMPORT:
+            return None
+        return _hash_front_end(_STAMPS_AT_IMPORT)
+    except OSError:
+        return None
+
+
+@cache
+def _hash_front_end(stamps: tuple) -> str:
+    """SHA-256 of the files in `stamps` (hashed once per process), cnnc's version and Python's."""
+    import hashlib  # here and in ir_cache_path: `import cnnc` alone does not load OpenSSL
+
+    digest = hashlib.sha256(f"{IR_FORMAT}\0{__version__}\0{sys.implementation.cache_tag}\0{sys.version}\0".encode())
+    for path, _, _ in stamps:
+        data = Path(path).read_bytes()
+        digest.update(f"{Path(path).name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def ir_cache_path(text: str, fingerprint: str) -> Path:
+    import hashlib
+
+    key = hashlib.sha256(f"{fingerprint}\0".encode() + text.encode("utf-8", "surrogatepass")).hexdigest()
+    return cache_home() / "ir" / f"{key[:40]}.pickle"
+
+
+def remembered_network_list(text: str, file: str) -> list[Network]:
+    """network_list_from_text(text, file), from the IR cache when this text was checked before (by the
+    same front end); else computed, and remembered for the next process."""
+    fingerprint = front_end_fingerprint()
+    if fingerprint is None:
+        return network_list_from_text(text, file)
+    path = ir_cache_path(text, fingerprint)
+    networks = _read_entry(path, text, file)
+    if networks is not None:
+        return networks
+    networks = network_list_from_text(text, file)  # a SpecError leaves nothing behind
+    if front_end_fingerprint() == fingerprint:  # the parse imported the code the key names
+        _write_entry(path, text, file, networks)
+    return networks
+
+
+def _read_entry(path: Path, text: str, file: str) -> list[Network] | None:
+    """The Networks remembered in `path` for exactly this text and file name (the IR records where it
+    was written, so an entry written for another file of the same text is not used); else None."""
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f)
+    except Exception:  # missing, truncated, foreign or from classes that changed: parse afresh
+        return None
+    if not (isinstance(entry, dict) and entry.get("format") == IR_FORMAT and entry.get("text") == text
+            and entry.get("file") == file):
+        return None
+    networks = entry.get("networks")
+    if not isinstance(networks, list) or not networks or not all(type(n) is Network for n in networks):
+        return None
+    return networks
+
+
+def _write_entry(path: Path, text: str, file: str, networks: list[Network]) -> None:
+    entry = {"format": IR_FORMAT, "file": file, "text": text, "networks": networks}
+    with contextlib.suppress(OSError, CnncError):  # an unwritable cache only costs the next process a parse
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            pickle.dump(entry, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+__all__ = ["read_source", "network_from_text", "network_list_from_text", "networks_from_file", "read_network", "select",
+           "remembered_network_list", "SpecError"]

@@ -29,7 +29,7 @@ import numpy as np
 from .. import __version__
 from ..diagnostics import CnncError
 from ..fileio import atomic_write_bytes, atomic_write_text
-from ..frontend import network_from_text, read_network, read_source, select
+from ..frontend import read_network, read_source, select
 from ..ir import Network
 from ..model import DTYPES, Model, check_dtype
 from . import c_build
@@ -371,7 +371,7 @@ def load_compiled_directory(directory: Path, model: str | None, dtype: str, seed
         raise CnncError(f"{directory} was compiled for {manifest['dtype']}; load it with dtype='{manifest['dtype']}' "
                         f"or compile it again with --dtype {dtype}")
     spec = directory / Path(manifest["spec_file"]).name
-    network = network_from_text(read_source(spec), manifest["model"], str(spec))
+    network = read_network(spec, manifest["model"])
     plans = plan_networks([network], dtype)
     source_id = c_build.source_key([network], dtype)
     built = _directory_module(directory, manifest, source_id)
