@@ -57,6 +57,10 @@ CASES = {
     "conv1d_tanh_s2": "input x[2, 8]\nconv1d c(filters=2, kernel=3, stride=2, activation=tanh)",
     "maxpool2d_2": "input x[2, 6, 8]\nmaxpool2d p(size=2)",
     "maxpool2d_2_odd_ties": "input x[3, 7, 9]\nmaxpool2d p(size=2, stride=2)",
+    # 2x2 pooling on rows longer than a vector (21 = 16 + 5 in float32, 8 + 8 + 5 in float64) and exactly
+    # whole vectors (16)
+    "maxpool2d_2_wide": "input x[2, 5, 43]\nmaxpool2d p(size=2)",
+    "maxpool2d_2_whole_vectors": "input x[1, 4, 32]\nmaxpool2d p(size=2)",
     "maxpool2d_32_s21_p1": "input x[2, 7, 6]\nmaxpool2d p(size=(3,2), stride=(2,1), padding=1)",
     "maxpool2d_3_s1_p1": "input x[2, 5, 5]\nmaxpool2d p(size=3, stride=1, padding=1)",
     "maxpool2d_3_unused_rows": "input x[2, 8, 7]\nmaxpool2d p(size=3)",
@@ -349,6 +353,8 @@ def test_kernel_choice_covers_every_blocked_variant_and_the_direct_fallback():
     # max pooling: the fixed 2x2 / stride 2 / no padding window, the general one otherwise
     assert choose_kernel(case_network("maxpool2d_2").layer("p")) == "2x2"
     assert choose_kernel(case_network("maxpool2d_2_odd_ties").layer("p")) == "2x2"
+    assert choose_kernel(case_network("maxpool2d_2_wide").layer("p")) == "2x2"
+    assert choose_kernel(case_network("maxpool2d_2_whole_vectors").layer("p")) == "2x2"
     for case in ("maxpool2d_32_s21_p1", "maxpool2d_3_s1_p1", "maxpool2d_42_s23_p21", "maxpool1d_3_s2_p1"):
         assert choose_kernel(case_network(case).layers[0]) == "direct", case
     text = generate(cnnc.read_network(SPECS / "lenet5.cnn"), "float32").text
@@ -403,6 +409,21 @@ def test_maxpool_2x2_ties_go_to_the_first_in_window_order(bundles):
     assert np.array_equal(got["y"], expected["y"]) and np.array_equal(got["dx"], expected["dx"])
     assert got["dx"][0, 0, 1, 1] == dy[0, 0, 0, 0] and got["dx"][0, 0, 0, 0] == 0
     assert got["dx"][1, 0, 0, 2] == dy[1, 0, 0, 1] and got["dx"][0, 2, 0, 0] == dy[0, 2, 0, 0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", ["maxpool2d_2_wide", "maxpool2d_2_whole_vectors", "maxpool2d_2_odd_ties"])
+def test_maxpool_2x2_vector_blocks_break_ties_like_the_reference(bundles, case, dtype):
+    """Inputs from {-1, 0, 1}: most windows hold ties, across rows longer than a vector, exactly a vector
+    and odd-sized; the winners (and so every gradient cell) must be the reference's exactly."""
+    network = case_network(case)
+    c, ref = c_and_numpy_models(bundles, network, dtype, 0)
+    rng = np.random.default_rng(3)
+    x = rng.integers(-1, 2, size=(3, *network.input_shape)).astype(dtype)
+    dy = rng.normal(size=(3, *network.output_shape)).astype(dtype)
+    got, expected = forward_backward(c, x, dy, False), forward_backward(ref, x, dy, False)
+    assert np.array_equal(got["y"], expected["y"]) and np.array_equal(got["dx"], expected["dx"])
+    assert np.count_nonzero(got["dx"]) == dy.size
 
 
 def test_maxpool_2x2_backward_overwrites_every_input_gradient_cell_including_uncovered_edges(bundles):
