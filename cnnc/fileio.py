@@ -58,6 +58,23 @@ def cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnc"
 
 
+def make_room(folder: Path, pattern: str, incoming: int, max_entries: int, max_bytes: int) -> None:
+    """Delete the least recently used files matching `pattern` in `folder` (oldest mtime first; a reader
+    touches what it uses) until one more file of `incoming` bytes keeps it within both limits."""
+    entries = []
+    for path in folder.glob(pattern) if folder.is_dir() else ():
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            entries.append((st.st_mtime_ns, st.st_size, path))
+    entries.sort()
+    total = incoming + sum(size for _, size, _ in entries)
+    while entries and (len(entries) >= max_entries or total > max_bytes):
+        _, size, oldest = entries.pop(0)
+        with contextlib.suppress(FileNotFoundError):
+            oldest.unlink()
+        total -= size
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -1,10 +1,11 @@
 """The front of the pipeline as three calls: text or file -> shape-inferred Networks.
 
 A spec read from a file is also remembered: its Networks are pickled in cnnc's cache directory
-(cache_home()/ir), keyed by the file's text and by everything else that decides its IR (see
+(cache_home()/ir), keyed by the file's name and text and by everything else that decides its IR (see
 `front_end_fingerprint`). A later process loading the unchanged file unpickles them, and so never
 imports Lark, the parser (cnnc.syntax) or the shape checker (cnnc.shapes): most of a cached
-`cnnc.load`. A file with errors is not remembered (it is parsed again, to report them).
+`cnnc.load`. A file with errors is not remembered (it is parsed again, to report them). The cache
+keeps the IR_CACHE_ENTRIES most recently used entries (each a few KB).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .diagnostics import CnncError, SpecError
-from .fileio import atomic_path, cache_home
+from .fileio import atomic_path, cache_home, make_room
 from .ir import Network
 from .resources import resource_dir
 
@@ -73,7 +74,8 @@ def read_network(path, model: str | None = None) -> Network:
 
 
 # ---- the IR cache: a spec file's Networks, remembered --------------------------------------------
-IR_FORMAT = 1  # of the entries and their key; bump when either changes
+IR_FORMAT = 2  # of the entries and their key; bump when either changes
+IR_CACHE_ENTRIES = 256
 _MODULE_DIR = Path(__file__).resolve().parent
 # cnnc's modules whose code decides a spec's IR (shapes.py and syntax.py, and what they build it from)
 FRONT_END_MODULES = ("frontend.py", "syntax.py", "shapes.py", "ir.py", "diagnostics.py")
@@ -143,10 +145,11 @@ def _hash_front_end(stamps: tuple) -> str:
     return digest.hexdigest()
 
 
-def ir_cache_path(text: str, fingerprint: str) -> Path:
+def ir_cache_path(text: str, file: str, fingerprint: str) -> Path:
+    """The entry for this text read from this file (the IR records where each layer was written)."""
     import hashlib
 
-    key = hashlib.sha256(f"{fingerprint}\0".encode() + text.encode("utf-8", "surrogatepass")).hexdigest()
+    key = hashlib.sha256(f"{fingerprint}\0{file}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()
     return cache_home() / "ir" / f"{key[:40]}.pickle"
 
 
@@ -156,7 +159,7 @@ def remembered_network_list(text: str, file: str) -> list[Network]:
     fingerprint = front_end_fingerprint()
     if fingerprint is None:
         return network_list_from_text(text, file)
-    path = ir_cache_path(text, fingerprint)
+    path = ir_cache_path(text, file, fingerprint)
     networks = _read_entry(path, text, file)
     if networks is not None:
         return networks
@@ -167,8 +170,7 @@ def remembered_network_list(text: str, file: str) -> list[Network]:
 
 
 def _read_entry(path: Path, text: str, file: str) -> list[Network] | None:
-    """The Networks remembered in `path` for exactly this text and file name (the IR records where it
-    was written, so an entry written for another file of the same text is not used); else None."""
+    """The Networks remembered in `path` for exactly this text and file name; else None."""
     try:
         with open(path, "rb") as f:
             entry = pickle.load(f)
@@ -180,12 +182,15 @@ def _read_entry(path: Path, text: str, file: str) -> list[Network] | None:
     networks = entry.get("networks")
     if not isinstance(networks, list) or not networks or not all(type(n) is Network for n in networks):
         return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # recently used: kept when the cache makes room
     return networks
 
 
 def _write_entry(path: Path, text: str, file: str, networks: list[Network]) -> None:
     entry = {"format": IR_FORMAT, "file": file, "text": text, "networks": networks}
     with contextlib.suppress(OSError, CnncError):  # an unwritable cache only costs the next process a parse
+        make_room(path.parent, "*.pickle", 0, IR_CACHE_ENTRIES, 1 << 62)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             pickle.dump(entry, f, protocol=pickle.HIGHEST_PROTOCOL)
 

@@ -16,12 +16,19 @@ A backend subclass supplies storage and arithmetic:
 from __future__ import annotations
 
 import os
+import platform
+import sys
+import types
 import zipfile
+import zlib
+from collections.abc import Iterator
+from functools import cache
 
 import numpy as np
 
 from .checkpoint import checkpoint_given_as_weights, is_checkpoint
-from .fileio import atomic_path, describe_contents, is_zip
+from .diagnostics import CnncError
+from .fileio import atomic_path, cache_home, describe_contents, is_zip, make_room
 from .ir import Network, ParamSpec
 
 DTYPES = ("float32", "float64")
@@ -35,6 +42,13 @@ def initial_value(spec: ParamSpec, rng: np.random.Generator) -> np.ndarray:
         return rng.normal(0.0, np.sqrt(2.0 / spec.fan_in), size=spec.shape)
     limit = np.sqrt(6.0 / (spec.fan_in + spec.fan_out))
     return rng.uniform(-limit, limit, size=spec.shape)
+
+
+def initial_values(specs: tuple[ParamSpec, ...], seed: int) -> Iterator[np.ndarray]:
+    """Every tensor's initial value (float64), in order, all drawn from one Generator seeded `seed`."""
+    rng = np.random.default_rng(seed)
+    for spec in specs:
+        yield initial_value(spec, rng)
 
 
 def check_dtype(dtype) -> str:
@@ -56,8 +70,8 @@ class Model:
         params, grads = self._allocate()
         self.params, self.grads = TensorDict(params, "params"), TensorDict(grads, "grads")
         self.reset_parameters(self.seed)
-        # Dropout masks come from their own stream so that training is reproducible from the seed.
-        self.dropout_rng = np.random.default_rng([self.seed, 1])
+        self._dropout_rng: np.random.Generator | None = None  # made on first use, see dropout_rng
+        self._dropout_seed = self.seed
         self._forward_batch: int | None = None  # batch size of the last forward, None before any
 
     # ---- what a backend provides -------------------------------------------------------------
@@ -90,10 +104,37 @@ class Model:
             return self.network.loss
         return "cross_entropy" if len(self.output_shape) == 1 else "mse"
 
+    @property
+    def dropout_rng(self) -> np.random.Generator:
+        """Dropout masks come from their own stream, seeded [seed, 1] with the model's seed, so that training
+        is reproducible from the seed. Made on first use: loading a model does not import numpy.random."""
+        if self._dropout_rng is None:
+            self._dropout_rng = np.random.default_rng([self._dropout_seed, 1])
+        return self._dropout_rng
+
+    @dropout_rng.setter
+    def dropout_rng(self, rng: np.random.Generator) -> None:
+        self._dropout_rng = rng
+
     def reset_parameters(self, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        for spec in self.network.param_specs:
-            self.params[spec.name][...] = initial_value(spec, rng)
+        """Every parameter to its initial value for `seed`: initial_values(param_specs, seed) cast to the
+        model's dtype, or the same values to the last bit, read back from cnnc's cache (see
+        InitialValuesCache) when this layout, seed and dtype were initialised before."""
+        specs = self.network.param_specs
+        remembered = InitialValuesCache(specs, seed, self.dtype)
+        if remembered.read_into(self._param_views(specs)):
+            return
+        for spec, value in zip(specs, initial_values(specs, seed)):
+            self.params[spec.name][...] = value
+        remembered.write(self._param_views(specs))
+
+    def _param_views(self, specs) -> list[np.ndarray]:
+        """Where the values go, as few flat arrays as possible: the backend's whole parameter block when
+        the tensors lie in it one after another in spec order (both backends' do), else one per tensor."""
+        block = getattr(self, "param_block", None)
+        if isinstance(block, np.ndarray) and _holds_in_order(block, [self.params[s.name] for s in specs]):
+            return [block]
+        return [self.params[s.name].reshape(-1) for s in specs]
 
     # ---- the API -------------------------------------------------------------------------------
     def forward(self, x, train: bool = False) -> np.ndarray:
@@ -193,6 +234,139 @@ class Model:
                 keep = self.dropout_rng.random((n, *layer.in_shape)) >= layer.rate
                 masks[layer.name] = (keep / (1.0 - layer.rate)).astype(self.dtype)
         return masks or None
+
+
+def _holds_in_order(block: np.ndarray, tensors: list[np.ndarray]) -> bool:
+    """True if `block` is one contiguous 1-D array made of `tensors` (C-contiguous views), end to end."""
+    if block.ndim != 1 or not block.flags.c_contiguous or not block.flags.writeable:
+        return False
+    address = block.__array_interface__["data"][0]
+    for tensor in tensors:
+        if (tensor.dtype != block.dtype or not tensor.flags.c_contiguous
+                or tensor.__array_interface__["data"][0] != address):
+            return False
+        address += tensor.nbytes
+    return address == block.__array_interface__["data"][0] + block.nbytes
+
+
+# ---- initial values, remembered -------------------------------------------------------------------
+class InitialValuesCache:
+    """The initial values of one (layout, seed, dtype), kept in cnnc's cache directory (cache_home()/init).
+
+    Drawing VGG's 1.1M normals takes ~12 ms and importing numpy.random ~5 ms, in every process that
+    builds a model; reading them back takes ~2 ms. The values are a pure function of the key: the
+    tensors' init rule, shape and fans in order, the seed and the dtype, this module's code (every
+    function in it, as loaded: the initialisation must stay in this module), NumPy's version (its
+    generators), Python's, and the machine and C library (the normal tail uses libm's log).
+    An entry is the values (little-endian) then their CRC-32; a short, long or damaged file is
+    ignored and written again. Small layouts (under MIN_COUNT values) are not kept. At most
+    MAX_ENTRIES entries and MAX_BYTES bytes are kept: the least recently used go first."""
+
+    MIN_COUNT = 4096
+    MAX_ENTRIES = 128
+    MAX_BYTES = 256 << 20
+    FORMAT = 1
+
+    def __init__(self, specs: tuple[ParamSpec, ...], seed: int, dtype: np.dtype):
+        self.count = sum(spec.size for spec in specs)
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.path = None
+        if self.count >= self.MIN_COUNT:
+            layout = [(spec.init, spec.shape, spec.fan_in, spec.fan_out) for spec in specs]
+            self.path = cache_home() / "init" / f"{_initial_values_key(layout, int(seed), self.dtype.str)}.bin"
+
+    def read_into(self, views: list[np.ndarray]) -> bool:
+        """Fill `views` (flat arrays that together hold `count` values, in order) from the entry; False
+        (their contents then undefined) if there is no intact entry."""
+        if self.path is None:
+            return False
+        crc = 0
+        try:
+            with open(self.path, "rb") as f:
+                for view in views:
+                    target = view if view.dtype == self.dtype else np.empty(view.shape, self.dtype)
+                    if f.readinto(memoryview(target).cast("B")) != target.nbytes:
+                        return False
+                    crc = zlib.crc32(target, crc)
+                    if target is not view:
+                        view[...] = target
+                if f.read() != crc.to_bytes(4, "little"):
+                    return False
+            os.utime(self.path)  # recently used
+        except (OSError, ValueError, TypeError):
+            return False
+        return True
+
+    def write(self, views: list[np.ndarray]) -> None:
+        """Remember the values in `views` (as read_into takes them). A cache that cannot be written is
+        skipped: the next process draws the values again."""
+        if self.path is None:
+            return
+        try:
+            make_room(self.path.parent, "*.bin", self.count * self.dtype.itemsize + 4, self.MAX_ENTRIES, self.MAX_BYTES)
+            with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+                crc = 0
+                for view in views:
+                    data = np.ascontiguousarray(view, dtype=self.dtype)
+                    f.write(memoryview(data).cast("B"))
+                    crc = zlib.crc32(data, crc)
+                f.write(crc.to_bytes(4, "little"))
+        except (OSError, CnncError):
+            pass
+
+
+def _initial_values_key(layout: list, seed: int, dtype: str) -> str:
+    import hashlib
+
+    libc = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) else ""
+    identity = (InitialValuesCache.FORMAT, _module_code_digest(), np.__version__, sys.version, platform.machine(),
+                sys.platform, libc, dtype, seed, layout)
+    return hashlib.sha256(repr(identity).encode()).hexdigest()[:40]
+
+
+@cache
+def _module_code_digest() -> str:
+    """A digest of the code of every function and method defined in this module, as loaded in this
+    process (not as the file reads now: an edit after import must not label old values as new)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    module = sys.modules[__name__]
+    for name, value in sorted(vars(module).items()):
+        if isinstance(value, type) and value.__module__ == __name__:
+            members = sorted(vars(value).items())
+        elif getattr(value, "__module__", None) == __name__:
+            members = [(name, value)]
+        else:
+            continue
+        for member_name, member in members:
+            for function in _functions_of(member):
+                digest.update(f"{name}.{member_name}\0{_code_text(function.__code__)}\0".encode())
+    return digest.hexdigest()
+
+
+def _functions_of(member) -> list:
+    """The plain functions behind a module member: itself, a property's accessors, a wrapped method."""
+    if isinstance(member, property):
+        return [f for f in (member.fget, member.fset, member.fdel) if f is not None]
+    if isinstance(member, (staticmethod, classmethod)):
+        member = member.__func__
+    member = getattr(member, "__wrapped__", member)  # functools.cache
+    return [member] if isinstance(member, types.FunctionType) else []
+
+
+def _code_text(code: types.CodeType) -> str:
+    """A code object as text that is the same in every process (no addresses, no set orders)."""
+    def constant(value):
+        if isinstance(value, types.CodeType):
+            return _code_text(value)
+        if isinstance(value, frozenset):
+            return "frozenset(" + repr(sorted(repr(v) for v in value)) + ")"
+        if isinstance(value, tuple):
+            return "(" + ",".join(constant(v) for v in value) + ")"
+        return repr(value)
+
+    return repr((code.co_code.hex(), code.co_names, code.co_varnames, [constant(c) for c in code.co_consts]))
 
 
 class TensorDict(dict):

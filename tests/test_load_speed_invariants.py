@@ -12,11 +12,15 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import cnnc
 from cnnc import frontend
+from cnnc import model as model_module
+from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.diagnostics import SpecError
+from cnnc.fileio import cache_home
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 SPEC = "model small {\n  input image[1, 9, 9]\n  conv2d c1(filters=FILTERS, kernel=3, activation=relu)\n  maxpool2d p(size=3)\n  flatten\n  dense out(units=3)\n}\n"
@@ -25,6 +29,12 @@ SPEC = "model small {\n  input image[1, 9, 9]\n  conv2d c1(filters=FILTERS, kern
 def write_spec(path: Path, filters: int = 4) -> Path:
     path.write_text(SPEC.replace("FILTERS", str(filters)))
     return path
+
+
+@pytest.fixture
+def shared_c_cache() -> str:
+    """The usual C module cache (taken before `cache` moves cache_home()), so C tests compile nothing new."""
+    return str(cache_home())
 
 
 @pytest.fixture
@@ -199,3 +209,190 @@ def test_a_front_end_edited_during_the_parse_writes_no_entry(tmp_path, cache, mo
     spec = write_spec(tmp_path / "a.cnn")
     assert cnnc.read_network(spec) == parse(spec.read_text(), str(spec))[0]
     assert entries(cache) == []
+
+
+def test_the_ir_cache_keeps_the_most_recently_used_entries(tmp_path, cache, parses, monkeypatch):
+    monkeypatch.setattr(frontend, "IR_CACHE_ENTRIES", 2)
+    a, b, c = (write_spec(tmp_path / f"{name}.cnn", filters) for name, filters in (("a", 1), ("b", 2), ("c", 3)))
+    cnnc.read_network(a)
+    cnnc.read_network(b)
+    cnnc.read_network(a)  # a hit, so b is now the least recently used
+    cnnc.read_network(c)  # makes room: b goes
+    assert len(entries(cache)) == 2
+    cnnc.read_network(a)
+    cnnc.read_network(b)
+    assert parses == [str(a), str(b), str(c), str(b)]
+
+
+# ---- initial parameters ------------------------------------------------------------------------------------
+def original_initial_params(network, seed: int, dtype: str) -> dict[str, np.ndarray]:
+    """The formula as first written: one Generator seeded `seed`, the tensors in order, each drawn in
+    float64 (He-normal, Glorot-uniform or zeros) and cast to the model's dtype."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for spec in network.param_specs:
+        if spec.init == "zeros":
+            value = np.zeros(spec.shape)
+        elif spec.init == "he":
+            value = rng.normal(0.0, np.sqrt(2.0 / spec.fan_in), size=spec.shape)
+        else:
+            limit = np.sqrt(6.0 / (spec.fan_in + spec.fan_out))
+            value = rng.uniform(-limit, limit, size=spec.shape)
+        params[spec.name] = value.astype(dtype)
+    return params
+
+
+def assert_bitwise_equal(params: dict, expected: dict, what: str) -> None:
+    assert list(params) == list(expected), what
+    for name, value in expected.items():
+        got = params[name]
+        assert got.dtype == value.dtype and got.shape == value.shape, f"{what}: {name}"
+        assert got.tobytes() == value.tobytes(), f"{what}: {name} differs from the original formula"
+
+
+@pytest.fixture
+def no_drawing(monkeypatch):
+    """Make drawing initial values fail: what follows must read them from the cache."""
+    def refuse(specs, seed):
+        raise AssertionError("initial values were drawn, not read from the cache")
+        yield
+
+    return lambda: monkeypatch.setattr(model_module, "initial_values", refuse)
+
+
+NETWORKS = [(path, net.name) for path in sorted(SPECS.glob("*.cnn")) for net in cnnc.networks_from_file(path)]
+
+
+@pytest.mark.parametrize("path,name", NETWORKS, ids=[name for _, name in NETWORKS])
+def test_initial_parameters_are_the_original_formulas_drawn_or_read_back(path, name, cache, no_drawing):
+    network = cnnc.read_network(path, name)
+    cases = [(dtype, seed) for dtype in ("float32", "float64") for seed in (0, 7)]
+    for dtype, seed in cases:  # drawn (and remembered, for layouts of at least MIN_COUNT values)
+        assert_bitwise_equal(NumpyModel(network, dtype, seed).params, original_initial_params(network, seed, dtype),
+                             f"{name} {dtype} seed {seed}, drawn")
+    if network.param_count < model_module.InitialValuesCache.MIN_COUNT:
+        assert not (cache / "init").exists()
+        return
+    assert len(list((cache / "init").iterdir())) == len(cases)  # seed and dtype are part of the key
+    no_drawing()
+    for dtype, seed in cases:
+        assert_bitwise_equal(NumpyModel(network, dtype, seed).params, original_initial_params(network, seed, dtype),
+                             f"{name} {dtype} seed {seed}, read back")
+
+
+@pytest.mark.parametrize("spec", ["lenet5.cnn", "vgg_small.cnn"])
+def test_the_c_backend_reads_initial_values_straight_into_its_parameter_block(spec, cache, shared_c_cache,
+                                                                             no_drawing, monkeypatch):
+    network = cnnc.read_network(SPECS / spec)
+    expected = original_initial_params(network, 3, "float32")
+    drawn = cnnc.load(SPECS / spec, backend="c", seed=3, cache_dir=shared_c_cache)
+    assert_bitwise_equal(drawn.params, expected, f"{spec} on C, drawn")
+    assert model_module._holds_in_order(drawn.param_block, [drawn.params[s.name] for s in network.param_specs])
+    no_drawing()
+    read = cnnc.load(SPECS / spec, backend="c", seed=3, cache_dir=shared_c_cache)
+    assert_bitwise_equal(read.params, expected, f"{spec} on C, read back")
+    assert np.shares_memory(read.params["c1.weight" if spec == "lenet5.cnn" else "fc1.weight"], read.param_block)
+
+
+def test_parameters_not_laid_end_to_end_are_filled_one_by_one(cache, no_drawing, monkeypatch):
+    network = cnnc.read_network(SPECS / "lenet5.cnn")
+    expected = original_initial_params(network, 0, "float64")
+    NumpyModel(network, "float64", 0)
+    no_drawing()
+    monkeypatch.setattr(model_module, "_holds_in_order", lambda block, tensors: False)
+    assert_bitwise_equal(NumpyModel(network, "float64", 0).params, expected, "per tensor")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "longer", "flipped", "empty"])
+def test_a_damaged_initial_values_entry_is_drawn_again_and_replaced(cache, damage):
+    network = cnnc.read_network(SPECS / "lenet5.cnn")
+    expected = original_initial_params(network, 0, "float32")
+    NumpyModel(network, "float32", 0)
+    (entry,) = (cache / "init").iterdir()
+    data = entry.read_bytes()
+    entry.write_bytes({"truncated": data[:-100], "longer": data + b"\0\0\0\0", "empty": b"",
+                       "flipped": data[:1000] + bytes([data[1000] ^ 1]) + data[1001:]}[damage])
+    assert_bitwise_equal(NumpyModel(network, "float32", 0).params, expected, damage)
+    assert entry.read_bytes() == data  # written again
+
+
+def test_the_initial_values_key_follows_layout_seed_dtype_numpy_and_this_modules_code(monkeypatch):
+    spec = model_module.ParamSpec("d.weight", (100, 50), 50, 100, "he")
+
+    def key(specs=(spec,), seed=0, dtype="float32"):
+        return model_module.InitialValuesCache(specs, seed, np.dtype(dtype)).path.name
+
+    base = key()
+    variants = [key(seed=1), key(dtype="float64"), key((spec.__class__("d.weight", (100, 50), 50, 100, "glorot"),)),
+                key((spec.__class__("d.weight", (50, 100), 50, 100, "he"),)),
+                key((spec.__class__("d.weight", (100, 50), 51, 100, "he"),))]
+    assert len({base, *variants}) == 1 + len(variants)
+    assert key((spec.__class__("other.name", (100, 50), 50, 100, "he"),)) == base  # names do not change values
+    monkeypatch.setattr(model_module.np, "__version__", "0.0.0")
+    assert key() != base
+    monkeypatch.undo()
+    assert key() == base
+
+    def changed(spec, rng):
+        return rng.normal(0.0, 1.0, size=spec.shape)
+
+    monkeypatch.setattr(model_module.initial_value, "__code__", changed.__code__)
+    model_module._module_code_digest.cache_clear()
+    try:
+        assert key() != base
+    finally:
+        monkeypatch.undo()
+        model_module._module_code_digest.cache_clear()
+    assert key() == base
+
+
+def test_small_layouts_are_drawn_every_time(tmp_path, cache):
+    spec = tmp_path / "small.cnn"
+    spec.write_text("model s {\n  input x[3]\n  dense d(units=4)\n}\n")
+    m = cnnc.load(spec, seed=5)
+    assert_bitwise_equal(m.params, original_initial_params(m.network, 5, "float32"), "small")
+    assert not (cache / "init").exists()
+
+
+def test_the_initial_values_cache_keeps_the_most_recently_used_entries(cache, monkeypatch):
+    monkeypatch.setattr(model_module.InitialValuesCache, "MAX_ENTRIES", 2)
+    network = cnnc.read_network(SPECS / "lenet5.cnn")
+    paths = {seed: model_module.InitialValuesCache(network.param_specs, seed, np.dtype("float32")).path
+             for seed in (1, 2, 3)}
+    NumpyModel(network, "float32", 1)
+    NumpyModel(network, "float32", 2)
+    NumpyModel(network, "float32", 1)  # read back, so 2 is the least recently used
+    NumpyModel(network, "float32", 3)
+    assert sorted((cache / "init").iterdir()) == sorted([paths[1], paths[3]])
+
+
+def test_the_dropout_stream_is_seeded_from_the_model_seed_when_first_used():
+    network = cnnc.read_network(SPECS / "digits.cnn")
+    m = NumpyModel(network, "float32", 11)
+    m.seed = 99  # the stream belongs to the seed the model was made with
+    assert np.array_equal(m.dropout_rng.random(5), np.random.default_rng([11, 1]).random(5))
+    assert m.dropout_rng is m.dropout_rng
+    replacement = np.random.default_rng(0)
+    m.dropout_rng = replacement
+    assert m.dropout_rng is replacement
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_a_cached_load_in_a_new_process_imports_nothing_it_does_not_need(backend, tmp_path, shared_c_cache):
+    """A second process loading the same spec reads the IR and the initial values from the cache: it
+    imports neither Lark nor the parser nor numpy.random, and (C) renders no C: jinja2 stays out."""
+    script = textwrap.dedent(f"""
+        import json, sys
+        import cnnc
+        options = {{"cache_dir": {shared_c_cache!r}}} if {backend!r} == "c" else {{}}
+        m = cnnc.load({str(SPECS / "vgg_small.cnn")!r}, backend={backend!r}, seed=4, **options)
+        print(json.dumps({{"first": float(m.params["fc1.weight"][0, 0]), "imported": sorted(set(sys.modules) &
+                          {{"lark", "cnnc.syntax", "cnnc.shapes", "numpy.random", "jinja2"}})}}))
+    """)
+    env = {**__import__("os").environ, "CNNC_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                                      check=True).stdout) for _ in range(2)]
+    assert {"cnnc.shapes", "cnnc.syntax", "lark", "numpy.random"} <= set(runs[0]["imported"])  # (jinja2 on a C miss)
+    assert runs[1]["imported"] == []
+    network = cnnc.read_network(SPECS / "vgg_small.cnn")
+    assert runs[1]["first"] == runs[0]["first"] == float(original_initial_params(network, 4, "float32")["fc1.weight"][0, 0])
