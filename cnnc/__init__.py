@@ -11,10 +11,18 @@ __version__ = "0.1.0"
 
 from .diagnostics import CnncError, SpecError  # noqa: E402
 from .frontend import network_from_text, networks_from_file, read_network  # noqa: E402
-from . import optim  # noqa: E402,F401  (cnnc.optim.SGD / Adam)
 from .model import Model  # noqa: E402  (every backend's Model; brings in NumPy, which any use of cnnc needs)
 
 BACKENDS = ("numpy", "c")
+
+
+def __getattr__(name: str):
+    """cnnc.optim (SGD, Adam) is imported on first use: loading a model does not need it."""
+    if name == "optim":
+        import importlib
+
+        return importlib.import_module(".optim", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load(path, backend: str = "numpy", model: str | None = None, dtype: str = "float32", seed: int = 0, **options):
@@ -37,4 +45,4 @@ def load(path, backend: str = "numpy", model: str | None = None, dtype: str = "f
     return NumpyModel(read_network(path, model), dtype=dtype, seed=seed)
 
 
-__all__ = ["load", "Model", "read_network", "networks_from_file", "network_from_text", "CnncError", "SpecError", "__version__"]
+__all__ = ["load", "Model", "optim", "read_network", "networks_from_file", "network_from_text", "CnncError", "SpecError", "__version__"]

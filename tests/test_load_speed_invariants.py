@@ -380,14 +380,16 @@ def test_the_dropout_stream_is_seeded_from_the_model_seed_when_first_used():
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 def test_a_cached_load_in_a_new_process_imports_nothing_it_does_not_need(backend, tmp_path, shared_c_cache):
     """A second process loading the same spec reads the IR and the initial values from the cache: it
-    imports neither Lark nor the parser nor numpy.random, and (C) renders no C: jinja2 stays out."""
+    imports neither Lark nor the parser nor numpy.random nor the optimisers, and (C) renders no C:
+    jinja2 stays out."""
     script = textwrap.dedent(f"""
         import json, sys
         import cnnc
         options = {{"cache_dir": {shared_c_cache!r}}} if {backend!r} == "c" else {{}}
         m = cnnc.load({str(SPECS / "vgg_small.cnn")!r}, backend={backend!r}, seed=4, **options)
-        print(json.dumps({{"first": float(m.params["fc1.weight"][0, 0]), "imported": sorted(set(sys.modules) &
-                          {{"lark", "cnnc.syntax", "cnnc.shapes", "numpy.random", "jinja2"}})}}))
+        imported = sorted(set(sys.modules) & {{"lark", "cnnc.syntax", "cnnc.shapes", "numpy.random", "jinja2", "cnnc.optim"}})
+        assert cnnc.optim.Adam.__module__ == "cnnc.optim"  # still there when asked for
+        print(json.dumps({{"first": float(m.params["fc1.weight"][0, 0]), "imported": imported}}))
     """)
     env = {**__import__("os").environ, "CNNC_CACHE_DIR": str(tmp_path / "cache")}
     runs = [json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
