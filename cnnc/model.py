@@ -292,9 +292,12 @@ class InitialValuesCache:
                         view[...] = target
                 if f.read() != crc.to_bytes(4, "little"):
                     return False
-            os.utime(self.path)  # recently used
         except (OSError, ValueError, TypeError):
             return False
+        try:
+            os.utime(self.path)  # recently used: kept when the cache makes room
+        except OSError:
+            pass  # a read-only cache is still read
         return True
 
     def write(self, views: list[np.ndarray]) -> None:

@@ -398,3 +398,18 @@ def test_a_cached_load_in_a_new_process_imports_nothing_it_does_not_need(backend
     assert runs[1]["imported"] == []
     network = cnnc.read_network(SPECS / "vgg_small.cnn")
     assert runs[1]["first"] == runs[0]["first"] == float(original_initial_params(network, 4, "float32")["fc1.weight"][0, 0])
+
+
+def test_a_read_only_cache_is_still_read(tmp_path, cache, parses, no_drawing, monkeypatch):
+    """Marking an entry as recently used may fail (a read-only cache directory); the entry is used anyway."""
+    spec = write_spec(tmp_path / "a.cnn", filters=200)  # 200 * (9 + 1 + 4 * 3) + 3 values: enough to be kept
+    expected = original_initial_params(cnnc.read_network(spec), 2, "float32")
+    cnnc.load(spec, seed=2)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr("os.utime", refuse)
+    no_drawing()
+    assert_bitwise_equal(cnnc.load(spec, seed=2).params, expected, "read-only cache")
+    assert parses == [str(spec)]
