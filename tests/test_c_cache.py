@@ -399,3 +399,34 @@ def test_a_compiler_without_openmp_builds_without_it(tmp_path, monkeypatch):
     assert "-fopenmp" not in c_build.read_manifest(m.module.built.directory)["cflags"]
     ref = cnnc.load(spec, backend="numpy", dtype="float64")
     assert np.allclose(output(m), output(ref), rtol=1e-12, atol=1e-12)
+
+
+# ---- the two-part build ------------------------------------------------------------------------------
+def test_the_link_runs_pythons_ldshared_with_our_compiler_in_place_of_pythons(monkeypatch):
+    compiler = c_build.Compiler(("ccache", "gcc-12"), "/usr/bin/gcc-12", "gcc-12 (Debian) 12.2.0")
+    values = {"CC": "gcc -pthread", "LDSHARED": "gcc -pthread -shared -L/opt/py/lib"}
+    monkeypatch.setattr(c_build.sysconfig, "get_config_var", values.get)
+    assert c_build.link_command(compiler) == ["ccache", "gcc-12", "-shared", "-L/opt/py/lib"]
+    values["LDSHARED"] = "clang -bundle -undefined dynamic_lookup"  # built by another driver: kept as it is
+    assert c_build.link_command(compiler) == ["clang", "-bundle", "-undefined", "dynamic_lookup"]
+
+
+def test_the_module_is_two_translation_units_that_split_the_entry_points(tmp_path):
+    """Part 1 (cffi's wrapper) holds forward, the loss and the optimisers; part 2 only backward; each compiles
+    cleanly on its own and together they define every entry point exactly once."""
+    networks = [cnnc.read_network(Path(resource_dir("specs")) / "lenet5.cnn")]
+    source = generate(networks, "float32")
+    c_build.write_parts(tmp_path, "_cnnc_parts_test", source)
+    compiler = c_build.find_compiler(tmp_path)
+    include = c_build.sysconfig.get_paths()["include"]
+    defined = {}
+    for part, extra in ((c_build.PART_ONE, [f"-I{include}"]), (c_build.PART_TWO, [])):
+        obj = tmp_path / (part + ".o")
+        done = subprocess.run([*compiler.command, "-O0", "-fPIC", "-fopenmp", "-Wall", "-Wextra", "-Werror", *extra, "-c", part,
+                               "-o", str(obj)], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        symbols = subprocess.run(["nm", "--defined-only", str(obj)], capture_output=True, text=True, check=True).stdout
+        defined[part] = {line.split()[-1] for line in symbols.splitlines() if " T " in line}
+    entry_points = {"model_forward", "cross_entropy_loss", "mse_loss", "all_finite", "sgd_step", "adam_step"}
+    assert entry_points <= defined[c_build.PART_ONE] and "model_backward" not in defined[c_build.PART_ONE]
+    assert defined[c_build.PART_TWO] == {"model_backward"}

@@ -23,9 +23,10 @@ key both succeed (the loser of the rename uses the winner's entry). An entry who
 is missing or unreadable, or whose module does not match the recorded size and SHA-256 (a truncated
 copy, a crash mid-write on a filesystem without atomic rename) is moved aside and rebuilt.
 
-The compiler runs in a child Python process (`ffi.compile` under setuptools), so that its output is
-captured and a failure becomes a CnncError naming the compiler, not a wall of distutils internals.
-`subprocess` is imported by the functions that start a process: a hit starts none (and saves its import).
+A miss compiles two translation units at once (see `compile_module`) and links them as setuptools
+would, without setuptools: the compiler's output is captured and a failure becomes a CnncError naming
+the compiler and quoting its messages. `subprocess` is imported by the functions that start a process:
+a hit starts none (and saves its import).
 """
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ import shutil
 import sys
 import sysconfig
 import tempfile
-import textwrap
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,14 +58,14 @@ from .c_codegen import CSource
 
 MANIFEST = "manifest.json"
 C_FILE = "model.c"
-FORMAT = 2  # of the manifest and the key; bump when either changes
+FORMAT = 3  # of the manifest and the key; bump when either changes (3: two translation units, linked without setuptools)
 NUMPY_HINT = 'use backend="numpy" (cnnc.load(..., backend="numpy")), which needs no compiler'
 
 
 # ---- the compiler ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Compiler:
-    command: tuple[str, ...]  # as setuptools will run it, e.g. ("gcc",) or ("ccache", "gcc")
+    command: tuple[str, ...]  # how to run it, e.g. ("gcc",) or ("ccache", "gcc")
     path: str  # the resolved executable of command[0]
     version: str  # the output of `command --version`
     record: Path | None = None  # the file remembering its version and the flags it accepts (None: remember nothing)
@@ -449,27 +449,61 @@ def discard(entry: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-# ---- compiling ---------------------------------------------------------------------------------------
-# Run by a child Python: the compiler's messages arrive on its stderr, the commands setuptools ran on
-# its stdout; a failure exits 1 with one line saying so (no traceback to wade through). It imports
-# cffi and setuptools (~0.2 s) before it reads the job's path from stdin, so that the parent's flag
-# probes run meanwhile; no path (the parent gave up) exits quietly.
-_BUILD_SCRIPT = textwrap.dedent("""
-    import json, sys
-    from cffi import FFI
-    import cffi.recompiler, cffi._shimmed_dist_utils
-    path = sys.stdin.readline().strip()
-    if not path:
-        sys.exit(0)
-    job = json.load(open(path, encoding="utf-8"))
-    ffi = FFI()
-    ffi.cdef(job["cdef"])
-    ffi.set_source(job["module"], job["source"], extra_compile_args=job["cflags"], extra_link_args=job["ldflags"])
+# ---- compiling -----------------------------------------------------------------------------------------
+# The module is built from two translation units compiled at the same time (CNNC_PART in module.c.j2):
+# cffi's wrapper around everything but the backward passes, and the backward passes on their own. gcc -O3
+# on the blocked kernels is most of a cold build, and the two halves take about as long each, so on two
+# cores a cold build takes about half the compiler time. The link is what setuptools would run: Python's
+# LDSHARED with our compiler in place of the one Python was built with.
+PART_ONE, PART_TWO = "module.c", "backward.c"
+
+
+def link_command(compiler: Compiler) -> list[str]:
+    """Python's shared-object link command (e.g. `gcc -shared ...`), with `compiler` as its driver."""
+    ldshared = shlex.split(sysconfig.get_config_var("LDSHARED") or "cc -shared")
+    python_cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    if ldshared[:len(python_cc)] == python_cc:
+        ldshared = [*compiler.command, *ldshared[len(python_cc):]]
+    return ldshared
+
+
+def write_parts(work: Path, name: str, source: CSource) -> None:
+    """The two translation units: PART_ONE is cffi's wrapper (the module's Python bindings) around the C
+    with CNNC_PART 1, PART_TWO the C with CNNC_PART 2."""
+    from cffi.recompiler import make_c_source  # what ffi.emit_c_code runs, without its "generating" line
+
+    ffi = cffi.FFI()
+    ffi.cdef(source.cdef)
+    make_c_source(ffi, name, "#define CNNC_PART 1\n" + source.text, str(work / PART_ONE))
+    (work / PART_TWO).write_text("#define CNNC_PART 2\n" + source.text, encoding="utf-8")
+
+
+def run_compilers(commands: list[list[str]], work: Path, compiler: Compiler, cflags: list[str]) -> None:
+    """Run the commands at once (in `work`, each one's messages to a log file there) and wait for all;
+    the first that failed is a CnncError quoting its messages."""
+    import subprocess
+
+    started = []
     try:
-        print(ffi.compile(tmpdir=job["tmpdir"], verbose=True))
-    except Exception as e:
-        sys.exit(f"cffi: {type(e).__name__}: {e}")
-""")
+        for number, command in enumerate(commands):
+            with open(work / f"compiler-{number}.log", "w+b") as log:
+                started.append((subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT), log.name))
+        for process, _ in started:
+            process.wait(timeout=1800)
+    except subprocess.TimeoutExpired:
+        raise CnncError(f"C compiler '{compiler.name}' did not finish within 30 minutes; {NUMPY_HINT}") from None
+    except OSError as e:
+        raise CnncError(f"cannot run the C compiler '{compiler.name}' ({e.strerror}); {NUMPY_HINT}") from None
+    finally:
+        for process, _ in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, log in started:
+        if process.returncode != 0:
+            output = Path(log).read_text(encoding="utf-8", errors="replace")
+            raise CnncError(f"C compiler '{compiler.name}' failed to build the generated module "
+                            f"(flags: {' '.join(cflags)}):\n{_tail(output)}\n{NUMPY_HINT}")
 
 
 def compile_into(entry: Path, key: str, source: CSource, compiler: Compiler, options: BuildOptions,
@@ -517,34 +551,19 @@ def sweep_leftovers(root: Path) -> None:
 def compile_module(directory: Path, key: str, source: CSource, compiler: Compiler, options: BuildOptions) -> dict:
     """Compile `source` into `directory` -> the manifest describing what was built. Leaves only
     model.c and the module there."""
-    import subprocess
-
     work = directory / "work"
     work.mkdir()
-    env = {**os.environ, "CC": shlex.join(compiler.command)}
-    child = subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env, cwd=work)
-    with child:  # waits for the child however this block is left
-        try:
-            cflags, ldflags = usable_flags(compiler, options)  # while the child imports
-            job = work / "job.json"
-            name = module_name(key)
-            job.write_text(json.dumps({"cdef": source.cdef, "source": source.text, "module": name, "cflags": cflags,
-                                       "ldflags": ldflags, "tmpdir": str(work)}), encoding="utf-8")
-            stdout, stderr = child.communicate(f"{job}\n", timeout=1800)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            raise CnncError(f"C compiler '{compiler.name}' did not finish within 30 minutes; {NUMPY_HINT}") from None
-        except BaseException:
-            child.kill()
-            raise
-    result = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
-    built = [p for p in work.iterdir() if p.name.startswith(name) and p.suffix in (".so", ".pyd", ".dylib")]
-    if result.returncode != 0 or len(built) != 1:
-        raise CnncError(f"C compiler '{compiler.name}' failed to build the generated module "
-                        f"(flags: {' '.join(cflags)}):\n{_tail(result.stderr or result.stdout)}\n{NUMPY_HINT}")
-    so = directory / built[0].name
-    os.replace(built[0], so)
+    cflags, ldflags = usable_flags(compiler, options)
+    name = module_name(key)
+    write_parts(work, name, source)
+    include = sysconfig.get_paths()["include"]
+    compile_flags = [*cflags, "-fPIC"]
+    run_compilers([[*compiler.command, *compile_flags, f"-I{include}", "-c", PART_ONE, "-o", "module.o"],
+                   [*compiler.command, *compile_flags, "-c", PART_TWO, "-o", "backward.o"]], work, compiler, cflags)
+    so_name = name + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
+    run_compilers([[*link_command(compiler), "module.o", "backward.o", *ldflags, "-o", so_name]], work, compiler, cflags)
+    so = directory / so_name
+    os.replace(work / so_name, so)
     (directory / C_FILE).write_text(source.text, encoding="utf-8")
     shutil.rmtree(work)
     return {"format": FORMAT, "key": key, "module": name, "module_file": so.name, "module_size": so.stat().st_size,
