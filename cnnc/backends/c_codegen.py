@@ -424,8 +424,6 @@ def _constants(layer: Layer, K: str, blocked: BlockedConv | None = None) -> tupl
     elif family == "global_avgpool":
         rows.append(("channels, positions per channel", [("C", layer.in_shape[0]), ("HW", prod(layer.in_shape[1:]))]))
     rows.append(("elements per sample", [("IN_SIZE", layer.in_size), ("OUT_SIZE", layer.out_size)]))
-    if family is not None:
-        rows.append(("multiply-adds per sample, for the parallel-or-not choice", [("WORK", min(work(layer), MAX_INT32))]))
     return [_enum_row(K, layer.name, comment, pairs) for comment, pairs in rows], notes
 
 
@@ -502,7 +500,7 @@ class BlockedConv:
 
     def geometries(self, K: str) -> tuple[dict, dict]:
         """The constant names the shared correlation macro reads, for forward and for the input gradient."""
-        common = {"KH": f"{K}_KH", "KW": f"{K}_KW", "DH": f"{K}_DH", "DW": f"{K}_DW", "WORK": f"{K}_WORK"}
+        common = {"KH": f"{K}_KH", "KW": f"{K}_KW", "DH": f"{K}_DH", "DW": f"{K}_DW"}
         forward = {**common, "CIN": f"{K}_C", "M": f"{K}_F", "MV": f"{K}_FV", "IH": f"{K}_HP", "IW": f"{K}_WP",
                    "OH": f"{K}_OH", "OW": f"{K}_OW", "SH": f"{K}_SH", "SW": f"{K}_SW", "ROW0": "0", "COL0": "0",
                    "OB": f"{K}_OB", "OB_TAIL": f"{K}_OB_TAIL", "tail": self.OB_TAIL > 0,
@@ -528,7 +526,7 @@ def work(layer: Layer) -> int:
 # this many columns (8 KiB of doubles).
 OW_BLOCK_MAX = 1024
 
-# Below this many multiply-adds a kernel runs on one thread (see module.c.j2).
+# Below this many multiply-adds a pass runs its batch slices on one thread (see module.c.j2).
 PARALLEL_MIN_WORK = 1 << 20
 
 # A batch is cut into at most this many contiguous slices, each run through the whole network by one
