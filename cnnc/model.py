@@ -22,7 +22,6 @@ import types
 import zipfile
 import zlib
 from collections.abc import Iterator
-from functools import cache
 
 import numpy as np
 
@@ -121,20 +120,27 @@ class Model:
         model's dtype, or the same values to the last bit, read back from cnnc's cache (see
         InitialValuesCache) when this layout, seed and dtype were initialised before."""
         specs = self.network.param_specs
-        remembered = InitialValuesCache(specs, seed, self.dtype)
-        if remembered.read_into(self._param_views(specs)):
+        views = self._param_views(specs)
+        remembered = InitialValuesCache(specs, seed, self.dtype) if views is not None else None
+        if remembered is not None and remembered.read_into(views):
             return
         for spec, value in zip(specs, initial_values(specs, seed)):
             self.params[spec.name][...] = value
-        remembered.write(self._param_views(specs))
+        if remembered is not None:
+            remembered.write(views)
 
-    def _param_views(self, specs) -> list[np.ndarray]:
+    def _param_views(self, specs) -> list[np.ndarray] | None:
         """Where the values go, as few flat arrays as possible: the backend's whole parameter block when
-        the tensors lie in it one after another in spec order (both backends' do), else one per tensor."""
+        the tensors lie in it one after another in spec order (both backends' do), else one flat view per
+        tensor. None (always draw) for tensors that are not writable C-contiguous arrays of the model's
+        dtype: the cache holds exactly the values the model's dtype gives, and fills them through views."""
+        tensors = [self.params[spec.name] for spec in specs]
+        if not all(t.dtype == self.dtype and t.flags.c_contiguous and t.flags.writeable for t in tensors):
+            return None
         block = getattr(self, "param_block", None)
-        if isinstance(block, np.ndarray) and _holds_in_order(block, [self.params[s.name] for s in specs]):
+        if isinstance(block, np.ndarray) and _holds_in_order(block, tensors):
             return [block]
-        return [self.params[s.name].reshape(-1) for s in specs]
+        return [t.reshape(-1) for t in tensors]  # views: the tensors are C-contiguous
 
     # ---- the API -------------------------------------------------------------------------------
     def forward(self, x, train: bool = False) -> np.ndarray:
@@ -327,25 +333,67 @@ def _initial_values_key(layout: list, seed: int, dtype: str) -> str:
     return hashlib.sha256(repr(identity).encode()).hexdigest()[:40]
 
 
-@cache
 def _module_code_digest() -> str:
-    """A digest of the code of every function and method defined in this module, as loaded in this
-    process (not as the file reads now: an edit after import must not label old values as new)."""
+    """A digest of this module as it runs in this process: the code and defaults of every function and
+    method defined in it, and its constants. Not the file as it reads now (an edit after import must
+    not label old values as new). Recomputed whenever any of those objects was replaced (as a test
+    that patches a function does), else remembered."""
+    parts, last = _module_parts(), _module_code_digest.last  # (the parts last digested, their digest)
+    if last is not None and len(last[0]) == len(parts) and all(a[0] == b[0] and a[1] is b[1]
+                                                               for a, b in zip(last[0], parts)):
+        return last[1]
     import hashlib
 
     digest = hashlib.sha256()
-    module = sys.modules[__name__]
-    for name, value in sorted(vars(module).items()):
-        if isinstance(value, type) and value.__module__ == __name__:
-            members = sorted(vars(value).items())
-        elif getattr(value, "__module__", None) == __name__:
-            members = [(name, value)]
-        else:
-            continue
-        for member_name, member in members:
-            for function in _functions_of(member):
-                digest.update(f"{name}.{member_name}\0{_code_text(function.__code__)}\0".encode())
+    for name, part in parts:
+        digest.update(f"{name}\0{_part_text(part)}\0".encode())
+    _module_code_digest.last = (parts, digest.hexdigest())
     return digest.hexdigest()
+
+
+_module_code_digest.last = None
+
+
+def _module_parts() -> list[tuple[str, object]]:
+    """(name, part) for what decides what this module does: each constant, and each function's code
+    object, defaults and keyword defaults (methods and property accessors included)."""
+    parts = []
+    for name, value in sorted(vars(sys.modules[__name__]).items()):
+        if name.startswith("__"):
+            continue  # the module's own metadata (__file__, __cached__, ...): where it is, not what it does
+        if isinstance(value, type) and value.__module__ == __name__:
+            members = [(f"{name}.{k}", v) for k, v in sorted(vars(value).items()) if k not in ("__dict__", "__weakref__")]
+        else:
+            members = [(name, value)]
+        for member_name, member in members:
+            if _is_constant(member):
+                parts.append((member_name, member))
+            elif getattr(member, "__module__", __name__) == __name__:
+                for function in _functions_of(member):
+                    parts += [(member_name, function.__code__), (member_name, function.__defaults__),
+                              (member_name, function.__kwdefaults__)]
+    return parts
+
+
+def _part_text(part) -> str:
+    """A part as text that is the same in every process (no addresses, no set orders)."""
+    if isinstance(part, types.CodeType):
+        return _code_text(part)
+    if isinstance(part, dict):  # keyword defaults
+        part = tuple(sorted(part.items()))
+    return _constant_text(part) if _is_constant(part) else repr(part)
+
+
+def _is_constant(value) -> bool:
+    if isinstance(value, tuple):
+        return all(_is_constant(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, complex, str, bytes))
+
+
+def _constant_text(value) -> str:
+    if isinstance(value, tuple):
+        return "(" + ",".join(_constant_text(v) for v in value) + ")"
+    return repr(value)
 
 
 def _functions_of(member) -> list:
@@ -364,7 +412,7 @@ def _code_text(code: types.CodeType) -> str:
         if isinstance(value, types.CodeType):
             return _code_text(value)
         if isinstance(value, frozenset):
-            return "frozenset(" + repr(sorted(repr(v) for v in value)) + ")"
+            return "frozenset(" + repr(sorted(constant(v) for v in value)) + ")"
         if isinstance(value, tuple):
             return "(" + ",".join(constant(v) for v in value) + ")"
         return repr(value)

@@ -252,12 +252,12 @@ def assert_bitwise_equal(params: dict, expected: dict, what: str) -> None:
 
 @pytest.fixture
 def no_drawing(monkeypatch):
-    """Make drawing initial values fail: what follows must read them from the cache."""
-    def refuse(specs, seed):
+    """Make drawing initial values fail: what follows must read them from the cache. (NumPy is patched,
+    not cnnc.model: replacing a function of cnnc.model changes the cache key, as it must.)"""
+    def refuse(*args, **kwargs):
         raise AssertionError("initial values were drawn, not read from the cache")
-        yield
 
-    return lambda: monkeypatch.setattr(model_module, "initial_values", refuse)
+    return lambda: monkeypatch.setattr(np.random, "default_rng", refuse)
 
 
 NETWORKS = [(path, net.name) for path in sorted(SPECS.glob("*.cnn")) for net in cnnc.networks_from_file(path)]
@@ -266,18 +266,17 @@ NETWORKS = [(path, net.name) for path in sorted(SPECS.glob("*.cnn")) for net in 
 @pytest.mark.parametrize("path,name", NETWORKS, ids=[name for _, name in NETWORKS])
 def test_initial_parameters_are_the_original_formulas_drawn_or_read_back(path, name, cache, no_drawing):
     network = cnnc.read_network(path, name)
-    cases = [(dtype, seed) for dtype in ("float32", "float64") for seed in (0, 7)]
-    for dtype, seed in cases:  # drawn (and remembered, for layouts of at least MIN_COUNT values)
-        assert_bitwise_equal(NumpyModel(network, dtype, seed).params, original_initial_params(network, seed, dtype),
-                             f"{name} {dtype} seed {seed}, drawn")
+    expected = {(dtype, seed): original_initial_params(network, seed, dtype)
+                for dtype in ("float32", "float64") for seed in (0, 7)}
+    for (dtype, seed), params in expected.items():  # drawn (and remembered, for layouts of MIN_COUNT values or more)
+        assert_bitwise_equal(NumpyModel(network, dtype, seed).params, params, f"{name} {dtype} seed {seed}, drawn")
     if network.param_count < model_module.InitialValuesCache.MIN_COUNT:
         assert not (cache / "init").exists()
         return
-    assert len(list((cache / "init").iterdir())) == len(cases)  # seed and dtype are part of the key
+    assert len(list((cache / "init").iterdir())) == len(expected)  # seed and dtype are part of the key
     no_drawing()
-    for dtype, seed in cases:
-        assert_bitwise_equal(NumpyModel(network, dtype, seed).params, original_initial_params(network, seed, dtype),
-                             f"{name} {dtype} seed {seed}, read back")
+    for (dtype, seed), params in expected.items():
+        assert_bitwise_equal(NumpyModel(network, dtype, seed).params, params, f"{name} {dtype} seed {seed}, read back")
 
 
 @pytest.mark.parametrize("spec", ["lenet5.cnn", "vgg_small.cnn"])
@@ -294,13 +293,36 @@ def test_the_c_backend_reads_initial_values_straight_into_its_parameter_block(sp
     assert np.shares_memory(read.params["c1.weight" if spec == "lenet5.cnn" else "fc1.weight"], read.param_block)
 
 
-def test_parameters_not_laid_end_to_end_are_filled_one_by_one(cache, no_drawing, monkeypatch):
+def test_parameters_not_laid_end_to_end_are_filled_one_by_one(cache, no_drawing):
+    class NoBlock(NumpyModel):
+        def _allocate(self):
+            params, grads = super()._allocate()
+            self.param_block = None  # the tensors are not known to lie end to end
+            return params, grads
+
     network = cnnc.read_network(SPECS / "lenet5.cnn")
     expected = original_initial_params(network, 0, "float64")
-    NumpyModel(network, "float64", 0)
+    assert_bitwise_equal(NoBlock(network, "float64", 0).params, expected, "per tensor, drawn")
+    assert len(list((cache / "init").iterdir())) == 1
     no_drawing()
-    monkeypatch.setattr(model_module, "_holds_in_order", lambda block, tensors: False)
-    assert_bitwise_equal(NumpyModel(network, "float64", 0).params, expected, "per tensor")
+    assert_bitwise_equal(NoBlock(network, "float64", 0).params, expected, "per tensor, read back")
+    assert_bitwise_equal(NumpyModel(network, "float64", 0).params, expected, "the same entry, into the block")
+
+
+def test_parameters_that_are_not_plain_arrays_of_the_dtype_are_always_drawn(cache):
+    """The cache holds values of exactly the model's dtype and fills C-contiguous views; a backend with
+    other storage (here transposed, non-contiguous tensors) gets the formula's values and no entry."""
+    class Transposed(NumpyModel):
+        def _allocate(self):
+            params, grads = super()._allocate()
+            return {k: np.zeros(v.shape[::-1], self.dtype).T for k, v in params.items()}, grads
+
+    network = cnnc.read_network(SPECS / "lenet5.cnn")
+    m = Transposed(network, "float32", 0)
+    assert not m.params["f5.weight"].flags.c_contiguous
+    assert_bitwise_equal({k: np.ascontiguousarray(v) for k, v in m.params.items()},
+                         original_initial_params(network, 0, "float32"), "transposed storage")
+    assert not (cache / "init").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "longer", "flipped", "empty"])
@@ -336,13 +358,16 @@ def test_the_initial_values_key_follows_layout_seed_dtype_numpy_and_this_modules
     def changed(spec, rng):
         return rng.normal(0.0, 1.0, size=spec.shape)
 
-    monkeypatch.setattr(model_module.initial_value, "__code__", changed.__code__)
-    model_module._module_code_digest.cache_clear()
-    try:
-        assert key() != base
-    finally:
-        monkeypatch.undo()
-        model_module._module_code_digest.cache_clear()
+    monkeypatch.setattr(model_module.initial_value, "__code__", changed.__code__)  # the code as loaded counts
+    assert key() != base
+    monkeypatch.undo()
+    assert key() == base
+    monkeypatch.setattr(model_module, "initial_values", lambda specs, seed: iter(()))  # so does a replacement
+    assert key() != base
+    monkeypatch.undo()
+    monkeypatch.setattr(model_module.InitialValuesCache, "FORMAT", 2)  # and every constant in the module
+    assert key() != base
+    monkeypatch.undo()
     assert key() == base
 
 
