@@ -4,8 +4,10 @@ A spec read from a file is also remembered: its Networks are pickled in cnnc's c
 (cache_home()/ir), keyed by the file's name and text and by everything else that decides its IR (see
 `front_end_fingerprint`). A later process loading the unchanged file unpickles them, and so never
 imports Lark, the parser (cnnc.syntax) or the shape checker (cnnc.shapes): most of a cached
-`cnnc.load`. A file with errors is not remembered (it is parsed again, to report them). The cache
-keeps the IR_CACHE_ENTRIES most recently used entries (each a few KB).
+`cnnc.load`. A file with errors is not remembered (it is parsed again, to report them), and neither
+is IR made by front-end code replaced at run time (see `_front_end_objects`). The cache keeps the
+IR_CACHE_ENTRIES most recently used entries (each a few KB). Entries are pickles: the cache directory
+is trusted as the C module cache beside it is (whose entries are native code).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ def network_list_from_text(text: str, file: str = "<string>") -> list[Network]:
     from .shapes import infer  # imported here: a cached load needs neither (nor Lark)
     from .syntax import parse
 
+    if _front_end_objects.at_first_parse is None:
+        _front_end_objects.at_first_parse = _front_end_objects()
     return infer(parse(text, file), text)
 
 
@@ -164,9 +168,47 @@ def remembered_network_list(text: str, file: str) -> list[Network]:
     if networks is not None:
         return networks
     networks = network_list_from_text(text, file)  # a SpecError leaves nothing behind
-    if front_end_fingerprint() == fingerprint:  # the parse imported the code the key names
+    if front_end_fingerprint() == fingerprint and _front_end_unchanged():  # the parse ran the code the key names
         _write_entry(path, text, file, networks)
     return networks
+
+
+# the modules whose code makes the IR (frontend.py's part is network_list_from_text, checked by name)
+IR_MODULE_NAMES = ("cnnc.syntax", "cnnc.shapes", "cnnc.ir", "cnnc.diagnostics")
+
+
+def _front_end_objects() -> dict[tuple, object]:
+    """Everything the IR's modules hold, by where it is held: their top-level names, their
+    classes' members, the entries of their tables (dicts), and each function's code. Compared by
+    identity with what they held at the first parse, it tells whether a function, table entry or
+    constant was replaced at run time (as a test may do); the IR such code produces is not the IR the
+    cache key names. (Names added since, like the __slotnames__ pickle caches on a class, are no
+    replacement.)"""
+    objects = {("cnnc.frontend", "network_list_from_text"): globals()["network_list_from_text"]}
+    for module_name in IR_MODULE_NAMES:
+        module = sys.modules.get(module_name)
+        for name, value in vars(module).items() if module else ():
+            if name.startswith("__"):
+                continue  # the module's own metadata
+            members = {(module_name, name): value}
+            if isinstance(value, type) and value.__module__ == module_name:
+                members.update(((module_name, name, k), v) for k, v in vars(value).items())
+            elif isinstance(value, dict):
+                members.update(((module_name, name, repr(k)), v) for k, v in value.items())
+            for where, member in members.items():
+                objects[where] = member
+                code = getattr(member, "__code__", None)
+                if code is not None:
+                    objects[(*where, "__code__")] = code
+    return objects
+
+
+_front_end_objects.at_first_parse = None  # set by network_list_from_text
+
+
+def _front_end_unchanged() -> bool:
+    first, now = _front_end_objects.at_first_parse, _front_end_objects()
+    return first is not None and all(where in now and now[where] is value for where, value in first.items())
 
 
 def _read_entry(path: Path, text: str, file: str) -> list[Network] | None:
