@@ -1,10 +1,12 @@
 """What the fast cached load must keep: a spec file's IR read from the IR cache is exactly the IR the
 parser and shape checker produce (and is never read or written for other text, another file name or
-another front end); initial parameters are exactly those of the original formula; the C module
-cache key still follows every file of the code generator. Timings live in bench/, not here."""
+other front-end code); initial parameters, drawn or read back from their cache, are exactly those of
+the original formula; a cached load imports nothing it does not need. (The C module cache's key is
+unchanged and tested in test_c_cache.py.) Timings live in bench/, not here."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -196,7 +198,7 @@ def test_a_new_process_reads_a_cached_spec_without_lark_the_parser_or_the_shape_
         nets = cnnc.networks_from_file({str(spec)!r})
         print(json.dumps({{"nets": repr(nets), "imported": sorted(set(sys.modules) & {{"lark", "cnnc.syntax", "cnnc.shapes"}})}}))
     """)
-    env = {**__import__("os").environ, "CNNC_CACHE_DIR": str(cache)}
+    env = {**os.environ, "CNNC_CACHE_DIR": str(cache)}
     runs = [json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                                       check=True).stdout) for _ in range(2)]
     assert runs[0]["imported"] == ["cnnc.shapes", "cnnc.syntax", "lark"]  # the miss parsed
@@ -453,7 +455,7 @@ def test_a_cached_load_in_a_new_process_imports_nothing_it_does_not_need(backend
         assert cnnc.optim.Adam.__module__ == "cnnc.optim"  # still there when asked for
         print(json.dumps({{"first": float(m.params["fc1.weight"][0, 0]), "imported": imported}}))
     """)
-    env = {**__import__("os").environ, "CNNC_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "CNNC_CACHE_DIR": str(tmp_path / "cache")}
     runs = [json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                                       check=True).stdout) for _ in range(2)]
     assert {"cnnc.shapes", "cnnc.syntax", "lark", "numpy.random"} <= set(runs[0]["imported"])  # (jinja2 on a C miss)
