@@ -269,8 +269,8 @@ class InitialValuesCache:
     MAX_ENTRIES entries and MAX_BYTES bytes are kept: the least recently used go first."""
 
     MIN_COUNT = 4096
-    MAX_ENTRIES = 128
-    MAX_BYTES = 256 << 20
+    MAX_ENTRIES = 64
+    MAX_BYTES = 128 << 20
     FORMAT = 1
 
     def __init__(self, specs: tuple[ParamSpec, ...], seed: int, dtype: np.dtype):
