@@ -16,18 +16,13 @@ A backend subclass supplies storage and arithmetic:
 from __future__ import annotations
 
 import os
-import platform
-import sys
-import types
 import zipfile
-import zlib
 from collections.abc import Iterator
 
 import numpy as np
 
 from .checkpoint import checkpoint_given_as_weights, is_checkpoint
-from .diagnostics import CnncError
-from .fileio import atomic_path, cache_home, describe_contents, is_zip, make_room
+from .fileio import atomic_path, describe_contents, is_zip
 from .ir import Network, ParamSpec
 
 DTYPES = ("float32", "float64")
@@ -116,31 +111,10 @@ class Model:
         self._dropout_rng = rng
 
     def reset_parameters(self, seed: int) -> None:
-        """Every parameter to its initial value for `seed`: initial_values(param_specs, seed) cast to the
-        model's dtype, or the same values to the last bit, read back from cnnc's cache (see
-        InitialValuesCache) when this layout, seed and dtype were initialised before."""
-        specs = self.network.param_specs
-        views = self._param_views(specs)
-        remembered = InitialValuesCache(specs, seed, self.dtype) if views is not None else None
-        if remembered is not None and remembered.read_into(views):
-            return
-        for spec, value in zip(specs, initial_values(specs, seed)):
+        """Every parameter to its initial value for `seed`: initial_values(param_specs, seed), cast to the
+        model's dtype."""
+        for spec, value in zip(self.network.param_specs, initial_values(self.network.param_specs, seed)):
             self.params[spec.name][...] = value
-        if remembered is not None:
-            remembered.write(views)
-
-    def _param_views(self, specs) -> list[np.ndarray] | None:
-        """Where the values go, as few flat arrays as possible: the backend's whole parameter block when
-        the tensors lie in it one after another in spec order (both backends' do), else one flat view per
-        tensor. None (always draw) for tensors that are not writable C-contiguous arrays of the model's
-        dtype: the cache holds exactly the values the model's dtype gives, and fills them through views."""
-        tensors = [self.params[spec.name] for spec in specs]
-        if not all(t.dtype == self.dtype and t.flags.c_contiguous and t.flags.writeable for t in tensors):
-            return None
-        block = getattr(self, "param_block", None)
-        if isinstance(block, np.ndarray) and _holds_in_order(block, tensors):
-            return [block]
-        return [t.reshape(-1) for t in tensors]  # views: the tensors are C-contiguous
 
     # ---- the API -------------------------------------------------------------------------------
     def forward(self, x, train: bool = False) -> np.ndarray:
@@ -240,184 +214,6 @@ class Model:
                 keep = self.dropout_rng.random((n, *layer.in_shape)) >= layer.rate
                 masks[layer.name] = (keep / (1.0 - layer.rate)).astype(self.dtype)
         return masks or None
-
-
-def _holds_in_order(block: np.ndarray, tensors: list[np.ndarray]) -> bool:
-    """True if `block` is one contiguous 1-D array made of `tensors` (C-contiguous views), end to end."""
-    if block.ndim != 1 or not block.flags.c_contiguous or not block.flags.writeable:
-        return False
-    address = block.__array_interface__["data"][0]
-    for tensor in tensors:
-        if (tensor.dtype != block.dtype or not tensor.flags.c_contiguous
-                or tensor.__array_interface__["data"][0] != address):
-            return False
-        address += tensor.nbytes
-    return address == block.__array_interface__["data"][0] + block.nbytes
-
-
-# ---- initial values, remembered -------------------------------------------------------------------
-class InitialValuesCache:
-    """The initial values of one (layout, seed, dtype), kept in cnnc's cache directory (cache_home()/init).
-
-    Drawing VGG's 1.1M normals takes ~12 ms and importing numpy.random ~5 ms, in every process that
-    builds a model; reading them back takes ~2 ms. The values are a pure function of the key: the
-    tensors' init rule, shape and fans in order, the seed and the dtype, this module's code (every
-    function in it, as loaded: the initialisation must stay in this module), NumPy's version (its
-    generators), Python's, and the machine and C library (the normal tail uses libm's log).
-    An entry is the values (little-endian) then their CRC-32; a short, long or damaged file is
-    ignored and written again. Small layouts (under MIN_COUNT values) are not kept. At most
-    MAX_ENTRIES entries and MAX_BYTES bytes are kept: the least recently used go first."""
-
-    MIN_COUNT = 4096
-    MAX_ENTRIES = 64
-    MAX_BYTES = 128 << 20
-    FORMAT = 1
-
-    def __init__(self, specs: tuple[ParamSpec, ...], seed: int, dtype: np.dtype):
-        self.count = sum(spec.size for spec in specs)
-        self.dtype = np.dtype(dtype).newbyteorder("<")
-        self.path = None
-        if self.count >= self.MIN_COUNT:
-            layout = [(spec.init, spec.shape, spec.fan_in, spec.fan_out) for spec in specs]
-            self.path = cache_home() / "init" / f"{_initial_values_key(layout, int(seed), self.dtype.str)}.bin"
-
-    def read_into(self, views: list[np.ndarray]) -> bool:
-        """Fill `views` (flat arrays that together hold `count` values, in order) from the entry; False
-        (their contents then undefined) if there is no intact entry."""
-        if self.path is None:
-            return False
-        crc = 0
-        try:
-            with open(self.path, "rb") as f:
-                for view in views:
-                    target = view if view.dtype == self.dtype else np.empty(view.shape, self.dtype)
-                    if f.readinto(memoryview(target).cast("B")) != target.nbytes:
-                        return False
-                    crc = zlib.crc32(target, crc)
-                    if target is not view:
-                        view[...] = target
-                if f.read() != crc.to_bytes(4, "little"):
-                    return False
-        except (OSError, ValueError, TypeError):
-            return False
-        try:
-            os.utime(self.path)  # recently used: kept when the cache makes room
-        except OSError:
-            pass  # a read-only cache is still read
-        return True
-
-    def write(self, views: list[np.ndarray]) -> None:
-        """Remember the values in `views` (as read_into takes them). A cache that cannot be written is
-        skipped: the next process draws the values again."""
-        if self.path is None:
-            return
-        try:
-            make_room(self.path.parent, "*.bin", self.count * self.dtype.itemsize + 4, self.MAX_ENTRIES, self.MAX_BYTES)
-            with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
-                crc = 0
-                for view in views:
-                    data = np.ascontiguousarray(view, dtype=self.dtype)
-                    f.write(memoryview(data).cast("B"))
-                    crc = zlib.crc32(data, crc)
-                f.write(crc.to_bytes(4, "little"))
-        except (OSError, CnncError):
-            pass
-
-
-def _initial_values_key(layout: list, seed: int, dtype: str) -> str:
-    import hashlib
-
-    libc = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) else ""
-    identity = (InitialValuesCache.FORMAT, _module_code_digest(), np.__version__, sys.version, platform.machine(),
-                sys.platform, libc, dtype, seed, layout)
-    return hashlib.sha256(repr(identity).encode()).hexdigest()[:40]
-
-
-def _module_code_digest() -> str:
-    """A digest of this module as it runs in this process: the code and defaults of every function and
-    method defined in it, and its constants. Not the file as it reads now (an edit after import must
-    not label old values as new). Recomputed whenever any of those objects was replaced (as a test
-    that patches a function does), else remembered."""
-    parts, last = _module_parts(), _module_code_digest.last  # (the parts last digested, their digest)
-    if last is not None and len(last[0]) == len(parts) and all(a[0] == b[0] and a[1] is b[1]
-                                                               for a, b in zip(last[0], parts)):
-        return last[1]
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, part in parts:
-        digest.update(f"{name}\0{_part_text(part)}\0".encode())
-    _module_code_digest.last = (parts, digest.hexdigest())
-    return digest.hexdigest()
-
-
-_module_code_digest.last = None
-
-
-def _module_parts() -> list[tuple[str, object]]:
-    """(name, part) for what decides what this module does: each constant, and each function's code
-    object, defaults and keyword defaults (methods and property accessors included)."""
-    parts = []
-    for name, value in sorted(vars(sys.modules[__name__]).items()):
-        if name.startswith("__"):
-            continue  # the module's own metadata (__file__, __cached__, ...): where it is, not what it does
-        if isinstance(value, type) and value.__module__ == __name__:
-            members = [(f"{name}.{k}", v) for k, v in sorted(vars(value).items()) if k not in ("__dict__", "__weakref__")]
-        else:
-            members = [(name, value)]
-        for member_name, member in members:
-            if _is_constant(member):
-                parts.append((member_name, member))
-            elif getattr(member, "__module__", __name__) == __name__:
-                for function in _functions_of(member):
-                    parts += [(member_name, function.__code__), (member_name, function.__defaults__),
-                              (member_name, function.__kwdefaults__)]
-    return parts
-
-
-def _part_text(part) -> str:
-    """A part as text that is the same in every process (no addresses, no set orders)."""
-    if isinstance(part, types.CodeType):
-        return _code_text(part)
-    if isinstance(part, dict):  # keyword defaults
-        part = tuple(sorted(part.items()))
-    return _constant_text(part) if _is_constant(part) else repr(part)
-
-
-def _is_constant(value) -> bool:
-    if isinstance(value, tuple):
-        return all(_is_constant(v) for v in value)
-    return value is None or isinstance(value, (bool, int, float, complex, str, bytes))
-
-
-def _constant_text(value) -> str:
-    if isinstance(value, tuple):
-        return "(" + ",".join(_constant_text(v) for v in value) + ")"
-    return repr(value)
-
-
-def _functions_of(member) -> list:
-    """The plain functions behind a module member: itself, a property's accessors, a wrapped method."""
-    if isinstance(member, property):
-        return [f for f in (member.fget, member.fset, member.fdel) if f is not None]
-    if isinstance(member, (staticmethod, classmethod)):
-        member = member.__func__
-    member = getattr(member, "__wrapped__", member)  # functools.cache
-    return [member] if isinstance(member, types.FunctionType) else []
-
-
-def _code_text(code: types.CodeType) -> str:
-    """A code object as text that is the same in every process (no addresses, no set orders)."""
-    def constant(value):
-        if isinstance(value, types.CodeType):
-            return _code_text(value)
-        if isinstance(value, frozenset):
-            return "frozenset(" + repr(sorted(constant(v) for v in value)) + ")"
-        if isinstance(value, tuple):
-            return "(" + ",".join(constant(v) for v in value) + ")"
-        return repr(value)
-
-    return repr((code.co_code.hex(), code.co_names, code.co_varnames, [constant(c) for c in code.co_consts]))
 
 
 class TensorDict(dict):

@@ -1,7 +1,7 @@
 """What the fast cached load must keep: a spec file's IR read from the IR cache is exactly the IR the
 parser and shape checker produce (and is never read or written for other text, another file name or
-other front-end code); initial parameters, drawn or read back from their cache, are exactly those of
-the original formula; a cached load imports nothing it does not need. (The C module cache's key is
+other front-end code); initial parameters are exactly those of the original formula; a cached load
+imports nothing it does not need. (The C module cache's key is
 unchanged and tested in test_c_cache.py.) Timings live in bench/, not here."""
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import pytest
 
 import cnnc
 from cnnc import frontend
-from cnnc import model as model_module
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.diagnostics import SpecError
 from cnnc.fileio import cache_home
@@ -289,145 +288,23 @@ def assert_bitwise_equal(params: dict, expected: dict, what: str) -> None:
         assert got.tobytes() == value.tobytes(), f"{what}: {name} differs from the original formula"
 
 
-@pytest.fixture
-def no_drawing(monkeypatch):
-    """Make drawing initial values fail: what follows must read them from the cache. (NumPy is patched,
-    not cnnc.model: replacing a function of cnnc.model changes the cache key, as it must.)"""
-    def refuse(*args, **kwargs):
-        raise AssertionError("initial values were drawn, not read from the cache")
-
-    return lambda: monkeypatch.setattr(np.random, "default_rng", refuse)
-
-
 NETWORKS = [(path, net.name) for path in sorted(SPECS.glob("*.cnn")) for net in cnnc.networks_from_file(path)]
 
 
 @pytest.mark.parametrize("path,name", NETWORKS, ids=[name for _, name in NETWORKS])
-def test_initial_parameters_are_the_original_formulas_drawn_or_read_back(path, name, cache, no_drawing):
+def test_initial_parameters_are_the_original_formulas(path, name, cache):
     network = cnnc.read_network(path, name)
-    expected = {(dtype, seed): original_initial_params(network, seed, dtype)
-                for dtype in ("float32", "float64") for seed in (0, 7)}
-    for (dtype, seed), params in expected.items():  # drawn (and remembered, for layouts of MIN_COUNT values or more)
-        assert_bitwise_equal(NumpyModel(network, dtype, seed).params, params, f"{name} {dtype} seed {seed}, drawn")
-    if network.param_count < model_module.InitialValuesCache.MIN_COUNT:
-        assert not (cache / "init").exists()
-        return
-    assert len(list((cache / "init").iterdir())) == len(expected)  # seed and dtype are part of the key
-    no_drawing()
-    for (dtype, seed), params in expected.items():
-        assert_bitwise_equal(NumpyModel(network, dtype, seed).params, params, f"{name} {dtype} seed {seed}, read back")
+    for dtype in ("float32", "float64"):
+        for seed in (0, 7):
+            expected = original_initial_params(network, seed, dtype)
+            assert_bitwise_equal(NumpyModel(network, dtype, seed).params, expected, f"{name} {dtype} seed {seed}")
 
 
 @pytest.mark.parametrize("spec", ["lenet5.cnn", "vgg_small.cnn"])
-def test_the_c_backend_reads_initial_values_straight_into_its_parameter_block(spec, cache, shared_c_cache,
-                                                                             no_drawing, monkeypatch):
+def test_the_c_backend_draws_the_same_initial_values(spec, cache, shared_c_cache):
     network = cnnc.read_network(SPECS / spec)
-    expected = original_initial_params(network, 3, "float32")
-    drawn = cnnc.load(SPECS / spec, backend="c", seed=3, cache_dir=shared_c_cache)
-    assert_bitwise_equal(drawn.params, expected, f"{spec} on C, drawn")
-    assert model_module._holds_in_order(drawn.param_block, [drawn.params[s.name] for s in network.param_specs])
-    no_drawing()
-    read = cnnc.load(SPECS / spec, backend="c", seed=3, cache_dir=shared_c_cache)
-    assert_bitwise_equal(read.params, expected, f"{spec} on C, read back")
-    assert np.shares_memory(read.params["c1.weight" if spec == "lenet5.cnn" else "fc1.weight"], read.param_block)
-
-
-def test_parameters_not_laid_end_to_end_are_filled_one_by_one(cache, no_drawing):
-    class NoBlock(NumpyModel):
-        def _allocate(self):
-            params, grads = super()._allocate()
-            self.param_block = None  # the tensors are not known to lie end to end
-            return params, grads
-
-    network = cnnc.read_network(SPECS / "lenet5.cnn")
-    expected = original_initial_params(network, 0, "float64")
-    assert_bitwise_equal(NoBlock(network, "float64", 0).params, expected, "per tensor, drawn")
-    assert len(list((cache / "init").iterdir())) == 1
-    no_drawing()
-    assert_bitwise_equal(NoBlock(network, "float64", 0).params, expected, "per tensor, read back")
-    assert_bitwise_equal(NumpyModel(network, "float64", 0).params, expected, "the same entry, into the block")
-
-
-def test_parameters_that_are_not_plain_arrays_of_the_dtype_are_always_drawn(cache):
-    """The cache holds values of exactly the model's dtype and fills C-contiguous views; a backend with
-    other storage (here transposed, non-contiguous tensors) gets the formula's values and no entry."""
-    class Transposed(NumpyModel):
-        def _allocate(self):
-            params, grads = super()._allocate()
-            return {k: np.zeros(v.shape[::-1], self.dtype).T for k, v in params.items()}, grads
-
-    network = cnnc.read_network(SPECS / "lenet5.cnn")
-    m = Transposed(network, "float32", 0)
-    assert not m.params["f5.weight"].flags.c_contiguous
-    assert_bitwise_equal({k: np.ascontiguousarray(v) for k, v in m.params.items()},
-                         original_initial_params(network, 0, "float32"), "transposed storage")
-    assert not (cache / "init").exists()
-
-
-@pytest.mark.parametrize("damage", ["truncated", "longer", "flipped", "empty"])
-def test_a_damaged_initial_values_entry_is_drawn_again_and_replaced(cache, damage):
-    network = cnnc.read_network(SPECS / "lenet5.cnn")
-    expected = original_initial_params(network, 0, "float32")
-    NumpyModel(network, "float32", 0)
-    (entry,) = (cache / "init").iterdir()
-    data = entry.read_bytes()
-    entry.write_bytes({"truncated": data[:-100], "longer": data + b"\0\0\0\0", "empty": b"",
-                       "flipped": data[:1000] + bytes([data[1000] ^ 1]) + data[1001:]}[damage])
-    assert_bitwise_equal(NumpyModel(network, "float32", 0).params, expected, damage)
-    assert entry.read_bytes() == data  # written again
-
-
-def test_the_initial_values_key_follows_layout_seed_dtype_numpy_and_this_modules_code(monkeypatch):
-    spec = model_module.ParamSpec("d.weight", (100, 50), 50, 100, "he")
-
-    def key(specs=(spec,), seed=0, dtype="float32"):
-        return model_module.InitialValuesCache(specs, seed, np.dtype(dtype)).path.name
-
-    base = key()
-    variants = [key(seed=1), key(dtype="float64"), key((spec.__class__("d.weight", (100, 50), 50, 100, "glorot"),)),
-                key((spec.__class__("d.weight", (50, 100), 50, 100, "he"),)),
-                key((spec.__class__("d.weight", (100, 50), 51, 100, "he"),))]
-    assert len({base, *variants}) == 1 + len(variants)
-    assert key((spec.__class__("other.name", (100, 50), 50, 100, "he"),)) == base  # names do not change values
-    monkeypatch.setattr(model_module.np, "__version__", "0.0.0")
-    assert key() != base
-    monkeypatch.undo()
-    assert key() == base
-
-    def changed(spec, rng):
-        return rng.normal(0.0, 1.0, size=spec.shape)
-
-    monkeypatch.setattr(model_module.initial_value, "__code__", changed.__code__)  # the code as loaded counts
-    assert key() != base
-    monkeypatch.undo()
-    assert key() == base
-    monkeypatch.setattr(model_module, "initial_values", lambda specs, seed: iter(()))  # so does a replacement
-    assert key() != base
-    monkeypatch.undo()
-    monkeypatch.setattr(model_module.InitialValuesCache, "FORMAT", 2)  # and every constant in the module
-    assert key() != base
-    monkeypatch.undo()
-    assert key() == base
-
-
-def test_small_layouts_are_drawn_every_time(tmp_path, cache):
-    spec = tmp_path / "small.cnn"
-    spec.write_text("model s {\n  input x[3]\n  dense d(units=4)\n}\n")
-    m = cnnc.load(spec, seed=5)
-    assert_bitwise_equal(m.params, original_initial_params(m.network, 5, "float32"), "small")
-    assert not (cache / "init").exists()
-
-
-def test_the_initial_values_cache_keeps_the_most_recently_used_entries(cache, monkeypatch):
-    monkeypatch.setattr(model_module.InitialValuesCache, "MAX_ENTRIES", 2)
-    network = cnnc.read_network(SPECS / "lenet5.cnn")
-    paths = {seed: model_module.InitialValuesCache(network.param_specs, seed, np.dtype("float32")).path
-             for seed in (1, 2, 3)}
-    NumpyModel(network, "float32", 1)
-    NumpyModel(network, "float32", 2)
-    NumpyModel(network, "float32", 1)  # read back, so 2 is the least recently used
-    NumpyModel(network, "float32", 3)
-    assert sorted((cache / "init").iterdir()) == sorted([paths[1], paths[3]])
+    model = cnnc.load(SPECS / spec, backend="c", seed=3, cache_dir=shared_c_cache)
+    assert_bitwise_equal(model.params, original_initial_params(network, 3, "float32"), f"{spec} on C")
 
 
 def test_the_dropout_stream_is_seeded_from_the_model_seed_when_first_used():
@@ -443,37 +320,34 @@ def test_the_dropout_stream_is_seeded_from_the_model_seed_when_first_used():
 
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 def test_a_cached_load_in_a_new_process_imports_nothing_it_does_not_need(backend, tmp_path, shared_c_cache):
-    """A second process loading the same spec reads the IR and the initial values from the cache: it
-    imports neither Lark nor the parser nor numpy.random nor the optimisers, and (C) renders no C:
-    jinja2 stays out."""
+    """A second process loading the same spec reads the IR from the cache: it imports neither Lark nor
+    the parser nor the optimisers, and (C) renders no C: jinja2 stays out."""
     script = textwrap.dedent(f"""
         import json, sys
         import cnnc
         options = {{"cache_dir": {shared_c_cache!r}}} if {backend!r} == "c" else {{}}
         m = cnnc.load({str(SPECS / "vgg_small.cnn")!r}, backend={backend!r}, seed=4, **options)
-        imported = sorted(set(sys.modules) & {{"lark", "cnnc.syntax", "cnnc.shapes", "numpy.random", "jinja2", "cnnc.optim"}})
+        imported = sorted(set(sys.modules) & {{"lark", "cnnc.syntax", "cnnc.shapes", "jinja2", "cnnc.optim"}})
         assert cnnc.optim.Adam.__module__ == "cnnc.optim"  # still there when asked for
         print(json.dumps({{"first": float(m.params["fc1.weight"][0, 0]), "imported": imported}}))
     """)
     env = {**os.environ, "CNNC_CACHE_DIR": str(tmp_path / "cache")}
     runs = [json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                                       check=True).stdout) for _ in range(2)]
-    assert {"cnnc.shapes", "cnnc.syntax", "lark", "numpy.random"} <= set(runs[0]["imported"])  # (jinja2 on a C miss)
+    assert {"cnnc.shapes", "cnnc.syntax", "lark"} <= set(runs[0]["imported"])  # (jinja2 on a C miss)
     assert runs[1]["imported"] == []
     network = cnnc.read_network(SPECS / "vgg_small.cnn")
     assert runs[1]["first"] == runs[0]["first"] == float(original_initial_params(network, 4, "float32")["fc1.weight"][0, 0])
 
 
-def test_a_read_only_cache_is_still_read(tmp_path, cache, parses, no_drawing, monkeypatch):
+def test_a_read_only_cache_is_still_read(tmp_path, cache, parses, monkeypatch):
     """Marking an entry as recently used may fail (a read-only cache directory); the entry is used anyway."""
-    spec = write_spec(tmp_path / "a.cnn", filters=200)  # 200 * (9 + 1 + 4 * 3) + 3 values: enough to be kept
-    expected = original_initial_params(cnnc.read_network(spec), 2, "float32")
-    cnnc.load(spec, seed=2)
+    spec = write_spec(tmp_path / "a.cnn")
+    expected = cnnc.read_network(spec)
 
     def refuse(*args, **kwargs):
         raise PermissionError("read-only file system")
 
     monkeypatch.setattr("os.utime", refuse)
-    no_drawing()
-    assert_bitwise_equal(cnnc.load(spec, seed=2).params, expected, "read-only cache")
+    assert cnnc.read_network(spec) == expected
     assert len(parses) == 1
