@@ -213,9 +213,10 @@ def compile_table(compile_times: dict) -> str:
         return f"{c[key]:.1f} ms" if key in c else ""
 
     body = [[k, f"{c['cold_compile_s']:.2f} s" if "cold_compile_s" in c else "", ms(c, "cached_load_ms"),
-             ms(c, "cached_load_import_ms"), ms(c, "directory_load_ms"), "; ".join(c["errors"])]
+             ms(c, "cached_load_import_ms"), ms(c, "import_cnnc_ms"), ms(c, "fresh_process_load_ms"),
+             ms(c, "directory_load_ms"), "; ".join(c["errors"])]
             for k, c in compile_times.items()]
-    return table(["model", "cold compile", "cached load (spec)", "of which import", "load (compiled dir)", "errors"], body)
+    return table(["model", "cold compile", "cached load (spec)", "of which C backend import", "import cnnc", "import + load", "load (compiled dir)", "errors"], body)
 
 
 def fmt_target_value(metric: str, value: float | None) -> str:

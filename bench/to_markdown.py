@@ -77,10 +77,12 @@ def render(record: dict) -> str:
         rows = [[k, f"{c['cold_compile_s']:.2f} s" if "cold_compile_s" in c else "",
                  f"{c['cached_load_ms']:.1f} ms" if "cached_load_ms" in c else "",
                  f"{c['cached_load_import_ms']:.1f} ms" if "cached_load_import_ms" in c else "",
+                 f"{c['import_cnnc_ms']:.1f} ms" if "import_cnnc_ms" in c else "",
+                 f"{c['fresh_process_load_ms']:.1f} ms" if "fresh_process_load_ms" in c else "",
                  f"{c['directory_load_ms']:.1f} ms" if "directory_load_ms" in c else "", "; ".join(c["errors"])]
                 for k, c in record["compile"].items()]
         parts.append("\nCompile and load (C backend):\n\n"
-                     + md_table(["model", "cold compile", "cached load (spec)", "of which import", "load (compiled dir)", "errors"],
+                     + md_table(["model", "cold compile", "cached load (spec)", "of which C backend import", "import cnnc", "import + load", "load (compiled dir)", "errors"],
                               rows))
     backends = [b for b in record["settings"]["backends"] if b != "torch"]
     if record.get("targets") and backends:
