@@ -430,3 +430,13 @@ def test_the_module_is_two_translation_units_that_split_the_entry_points(tmp_pat
     entry_points = {"model_forward", "cross_entropy_loss", "mse_loss", "all_finite", "sgd_step", "adam_step"}
     assert entry_points <= defined[c_build.PART_ONE] and "model_backward" not in defined[c_build.PART_ONE]
     assert defined[c_build.PART_TWO] == {"model_backward"}
+
+
+def test_openmp_threads_spin_briefly_then_sleep_unless_the_user_chose():
+    environ = {}
+    c_build.set_wait_policy(environ)
+    assert environ == {"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": c_build.SPIN_COUNT}
+    for chosen in ({"OMP_WAIT_POLICY": "active"}, {"GOMP_SPINCOUNT": "0"}):
+        environ = dict(chosen)
+        c_build.set_wait_policy(environ)
+        assert environ == chosen
