@@ -440,3 +440,34 @@ def test_openmp_threads_spin_briefly_then_sleep_unless_the_user_chose():
         environ = dict(chosen)
         c_build.set_wait_policy(environ)
         assert environ == chosen
+
+
+def test_a_build_keeps_only_the_most_recently_used_entries(tmp_path, monkeypatch):
+    """Entries are used (their manifest touched) on every load; a build that adds one discards the least
+    recently used beyond MAX_ENTRIES. Staging directories and stray files are not entries."""
+    root = tmp_path / "c"
+    root.mkdir()
+    for age, name in enumerate(["newest", "newer", "older", "oldest"]):
+        (root / name).mkdir()
+        (root / name / c_build.MANIFEST).write_text("{}")
+        stamp = time.time() - 1000 * (age + 1)
+        os.utime(root / name / c_build.MANIFEST, (stamp, stamp))
+    (root / ".build-abc").mkdir()
+    (root / "no-manifest").mkdir()
+    c_build.prune_entries(root, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == [".build-abc", "newer", "newest", "no-manifest"]
+
+    spec = write_spec(tmp_path, filters=3)
+    cache = tmp_path / "cache"
+    model = cnnc.load(spec, backend="c", cache_dir=cache)
+    (entry,) = [p for p in (cache / "c").iterdir() if not p.name.startswith(".")]
+    old = time.time() - 5000
+    os.utime(entry / c_build.MANIFEST, (old, old))
+    c_build._LOADED.clear()  # as in a new process
+    cnnc.load(spec, backend="c", cache_dir=cache)
+    assert (entry / c_build.MANIFEST).stat().st_mtime > old + 4000  # the load marked it used
+    monkeypatch.setattr(c_build, "MAX_ENTRIES", 1)
+    cnnc.load(write_spec(tmp_path, filters=4), backend="c", cache_dir=cache)  # a build: room for one
+    remaining = [p for p in (cache / "c").iterdir() if not p.name.startswith(".")]
+    assert len(remaining) == 1 and remaining[0] != entry
+    assert np.isfinite(model.forward(np.zeros((1, *model.input_shape), np.float32))).all()  # loaded modules keep working

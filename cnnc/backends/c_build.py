@@ -382,8 +382,34 @@ def build(source_id: str, render: Callable[[], CSource], cache_dir=None, **optio
             raise CnncError(f"the C module built in {entry} fails its own check right after the build; "
                             f"the cache directory may be unreliable (set CNNC_CACHE_DIR elsewhere) or {NUMPY_HINT}")
         built.compiled = True
+        prune_entries(entry.parent)
     _LOADED[entry] = built
     return built
+
+
+# The cache keeps this many entries (LeNet-5's is about 0.3 MB), the most recently used: each build that
+# adds one deletes the least recently used beyond it. Use is the mtime of an entry's manifest, which every
+# load touches.
+MAX_ENTRIES = 256
+
+
+def prune_entries(root: Path, keep: int | None = None) -> None:
+    """Discard the least recently used entries of the cache at `root` beyond the `keep` (default
+    MAX_ENTRIES) most recent. Only
+    directories with a manifest count (staging and trash directories start with a dot). A process that
+    already loaded a discarded module keeps it; one about to load it finds no entry and builds it again."""
+    entries = []
+    for entry in root.iterdir() if root.is_dir() else ():
+        if entry.name.startswith("."):
+            continue
+        try:
+            entries.append((os.stat(entry / MANIFEST).st_mtime_ns, entry.name, entry))
+        except OSError:
+            continue
+    entries.sort()
+    keep = MAX_ENTRIES if keep is None else keep
+    for _, _, entry in entries[:max(0, len(entries) - keep)]:
+        discard(entry)
 
 
 def read_manifest(directory: Path) -> dict | None:
@@ -406,6 +432,10 @@ def load_entry(directory: Path, key: str, source: CSource | None = None) -> Buil
         module = import_module_file(module_name(key), so)
     except ImportError:
         return None
+    try:
+        os.utime(directory / MANIFEST)  # recently used: kept when a build makes room (a read-only cache is still read)
+    except OSError:
+        pass
     return Built(module.ffi, module.lib, key, directory, source)
 
 
