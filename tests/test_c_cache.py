@@ -471,3 +471,52 @@ def test_a_build_keeps_only_the_most_recently_used_entries(tmp_path, monkeypatch
     remaining = [p for p in (cache / "c").iterdir() if not p.name.startswith(".")]
     assert len(remaining) == 1 and remaining[0] != entry
     assert np.isfinite(model.forward(np.zeros((1, *model.input_shape), np.float32))).all()  # loaded modules keep working
+
+
+def test_a_module_whose_entry_was_pruned_by_another_process_is_built_again_when_its_file_is_needed(tmp_path):
+    """This process loaded the module; another pruned its entry. Loading goes on working, and `cnnc compile`,
+    which copies the module file, rebuilds the entry instead of failing on the missing manifest."""
+    spec = write_spec(tmp_path, filters=5)
+    cache = tmp_path / "cache"
+    cnnc.load(spec, backend="c", cache_dir=cache)
+    c_build.prune_entries(cache / "c", keep=0)
+    assert not [p for p in (cache / "c").iterdir() if not p.name.startswith(".")]
+    written = c_backend.compile_to_directory(spec, tmp_path / "out", cache_dir=cache)
+    assert any(p.suffix == ".so" for p in written)
+    assert [p for p in (cache / "c").iterdir() if not p.name.startswith(".")]  # the entry is back
+
+
+def test_pruning_skips_an_entry_it_cannot_move(tmp_path, monkeypatch):
+    root = tmp_path / "c"
+    for name in ("a", "b", "c"):
+        (root / name).mkdir(parents=True)
+        (root / name / c_build.MANIFEST).write_text("{}")
+
+    def refuse(entry):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(c_build, "discard", refuse)
+    c_build.prune_entries(root, keep=0)  # no exception: a build that made room still succeeds
+    assert sorted(p.name for p in root.iterdir()) == ["a", "b", "c"]
+
+
+def test_a_failing_link_is_a_clear_error_naming_the_link_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(c_build, "link_command", lambda compiler: ["sh", "-c", "echo 'ld: cannot find -lcheese' >&2; exit 1", "link"])
+    with pytest.raises(cnnc.CnncError) as info:
+        cnnc.load(write_spec(tmp_path, filters=6), backend="c", cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert "linking the generated module failed" in message and "cannot find -lcheese" in message
+    assert 'backend="numpy"' in message
+
+
+def test_a_compiler_that_hangs_is_stopped_at_the_deadline(tmp_path, monkeypatch):
+    fake = tmp_path / "slowcc"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo "slowcc 1.0"; exit 0; fi\n'
+                    'case "$*" in *module.c*|*backward.c*) sleep 60 ;; esac\n')  # flag probes pass at once
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setattr(c_build, "COMPILE_TIMEOUT_S", 1)
+    started = time.monotonic()
+    with pytest.raises(cnnc.CnncError, match="did not finish within"):
+        cnnc.load(write_spec(tmp_path, filters=7), backend="c", cache_dir=tmp_path / "cache", openmp=False, native=False)
+    assert time.monotonic() - started < 20

@@ -342,7 +342,10 @@ def _networks(text: str, path: Path):
 
 def _module_file(built: c_build.Built) -> Path:
     manifest = c_build.read_manifest(built.directory)
-    return built.directory / manifest["module_file"]
+    if manifest is None or not isinstance(manifest.get("module_file"), str):
+        raise CnncError(f"the C module cache entry {built.directory} disappeared while in use (another process "
+                        f"pruned or deleted it); run the command again")
+    return built.directory / Path(manifest["module_file"]).name
 
 
 def _sha256(text: str) -> str:

@@ -30,6 +30,7 @@ a hit starts none (and saves its import).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -366,7 +367,9 @@ def build(source_id: str, render: Callable[[], CSource], cache_dir=None, **optio
     key = cache_key(source_id, compiler, opts)
     entry = cache_root(cache_dir) / key
     if entry in _LOADED:
-        return _LOADED[entry]
+        if mark_used(entry):
+            return _LOADED[entry]
+        del _LOADED[entry]  # pruned or deleted by another process: build it again (this process keeps the module)
     built = load_entry(entry, key)
     if built is None and entry.exists():
         # Entries arrive complete, by rename: one that exists now but failed to load a moment ago
@@ -377,7 +380,7 @@ def build(source_id: str, render: Callable[[], CSource], cache_dir=None, **optio
     if built is None:
         source = render()
         compile_into(entry, key, source, compiler, opts, source_id)
-        built = load_entry(entry, key, source)
+        built = load_entry(entry, key, source, just_built=True)
         if built is None:
             raise CnncError(f"the C module built in {entry} fails its own check right after the build; "
                             f"the cache directory may be unreliable (set CNNC_CACHE_DIR elsewhere) or {NUMPY_HINT}")
@@ -409,7 +412,10 @@ def prune_entries(root: Path, keep: int | None = None) -> None:
     entries.sort()
     keep = MAX_ENTRIES if keep is None else keep
     for _, _, entry in entries[:max(0, len(entries) - keep)]:
-        discard(entry)
+        try:
+            discard(entry)
+        except OSError:
+            continue  # not ours to move (permissions, busy): left for another time
 
 
 def read_manifest(directory: Path) -> dict | None:
@@ -420,8 +426,9 @@ def read_manifest(directory: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
-def load_entry(directory: Path, key: str, source: CSource | None = None) -> Built | None:
-    """Import the module in `directory` if its manifest says `key` and its file matches; else None."""
+def load_entry(directory: Path, key: str, source: CSource | None = None, just_built: bool = False) -> Built | None:
+    """Import the module in `directory` if its manifest says `key` and its file matches; else None.
+    just_built: a module that does not import is a CnncError quoting why (a cached one is just rebuilt)."""
     manifest = read_manifest(directory)
     if manifest is None or manifest.get("key") != key or not isinstance(manifest.get("module_file"), str):
         return None
@@ -430,13 +437,24 @@ def load_entry(directory: Path, key: str, source: CSource | None = None) -> Buil
         return None
     try:
         module = import_module_file(module_name(key), so)
-    except ImportError:
+    except ImportError as e:
+        if just_built:
+            raise CnncError(f"the C module just built in {directory} does not import: {e}; {NUMPY_HINT}") from None
         return None
+    mark_used(directory)
+    return Built(module.ffi, module.lib, key, directory, source)
+
+
+def mark_used(entry: Path) -> bool:
+    """Touch the entry's manifest: it was just used, so a build making room keeps it. False if the entry is
+    gone; a cache that cannot be written (read-only) is still used."""
     try:
-        os.utime(directory / MANIFEST)  # recently used: kept when a build makes room (a read-only cache is still read)
+        os.utime(entry / MANIFEST)
+    except FileNotFoundError:
+        return False
     except OSError:
         pass
-    return Built(module.ffi, module.lib, key, directory, source)
+    return True
 
 
 def module_intact(so: Path, manifest: dict) -> bool:
@@ -522,32 +540,42 @@ def write_parts(work: Path, name: str, source: CSource) -> None:
     (work / PART_TWO).write_text("#define CNNC_PART 2\n" + source.text, encoding="utf-8")
 
 
-def run_compilers(commands: list[list[str]], work: Path, compiler: Compiler, cflags: list[str]) -> None:
-    """Run the commands at once (in `work`, each one's messages to a log file there) and wait for all;
-    the first that failed is a CnncError quoting its messages."""
+COMPILE_TIMEOUT_S = 1800
+
+
+def run_compilers(commands: list[list[str]], work: Path, failure: Callable[[list[str], str], str]) -> None:
+    """Run the commands at once (in `work`, each one's messages to a log file there) and wait for all,
+    at most COMPILE_TIMEOUT_S in all. The first that failed is a CnncError: failure(command, its messages).
+    Each runs in its own process group, so a timeout kills the compiler driver's children too."""
+    import signal
     import subprocess
 
     started = []
+    deadline = time.monotonic() + COMPILE_TIMEOUT_S
     try:
         for number, command in enumerate(commands):
             with open(work / f"compiler-{number}.log", "w+b") as log:
-                started.append((subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT), log.name))
-        for process, _ in started:
-            process.wait(timeout=1800)
-    except subprocess.TimeoutExpired:
-        raise CnncError(f"C compiler '{compiler.name}' did not finish within 30 minutes; {NUMPY_HINT}") from None
-    except OSError as e:
-        raise CnncError(f"cannot run the C compiler '{compiler.name}' ({e.strerror}); {NUMPY_HINT}") from None
+                try:
+                    process = subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True)
+                except OSError as e:
+                    raise CnncError(f"cannot run '{command[0]}' ({e.strerror}); {NUMPY_HINT}") from None
+                started.append((process, command, log.name))
+        for process, command, _ in started:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise CnncError(f"'{command[0]}' did not finish within {COMPILE_TIMEOUT_S // 60} minutes; "
+                                f"{NUMPY_HINT}") from None
     finally:
-        for process, _ in started:
+        for process, _, _ in started:
             if process.poll() is None:
-                process.kill()
+                with contextlib.suppress(OSError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-    for process, log in started:
+    for process, command, log in started:
         if process.returncode != 0:
-            output = Path(log).read_text(encoding="utf-8", errors="replace")
-            raise CnncError(f"C compiler '{compiler.name}' failed to build the generated module "
-                            f"(flags: {' '.join(cflags)}):\n{_tail(output)}\n{NUMPY_HINT}")
+            raise CnncError(failure(command, Path(log).read_text(encoding="utf-8", errors="replace")))
 
 
 def compile_into(entry: Path, key: str, source: CSource, compiler: Compiler, options: BuildOptions,
@@ -600,12 +628,25 @@ def compile_module(directory: Path, key: str, source: CSource, compiler: Compile
     cflags, ldflags = usable_flags(compiler, options)
     name = module_name(key)
     write_parts(work, name, source)
-    include = sysconfig.get_paths()["include"]
+    paths = sysconfig.get_paths()
+    includes = [f"-I{d}" for d in dict.fromkeys((paths["include"], paths["platinclude"]))]
     compile_flags = [*cflags, "-fPIC"]
-    run_compilers([[*compiler.command, *compile_flags, f"-I{include}", "-c", PART_ONE, "-o", "module.o"],
-                   [*compiler.command, *compile_flags, "-c", PART_TWO, "-o", "backward.o"]], work, compiler, cflags)
+
+    def compile_failure(command, output):
+        return (f"C compiler '{compiler.name}' failed to build the generated module (flags: {' '.join(cflags)}):\n"
+                f"{_tail(output)}\n{NUMPY_HINT}")
+
+    run_compilers([[*compiler.command, *compile_flags, *includes, "-c", PART_ONE, "-o", "module.o"],
+                   [*compiler.command, *compile_flags, "-c", PART_TWO, "-o", "backward.o"]], work, compile_failure)
     so_name = name + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
-    run_compilers([[*link_command(compiler), "module.o", "backward.o", *ldflags, "-o", so_name]], work, compiler, cflags)
+
+    def link_failure(command, output):
+        return f"linking the generated module failed ({shlex.join(command)}):\n{_tail(output)}\n{NUMPY_HINT}"
+
+    # the compile flags go to the link too: the driver ignores what is only for compiling, and some
+    # (-fopenmp, -fsanitize=...) decide what is linked
+    run_compilers([[*link_command(compiler), "module.o", "backward.o", *cflags, *ldflags, "-o", so_name]], work,
+                  link_failure)
     so = directory / so_name
     os.replace(work / so_name, so)
     (directory / C_FILE).write_text(source.text, encoding="utf-8")
