@@ -59,6 +59,9 @@ CASES = {
     "maxpool2d_2_odd_ties": "input x[3, 7, 9]\nmaxpool2d p(size=2, stride=2)",
     # 2x2 pooling on rows longer than a vector (21 = 16 + 5 in float32, 8 + 8 + 5 in float64) and exactly
     # whole vectors (16)
+    # NaN through ReLU and max pooling (made by an inf weight times a zero input)
+    "nan_pool_2x2": "input x[1, 4, 6]\nconv2d c(filters=2, kernel=1)\nrelu\nmaxpool2d p(size=2)",
+    "nan_pool_general": "input x[1, 5, 5]\nconv2d c(filters=2, kernel=1)\nrelu\nmaxpool2d p(size=3, stride=1, padding=1)",
     "maxpool2d_2_wide": "input x[2, 5, 43]\nmaxpool2d p(size=2)",
     "maxpool2d_2_whole_vectors": "input x[1, 4, 32]\nmaxpool2d p(size=2)",
     "maxpool2d_32_s21_p1": "input x[2, 7, 6]\nmaxpool2d p(size=(3,2), stride=(2,1), padding=1)",
@@ -424,6 +427,35 @@ def test_maxpool_2x2_vector_blocks_break_ties_like_the_reference(bundles, case, 
     got, expected = forward_backward(c, x, dy, False), forward_backward(ref, x, dy, False)
     assert np.array_equal(got["y"], expected["y"]) and np.array_equal(got["dx"], expected["dx"])
     assert np.count_nonzero(got["dx"]) == dy.size
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # NumPy's own inf * 0, on purpose
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", ["nan_pool_2x2", "nan_pool_general"])
+def test_nan_propagates_through_relu_and_max_pooling_like_the_reference(bundles, case, dtype):
+    """A NaN is not a number that loses every comparison: ReLU keeps it (like np.maximum and torch.relu) and
+    max pooling lets it win its window, the first NaN in window order (like np.argmax); PyTorch's outputs
+    are NaN in the same places."""
+    import torch
+
+    network = case_network(case)
+    c, ref = c_and_numpy_models(bundles, network, dtype, 0)
+    weights = {"c.weight": np.array([np.inf, 1.0]).reshape(2, 1, 1, 1), "c.bias": np.zeros(2)}
+    for model in (c, ref):  # (load_weights refuses non-finite weights: set them directly)
+        for name, value in weights.items():
+            model.params[name][...] = value
+    x = np.random.default_rng(4).uniform(0.5, 1.0, size=(2, *network.input_shape)).astype(dtype)
+    x[0, 0, 1, 1] = x[0, 0, 2, 4] = x[1, 0, 0, 0] = x[1, 0, 3, 3] = 0.0  # inf * 0: NaN in channel 0 there
+    y_c, y_ref = c.forward(x), ref.forward(x)
+    assert np.isnan(y_ref).any() and not np.isnan(y_ref).all()
+    np.testing.assert_array_equal(y_c, y_ref)  # NaN where the reference has NaN, equal numbers elsewhere
+    dy = np.ones_like(y_c)
+    np.testing.assert_array_equal(np.isnan(c.backward(dy)), np.isnan(ref.backward(dy)))
+    layer = network.layer("p")
+    pooled = torch.nn.functional.max_pool2d(torch.relu(torch.nn.functional.conv2d(
+        torch.from_numpy(x.astype(np.float64)), torch.from_numpy(weights["c.weight"]), torch.zeros(2, dtype=torch.float64))),
+        layer.kernel, layer.stride, layer.pad_before)
+    np.testing.assert_array_equal(np.isnan(y_c), np.isnan(pooled.flatten(1).numpy().reshape(y_c.shape)))
 
 
 def test_maxpool_2x2_backward_overwrites_every_input_gradient_cell_including_uncovered_edges(bundles):
