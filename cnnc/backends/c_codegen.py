@@ -501,11 +501,14 @@ class BlockedConv:
     def geometries(self, K: str) -> tuple[dict, dict]:
         """The constant names the shared correlation macro reads, for forward and for the input gradient."""
         common = {"KH": f"{K}_KH", "KW": f"{K}_KW", "DH": f"{K}_DH", "DW": f"{K}_DW"}
-        forward = {**common, "CIN": f"{K}_C", "M": f"{K}_F", "MV": f"{K}_FV", "IH": f"{K}_HP", "IW": f"{K}_WP",
+        # the rows that may be nonzero: the input inside its zero padding; the spread output gradient
+        forward_rows = {"ROW_LO": f"{K}_PH", "ROW_HI": f"{K}_PH + {K}_H - 1"}
+        grad_rows = {"ROW_LO": f"({K}_KH - 1) * {K}_DH", "ROW_HI": f"({K}_KH - 1) * {K}_DH + ({K}_OH - 1) * {K}_SH"}
+        forward = {**common, **forward_rows, "CIN": f"{K}_C", "M": f"{K}_F", "MV": f"{K}_FV", "IH": f"{K}_HP", "IW": f"{K}_WP",
                    "OH": f"{K}_OH", "OW": f"{K}_OW", "SH": f"{K}_SH", "SW": f"{K}_SW", "ROW0": "0", "COL0": "0",
                    "OB": f"{K}_OB", "OB_TAIL": f"{K}_OB_TAIL", "tail": self.OB_TAIL > 0,
                    "by_columns": self.forward_by_columns, "MB": f"{K}_FMB", "RB": f"{K}_FRB"}
-        backward = {**common, "CIN": f"{K}_F", "M": f"{K}_C", "MV": f"{K}_CV", "IH": f"{K}_HD", "IW": f"{K}_WD",
+        backward = {**common, **grad_rows, "CIN": f"{K}_F", "M": f"{K}_C", "MV": f"{K}_CV", "IH": f"{K}_HD", "IW": f"{K}_WD",
                     "OH": f"{K}_H", "OW": f"{K}_W", "SH": "1", "SW": "1", "ROW0": f"{K}_PH", "COL0": f"{K}_PW",
                     "OB": f"{K}_XB", "OB_TAIL": f"{K}_XB_TAIL", "tail": self.XB_TAIL > 0,
                     "by_columns": self.input_grad_by_columns, "MB": f"{K}_XMB", "RB": f"{K}_XRB"}
