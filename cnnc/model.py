@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -36,13 +35,6 @@ def initial_value(spec: ParamSpec, rng: np.random.Generator) -> np.ndarray:
         return rng.normal(0.0, np.sqrt(2.0 / spec.fan_in), size=spec.shape)
     limit = np.sqrt(6.0 / (spec.fan_in + spec.fan_out))
     return rng.uniform(-limit, limit, size=spec.shape)
-
-
-def initial_values(specs: tuple[ParamSpec, ...], seed: int) -> Iterator[np.ndarray]:
-    """Every tensor's initial value (float64), in order, all drawn from one Generator seeded `seed`."""
-    rng = np.random.default_rng(seed)
-    for spec in specs:
-        yield initial_value(spec, rng)
 
 
 def check_dtype(dtype) -> str:
@@ -64,8 +56,8 @@ class Model:
         params, grads = self._allocate()
         self.params, self.grads = TensorDict(params, "params"), TensorDict(grads, "grads")
         self.reset_parameters(self.seed)
-        self._dropout_rng: np.random.Generator | None = None  # made on first use, see dropout_rng
-        self._dropout_seed = self.seed
+        # Dropout masks come from their own stream so that training is reproducible from the seed.
+        self.dropout_rng = np.random.default_rng([self.seed, 1])
         self._forward_batch: int | None = None  # batch size of the last forward, None before any
 
     # ---- what a backend provides -------------------------------------------------------------
@@ -98,23 +90,10 @@ class Model:
             return self.network.loss
         return "cross_entropy" if len(self.output_shape) == 1 else "mse"
 
-    @property
-    def dropout_rng(self) -> np.random.Generator:
-        """Dropout masks come from their own stream, seeded [seed, 1] with the model's seed, so that training
-        is reproducible from the seed. Made on first use: loading a model does not import numpy.random."""
-        if self._dropout_rng is None:
-            self._dropout_rng = np.random.default_rng([self._dropout_seed, 1])
-        return self._dropout_rng
-
-    @dropout_rng.setter
-    def dropout_rng(self, rng: np.random.Generator) -> None:
-        self._dropout_rng = rng
-
     def reset_parameters(self, seed: int) -> None:
-        """Every parameter to its initial value for `seed`: initial_values(param_specs, seed), cast to the
-        model's dtype."""
-        for spec, value in zip(self.network.param_specs, initial_values(self.network.param_specs, seed)):
-            self.params[spec.name][...] = value
+        rng = np.random.default_rng(seed)
+        for spec in self.network.param_specs:
+            self.params[spec.name][...] = initial_value(spec, rng)
 
     # ---- the API -------------------------------------------------------------------------------
     def forward(self, x, train: bool = False) -> np.ndarray:

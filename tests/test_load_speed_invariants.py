@@ -307,7 +307,7 @@ def test_the_c_backend_draws_the_same_initial_values(spec, cache, shared_c_cache
     assert_bitwise_equal(model.params, original_initial_params(network, 3, "float32"), f"{spec} on C")
 
 
-def test_the_dropout_stream_is_seeded_from_the_model_seed_when_first_used():
+def test_the_dropout_stream_is_seeded_from_the_model_seed():
     network = cnnc.read_network(SPECS / "digits.cnn")
     m = NumpyModel(network, "float32", 11)
     m.seed = 99  # the stream belongs to the seed the model was made with
