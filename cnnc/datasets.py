@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .diagnostics import CnncError, Diagnostic
-from .fileio import describe_contents
+from .fileio import NPY_MAGIC, ZIP_MAGIC, describe_contents
 
 # ---------------------------------------------------------------------------------------------
 # The Dataset type
@@ -516,7 +516,7 @@ def _npz_arrays(path: Path, f) -> dict[str, np.ndarray]:
     """Every array in the open .npz file `f`."""
     head = f.read(6)
     f.seek(0)
-    if not head.startswith((b"PK", b"\x93NUMPY")):  # else NumPy's message would be about pickled data
+    if not head.startswith((*ZIP_MAGIC, NPY_MAGIC)):  # else NumPy's message would be about pickled data
         raise CnncError(f"{path}: not a NumPy .npz archive (it is {describe_contents(path)})")
     try:
         loaded = np.load(f, allow_pickle=False)

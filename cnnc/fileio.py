@@ -91,8 +91,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 # ---- what a file holds, for error messages ---------------------------------------------------------
-MAGIC = ((b"\x93NUMPY", "a NumPy .npy file holding one array"),
-         (b"PK\x03\x04", "a zip archive"), (b"PK\x05\x06", "an empty zip archive"),
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (a .npz is one), an empty one
+NPY_MAGIC = b"\x93NUMPY"
+MAGIC = ((NPY_MAGIC, "a NumPy .npy file holding one array"),
+         (ZIP_MAGIC[0], "a zip archive"), (ZIP_MAGIC[1], "an empty zip archive"),
          (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"))
 
 
@@ -125,10 +127,10 @@ def _utf8_prefix(head: bytes) -> str | None:
 def is_zip(path: str | os.PathLike) -> bool:
     """True if the file starts like a zip archive (a .npz is one)."""
     with open(path, "rb") as f:
-        return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+        return f.read(4) in ZIP_MAGIC
 
 
 def is_numpy_file(path: str | os.PathLike) -> bool:
     """True if the file starts like a .npz (a zip archive) or a .npy array."""
     with open(path, "rb") as f:
-        return f.read(6).startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY"))
+        return f.read(6).startswith((*ZIP_MAGIC, NPY_MAGIC))
