@@ -155,3 +155,24 @@ def test_markdown_rendering_quotes_the_record(smoke, tmp_path):
     assert "**lenet5**" in done.stdout and "| torch | 1 |" in done.stdout
     assert report.fmt_rate(torch_row["derived"]["train_ips"]["median"]) in done.stdout
     assert "training img/s (batch 64, 1 thread) >= 2x PyTorch" in done.stdout
+
+
+def test_c_backend_smoke_run_records_rows_compile_and_load(tmp_path):
+    """The C backend through the harness, as the documented command runs it: its row (outputs compared with
+    the NumPy backend's), one cold compile and the cached loads, with `import cnnc` timed beside them."""
+    out = tmp_path / "c.json"
+    done = run_bench("--models", "lenet5", "--backends", "c,numpy", "--threads", "1", "--repeats", "2", "--quick",
+                     "--no-gemm", "--compile-repeats", "1", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    record = json.loads(out.read_text())
+    (row,) = [r for r in record["rows"] if r["backend"] == "c"]
+    assert row["status"] == "ok", row["note"]
+    assert row["derived"]["latency_b1_us"] > 0 and row["derived"]["train_ips"]["median"] > 0
+    timing = record["compile"]["lenet5"]
+    assert timing["errors"] == [] and 0 < timing["cold_compile_s"]
+    (load,) = timing["loads"]
+    assert len(load["cached"]) == 5 and all("error" not in sample for sample in load["cached"])
+    assert 0 < timing["cached_load_ms"] < timing["fresh_process_load_ms"]
+    assert timing["fresh_process_load_ms"] == pytest.approx(
+        sorted(1000 * (s["import_cnnc_s"] + s["load_s"]) for s in load["cached"])[2])
+    assert "import + load" in done.stdout and "cold `cnnc compile`" in done.stdout
