@@ -44,6 +44,9 @@ def check_writable(path: str | os.PathLike) -> None:
         raise CnncError(f"{target}: is a directory; give a file name to write")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(p for p in (target.parent, *target.parent.parents) if p.exists())
+        raise CnncError(f"{target}: {blocker} is a file, not a directory") from None
     except OSError as e:
         raise CnncError(f"{target}: cannot create its directory {target.parent} ({e.strerror})") from None
     if not os.access(target.parent, os.W_OK | os.X_OK):

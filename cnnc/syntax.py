@@ -19,7 +19,7 @@ from functools import cache
 import lark
 from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken, v_args
 
-from .diagnostics import Diagnostic, Loc, SpecError
+from .diagnostics import CnncError, Diagnostic, Loc, SpecError
 from .fileio import atomic_path, cache_home
 from .resources import read_resource
 
@@ -104,7 +104,9 @@ def _parser() -> Lark:
         with open(path, "rb") as f:
             return Lark.load(f)
     parser = Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
-    with contextlib.suppress(OSError):  # an unwritable cache only costs the next process 30 ms
+    # an unusable cache (unwritable, or a file where a directory should be: atomic_path's CnncError) only
+    # costs the next process 30 ms
+    with contextlib.suppress(OSError, CnncError):
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             parser.save(f)
     return parser

@@ -22,6 +22,8 @@ from cnnc.datasets import load_dataset, make_dataset
 from cnnc.diagnostics import CnncError
 from cnnc.fileio import describe_contents
 
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
 TINY = """
 model tiny {
     input image[1, 8, 8]
@@ -236,3 +238,29 @@ def test_float32_data_with_infinity_is_still_named_as_non_finite():
         with pytest.raises(CnncError, match="x_train contains NaN or infinite values"):
             make_dataset("d", x, np.arange(3), np.zeros((1, 1, 4, 4)), np.zeros(1, int), "test data")
 
+
+
+# ---- a cache directory that cannot be used ------------------------------------------------------------
+def test_an_unusable_cache_directory_costs_only_speed_where_no_cache_is_needed(tmp_path, monkeypatch, capsys):
+    """A file where the cache directory should be: checking and the NumPy backend still work (the parser
+    tables and IR are not kept); the C backend, which needs the cache, says so and names CNNC_CACHE_DIR."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("CNNC_CACHE_DIR", str(blocker))
+    spec = str(SPECS / "digits.cnn")
+    assert main(["check", spec]) == 0
+    assert "digits" in capsys.readouterr().out
+    model = cnnc.load(spec)
+    assert model.forward(np.zeros((1, *model.input_shape), np.float32)).shape == (1, 10)
+    from cnnc.backends import c_build
+    c_build._LOADED.clear()
+    with pytest.raises(CnncError, match=r"cannot write to the C module cache .*set CNNC_CACHE_DIR"):
+        cnnc.load(spec, backend="c")
+
+
+def test_an_output_under_a_file_names_the_file_in_the_way(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    code = main(["train", str(SPECS / "digits.cnn"), "--data", "digits", "--epochs", "1", "-o", str(blocker / "w.npz")])
+    assert code == 1
+    assert f"{blocker} is a file, not a directory" in capsys.readouterr().err

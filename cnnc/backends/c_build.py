@@ -129,8 +129,8 @@ def compiler_version(command: tuple[str, ...], path: str, records: Path) -> str:
     version = _compiler_version(command, path, json.dumps(identity, sort_keys=True))
     try:
         atomic_write_text(record, json.dumps({"identity": identity, "version": version}, indent=2) + "\n")
-    except OSError:
-        pass  # a read-only cache: the next process asks again
+    except (OSError, CnncError):
+        pass  # a read-only or unusable cache: the next process asks again (the build itself says what is wrong)
     return version
 
 
@@ -181,8 +181,8 @@ def remember_flags(compiler: Compiler, flags: tuple[str, ...]) -> None:
             return
         saved["accepts"] = sorted({*remembered_flags(compiler), " ".join(flags)})
         atomic_write_text(compiler.record, json.dumps(saved, indent=2) + "\n")
-    except (OSError, ValueError, AttributeError, TypeError):
-        pass  # a read-only cache or a damaged record: the next miss probes again
+    except (OSError, ValueError, AttributeError, TypeError):  # (CnncError is a ValueError)
+        pass  # a read-only or unusable cache, or a damaged record: the next miss probes again
 
 
 @lru_cache(maxsize=None)
