@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from .diagnostics import CnncError
+from .fileio import check_distinct
 from .summary import human_bytes
 
 FORMATS = ("c", "onnx")
@@ -89,6 +90,7 @@ def run_export(args) -> int:
     from .export_onnx import export_onnx
 
     _require(args, model, "the .onnx file, e.g. -o model.onnx")
+    check_distinct({"the ONNX file (-o)": args.output}, {"the spec": args.file, "the weights": args.weights})
     export_onnx(model, args.output)
     print(f"wrote {args.output} (ONNX opset 17, {human_bytes(os.path.getsize(args.output))}, input "
           f"'{network.input_name}' (N, {', '.join(map(str, network.input_shape))}))")

@@ -53,6 +53,23 @@ def check_writable(path: str | os.PathLike) -> None:
         raise CnncError(f"{target}: cannot write in {target.parent} (permission denied)")
 
 
+def check_distinct(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Fail early, as a CnncError, if an output would overwrite an input or another output of the same
+    command. outputs, inputs: {what it is (for the message): path or None}."""
+    seen: list[tuple[str, str]] = []
+    for what, path in inputs.items():
+        if path:
+            seen.append((what, os.path.realpath(path)))
+    for what, path in outputs.items():
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        for other, other_real in seen:
+            if real == other_real:
+                raise CnncError(f"{path}: {what} would overwrite {other} (the same file); choose another name")
+        seen.append((what, real))
+
+
 def cache_home() -> Path:
     """cnnc's cache directory: $CNNC_CACHE_DIR, else $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc."""
     configured = os.environ.get("CNNC_CACHE_DIR")

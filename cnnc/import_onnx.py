@@ -32,7 +32,7 @@ import numpy as np
 
 from .diagnostics import CnncError
 from .export_onnx import require_onnx
-from .fileio import atomic_path, atomic_write_text, describe_contents
+from .fileio import atomic_path, atomic_write_text, check_distinct, describe_contents
 from .ir import LAYER_KINDS, Network
 from .model import weight_mismatches
 
@@ -556,6 +556,7 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     onnx = require_onnx("onnx")
     source, cnn_path = os.fspath(onnx_path), Path(os.fspath(cnn_path))
     weights_path = Path(os.fspath(weights_path)) if weights_path is not None else cnn_path.with_suffix(".npz")
+    check_distinct({"the .cnn file": cnn_path, "the weights file": weights_path}, {"the ONNX model": source})
     proto = _read_model(onnx, source)
     importer = Importer(onnx, proto, source)
     input_name, statements = importer.run()

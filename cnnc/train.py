@@ -31,7 +31,7 @@ import numpy as np
 from .checkpoint import (Checkpoint, data_fingerprint, default_checkpoint_path, load_checkpoint, network_hash,
                          rng_state, save_checkpoint, set_rng_state)
 from .diagnostics import CnncError, Diagnostic, SpecError
-from .fileio import atomic_write_text, check_writable
+from .fileio import atomic_write_text, check_distinct, check_writable
 from .inference import confusion_table, evaluate, read_inputs, top_k
 from .model import Model
 from .progress import Progress
@@ -473,6 +473,9 @@ def run_train(args) -> int:
     output = args.output or saved.get("output") or default_output(args.file, model_name)
     log_path = args.log or saved.get("log")
     checkpoint_path = args.resume or default_checkpoint_path(output)
+    data_file = data if Path(data).is_file() else None
+    check_distinct({"the weights (-o)": output, "the metrics log (--log)": log_path, "the checkpoint": checkpoint_path},
+                   {"the spec": args.file, "the data file": data_file})
     for path in (output, log_path, checkpoint_path):  # find out now, not after the last epoch
         if path:
             check_writable(path)

@@ -264,3 +264,29 @@ def test_an_output_under_a_file_names_the_file_in_the_way(tmp_path, capsys):
     code = main(["train", str(SPECS / "digits.cnn"), "--data", "digits", "--epochs", "1", "-o", str(blocker / "w.npz")])
     assert code == 1
     assert f"{blocker} is a file, not a directory" in capsys.readouterr().err
+
+
+# ---- outputs that would overwrite the command's own inputs ---------------------------------------------
+def test_no_command_writes_over_its_own_inputs_or_one_output_over_another(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec = Path("net.cnn")
+    spec.write_text((SPECS / "digits.cnn").read_text())
+    original = spec.read_bytes()
+    assert main(["train", str(spec), "--data", "digits", "--epochs", "1", "-o", str(spec)]) == 1
+    assert "the weights (-o) would overwrite the spec" in capsys.readouterr().err
+    assert main(["train", str(spec), "--data", "digits", "--epochs", "1", "-o", "w.npz", "--log", "./w.npz"]) == 1
+    assert "the metrics log (--log) would overwrite the weights (-o)" in capsys.readouterr().err
+    assert spec.read_bytes() == original and not Path("w.npz").exists()
+
+    cnnc.load(spec).save("w.npz")
+    weights = Path("w.npz").read_bytes()
+    assert main(["export", str(spec), "--weights", "w.npz", "--format", "onnx", "-o", "w.npz"]) == 1
+    assert "the ONNX file (-o) would overwrite the weights" in capsys.readouterr().err
+    assert Path("w.npz").read_bytes() == weights
+    assert main(["export", str(spec), "--weights", "w.npz", "--format", "onnx", "-o", "net.onnx"]) == 0
+    exported = Path("net.onnx").read_bytes()
+    assert main(["import", "net.onnx", "-o", "back.cnn", "--weights", "back.cnn"]) == 1
+    assert "the weights file would overwrite the .cnn file" in capsys.readouterr().err
+    assert main(["import", "net.onnx", "-o", "net.onnx"]) == 1
+    assert "the .cnn file would overwrite the ONNX model" in capsys.readouterr().err
+    assert Path("net.onnx").read_bytes() == exported and not Path("back.cnn").exists()
