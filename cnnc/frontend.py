@@ -28,6 +28,8 @@ from .resources import resource_dir
 
 def network_list_from_text(text: str, file: str = "<string>") -> list[Network]:
     """Parse and shape-check every model in `text`. Raises SpecError with located diagnostics."""
+    if not isinstance(text, str):
+        raise ValueError(f"the spec text must be a str; got {type(text).__name__} (for a file, use read_network(path))")
     from .shapes import infer  # imported here: a cached load needs neither (nor Lark)
     from .syntax import parse
 

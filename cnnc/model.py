@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -134,6 +135,8 @@ class Model:
 
     def save(self, path) -> None:
         """Write the parameters to an .npz keyed by parameter name, atomically."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"save takes a file path; got {type(path).__name__}")
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **self.params)
@@ -142,6 +145,8 @@ class Model:
         """Load parameters from an .npz path or a dict of arrays; every name, shape and dtype is checked.
         A training checkpoint (.ckpt.npz) is refused with a message naming its run's weights file."""
         is_path = isinstance(source, (str, os.PathLike))
+        if not is_path and not isinstance(source, Mapping):
+            raise ValueError(f"load_weights takes an .npz path or a mapping of name -> array; got {type(source).__name__}")
         arrays = read_npz(source) if is_path else dict(source)
         where = f"weights file {os.fspath(source)}" if is_path else "weights"
         if is_path and is_checkpoint(arrays):
@@ -219,9 +224,18 @@ class TensorDict(dict):
     def __delitem__(self, name) -> None:
         raise TypeError(f"{self.what} has a fixed set of tensors; '{name}' cannot be removed")
 
+    def _fixed(self, *args, **kwargs):
+        raise TypeError(f"{self.what} has a fixed set of tensors; none can be removed or added")
+
+    pop = popitem = clear = setdefault = _fixed
+
     def update(self, *args, **kwargs) -> None:
         for name, value in dict(*args, **kwargs).items():
             self[name] = value
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
 
 
 def cross_entropy(y: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:

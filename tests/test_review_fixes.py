@@ -290,3 +290,38 @@ def test_no_command_writes_over_its_own_inputs_or_one_output_over_another(tmp_pa
     assert main(["import", "net.onnx", "-o", "net.onnx"]) == 1
     assert "the .cnn file would overwrite the ONNX model" in capsys.readouterr().err
     assert Path("net.onnx").read_bytes() == exported and not Path("back.cnn").exists()
+
+
+# ---- API misuse: ValueError saying what was expected ---------------------------------------------------
+def test_api_misuse_is_a_value_error_saying_what_was_expected(tmp_path):
+    m = cnnc.load(SPECS / "digits.cnn")
+    for call, expected in ((lambda: cnnc.network_from_text(None), "spec text must be a str; got NoneType"),
+                           (lambda: cnnc.network_from_text(b"model m {}"), "got bytes"),
+                           (lambda: m.load_weights(None), "an .npz path or a mapping of name -> array; got NoneType"),
+                           (lambda: m.load_weights(123), "got int"),
+                           (lambda: m.save(None), "save takes a file path; got NoneType")):
+        with pytest.raises(ValueError, match=expected):
+            call()
+
+
+@pytest.mark.parametrize("change", ["clear", "pop", "popitem", "setdefault", "ior_new_name"])
+def test_params_keep_their_fixed_set_of_tensors(change):
+    m = cnnc.load(SPECS / "digits.cnn")
+    names = list(m.params)
+    calls = {"clear": lambda: m.params.clear(), "pop": lambda: m.params.pop("c1.weight"),
+             "popitem": lambda: m.params.popitem(), "setdefault": lambda: m.params.setdefault("zz", 1)}
+    if change == "ior_new_name":
+        with pytest.raises(KeyError, match="has no tensor 'zz'"):
+            m.params |= {"zz": np.zeros(1)}
+    else:
+        with pytest.raises(TypeError, match="fixed set of tensors"):
+            calls[change]()
+    assert list(m.params) == names
+    m.params |= {"c1.bias": np.ones(m.params["c1.bias"].shape)}  # an existing name: copied into place
+    assert (m.params["c1.bias"] == 1).all() and type(m.params).__name__ == "TensorDict"
+
+
+def test_compile_with_an_empty_output_uses_the_default_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", str(SPECS / "digits.cnn"), "-o", "", "--emit-c"]) == 0
+    assert (tmp_path / "build" / "digits" / "manifest.json").is_file()

@@ -421,7 +421,7 @@ def run_compile(args) -> int:
     if args.portable:
         options["native"] = False
     model = args.model
-    if args.output is None:
+    if not args.output:  # not given (or given empty): build/<model>
         model = model or select(_networks(read_source(args.file), Path(args.file)), None, args.file).name
     out = Path(args.output or Path("build") / model)
     for written in compile_to_directory(args.file, out, model, args.dtype, emit_c=args.emit_c, **options):
