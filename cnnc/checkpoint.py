@@ -123,10 +123,15 @@ def load_checkpoint(path) -> Checkpoint:
         meta = json.loads(str(arrays.pop("meta")))
     except json.JSONDecodeError as e:
         raise CnncError(f"{path}: the checkpoint's metadata is not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CnncError(f"{path}: checkpoint format {meta.get('format')!r}; this cnnc reads {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CnncError(f"{path}: checkpoint format {found!r}; this cnnc reads {FORMAT!r}")
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
-    optimizer_state = join_arrays(meta.pop("optimizer_state"), arrays)
+    try:
+        optimizer_state = join_arrays(meta.pop("optimizer_state", {}), arrays)
+    except (KeyError, TypeError) as e:
+        raise CnncError(f"{path}: a damaged checkpoint: the optimiser state names an array it does not hold "
+                        f"({e}); start a new run, or resume an intact checkpoint") from None
     perm = arrays.get("perm")
     return Checkpoint(path, params, optimizer_state, perm if perm is not None and perm.size else None, meta)
 

@@ -412,10 +412,58 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(**given).checked()
 
 
+# What a resumed run reads from a checkpoint's metadata: {key: type, or {key: type} for a nested dict}.
+NUMBER = (int, float)
+META_LAYOUT = {
+    "spec": {"hash": str, "name": str, "file": str}, "data": {"name": str, "fingerprint": str},
+    "backend": str, "output": str, "config": dict,
+    "position": {"epoch": int, "batch": int, "step": int}, "schedule": {"last_lr": NUMBER},
+    "rng": {"shuffle": dict, "dropout": dict},
+    "running": {"loss_sum": NUMBER, "correct": int, "seen": int, "seconds": NUMBER}, "history": list,
+}
+
+
+def _missing_meta(meta: dict, layout: dict = META_LAYOUT, prefix: str = "") -> list[str]:
+    """The entries of `layout` that `meta` lacks or holds with another type, as 'position.epoch'."""
+    missing = []
+    for key, kind in layout.items():
+        value = meta.get(key)
+        if isinstance(kind, dict):
+            missing += ([f"{prefix}{key}"] if not isinstance(value, dict)
+                        else _missing_meta(value, kind, f"{prefix}{key}."))
+        elif not isinstance(value, kind) or isinstance(value, bool):
+            missing.append(f"{prefix}{key}")
+    return missing
+
+
+def check_resumable(ckpt: Checkpoint) -> None:
+    """A checkpoint whose metadata lacks what resuming reads (hand-edited, or damaged) is a CnncError
+    naming what is missing, not a KeyError halfway through restoring it."""
+    missing = _missing_meta(ckpt.meta)
+    if missing:
+        raise CnncError(f"{ckpt.path}: a damaged checkpoint: its metadata lacks {', '.join(missing)} (or holds "
+                        f"them with the wrong type); start a new run, or resume an intact checkpoint")
+    config_in_checkpoint(ckpt)
+
+
+def config_in_checkpoint(ckpt: Checkpoint) -> TrainConfig:
+    """The settings a checkpoint was trained with; settings of another shape mean a damaged checkpoint."""
+    try:
+        saved = TrainConfig(**ckpt.meta["config"])
+    except TypeError as e:
+        raise CnncError(f"{ckpt.path}: a damaged checkpoint: its settings do not fit ({e})") from None
+    for option in dataclasses.fields(TrainConfig):
+        value, default = getattr(saved, option.name), option.default
+        expected = (int, float) if isinstance(default, float) or option.name == "lr" else type(default)
+        if not (value is None and option.name == "lr") and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise CnncError(f"{ckpt.path}: a damaged checkpoint: its setting {option.name} is {value!r}")
+    return saved
+
+
 def resumed_config(args, ckpt: Checkpoint) -> TrainConfig:
     """The checkpoint's settings; an option given on the command line must agree with them, except
     --epochs, which may extend the run."""
-    saved = TrainConfig(**ckpt.meta["config"])
+    saved = config_in_checkpoint(ckpt)
     conflicts = []
     for key, option in CONFIG_OPTIONS.items():
         value = getattr(args, key)
@@ -462,6 +510,8 @@ def resume_hint(spec: str, model_name: str | None, data: str, checkpoint: str) -
 def run_train(args) -> int:
     began = time.perf_counter()  # the summary reports building the model and loading the data separately
     ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt:
+        check_resumable(ckpt)
     saved = ckpt.meta if ckpt else {}
     model_name = args.model or saved.get("spec", {}).get("model")
     data = args.data or saved.get("data", {}).get("name")
@@ -481,7 +531,7 @@ def run_train(args) -> int:
             check_writable(path)
 
     if ckpt:  # the spec is checked first: nothing else matters if it is another network
-        model = load_classifier(args.file, model_name, backend, seed=saved["config"]["seed"])
+        model = load_classifier(args.file, model_name, backend, seed=config_in_checkpoint(ckpt).seed)
         check_same_spec(ckpt, spec_record(model, args.file, model_name))
         config = resumed_config(args, ckpt)
     else:     # the settings are checked first: a bad option should not wait for a compilation

@@ -11,6 +11,7 @@ import io
 import re
 import time
 import warnings
+import json
 from pathlib import Path
 
 import numpy as np
@@ -325,3 +326,34 @@ def test_compile_with_an_empty_output_uses_the_default_directory(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     assert main(["compile", str(SPECS / "digits.cnn"), "-o", "", "--emit-c"]) == 0
     assert (tmp_path / "build" / "digits" / "manifest.json").is_file()
+
+
+# ---- damaged checkpoints -------------------------------------------------------------------------------
+def _edit_meta(path: Path, edit) -> None:
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps(edit(meta)))
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda m: {k: v for k, v in m.items() if k != "position"}, "lacks position"),
+    (lambda m: {**m, "rng": {"shuffle": m["rng"]["shuffle"]}}, "lacks rng.dropout"),
+    (lambda m: {**m, "running": {**m["running"], "seen": "many"}}, "lacks running.seen"),
+    (lambda m: {**m, "config": {**m["config"], "batch": "x"}}, "its setting batch is 'x'"),
+    (lambda m: {**m, "config": {**m["config"], "colour": 1}}, "its settings do not fit"),
+    (lambda m: {**m, "optimizer_state": {"exp_avg": {"__array__": "optim/nothing"}}}, "names an array it does not hold"),
+    (lambda m: [m], "checkpoint format 'list'"),
+])
+def test_a_damaged_checkpoint_is_named_as_such_not_a_traceback(tmp_path, monkeypatch, capsys, damage, expected):
+    monkeypatch.chdir(tmp_path)
+    Path("tiny.cnn").write_text(TINY)
+    args = ["train", "tiny.cnn", "--data", "digits", "--backend", "numpy", "--epochs", "2", "-q"]
+    assert main([*args, "--stop-after", "1"]) == 0
+    checkpoint = Path("tiny.weights.ckpt.npz")
+    _edit_meta(checkpoint, damage)
+    capsys.readouterr()
+    assert main([*args, "--resume", str(checkpoint)]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
