@@ -55,7 +55,9 @@ class Dataset:
                 f"samples {shape}, {self.classes} classes)")
 
     def check_fits(self, input_shape, classes: int, spec_name: str) -> None:
-        """Raise CnncError if a model taking `input_shape` with `classes` outputs cannot train on this data."""
+        """Raise CnncError if a model taking `input_shape` with `classes` outputs cannot train on (or be evaluated on)
+        this data: the sample shape must match, and every label must name an output. Data with fewer classes
+        than outputs (a subset of the classes) is fine, as in PyTorch."""
         problems = []
         wanted = tuple(int(d) for d in input_shape)
         if wanted != self.input_shape:
@@ -64,11 +66,12 @@ class Dataset:
                 f"data '{self.name}' has samples of shape {list(self.input_shape)} "
                 f"but model '{spec_name}' takes input {list(wanted)}",
                 hint=_shape_hint(self.input_shape, wanted)))
-        if int(classes) != self.classes:
+        if self.classes > int(classes):
+            outputs = f"{int(classes)} output" + ("s" if int(classes) != 1 else "")
             problems.append(Diagnostic(
                 "error",
                 f"data '{self.name}' has {self.classes} classes (labels 0..{self.classes - 1}) "
-                f"but model '{spec_name}' has {int(classes)} outputs"))
+                f"but model '{spec_name}' has {outputs} (labels 0..{int(classes) - 1})"))
         if problems:
             raise CnncError(problems)
 

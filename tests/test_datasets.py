@@ -462,8 +462,12 @@ def test_check_fits_reports_shape_and_class_mismatches_together():
         small_dataset().check_fits((1, 28, 28), 5, "lenet5")
     assert [d.message for d in e.value.diagnostics] == [
         "data 'digits' has samples of shape [1, 8, 8] but model 'lenet5' takes input [1, 28, 28]",
-        "data 'digits' has 10 classes (labels 0..9) but model 'lenet5' has 5 outputs",
+        "data 'digits' has 10 classes (labels 0..9) but model 'lenet5' has 5 outputs (labels 0..4)",
     ]
+
+
+def test_check_fits_accepts_data_with_a_subset_of_the_models_classes():
+    small_dataset().check_fits([1, 8, 8], 12, "tiny")  # labels 0..9 all name one of 12 outputs
 
 
 def test_check_fits_hints_at_the_likely_fix():

@@ -357,3 +357,20 @@ def test_a_damaged_checkpoint_is_named_as_such_not_a_traceback(tmp_path, monkeyp
     assert main([*args, "--resume", str(checkpoint)]) == 1
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
+
+
+def test_eval_on_a_subset_of_the_classes(tmp_path, monkeypatch, capsys):
+    """A 10-class model evaluated on data holding only classes 0..7: accepted, the confusion matrix keeps
+    the model's 10 columns."""
+    monkeypatch.chdir(tmp_path)
+    Path("tiny.cnn").write_text(TINY)
+    assert main(["train", "tiny.cnn", "--data", "digits", "--backend", "numpy", "--epochs", "1", "-q"]) == 0
+    digits = load_dataset("digits")
+    keep_train, keep_test = digits.y_train < 8, digits.y_test < 8
+    np.savez("sub8.npz", x_train=digits.x_train[keep_train], y_train=digits.y_train[keep_train],
+             x_test=digits.x_test[keep_test], y_test=digits.y_test[keep_test])
+    capsys.readouterr()
+    assert main(["eval", "tiny.cnn", "--weights", "tiny.weights.npz", "--data", "sub8.npz", "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert f"(test split, {int(keep_test.sum())} samples): accuracy" in out
+    assert "true\\pred   0   1   2   3   4   5   6   7   8   9" in out
