@@ -6,8 +6,10 @@
 
 Preprocessing of images (stated in `cnnc predict --help` and docs/training.md): Pillow opens the file,
 converts it to grayscale ("L") for a 1-channel model or RGB for a 3-channel one, resizes it to the
-model's input height and width with bilinear interpolation when the size differs, and scales the
-8-bit values 0..255 to [0, 1]. Nothing else: no inversion, no centring, no normalisation.
+model's input height and width when the size differs (area-averaged when shrinking, bilinear when
+enlarging), and scales the 8-bit values 0..255 to [0, 1]. 16-bit grayscale images are scaled from 0..65535 and floating-point ones
+used as they are (each repeated over 3 channels for an RGB model). Nothing else: no inversion, no
+centring, no normalisation. `cnnc viz maps` reads its input the same way.
 .npy arrays are used as given (float), except uint8 arrays, which are scaled to [0, 1] like images.
 """
 from __future__ import annotations
@@ -58,7 +60,7 @@ def read_inputs(paths: list[str], input_shape: tuple[int, ...]) -> tuple[np.ndar
     ("seven.png", or "batch.npy[3]" for sample 3 of a batch)."""
     arrays, names = [], []
     for path in paths:
-        x = read_npy(path, input_shape) if str(path).endswith(".npy") else read_image(path, input_shape)
+        x = read_npy(path, input_shape) if str(path).lower().endswith(".npy") else read_image(path, input_shape)
         arrays.append(x)
         names += [str(path)] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))]
     return np.concatenate(arrays).astype(np.float32), names
@@ -71,13 +73,16 @@ def read_image(path, input_shape: tuple[int, ...]) -> np.ndarray:
                         "give a .npy array instead")
     channels, height, width = input_shape
     image = _open_image(path)
-    image = image.convert(IMAGE_MODES[channels])
+    wide = image.mode == "F" or image.mode == "I" or image.mode.startswith("I;16")  # float or 16-bit grey
+    high = 1.0 if image.mode == "F" else 65535.0 if wide else 255.0
+    image = image.convert("F" if wide else IMAGE_MODES[channels])  # ("F" keeps the precision)
     if image.size != (width, height):
         from PIL import Image
 
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)  # (H, W) or (H, W, 3)
-    chw = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+        shrinking = image.width > width or image.height > height
+        image = image.resize((width, height), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(high)  # (H, W) or (H, W, 3)
+    chw = np.repeat(pixels[None], channels, axis=0) if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     return chw[None]                                                   # (1, C, H, W)
 
 
@@ -85,7 +90,8 @@ def _open_image(path):
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
-        raise CnncError(f"{path}: reading images needs Pillow (pip install pillow), or give a .npy array") from None
+        raise CnncError(f"{path}: reading images needs Pillow (pip install 'cnnc[viz]', or pip install pillow), "
+                        f"or give a .npy array") from None
     try:
         image = Image.open(path)
         image.load()

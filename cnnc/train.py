@@ -641,8 +641,8 @@ def run_predict(args) -> int:
 
 # ---- argument parsing ----------------------------------------------------------------------------------
 PREPROCESSING = ("images (PNG, PGM, JPEG, ... via Pillow) are converted to grayscale for a 1-channel model or RGB "
-                 "for a 3-channel one, resized to the model's input height x width (bilinear) if they differ, and "
-                 "scaled from 0..255 to [0, 1]; .npy arrays hold one sample (C, H, W), (H, W) or (C, L), or a batch "
+                 "for a 3-channel one, resized to the model's input height x width if they differ (area-averaged "
+                 "when shrinking, bilinear when enlarging), and scaled from 0..255 to [0, 1] (16-bit grey from 0..65535); .npy arrays hold one sample (C, H, W), (H, W) or (C, L), or a batch "
                  "with a leading N axis, and are used as given (uint8 is scaled to [0, 1])")
 
 

@@ -510,56 +510,18 @@ MAX_MAPS = 16  # channels shown per layer
 
 
 def read_input(path, shape: tuple[int, ...]) -> np.ndarray:
-    """An image (PNG/PGM/...: via Pillow, to the model's channels, resized, scaled to [0, 1]) or a .npy
-    array of the input shape ((C, H, W), or (H, W) for one channel). Returns x: shape, float32."""
-    path = Path(path)
-    if path.is_dir():
+    """One input, read exactly as `cnnc predict` reads it (cnnc.inference): an image (to the model's
+    channels, resized, scaled to [0, 1]) or a .npy array of one sample. Returns x: shape, float32."""
+    from .inference import read_inputs
+
+    if Path(path).is_dir():
         raise CnncError(f"{path}: is a directory; --input takes one image or .npy file")
-    if not path.is_file():
-        raise CnncError(f"{path}: no such input file")
-    x = _read_npy(path, shape) if path.suffix.lower() == ".npy" else _read_image(path, shape)
-    if not np.isfinite(x).all():
-        raise CnncError(f"{path}: the input contains NaN or infinite values")
-    return x.astype(np.float32)
-
-
-def _read_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise CnncError(f"{path}: not a readable .npy array ({e})") from None
-    if a.dtype.kind not in "fiub":
-        raise CnncError(f"{path}: expected a numeric array; got dtype {a.dtype}")
-    if a.shape == shape[1:] and shape[0] == 1:
-        a = a[None]           # (H, W) -> (1, H, W)
-    if a.shape == (1, *shape):
-        a = a[0]              # a batch of one
-    if a.shape != shape:
-        hint = f" or {fmt_shape(shape[1:])}" if shape[0] == 1 else ""
-        raise CnncError(f"{path}: array has shape {fmt_shape(a.shape)}; the model's input is {fmt_shape(shape)}{hint}")
-    return a.astype(np.float64)
-
-
-def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    Image = require_pillow()
-    if len(shape) != 3 or shape[0] not in (1, 3):
-        raise CnncError(f"{path}: an image can feed a model whose input is [1, H, W] or [3, H, W]; this one's is "
-                        f"{fmt_shape(shape)}, so give a .npy array of that shape")
-    C, H, W = shape
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "I" or img.mode.startswith("I;16"):  # 16-bit grey (PGM, PNG): keep the precision
-                img, high = img.convert("F"), 65535.0
-            else:
-                img, high = img.convert("L" if C == 1 else "RGB"), 255.0
-            shrinking = img.width > W or img.height > H
-            img = img.resize((W, H), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
-            a = np.asarray(img, dtype=np.float64) / high
-    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
-        raise CnncError(f"{path}: not a readable image ({e})") from None
-    # a: (H, W) grey or (H, W, 3) -> (C, H, W)
-    return np.repeat(a[None], C, axis=0) if a.ndim == 2 else np.moveaxis(a, -1, 0)
+    x, _ = read_inputs([path], tuple(shape))
+    if len(x) != 1:
+        stored = list(np.load(path, mmap_mode="r").shape)
+        raise CnncError(f"{path}: an array of shape {stored} is a batch of {len(x)} inputs; --input takes one "
+                        f"input of shape {list(shape)}")
+    return x[0]
 
 
 def layer_outputs(model, x: np.ndarray) -> list[tuple[Layer, np.ndarray]]:

@@ -281,7 +281,7 @@ def test_maps_input_errors(trained, tmp_path, capsys):
     assert status == 1 and "wrong.npy" in err and "[2, 8, 8]" in err and "[1, 8, 8]" in err
     (tmp_path / "junk.png").write_bytes(b"not an image")
     status, _, err = run(base + ["--input", tmp_path / "junk.png"], capsys)
-    assert status == 1 and "junk.png" in err and "not a readable image" in err
+    assert status == 1 and "junk.png" in err and "not an image Pillow can read" in err  # as cnnc predict says
     status, _, err = run(base + ["--input", trained["npy"], "--layer", "zz"], capsys)
     assert status == 1 and "no layer 'zz'" in err and "c1, c2, p1" in err
     assert not (tmp_path / "m.png").exists()
