@@ -40,6 +40,9 @@ def load(path, backend: str = "numpy", model: str | None = None, dtype: str = "f
         return load_c_model(path, model=model, dtype=dtype, seed=seed, **options)
     if options:
         raise ValueError(f"the numpy backend takes no options; got {', '.join(sorted(options))}")
+    if os.path.isfile(os.path.join(path, "manifest.json")):
+        raise CnncError(f"{os.fspath(path)}: a directory written by `cnnc compile`, which the C backend loads: "
+                        f"cnnc.load(path, backend='c')")
     from .backends.numpy_backend import NumpyModel
 
     return NumpyModel(read_network(path, model), dtype=dtype, seed=seed)

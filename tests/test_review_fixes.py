@@ -393,3 +393,9 @@ def test_predict_and_viz_read_16_bit_images_and_uint8_arrays_alike(tmp_path):
     x, _ = read_inputs([str(tmp_path / "U8.NPY")], (1, 8, 8))
     np.testing.assert_allclose(x, 200 / 255, rtol=1e-6)
     np.testing.assert_array_equal(read_input(tmp_path / "U8.NPY", (1, 8, 8)), x[0])
+
+
+def test_a_compiled_directory_given_to_the_numpy_backend_points_at_the_c_backend(tmp_path):
+    assert main(["compile", str(SPECS / "digits.cnn"), "-o", str(tmp_path / "out"), "--emit-c"]) == 0
+    with pytest.raises(CnncError, match=r"written by `cnnc compile`.*backend='c'"):
+        cnnc.load(tmp_path / "out")
