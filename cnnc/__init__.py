@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import os
 
-__version__ = "0.1.0"
-
-from .diagnostics import CnncError, SpecError  # noqa: E402
-from .frontend import network_from_text, networks_from_file, read_network  # noqa: E402
-from .model import Model  # noqa: E402  (every backend's Model; brings in NumPy, which any use of cnnc needs)
+from ._version import __version__
+from .diagnostics import CnncError, SpecError
+from .frontend import network_from_text, networks_from_file, read_network
+from .model import Model  # every backend's Model; brings in NumPy, which any use of cnnc needs
 
 BACKENDS = ("numpy", "c")
 

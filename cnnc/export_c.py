@@ -213,9 +213,9 @@ def c_float_lines(values: np.ndarray, indent: str = "    ") -> str:
 def _environment():
     import jinja2
 
-    from .resources import resource_dir
+    from .resources import template_loader
 
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(resource_dir("templates") / "export")),
+    return jinja2.Environment(loader=template_loader("export"),
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                               keep_trailing_newline=True, autoescape=False)
 
@@ -299,7 +299,7 @@ def _step_comment(step: Step) -> str:
 
 def render_c(network: Network, params: dict[str, np.ndarray], prefix: str) -> dict[str, str]:
     """{file name: text} of PREFIX.h, PREFIX.c, main.c and Makefile."""
-    from . import __version__
+    from ._version import __version__
 
     prefix = checked_prefix(prefix)
     plan = memory_plan(network)

@@ -121,7 +121,7 @@ def build_onnx(network: Network, params: dict[str, np.ndarray]):
     graph = onnx.helper.make_graph(g.nodes, network.name, [graph_input], [graph_output], g.initializers,
                                    doc_string=f"cnnc model {network.name}: input {list(network.input_shape)} -> "
                                               f"output {list(network.output_shape)} per sample")
-    from . import __version__
+    from ._version import __version__
 
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
                                    producer_name="cnnc", producer_version=__version__, ir_version=IR_VERSION)

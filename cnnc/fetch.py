@@ -126,7 +126,7 @@ def download(url: str, target: Path, expected_sha256: str, size: int = 0,
 
 def _stream(url: str, out_path: Path, size: int, progress: bool, timeout: float) -> str:
     """Copy the response body to `out_path` in chunks; return its SHA-256."""
-    from . import __version__
+    from ._version import __version__
 
     request = urllib.request.Request(url, headers={"User-Agent": f"cnnc/{__version__}"})
     digest = hashlib.sha256()

@@ -19,11 +19,11 @@ import sys
 from functools import cache
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .diagnostics import CnncError, SpecError
 from .fileio import atomic_path, cache_home, make_room
 from .ir import Network
-from .resources import resource_dir
+from .resources import resource
 
 
 def network_list_from_text(text: str, file: str = "<string>") -> list[Network]:
@@ -90,7 +90,10 @@ FRONT_END_MODULES = ("frontend.py", "syntax.py", "shapes.py", "ir.py", "diagnost
 def front_end_files() -> list[Path]:
     """Every file whose contents decide the IR of a given text: the front end's modules, the grammar,
     and Lark's __init__.py (which holds its version), found without importing Lark."""
-    files = [_MODULE_DIR / name for name in FRONT_END_MODULES] + [resource_dir("grammar") / "cnn.lark"]
+    grammar = resource("grammar", "cnn.lark")
+    if not isinstance(grammar, Path):
+        raise OSError("the grammar is not a file on disk (an installed zip?): the IR is not cached")
+    files = [_MODULE_DIR / name for name in FRONT_END_MODULES] + [grammar]
     lark_module = sys.modules.get("lark")
     origin = getattr(lark_module, "__file__", None) if lark_module else None
     if origin is None:

@@ -550,7 +550,7 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     """Read an ONNX model and write the .cnn file and its weights (.npz, by default beside the .cnn).
     Returns the shape-checked Network and the weights {name: array}. Refuses, with a CnncError naming the
     node and operator, anything the language cannot express."""
-    from . import __version__
+    from ._version import __version__
     from .frontend import network_from_text
 
     onnx = require_onnx("onnx")

@@ -8,7 +8,7 @@ opens anywhere, offline, and can be mailed as one file.
 from __future__ import annotations
 
 
-from . import __version__
+from ._version import __version__
 from .fileio import atomic_write_text
 from .ir import Layer, Network
 from .shapes import fmt_shape

@@ -19,7 +19,6 @@ import pytest
 import cnnc
 from cnnc.backends import c_backend, c_build
 from cnnc.backends.c_codegen import generate
-from cnnc.resources import resource_dir
 
 # Small enough that a build takes about a second; each test gets its own spec text, so its own key.
 SPEC = "model tiny {{\n  input x[2, 9]\n  conv1d c(filters={filters}, kernel=3, padding=1, activation=tanh)\n  loss mse\n}}\n"
@@ -35,7 +34,6 @@ def forget_loaded_modules() -> None:
     """What a new process would know: nothing (the imported extension itself stays importable)."""
     c_build._LOADED.clear()
     c_build._compiler_version.cache_clear()
-    c_build._hash_files.cache_clear()
 
 
 def no_compiling(*args, **kwargs):
@@ -235,29 +233,23 @@ def test_the_key_follows_the_network_the_flags_the_compiler_and_the_versions(mon
     assert len({base, *variants}) == 1 + len(variants)
 
 
-def test_editing_a_template_or_the_code_generator_changes_the_key(tmp_path, monkeypatch):
+def test_editing_a_template_or_the_code_generator_changes_the_key(monkeypatch):
     network = cnnc.network_from_text(SPEC.format(filters=2))
     before = c_build.source_key([network], "float32")
-    templates = tmp_path / "templates"
-    shutil.copytree(resource_dir("templates"), templates)
-    monkeypatch.setattr(c_build, "resource_dir", lambda kind: templates)
-    assert c_build.source_key([network], "float32") == before  # the same files elsewhere: the same key
+    genuine_texts = c_build.codegen_texts()
 
-    conv = templates / "conv2d_forward.c.j2"
-    original = conv.read_text()
-    conv.write_text(original + "// edited\n")
-    edited = c_build.source_key([network], "float32")
-    conv.write_text(original)
-    assert c_build.source_key([network], "float32") == before  # the contents decide, not the file's time
-    (templates / "export" / "new.c.j2").write_text("")
-    added = c_build.source_key([network], "float32")
-    (templates / "export" / "new.c.j2").unlink()
+    def key_with(texts) -> str:
+        monkeypatch.setattr(c_build, "codegen_texts", lambda: texts)
+        c_build.codegen_fingerprint.cache_clear()
+        return c_build.source_key([network], "float32")
 
-    codegen = tmp_path / "c_codegen.py"
-    codegen.write_text(Path(c_build.c_codegen.__file__).read_text() + "# edited\n")
-    monkeypatch.setattr(c_build.c_codegen, "__file__", str(codegen))
-    changed_codegen = c_build.source_key([network], "float32")
+    assert key_with(list(genuine_texts)) == before  # the same contents: the same key
+    edited = key_with([(n, d + b"// edited\n" if n == "conv2d_forward.c.j2" else d) for n, d in genuine_texts])
+    added = key_with(genuine_texts + [("export/new.c.j2", b"")])
+    changed_codegen = key_with([(n, d + b"# edited\n" if n.endswith("c_codegen.py") else d) for n, d in genuine_texts])
+    c_build.codegen_fingerprint.cache_clear()
     assert len({before, edited, added, changed_codegen}) == 4
+    assert any(n == "conv2d_forward.c.j2" for n, _ in genuine_texts)
 
 
 def test_specs_with_the_same_layers_share_an_entry_wherever_and_however_they_are_written(tmp_path):
@@ -414,7 +406,7 @@ def test_the_link_runs_pythons_ldshared_with_our_compiler_in_place_of_pythons(mo
 def test_the_module_is_two_translation_units_that_split_the_entry_points(tmp_path):
     """Part 1 (cffi's wrapper) holds forward, the loss and the optimisers; part 2 only backward; each compiles
     cleanly on its own and together they define every entry point exactly once."""
-    networks = [cnnc.read_network(Path(resource_dir("specs")) / "lenet5.cnn")]
+    networks = [cnnc.read_network(Path(__file__).parent.parent / "specs" / "lenet5.cnn")]
     source = generate(networks, "float32")
     c_build.write_parts(tmp_path, "_cnnc_parts_test", source)
     compiler = c_build.find_compiler(tmp_path)

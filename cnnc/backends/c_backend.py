@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..diagnostics import CnncError
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..frontend import read_network, read_source, select

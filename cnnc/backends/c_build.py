@@ -50,10 +50,11 @@ from typing import Callable
 
 import cffi
 
-from .. import __version__, ir
+from .. import ir
+from .._version import __version__
 from ..diagnostics import CnncError
 from ..fileio import atomic_write_text, cache_home
-from ..resources import resource_dir
+from ..resources import read_resource, resource_names
 from . import c_codegen
 from .c_codegen import CSource
 
@@ -286,34 +287,22 @@ def ir_data(value):
                      f"IR fields hold dataclasses, tuples, str, int, float, bool or None")
 
 
-def codegen_files() -> list[tuple[str, Path]]:
-    """(name, path) of every file code generation reads besides the IR: c_codegen.py, ir.py (whose
-    properties it reads) and the templates."""
-    files = [("c_codegen.py", Path(c_codegen.__file__)), ("ir.py", Path(ir.__file__))]
-    templates = resource_dir("templates")
-    for folder, subfolders, names in os.walk(templates):
-        subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
-        for name in sorted(names):
-            path = Path(folder, name)
-            files.append((path.relative_to(templates).as_posix(), path))
-    return files
+def codegen_texts() -> list[tuple[str, bytes]]:
+    """(name, contents) of every file code generation reads besides the IR: c_codegen.py, ir.py (whose
+    properties it reads) and the templates, all read as package resources."""
+    from importlib import resources
+
+    texts = [(f"cnnc/{name}", resources.files(package).joinpath(name.split("/")[-1]).read_bytes())
+             for package, name in (("cnnc.backends", "backends/c_codegen.py"), ("cnnc", "ir.py"))]
+    texts += [(name, read_resource("templates", name).encode()) for name in resource_names("templates")]
+    return texts
 
 
+@lru_cache(maxsize=1)
 def codegen_fingerprint() -> str:
-    """SHA-256 of the code generator's files. The contents are hashed once per process per set of file
-    stamps (size and mtime), so an edit to a template is seen by the next load even in this process."""
-    stamps = []
-    for name, path in codegen_files():
-        st = path.stat()
-        stamps.append((name, str(path), st.st_size, st.st_mtime_ns))
-    return _hash_files(tuple(stamps))
-
-
-@lru_cache(maxsize=16)
-def _hash_files(stamps: tuple[tuple[str, str, int, int], ...]) -> str:
+    """SHA-256 of the code generator's files, computed once per process."""
     digest = hashlib.sha256()
-    for name, path, _, _ in stamps:
-        data = Path(path).read_bytes()
+    for name, data in codegen_texts():
         digest.update(f"{name}\0{len(data)}\0".encode())
         digest.update(data)
     return digest.hexdigest()

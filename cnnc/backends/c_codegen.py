@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from math import isfinite, prod
 
-from .. import __version__
+from .._version import __version__
 from ..ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, LAYER_KINDS, MAXPOOL_KINDS, POOL_KINDS, Layer, Network
-from ..resources import resource_dir
+from ..resources import template_loader
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 C_TYPES = {"float32": "float", "float64": "double"}
@@ -791,7 +791,7 @@ class CSource:
 def _environment() -> jinja2.Environment:
     import jinja2  # here, not at the top: a cache hit plans the network but renders nothing
 
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
+    return jinja2.Environment(loader=template_loader(),
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                               keep_trailing_newline=True, autoescape=False)
 

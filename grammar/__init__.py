@@ -1,0 +1,1 @@
+"""The .cnn grammar (package data: installed as cnnc.grammar)."""

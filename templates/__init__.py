@@ -1,0 +1,1 @@
+"""The C templates (package data: installed as cnnc.templates)."""
