@@ -1,7 +1,7 @@
 """cnnc's benchmark: the C backend, the NumPy backend and PyTorch on the same models, inputs and weights.
 
     python bench/bench.py                                  # everything, 1 and 2 threads
-    python bench/bench.py --models lenet5 --threads 1 --quick --json /tmp/b.json
+    python bench/bench.py --models lenet5 --threads 1 --quick --json b.json
 
 Measured per model, backend and thread count: inference latency at batch 1, inference images/s at batch
 64, training-step images/s at batch 64 (forward, loss, backward, SGD step). Each backend x thread count

@@ -77,7 +77,7 @@ def git_record(repo: Path) -> dict:
 def machine_record() -> dict:
     return {"cpu": cpu_record(), "software": software_record(),
             "environment": {var: os.environ.get(var) for var in ENV_VARS if os.environ.get(var) is not None},
-            "executable": sys.executable}
+            "executable": os.path.basename(sys.executable)}
 
 
 def machine_summary(machine: dict) -> str:

@@ -1,6 +1,6 @@
 """Render a bench.py JSON record as the Markdown quoted in docs/performance.md.
 
-    python bench/to_markdown.py bench/results/<run>.json > /tmp/section.md
+    python bench/to_markdown.py bench/results/<run>.json > section.md
 
 The figures in the docs come from the record by this script, never typed by hand.
 """

@@ -254,7 +254,7 @@ def run_models(config: dict) -> dict:
     import cnnc
 
     return {"task": "models", "backend": config["backend"], "threads": config["threads"], "models": results,
-            "thread_report": thread_report(), "cnnc_file": cnnc.__file__}  # which checkout was measured
+            "thread_report": thread_report(), "cnnc_file": os.path.relpath(cnnc.__file__)}  # which checkout was measured (no machine path)
 
 
 def run_gemm(config: dict) -> dict:
