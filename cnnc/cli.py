@@ -89,7 +89,17 @@ def _optional_parsers():
 
 class CommandParser(argparse.ArgumentParser):
     """The top-level parser. argparse leaves a subcommand's unknown arguments to the top level, which would
-    report them under `usage: cnnc ...`; this reports them with the (sub)subcommand's own usage line."""
+    report them under `usage: cnnc ...`; this reports them with the (sub)subcommand's own usage line.
+    A misspelt (sub)subcommand is answered with "did you mean", as spec errors are."""
+
+    def _check_value(self, action, value):
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            import difflib
+
+            close = difflib.get_close_matches(value, list(action.choices), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (commands: {', '.join(action.choices)})"
+            raise argparse.ArgumentError(action, f"unknown command '{value}'{hint}")
+        super()._check_value(action, value)
 
     def parse_args(self, args=None, namespace=None):
         parsed, unknown = self.parse_known_args(args, namespace)
@@ -126,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError:
+        return closed_pipe()
     except CnncError as e:
         print(e.render(), file=sys.stderr)
         return 1
@@ -140,8 +154,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnc: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
+
+
+# What a process killed by SIGPIPE reports to its shell (128 + 13), which `set -o pipefail` scripts expect.
+CLOSED_PIPE_STATUS = 141
+
+
+def closed_pipe() -> int:
+    """The reader of stdout went away (`cnnc check --json ... | head -1`): stop quietly, as Unix tools do.
+    stdout is pointed at /dev/null so that the interpreter's final flush cannot fail again."""
+    import os
+
+    try:
+        stdout = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # not a file (a caller's StringIO): nothing to flush at exit
+        return CLOSED_PIPE_STATUS
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stdout)
+    os.close(devnull)
+    return CLOSED_PIPE_STATUS
 
 
 if __name__ == "__main__":

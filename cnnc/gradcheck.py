@@ -49,6 +49,14 @@ def gradcheck(model: Model, batch: int = 2, eps: float = 1e-6, seed: int = 0,
               samples: int | None = None) -> dict[str, float]:
     """-> {tensor name: relative error} for every parameter and "input" (the gradient dx).
 
+    The check runs at random parameters drawn from `seed`; see gradcheck_tensors, which yields the same
+    errors one tensor at a time."""
+    return dict(gradcheck_tensors(model, batch=batch, eps=eps, seed=seed, samples=samples))
+
+
+def gradcheck_tensors(model: Model, batch: int = 2, eps: float = 1e-6, seed: int = 0, samples: int | None = None):
+    """Yield (tensor name, relative error) for every parameter, then "input", as each is checked.
+
     The check runs at random parameters drawn from `seed` (see gradcheck_inputs); the model's own
     parameters are put back afterwards. samples: check only this many randomly chosen entries per
     tensor (None: every entry). The model must be float64: float32 rounding swamps the differences."""
@@ -78,7 +86,6 @@ def gradcheck(model: Model, batch: int = 2, eps: float = 1e-6, seed: int = 0,
 
         pick = np.random.default_rng([seed, 2])
         tensors = [(name, model.params[name]) for name in model.params] + [("input", x)]
-        errors = {}
         for name, tensor in tensors:
             indices = list(np.ndindex(tensor.shape))
             if samples is not None and samples < len(indices):
@@ -93,14 +100,38 @@ def gradcheck(model: Model, batch: int = 2, eps: float = 1e-6, seed: int = 0,
                 tensor[index] = keep
                 numeric[k] = (plus - minus) / (2 * eps)
             chosen = np.array([analytic[name][index] for index in indices])
-            errors[name] = relative_error(chosen, numeric)
-        return errors
+            yield name, relative_error(chosen, numeric)
     finally:
         for name, value in original.items():
             model.params[name][...] = value
 
 
 # ---- cnnc gradcheck ------------------------------------------------------------------------------
+def estimate_line(model: Model, shapes: dict[str, tuple], batch: int, samples: int | None, backend: str) -> str:
+    """How many loss evaluations the check takes and about how long, timed on one evaluation, with the
+    options that make it faster when it will take more than a few seconds."""
+    import time
+
+    entries = sum(min(math.prod(shape), samples or math.prod(shape)) for shape in shapes.values())
+    x = np.zeros((batch, *model.input_shape))
+    timings = []
+    for _ in range(3):  # the first call warms caches up: take the fastest
+        started = time.perf_counter()
+        model.forward(x, train=False)
+        timings.append(time.perf_counter() - started)
+    seconds = 2 * entries * min(timings)
+    line = f"{entries:,} entries, 2 loss evaluations each: about {_duration(seconds)}"
+    if seconds > 10:
+        hints = ([] if samples else ["--samples 20 checks 20 random entries per tensor"]) + \
+                ([] if backend == "c" else ["--backend c runs each evaluation in compiled C"])
+        line += f" ({'; '.join(hints)})" if hints else ""
+    return line
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 def _positive(kind):
     def parse(text: str):
         value = kind(text)  # argparse turns a ValueError here into "invalid ... value"
@@ -136,16 +167,19 @@ def run_gradcheck_cli(args) -> int:
     model = cnnc.load(args.file, backend=args.backend, model=args.model, dtype="float64", seed=args.seed)
     eps = getattr(args, "eps", 1e-6)
     samples = getattr(args, "samples", None)
-    errors = gradcheck(model, batch=args.batch, eps=eps, seed=args.seed, samples=samples)
     shapes = {name: tuple(p.shape) for name, p in model.params.items()}
     shapes["input"] = (args.batch, *model.input_shape)
     print(f"gradcheck {model.name}: {model.backend_name} backend, float64, batch {args.batch}, seed {args.seed}, "
-          f"eps {eps:g}" + (f", {samples} entries per tensor" if samples else ""))
-    width = max(len(name) for name in errors)
-    failed = [name for name, error in errors.items() if not error < THRESHOLD]  # NaN fails too
-    for name, error in errors.items():
+          f"eps {eps:g}" + (f", {samples} entries per tensor" if samples else ""), flush=True)
+    print(estimate_line(model, shapes, args.batch, samples, args.backend), file=sys.stderr, flush=True)
+    width = max(len(name) for name in shapes)
+    errors, failed = {}, []
+    for name, error in gradcheck_tensors(model, batch=args.batch, eps=eps, seed=args.seed, samples=samples):
+        errors[name] = error
+        if not error < THRESHOLD:  # NaN fails too
+            failed.append(name)
         verdict = "FAIL" if name in failed else "PASS"
-        print(f"  {name:<{width}}  {str(shapes[name]):<18} max rel error {error:.2e}  {verdict}")
+        print(f"  {name:<{width}}  {str(shapes[name]):<18} max rel error {error:.2e}  {verdict}", flush=True)
     if failed:
         print(f"{len(failed)} of {len(errors)} tensors exceed {THRESHOLD:g}: {', '.join(failed)}", file=sys.stderr)
         return 1

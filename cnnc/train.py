@@ -1,8 +1,8 @@
 """`cnnc train`, `cnnc eval` and `cnnc predict`: train a classifier with checkpoints, measure it, use it.
 
-    cnnc train specs/digits.cnn --data digits        # -> digits.weights.npz, digits.weights.ckpt.npz
-    cnnc eval specs/digits.cnn --weights digits.weights.npz --data digits --json
-    cnnc predict specs/digits.cnn --weights digits.weights.npz seven.png batch.npy
+    cnnc train specs/digits.cnn --data digits        # -> runs/digits.weights.npz, runs/digits.weights.ckpt.npz
+    cnnc eval specs/digits.cnn --weights runs/digits.weights.npz --data digits --json
+    cnnc predict specs/digits.cnn --weights runs/digits.weights.npz seven.png batch.npy
 
 A run is a pure function of its settings: the seed fixes the initial weights (Model's own seed), the
 shuffling order (a Generator seeded [seed, 2]) and the dropout masks (the model's dropout_rng,
@@ -32,7 +32,7 @@ from .checkpoint import (Checkpoint, data_fingerprint, default_checkpoint_path, 
                          rng_state, save_checkpoint, set_rng_state)
 from .diagnostics import CnncError, Diagnostic, SpecError
 from .fileio import atomic_write_text, check_distinct, check_writable
-from .inference import confusion_table, evaluate, read_inputs, top_k
+from .inference import confusion_table, evaluate, light_background, read_inputs, top_k
 from .model import Model
 from .progress import Progress
 
@@ -393,10 +393,15 @@ def load_weights_file(model: Model, path: str) -> None:
         raise CnncError(str(e)) from None
 
 
+# Where training writes when -o is not given: one folder for every run's weights, checkpoints and logs,
+# rather than the working directory (which is often a source checkout).
+DEFAULT_RUNS_DIR = "runs"
+
+
 def default_output(spec: str, model_name: str | None) -> str:
-    """<spec stem>.weights.npz in the current directory (<stem>.<model>.weights.npz with --model)."""
+    """runs/<spec stem>.weights.npz under the current directory (<stem>.<model>.weights.npz with --model)."""
     stem = Path(spec).stem + (f".{model_name}" if model_name else "")
-    return f"{stem}.weights.npz"
+    return str(Path(DEFAULT_RUNS_DIR, f"{stem}.weights.npz"))
 
 
 # ---- cnnc train --------------------------------------------------------------------------------------
@@ -628,6 +633,12 @@ def run_predict(args) -> int:
     model = load_classifier(args.file, args.model, args.backend)
     load_weights_file(model, args.weights)
     x, names = read_inputs(args.inputs, model.input_shape)
+    if args.invert:
+        x = 1.0 - x
+    else:
+        for name in np.asarray(names)[light_background(x)]:
+            print(f"warning: {name}: looks like dark ink on a light background (its border is light); networks "
+                  f"trained on MNIST, digits or Fashion-MNIST expect light on dark: try --invert", file=sys.stderr)
     best = top_k(model.predict_proba(x), k=min(3, model.output_shape[0]))
     if args.json:
         print(json.dumps([{"input": name, "class": top[0][0], "top": [[c, p] for c, p in top]}
@@ -683,7 +694,7 @@ def _add_train(subparsers) -> None:
     p.add_argument("--val-split", type=float, metavar="F", help="hold out this fraction of the training set "
                    "(a fixed choice) for validation metrics each epoch (default 0)")
     p.add_argument("-o", "--output", metavar="WEIGHTS.npz", help="where to write the weights "
-                   "(default <spec stem>.weights.npz in the current directory)")
+                   "(default runs/<spec stem>.weights.npz under the current directory)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in CHECKPOINT (its settings are kept)")
     p.add_argument("--stop-after", type=int, metavar="N", help="end this invocation after epoch N, leaving the "
                    "checkpoint to --resume later; the schedule still spans --epochs")
@@ -707,6 +718,8 @@ def _add_predict(subparsers) -> None:
                               description="Classify inputs. Preprocessing: " + PREPROCESSING + ".")
     _add_common(p, weights=True)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or .npy arrays")
+    p.add_argument("--invert", action="store_true", help="use 1 - x: for dark ink on a light background, when the "
+                   "model was trained on light on dark (MNIST, digits, Fashion-MNIST)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=run_predict)
 

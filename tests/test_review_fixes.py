@@ -66,8 +66,8 @@ def tiny(tmp_path, monkeypatch) -> str:
 def test_train_q_prints_only_the_summary(tiny):
     status, stdout, stderr = run_cli("train", tiny, *QUICK, "--epochs", 1, "-q")
     assert status == 0 and stderr == ""  # no progress lines, no per-epoch line
-    assert stdout.startswith("tiny: test accuracy ") and "weights written to tiny.weights.npz" in stdout
-    assert Path("tiny.weights.npz").exists()
+    assert stdout.startswith("tiny: test accuracy ") and "weights written to runs/tiny.weights.npz" in stdout
+    assert Path("runs/tiny.weights.npz").exists()
 
 
 def test_train_q_still_prints_errors(tiny):
@@ -156,11 +156,11 @@ def test_checkpoint_of_a_finished_run_points_at_its_weights_file(tiny):
     assert run_cli("train", tiny, *QUICK, "--epochs", 1, "-q")[0] == 0
     model = cnnc.load(tiny, backend="numpy")
     with pytest.raises(ValueError) as e:
-        model.load_weights("tiny.weights.ckpt.npz")
-    assert str(e.value) == ("tiny.weights.ckpt.npz is a training checkpoint (model 'tiny', 1 of 1 epoch(s) done), "
-                            "not a weights file; its run wrote the weights file tiny.weights.npz; to train further, "
-                            "use `cnnc train tiny.cnn --resume tiny.weights.ckpt.npz --epochs 2` or more")
-    model.load_weights("tiny.weights.npz")  # the file the message names loads
+        model.load_weights("runs/tiny.weights.ckpt.npz")
+    assert str(e.value) == ("runs/tiny.weights.ckpt.npz is a training checkpoint (model 'tiny', 1 of 1 epoch(s) done), "
+                            "not a weights file; its run wrote the weights file runs/tiny.weights.npz; to train further, "
+                            "use `cnnc train tiny.cnn --resume runs/tiny.weights.ckpt.npz --epochs 2` or more")
+    model.load_weights("runs/tiny.weights.npz")  # the file the message names loads
 
 
 # ---- 5. cnnc import of a file that is not ONNX --------------------------------------------------------
@@ -351,7 +351,7 @@ def test_a_damaged_checkpoint_is_named_as_such_not_a_traceback(tmp_path, monkeyp
     Path("tiny.cnn").write_text(TINY)
     args = ["train", "tiny.cnn", "--data", "digits", "--backend", "numpy", "--epochs", "2", "-q"]
     assert main([*args, "--stop-after", "1"]) == 0
-    checkpoint = Path("tiny.weights.ckpt.npz")
+    checkpoint = Path("runs/tiny.weights.ckpt.npz")
     _edit_meta(checkpoint, damage)
     capsys.readouterr()
     assert main([*args, "--resume", str(checkpoint)]) == 1
@@ -370,7 +370,7 @@ def test_eval_on_a_subset_of_the_classes(tmp_path, monkeypatch, capsys):
     np.savez("sub8.npz", x_train=digits.x_train[keep_train], y_train=digits.y_train[keep_train],
              x_test=digits.x_test[keep_test], y_test=digits.y_test[keep_test])
     capsys.readouterr()
-    assert main(["eval", "tiny.cnn", "--weights", "tiny.weights.npz", "--data", "sub8.npz", "--backend", "numpy"]) == 0
+    assert main(["eval", "tiny.cnn", "--weights", "runs/tiny.weights.npz", "--data", "sub8.npz", "--backend", "numpy"]) == 0
     out = capsys.readouterr().out
     assert f"(test split, {int(keep_test.sum())} samples): accuracy" in out
     assert "true\\pred   0   1   2   3   4   5   6   7   8   9" in out

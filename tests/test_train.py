@@ -131,8 +131,8 @@ def test_metrics_log_has_exactly_the_agreed_keys(tiny):
 def test_quiet_prints_only_the_summary(tiny):
     status, stdout, stderr = run_cli("train", tiny, "--data", "digits", "--epochs", 1, "--backend", "numpy", "--quiet")
     assert status == 0 and stderr == ""
-    assert stdout.startswith("tiny: test accuracy ") and "weights written to tiny.weights.npz" in stdout
-    assert Path("tiny.weights.npz").exists() and Path("tiny.weights.ckpt.npz").exists()
+    assert stdout.startswith("tiny: test accuracy ") and "weights written to runs/tiny.weights.npz" in stdout
+    assert Path("runs/tiny.weights.npz").exists() and Path("runs/tiny.weights.ckpt.npz").exists()
 
 
 def test_the_seed_fixes_the_run(tiny):
@@ -237,15 +237,15 @@ def test_sigint_saves_a_resumable_checkpoint_and_exits_130(tmp_path, tiny):
 def test_resume_refuses_another_spec_and_changed_settings(tiny):
     assert run_cli("train", tiny, "--data", "digits", "--epochs", 1, "--backend", "numpy", "--quiet")[0] == 0
     Path("wider.cnn").write_text(TINY.replace("filters=4", "filters=5"))
-    status, _, stderr = run_cli("train", "wider.cnn", "--resume", "tiny.weights.ckpt.npz", "--epochs", 2)
+    status, _, stderr = run_cli("train", "wider.cnn", "--resume", "runs/tiny.weights.ckpt.npz", "--epochs", 2)
     assert status == 1 and "resuming with another spec is refused" in stderr and "Traceback" not in stderr
-    status, _, stderr = run_cli("train", tiny, "--resume", "tiny.weights.ckpt.npz", "--epochs", 2, "--lr", 0.1)
+    status, _, stderr = run_cli("train", tiny, "--resume", "runs/tiny.weights.ckpt.npz", "--epochs", 2, "--lr", 0.1)
     assert status == 1 and f"changes --lr 0.1 (the checkpoint has {DEFAULT_LR['adam']})" in stderr
-    status, _, stderr = run_cli("train", tiny, "--resume", "tiny.weights.ckpt.npz")
+    status, _, stderr = run_cli("train", tiny, "--resume", "runs/tiny.weights.ckpt.npz")
     assert status == 1 and "already finished 1 epoch(s); pass --epochs N with N > 1" in stderr
     np.savez("other.npz", x_train=np.zeros((20, 8, 8)), y_train=np.arange(20) % 10,
              x_test=np.zeros((10, 8, 8)), y_test=np.arange(10))
-    status, _, stderr = run_cli("train", tiny, "--resume", "tiny.weights.ckpt.npz", "--epochs", 2, "--data", "other.npz")
+    status, _, stderr = run_cli("train", tiny, "--resume", "runs/tiny.weights.ckpt.npz", "--epochs", 2, "--data", "other.npz")
     assert status == 1 and "holds different samples" in stderr
 
 
@@ -262,7 +262,7 @@ def test_exploding_loss_stops_with_the_epoch_and_batch(tiny):
     assert status == 1 and "Traceback" not in stderr
     assert "error: training diverged in epoch 1, batch " in stderr and f"of {BATCHES}: the loss is " in stderr
     assert "no checkpoint had been written yet" in stderr and "note: lower the learning rate" in stderr
-    assert not Path("tiny.weights.npz").exists() and not Path("tiny.weights.ckpt.npz").exists()
+    assert not Path("runs/tiny.weights.npz").exists() and not Path("runs/tiny.weights.ckpt.npz").exists()
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tiny):
