@@ -389,7 +389,7 @@ def npy_headers_in_npz(path: str | os.PathLike) -> dict[str, ArrayHeader]:
     except CnncError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
-        raise CnncError(f"{where}: not a readable .npz archive ({e})") from None
+        raise CnncError(f"{where}: not a readable .npz file ({e})") from None
     return headers
 
 
@@ -415,7 +415,7 @@ def load_npz_checked(path: str | os.PathLike, what: str = "a .npz archive") -> d
     except CnncError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise CnncError(f"{where}: not a readable .npz archive ({e})") from None
+        raise CnncError(f"{where}: not a readable .npz file ({e})") from None
     except MemoryError:
         raise CnncError(f"{where}: not enough memory to read its arrays") from None
 
@@ -445,31 +445,42 @@ def load_npy_checked(path: str | os.PathLike, what: str = "a .npy array"):
 EXPORT_MARKER = ".cnnc-export.json"  # lists the files an export wrote; lets the next export replace them
 
 
-def write_owned_folder(out: str | os.PathLike, files: dict[str, str], force: bool = False,
-                       command: str = "cnnc export") -> list[Path]:
+MAKE_READS = ("makefile", "gnumakefile")  # GNU make reads GNUmakefile, then makefile, before Makefile
+
+
+def write_owned_folder(out: str | os.PathLike, files: dict[str, str], products: tuple[str, ...] = (),
+                       force: bool = False, command: str = "cnnc export") -> list[Path]:
     """Write {file name: text} into the folder `out` (made if missing), atomically file by file, and a marker
-    listing them. A folder that holds anything but files listed by an earlier marker is refused unless
-    `force`: the command never overwrites a file it did not write."""
+    (EXPORT_MARKER) listing them and the `products` that building them makes there (the example program).
+    A folder holding anything but files an earlier marker lists is refused unless `force`: the command
+    never overwrites a file it did not write. A product named like a written file, or like a file make
+    reads in preference to the Makefile, is refused (case-insensitively: macOS and Windows fold case)."""
     folder = Path(os.fspath(out))
+    for name in [*files, *products]:
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or name == EXPORT_MARKER:
+            raise ValueError(f"{command}: file names must be plain names other than {EXPORT_MARKER}; got {name!r}")
+    for product in products:
+        clash = [name for name in [*files, *MAKE_READS] if name.lower() == product.lower()]
+        if clash:
+            raise CnncError(f"the name {product!r} is not usable: building the export makes the program ./{product}, "
+                            f"which would clash with the file {clash[0]} ({'which make reads before the Makefile' if clash[0] in MAKE_READS else 'the export writes'}); "
+                            f"choose another with --name PREFIX")
     if folder.exists() and not folder.is_dir():
         raise CnncError(f"{folder}: exists and is not a directory; {command} writes a directory of files")
+    owned = _owned_files(folder, command) if (folder / EXPORT_MARKER).is_file() else set()
     if folder.is_dir() and not force:
         present = sorted(entry.name for entry in folder.iterdir())
-        owned = _owned_files(folder, command) if EXPORT_MARKER in present else set()
         foreign = [name for name in present if name != EXPORT_MARKER and name not in owned]
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise CnncError(f"{folder}: the folder holds files {command} did not write ({shown}); choose an empty "
-                            f"or new folder, or pass --force to overwrite")
+                            f"or new folder, or pass --force to overwrite them")
     paths = []
     for name, text in files.items():
-        if Path(name).name != name or name == EXPORT_MARKER:
-            raise ValueError(f"export file names must be plain names other than {EXPORT_MARKER}; got {name!r}")
         atomic_write_text(folder / name, text)
         paths.append(folder / name)
-    kept = _owned_files(folder, command) if force is False else set()
-    kept = {name for name in kept if (folder / name).is_file()}
-    marker = {"written_by": command, "files": sorted(kept | set(files))}
+    kept = {name for name in owned if (folder / name).exists()}
+    marker = {"written_by": command, "files": sorted(kept | set(files) | set(products))}
     atomic_write_text(folder / EXPORT_MARKER, json.dumps(marker, indent=2) + "\n")
     return paths
 

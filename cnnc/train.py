@@ -34,7 +34,7 @@ from .checkpoint import (Checkpoint, check_position, data_fingerprint, default_c
                          validate_run_meta)
 from .diagnostics import CnncError, Diagnostic, SpecError
 from .fileio import atomic_write_text, check_distinct, check_writable
-from .inference import confusion_table, evaluate, read_inputs, top_k
+from .inference import NonFiniteOutputs, confusion_table, evaluate, probabilities, read_inputs, top_k
 from .model import Model
 from .progress import Progress
 
@@ -264,8 +264,11 @@ class Trainer:
     def epoch_record(self) -> dict:
         """One line of the metrics log: exactly LOG_KEYS."""
         s, sp = self.state, self.splits
-        val = evaluate(self.model, sp.x_val, sp.y_val) if sp.x_val is not None else None
-        test = evaluate(self.model, sp.x_test, sp.y_test)
+        try:
+            val = evaluate(self.model, sp.x_val, sp.y_val) if sp.x_val is not None else None
+            test = evaluate(self.model, sp.x_test, sp.y_test)
+        except NonFiniteOutputs as e:
+            self.diverged(f"evaluating after the epoch: {e.diagnostics[0].message}", batch=s.batch)
         return {"epoch": s.epoch + 1, "train_loss": s.loss_sum / s.seen, "train_accuracy": s.correct / s.seen,
                 "val_loss": val["loss"] if val else None, "val_accuracy": val["accuracy"] if val else None,
                 "test_loss": test["loss"], "test_accuracy": test["accuracy"], "lr": s.lr,
@@ -640,7 +643,7 @@ def run_predict(args) -> int:
     model = load_classifier(args.file, args.model, args.backend)
     load_weights_file(model, args.weights)
     x, names = read_inputs(args.inputs, model.input_shape)
-    best = top_k(model.predict_proba(x), k=min(3, model.output_shape[0]))
+    best = top_k(probabilities(model, x, names), k=min(3, model.output_shape[0]))
     if args.json:
         print(json.dumps([{"input": name, "class": top[0][0], "top": [[c, p] for c, p in top]}
                           for name, top in zip(names, best)]))
