@@ -39,7 +39,8 @@ def evaluate(model: Model, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH
     loss_sum = 0.0
     for start in range(0, len(x), batch):
         xb, yb = x[start:start + batch], y[start:start + batch]
-        scores = model.forward(xb, train=False)   # (B, K)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, not as NumPy warnings
+            scores = model.forward(xb, train=False)   # (B, K)
         if not np.isfinite(scores).all():
             bad = start + int(np.flatnonzero(~np.isfinite(scores).all(axis=1))[0])
             raise NonFiniteOutputs(f"the network's outputs are not finite (inf or NaN) for sample {bad} of {len(x)}: "

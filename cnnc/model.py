@@ -297,7 +297,7 @@ def read_npz(path) -> dict[str, np.ndarray]:
             raise ValueError(f"{where} does not exist") from None
         if "is a directory" in str(e):
             raise ValueError(f"{where}: is a directory, expected a .npz file") from None
-        raise ValueError(f"{where}: {str(e).split(': ', 1)[-1]}") from None
+        raise ValueError(f"{where}: {_without_path(e, path)}") from None
     try:
         if not is_zip(path):  # a text file would otherwise get NumPy's message about pickled data
             raise ValueError(f"{where}: not a NumPy .npz archive (it is {describe_contents(path)})")
@@ -306,7 +306,13 @@ def read_npz(path) -> dict[str, np.ndarray]:
     try:
         return load_npz_checked(path, "a weights .npz file")
     except CnncError as e:
-        raise ValueError(f"{where}: {str(e).split(': ', 1)[-1]}") from None
+        raise ValueError(f"{where}: {_without_path(e, path)}") from None
+
+
+def _without_path(error: CnncError, path) -> str:
+    """The message of a fileio error about `path`, without the path it starts with."""
+    message, prefix = error.diagnostics[0].message, f"{os.fspath(path)}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 def weight_mismatches(network: Network, arrays: dict[str, np.ndarray], dtype=None) -> list[str]:
