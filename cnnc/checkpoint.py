@@ -247,28 +247,42 @@ def _history(value, where: str) -> list:
     return value
 
 
+def _arrays(value, where: str) -> dict:
+    """Per-parameter state arrays: {parameter name: float array stored in the checkpoint}."""
+    if not isinstance(value, dict):
+        raise _Bad(f"{where} must be an object of arrays; got {_shown(value)}")
+    for name, array in value.items():
+        if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+            raise _Bad(f"{where}.{name} must be a float array stored in the checkpoint; got {_shown(type(array).__name__)}")
+    return value
+
+
+def _betas(value, where: str) -> list:
+    if not isinstance(value, list) or len(value) != 2:
+        raise _Bad(f"{where} must be a pair of numbers; got {_shown(value)}")
+    return [_num(v, f"{where}[{i}]", 0, 1) for i, v in enumerate(value)]
+
+
+def _flag(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"{where} must be true or false; got {_shown(value)}")
+    return value
+
+
+OPTIMIZER_STATES = {  # the state_dict() of each optimiser in cnnc/optim.py, arrays joined back in
+    "adam": {"kind": _text, "lr": lambda v, w: _num(v, w, 0), "betas": _betas, "eps": lambda v, w: _num(v, w, 0),
+             "weight_decay": lambda v, w: _num(v, w, 0), "steps": _int, "exp_avg": _arrays, "exp_avg_sq": _arrays},
+    "sgd": {"kind": _text, "lr": lambda v, w: _num(v, w, 0), "momentum": lambda v, w: _num(v, w, 0, 1),
+            "weight_decay": lambda v, w: _num(v, w, 0), "nesterov": _flag, "steps": _int, "momentum_buffer": _arrays},
+}
+
+
 def _optimizer_state(value, where: str) -> dict:
-    """The optimiser's non-array state: numbers, names, pairs of numbers, and per-parameter arrays (named by
-    {"__array__": key}); the optimiser checks the rest (names, shapes, ranges) when it loads it."""
+    """The optimiser's state, by its kind's schema; the optimiser checks names and shapes when it loads it."""
     if not isinstance(value, dict):
         raise _Bad(f"{where} must be an object; got {_shown(value)}")
-    for key, item in value.items():
-        place = f"{where}.{key}"
-        if key == "kind":
-            _text(item, place, ("adam", "sgd"))
-        elif isinstance(item, dict):
-            for name, array in item.items():
-                if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
-                    raise _Bad(f"{place}.{name} must be a float array stored in the checkpoint; "
-                               f"got {_shown(type(array).__name__)}")
-        elif isinstance(item, list):
-            for i, x in enumerate(item):
-                _num(x, f"{place}[{i}]")
-        elif isinstance(item, bool):
-            pass
-        else:
-            _num(item, place)
-    return value
+    kind = _text(value.get("kind"), f"{where}.kind", tuple(OPTIMIZER_STATES))
+    return _record(value, where, OPTIMIZER_STATES[kind])
 
 
 def _config(value, where: str) -> dict:

@@ -19,7 +19,9 @@ import json
 import os
 import stat
 import tempfile
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 
 from .diagnostics import CnncError
@@ -339,19 +341,23 @@ class ArrayHeader:
 def npy_header(f, where: str) -> ArrayHeader:
     """Read the header of the .npy stream `f` (positioned at its start); a CnncError naming `where` when it is
     not one. Nothing of the array is read."""
+    import warnings
+
     import numpy as np
 
     fmt = np.lib.format
     try:
-        version = fmt.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(f, max_header_size=10_000)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = fmt.read_array_header_2_0(f, max_header_size=10_000)
-        else:
-            raise ValueError(f"unknown .npy format version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError,
-            zipfile.BadZipFile) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NumPy warns about some header oddities it then accepts
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f, max_header_size=10_000)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f, max_header_size=10_000)
+            else:
+                raise ValueError(f"unknown .npy format version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError, OverflowError,
+            tokenize.TokenError, zipfile.BadZipFile, zlib.error) as e:
         raise CnncError(f"{where}: not a readable .npy array header ({e})") from None
     if dtype.hasobject:
         raise CnncError(f"{where}: holds Python objects (pickled data), which cnnc never loads")
@@ -396,8 +402,6 @@ def npy_headers_in_npz(path: str | os.PathLike) -> dict[str, ArrayHeader]:
 def load_npz_checked(path: str | os.PathLike, what: str = "a .npz archive") -> dict:
     """Every array of the .npz at `path`, after `npy_headers_in_npz` has checked what each declares. A
     regular file only; any failure is a CnncError naming the file (and the array)."""
-    import zlib
-
     import numpy as np
 
     check_input_file(path, what)
