@@ -17,7 +17,6 @@ import importlib.util
 import io
 import math
 import os
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +164,7 @@ def load_dataset(name: str | os.PathLike) -> Dataset:
     path = Path(text).expanduser()
     if path.is_dir():
         return load_idx_dir(path)
-    if path.suffix == ".npz" or path.is_file():
+    if path.suffix == ".npz" or path.exists():  # load_npz refuses what is not a regular file
         return load_npz(path)
     raise CnncError(_unknown_dataset_message(text))
 

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import math
 import os
-import zipfile
 from collections.abc import Mapping
 
 import numpy as np
 
 from .checkpoint import checkpoint_given_as_weights, is_checkpoint
 from .diagnostics import CnncError
-from .fileio import (atomic_path, available_memory, check_input_file, describe_contents, human_size, is_zip,
-                     load_npz_checked)
+from .fileio import (ArrayHeader, atomic_path, available_memory, check_input_file, describe_contents, human_size,
+                     is_zip, load_npz_checked, npy_headers_in_npz)
 from .ir import Network, ParamSpec
 
 DTYPES = ("float32", "float64")
@@ -154,8 +153,13 @@ class Model:
         is_path = isinstance(source, (str, os.PathLike))
         if not is_path and not isinstance(source, Mapping):
             raise ValueError(f"load_weights takes an .npz path or a mapping of name -> array; got {type(source).__name__}")
-        arrays = read_npz(source) if is_path else dict(source)
         where = f"weights file {os.fspath(source)}" if is_path else "weights"
+        if is_path:  # names, shapes and dtypes first, from the headers: a mismatched array is never read
+            headers = read_npz_headers(source)
+            problems = [] if is_checkpoint(headers) else weight_mismatches(self.network, headers)
+            if problems:
+                raise ValueError(f"{where} does not fit model '{self.name}':\n  " + "\n  ".join(problems))
+        arrays = read_npz(source) if is_path else dict(source)
         if is_path and is_checkpoint(arrays):
             raise ValueError(checkpoint_given_as_weights(source, arrays))
         problems = weight_mismatches(self.network, arrays, self.dtype)
@@ -286,9 +290,10 @@ def mse(y: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
     return float(np.mean(diff * diff)), (2.0 * diff / diff.size).astype(y.dtype)
 
 
-def read_npz(path) -> dict[str, np.ndarray]:
-    """The arrays of a weights .npz; a missing file, a directory, a FIFO or device, another kind of file, a
-    damaged archive or an array whose header declares more than the file holds is a ValueError naming the file."""
+def read_npz_headers(path) -> dict[str, ArrayHeader]:
+    """What each array of a weights .npz declares (shape, dtype), read from the headers alone; a missing file,
+    a directory, a FIFO or device, another kind of file, a damaged archive or an array declaring more than the
+    file holds is a ValueError naming the file."""
     where = f"weights file {os.fspath(path)}"
     try:
         check_input_file(path, "a weights .npz file")
@@ -304,9 +309,19 @@ def read_npz(path) -> dict[str, np.ndarray]:
     except OSError as e:
         raise ValueError(f"{where} cannot be read ({e.strerror or e})") from None
     try:
-        return load_npz_checked(path, "a weights .npz file")
+        return npy_headers_in_npz(path)
     except CnncError as e:
         raise ValueError(f"{where}: {_without_path(e, path)}") from None
+
+
+def read_npz(path) -> dict[str, np.ndarray]:
+    """The arrays of a weights .npz, after `read_npz_headers` has checked what each declares; any failure is
+    a ValueError naming the file."""
+    read_npz_headers(path)
+    try:
+        return load_npz_checked(path, "a weights .npz file")
+    except CnncError as e:
+        raise ValueError(f"weights file {os.fspath(path)}: {_without_path(e, path)}") from None
 
 
 def _without_path(error: CnncError, path) -> str:
@@ -324,11 +339,13 @@ def weight_mismatches(network: Network, arrays: dict[str, np.ndarray], dtype=Non
     for name, value in arrays.items():
         if name not in specs:
             continue
-        value = np.asarray(value)
+        value = value if isinstance(value, ArrayHeader) else np.asarray(value)  # a header: shape and dtype only
         if value.dtype.kind != "f":
             problems.append(f"'{name}' has dtype {value.dtype}; expected floating point")
         elif tuple(value.shape) != specs[name].shape:
             problems.append(f"'{name}' has shape {tuple(value.shape)}; expected {specs[name].shape}")
+        elif isinstance(value, ArrayHeader):
+            continue
         elif not np.isfinite(value).all():
             problems.append(f"'{name}' contains NaN or infinite values")
         elif dtype is not None and value.size and np.abs(value).max() > np.finfo(dtype).max:

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import (Checkpoint, check_position, data_fingerprint, default_checkpoint_path, load_checkpoint, network_hash,
-                         rng_state, save_checkpoint, set_rng_state,
-                         validate_run_meta)
+from .checkpoint import (Checkpoint, check_position, data_fingerprint, default_checkpoint_path, load_checkpoint,
+                         network_hash, rng_state, save_checkpoint, set_rng_state, validate_run_meta)
 from .diagnostics import CnncError, Diagnostic, SpecError
 from .fileio import atomic_write_text, check_distinct, check_writable
 from .inference import NonFiniteOutputs, confusion_table, evaluate, probabilities, read_inputs, top_k

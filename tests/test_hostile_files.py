@@ -312,3 +312,17 @@ def test_an_error_in_a_cr_only_spec_is_located_alike_by_the_api_and_the_cli(tmp_
         cnnc.network_from_text(text, file=str(spec))
     status, _, err = run_cli("check", spec)
     assert status == 1 and f"{spec}:7:21: error: dense 'out': units must be positive" in err and err.strip() == str(caught.value).strip()
+
+
+def test_weights_are_checked_against_the_models_shapes_from_their_headers_before_any_is_read(tiny, tmp_path,
+                                                                                           monkeypatch):
+    arrays = {k: np.asarray(v) for k, v in np.load("tiny.npz").items()}
+    weights = npz_with(tmp_path / "w.npz", {**arrays, "c1.weight": npy_bytes_declaring((4, 1, 3, 3000),
+                                                                                        data=b"\0" * 144_000),
+                                            "extra": np.zeros(3, np.float32)})
+    monkeypatch.setattr(cnnc.model, "load_npz_checked", lambda *a, **k: pytest.fail("array data was read"))
+    with pytest.raises(ValueError) as caught:
+        cnnc.load(tiny).load_weights(weights)
+    assert str(caught.value) == (f"weights file {weights} does not fit model 'tiny':\n"
+                                 "  unexpected array 'extra' (the model has no such parameter)\n"
+                                 "  'c1.weight' has shape (4, 1, 3, 3000); expected (4, 1, 3, 3)")

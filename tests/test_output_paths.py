@@ -15,7 +15,6 @@ import stat
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import cnnc
