@@ -32,6 +32,10 @@ def run_check(args) -> int:
 
     if args.model and len(args.files) > 1:
         raise CnncError(f"--model picks a model of one file, but {len(args.files)} files were given")
+    if args.html:
+        from .fileio import check_distinct
+
+        check_distinct({"the HTML report (--html)": args.html}, {f"the spec {path}": path for path in args.files})
     networks, failed = [], False
     for path in args.files:
         try:

@@ -14,8 +14,9 @@ import difflib
 import gzip
 import hashlib
 import importlib.util
+import io
+import math
 import os
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .diagnostics import CnncError, Diagnostic
-from .fileio import NPY_MAGIC, ZIP_MAGIC, describe_contents
+from .fileio import (NPY_MAGIC, ZIP_MAGIC, available_memory, check_input_file, describe_contents, human_size,
+                     load_npz_checked, read_bytes_limited)
 
 # ---------------------------------------------------------------------------------------------
 # The Dataset type
@@ -95,7 +97,7 @@ def make_dataset(name: str, x_train, y_train, x_test, y_test, description: str,
     """
     where = where or name
     x_train, x_test = (_as_float32(where, split, x) for split, x in (("train", x_train), ("test", x_test)))
-    y_train, y_test = (np.ascontiguousarray(y, dtype=np.int64) for y in (y_train, y_test))
+    y_train, y_test = (_as_labels(where, split, y) for split, y in (("train", y_train), ("test", y_test)))
     _check_split(where, "train", x_train, y_train)
     _check_split(where, "test", x_test, y_test)
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -119,6 +121,16 @@ def _as_float32(where: str, split: str, x) -> np.ndarray:
         raise CnncError(f"{where}: x_{split} has values beyond the float32 range (largest magnitude "
                         f"{np.abs(given).max():.3g}); scale the data")
     return x
+
+
+def _as_labels(where: str, split: str, y) -> np.ndarray:
+    """y as int64, refusing values that int64 cannot hold (1e30 would wrap to a negative number)."""
+    given = np.asarray(y)
+    if given.dtype.kind in "fiu" and given.size and (np.abs(given.astype(np.float64)) > MAX_LABEL).any():
+        worst = given.flat[np.abs(given.astype(np.float64)).argmax()]
+        raise CnncError(f"{where}: y_{split} holds the label {worst:g}; labels are class indices 0, 1, 2, ... "
+                        f"(at most {MAX_LABEL:,})")
+    return np.ascontiguousarray(given, dtype=np.int64)
 
 
 def _check_split(where: str, split: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -152,7 +164,7 @@ def load_dataset(name: str | os.PathLike) -> Dataset:
     path = Path(text).expanduser()
     if path.is_dir():
         return load_idx_dir(path)
-    if path.suffix == ".npz" or path.is_file():
+    if path.suffix == ".npz" or path.exists():  # load_npz refuses what is not a regular file
         return load_npz(path)
     raise CnncError(_unknown_dataset_message(text))
 
@@ -259,19 +271,20 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
 
 
 def _read_maybe_gzipped(path: Path) -> bytes:
-    """The file's bytes, decompressed when they start with the gzip magic (whatever the file is called)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CnncError(f"{path}: no such file") from None
-    except OSError as e:
-        raise CnncError(f"{path}: cannot read ({e.strerror})") from None
+    """The file's bytes, decompressed when they start with the gzip magic (whatever the file is called);
+    at most the memory available, so neither a huge file nor a gzip bomb exhausts it."""
+    limit = available_memory() // 2
+    raw = read_bytes_limited(path, limit, "an IDX file")
     if not raw.startswith(GZIP_MAGIC):
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
+            data = g.read(limit + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise CnncError(f"{path}: corrupt gzip data ({e})") from None
+    if len(data) > limit:
+        raise CnncError(f"{path}: decompresses to more than {human_size(limit)}, half the memory available")
+    return data
 
 
 def _parse_magic(path, data: bytes, ndim: int | None) -> int:
@@ -300,7 +313,7 @@ def _parse_dims(path, data: bytes, ndim: int) -> tuple[int, ...]:
 
 
 def _check_length(path, data: bytes, dims: tuple[int, ...], offset: int) -> None:
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # exact: a product that overflows 64 bits must not wrap to a small number
     actual = len(data) - offset
     sizes = " x ".join(f"{d:,}" for d in dims) + " = " if len(dims) > 1 else ""
     if actual < expected:
@@ -501,41 +514,19 @@ def load_npz(path: str | os.PathLike) -> Dataset:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with open(path, "rb") as f:
-            arrays = _npz_arrays(path, f)
-    except FileNotFoundError:
-        raise CnncError(f"{path}: no such file") from None
-    except OSError as e:
-        raise CnncError(f"{path}: cannot read ({e.strerror or e})") from None
+    check_input_file(path, "a data set .npz file")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head.startswith((*ZIP_MAGIC, NPY_MAGIC)):  # else NumPy's message would be about pickled data
+        raise CnncError(f"{path}: not a NumPy .npz archive (it is {describe_contents(path)})")
+    if not head.startswith(ZIP_MAGIC):
+        raise CnncError(f"{path}: holds a single array, not a .npz archive of {', '.join(NPZ_KEYS)}")
+    arrays = load_npz_checked(path, "a data set .npz file")
     missing = [key for key in NPZ_KEYS if key not in arrays]
     if missing:
         raise CnncError(f"{path}: missing array(s) {', '.join(missing)}; a data set .npz holds "
                         f"{', '.join(NPZ_KEYS)} (found: {', '.join(sorted(arrays)) or 'nothing'})")
     return arrays
-
-
-def _npz_arrays(path: Path, f) -> dict[str, np.ndarray]:
-    """Every array in the open .npz file `f`."""
-    head = f.read(6)
-    f.seek(0)
-    if not head.startswith((*ZIP_MAGIC, NPY_MAGIC)):  # else NumPy's message would be about pickled data
-        raise CnncError(f"{path}: not a NumPy .npz archive (it is {describe_contents(path)})")
-    try:
-        loaded = np.load(f, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise CnncError(f"{path}: not a readable .npz file ({e})") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise CnncError(f"{path}: holds a single array, not a .npz archive of {', '.join(NPZ_KEYS)}")
-    with loaded:
-        return {key: _npz_member(path, loaded, key) for key in loaded.files}
-
-
-def _npz_member(path: Path, archive, key: str) -> np.ndarray:
-    try:
-        return archive[key]
-    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as e:
-        raise CnncError(f"{path}: cannot read array {key} ({e})") from None
 
 
 def _npz_layout(path: Path, arrays: dict[str, np.ndarray]) -> str | None:
@@ -561,13 +552,22 @@ def _npz_samples(path: Path, key: str, x: np.ndarray, layout: str | None) -> np.
     return x[:, None] if layout == "NHW" else x
 
 
+MAX_LABEL = 2**31 - 1  # beyond any number of classes a model can have
+
+
 def _npz_labels(path: Path, key: str, y: np.ndarray) -> np.ndarray:
     """Integer labels (N,); float labels are accepted when every value is a whole number."""
     if y.ndim != 1:
         raise CnncError(f"{path}: {key} has shape {list(y.shape)}; expected (N,) class indices")
     if np.issubdtype(y.dtype, np.integer):
+        if len(y) and y.max() > MAX_LABEL:
+            raise CnncError(f"{path}: {key} holds the label {y.max()}; labels are class indices "
+                            f"0, 1, 2, ... (at most {MAX_LABEL:,})")
         return y.astype(np.int64)
     if np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all():
+        if len(y) and np.abs(y).max() > MAX_LABEL:
+            raise CnncError(f"{path}: {key} holds the label {y.flat[np.abs(y).argmax()]:g}; labels are class indices "
+                            f"0, 1, 2, ... (at most {MAX_LABEL:,})")
         return y.astype(np.int64)
     raise CnncError(f"{path}: {key} has dtype {y.dtype} with non-integer values; labels are class indices 0, 1, 2, ...")
 

@@ -33,6 +33,8 @@ def add_export_parsers(subparsers) -> None:
     p.add_argument("--model", metavar="NAME", help="which model of a file holding several")
     p.add_argument("--dry-run", action="store_true", help="write nothing; print the flash (weights) and RAM "
                                                           "(arena) bytes the export needs")
+    p.add_argument("--force", action="store_true", help="C: write into a folder that holds files an earlier export "
+                                                        "did not write (they may be overwritten)")
     p.set_defaults(func=run_export)
 
     q = subparsers.add_parser(
@@ -74,7 +76,7 @@ def run_export(args) -> int:
             print(memory_report(network, prefix))
             return 0
         _require(args, model, "a directory, e.g. -o out/")
-        paths = export_c(model, args.output, prefix=prefix)
+        paths = export_c(model, args.output, prefix=prefix, force=args.force)
         print(memory_report(network, prefix))
         print("wrote " + ", ".join(os.fspath(p) for p in paths))
         out = os.fspath(args.output)

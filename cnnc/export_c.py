@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .diagnostics import CnncError
-from .fileio import atomic_write_text
+from .fileio import write_owned_folder
 from .ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network
 from .summary import human_bytes
 
@@ -340,11 +340,12 @@ def network_and_params(model) -> tuple[Network, dict[str, np.ndarray]]:
     return network, params
 
 
-def export_c(model, out_dir, prefix: str | None = None, dtype: str = "float32") -> list[Path]:
+def export_c(model, out_dir, prefix: str | None = None, dtype: str = "float32", force: bool = False) -> list[Path]:
     """Write PREFIX.h, PREFIX.c, main.c and Makefile into out_dir (created if missing); returns the paths.
 
     model: a cnnc Model (its .network and .params: load the trained weights into it first).
-    prefix: the C identifier prefix, by default the model's name."""
+    prefix: the C identifier prefix, by default the model's name.
+    force: write into a folder holding files an earlier export did not write (see fileio.write_owned_folder)."""
     if dtype not in DTYPES:
         raise CnncError(f"the standalone C export computes in float32 only; got --dtype {dtype}")
     network, params = network_and_params(model)
@@ -352,11 +353,8 @@ def export_c(model, out_dir, prefix: str | None = None, dtype: str = "float32") 
     out = Path(os.fspath(out_dir))
     if out.exists() and not out.is_dir():
         raise CnncError(f"{out}: exists and is not a directory; the C export writes a directory of files")
-    paths = []
-    for name, text in files.items():
-        atomic_write_text(out / name, text)
-        paths.append(out / name)
-    return paths
+    program = prefix or network.name
+    return write_owned_folder(out, files, products=(program, f"{program}_external"), force=force)
 
 
 __all__ = ["memory_plan", "memory_report", "render_c", "export_c", "is_identifier", "checked_prefix", "c_float",

@@ -1,10 +1,27 @@
-"""Files that matter are written to a temporary name beside the target and renamed into place,
-so a crash or Ctrl-C never leaves a half-written checkpoint, weights file, cache entry or download."""
+"""Reading and writing files that cnnc does not trust, and writing files that matter.
+
+Writing: a file is written to a temporary name beside the target and renamed into place, so a crash or
+Ctrl-C never leaves a half-written checkpoint, weights file, cache entry or download. The rename is
+done only over a regular file or a new path. A character device or a FIFO (-o /dev/null, --log
+/dev/stdout, a named pipe) is written through, as a shell redirection would; a symlink is followed and
+its target is written (replaced when it is a regular file); anything else (a directory, a socket, a
+block device) is refused. See docs/security.md.
+
+Reading: every file cnnc reads may be hostile. `check_input_file` refuses what is not a regular file
+(a FIFO would block, /dev/zero never ends); `npy_header` and `npz_headers` read what an array file
+declares before any array is read, so a header declaring 10^13 floats is an error, not a MemoryError;
+`load_json` turns deeply nested JSON into an error naming the file.
+"""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import stat
 import tempfile
+import tokenize
+import zipfile
+import zlib
 from pathlib import Path
 
 from .diagnostics import CnncError
@@ -16,32 +33,92 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
 
     with atomic_path("w.npz", suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
-    """
-    target = Path(path)
+
+    A symlink is followed (its target is written). When the target is a character device or a FIFO,
+    the temporary file is made beside the caller's temporary directory and its bytes are copied into
+    the target on success: the device stays a device."""
+    target = writing_target(path)
     check_writable(target)
+    through = _is_stream(target)
+    folder = Path(tempfile.gettempdir()) if through else target.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=folder)
     except OSError as e:
         raise CnncError(f"{target}: cannot write ({e.strerror})") from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the mode open() would
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if through:
+            _copy_into(tmp, target)
+            os.unlink(tmp)
+        else:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
+def writing_target(path: str | os.PathLike) -> Path:
+    """Where writing `path` lands: the path itself, or for a symlink (also one to a missing file) the
+    file it points at. Refuses a target that is neither a regular file, a character device, a FIFO nor
+    missing."""
+    target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return target
+    except OSError:
+        return target  # the writer's own error names it
+    if stat.S_ISDIR(mode):
+        raise CnncError(f"{path}: is a directory; give a file name to write")
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+        raise CnncError(f"{path}: is {_kind(mode)}; cnnc writes regular files, character devices and FIFOs only")
+    return target
+
+
+def _is_stream(target: Path) -> bool:
+    """True for a character device or a FIFO: written through, never replaced."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def _copy_into(source: str, target: Path) -> None:
+    """Write the bytes of `source` into the device or FIFO `target` (opening a FIFO waits for a reader)."""
+    try:
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+    except OSError as e:
+        raise CnncError(f"{target}: cannot write ({e.strerror or e})") from None
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """Fail early, as a CnncError naming the file, if `path` cannot be written: it is a directory, or its
-    directory cannot be made or written. Commands call this before long work whose result goes there."""
-    target = Path(path)
-    if target.is_dir():
-        raise CnncError(f"{target}: is a directory; give a file name to write")
+    directory cannot be made or written. Commands call this before long work whose result goes there.
+    A character device or FIFO needs only to be writable itself (it is written through)."""
+    target = writing_target(path)
+    if _is_stream(target):
+        if not os.access(target, os.W_OK):
+            raise CnncError(f"{path}: cannot write (permission denied)")
+        return
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -55,19 +132,30 @@ def check_writable(path: str | os.PathLike) -> None:
 
 def check_distinct(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | None]) -> None:
     """Fail early, as a CnncError, if an output would overwrite an input or another output of the same
-    command. outputs, inputs: {what it is (for the message): path or None}."""
-    seen: list[tuple[str, str]] = []
+    command (the same path, through symlinks or hard links). outputs, inputs: {what it is (for the
+    message): path or None}. Devices and FIFOs are written through, not overwritten: never a clash."""
+    seen: list[tuple[str, str, tuple | None]] = []
     for what, path in inputs.items():
         if path:
-            seen.append((what, os.path.realpath(path)))
+            seen.append((what, os.path.realpath(path), _identity(path)))
     for what, path in outputs.items():
         if not path:
             continue
-        real = os.path.realpath(path)
-        for other, other_real in seen:
-            if real == other_real:
+        real, identity = os.path.realpath(path), _identity(path)
+        if _is_stream(Path(real)):
+            continue
+        for other, other_real, other_identity in seen:
+            if real == other_real or (identity is not None and identity == other_identity):
                 raise CnncError(f"{path}: {what} would overwrite {other} (the same file); choose another name")
-        seen.append((what, real))
+        seen.append((what, real, identity))
+
+
+def _identity(path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def cache_home() -> Path:
@@ -154,3 +242,261 @@ def is_numpy_file(path: str | os.PathLike) -> bool:
     """True if the file starts like a .npz (a zip archive) or a .npy array."""
     with open(path, "rb") as f:
         return f.read(6).startswith((*ZIP_MAGIC, NPY_MAGIC))
+
+
+# ---- reading files cnnc does not trust ------------------------------------------------------------
+def check_input_file(path: str | os.PathLike, what: str = "file") -> int:
+    """The size of the regular file at `path`; a CnncError naming it when it is missing, a directory, or
+    not a regular file (a FIFO would block the reader, a device like /dev/zero never ends).
+    what: what the command expected there ("a .cnn file", "a weights .npz file"), for the message."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CnncError(f"{os.fspath(path)}: no such file") from None
+    except OSError as e:
+        raise CnncError(f"{os.fspath(path)}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CnncError(f"{os.fspath(path)}: is {_kind(st.st_mode)}, expected {what}; cnnc reads regular files only")
+    return st.st_size
+
+
+def read_bytes_limited(path: str | os.PathLike, limit: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; a CnncError naming it otherwise (checked while
+    reading too, for files whose size the system does not know in advance)."""
+    size = check_input_file(path, what)
+    if size > limit:
+        raise CnncError(f"{os.fspath(path)}: {size:,} bytes, more than the {limit:,} cnnc reads as {what}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise CnncError(f"{os.fspath(path)}: cannot read ({e.strerror or e})") from None
+    if len(data) > limit:
+        raise CnncError(f"{os.fspath(path)}: more than the {limit:,} bytes cnnc reads as {what}")
+    return data
+
+
+def load_json(text: str | bytes, where: str, max_depth: int | None = None):
+    """json.loads, with every failure a CnncError naming `where`: not JSON, nested too deeply for the
+    parser, or (with max_depth) nested deeper than max_depth containers."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CnncError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise CnncError(f"{where}: JSON nested too deeply to read") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CnncError(f"{where}: not valid JSON ({e})") from None
+    if max_depth is not None and json_depth(value) > max_depth:
+        raise CnncError(f"{where}: JSON nested more than {max_depth} levels deep")
+    return value
+
+
+def json_depth(value) -> int:
+    """How many containers deep `value` nests (0 for a number or string); iterative, for any depth."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        else:
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+    return deepest
+
+
+def available_memory() -> int:
+    """Bytes of memory available for new allocations now (Linux: MemAvailable; else physical memory)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def human_size(n: int) -> str:
+    for unit, size in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+class ArrayHeader:
+    """What a .npy header declares: shape, dtype, the bytes of data it promises, where the data starts."""
+
+    def __init__(self, shape: tuple[int, ...], dtype, fortran: bool, offset: int):
+        import math
+
+        self.shape, self.dtype, self.fortran, self.offset = shape, dtype, fortran, offset
+        self.nbytes = math.prod(shape) * dtype.itemsize
+
+
+def npy_header(f, where: str) -> ArrayHeader:
+    """Read the header of the .npy stream `f` (positioned at its start); a CnncError naming `where` when it is
+    not one. Nothing of the array is read."""
+    import warnings
+
+    import numpy as np
+
+    fmt = np.lib.format
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NumPy warns about some header oddities it then accepts
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f, max_header_size=10_000)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f, max_header_size=10_000)
+            else:
+                raise ValueError(f"unknown .npy format version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError, OverflowError,
+            tokenize.TokenError, zipfile.BadZipFile, zlib.error) as e:
+        raise CnncError(f"{where}: not a readable .npy array header ({e})") from None
+    if dtype.hasobject:
+        raise CnncError(f"{where}: holds Python objects (pickled data), which cnnc never loads")
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise CnncError(f"{where}: the header declares the shape {shape!r}")
+    return ArrayHeader(tuple(shape), dtype, fortran, f.tell())
+
+
+def check_declared_size(header: ArrayHeader, stored: int | None, where: str) -> None:
+    """Refuse an array whose header declares more data than the file holds (`stored` bytes after the header,
+    when known), or than the memory available now: before NumPy allocates it."""
+    shape = "x".join(map(str, header.shape)) or "scalar"
+    declared = f"its header declares shape ({shape}) of {header.dtype}, {header.nbytes:,} bytes"
+    if stored is not None and header.nbytes > stored:
+        raise CnncError(f"{where}: {declared}, but the file holds only {stored:,} bytes of data")
+    free = available_memory()
+    if header.nbytes > free:
+        raise CnncError(f"{where}: {declared} ({human_size(header.nbytes)}), more than the "
+                        f"{human_size(free)} of memory available")
+
+
+def npy_headers_in_npz(path: str | os.PathLike) -> dict[str, ArrayHeader]:
+    """{array name: its header} for every member of the .npz at `path`, each checked against the bytes the
+    archive says it holds and the memory available (`check_declared_size`). No array data is read."""
+    where = os.fspath(path)
+    headers = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename[:-len(".npy")] if info.filename.endswith(".npy") else info.filename
+                with archive.open(info) as member:
+                    header = npy_header(member, f"{where}: array {name!r}")
+                check_declared_size(header, info.file_size - header.offset, f"{where}: array {name!r}")
+                headers[name] = header
+    except CnncError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise CnncError(f"{where}: not a readable .npz file ({e})") from None
+    return headers
+
+
+def load_npz_checked(path: str | os.PathLike, what: str = "a .npz archive") -> dict:
+    """Every array of the .npz at `path`, after `npy_headers_in_npz` has checked what each declares. A
+    regular file only; any failure is a CnncError naming the file (and the array)."""
+    import numpy as np
+
+    check_input_file(path, what)
+    npy_headers_in_npz(path)
+    where = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {}
+            for key in data.files:
+                try:
+                    arrays[key] = data[key]
+                except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+                    raise CnncError(f"{where}: cannot read array {key!r} ({e})") from None
+            return arrays
+    except CnncError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise CnncError(f"{where}: not a readable .npz file ({e})") from None
+    except MemoryError:
+        raise CnncError(f"{where}: not enough memory to read its arrays") from None
+
+
+def load_npy_checked(path: str | os.PathLike, what: str = "a .npy array"):
+    """The array of the .npy file at `path`, after its header's declared size is checked against the file's
+    size and the memory available. A regular file only; any failure is a CnncError naming the file."""
+    import numpy as np
+
+    size = check_input_file(path, what)
+    where = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            header = npy_header(f, where)
+            check_declared_size(header, size - header.offset, where)
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+    except CnncError:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        raise CnncError(f"{where}: not a readable .npy array ({e})") from None
+    except MemoryError:
+        raise CnncError(f"{where}: not enough memory to read its array") from None
+
+
+# ---- folders written by `cnnc export` -----------------------------------------------------------------
+EXPORT_MARKER = ".cnnc-export.json"  # lists the files an export wrote; lets the next export replace them
+
+
+MAKE_READS = ("makefile", "gnumakefile")  # GNU make reads GNUmakefile, then makefile, before Makefile
+
+
+def write_owned_folder(out: str | os.PathLike, files: dict[str, str], products: tuple[str, ...] = (),
+                       force: bool = False, command: str = "cnnc export") -> list[Path]:
+    """Write {file name: text} into the folder `out` (made if missing), atomically file by file, and a marker
+    (EXPORT_MARKER) listing them and the `products` that building them makes there (the example program).
+    A folder holding anything but files an earlier marker lists is refused unless `force`: the command
+    never overwrites a file it did not write. A product named like a written file, or like a file make
+    reads in preference to the Makefile, is refused (case-insensitively: macOS and Windows fold case)."""
+    folder = Path(os.fspath(out))
+    for name in [*files, *products]:
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or name == EXPORT_MARKER:
+            raise ValueError(f"{command}: file names must be plain names other than {EXPORT_MARKER}; got {name!r}")
+    for product in products:
+        clash = [name for name in [*files, *MAKE_READS] if name.lower() == product.lower()]
+        if clash:
+            raise CnncError(f"the name {product!r} is not usable: building the export makes the program ./{product}, "
+                            f"which would clash with the file {clash[0]} ({'which make reads before the Makefile' if clash[0] in MAKE_READS else 'the export writes'}); "
+                            f"choose another with --name PREFIX")
+    if folder.exists() and not folder.is_dir():
+        raise CnncError(f"{folder}: exists and is not a directory; {command} writes a directory of files")
+    owned = _owned_files(folder, command) if (folder / EXPORT_MARKER).is_file() else set()
+    if folder.is_dir() and not force:
+        present = sorted(entry.name for entry in folder.iterdir())
+        foreign = [name for name in present if name != EXPORT_MARKER and name not in owned]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise CnncError(f"{folder}: the folder holds files {command} did not write ({shown}); choose an empty "
+                            f"or new folder, or pass --force to overwrite them")
+    paths = []
+    for name, text in files.items():
+        atomic_write_text(folder / name, text)
+        paths.append(folder / name)
+    kept = {name for name in owned if (folder / name).exists()}
+    marker = {"written_by": command, "files": sorted(kept | set(files) | set(products))}
+    atomic_write_text(folder / EXPORT_MARKER, json.dumps(marker, indent=2) + "\n")
+    return paths
+
+
+def _owned_files(folder: Path, command: str) -> set[str]:
+    """The file names an earlier export's marker lists (nothing, for a marker that is damaged or foreign)."""
+    try:
+        marker = load_json(read_bytes_limited(folder / EXPORT_MARKER, 1 << 20, "an export marker"),
+                           str(folder / EXPORT_MARKER))
+    except CnncError:
+        return set()
+    files = marker.get("files") if isinstance(marker, dict) and marker.get("written_by") == command else None
+    if not isinstance(files, list) or not all(isinstance(f, str) and Path(f).name == f for f in files):
+        return set()
+    return set(files)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .diagnostics import CnncError, SpecError
-from .fileio import atomic_path, cache_home, make_room
+from .fileio import atomic_path, cache_home, make_room, read_bytes_limited
 from .ir import Network
 from .resources import resource
 
@@ -33,25 +33,36 @@ def network_list_from_text(text: str, file: str = "<string>") -> list[Network]:
     from .shapes import infer  # imported here: a cached load needs neither (nor Lark)
     from .syntax import parse
 
+    text = normalise_newlines(text)
     if _front_end_objects.at_first_parse is None:
         _front_end_objects.at_first_parse = _front_end_objects()
     return infer(parse(text, file), text)
 
 
+MAX_SPEC_BYTES = 4 << 20  # 4 MiB: a spec of 100,000 layers is under 2 MiB
+
+
 def read_source(path) -> str:
-    """The text of a .cnn file; a missing or unreadable file is a CnncError naming it."""
+    """The text of a .cnn file (LF, CRLF or CR line endings, like `normalise_newlines`); a missing or
+    unreadable file, one that is not a regular file (a FIFO, /dev/zero) or one over MAX_SPEC_BYTES is a
+    CnncError naming it."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise CnncError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CnncError(f"{path}: is a directory, expected a .cnn file") from None
+        data = read_bytes_limited(path, MAX_SPEC_BYTES, "a .cnn file")
+    except CnncError as e:
+        if "is a directory" in str(e):
+            raise CnncError(f"{path}: is a directory, expected a .cnn file") from None
+        raise
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CnncError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise CnncError(f"{path}: cannot read ({e.strerror})") from None
+    return normalise_newlines(text)
+
+
+def normalise_newlines(text: str) -> str:
+    """CRLF and lone CR line endings as LF: the one rule for files and for text given to the API."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def networks_from_file(path) -> list[Network]:

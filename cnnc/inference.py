@@ -14,12 +14,19 @@ centring, no normalisation. `cnnc viz maps` reads its input the same way.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .diagnostics import CnncError
+from .fileio import check_input_file, is_zip, load_npy_checked
 from .model import Model
 
 EVAL_BATCH = 500  # samples per forward pass when evaluating; only memory depends on it
+
+
+class NonFiniteOutputs(CnncError):
+    """The network computed inf or NaN: a metric or probability would be NaN, so none is given."""
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
@@ -32,9 +39,13 @@ def evaluate(model: Model, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH
     loss_sum = 0.0
     for start in range(0, len(x), batch):
         xb, yb = x[start:start + batch], y[start:start + batch]
-        scores = model.forward(xb, train=False)   # (B, K)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, not as NumPy warnings
+            scores = model.forward(xb, train=False)   # (B, K)
         if not np.isfinite(scores).all():
-            return {"accuracy": float("nan"), "loss": float("nan"), "n": int(len(x)), "confusion": confusion}
+            bad = start + int(np.flatnonzero(~np.isfinite(scores).all(axis=1))[0])
+            raise NonFiniteOutputs(f"the network's outputs are not finite (inf or NaN) for sample {bad} of {len(x)}: "
+                                   f"no accuracy or loss can be reported; the weights or the inputs are too large "
+                                   f"for {model.dtype.name} arithmetic")
         loss, _ = model.loss(scores, yb)
         loss_sum += loss * len(xb)
         np.add.at(confusion, (yb, scores.argmax(axis=1)), 1)
@@ -86,6 +97,9 @@ def read_image(path, input_shape: tuple[int, ...]) -> np.ndarray:
     return chw[None]                                                   # (1, C, H, W)
 
 
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # 8192 x 8192: far above any input a model takes; Pillow's bomb limit is 89M
+
+
 def _open_image(path):
     try:
         from PIL import Image, UnidentifiedImageError
@@ -93,17 +107,33 @@ def _open_image(path):
         raise CnncError(f"{path}: reading images needs Pillow (pip install 'cnnc[viz]', or pip install pillow), "
                         f"or give a .npy array") from None
     try:
-        image = Image.open(path)
-        image.load()
+        check_input_file(path, "an image or a .npy file")
+    except CnncError as e:
+        if "is a directory" in str(e):
+            raise CnncError(f"{path}: is a directory, expected an image or a .npy file") from None
+        raise
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            width, height = image.size  # from the header: nothing decoded yet
+            if width * height > MAX_IMAGE_PIXELS:
+                raise CnncError(f"{path}: the image declares {width:,} x {height:,} pixels, more than the "
+                                f"{MAX_IMAGE_PIXELS:,} cnnc reads (a decompression bomb, or a photo to shrink first)")
+            image.load()
         return image
+    except CnncError:
+        raise
     except FileNotFoundError:
         raise CnncError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise CnncError(f"{path}: is a directory, expected an image or a .npy file") from None
     except UnidentifiedImageError:
         raise CnncError(f"{path}: not an image Pillow can read (PNG, PGM, JPEG, ...) and not a .npy array") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise CnncError(f"{path}: cannot read the image ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise CnncError(f"{path}: refused as a decompression bomb ({e})") from None
+    except (OSError, ValueError, SyntaxError, MemoryError) as e:
+        raise CnncError(f"{path}: cannot read the image ({e or type(e).__name__})") from None
 
 
 def read_npy(path, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -142,16 +172,28 @@ def _as_batch(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
 
 def _load_npy(path) -> np.ndarray:
     try:
-        a = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise CnncError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CnncError(f"{path}: is a directory, expected a .npy file") from None
-    except (ValueError, OSError, EOFError) as e:
-        raise CnncError(f"{path}: not a readable .npy array ({e})") from None
-    if not isinstance(a, np.ndarray):
+        check_input_file(path, "a .npy file")
+    except CnncError as e:
+        if "is a directory" in str(e):
+            raise CnncError(f"{path}: is a directory, expected a .npy file") from None
+        raise
+    if is_zip(path):
         raise CnncError(f"{path}: is an .npz archive; predict reads one .npy array per file")
-    return a
+    return load_npy_checked(path, "a .npy file")
+
+
+def probabilities(model: Model, x: np.ndarray, names: list[str]) -> np.ndarray:
+    """model.predict_proba(x), refusing outputs that are not finite (the input named) instead of NaN."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        probs = model.predict_proba(x)
+    finite = np.isfinite(probs).all(axis=1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise NonFiniteOutputs(f"{names[bad]}: the network's outputs for this input are not finite (inf or NaN), so "
+                               f"it has no class probabilities; its values (largest magnitude "
+                               f"{float(np.abs(x[bad]).max()):.3g}) or the weights are too large for "
+                               f"{model.dtype.name} arithmetic")
+    return probs
 
 
 def light_background(x: np.ndarray) -> np.ndarray:
@@ -170,4 +212,4 @@ def top_k(probs: np.ndarray, k: int = 3) -> list[list[tuple[int, float]]]:
     return [[(int(c), float(p[c])) for c in row] for p, row in zip(probs, order)]
 
 
-__all__ = ["evaluate", "confusion_table", "read_inputs", "read_image", "read_npy", "top_k"]
+__all__ = ["NonFiniteOutputs", "probabilities", "evaluate", "confusion_table", "read_inputs", "read_image", "read_npy", "top_k"]

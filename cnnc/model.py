@@ -15,14 +15,16 @@ A backend subclass supplies storage and arithmetic:
 """
 from __future__ import annotations
 
+import math
 import os
-import zipfile
 from collections.abc import Mapping
 
 import numpy as np
 
 from .checkpoint import checkpoint_given_as_weights, is_checkpoint
-from .fileio import atomic_path, describe_contents, is_zip
+from .diagnostics import CnncError
+from .fileio import (ArrayHeader, atomic_path, available_memory, check_input_file, describe_contents, human_size,
+                     is_zip, load_npz_checked, npy_headers_in_npz)
 from .ir import Network, ParamSpec
 
 DTYPES = ("float32", "float64")
@@ -54,9 +56,13 @@ class Model:
         self.network = network
         self.dtype = np.dtype(check_dtype(dtype))
         self.seed = int(seed)
-        params, grads = self._allocate()
-        self.params, self.grads = TensorDict(params, "params"), TensorDict(grads, "grads")
-        self.reset_parameters(self.seed)
+        check_parameter_memory(network, self.dtype)
+        try:
+            params, grads = self._allocate()
+            self.params, self.grads = TensorDict(params, "params"), TensorDict(grads, "grads")
+            self.reset_parameters(self.seed)
+        except MemoryError:
+            raise CnncError(parameter_memory_message(network, self.dtype, available_memory())) from None
         # Dropout masks come from their own stream so that training is reproducible from the seed.
         self.dropout_rng = np.random.default_rng([self.seed, 1])
         self._forward_batch: int | None = None  # batch size of the last forward, None before any
@@ -147,11 +153,16 @@ class Model:
         is_path = isinstance(source, (str, os.PathLike))
         if not is_path and not isinstance(source, Mapping):
             raise ValueError(f"load_weights takes an .npz path or a mapping of name -> array; got {type(source).__name__}")
-        arrays = read_npz(source) if is_path else dict(source)
         where = f"weights file {os.fspath(source)}" if is_path else "weights"
+        if is_path:  # names, shapes and dtypes first, from the headers: a mismatched array is never read
+            headers = read_npz_headers(source)
+            problems = [] if is_checkpoint(headers) else weight_mismatches(self.network, headers)
+            if problems:
+                raise ValueError(f"{where} does not fit model '{self.name}':\n  " + "\n  ".join(problems))
+        arrays = read_npz(source) if is_path else dict(source)
         if is_path and is_checkpoint(arrays):
             raise ValueError(checkpoint_given_as_weights(source, arrays))
-        problems = weight_mismatches(self.network, arrays)
+        problems = weight_mismatches(self.network, arrays, self.dtype)
         if problems:
             raise ValueError(f"{where} does not fit model '{self.name}':\n  " + "\n  ".join(problems))
         for name, value in arrays.items():
@@ -184,11 +195,12 @@ class Model:
             raise ValueError(f"cross_entropy targets must be integer class labels; got dtype {t.dtype}")
         if t.shape != (n,):
             raise ValueError(f"cross_entropy targets must have shape ({n},), one label per sample; got {t.shape}")
-        t = t.astype(np.int64)
-        if t.min() < 0 or t.max() >= classes:
-            bad = t[(t < 0) | (t >= classes)][0]
-            raise ValueError(f"labels must be in [0, {classes - 1}] for {classes} classes; got {bad}")
-        return t
+        outside = (t < 0) | (t >= classes)  # on the given values: 1e30 must not wrap to a negative int64
+        if outside.any():
+            bad = t[outside][0]
+            shown = f"{bad:g}" if t.dtype.kind == "f" else str(bad)
+            raise ValueError(f"labels must be in [0, {classes - 1}] for {classes} classes; got {shown}")
+        return t.astype(np.int64)
 
     def _dropout_masks(self, n: int) -> dict[str, np.ndarray] | None:
         """Inverted dropout: per dropout layer a (N, *shape) array of 0 or 1/(1-rate)."""
@@ -198,6 +210,28 @@ class Model:
                 keep = self.dropout_rng.random((n, *layer.in_shape)) >= layer.rate
                 masks[layer.name] = (keep / (1.0 - layer.rate)).astype(self.dtype)
         return masks or None
+
+
+def check_parameter_memory(network: Network, dtype) -> None:
+    """Refuse, before allocating, a model whose parameters and gradients (plus the float64 initial values of
+    its largest tensor) need more memory than is available: a CnncError naming the largest tensor and its size."""
+    itemsize = np.dtype(dtype).itemsize
+    sizes = [math.prod(p.shape) for p in network.param_specs]
+    need = 2 * itemsize * sum(sizes) + 8 * max(sizes, default=0)
+    free = available_memory()
+    if need > free:
+        raise CnncError(parameter_memory_message(network, dtype, free))
+
+
+def parameter_memory_message(network: Network, dtype, free: int) -> str:
+    itemsize = np.dtype(dtype).itemsize
+    specs = list(network.param_specs)
+    total = sum(math.prod(p.shape) for p in specs)
+    big = max(specs, key=lambda p: math.prod(p.shape)) if specs else None
+    largest = (f"its largest tensor '{big.name}' of shape {tuple(big.shape)} holds {math.prod(big.shape):,} values "
+               f"({human_size(math.prod(big.shape) * itemsize)} as {np.dtype(dtype).name}); " if big else "")
+    return (f"model '{network.name}': {largest}its {total:,} parameters and their gradients need "
+            f"{human_size(2 * total * itemsize)}, more than the {human_size(free)} of memory available")
 
 
 class TensorDict(dict):
@@ -256,39 +290,65 @@ def mse(y: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
     return float(np.mean(diff * diff)), (2.0 * diff / diff.size).astype(y.dtype)
 
 
-def read_npz(path) -> dict[str, np.ndarray]:
-    """The arrays of a weights .npz; a missing file, a directory, another kind of file or a damaged
-    archive is a ValueError naming the file."""
+def read_npz_headers(path) -> dict[str, ArrayHeader]:
+    """What each array of a weights .npz declares (shape, dtype), read from the headers alone; a missing file,
+    a directory, a FIFO or device, another kind of file, a damaged archive or an array declaring more than the
+    file holds is a ValueError naming the file."""
     where = f"weights file {os.fspath(path)}"
+    try:
+        check_input_file(path, "a weights .npz file")
+    except CnncError as e:
+        if "no such file" in str(e):
+            raise ValueError(f"{where} does not exist") from None
+        if "is a directory" in str(e):
+            raise ValueError(f"{where}: is a directory, expected a .npz file") from None
+        raise ValueError(f"{where}: {_without_path(e, path)}") from None
     try:
         if not is_zip(path):  # a text file would otherwise get NumPy's message about pickled data
             raise ValueError(f"{where}: not a NumPy .npz archive (it is {describe_contents(path)})")
-    except FileNotFoundError:
-        raise ValueError(f"{where} does not exist") from None
-    except IsADirectoryError:
-        raise ValueError(f"{where}: is a directory, expected a .npz file") from None
     except OSError as e:
         raise ValueError(f"{where} cannot be read ({e.strerror or e})") from None
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{where} is not a readable .npz archive ({e})") from None
+        return npy_headers_in_npz(path)
+    except CnncError as e:
+        raise ValueError(f"{where}: {_without_path(e, path)}") from None
 
 
-def weight_mismatches(network: Network, arrays: dict[str, np.ndarray]) -> list[str]:
-    """Every way `arrays` fails to match the network's parameters, one line each."""
+def read_npz(path) -> dict[str, np.ndarray]:
+    """The arrays of a weights .npz, after `read_npz_headers` has checked what each declares; any failure is
+    a ValueError naming the file."""
+    read_npz_headers(path)
+    try:
+        return load_npz_checked(path, "a weights .npz file")
+    except CnncError as e:
+        raise ValueError(f"weights file {os.fspath(path)}: {_without_path(e, path)}") from None
+
+
+def _without_path(error: CnncError, path) -> str:
+    """The message of a fileio error about `path`, without the path it starts with."""
+    message, prefix = error.diagnostics[0].message, f"{os.fspath(path)}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def weight_mismatches(network: Network, arrays: dict[str, np.ndarray], dtype=None) -> list[str]:
+    """Every way `arrays` fails to match the network's parameters, one line each. With `dtype` (the model's),
+    finite values that it cannot hold (1e300 for float32, which would become inf) are one too."""
     specs = {p.name: p for p in network.param_specs}
     problems = [f"missing parameter '{name}' with shape {spec.shape}" for name, spec in specs.items() if name not in arrays]
     problems += [f"unexpected array '{name}' (the model has no such parameter)" for name in arrays if name not in specs]
     for name, value in arrays.items():
         if name not in specs:
             continue
-        value = np.asarray(value)
+        value = value if isinstance(value, ArrayHeader) else np.asarray(value)  # a header: shape and dtype only
         if value.dtype.kind != "f":
             problems.append(f"'{name}' has dtype {value.dtype}; expected floating point")
         elif tuple(value.shape) != specs[name].shape:
             problems.append(f"'{name}' has shape {tuple(value.shape)}; expected {specs[name].shape}")
+        elif isinstance(value, ArrayHeader):
+            continue
         elif not np.isfinite(value).all():
             problems.append(f"'{name}' contains NaN or infinite values")
+        elif dtype is not None and value.size and np.abs(value).max() > np.finfo(dtype).max:
+            problems.append(f"'{name}' holds {float(np.abs(value).max()):.3g}, beyond the {np.dtype(dtype).name} "
+                            f"range of the model (largest {float(np.finfo(dtype).max):.3g})")
     return problems

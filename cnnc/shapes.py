@@ -119,6 +119,8 @@ def _integer(value: Value, slot: _Slot, minimum: int) -> int:
         raise _Mistake(f"{slot} must be a {sign} integer; got {_describe(value)}", value.loc, hint)
     if value.value < minimum:
         raise _Mistake(f"{slot} must be {sign}; got {value.value}", value.loc)
+    if value.value > MAX_ELEMENTS:  # what the backends can index: check agrees with compile
+        raise _Mistake(f"{slot} must be at most 2^31 - 1 (2,147,483,647); got {value.value}", value.loc)
     return value.value
 
 

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import shlex
 import signal
 import sys
@@ -28,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import (Checkpoint, data_fingerprint, default_checkpoint_path, load_checkpoint, network_hash,
-                         rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import (Checkpoint, check_position, data_fingerprint, default_checkpoint_path, load_checkpoint,
+                         network_hash, rng_state, save_checkpoint, set_rng_state, validate_run_meta)
 from .diagnostics import CnncError, Diagnostic, SpecError
 from .fileio import atomic_write_text, check_distinct, check_writable
-from .inference import confusion_table, evaluate, light_background, read_inputs, top_k
+from .inference import NonFiniteOutputs, confusion_table, evaluate, light_background, probabilities, read_inputs, top_k
 from .model import Model
 from .progress import Progress
 
@@ -262,8 +263,11 @@ class Trainer:
     def epoch_record(self) -> dict:
         """One line of the metrics log: exactly LOG_KEYS."""
         s, sp = self.state, self.splits
-        val = evaluate(self.model, sp.x_val, sp.y_val) if sp.x_val is not None else None
-        test = evaluate(self.model, sp.x_test, sp.y_test)
+        try:
+            val = evaluate(self.model, sp.x_val, sp.y_val) if sp.x_val is not None else None
+            test = evaluate(self.model, sp.x_test, sp.y_test)
+        except NonFiniteOutputs as e:
+            self.diverged(f"evaluating after the epoch: {e.diagnostics[0].message}", batch=s.batch)
         return {"epoch": s.epoch + 1, "train_loss": s.loss_sum / s.seen, "train_accuracy": s.correct / s.seen,
                 "val_loss": val["loss"] if val else None, "val_accuracy": val["accuracy"] if val else None,
                 "test_loss": test["loss"], "test_accuracy": test["accuracy"], "lr": s.lr,
@@ -309,10 +313,11 @@ class Trainer:
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue from a checkpoint: weights, optimiser, RNGs, position and metrics."""
         meta = ckpt.meta
+        check_position(ckpt, len(self.splits.y_train), self.config.batch)
         try:
             self.model.load_weights(ckpt.params)
             self.optimizer.load_state_dict(ckpt.optimizer_state)
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise CnncError(f"{ckpt.path}: cannot restore the checkpoint: {e}") from None
         set_rng_state(self.shuffle_rng, meta["rng"]["shuffle"])
         set_rng_state(self.model.dropout_rng, meta["rng"]["dropout"])
@@ -417,38 +422,42 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(**given).checked()
 
 
-# What a resumed run reads from a checkpoint's metadata: {key: type, or {key: type} for a nested dict}.
-NUMBER = (int, float)
-META_LAYOUT = {
-    "spec": {"hash": str, "name": str, "file": str}, "data": {"name": str, "fingerprint": str},
-    "backend": str, "output": str, "config": dict,
-    "position": {"epoch": int, "batch": int, "step": int}, "schedule": {"last_lr": NUMBER},
-    "rng": {"shuffle": dict, "dropout": dict},
-    "running": {"loss_sum": NUMBER, "correct": int, "seen": int, "seconds": NUMBER}, "history": list,
-}
-
-
-def _missing_meta(meta: dict, layout: dict = META_LAYOUT, prefix: str = "") -> list[str]:
-    """The entries of `layout` that `meta` lacks or holds with another type, as 'position.epoch'."""
-    missing = []
-    for key, kind in layout.items():
-        value = meta.get(key)
-        if isinstance(kind, dict):
-            missing += ([f"{prefix}{key}"] if not isinstance(value, dict)
-                        else _missing_meta(value, kind, f"{prefix}{key}."))
-        elif not isinstance(value, kind) or isinstance(value, bool):
-            missing.append(f"{prefix}{key}")
-    return missing
-
-
 def check_resumable(ckpt: Checkpoint) -> None:
-    """A checkpoint whose metadata lacks what resuming reads (hand-edited, or damaged) is a CnncError
-    naming what is missing, not a KeyError halfway through restoring it."""
-    missing = _missing_meta(ckpt.meta)
-    if missing:
-        raise CnncError(f"{ckpt.path}: a damaged checkpoint: its metadata lacks {', '.join(missing)} (or holds "
-                        f"them with the wrong type); start a new run, or resume an intact checkpoint")
+    """A checkpoint whose metadata does not fit the one schema of a run (hand-edited, damaged or
+    tampered) is a CnncError naming the entry, before any of it is used."""
+    validate_run_meta(ckpt)
     config_in_checkpoint(ckpt)
+
+
+def checkpoint_path_default(ckpt: Checkpoint, key: str, suffix: str, option: str) -> str | None:
+    """The weights (key "output") or log ("log") path a resumed run writes when the command line names none.
+    A checkpoint's paths are only defaults in its own folder: a plain, visible file name ending in `suffix`
+    (or a path that leads into the checkpoint's folder, as older checkpoints stored it), placed beside the
+    checkpoint. Anything else is refused: resuming someone else's checkpoint writes only where the user says."""
+    stored = ckpt.meta.get(key)
+    if stored is None:
+        return None
+    folder = Path(ckpt.path).parent
+    name = Path(stored).name
+    inside = name == stored or os.path.realpath(stored) == os.path.realpath(folder / name)
+    if inside and name.endswith(suffix) and not name.startswith(".") and len(name) > len(suffix):
+        return str(folder / name)
+    what = "weights file" if key == "output" else "metrics log"
+    raise CnncError(Diagnostic(
+        "error", f"{ckpt.path}: the checkpoint names the {what} {stored!r}, which is not a file name ending in "
+                 f"{suffix} in the checkpoint's own folder; paths stored in a checkpoint are only defaults there",
+        hint=f"give the {what} on the command line ({option} PATH) to write it elsewhere"))
+
+
+def stored_path(path: str | None, checkpoint_path: str) -> str | None:
+    """A path as a checkpoint records it: the file name alone when it lies in the checkpoint's folder
+    (so the checkpoint can be moved with it), else the path as given (a resumed run then needs it again
+    on the command line)."""
+    if path is None:
+        return None
+    folder = Path(checkpoint_path).parent
+    name = Path(path).name
+    return name if os.path.realpath(path) == os.path.realpath(folder / name) else path
 
 
 def config_in_checkpoint(ckpt: Checkpoint) -> TrainConfig:
@@ -525,8 +534,12 @@ def run_train(args) -> int:
     if args.stop_after is not None and args.stop_after < 1:
         raise CnncError(f"--stop-after must be at least 1; got {args.stop_after}")
     backend = args.backend or saved.get("backend") or "c"
-    output = args.output or saved.get("output") or default_output(args.file, model_name)
-    log_path = args.log or saved.get("log")
+    if ckpt:
+        output = args.output or checkpoint_path_default(ckpt, "output", ".npz", "-o")
+        log_path = args.log or checkpoint_path_default(ckpt, "log", ".jsonl", "--log")
+    else:
+        output = args.output or default_output(args.file, model_name)
+        log_path = args.log
     checkpoint_path = args.resume or default_checkpoint_path(output)
     data_file = data if Path(data).is_file() else None
     check_distinct({"the weights (-o)": output, "the metrics log (--log)": log_path, "the checkpoint": checkpoint_path},
@@ -545,7 +558,8 @@ def run_train(args) -> int:
     ds = load_data_for(model, data)
     identity = {"spec": spec_record(model, args.file, model_name),
                 "data": {"name": data, "fingerprint": data_fingerprint(ds.x_train, ds.y_train, ds.x_test, ds.y_test)},
-                "backend": backend, "output": output, "log": log_path}
+                "backend": backend, "output": stored_path(output, checkpoint_path),
+                "log": stored_path(log_path, checkpoint_path)}
     progress = Progress("quiet" if args.quiet else "auto")
     trainer = Trainer(model, make_splits(ds, config.val_split), config, checkpoint_path, identity, progress, log_path)
     if ckpt:
@@ -639,7 +653,7 @@ def run_predict(args) -> int:
         for name in np.asarray(names)[light_background(x)]:
             print(f"warning: {name}: looks like dark ink on a light background (its border is light); networks "
                   f"trained on MNIST, digits or Fashion-MNIST expect light on dark: try --invert", file=sys.stderr)
-    best = top_k(model.predict_proba(x), k=min(3, model.output_shape[0]))
+    best = top_k(probabilities(model, x, names), k=min(3, model.output_shape[0]))
     if args.json:
         print(json.dumps([{"input": name, "class": top[0][0], "top": [[c, p] for c, p in top]}
                           for name, top in zip(names, best)]))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .diagnostics import CnncError
-from .fileio import atomic_path
+from .fileio import atomic_path, check_distinct, read_bytes_limited
 from .ir import CONV_KINDS, POOL_KINDS, WINDOW_KINDS, Layer, Network
 from .shapes import fmt_shape
 
@@ -672,14 +672,21 @@ SERIES = ("train", "val", "test")
 METRICS = ("loss", "accuracy")
 
 
+MAX_METRICS_BYTES = 64 << 20  # a log of a million epochs is under 300 MB; 64 MiB is plenty for a plot
+
+
 def read_metrics(path) -> list[dict]:
     """The records of a `cnnc train --log` JSONL file, one per epoch; every fault names the file and line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise CnncError(f"{path}: no such metrics file") from None
-    except (OSError, UnicodeDecodeError) as e:
+        data = read_bytes_limited(path, MAX_METRICS_BYTES, "a metrics .jsonl file")
+    except CnncError as e:
+        if "no such file" in str(e):
+            raise CnncError(f"{path}: no such metrics file") from None
+        raise
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
         raise CnncError(f"{path}: cannot read the metrics file ({e})") from None
     records = [_metrics_record(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
     if not records:
@@ -694,6 +701,10 @@ def _metrics_record(path: Path, number: int, line: str) -> dict:
         record = json.loads(line)
     except json.JSONDecodeError as e:
         raise CnncError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise CnncError(f"{where}: JSON nested too deeply to read") from None
+    except ValueError as e:  # a number too long to convert, ...
+        raise CnncError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(record, dict):
         raise CnncError(f"{where}: expected a JSON object per line; got {type(record).__name__}")
     epoch = record.get("epoch")
@@ -802,12 +813,14 @@ def _wrote(path) -> int:
 
 def run_draw(args) -> int:
     image_format(args.output)
+    check_distinct({"the image (-o)": args.output}, {"the spec": args.file})
     save_figure(diagram_figure(read_spec(args.file, args.model)), args.output)
     return _wrote(args.output)
 
 
 def run_viz_filters(args) -> int:
     image_format(args.output)
+    check_distinct({"the image (-o)": args.output}, {"the spec": args.file, "the weights": args.weights})
     network = read_spec(args.file, args.model)
     layer = conv_layer(network, args.layer)
     model = trained_model(network, args.weights)
@@ -818,6 +831,8 @@ def run_viz_filters(args) -> int:
 
 def run_viz_maps(args) -> int:
     image_format(args.output)
+    check_distinct({"the image (-o)": args.output},
+                   {"the spec": args.file, "the weights": args.weights, "the input": args.input})
     network = read_spec(args.file, args.model)
     if args.layer is not None and args.layer not in [layer.name for layer in network.layers]:
         raise CnncError(f"model '{network.name}' has no layer '{args.layer}'; its layers are: "
@@ -833,5 +848,6 @@ def run_viz_maps(args) -> int:
 
 def run_viz_curves(args) -> int:
     image_format(args.output)
+    check_distinct({"the image (-o)": args.output}, {"the metrics log": args.metrics})
     save_figure(curves_figure(read_metrics(args.metrics), args.metrics), args.output)
     return _wrote(args.output)

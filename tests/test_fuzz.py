@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from cnnc.cli import main
 from cnnc.diagnostics import CnncError, Diagnostic
-from cnnc.frontend import network_list_from_text
+from cnnc.frontend import network_list_from_text, normalise_newlines
 from cnnc.shapes import KIND_ARGS, MAX_ELEMENTS
 from cnnc.summary import network_record, summary_table
 
@@ -37,6 +37,7 @@ def assert_located(diagnostic: Diagnostic, text: str) -> None:
     """The location is inside the text (a column may sit one past the end of its line) and renders with a caret."""
     assert diagnostic.loc is not None, diagnostic.message
     assert diagnostic.loc.file == FILE
+    text = normalise_newlines(text)  # CR and CRLF end lines as LF does, in files and in text alike
     lines = text.split("\n")
     line, col = diagnostic.loc.line, diagnostic.loc.col
     assert 1 <= line <= len(lines), (line, len(lines), diagnostic.message)

@@ -338,11 +338,11 @@ def _edit_meta(path: Path, edit) -> None:
 
 
 @pytest.mark.parametrize("damage, expected", [
-    (lambda m: {k: v for k, v in m.items() if k != "position"}, "lacks position"),
-    (lambda m: {**m, "rng": {"shuffle": m["rng"]["shuffle"]}}, "lacks rng.dropout"),
-    (lambda m: {**m, "running": {**m["running"], "seen": "many"}}, "lacks running.seen"),
-    (lambda m: {**m, "config": {**m["config"], "batch": "x"}}, "its setting batch is 'x'"),
-    (lambda m: {**m, "config": {**m["config"], "colour": 1}}, "its settings do not fit"),
+    (lambda m: {k: v for k, v in m.items() if k != "position"}, "metadata lacks 'position'"),
+    (lambda m: {**m, "rng": {"shuffle": m["rng"]["shuffle"]}}, "metadata.rng lacks 'dropout'"),
+    (lambda m: {**m, "running": {**m["running"], "seen": "many"}}, "metadata.running.seen must be an integer"),
+    (lambda m: {**m, "config": {**m["config"], "batch": "x"}}, "metadata.config.batch must be an integer"),
+    (lambda m: {**m, "config": {**m["config"], "colour": 1}}, "metadata.config holds unexpected entries 'colour'"),
     (lambda m: {**m, "optimizer_state": {"exp_avg": {"__array__": "optim/nothing"}}}, "names an array it does not hold"),
     (lambda m: [m], "checkpoint format 'list'"),
 ])

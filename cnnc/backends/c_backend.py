@@ -28,7 +28,7 @@ import numpy as np
 
 from .._version import __version__
 from ..diagnostics import CnncError
-from ..fileio import atomic_write_bytes, atomic_write_text
+from ..fileio import atomic_write_bytes, atomic_write_text, check_distinct
 from ..frontend import read_network, read_source, select
 from ..ir import Network
 from ..model import DTYPES, Model, check_dtype
@@ -314,6 +314,9 @@ def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "
         raise CnncError(f"{out}: exists and is not a directory")
     previous = _read_dir_manifest(out) if out.is_dir() else None
     written = [out / manifest["spec_file"], out / manifest["c_file"]]
+    check_distinct({"the C file": written[1], "the manifest": out / DIR_MANIFEST,
+                    "the spec's copy": None if written[0].resolve() == path.resolve() else written[0]},
+                   {"the spec": path})
     atomic_write_text(written[0], text)
     atomic_write_text(written[1], source.text)
     if not emit_c:
