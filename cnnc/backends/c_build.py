@@ -110,6 +110,17 @@ def executables_identity(command: tuple[str, ...], path: str) -> dict:
     return identity
 
 
+def read_json(path: Path):
+    """The JSON value in `path`, or None when it cannot be read or is not JSON: a missing file, bytes that
+    are not UTF-8, text that is not JSON, or JSON nested too deeply for Python's parser (RecursionError).
+    The cache's files (manifests, compiler records) are written by cnnc, but anyone who can write the cache
+    can change them: whatever this returns is checked before use."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 def record_file(command: tuple[str, ...], path: str, records: Path) -> Path:
     """The record of this compiler in `records`, named by the identity of its executables."""
     identity = executables_identity(command, path)
@@ -121,12 +132,9 @@ def compiler_version(command: tuple[str, ...], path: str, records: Path) -> str:
     process whose compiler has not changed spawns nothing; asked again when the executables change."""
     identity = executables_identity(command, path)
     record = record_file(command, path, records)
-    try:
-        saved = json.loads(record.read_text(encoding="utf-8"))
-        if saved.get("identity") == identity and isinstance(saved.get("version"), str):
-            return saved["version"]
-    except (OSError, ValueError, AttributeError):
-        pass  # no record yet, or an unreadable one: ask the compiler and write it again
+    saved = read_json(record)  # None: no record yet, or an unreadable one: ask the compiler and write it again
+    if isinstance(saved, dict) and saved.get("identity") == identity and isinstance(saved.get("version"), str):
+        return saved["version"]
     version = _compiler_version(command, path, json.dumps(identity, sort_keys=True))
     try:
         atomic_write_text(record, json.dumps({"identity": identity, "version": version}, indent=2) + "\n")
@@ -166,24 +174,23 @@ def accepts(compiler: Compiler, flags: tuple[str, ...]) -> bool:
 
 def remembered_flags(compiler: Compiler) -> list[str]:
     """The flag sets (each joined by spaces) the compiler's record says it accepts; [] without a record."""
-    try:
-        saved = json.loads(compiler.record.read_text(encoding="utf-8"))
-        accepted = saved.get("accepts", []) if saved.get("version") == compiler.version else []
-        return [f for f in accepted if isinstance(f, str)] if isinstance(accepted, list) else []
-    except (OSError, ValueError, AttributeError, TypeError):
-        return []  # no record (or None), or an unreadable one: probe
+    saved = read_json(compiler.record) if compiler.record is not None else None
+    if not isinstance(saved, dict) or saved.get("version") != compiler.version:
+        return []  # no record, or an unreadable one: probe
+    accepted = saved.get("accepts", [])
+    return [f for f in accepted if isinstance(f, str)] if isinstance(accepted, list) else []
 
 
 def remember_flags(compiler: Compiler, flags: tuple[str, ...]) -> None:
     """Add a yes to the compiler's record, which `compiler_version` wrote (no record, nothing remembered)."""
+    saved = read_json(compiler.record) if compiler.record is not None else None
+    if not isinstance(saved, dict) or saved.get("version") != compiler.version:
+        return  # no record, or a damaged one: the next miss probes again
+    saved["accepts"] = sorted({*remembered_flags(compiler), " ".join(flags)})
     try:
-        saved = json.loads(compiler.record.read_text(encoding="utf-8"))
-        if not isinstance(saved, dict) or saved.get("version") != compiler.version:
-            return
-        saved["accepts"] = sorted({*remembered_flags(compiler), " ".join(flags)})
         atomic_write_text(compiler.record, json.dumps(saved, indent=2) + "\n")
-    except (OSError, ValueError, AttributeError, TypeError):  # (CnncError is a ValueError)
-        pass  # a read-only or unusable cache, or a damaged record: the next miss probes again
+    except (OSError, ValueError):  # (CnncError is a ValueError)
+        pass  # a read-only or unusable cache: the next miss probes again
 
 
 @lru_cache(maxsize=None)
@@ -407,12 +414,18 @@ def prune_entries(root: Path, keep: int | None = None) -> None:
             continue  # not ours to move (permissions, busy): left for another time
 
 
+MANIFEST_TYPES = {"key": str, "module_file": str, "module_size": int, "module_sha256": str}
+
+
 def read_manifest(directory: Path) -> dict | None:
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """The entry's manifest, or None when it is missing, unreadable, of another format, or lacks a field
+    `load_entry` needs (MANIFEST_TYPES): such an entry is damaged and is rebuilt."""
+    manifest = read_json(directory / MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+    if not all(isinstance(manifest.get(k), t) and not isinstance(manifest.get(k), bool) for k, t in MANIFEST_TYPES.items()):
+        return None
+    return manifest
 
 
 def load_entry(directory: Path, key: str, source: CSource | None = None, just_built: bool = False) -> Built | None:
