@@ -10,7 +10,8 @@ every template file, c_codegen.py, ir.py and the cnnc version; `cache_key` adds 
 path and `--version`), the flags, the CPU when the flags say -march=native, the Python ABI and the
 cffi version. An entry is a directory
 
-    $CNNC_CACHE_DIR/c/<key>/        (default $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc)
+    $CNNC_CACHE_DIR/c/<key>/        (default $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc; in user-<uid>/
+                                    below it when other users can write it: fileio.private_cache_dir)
         model.c                     the generated C, for reading
         _cnnc_<key>.<abi>.so         the extension module
         manifest.json               key, flags, compiler, and the module's size and SHA-256
@@ -53,7 +54,7 @@ import cffi
 from .. import ir
 from .._version import __version__
 from ..diagnostics import CnncError
-from ..fileio import atomic_write_text, cache_home
+from ..fileio import atomic_write_text, cache_home, private_cache_dir
 from ..resources import read_resource, resource_names
 from . import c_codegen
 from .c_codegen import CSource
@@ -272,8 +273,9 @@ def cpu_signature() -> str:
 
 # ---- the cache ---------------------------------------------------------------------------------------
 def cache_root(cache_dir=None) -> Path:
-    """$CNNC_CACHE_DIR, else $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc; C modules live under c/."""
-    return (Path(cache_dir) if cache_dir is not None else cache_home()) / "c"
+    """$CNNC_CACHE_DIR, else $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc (its part only this user can write:
+    fileio.private_cache_dir); C modules live under c/."""
+    return (private_cache_dir(Path(cache_dir)) if cache_dir is not None else cache_home()) / "c"
 
 
 IR_SKIPPED = ("loc", "file", "warnings")  # where a network was written and what it was warned about: not in the C
@@ -367,7 +369,7 @@ def build(source_id: str, render: Callable[[], CSource], cache_dir=None, **optio
             return _LOADED[entry]
         del _LOADED[entry]  # pruned or deleted by another process: build it again (this process keeps the module)
     built = load_entry(entry, key)
-    if built is None and entry.exists():
+    if built is None and os.path.isdir(entry):  # (False too where this user may not look)
         # Entries arrive complete, by rename: one that exists now but failed to load a moment ago
         # either just arrived from a concurrent build, or is damaged.
         built = load_entry(entry, key)
