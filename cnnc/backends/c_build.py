@@ -572,11 +572,12 @@ def run_compilers(commands: list[list[str]], work: Path, failure: Callable[[list
                 raise CnncError(f"'{command[0]}' did not finish within {COMPILE_TIMEOUT_S // 60} minutes; "
                                 f"{NUMPY_HINT}") from None
     finally:
-        for process, _, _ in started:
-            if process.poll() is None:
-                with contextlib.suppress(OSError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        with interrupts_deferred():  # a second Ctrl-C must not leave a compiler running
+            for process, _, _ in started:
+                if process.poll() is None:
+                    with contextlib.suppress(OSError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
     for process, command, log in started:
         if process.returncode != 0:
             raise CnncError(failure(command, Path(log).read_text(encoding="utf-8", errors="replace")))
@@ -585,11 +586,15 @@ def run_compilers(commands: list[list[str]], work: Path, failure: Callable[[list
 def compile_into(entry: Path, key: str, source: CSource, compiler: Compiler, options: BuildOptions,
                  source_id: str) -> None:
     """Build in a private directory beside `entry`, then rename it into place. If a concurrent build
-    renamed its entry there first, the rename fails and the finished entry is used instead."""
+    renamed its entry there first, the rename fails and the finished entry is used instead. The staging
+    directory holds a lock (BUILD_LOCK) while the build runs, so that the next build can tell one whose
+    process was killed (SIGKILL: no cleanup ran) and reap it (`sweep_leftovers`)."""
+    lock = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         sweep_leftovers(entry.parent)
         staging = Path(tempfile.mkdtemp(prefix=f".build-{key[:12]}-", dir=entry.parent))
+        lock = hold_build_lock(staging)
     except OSError as e:
         raise CnncError(f"cannot write to the C module cache {entry.parent} ({e.strerror}); set CNNC_CACHE_DIR "
                         f"to a writable directory") from None
@@ -597,6 +602,7 @@ def compile_into(entry: Path, key: str, source: CSource, compiler: Compiler, opt
         manifest = compile_module(staging, key, source, compiler, options)
         manifest["source_key"] = source_id
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        (staging / BUILD_LOCK).unlink()  # (still held through `lock`: a lock-less directory is young, left alone)
         try:
             os.rename(staging, entry)
         except OSError as e:
@@ -606,19 +612,109 @@ def compile_into(entry: Path, key: str, source: CSource, compiler: Compiler, opt
         raise CnncError(f"building in the C module cache {staging} failed ({e}); set CNNC_CACHE_DIR to a "
                         f"writable directory with free space") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with interrupts_deferred():  # a second Ctrl-C must not leave the staging directory behind
+            shutil.rmtree(staging, ignore_errors=True)
+            if lock is not None:
+                os.close(lock)
 
 
-STALE_SECONDS = 24 * 3600
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold back Ctrl-C (SIGINT) while the block runs, and deliver it after: cleanup that kills the
+    compilers and deletes the staging directory is not cut short by a second Ctrl-C. Only in the main
+    thread (the only one Python runs signal handlers in); elsewhere the block just runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(signal.SIGINT, None)  # Python's handler raises KeyboardInterrupt now
+
+
+# A staging directory's lock file: an exclusive flock held by the building process. The kernel drops it
+# when that process dies, however it dies, so a lock that can be taken marks an abandoned build.
+BUILD_LOCK = ".lock"
+STALE_SECONDS = COMPILE_TIMEOUT_S + 600  # a staging directory without a lock file this old is abandoned
+
+
+def hold_build_lock(staging: Path) -> int | None:
+    """Create and lock staging/BUILD_LOCK; the open descriptor (closed when the build ends), or None where
+    there is no flock (the directory is then judged by its age)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(staging / BUILD_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def build_abandoned(staging: Path) -> bool:
+    """Whether no live process is building in `staging`: its lock can be taken, or it has no lock file
+    and is older than any build can take."""
+    try:
+        import fcntl
+        fd = os.open(staging / BUILD_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    except ImportError:
+        fd = None
+    except FileNotFoundError:
+        fd = None
+    except OSError:
+        return False
+    if fd is None:
+        try:
+            return time.time() - staging.stat().st_mtime > STALE_SECONDS
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held: a build in progress
+        return False
+    finally:
+        os.close(fd)
+
+
+def stop_leftover_compilers(staging: Path) -> list[int]:
+    """Kill (SIGKILL) this user's processes whose working directory is inside `staging`: the compilers
+    of a build whose process was killed run on in its work/ directory (each in a session of its own, so
+    nothing else stops them). Linux (/proc); elsewhere nothing. Returns the process ids signalled."""
+    import signal
+
+    proc, target, uid, killed = Path("/proc"), os.path.realpath(staging), os.getuid(), []
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue  # gone, or not ours to look at
+        if cwd == target or cwd.startswith(target + os.sep):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
 
 
 def sweep_leftovers(root: Path) -> None:
-    """Delete what killed processes left: staging directories a day old (no build takes that long)
-    and entries moved aside for deletion."""
-    now = time.time()
+    """Delete what killed processes left: entries moved aside for deletion, and abandoned staging
+    directories (`build_abandoned`), after killing the compilers still running in them."""
     for path in root.glob(".*-*"):
         try:
-            if path.name.startswith(".trash-") or (path.name.startswith(".build-") and now - path.stat().st_mtime > STALE_SECONDS):
+            if path.name.startswith(".trash-"):
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.name.startswith(".build-") and build_abandoned(path):
+                stop_leftover_compilers(path)
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
             pass
