@@ -134,6 +134,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command in argv (default: sys.argv, as the `cnnc` program). Ctrl-C anywhere prints
+    "cnnc: interrupted" and exits 130; the first one also makes cnnc ignore the next, so that a second
+    Ctrl-C cannot cut short the cleanup or kill the process by the signal without a message. Run as the
+    program, cnnc also ignores a Ctrl-C that comes after the command has finished, while Python exits."""
+    previous = _interrupt_once()
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("cnnc: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN if argv is None else previous)
+
+
+def _interrupt_once():
+    """Make the first SIGINT raise KeyboardInterrupt and ignore the later ones. Returns the handler it
+    replaced, or None when it changed nothing (not the main thread, or SIGINT is not Python's default:
+    an embedding program's handler, or ignored as in a background job)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        return None
+
+    def first_interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first_interrupt)
+    return previous
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -155,9 +194,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("cnnc: interrupted", file=sys.stderr)
-        return 130
 
 
 # What a process killed by SIGPIPE reports to its shell (128 + 13), which `set -o pipefail` scripts expect.

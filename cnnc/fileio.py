@@ -159,11 +159,67 @@ def _identity(path) -> tuple | None:
 
 
 def cache_home() -> Path:
-    """cnnc's cache directory: $CNNC_CACHE_DIR, else $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc."""
+    """cnnc's cache directory: $CNNC_CACHE_DIR, else $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc; in it, the
+    part only this user can write (see `private_cache_dir`)."""
     configured = os.environ.get("CNNC_CACHE_DIR")
     if configured:
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnc"
+        return private_cache_dir(Path(configured))
+    return private_cache_dir(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnc")
+
+
+def private_cache_dir(base: Path) -> Path:
+    """Where this user's cache lives under the cache directory `base`. The cache holds native modules and
+    pickles, which run code when loaded, so cnnc reads only a directory that no other user can write:
+    `base` itself when this user owns it and neither its group nor others may write it (or it does not
+    exist yet: it is then created 0700), else `base/user-<uid>` (created 0700). So users who share a
+    cache directory each get their own subdirectory and never read, replace or delete each other's files.
+    A `user-<uid>` that is not such a directory (another user made it, or it is a symbolic link) is not
+    used: a warning, and this process caches in a temporary directory of its own instead. A `base` that
+    cannot be used at all (a file, unwritable) is returned as it is, for the writer to report."""
+    if not hasattr(os, "getuid"):
+        return base
+    uid = os.getuid()
+    try:
+        st = os.stat(base)
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):
+            base.parent.mkdir(parents=True, exist_ok=True)
+            base.mkdir(mode=0o700)
+        return base
+    except OSError:
+        return base
+    if not stat.S_ISDIR(st.st_mode) or (st.st_uid == uid and not st.st_mode & 0o022):
+        return base
+    own = base / f"user-{uid}"
+    try:
+        own.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return own  # base cannot be written: the writer says so, naming this directory
+    st = os.lstat(own)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022:
+        return own
+    return _fallback_cache_dir(own, st)
+
+
+_FALLBACK: list[Path] = []  # this process's temporary cache, once made
+
+
+def _fallback_cache_dir(refused: Path, st: os.stat_result) -> Path:
+    if not _FALLBACK:
+        import atexit
+        import shutil
+        import warnings
+
+        why = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory" if not stat.S_ISDIR(st.st_mode)
+               else f"owned by uid {st.st_uid}" if st.st_uid != os.getuid() else "writable by other users")
+        _FALLBACK.append(Path(tempfile.mkdtemp(prefix="cnnc-cache-")))
+        atexit.register(shutil.rmtree, _FALLBACK[0], ignore_errors=True)
+        warnings.warn(f"cnnc: the cache directory {refused} is {why}; it is not used (this process caches in a "
+                      f"temporary directory). Remove it, or set CNNC_CACHE_DIR to a directory of your own",
+                      stacklevel=3)
+    return _FALLBACK[0]
 
 
 def make_room(folder: Path, pattern: str, incoming: int, max_entries: int, max_bytes: int) -> None:

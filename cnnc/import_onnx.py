@@ -80,6 +80,14 @@ def _window(values) -> str:
     return str(values[0]) if len(set(values)) == 1 else f"({values[0]}, {values[1]})"
 
 
+def _shown(value, limit: int = 60) -> str:
+    """An attribute's value for a message, shortened: a crafted file may hold a million-entry list."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = repr(value) if isinstance(value, (str, int, float, list)) else f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _comment_safe(text: str) -> str:
     return re.sub(r"[^\x20-\x7e]", "?", str(text))[:120]
 
@@ -94,7 +102,8 @@ class Importer:
     def __init__(self, onnx, proto, source: str):
         self.onnx, self.proto, self.graph, self.source = onnx, proto, proto.graph, source
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
-        self.constants = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
+        self.constants = {t.name: self._tensor(t, f"the initializer '{_comment_safe(t.name)}'")
+                          for t in self.graph.initializer}
         self.consumers: dict[str, int] = {}
         for node in self.graph.node:
             for name in node.input:
@@ -115,6 +124,17 @@ class Importer:
 
     def fail(self, message: str):
         raise _Refusal(f"{self.source}: {message}")
+
+    def _tensor(self, tensor, what: str, node=None) -> np.ndarray:
+        """A TensorProto as an array; one that cannot be read (declared size and data disagree, an unknown
+        element type) is refused, naming it."""
+        try:
+            return self.onnx.numpy_helper.to_array(tensor)
+        except Exception as e:  # onnx raises ValueError, TypeError, KeyError... for malformed tensors
+            message = f"{what} cannot be read as an array ({type(e).__name__}: {_shown(str(e), 120)})"
+            if node is not None:
+                self.refuse(node, message)
+            self.fail(message)
 
     # ---- the graph's input and output -------------------------------------------------------------------
     def _graph_input(self):
@@ -168,7 +188,67 @@ class Importer:
 
     # ---- helpers -------------------------------------------------------------------------------------
     def attributes(self, node) -> dict:
-        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+        values = {}
+        for a in node.attribute:
+            try:
+                values[a.name] = self.onnx.helper.get_attribute_value(a)
+            except Exception as e:  # an attribute of an unknown or undefined type
+                self.refuse(node, f"attribute {_comment_safe(a.name)} cannot be read ({type(e).__name__})")
+        return values
+
+    # Attribute readers: the value as the operator needs it, or a refusal naming the node, the operator and
+    # the attribute. A crafted file may give any attribute any type and any value.
+    def ints(self, node, attrs: dict, name: str, count: int | None, default, minimum: int | None = None) -> list[int]:
+        """A list of `count` (None: any number of) integers, each at least `minimum`; `default` when absent."""
+        if name not in attrs:
+            return list(default)
+        value = attrs[name]
+        if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+            self.refuse(node, f"attribute {name} must be a list of integers; got {_shown(value)}")
+        if count is not None and len(value) != count:
+            self.refuse(node, f"attribute {name}={_shown(value)} has {len(value)} values; expected {count} "
+                              f"(one per spatial axis{', begin then end' if name == 'pads' else ''})")
+        if minimum is not None and any(v < minimum for v in value):
+            self.refuse(node, f"attribute {name}={_shown(value)} must hold values of at least {minimum}")
+        return list(value)
+
+    def integer(self, node, attrs: dict, name: str, default: int, allowed=None) -> int:
+        """One integer (one of `allowed`, when given); `default` when absent."""
+        value = attrs.get(name, default)
+        if not isinstance(value, int):
+            self.refuse(node, f"attribute {name} must be an integer; got {_shown(value)}")
+        if allowed is not None and value not in allowed:
+            self.refuse(node, f"attribute {name}={_shown(value)} must be one of {', '.join(map(str, allowed))}")
+        return value
+
+    def real(self, node, attrs: dict, name: str, default: float) -> float:
+        """One finite number; `default` when absent."""
+        value = attrs.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            self.refuse(node, f"attribute {name} must be a finite number; got {_shown(value)}")
+        return float(value)
+
+    def scalar(self, node, index: int, what: str) -> float | None:
+        """The node's index-th input as one finite number (a constant of one element); None if absent."""
+        value = self.constant(node, index, what)
+        if value is None:
+            return None
+        if value.size != 1 or value.dtype.kind not in "biuf" or not np.isfinite(value).all():
+            self.refuse(node, f"its {what} '{node.input[index]}' must be one finite number; it is a "
+                              f"{value.dtype.name} array of shape {tuple(value.shape)}")
+        return float(value.reshape(-1)[0])
+
+    def matrix(self, node, index: int, what: str, ndim: tuple[int, ...]) -> np.ndarray:
+        """The node's index-th input: a constant numeric array with one of the dimensions `ndim` and no empty axis."""
+        value = self.constant(node, index, what)
+        if value is None:
+            self.refuse(node, f"it has no {what} input (input {index + 1}); cnnc imports layers with constant weights")
+        if value.dtype.kind not in "iuf":
+            self.refuse(node, f"its {what} '{node.input[index]}' holds {value.dtype.name} values, not numbers")
+        if value.ndim not in ndim or 0 in value.shape:
+            self.refuse(node, f"its {what} '{node.input[index]}' has shape {tuple(value.shape)}; expected "
+                              f"{' or '.join(str(d) for d in ndim)} dimensions, none of them empty")
+        return value
 
     def constant(self, node, index: int, what: str) -> np.ndarray | None:
         """The node's index-th input as an array; it must be a constant (an initializer or a Constant node)."""
@@ -202,6 +282,8 @@ class Importer:
         for node in self.graph.node:
             if node.domain not in ("", "ai.onnx"):
                 self.refuse(node, f"operators of the domain '{node.domain}' are not supported")
+            if not node.output or not node.output[0]:
+                self.refuse(node, "it has no output")
             if node.op_type == "Constant":
                 self._constant_node(node)
                 continue
@@ -235,14 +317,18 @@ class Importer:
         attributes = self.attributes(node)
         if "value" not in attributes:
             self.refuse(node, f"only Constant nodes holding a tensor ('value') are supported; got {sorted(attributes)}")
-        self.constants[node.output[0]] = self.onnx.numpy_helper.to_array(attributes["value"])
+        if not isinstance(attributes["value"], self.onnx.TensorProto):
+            self.refuse(node, f"attribute value must be a tensor; got {_shown(attributes['value'])}")
+        self.constants[node.output[0]] = self._tensor(attributes["value"], "attribute value", node)
 
     # ---- geometry ------------------------------------------------------------------------------------
     def _pads(self, node, attrs, kernel, stride, dilation) -> tuple[list[int], list[int]]:
         """(pad_before, pad_after) per spatial axis, from pads or auto_pad."""
         dims = len(kernel)
         auto_pad = attrs.get("auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if not isinstance(auto_pad, (bytes, str)):
+            self.refuse(node, f"attribute auto_pad must be a string; got {_shown(auto_pad)}")
+        auto_pad = auto_pad.decode("utf-8", "replace") if isinstance(auto_pad, bytes) else auto_pad
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             before, after = [], []
             for size, k, s, d in zip(self.shape[1:], kernel, stride, dilation):
@@ -254,10 +340,8 @@ class Importer:
         if auto_pad == "VALID":
             return [0] * dims, [0] * dims
         if auto_pad != "NOTSET":
-            self.refuse(node, f"auto_pad={auto_pad} is not an ONNX value cnnc knows")
-        pads = [int(p) for p in attrs.get("pads", [0] * (2 * dims))]
-        if len(pads) != 2 * dims or min(pads) < 0:
-            self.refuse(node, f"pads={pads} must be {2 * dims} non-negative numbers")
+            self.refuse(node, f"attribute auto_pad={_shown(auto_pad)} is not an ONNX value cnnc knows")
+        pads = self.ints(node, attrs, "pads", 2 * dims, [0] * (2 * dims), minimum=0)
         return pads[:dims], pads[dims:]
 
     def _padding_arg(self, node, before, after, kernel, stride, dilation, conv: bool) -> str | None:
@@ -278,7 +362,7 @@ class Importer:
             span = d * (k - 1) + 1
             if span > size + b + a:
                 self.refuse(node, f"its window {k} is larger than the padded input {size + b + a}")
-            if attrs.get("ceil_mode", 0) and (size + b + a - span) % s:
+            if self.integer(node, attrs, "ceil_mode", 0, allowed=(0, 1)) and (size + b + a - span) % s:
                 self.refuse(node, "ceil_mode=1 changes the output size here; cnnc rounds the output size down "
                                   "(ceil_mode=0)")
             out.append((size + b + a - span) // s + 1)
@@ -298,23 +382,22 @@ class Importer:
     # ---- the operators --------------------------------------------------------------------------------
     def _Conv(self, node) -> None:
         attrs = self.attributes(node)
-        weight = self.constant(node, 1, "weight")
+        weight = self.matrix(node, 1, "weight", (3, 4))
         bias = self.constant(node, 2, "bias")
-        if weight is None:
-            self.refuse(node, "it has no weight input")
         dims = self._spatial_input(node, weight.ndim - 2)
-        if attrs.get("group", 1) != 1:
-            self.refuse(node, f"grouped convolution (group={attrs['group']}) is not supported; cnnc convolutions "
-                              f"use group=1")
+        group = self.integer(node, attrs, "group", 1)
+        if group != 1:
+            self.refuse(node, f"grouped convolution (group={group}) is not supported; cnnc convolutions use group=1")
         filters, channels = weight.shape[:2]
         if channels != self.shape[0]:
             self.refuse(node, f"its weight {tuple(weight.shape)} expects {channels} input channels; the input has "
                               f"{self.shape[0]}")
-        kernel = [int(k) for k in attrs.get("kernel_shape", weight.shape[2:])]
+        kernel = self.ints(node, attrs, "kernel_shape", None, weight.shape[2:])
         if kernel != list(weight.shape[2:]):
-            self.refuse(node, f"kernel_shape={kernel} does not match the weight's {list(weight.shape[2:])}")
-        stride = [int(s) for s in attrs.get("strides", [1] * dims)]
-        dilation = [int(d) for d in attrs.get("dilations", [1] * dims)]
+            self.refuse(node, f"attribute kernel_shape={_shown(kernel)} does not match the weight's "
+                              f"{list(weight.shape[2:])}")
+        stride = self.ints(node, attrs, "strides", dims, [1] * dims, minimum=1)
+        dilation = self.ints(node, attrs, "dilations", dims, [1] * dims, minimum=1)
         before, after = self._pads(node, attrs, kernel, stride, dilation)
         padding = self._padding_arg(node, before, after, kernel, stride, dilation, conv=True)
         out = self._output_size(node, attrs, before, after, kernel, stride, dilation)
@@ -330,21 +413,25 @@ class Importer:
             args["bias"] = "false"
         else:
             weights["bias"] = bias.reshape(-1)
-            if weights["bias"].shape != (filters,):
-                self.refuse(node, f"its bias has shape {tuple(bias.shape)}; expected ({filters},)")
+            if weights["bias"].shape != (filters,) or bias.dtype.kind not in "iuf":
+                self.refuse(node, f"its bias is a {bias.dtype.name} array of shape {tuple(bias.shape)}; expected "
+                                  f"({filters},) numbers")
         self.emit(node, f"conv{dims}d", self.layer_name(node, "conv"), args, (filters, *out), weights)
 
     def _pool(self, node, kind: str) -> None:
         attrs = self.attributes(node)
         if "kernel_shape" not in attrs:
             self.refuse(node, "it has no kernel_shape")
-        kernel = [int(k) for k in attrs["kernel_shape"]]
+        kernel = self.ints(node, attrs, "kernel_shape", None, (), minimum=1)
         dims = self._spatial_input(node, len(kernel))
-        stride = [int(s) for s in attrs.get("strides", [1] * dims)]
-        if any(int(d) != 1 for d in attrs.get("dilations", [1] * dims)):
-            self.refuse(node, f"dilated pooling (dilations={list(attrs['dilations'])}) is not supported")
+        stride = self.ints(node, attrs, "strides", dims, [1] * dims, minimum=1)
+        dilation = self.ints(node, attrs, "dilations", dims, [1] * dims, minimum=1)
+        if any(d != 1 for d in dilation):
+            self.refuse(node, f"dilated pooling (dilations={_shown(dilation)}) is not supported")
+        self.integer(node, attrs, "storage_order", 0, allowed=(0,))
         before, after = self._pads(node, attrs, kernel, stride, [1] * dims)
-        if kind == "avgpool" and any(before + after) and not attrs.get("count_include_pad", 0):
+        count_include_pad = self.integer(node, attrs, "count_include_pad", 0, allowed=(0, 1))
+        if kind == "avgpool" and any(before + after) and not count_include_pad:
             self.refuse(node, "it averages only the real inputs at a padded border (count_include_pad=0); cnnc's "
                               "average pooling counts the padded zeros (count_include_pad=1)")
         if any(p > k // 2 for p, k in zip(before + after, kernel + kernel)):
@@ -379,7 +466,7 @@ class Importer:
             self.statements[-1].output = node.output[0]
 
     def _Flatten(self, node) -> None:
-        axis = self.attributes(node).get("axis", 1)
+        axis = self.integer(node, self.attributes(node), "axis", 1)
         rank = 1 + len(self.shape) + self.unit_axes
         if axis not in (1, 1 - rank):
             self.refuse(node, f"Flatten(axis={axis}) would not keep the batch axis alone; cnnc flattens with axis=1")
@@ -389,13 +476,16 @@ class Importer:
         target = self.constant(node, 1, "target shape")
         if target is None:
             self.refuse(node, "it has no target shape")
-        target = [int(t) for t in np.asarray(target).reshape(-1)]
+        if target.dtype.kind not in "iu" or target.ndim != 1:
+            self.refuse(node, f"its target shape must be a list of integers; it is a {target.dtype.name} array of "
+                              f"shape {tuple(target.shape)}")
+        target = [int(t) for t in target[:3]]  # more than two entries is refused below whatever they are
         size = prod(self.shape)
         batch_ok = target[:1] == [0] or target[:1] == [-1] or (self.batch is not None and target[:1] == [self.batch])
         if len(target) != 2 or not batch_ok or target[1] not in (size, -1) or target == [-1, -1]:
             self.refuse(node, f"it reshapes to {target}; cnnc imports only a reshape to (batch, {size}) such as "
                               f"[-1, {size}] or [0, -1]")
-        if self.attributes(node).get("allowzero", 0) and 0 in target:
+        if self.integer(node, self.attributes(node), "allowzero", 0, allowed=(0, 1)) and 0 in target:
             self.refuse(node, "allowzero=1 with a 0 in the target shape makes an empty tensor")
         self._to_flat(node)
 
@@ -408,28 +498,31 @@ class Importer:
     def _Gemm(self, node) -> None:
         attrs = self.attributes(node)
         inputs = self._dense_input(node)
-        if attrs.get("transA", 0):
+        if self.integer(node, attrs, "transA", 0, allowed=(0, 1)):
             self.refuse(node, "transA=1 transposes the batch; cnnc's dense layer reads (batch, D)")
-        matrix = self.constant(node, 1, "weight")
-        weight = matrix if attrs.get("transB", 0) else matrix.T  # -> (units, inputs)
-        if weight.ndim != 2 or weight.shape[1] != inputs:
-            self.refuse(node, f"its weight {tuple(matrix.shape)} (transB={attrs.get('transB', 0)}) does not take "
-                              f"{inputs} inputs")
+        trans_b = self.integer(node, attrs, "transB", 0, allowed=(0, 1))
+        alpha, beta = self.real(node, attrs, "alpha", 1.0), self.real(node, attrs, "beta", 1.0)
+        matrix = self.matrix(node, 1, "weight", (2,))
+        weight = matrix if trans_b else matrix.T  # -> (units, inputs)
+        if weight.shape[1] != inputs:
+            self.refuse(node, f"its weight {tuple(matrix.shape)} (transB={trans_b}) does not take {inputs} inputs")
         units = weight.shape[0]
-        weights = {"weight": weight * np.asarray(attrs.get("alpha", 1.0), weight.dtype)}
+        weights = {"weight": weight * np.asarray(alpha, weight.dtype)}
         bias = self.constant(node, 2, "bias")
         if bias is not None:
-            if bias.size not in (1, units) or (bias.ndim == 2 and bias.shape[0] != 1) or bias.ndim > 2:
-                self.refuse(node, f"its bias {tuple(bias.shape)} is not one value per output ({units})")
-            bias = np.broadcast_to(bias.reshape(-1), (units,)) * np.asarray(attrs.get("beta", 1.0), bias.dtype)
+            if (bias.size not in (1, units) or (bias.ndim == 2 and bias.shape[0] != 1) or bias.ndim > 2
+                    or bias.dtype.kind not in "iuf"):
+                self.refuse(node, f"its bias (a {bias.dtype.name} array of shape {tuple(bias.shape)}) is not one "
+                                  f"number per output ({units})")
+            bias = np.broadcast_to(bias.reshape(-1), (units,)) * np.asarray(beta, bias.dtype)
             weights["bias"] = np.ascontiguousarray(bias)
         args = {"units": str(units)} if bias is not None else {"units": str(units), "bias": "false"}
         self.emit(node, "dense", self.layer_name(node, "fc"), args, (units,), weights)
 
     def _MatMul(self, node) -> None:
         inputs = self._dense_input(node)
-        matrix = self.constant(node, 1, "weight")
-        if matrix.ndim != 2 or matrix.shape[0] != inputs:
+        matrix = self.matrix(node, 1, "weight", (2,))
+        if matrix.shape[0] != inputs:
             self.refuse(node, f"its weight {tuple(matrix.shape)} is not ({inputs}, units)")
         units = matrix.shape[1]
         self.emit(node, "dense", self.layer_name(node, "fc"), {"units": str(units), "bias": "false"}, (units,),
@@ -441,7 +534,7 @@ class Importer:
             self.refuse(node, "Add is supported only as the bias right after a MatMul")
         bias = self.constant(node, 1, "bias")
         units = last.out_shape[0]
-        if bias is None or bias.size not in (1, units) or bias.ndim > 2:
+        if bias is None or bias.size not in (1, units) or bias.ndim > 2 or bias.dtype.kind not in "iuf":
             self.refuse(node, f"the added value must be a constant with one value per output ({units})")
         last.weights["bias"] = np.ascontiguousarray(np.broadcast_to(bias.reshape(-1), (units,)))
         del last.args["bias"]
@@ -469,22 +562,22 @@ class Importer:
         self._activation(node, "tanh", {})
 
     def _LeakyRelu(self, node) -> None:
-        alpha = float(self.attributes(node).get("alpha", 0.01))
+        alpha = self.real(node, self.attributes(node), "alpha", 0.01)
         self._activation(node, "leaky_relu", {} if np.float32(alpha) == np.float32(0.01) else {"slope": _real(alpha)})
 
     def _Softmax(self, node) -> None:
-        axis = self.attributes(node).get("axis", -1 if self.opset >= 13 else 1)
+        axis = self.integer(node, self.attributes(node), "axis", -1 if self.opset >= 13 else 1)
         if axis not in (1, -1):
             self.refuse(node, f"Softmax(axis={axis}) is not over the class scores of a (batch, K) tensor")
         self._activation(node, "softmax", {})
 
     def _Dropout(self, node) -> None:
         attrs = self.attributes(node)
-        ratio = self.constant(node, 1, "ratio")
-        ratio = float(ratio) if ratio is not None else float(attrs.get("ratio", 0.5))
+        ratio = self.scalar(node, 1, "ratio")
+        ratio = ratio if ratio is not None else self.real(node, attrs, "ratio", 0.5)
         if len(node.input) > 2 and node.input[2]:
-            training = self.constant(node, 2, "training_mode")
-            if bool(training):
+            training = self.scalar(node, 2, "training_mode")
+            if training:
                 self.refuse(node, "training_mode is true: this graph applies dropout at inference")
         if not 0 <= ratio < 1:
             self.refuse(node, f"ratio {ratio} is outside [0, 1)")

@@ -190,11 +190,14 @@ class _ToAst(Transformer):
     def integer(self, children):
         (token,) = children
         loc = _token_loc(self.file, token)
+        # int() refuses strings of more than 4,300 digits, leading zeros included: convert only the
+        # significant digits, and only when there are few enough of them to fit 64 bits
         digits = token.lstrip("+-").lstrip("0")
-        if len(digits) > 19 or int(token) > MAX_INT or int(token) < -MAX_INT:  # len() first: int() refuses 4300+ digits
+        magnitude = int(digits) if digits and len(digits) <= 19 else (0 if not digits else MAX_INT + 1)
+        if magnitude > MAX_INT:
             self.errors.append(Diagnostic("error", f"integer {_shorten(token)} is too large (at most {MAX_INT:,})", loc))
             return Value("int", 0, loc)
-        return Value("int", int(token), loc)
+        return Value("int", -magnitude if token.startswith("-") else magnitude, loc)
 
     def real(self, children):
         (token,) = children

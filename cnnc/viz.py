@@ -131,6 +131,12 @@ CAPTION_W = 2.5
 ROW_MIN_H = 0.95
 TIMES = "×"
 TITLE_H = 0.55
+# Bounds that keep a drawing small and quick whatever the spec: a window of more taps than this is drawn as
+# one rectangle labelled with its size (not a patch per tap), and a network of more layers than
+# MAX_DRAWN_LAYERS shows its first HEAD_LAYERS and last TAIL_LAYERS with a "... N more layers" row between.
+MAX_DRAWN_TAPS = 256
+MAX_DRAWN_LAYERS, HEAD_LAYERS, TAIL_LAYERS = 40, 32, 7
+GAP_ROW_H = 0.7
 
 
 def family(kind: str) -> str:
@@ -156,10 +162,10 @@ def window_span(layer: Layer) -> tuple[int, ...]:
     return tuple(d * (k - 1) + 1 for k, d in zip(layer.kernel, layer.dilation or (1,) * len(layer.kernel)))
 
 
-def sketch_scale(network: Network) -> float:
-    """Inches per input pixel, the same for every layer, so the sketches compare to scale.
-    2-D layers put the input and output planes side by side; 1-D layers stack them."""
-    windows = [layer for layer in network.layers if layer.kind in WINDOW_KINDS]
+def sketch_scale(network: Network, layers=None) -> float:
+    """Inches per input pixel, the same for every layer drawn (default: all), so the sketches compare to
+    scale. 2-D layers put the input and output planes side by side; 1-D layers stack them."""
+    windows = [layer for layer in (network.layers if layers is None else layers) if layer.kind in WINDOW_KINDS]
     if not windows:
         return 0.0
     if windows[0].spatial_dims == 1:
@@ -179,15 +185,27 @@ def sketch_size(layer: Layer, scale: float) -> tuple[float, float]:
     return (padded[1] + layer.out_shape[2]) * scale + SKETCH_GAP, padded[0] * scale
 
 
+def drawn_rows(network: Network) -> list:
+    """What the diagram has a row for: None (the input), then the layers; beyond MAX_DRAWN_LAYERS layers,
+    the first HEAD_LAYERS and the last TAIL_LAYERS with an int between, the number of layers left out."""
+    layers = list(network.layers)
+    if len(layers) <= MAX_DRAWN_LAYERS:
+        return [None, *layers]
+    return [None, *layers[:HEAD_LAYERS], len(layers) - HEAD_LAYERS - TAIL_LAYERS, *layers[-TAIL_LAYERS:]]
+
+
 def diagram_figure(network: Network):
     """One box per layer (name, kind, output shape, parameters), arrows between them, and beside every
     convolution and pooling layer its input and output planes drawn to scale, with the window at its
-    first position joined to the output it makes."""
+    first position joined to the output it makes. Bounded whatever the network: see MAX_DRAWN_TAPS and
+    MAX_DRAWN_LAYERS (at most 41 rows, each at most SKETCH_MAX_H + 0.35 inches high)."""
     new_figure = require_matplotlib()
-    scale = sketch_scale(network)
-    rows = [None, *network.layers]  # None stands for the input
-    heights = [max(ROW_MIN_H, sketch_size(layer, scale)[1] + 0.35) if layer else ROW_MIN_H for layer in rows]
-    widest = max(sketch_size(layer, scale)[0] for layer in network.layers) if network.layers else 0.0
+    rows = drawn_rows(network)
+    drawn = [row for row in rows if isinstance(row, Layer)]
+    scale = sketch_scale(network, drawn)
+    heights = [max(ROW_MIN_H, sketch_size(row, scale)[1] + 0.35) if isinstance(row, Layer)
+               else GAP_ROW_H if isinstance(row, int) else ROW_MIN_H for row in rows]
+    widest = max(sketch_size(layer, scale)[0] for layer in drawn) if drawn else 0.0
     width = SKETCH_X + widest + CAPTION_W if widest else BOX_X + BOX_W + 0.3
     width = max(width, 6.6)  # room for the title line
     height = TITLE_H + sum(heights) + 0.1
@@ -199,16 +217,31 @@ def diagram_figure(network: Network):
     _draw_title(ax, network)
     top = TITLE_H
     centres = []
-    for layer, row_h in zip(rows, heights):
+    for row, row_h in zip(rows, heights):
         centre = top + row_h / 2
-        _draw_box(ax, network, layer, centre)
-        if layer is not None and layer.kind in WINDOW_KINDS:
-            _draw_window_sketch(ax, layer, centre, scale)
-        centres.append(centre)
+        if isinstance(row, int):
+            _draw_gap(ax, network, row, centre)
+        else:
+            _draw_box(ax, network, row, centre)
+            if row is not None and row.kind in WINDOW_KINDS:
+                _draw_window_sketch(ax, row, centre, scale)
+        centres.append((centre, GAP_ROW_H / 2 - 0.12 if isinstance(row, int) else BOX_H / 2))
         top += row_h
-    for a, b in zip(centres, centres[1:]):
-        _draw_arrow(ax, a + BOX_H / 2, b - BOX_H / 2)
+    for (a, a_half), (b, b_half) in zip(centres, centres[1:]):
+        _draw_arrow(ax, a + a_half, b - b_half)
     return fig
+
+
+def _draw_gap(ax, network: Network, left_out: int, centre: float) -> None:
+    """The row standing for the layers not drawn: how many, and of which kinds."""
+    hidden = network.layers[HEAD_LAYERS:HEAD_LAYERS + left_out]
+    kinds: dict[str, int] = {}
+    for layer in hidden:
+        kinds[layer.kind] = kinds.get(layer.kind, 0) + 1
+    listed = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items(), key=lambda kv: -kv[1])[:4])
+    more = ", ..." if len(kinds) > 4 else ""
+    ax.text(BOX_X + BOX_W / 2, centre, f"... {left_out:,} more layers ({listed}{more})",
+            fontsize=9, fontstyle="italic", color="#555555", va="center", ha="center")
 
 
 def _draw_title(ax, network: Network) -> None:
@@ -301,12 +334,19 @@ def _draw_window(ax, layer: Layer, x0, y0, scale, cell_h, padded, edge) -> None:
     two_d = layer.spatial_dims == 2
     dilation = layer.dilation or (1,) * layer.spatial_dims
     span = window_span(layer)
-    tap_rows = range(layer.kernel[0]) if two_d else range(1)
-    for i in tap_rows:
-        for j in range(layer.kernel[-1]):
-            ax.add_patch(Rectangle((x0 + j * dilation[-1] * scale, y0 + (i * dilation[0] * scale if two_d else 0.0)),
-                                   scale, cell_h, facecolor=edge, alpha=0.5, edgecolor="none"))
     span_w, span_h = span[-1] * scale, (span[0] * scale if two_d else cell_h)
+    taps = layer.kernel[0] * layer.kernel[-1] if two_d else layer.kernel[-1]
+    if taps > MAX_DRAWN_TAPS:  # one rectangle for the whole window, its size written on it
+        ax.add_patch(Rectangle((x0, y0), span_w, span_h, facecolor=edge, alpha=0.3, edgecolor="none"))
+        ax.text(x0 + span_w / 2, y0 + span_h / 2, f"{TIMES.join(map(str, layer.kernel))} taps", fontsize=7,
+                color="#222222", va="center", ha="center")
+    else:
+        tap_rows = range(layer.kernel[0]) if two_d else range(1)
+        for i in tap_rows:
+            for j in range(layer.kernel[-1]):
+                ax.add_patch(Rectangle((x0 + j * dilation[-1] * scale,
+                                        y0 + (i * dilation[0] * scale if two_d else 0.0)),
+                                       scale, cell_h, facecolor=edge, alpha=0.5, edgecolor="none"))
     ax.add_patch(Rectangle((x0, y0), span_w, span_h, facecolor="none", edgecolor=edge, linewidth=1.3))
     stride_w = layer.stride[-1] * scale
     if layer.stride[-1] + span[-1] <= padded[-1]:

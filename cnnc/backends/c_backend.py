@@ -332,7 +332,7 @@ def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "
     atomic_write_text(out / DIR_MANIFEST, json.dumps(manifest, indent=2) + "\n")
     written.append(out / DIR_MANIFEST)
     stale = previous.get("module_file") if previous else None
-    if stale and stale != manifest["module_file"] and Path(stale).name == stale:
+    if isinstance(stale, str) and stale and stale != manifest["module_file"] and Path(stale).name == stale:
         (out / stale).unlink(missing_ok=True)
     return written
 
@@ -356,11 +356,54 @@ def _sha256(text: str) -> str:
 
 
 def _read_dir_manifest(directory: Path) -> dict | None:
+    """The directory's manifest when it is one `cnnc compile` writes (checked: `_manifest_problem`), else None."""
+    manifest = c_build.read_json(directory / DIR_MANIFEST)
+    return manifest if _manifest_problem(manifest) is None else None
+
+
+def _is(value, kind) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _manifest_problem(manifest) -> str | None:
+    """What is wrong with a `cnnc compile` manifest (None: nothing). A manifest comes from a directory that
+    may have been copied from anywhere, so every field load_compiled_directory reads is checked here."""
+    if not isinstance(manifest, dict):
+        return f"it holds {type(manifest).__name__ if manifest is not None else 'no JSON object'}, not a JSON object"
+    if manifest.get("format") not in READABLE_DIR_FORMATS:
+        return f"its format {str(manifest.get('format'))[:40]!r} is not one of {', '.join(READABLE_DIR_FORMATS)}"
+    for name in ("model", "spec_file"):
+        if not _is(manifest.get(name), str) or not manifest[name]:
+            return f"'{name}' must be a non-empty string; got {_shown(manifest.get(name))}"
+    if Path(manifest["spec_file"]).name != manifest["spec_file"] or manifest["spec_file"] in (".", ".."):
+        return f"'spec_file' must name a file in the directory; got {_shown(manifest['spec_file'])}"
+    if manifest.get("dtype") not in DTYPES:
+        return f"'dtype' must be one of {', '.join(DTYPES)}; got {_shown(manifest.get('dtype'))}"
+    options = manifest.get("options", {})
+    if not isinstance(options, dict):
+        return f"'options' must be a JSON object; got {_shown(options)}"
+    unknown = sorted(set(options) - set(BUILD_OPTIONS) | ({"cache_dir"} & set(options)))
+    if unknown:
+        return f"'options' holds {', '.join(map(repr, unknown))}; build options are {', '.join(BUILD_OPTIONS[1:])}"
+    if not all(isinstance(options.get(k, True), bool) for k in ("openmp", "native")):
+        return f"'options' openmp and native must be true or false; got {_shown(options)}"
     try:
-        manifest = json.loads((directory / DIR_MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") in READABLE_DIR_FORMATS else None
+        c_build.BuildOptions.from_options(**options)
+    except ValueError as e:
+        return f"'options' are not valid build options ({e})"
+    for name in ("source_key", "abi", "cpu"):
+        if manifest.get(name) is not None and not _is(manifest[name], str):
+            return f"'{name}' must be a string; got {_shown(manifest[name])}"
+    if manifest.get("module_file") is not None:
+        for name in ("module_file", "module_sha256", "key"):
+            if not _is(manifest.get(name), str) or not manifest[name]:
+                return f"'{name}' must be a non-empty string (the manifest names a module); got {_shown(manifest.get(name))}"
+    return None
+
+
+def _shown(value) -> str:
+    text = json.dumps(value) if value is not None else "nothing"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_compiled_directory(directory: Path, model: str | None, dtype: str, seed: int, **options) -> CModel:
@@ -368,9 +411,17 @@ def load_compiled_directory(directory: Path, model: str | None, dtype: str, seed
     it was built from the C this cnnc would generate (same `source_key`: same network, dtype, templates
     and code generator) for this Python and, with -march=native, this CPU; otherwise the spec stored
     beside it is compiled through the cache."""
-    manifest = _read_dir_manifest(directory)
+    path = directory / DIR_MANIFEST
+    if not path.is_file():
+        raise CnncError(f"{directory}: not a directory written by `cnnc compile` (it has no {DIR_MANIFEST})")
+    manifest = c_build.read_json(path)
     if manifest is None:
-        raise CnncError(f"{directory}: not a directory written by `cnnc compile` (no readable {DIR_MANIFEST})")
+        raise CnncError(f"{path}: damaged: not readable JSON (not UTF-8, not JSON, or nested too deeply); "
+                        f"run `cnnc compile` again to rewrite the directory")
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise CnncError(f"{path}: damaged or not written by `cnnc compile`: {problem}; run `cnnc compile` again "
+                        f"to rewrite the directory")
     if model is not None and model != manifest["model"]:
         raise CnncError(f"{directory} holds model '{manifest['model']}', not '{model}'")
     if dtype != manifest["dtype"]:

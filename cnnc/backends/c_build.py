@@ -10,7 +10,8 @@ every template file, c_codegen.py, ir.py and the cnnc version; `cache_key` adds 
 path and `--version`), the flags, the CPU when the flags say -march=native, the Python ABI and the
 cffi version. An entry is a directory
 
-    $CNNC_CACHE_DIR/c/<key>/        (default $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc)
+    $CNNC_CACHE_DIR/c/<key>/        (default $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc; in user-<uid>/
+                                    below it when other users can write it: fileio.private_cache_dir)
         model.c                     the generated C, for reading
         _cnnc_<key>.<abi>.so         the extension module
         manifest.json               key, flags, compiler, and the module's size and SHA-256
@@ -53,7 +54,7 @@ import cffi
 from .. import ir
 from .._version import __version__
 from ..diagnostics import CnncError
-from ..fileio import atomic_write_text, cache_home
+from ..fileio import atomic_write_text, cache_home, private_cache_dir
 from ..resources import read_resource, resource_names
 from . import c_codegen
 from .c_codegen import CSource
@@ -110,6 +111,17 @@ def executables_identity(command: tuple[str, ...], path: str) -> dict:
     return identity
 
 
+def read_json(path: Path):
+    """The JSON value in `path`, or None when it cannot be read or is not JSON: a missing file, bytes that
+    are not UTF-8, text that is not JSON, or JSON nested too deeply for Python's parser (RecursionError).
+    The cache's files (manifests, compiler records) are written by cnnc, but anyone who can write the cache
+    can change them: whatever this returns is checked before use."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 def record_file(command: tuple[str, ...], path: str, records: Path) -> Path:
     """The record of this compiler in `records`, named by the identity of its executables."""
     identity = executables_identity(command, path)
@@ -121,12 +133,9 @@ def compiler_version(command: tuple[str, ...], path: str, records: Path) -> str:
     process whose compiler has not changed spawns nothing; asked again when the executables change."""
     identity = executables_identity(command, path)
     record = record_file(command, path, records)
-    try:
-        saved = json.loads(record.read_text(encoding="utf-8"))
-        if saved.get("identity") == identity and isinstance(saved.get("version"), str):
-            return saved["version"]
-    except (OSError, ValueError, AttributeError):
-        pass  # no record yet, or an unreadable one: ask the compiler and write it again
+    saved = read_json(record)  # None: no record yet, or an unreadable one: ask the compiler and write it again
+    if isinstance(saved, dict) and saved.get("identity") == identity and isinstance(saved.get("version"), str):
+        return saved["version"]
     version = _compiler_version(command, path, json.dumps(identity, sort_keys=True))
     try:
         atomic_write_text(record, json.dumps({"identity": identity, "version": version}, indent=2) + "\n")
@@ -166,24 +175,23 @@ def accepts(compiler: Compiler, flags: tuple[str, ...]) -> bool:
 
 def remembered_flags(compiler: Compiler) -> list[str]:
     """The flag sets (each joined by spaces) the compiler's record says it accepts; [] without a record."""
-    try:
-        saved = json.loads(compiler.record.read_text(encoding="utf-8"))
-        accepted = saved.get("accepts", []) if saved.get("version") == compiler.version else []
-        return [f for f in accepted if isinstance(f, str)] if isinstance(accepted, list) else []
-    except (OSError, ValueError, AttributeError, TypeError):
-        return []  # no record (or None), or an unreadable one: probe
+    saved = read_json(compiler.record) if compiler.record is not None else None
+    if not isinstance(saved, dict) or saved.get("version") != compiler.version:
+        return []  # no record, or an unreadable one: probe
+    accepted = saved.get("accepts", [])
+    return [f for f in accepted if isinstance(f, str)] if isinstance(accepted, list) else []
 
 
 def remember_flags(compiler: Compiler, flags: tuple[str, ...]) -> None:
     """Add a yes to the compiler's record, which `compiler_version` wrote (no record, nothing remembered)."""
+    saved = read_json(compiler.record) if compiler.record is not None else None
+    if not isinstance(saved, dict) or saved.get("version") != compiler.version:
+        return  # no record, or a damaged one: the next miss probes again
+    saved["accepts"] = sorted({*remembered_flags(compiler), " ".join(flags)})
     try:
-        saved = json.loads(compiler.record.read_text(encoding="utf-8"))
-        if not isinstance(saved, dict) or saved.get("version") != compiler.version:
-            return
-        saved["accepts"] = sorted({*remembered_flags(compiler), " ".join(flags)})
         atomic_write_text(compiler.record, json.dumps(saved, indent=2) + "\n")
-    except (OSError, ValueError, AttributeError, TypeError):  # (CnncError is a ValueError)
-        pass  # a read-only or unusable cache, or a damaged record: the next miss probes again
+    except (OSError, ValueError):  # (CnncError is a ValueError)
+        pass  # a read-only or unusable cache: the next miss probes again
 
 
 @lru_cache(maxsize=None)
@@ -265,8 +273,9 @@ def cpu_signature() -> str:
 
 # ---- the cache ---------------------------------------------------------------------------------------
 def cache_root(cache_dir=None) -> Path:
-    """$CNNC_CACHE_DIR, else $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc; C modules live under c/."""
-    return (Path(cache_dir) if cache_dir is not None else cache_home()) / "c"
+    """$CNNC_CACHE_DIR, else $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc (its part only this user can write:
+    fileio.private_cache_dir); C modules live under c/."""
+    return (private_cache_dir(Path(cache_dir)) if cache_dir is not None else cache_home()) / "c"
 
 
 IR_SKIPPED = ("loc", "file", "warnings")  # where a network was written and what it was warned about: not in the C
@@ -360,7 +369,7 @@ def build(source_id: str, render: Callable[[], CSource], cache_dir=None, **optio
             return _LOADED[entry]
         del _LOADED[entry]  # pruned or deleted by another process: build it again (this process keeps the module)
     built = load_entry(entry, key)
-    if built is None and entry.exists():
+    if built is None and os.path.isdir(entry):  # (False too where this user may not look)
         # Entries arrive complete, by rename: one that exists now but failed to load a moment ago
         # either just arrived from a concurrent build, or is damaged.
         built = load_entry(entry, key)
@@ -426,12 +435,18 @@ def prune_entries(root: Path, keep: int | None = None) -> None:
             continue  # not ours to move (permissions, busy): left for another time
 
 
+MANIFEST_TYPES = {"key": str, "module_file": str, "module_size": int, "module_sha256": str}
+
+
 def read_manifest(directory: Path) -> dict | None:
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """The entry's manifest, or None when it is missing, unreadable, of another format, or lacks a field
+    `load_entry` needs (MANIFEST_TYPES): such an entry is damaged and is rebuilt."""
+    manifest = read_json(directory / MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+    if not all(isinstance(manifest.get(k), t) and not isinstance(manifest.get(k), bool) for k, t in MANIFEST_TYPES.items()):
+        return None
+    return manifest
 
 
 def load_entry(directory: Path, key: str, source: CSource | None = None, just_built: bool = False) -> Built | None:
@@ -576,11 +591,12 @@ def run_compilers(commands: list[list[str]], work: Path, failure: Callable[[list
                 raise CnncError(f"'{command[0]}' did not finish within {COMPILE_TIMEOUT_S // 60} minutes; "
                                 f"{NUMPY_HINT}") from None
     finally:
-        for process, _, _ in started:
-            if process.poll() is None:
-                with contextlib.suppress(OSError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        with interrupts_deferred():  # a second Ctrl-C must not leave a compiler running
+            for process, _, _ in started:
+                if process.poll() is None:
+                    with contextlib.suppress(OSError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
     for process, command, log in started:
         if process.returncode != 0:
             raise CnncError(failure(command, Path(log).read_text(encoding="utf-8", errors="replace")))
@@ -589,11 +605,15 @@ def run_compilers(commands: list[list[str]], work: Path, failure: Callable[[list
 def compile_into(entry: Path, key: str, source: CSource, compiler: Compiler, options: BuildOptions,
                  source_id: str) -> None:
     """Build in a private directory beside `entry`, then rename it into place. If a concurrent build
-    renamed its entry there first, the rename fails and the finished entry is used instead."""
+    renamed its entry there first, the rename fails and the finished entry is used instead. The staging
+    directory holds a lock (BUILD_LOCK) while the build runs, so that the next build can tell one whose
+    process was killed (SIGKILL: no cleanup ran) and reap it (`sweep_leftovers`)."""
+    lock = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         sweep_leftovers(entry.parent)
         staging = Path(tempfile.mkdtemp(prefix=f".build-{key[:12]}-", dir=entry.parent))
+        lock = hold_build_lock(staging)
     except OSError as e:
         raise CnncError(f"cannot write to the C module cache {entry.parent} ({e.strerror}); set CNNC_CACHE_DIR "
                         f"to a writable directory") from None
@@ -601,6 +621,7 @@ def compile_into(entry: Path, key: str, source: CSource, compiler: Compiler, opt
         manifest = compile_module(staging, key, source, compiler, options)
         manifest["source_key"] = source_id
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        (staging / BUILD_LOCK).unlink()  # (still held through `lock`: a lock-less directory is young, left alone)
         try:
             os.rename(staging, entry)
         except OSError as e:
@@ -610,19 +631,109 @@ def compile_into(entry: Path, key: str, source: CSource, compiler: Compiler, opt
         raise CnncError(f"building in the C module cache {staging} failed ({e}); set CNNC_CACHE_DIR to a "
                         f"writable directory with free space") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with interrupts_deferred():  # a second Ctrl-C must not leave the staging directory behind
+            shutil.rmtree(staging, ignore_errors=True)
+            if lock is not None:
+                os.close(lock)
 
 
-STALE_SECONDS = 24 * 3600
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold back Ctrl-C (SIGINT) while the block runs, and deliver it after: cleanup that kills the
+    compilers and deletes the staging directory is not cut short by a second Ctrl-C. Only in the main
+    thread (the only one Python runs signal handlers in); elsewhere the block just runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(signal.SIGINT, None)  # Python's handler raises KeyboardInterrupt now
+
+
+# A staging directory's lock file: an exclusive flock held by the building process. The kernel drops it
+# when that process dies, however it dies, so a lock that can be taken marks an abandoned build.
+BUILD_LOCK = ".lock"
+STALE_SECONDS = COMPILE_TIMEOUT_S + 600  # a staging directory without a lock file this old is abandoned
+
+
+def hold_build_lock(staging: Path) -> int | None:
+    """Create and lock staging/BUILD_LOCK; the open descriptor (closed when the build ends), or None where
+    there is no flock (the directory is then judged by its age)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(staging / BUILD_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def build_abandoned(staging: Path) -> bool:
+    """Whether no live process is building in `staging`: its lock can be taken, or it has no lock file
+    and is older than any build can take."""
+    try:
+        import fcntl
+        fd = os.open(staging / BUILD_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    except ImportError:
+        fd = None
+    except FileNotFoundError:
+        fd = None
+    except OSError:
+        return False
+    if fd is None:
+        try:
+            return time.time() - staging.stat().st_mtime > STALE_SECONDS
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held: a build in progress
+        return False
+    finally:
+        os.close(fd)
+
+
+def stop_leftover_compilers(staging: Path) -> list[int]:
+    """Kill (SIGKILL) this user's processes whose working directory is inside `staging`: the compilers
+    of a build whose process was killed run on in its work/ directory (each in a session of its own, so
+    nothing else stops them). Linux (/proc); elsewhere nothing. Returns the process ids signalled."""
+    import signal
+
+    proc, target, uid, killed = Path("/proc"), os.path.realpath(staging), os.getuid(), []
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue  # gone, or not ours to look at
+        if cwd == target or cwd.startswith(target + os.sep):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
 
 
 def sweep_leftovers(root: Path) -> None:
-    """Delete what killed processes left: staging directories a day old (no build takes that long)
-    and entries moved aside for deletion."""
-    now = time.time()
+    """Delete what killed processes left: entries moved aside for deletion, and abandoned staging
+    directories (`build_abandoned`), after killing the compilers still running in them."""
     for path in root.glob(".*-*"):
         try:
-            if path.name.startswith(".trash-") or (path.name.startswith(".build-") and now - path.stat().st_mtime > STALE_SECONDS):
+            if path.name.startswith(".trash-"):
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.name.startswith(".build-") and build_abandoned(path):
+                stop_leftover_compilers(path)
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
             pass
