@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -179,4 +181,6 @@ async def code_action(ls: CnnLanguageServer, params: types.CodeActionParams):
 def serve() -> int:
     logging.basicConfig(level=logging.WARNING)
     server.start_io()
+    if sys.stdout.closed:  # pygls closes it on exit: nothing more may be written there
+        sys.stdout = open(os.devnull, "w")
     return 0
