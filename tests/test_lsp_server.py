@@ -263,3 +263,27 @@ async def test_quick_fix_inserts_flatten_before_a_dense_on_an_image(editor: Edit
     fix = next(a for a in actions if a.title == "insert `flatten` before this layer")
     (edit,) = fix.edit.changes[editor.uri]
     assert (edit.range.start.line, edit.new_text) == (4, "    flatten\n")
+
+
+# ---- a slow check never holds back the next keystroke ------------------------------------------------
+def long_spec(name: str, layers: int = 600) -> str:
+    return (f"model {name} {{\n    input x[1, 8, 8]\n"
+            + "".join(f"    conv2d c{i}(filters=1, kernel=1)\n" for i in range(layers)) + "}\n")
+
+
+async def test_the_diagnostics_of_a_new_text_do_not_wait_for_a_slow_check_of_the_old_one(editor: Editor, client):
+    alone = Editor(client, editor.uri.replace(".cnn", "-alone.cnn"))
+    started = time.monotonic()
+    assert await alone.open(long_spec("alone")) == []
+    slow_check = time.monotonic() - started
+
+    editor.version = 1
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri=editor.uri, language_id="cnn", version=1, text=long_spec("typing"))))
+    await asyncio.sleep(0.05)  # the long text's check is under way
+    started = time.monotonic()
+    (diagnostic,) = await editor.change(BROKEN)
+    assert time.monotonic() - started < slow_check / 2
+    assert diagnostic.message.startswith("dense 'out' needs a flat input")
+    await asyncio.sleep(slow_check)  # the old text's check ends: its (empty) diagnostics must not replace these
+    assert [d.message for d in client.diagnostics[editor.uri]] == [diagnostic.message]
