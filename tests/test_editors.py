@@ -50,3 +50,17 @@ def test_the_vscode_extension_names_its_grammar_and_the_server_command():
 def test_cnnc_lsp_is_a_command():
     done = subprocess.run([sys.executable, "-m", "cnnc", "lsp", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "language server" in done.stdout
+
+
+def test_without_pygls_cnnc_lsp_says_what_to_install():
+    hide_pygls = ("import sys\n"
+                  "class Hide:\n"
+                  "    def find_spec(self, name, path=None, target=None):\n"
+                  "        if name.split('.')[0] == 'pygls':\n"
+                  "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+                  "sys.meta_path.insert(0, Hide())\n"
+                  "from cnnc.cli import main\n"
+                  "sys.exit(main(['lsp']))\n")
+    done = subprocess.run([sys.executable, "-c", hide_pygls], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: cnnc lsp needs pygls: pip install 'cnnc[lsp]' (or pip install 'pygls>=2,<3')"
