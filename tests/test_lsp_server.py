@@ -266,7 +266,7 @@ async def test_quick_fix_inserts_flatten_before_a_dense_on_an_image(editor: Edit
 
 
 # ---- a slow check never holds back the next keystroke ------------------------------------------------
-def long_spec(name: str, layers: int = 600) -> str:
+def long_spec(name: str, layers: int = 2000) -> str:
     return (f"model {name} {{\n    input x[1, 8, 8]\n"
             + "".join(f"    conv2d c{i}(filters=1, kernel=1)\n" for i in range(layers)) + "}\n")
 
@@ -285,5 +285,5 @@ async def test_the_diagnostics_of_a_new_text_do_not_wait_for_a_slow_check_of_the
     (diagnostic,) = await editor.change(BROKEN)
     assert time.monotonic() - started < slow_check / 2
     assert diagnostic.message.startswith("dense 'out' needs a flat input")
-    await asyncio.sleep(slow_check)  # the old text's check ends: its (empty) diagnostics must not replace these
+    await asyncio.sleep(1.5 * slow_check)  # the old text's check ends: its (empty) diagnostics must not replace these
     assert [d.message for d in client.diagnostics[editor.uri]] == [diagnostic.message]

@@ -39,13 +39,14 @@ class Analysis:
 
 def analyse(text: str, file: str) -> Analysis:
     """Diagnostics and shapes; never raises (a crash in the front end becomes one diagnostic)."""
+    networks = None
     try:
-        diagnostics = check(text, file)
+        diagnostics, networks = checked(text, file)
     except Exception as e:  # noqa: BLE001 - the editor must keep working whatever the checker does
         diagnostics = [Diagnostic("error", f"cnnc could not check this text ({type(e).__name__}: {e})", Loc(file, 1, 1))]
     analysis = Analysis(text, diagnostics)
     try:
-        for network in known_networks(text, file):
+        for network in networks if networks is not None else known_networks(text, file):
             analysis.networks[network.name] = network
             analysis.inputs[network.name] = network.input_shape
             analysis.layers.update({(layer.loc.line, layer.loc.col): layer for layer in network.layers if layer.loc})
@@ -56,14 +57,19 @@ def analyse(text: str, file: str) -> Analysis:
 
 def check(text: str, file: str) -> list[Diagnostic]:
     """What `cnnc check FILE` reports: every error; when there is none, every warning."""
+    return checked(text, file)[0]
+
+
+def checked(text: str, file: str) -> tuple[list[Diagnostic], list[Network] | None]:
+    """`check`'s diagnostics, and the networks when there is no error (else None)."""
     from ..shapes import infer
     from ..syntax import parse
 
     try:
         networks = infer(parse(text, file), text)
     except CnncError as e:
-        return list(e.diagnostics)
-    return [w for network in networks for w in network.warnings]
+        return list(e.diagnostics), None
+    return [w for network in networks for w in network.warnings], networks
 
 
 # ---- shapes in spite of errors -------------------------------------------------------------------

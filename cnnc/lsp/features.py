@@ -61,7 +61,10 @@ class Document:
 
 
 def make_document(uri: str, text: str) -> Document:
-    return Document(uri, text, front.analyse(text, uri_to_file(uri)))
+    """The document with its analysis, outline and names all computed (in the caller's thread)."""
+    doc = Document(uri, text, front.analyse(text, uri_to_file(uri)))
+    doc.symbols  # noqa: B018 - computes the outline and the names now, not on the server's event loop
+    return doc
 
 
 def uri_to_file(uri: str) -> str:
@@ -180,7 +183,9 @@ def _default_text(info: front.ArgumentInfo, kind: str) -> str:
 
 
 WORD_MEANINGS = {"same": "padding that keeps the spatial size (stride 1)", "valid": "no padding",
-                 "true": "yes", "false": "no", "none": "no activation", "relu": "max(0, x)"}
+                 "true": "yes", "false": "no", "none": "no activation", "relu": "max(0, x)",
+                 "cross_entropy": "softmax and negative log-likelihood of the label, on flat class scores",
+                 "mse": "mean squared error against the target"}
 
 
 def _word_hover(word: str) -> str | None:
