@@ -210,16 +210,19 @@ def _layer_hover(doc: Document, scope: Scope, statement: Statement) -> str:
     if kind == "loss":
         return f"**loss**: {KIND_MEANINGS['loss']}"
     layer = doc.analysis.layer_at(statement.kind.line, statement.kind.col)
-    title = f"**{kind} {statement.layer_name or ''}**".replace(" **", "**")
+    title = " ".join(filter(None, [kind, statement.layer_name]))
     if layer is None:
-        meaning = KIND_MEANINGS.get(kind) or (f"an instance of block {kind}" if kind in doc.outline.blocks() else "")
-        return f"{title}: {meaning}\n\nshape unknown: fix the errors before this layer" if meaning else \
-            f"{title}\n\nshape unknown: fix the errors before this layer"
-    return "\n\n".join([title + (f" + {layer.activation}" if layer.activation else ""),
+        meaning = KIND_MEANINGS.get(kind) or (f"an instance of block {kind}" if kind in doc.outline.blocks() else None)
+        return f"**{title}**" + (f": {meaning}" if meaning else "") + "\n\nshape unknown: fix the errors before this layer"
+    return "\n\n".join([f"**{title}**" + (f" + {layer.activation}" if layer.activation else ""),
                         f"{front.fmt_shape(layer.in_shape)} -> {front.fmt_shape(layer.out_shape)}",
-                        _parameters_line(layer), f"MACs: {layer.macs:,} per sample",
-                        "receptive field: " + ("x".join(map(str, layer.receptive_field)) if layer.receptive_field
-                                               else "the whole input")])
+                        _parameters_line(layer), f"MACs: {layer.macs:,} per sample", _receptive_field_line(layer)])
+
+
+def _receptive_field_line(layer) -> str:
+    if layer.receptive_field is None:
+        return "receptive field: none (the values are flat, not spatial)"
+    return "receptive field: " + "x".join(map(str, layer.receptive_field))
 
 
 def _parameters_line(layer) -> str:
@@ -239,8 +242,7 @@ def _scope_hover(doc: Document, token: Token) -> str | None:
                     f"{front.fmt_shape(network.output_shape)}\n\nparameters: {network.param_count:,}\n\n"
                     f"MACs: {network.macs:,} per sample")
         if scope.name is token:
-            params = ", ".join(p.key.text if p.key else p.values[0].text for p in scope.params if p.key or p.values)
-            return f"**block {token.text}**({params})"
+            return f"**block {token.text}**({', '.join(scope.param_names)})"
     return None
 
 
@@ -338,8 +340,8 @@ def _argument_items(doc: Document, scope: Scope, line: int, head: str, inside: s
     given = {part.split("=")[0].strip() for part in inside.split(",")[:-1]}
     blocks = doc.outline.blocks()
     if kind in blocks:
-        names = [p.key.text if p.key else p.values[0].text for p in blocks[kind].params if p.key or p.values]
-        return [_item(n, types.CompletionItemKind.Property, f"parameter of block {kind}") for n in names if n not in given]
+        return [_item(name, types.CompletionItemKind.Property, f"parameter of block {kind}")
+                for name in blocks[kind].param_names if name not in given]
     return [_item(a.name, types.CompletionItemKind.Property, ARGUMENT_MEANINGS.get(a.name))
             for a in front.arguments_of(kind) if a.name not in given]
 
@@ -352,8 +354,7 @@ def _value_items(doc: Document, scope: Scope, line: int, kind: str, key: str) ->
     choices = words.get(info.type, ()) if info else ()
     items = [_item(word, types.CompletionItemKind.EnumMember, WORD_MEANINGS.get(word)) for word in choices]
     if scope.is_block:  # a block's parameters stand for values
-        items += [_item(p.key.text if p.key else p.values[0].text, types.CompletionItemKind.Variable, "block parameter")
-                  for p in scope.params if p.key or p.values]
+        items += [_item(name, types.CompletionItemKind.Variable, "block parameter") for name in scope.param_names]
     return items
 
 

@@ -98,6 +98,15 @@ class Scope:
     def is_block(self) -> bool:
         return self.keyword.text == "block"
 
+    @property
+    def param_tokens(self) -> list[Token]:
+        """The names of a block's parameters: `width` in `block basic(width, stride=1)`."""
+        return [p.key if p.key is not None else p.values[0] for p in self.params if p.key is not None or _one_name(p.values)]
+
+    @property
+    def param_names(self) -> list[str]:
+        return [token.text for token in self.param_tokens]
+
     def contains_line(self, line: int, last_line: int) -> bool:
         end = self.end_line if self.end_line is not None else last_line
         return self.keyword.line <= line <= end
@@ -295,9 +304,9 @@ def symbols(tree: Outline) -> list[Symbol]:
 
 def _scope_symbols(scope: Scope, blocks: dict[str, Symbol]) -> list[Symbol]:
     names: dict[str, Symbol] = {}  # layers and the input, as defined so far (uses must come later)
-    params = {p.key.text if p.key else p.values[0].text: p for p in scope.params if p.key or _one_name(p.values)}
-    param_symbols = {name: Symbol(name, "param", _param_token(arg), _param_token(arg), scope)
-                     for name, arg in params.items()}
+    param_symbols: dict[str, Symbol] = {}
+    for token in scope.param_tokens:
+        param_symbols.setdefault(token.text, Symbol(token.text, "param", token, token, scope))
     found = list(param_symbols.values())
     for statement in scope.statements:
         if statement.kind.text in blocks:
@@ -316,10 +325,6 @@ def _scope_symbols(scope: Scope, blocks: dict[str, Symbol]) -> list[Symbol]:
 
 def _one_name(tokens: list[Token]) -> bool:
     return len(tokens) == 1 and tokens[0].kind == "name"
-
-
-def _param_token(arg: Argument) -> Token:
-    return arg.key if arg.key is not None else arg.values[0]
 
 
 def _defined_by(statement: Statement, scope: Scope) -> Symbol | None:
