@@ -64,3 +64,9 @@ def test_without_pygls_cnnc_lsp_says_what_to_install():
     done = subprocess.run([sys.executable, "-c", hide_pygls], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: cnnc lsp needs pygls: pip install 'cnnc[lsp]' (or pip install 'pygls>=2,<3')"
+
+
+def test_docs_show_the_neovim_configuration_that_the_neovim_test_runs():
+    config = (ROOT / "editors" / "neovim" / "cnnc.lua").read_text()
+    code = "\n".join(line for line in config.splitlines() if not line.startswith("--")).strip()
+    assert f"```lua\n{code}\n```" in (ROOT / "docs" / "editors.md").read_text()
