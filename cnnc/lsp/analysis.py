@@ -37,8 +37,9 @@ class Analysis:
         return self.layers.get((line + 1, col + 1))
 
 
-def analyse(text: str, file: str) -> Analysis:
-    """Diagnostics and shapes; never raises (a crash in the front end becomes one diagnostic)."""
+def analyse(text: str, file: str, wanted=lambda: True) -> Analysis:
+    """Diagnostics and shapes; never raises (a crash in the front end becomes one diagnostic). The work
+    after the check (shapes in spite of errors) stops early once `wanted()` turns false (a newer text)."""
     networks = None
     try:
         diagnostics, networks = checked(text, file)
@@ -46,7 +47,7 @@ def analyse(text: str, file: str) -> Analysis:
         diagnostics = [Diagnostic("error", f"cnnc could not check this text ({type(e).__name__}: {e})", Loc(file, 1, 1))]
     analysis = Analysis(text, diagnostics)
     try:
-        for network in networks if networks is not None else known_networks(text, file):
+        for network in networks if networks is not None else known_networks(text, file, wanted):
             analysis.networks[network.name] = network
             analysis.inputs[network.name] = network.input_shape
             analysis.layers.update({(layer.loc.line, layer.loc.col): layer for layer in network.layers if layer.loc})
@@ -73,19 +74,21 @@ def checked(text: str, file: str) -> tuple[list[Diagnostic], list[Network] | Non
 
 
 # ---- shapes in spite of errors -------------------------------------------------------------------
-def known_networks(text: str, file: str) -> list[Network]:
+def known_networks(text: str, file: str, wanted=lambda: True) -> list[Network]:
     """Each model as far as its shapes are known: whole when it checks, else its longest checking prefix."""
-    program = _recovered_program(text, file)
+    program = _recovered_program(text, file, wanted)
     if program is None:
         return []
-    return [n for n in (_checking_prefix(program, decl) for decl in program.models) if n is not None]
+    return [n for n in (_checking_prefix(program, decl, wanted) for decl in program.models) if n is not None]
 
 
-def _recovered_program(text: str, file: str):
+def _recovered_program(text: str, file: str, wanted):
     """The AST of `text`, or of the text with the lines of its syntax errors blanked (a missing '}' added)."""
     from ..syntax import parse
 
     for _ in range(RECOVERY_ATTEMPTS):
+        if not wanted():
+            return None
         try:
             return parse(text, file)
         except CnncError as e:
@@ -121,7 +124,7 @@ def _close_models(text: str, loc: Loc | None) -> str:
     return text + "\n}"
 
 
-def _checking_prefix(program, decl) -> Network | None:
+def _checking_prefix(program, decl, wanted) -> Network | None:
     """The model, or its longest prefix of layers that checks (the loss left out). Errors in a layer
     depend only on the statements before it, so the prefixes that check are 0..k: a bisection finds k."""
     from ..syntax import LayerStmt, LossStmt
@@ -132,7 +135,7 @@ def _checking_prefix(program, decl) -> Network | None:
     statements = [s for s in decl.statements if not isinstance(s, LossStmt)]
     layer_ends = [i + 1 for i, s in enumerate(statements) if isinstance(s, LayerStmt)]
     low, high, best = 1, len(layer_ends), None
-    while low <= high:
+    while low <= high and wanted():
         middle = (low + high) // 2
         network = _infer_one(program, replace(decl, statements=tuple(statements[:layer_ends[middle - 1]])))
         if network is not None:

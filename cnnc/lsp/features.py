@@ -60,9 +60,10 @@ class Document:
         return types.Location(uri=self.uri, range=self.token_range(token))
 
 
-def make_document(uri: str, text: str) -> Document:
-    """The document with its analysis, outline and names all computed (in the caller's thread)."""
-    doc = Document(uri, text, front.analyse(text, uri_to_file(uri)))
+def make_document(uri: str, text: str, wanted=lambda: True) -> Document:
+    """The document with its analysis, outline and names all computed (in the caller's thread).
+    `wanted()` false cuts the analysis short (see analysis.analyse)."""
+    doc = Document(uri, text, front.analyse(text, uri_to_file(uri), wanted))
     doc.symbols  # noqa: B018 - computes the outline and the names now, not on the server's event loop
     return doc
 

@@ -2,8 +2,9 @@
 
 Documents are synchronised whole (TextDocumentSyncKind.Full): a .cnn file is small, and the server's
 lines then split exactly as the compiler's. Each change is checked after a short quiet time
-(DEBOUNCE_SECONDS) in a worker thread, never on the event loop; the diagnostics of a version are sent
-only while it is still the newest, so a slow check of an old text never holds back the next one.
+(DEBOUNCE_SECONDS) in a worker thread of its own, never on the event loop; the diagnostics of a version
+are sent only while it is still the newest, so a slow check of an old text never holds back the next
+one (it runs on, sharing the CPU, and its result is dropped: Python cannot stop a thread).
 Requests (hover, completion, ...) use the analysis of the newest text, computed once per text and
 shared by every request that needs it.
 """
@@ -25,7 +26,7 @@ from . import features
 from .features import Document, RenameRefused
 
 DEBOUNCE_SECONDS = 0.02
-CHECK_THREADS = 4
+CHECK_THREADS = 32  # started on demand: a new text's check never queues behind slow checks of old ones
 REMEMBERED_TEXTS = 16
 logger = logging.getLogger(__name__)
 
@@ -44,12 +45,20 @@ class CnnLanguageServer(LanguageServer):
         future = self.documents.get(key)
         if future is None:
             loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self.checker, features.make_document, uri, text)
+            future = loop.run_in_executor(self.checker, features.make_document, uri, text,
+                                          lambda: self.texts.get(uri, (0, None))[1] == text)
             self.documents[key] = future
+            future.add_done_callback(lambda _: self.forget_if_stale(key))
             while len(self.documents) > REMEMBERED_TEXTS:
                 self.documents.popitem(last=False)
         self.documents.move_to_end(key)
         return future
+
+    def forget_if_stale(self, key: tuple[str, str]) -> None:
+        """A text that was replaced while it was analysed may have been analysed only in part: not kept."""
+        uri, text = key
+        if self.texts.get(uri, (0, None))[1] != text:
+            self.documents.pop(key, None)
 
     async def document(self, uri: str) -> Document | None:
         if uri not in self.texts:
