@@ -119,3 +119,30 @@ def test_formatting_is_idempotent_and_keeps_the_program(text):
     from cnnc.lsp.analysis import program_signature
 
     assert program_signature(formatted) == program_signature(text)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(edited_texts(), st.sampled_from([0, 0.001, 0.03])), min_size=1, max_size=6))
+def test_after_a_burst_of_edits_the_last_diagnostics_published_are_the_last_texts(edits):
+    """Typing: texts arrive with pauses shorter and longer than the quiet time; whatever the order in which
+    their checks end, the client is left with the diagnostics of the last text, for its version."""
+    import asyncio
+
+    from cnnc.lsp.server import CnnLanguageServer
+
+    server = CnnLanguageServer()
+    published = []
+    server.text_document_publish_diagnostics = published.append
+
+    async def type_edits():
+        for version, (text, pause) in enumerate(edits, start=1):
+            server.text_changed(URI, version, text, delay=0.002)
+            await asyncio.sleep(pause)
+        await server.pending[URI]
+
+    asyncio.run(type_edits())
+    server.checker.shutdown(wait=True)
+    last_text = edits[-1][0]
+    assert published[-1].version == len(edits)
+    assert published[-1].diagnostics == features.diagnostics(features.make_document(URI, last_text))
+    assert [p.version for p in published] == sorted(p.version for p in published)
