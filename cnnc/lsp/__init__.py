@@ -43,7 +43,6 @@ def run_lsp(args) -> int:
 def run_fmt(args) -> int:
     """Format each file (or, with --check, list those that would change); exit 1 if any could not be
     formatted or, with --check, would change."""
-    from ..diagnostics import CnncError
     from ..frontend import read_source
     from .formatting import format_text
 

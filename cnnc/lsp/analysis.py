@@ -44,7 +44,8 @@ def analyse(text: str, file: str, wanted=lambda: True) -> Analysis:
     try:
         diagnostics, networks = checked(text, file)
     except Exception as e:  # noqa: BLE001 - the editor must keep working whatever the checker does
-        diagnostics = [Diagnostic("error", f"cnnc could not check this text ({type(e).__name__}: {e})", Loc(file, 1, 1))]
+        message = f"cnnc could not check this text ({type(e).__name__}: {e})"
+        diagnostics = [Diagnostic("error", message, Loc(file, 1, 1))]
     analysis = Analysis(text, diagnostics)
     try:
         for network in networks if networks is not None else known_networks(text, file, wanted):
@@ -228,7 +229,8 @@ def _without_layout(node):
 
     if dataclasses.is_dataclass(node):
         return (type(node).__name__,) + tuple(
-            (f.name, _without_layout(getattr(node, f.name))) for f in dataclasses.fields(node) if f.name not in _LAYOUT_FIELDS)
+            (f.name, _without_layout(getattr(node, f.name)))
+            for f in dataclasses.fields(node) if f.name not in _LAYOUT_FIELDS)
     if isinstance(node, (tuple, list)):
         return tuple(_without_layout(item) for item in node)
     return node

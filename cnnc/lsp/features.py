@@ -44,7 +44,8 @@ class Document:
     # LSP counts columns in UTF-16 code units; the outline and the compiler count characters
     def position(self, line: int, col: int) -> types.Position:
         prefix = self.line(line)[:max(0, col)]
-        return types.Position(line=max(0, line), character=len(prefix.encode("utf-16-le")) // 2 + max(0, col - len(prefix)))
+        units = len(prefix.encode("utf-16-le")) // 2 + max(0, col - len(prefix))  # past the end: as many more
+        return types.Position(line=max(0, line), character=units)
 
     def column(self, position: types.Position) -> int:
         text, units, col = self.line(position.line), 0, 0
@@ -119,8 +120,10 @@ KIND_MEANINGS = {
     "avgpool2d": "2-D average pooling", "global_avgpool": "the mean of each channel: [C, ...] -> [C]",
     "flatten": "[C, ...] -> [C x ...], row-major", "dense": "fully connected: [D] -> [units]",
     "dropout": "drops values at random while training", "relu": "max(0, x)", "sigmoid": "1 / (1 + e^-x)",
-    "tanh": "hyperbolic tangent", "leaky_relu": "x, or slope * x below 0", "softmax": "normalises flat scores to probabilities",
-    "input": "the model's input: [C, H, W], [C, L] or [D] per sample", "loss": "the training loss: cross_entropy or mse",
+    "tanh": "hyperbolic tangent", "leaky_relu": "x, or slope * x below 0",
+    "softmax": "normalises flat scores to probabilities",
+    "input": "the model's input: [C, H, W], [C, L] or [D] per sample",
+    "loss": "the training loss: cross_entropy or mse",
 }
 
 
@@ -214,7 +217,8 @@ def _layer_hover(doc: Document, scope: Scope, statement: Statement) -> str:
     title = " ".join(filter(None, [kind, statement.layer_name]))
     if layer is None:
         meaning = KIND_MEANINGS.get(kind) or (f"an instance of block {kind}" if kind in doc.outline.blocks() else None)
-        return f"**{title}**" + (f": {meaning}" if meaning else "") + "\n\nshape unknown: fix the errors before this layer"
+        heading = f"**{title}**" + (f": {meaning}" if meaning else "")
+        return heading + "\n\nshape unknown: fix the errors before this layer"
     return "\n\n".join([f"**{title}**" + (f" + {layer.activation}" if layer.activation else ""),
                         f"{front.fmt_shape(layer.in_shape)} -> {front.fmt_shape(layer.out_shape)}",
                         _parameters_line(layer), f"MACs: {layer.macs:,} per sample", _receptive_field_line(layer)])
@@ -255,7 +259,8 @@ def inlay_hints(doc: Document, span: types.Range | None = None) -> list[types.In
 
 
 def code_lenses(doc: Document) -> list[types.CodeLens]:
-    return [types.CodeLens(range=doc.token_range(statement.kind), command=types.Command(title=f"-> {shape}", command=""))
+    return [types.CodeLens(range=doc.token_range(statement.kind),
+                           command=types.Command(title=f"-> {shape}", command=""))
             for statement, shape in _layer_shapes(doc, None)]
 
 
@@ -426,11 +431,13 @@ def document_symbols(doc: Document) -> list[types.DocumentSymbol]:
 
 def _scope_symbol(doc: Document, scope: Scope) -> types.DocumentSymbol:
     end_line = scope.end_line if scope.end_line is not None else doc.outline.last_line
-    span = types.Range(doc.position(scope.keyword.line, scope.keyword.col), doc.position(end_line, len(doc.line(end_line))))
+    span = types.Range(doc.position(scope.keyword.line, scope.keyword.col),
+                       doc.position(end_line, len(doc.line(end_line))))
     children = [_statement_symbol(doc, s) for s in scope.statements if s.kind.text != "loss" and
                 (s.is_layer or s.name is not None)]
     kind = types.SymbolKind.Function if scope.is_block else types.SymbolKind.Module
-    return types.DocumentSymbol(name=scope.name.text, kind=kind, range=span, selection_range=doc.token_range(scope.name),
+    return types.DocumentSymbol(name=scope.name.text, kind=kind, range=span,
+                                selection_range=doc.token_range(scope.name),
                                 detail=scope.keyword.text, children=children)
 
 
@@ -441,7 +448,8 @@ def _statement_symbol(doc: Document, statement: Statement) -> types.DocumentSymb
     detail = statement.kind.text + (f" -> {front.fmt_shape(layer.out_shape)}" if layer else "")
     name = statement.name.text if statement.kind.text == "input" else statement.layer_name
     kind = types.SymbolKind.Variable if statement.kind.text == "input" else types.SymbolKind.Field
-    return types.DocumentSymbol(name=name, kind=kind, range=span, selection_range=doc.token_range(statement.name or statement.kind),
+    return types.DocumentSymbol(name=name, kind=kind, range=span,
+                                selection_range=doc.token_range(statement.name or statement.kind),
                                 detail=detail)
 
 
@@ -482,7 +490,8 @@ def _fixes(doc: Document, d) -> list[tuple[str, list[types.TextEdit]]]:
             fixes.append((f"insert `{layer}` before this layer", [_insert_line_before(doc, statement[1], layer)]))
     padding = re.search(r"\(padding=(\d+)", text)
     if padding:
-        fixes.append((f"use padding={padding.group(1)}", [_set_argument(doc, statement[1], "padding", padding.group(1))]))
+        edit = _set_argument(doc, statement[1], "padding", padding.group(1))
+        fixes.append((f"use padding={padding.group(1)}", [edit]))
     written = re.search(r"write ([a-z_]+)=(\d+)\b", d.hint or "")
     if written:
         fixes.append((f"write {written.group(1)}={written.group(2)}",

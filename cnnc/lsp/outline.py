@@ -101,7 +101,8 @@ class Scope:
     @property
     def param_tokens(self) -> list[Token]:
         """The names of a block's parameters: `width` in `block basic(width, stride=1)`."""
-        return [p.key if p.key is not None else p.values[0] for p in self.params if p.key is not None or _one_name(p.values)]
+        return [p.key if p.key is not None else p.values[0] for p in self.params
+                if p.key is not None or _one_name(p.values)]
 
     @property
     def param_names(self) -> list[str]:
