@@ -171,6 +171,21 @@ def test_definition_of_a_block_instance_is_the_block():
     assert found.range.start == at(BLOCKS, "basic(")
 
 
+def test_hover_on_a_block_argument_gives_the_parameter_and_its_default():
+    doc = document(BLOCKS)
+    assert features.hover(doc, at(BLOCKS, "width=8")).contents.value == \
+        "**width**: a parameter of block basic\n\ndefault: none: required"
+    text = BLOCKS.replace("basic s1(width=8)", "basic s1(width=8, stride=2)")
+    assert features.hover(document(text), at(text, "stride=2")).contents.value == \
+        "**stride**: a parameter of block basic\n\ndefault: `1`"
+
+
+def test_hover_on_a_name_in_from_describes_the_layer_it_names():
+    text = SPEC.replace("kernel=99)", "kernel=3)\n    conv2d side(filters=2, kernel=1, from=c1)")
+    hover = features.hover(document(text), at(text, "from=c1", 5))
+    assert hover.contents.value.startswith("**conv2d c1**\n\n[1, 28, 28] -> [4, 26, 26]")
+
+
 def test_rename_of_a_block_renames_every_instance():
     edit = features.rename(document(BLOCKS), at(BLOCKS, "basic("), "residual")
     assert sorted(e.range.start.line for e in edit.changes[URI]) == [0, 6, 7]

@@ -154,7 +154,7 @@ def _token_at(tree: Outline, line: int, col: int) -> Token | None:
 def _statement_hover(doc: Document, scope: Scope, statement: Statement, token: Token) -> str | None:
     for arg in statement.arguments:
         if arg.key is token:
-            return _argument_hover(statement.kind.text, token.text, scope)
+            return _argument_hover(doc, statement.kind.text, token.text)
         if token in arg.values and token.kind == "name":
             referenced = _referenced_statement(doc, scope, token)
             if referenced is not None:
@@ -165,15 +165,25 @@ def _statement_hover(doc: Document, scope: Scope, statement: Statement, token: T
     return None
 
 
-def _argument_hover(kind: str, key: str, scope: Scope) -> str | None:
+def _argument_hover(doc: Document, kind: str, key: str) -> str | None:
+    block = doc.outline.blocks().get(kind)
+    if block is not None and key in block.param_names:
+        return f"**{key}**: a parameter of block {kind}\n\ndefault: {_block_default(block, key)}"
     info = front.argument_info(kind, key)
     meaning = ARGUMENT_MEANINGS.get(key)
     if meaning is None and info is None:
-        return f"**{key}**: a parameter of block {scope.name.text}" if scope.is_block and scope.name else None
+        return None
     text = f"**{key}**: {meaning or info.type}"
     if info is not None:
         text += f"\n\ndefault: {_default_text(info, kind)}"
     return text
+
+
+def _block_default(block: Scope, key: str) -> str:
+    for param in block.params:
+        if param.key is not None and param.key.text == key:
+            return "`" + " ".join(t.text for t in param.values) + "`"
+    return "none: required"
 
 
 def _default_text(info: front.ArgumentInfo, kind: str) -> str:
