@@ -247,6 +247,19 @@ def test_quick_fix_writes_an_integer_for_a_whole_float():
     assert fixes(text) == {"write kernel=3": [(2, 31, "3")]}
 
 
+def test_quick_fix_adds_a_missing_argument():
+    text = "model m {\n    input x[1, 4, 4]\n    conv2d c(kernel=3)\n}\n"
+    assert fixes(text) == {"add filters=16": [(2, 21, ", filters=16")]}
+
+
+def test_quick_fix_closes_what_is_left_open():
+    assert fixes("model m {\n    input x[1, 4, 4]\n    dense d(units=3\n}\n") == {
+        "close the argument list with ')'": [(2, 19, ")")]}
+    assert fixes("model m {\n    input x[1, 4\n    flatten\n}\n") == {
+        "close the input dimensions with ']'": [(1, 16, "]")]}
+    assert fixes("model m {\n    input x[1]\n    relu\n") == {"close the model block with '}'": [(2, 8, "\n}")]}
+
+
 def test_every_shipped_spec_analyses_without_errors():
     for path in sorted((ROOT / "specs").glob("*.cnn")):
         analysis = analyse(path.read_text(), str(path))

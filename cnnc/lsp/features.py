@@ -487,26 +487,66 @@ def code_actions(doc: Document, span: types.Range) -> list[types.CodeAction]:
 
 
 def _fixes(doc: Document, d) -> list[tuple[str, list[types.TextEdit]]]:
-    fixes = []
-    text = f"{d.message} {d.hint or ''}"
-    close = re.search(r"did you mean '([A-Za-z_][A-Za-z0-9_]*)'\?", d.message)
-    if close:
-        fixes.append((f"change to '{close.group(1)}'", [types.TextEdit(_loc_range(doc, d.loc), close.group(1))]))
-    statement = doc.outline.statement_at(d.loc.line - 1, d.loc.col - 1)
-    if statement is None:
-        return fixes
-    for layer in ("flatten", "global_avgpool"):
-        if f"add `{layer}` before" in text or (layer == "global_avgpool" and "`global_avgpool` (giving" in text):
-            fixes.append((f"insert `{layer}` before this layer", [_insert_line_before(doc, statement[1], layer)]))
-    padding = re.search(r"\(padding=(\d+)", text)
-    if padding:
-        edit = _set_argument(doc, statement[1], "padding", padding.group(1))
-        fixes.append((f"use padding={padding.group(1)}", [edit]))
-    written = re.search(r"write ([a-z_]+)=(\d+)\b", d.hint or "")
-    if written:
-        fixes.append((f"write {written.group(1)}={written.group(2)}",
-                      [_set_argument(doc, statement[1], written.group(1), written.group(2))]))
+    """(title, edits) for each fix the diagnostic's message or note spells out."""
+    fixes = _did_you_mean_fix(doc, d) + _closing_fix(doc, d)
+    found = doc.outline.statement_at(d.loc.line - 1, d.loc.col - 1)
+    if found is not None:
+        text = f"{d.message} {d.hint or ''}"
+        for fixer in (_insert_layer_fix, _padding_fix, _written_value_fix, _missing_argument_fix):
+            fixes += fixer(doc, found[1], text)
     return fixes
+
+
+Fixes = list[tuple[str, list[types.TextEdit]]]
+
+
+def _did_you_mean_fix(doc: Document, d) -> Fixes:
+    close = re.search(r"did you mean '([A-Za-z_][A-Za-z0-9_]*)'\?", d.message)
+    if not close:
+        return []
+    return [(f"change to '{close.group(1)}'", [types.TextEdit(_loc_range(doc, d.loc), close.group(1))])]
+
+
+def _closing_fix(doc: Document, d) -> Fixes:
+    """"close the argument list with ')'": the bracket where it is missing ('}' on a line of its own)."""
+    closing = re.search(r"close the (.+?) with '(.)'", d.hint or "")
+    if not closing:
+        return []
+    char, line, col = closing.group(2), d.loc.line - 1, d.loc.col - 1
+    text = char
+    if char == "}":
+        at_next_model = doc.line(line)[col:].startswith("model")
+        text, col = ("}\n", 0) if at_next_model else ("\n}", col)
+    at = doc.position(line, col)
+    return [(f"close the {closing.group(1)} with '{char}'", [types.TextEdit(types.Range(at, at), text)])]
+
+
+def _insert_layer_fix(doc: Document, statement: Statement, text: str) -> Fixes:
+    return [(f"insert `{layer}` before this layer", [_insert_line_before(doc, statement, layer)])
+            for layer in ("flatten", "global_avgpool") if f"`{layer}` before" in text or f"`{layer}` (giving" in text]
+
+
+def _padding_fix(doc: Document, statement: Statement, text: str) -> Fixes:
+    padding = re.search(r"\(padding=(\d+)", text)
+    if not padding:
+        return []
+    return [(f"use padding={padding.group(1)}", [_set_argument(doc, statement, "padding", padding.group(1))])]
+
+
+def _written_value_fix(doc: Document, statement: Statement, text: str) -> Fixes:
+    written = re.search(r"write ([a-z_]+)=(\d+)\b", text)
+    if not written:
+        return []
+    key, value = written.groups()
+    return [(f"write {key}={value}", [_set_argument(doc, statement, key, value)])]
+
+
+def _missing_argument_fix(doc: Document, statement: Statement, text: str) -> Fixes:
+    example = re.search(r"add it, e\.g\. [a-z0-9_]+\(([a-z_]+)=(\d+)\)", text)
+    if not example:
+        return []
+    key, value = example.groups()
+    return [(f"add {key}={value}", [_set_argument(doc, statement, key, value)])]
 
 
 def _insert_line_before(doc: Document, statement: Statement, text: str) -> types.TextEdit:
