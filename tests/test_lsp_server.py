@@ -167,6 +167,16 @@ async def test_inlay_hints_give_each_layer_its_output_shape_at_the_end_of_its_li
     assert all(h.position.character == len(lines[h.position.line]) for h in hints)
 
 
+async def test_half_written_text_still_gets_hover_and_the_shapes_before_the_break(editor: Editor):
+    half_written = FIXED.replace("dense out(units=10)", "dense out(units=")
+    await editor.open(half_written)
+    hints = await editor.inlay_hints(lines=9)
+    assert [(h.position.line, h.label) for h in hints] == [(2, "-> [16, 28, 28]"), (3, "-> [16, 14, 14]"),
+                                                           (4, "-> [3136]")]
+    hover = await editor.hover(position(half_written, "p1("))
+    assert "[16, 28, 28] -> [16, 14, 14]" in hover.contents.value
+
+
 # ---- completion ----------------------------------------------------------------------------------
 async def test_completion_offers_layer_kinds_at_the_start_of_a_statement(editor: Editor):
     text = FIXED.replace("    flatten\n", "    fl\n")
