@@ -7,6 +7,15 @@ is in this module, so that a change to the language (issue 14: `from=`, merges, 
 - `layer_shapes`: every layer whose shapes are known, even in a model with an error further down
   (the longest prefix of the model that checks) or after a syntax error (the broken lines blanked)
 - the vocabulary: layer kinds, arguments of each kind with their type and default, words, losses
+
+When the graph language (issue 14) lands, this is the one place to revisit:
+- `arguments_of`: offers `from` once the checker's argument table has it (completion of the names
+  after `from=` and in merges already works, from the outline).
+- `_checking_prefix`: a Program with block definitions must keep them when one model is checked alone.
+- `Analysis.layers` is keyed by where a layer is written: the layers of a block instance (`s1.c1`)
+  are written in the block, so hover on an instance line should gather the layers named `s1.*`.
+The outline (outline.py) already reads `block`, `from=`, merges and `in`; the grammar under editors/
+already colours add, concat, batchnorm, relu6, silu and hardswish.
 """
 from __future__ import annotations
 
