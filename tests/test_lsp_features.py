@@ -180,6 +180,14 @@ def test_hover_on_a_block_argument_gives_the_parameter_and_its_default():
         "**stride**: a parameter of block basic\n\ndefault: `1`"
 
 
+def test_hover_on_a_value_describes_its_argument_or_the_word():
+    doc = document(SPEC)
+    assert features.hover(doc, at(SPEC, "kernel=3", 7)).contents.value.startswith("**kernel**: the kernel size")
+    text = SPEC.replace("kernel=3)", "kernel=3, padding=same)", 1)
+    assert features.hover(document(text), at(text, "same")).contents.value == \
+        "**same**: padding that keeps the spatial size (stride 1)"
+
+
 def test_hover_on_a_name_in_from_describes_the_layer_it_names():
     text = SPEC.replace("kernel=99)", "kernel=3)\n    conv2d side(filters=2, kernel=1, from=c1)")
     hover = features.hover(document(text), at(text, "from=c1", 5))

@@ -155,14 +155,22 @@ def _statement_hover(doc: Document, scope: Scope, statement: Statement, token: T
     for arg in statement.arguments:
         if arg.key is token:
             return _argument_hover(doc, statement.kind.text, token.text)
-        if token in arg.values and token.kind == "name":
-            referenced = _referenced_statement(doc, scope, token)
-            if referenced is not None:
-                return _layer_hover(doc, scope, referenced)
-            return _word_hover(token.text)
+        if token in arg.values:
+            return _value_hover(doc, scope, statement, arg, token)
     if token is statement.kind or token is statement.name:
         return _layer_hover(doc, scope, statement)
     return None
+
+
+def _value_hover(doc: Document, scope: Scope, statement: Statement, arg, token: Token) -> str | None:
+    """A layer's name: that layer; a word with a meaning: the word; else what the argument is."""
+    referenced = _referenced_statement(doc, scope, token) if token.kind == "name" else None
+    if referenced is not None:
+        return _layer_hover(doc, scope, referenced)
+    word = _word_hover(token.text) if token.kind == "name" else None
+    if word is None and arg.key is not None:
+        return _argument_hover(doc, statement.kind.text, arg.key.text)
+    return word
 
 
 def _argument_hover(doc: Document, kind: str, key: str) -> str | None:
