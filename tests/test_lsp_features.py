@@ -1,8 +1,6 @@
 """The language server's features as functions of a document (cnnc/lsp/features.py), by feature.
 The end-to-end tests (test_lsp_server.py) drive the same code through a real client."""
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,7 @@ pytest.importorskip("pygls")
 
 from lsprotocol import types  # noqa: E402
 
+from cnnc.cli import main  # noqa: E402
 from cnnc.lsp import features  # noqa: E402
 from cnnc.lsp.analysis import analyse  # noqa: E402
 
@@ -30,18 +29,19 @@ def at(text: str, needle: str, offset: int = 0) -> types.Position:
 
 
 # ---- diagnostics are exactly what `cnnc check` prints ------------------------------------------------
-def check_headlines(path: Path) -> list[tuple[int, int, str, str]]:
-    result = subprocess.run([sys.executable, "-m", "cnnc", "check", str(path)], capture_output=True, text=True)
+def check_headlines(path: Path, capsys) -> list[tuple[int, int, str, str]]:
+    """The `FILE:LINE:COL: severity: message` lines `cnnc check FILE` prints."""
+    main(["check", str(path)])
     return [(int(m["line"]), int(m["col"]), m["severity"], m["message"])
-            for m in map(HEADLINE.match, result.stderr.splitlines()) if m]
+            for m in map(HEADLINE.match, capsys.readouterr().err.splitlines()) if m]
 
 
-@pytest.mark.parametrize("path", INVALID[::6], ids=lambda p: p.stem)
-def test_diagnostics_are_the_errors_cnnc_check_prints_at_the_same_place(path):
+@pytest.mark.parametrize("path", INVALID + sorted((ROOT / "specs").glob("*.cnn")), ids=lambda p: p.stem)
+def test_diagnostics_are_the_errors_cnnc_check_prints_at_the_same_place(path, capsys):
     text = path.read_text()
     found = [(d.range.start.line + 1, d.range.start.character + 1, "error" if d.severity == 1 else "warning", d.message)
              for d in features.diagnostics(document(text))]
-    assert found == check_headlines(path)
+    assert found == check_headlines(path, capsys)
 
 
 def test_every_note_becomes_related_information():
@@ -52,9 +52,11 @@ def test_every_note_becomes_related_information():
     assert note.location.range == diagnostic.range
 
 
-def test_a_spec_without_errors_gets_its_warnings():
+def test_a_spec_without_errors_gets_its_warnings(tmp_path, capsys):
     text = "model m {\n    input x[1, 9, 9]\n    conv2d c(filters=2, kernel=2, stride=2)\n    flatten\n}\n"
+    (tmp_path / "warned.cnn").write_text(text)
     (warning,) = features.diagnostics(document(text))
+    assert [(3, 42, "warning", warning.message)] == check_headlines(tmp_path / "warned.cnn", capsys)
     assert warning.severity == types.DiagnosticSeverity.Warning
     assert warning.message.startswith("conv2d 'c': stride 2 leaves the last 1 row and column of the input 'x' unread")
 
