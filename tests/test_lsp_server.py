@@ -177,6 +177,27 @@ async def test_half_written_text_still_gets_hover_and_the_shapes_before_the_brea
     assert "[16, 28, 28] -> [16, 14, 14]" in hover.contents.value
 
 
+@pytest_lsp.fixture(scope="module", config=ClientServerConfig(server_command=[sys.executable, "-m", "cnnc", "lsp"]))
+async def client_without_inlay_hints(lsp_client: LanguageClient):
+    await lsp_client.initialize_session(types.InitializeParams(capabilities=types.ClientCapabilities()))
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_a_client_without_inlay_hints_gets_the_shapes_as_code_lenses(client_without_inlay_hints, request):
+    editor = Editor(client_without_inlay_hints, f"file:///project/{request.node.name}.cnn")
+    await editor.open(FIXED)
+    lenses = await editor.client.text_document_code_lens_async(types.CodeLensParams(text_document=editor.document))
+    assert [(lens.range.start.line, lens.command.title) for lens in lenses] == [
+        (2, "-> [16, 28, 28]"), (3, "-> [16, 14, 14]"), (4, "-> [3136]"), (5, "-> [10]")]
+
+
+async def test_a_client_with_inlay_hints_gets_no_code_lenses(editor: Editor):
+    await editor.open(FIXED)
+    lenses = await editor.client.text_document_code_lens_async(types.CodeLensParams(text_document=editor.document))
+    assert list(lenses) == []
+
+
 # ---- completion ----------------------------------------------------------------------------------
 async def test_completion_offers_layer_kinds_at_the_start_of_a_statement(editor: Editor):
     text = FIXED.replace("    flatten\n", "    fl\n")
@@ -208,7 +229,8 @@ async def test_completion_offers_earlier_layer_names_in_from_and_merges(editor: 
 
 
 async def test_completion_offers_block_names_as_layer_kinds(editor: Editor):
-    text = "block basic(width) {\n    conv2d c(filters=width, kernel=3)\n}\n" + FIXED.replace("    flatten\n", "    bas\n    flatten\n")
+    block = "block basic(width) {\n    conv2d c(filters=width, kernel=3)\n}\n"
+    text = block + FIXED.replace("    flatten\n", "    bas\n    flatten\n")
     await editor.open(text)
     assert "basic" in await editor.completion_labels(position(text, "    bas\n", 7))
 
@@ -260,7 +282,8 @@ async def test_document_symbols_outline_models_and_layers(editor: Editor):
 
 # ---- formatting and quick fixes --------------------------------------------------------------------
 async def test_formatting_rewrites_the_document_in_the_canonical_layout(editor: Editor):
-    messy = "model net {\n  input image[1,28,28]\n conv2d c1( filters = 4 , kernel=3 )  # first\n  flatten;dense out(units=10) # last\n}"
+    messy = ("model net {\n  input image[1,28,28]\n conv2d c1( filters = 4 , kernel=3 )  # first\n"
+             "  flatten;dense out(units=10) # last\n}")
     await editor.open(messy)
     (edit,) = await editor.format()
     assert edit.new_text == ("model net {\n    input image[1, 28, 28]\n    conv2d c1(filters=4, kernel=3)  # first\n"
