@@ -104,7 +104,8 @@ def measure(spec: Path, samples: int, warmup: int) -> dict:
     try:
         server.request("initialize", {"processId": os.getpid(), "rootUri": None, "capabilities": {}})
         server.send("initialized", {})
-        server.send("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "cnn", "version": 1, "text": text}})
+        opened = {"uri": uri, "languageId": "cnn", "version": 1, "text": text}
+        server.send("textDocument/didOpen", {"textDocument": opened})
         server.wait_for(diagnostics_of(1, uri))
         times = {"diagnostics": [], "hover": []}
         texts, version = variants(text), 1

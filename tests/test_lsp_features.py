@@ -110,7 +110,8 @@ def test_hover_on_a_model_name_gives_its_totals():
 
 def test_code_lenses_carry_the_shapes_for_clients_without_inlay_hints():
     lenses = features.code_lenses(document(SPEC))
-    assert [(lens.range.start.line, lens.command.title) for lens in lenses] == [(2, "-> [4, 26, 26]"), (3, "-> [4, 13, 13]")]
+    assert [(lens.range.start.line, lens.command.title) for lens in lenses] == [
+        (2, "-> [4, 26, 26]"), (3, "-> [4, 13, 13]")]
 
 
 # ---- completion ----------------------------------------------------------------------------------

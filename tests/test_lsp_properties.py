@@ -49,8 +49,11 @@ def edited_texts(draw) -> str:
 
 def positions(text: str):
     lines = text.split("\n")
-    return st.integers(0, len(lines)).flatmap(
-        lambda line: st.builds(types.Position, st.just(line), st.integers(0, len(lines[min(line, len(lines) - 1)]) + 2)))
+    def on_line(line: int):
+        width = len(lines[min(line, len(lines) - 1)]) + 2  # a little past the end too
+        return st.builds(types.Position, st.just(line), st.integers(0, width))
+
+    return st.integers(0, len(lines)).flatmap(on_line)
 
 
 def assert_in_document(text: str, span: types.Range) -> None:
