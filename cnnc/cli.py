@@ -83,6 +83,7 @@ def _optional_parsers():
         ("cnnc.fetch", "add_data_parser"),
         ("cnnc.export", "add_export_parsers"),
         ("cnnc.viz", "add_viz_parsers"),
+        ("cnnc.lsp", "add_lsp_parsers"),
     ]:
         try:
             yield getattr(import_module(module), function)
