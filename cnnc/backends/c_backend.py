@@ -297,7 +297,8 @@ READABLE_DIR_FORMATS = ("cnnc-compile-1", DIR_FORMAT)  # a format-1 module is re
 
 def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "float32", emit_c: bool = False,
                          **options) -> list[Path]:
-    """Write MODEL.c, the spec, a manifest and (unless emit_c) the built module into out_dir.
+    """Write MODEL.c (with the kernel headers it includes, in kernels/), the spec, a manifest and (unless
+    emit_c) the built module into out_dir.
     Returns the paths written."""
     _check_options(options)
     dtype = check_dtype(dtype)
@@ -316,6 +317,10 @@ def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "
     written = [out / manifest["spec_file"], out / manifest["c_file"]]
     atomic_write_text(written[0], text)
     atomic_write_text(written[1], source.text)
+    for name, header in source.headers:  # the kernel headers MODEL.c includes, so that it compiles on its own
+        written.append(out.joinpath(*name.split("/")))
+        written[-1].parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(written[-1], header)
     if not emit_c:
         built = c_build.build(source_id, lambda: source, cache_dir=options.get("cache_dir"), **build_options)
         so = _module_file(built)
