@@ -20,12 +20,13 @@ import pytest
 import cnnc
 from cnnc.backends import c_build
 from cnnc.backends.c_backend import CModel, compile_networks
-from cnnc.backends.c_codegen import BlockedConv, BlockedConvPlan, choose_kernel, generate, plan_network
+from cnnc.backends.c_codegen import VECTOR_BYTES, BlockedConv, BlockedConvPlan, choose_kernel, generate, plan_network
 from cnnc.backends.c_optim import FusedAdam, FusedSGD
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
 from cnnc.gradcheck import gradcheck
 from cnnc.optim import SGD, Adam
+from cnnc.summary import c_backend_memory, summary_table
 
 
 @pytest.fixture
@@ -667,6 +668,32 @@ def test_lenet5_glue_is_short_and_every_kernel_comes_from_the_library():
     defined = set(re.findall(r"^\w[\w* ]* (\w+)\([^;]*$", source.text, flags=re.M))
     assert not defined & kernels
     assert set(re.findall(r'#include "(kernels/\w+\.h)"', source.text)) <= set(library)
+
+
+# ---- memory: what `cnnc check` reports is what the C model allocates ----------------------------------
+def test_check_reports_the_c_backends_memory_with_its_scratch_and_the_model_allocates_exactly_that(cache_dir):
+    """A padded, dilated convolution's scratch (its zero-padded input and spread output gradient) is most of
+    its memory: `cnnc check` counts it, and the C model's activation block for a batch of n is exactly
+    fixed + n * per_sample (plus the alignment slack)."""
+    network = case_network("blocked_wgrad_columns_d2")
+    memory = c_backend_memory(network, "float64")
+    assert memory["per_sample"] > 2 * network.activation_elements * 8  # scratch and saved state beyond activations
+    c = compile_networks([network], "float64", cache_dir=cache_dir).model(network.name)
+    for n in (1, 7):
+        c.forward(np.zeros((n, *network.input_shape)))
+        assert c.activation_bytes == memory["fixed"] + n * memory["per_sample"] + 2 * VECTOR_BYTES
+    assert "C backend memory (float32, with saved state and scratch)" in summary_table(network)
+
+
+def test_a_buffer_past_2_to_the_31_elements_per_sample_is_refused_by_the_planner_and_reported_by_check(tmp_path, capsys):
+    """Indices inside one sample's tensor are int in the kernels (those involving the batch are 64-bit): a
+    layer whose padded input would need 2^31 elements or more per sample is a clear error, not an overflow."""
+    spec = tmp_path / "big.cnn"
+    spec.write_text("model big {\n  input x[1, 8, 8]\n  conv2d c(filters=4, kernel=3, dilation=30000, padding=30000)\n}\n")
+    with pytest.raises(cnnc.CnncError, match="more than it indexes"):
+        plan_network(cnnc.read_network(spec), "", "float32")
+    assert main(["check", str(spec)]) == 0
+    assert "C backend memory: too large" in capsys.readouterr().out
 
 
 # ---- safety: nothing unchecked reaches the C -------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import ClassVar
 
 from .._version import __version__
 from ..c_names import MAX_INT32, c_int, c_real, comment_name
+from ..diagnostics import CnncError
 from ..ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, LAYER_KINDS, MAXPOOL_KINDS, POOL_KINDS, Layer, Network
 from ..resources import kernel_header_texts, template_loader
 
@@ -659,8 +660,9 @@ class _Planner:
         b = Buffer(field_name, tuple(shape), f"{shape_text(shape)} {note}", ctype, fixed=fixed,
                    align=1 if ctype == "int32_t" else self.vl)
         if b.size > MAX_INT32:
-            raise ValueError(f"model '{self.network.name}': buffer {field_name} {shape_text(shape)} holds {b.elements:,} "
-                             f"elements per sample, more than the C backend indexes (2^31 - 1)")
+            raise CnncError(f"model '{self.network.name}': the C backend's buffer {field_name} {shape_text(shape)} would "
+                            f"hold {b.elements:,} elements per sample, more than it indexes (2^31 - 1); make the "
+                            f"layer's padding, dilation or size smaller")
         (self.argmax if ctype == "int32_t" else self.fixed if fixed else self.acts).append(b)
         return f"a.{field_name}"
 
