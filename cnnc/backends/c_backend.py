@@ -6,7 +6,8 @@
     module = compile_networks([net_a, net_b], "float64")   # several networks, one compiler run
     a = module.model("net_a", seed=0)
 
-Memory, as the generated C sees it (see c_codegen for the layout and templates/ for the code):
+Memory, as the generated C sees it (see c_codegen for the layout, templates/module.c.j2 for the glue and
+cnnc/kernels/ for the kernels):
     parameter block   every ParamSpec, one after another; m.params[name] is a reshaped NumPy view on it
     gradient block    the same layout; m.grads[name] likewise. backward overwrites it.
     activation block  the input copy, every layer's output, pre-activations, dropout masks and two
