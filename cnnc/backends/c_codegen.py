@@ -515,6 +515,16 @@ class DropoutPlan(LayerPlan):
 
 
 # ---- the network plan ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    """One layer's part of a pass: a function of the glue (`l3_forward`) holding the layer's kernel calls."""
+
+    name: str
+    index: int
+    summary: str
+    lines: tuple[str, ...]
+
+
 @dataclass
 class NetworkPlan:
     network: Network
@@ -529,8 +539,8 @@ class NetworkPlan:
     fixed_count: int  # reals whatever the batch: every slice's fixed buffers, then slices 1..'s gradient blocks
     argmax_count: int  # int32 per sample
     dropout_layers: list[str]  # names of the layers that take a mask, in order
-    forward_lines: list[str]
-    backward_lines: list[str]
+    forward_steps: list[Step]  # one function per computing layer, in forward order
+    backward_steps: list[Step]  # in backward order
     output_buffer: str
     slices: int  # a batch runs as at most this many slices (see batch_slices)
     slice_fixed_count: int  # the fixed buffers of one batch slice (fixed_count holds `slices` of them)
@@ -552,10 +562,6 @@ class NetworkPlan:
     @property
     def out_shape(self) -> str:
         return ", ".join(map(str, self.network.output_shape))
-
-    @property
-    def backward_reads_acts(self) -> bool:
-        return any("a." in line for line in self.backward_lines)
 
     @property
     def dropout_count(self) -> int:
@@ -679,8 +685,10 @@ class _Planner:
             lp = self.plan_layer(index, layer, current)
             layers.append(lp)
             current = lp.out
-        forward_lines = [line for lp in layers for line in self.forward_calls(lp)]
-        backward_lines = self.backward_calls(layers)
+        forward_steps = [Step(f"{self.P}l{lp.index}_forward", lp.index, lp.summary, tuple(self.forward_calls(lp)))
+                         for lp in layers if not lp.is_view]
+        backward_steps = [Step(f"{self.P}l{lp.index}_backward", lp.index, lp.summary, tuple(lines))
+                          for lp, lines in self.backward_calls(layers)]
         n = self.network
         params = sum(lp.layer.param_count for lp in layers)
         title = (f"model '{n.name}': {n.input_name} {shape_text(n.input_shape)} -> {shape_text(n.output_shape)}, "
@@ -693,7 +701,7 @@ class _Planner:
         return NetworkPlan(n, self.P, self.K, title, layers, self.params, self.param_offset,
                            self.fixed + self.acts + self.argmax, sum(b.size for b in self.acts),
                            fixed_count, sum(b.size for b in self.argmax),
-                           self.dropout_layers, forward_lines, backward_lines, current,
+                           self.dropout_layers, forward_steps, backward_steps, current,
                            slices, slice_fixed, grad_stride, network_work)
 
     # ---- one layer's plan ----
@@ -759,17 +767,16 @@ class _Planner:
 
     # ---- forward ----
     def forward_calls(self, lp: LayerPlan) -> list[str]:
-        if lp.is_view:
-            return []
-        lines = [f"// {lp.summary}"] + lp.forward(lp.pre or lp.out)
+        lines = lp.forward(lp.pre or lp.out)
         if lp.pre:
             lines.append(activation_call(lp.layer.activation, "forward", lp.out, lp.pre, None, lp.K, lp.layer.slope))
         return lines
 
     # ---- backward ----
-    def backward_calls(self, layers: list[LayerPlan]) -> list[str]:
-        """Walk the layers backwards. The gradient flows through two scratch buffers, grad_a and grad_b:
-        each step reads one and writes the other (dy and dx, the caller's arrays, at the two ends)."""
+    def backward_calls(self, layers: list[LayerPlan]) -> list[tuple[LayerPlan, list[str]]]:
+        """Walk the layers backwards: (layer, its backward calls) in backward order. The gradient flows
+        through two scratch buffers, grad_a and grad_b: each step reads one and writes the other (dy and
+        dx, the caller's arrays, at the two ends)."""
         compute = [lp for lp in layers if not lp.is_view]
         scratch_size = {"a.grad_a": 0, "a.grad_b": 0}
 
@@ -778,12 +785,13 @@ class _Planner:
             scratch_size[chosen] = max(scratch_size[chosen], per_sample)
             return chosen
 
-        lines: list[str] = []
+        steps: list[tuple[LayerPlan, list[str]]] = []
         dout = "dy"
         for lp in reversed(compute):
             layer, K = lp.layer, lp.K
             first = lp is compute[0]
-            lines.append(f"// {lp.summary}")
+            lines: list[str] = []
+            steps.append((lp, lines))
             if lp.pre:  # through the fused activation first: dout -> dpre (written whole: no zeroing)
                 dpre = other_than(dout, layer.out_size)
                 saved = lp.pre if ACTIVATION_READS[layer.activation] == "pre" else lp.out
@@ -802,7 +810,7 @@ class _Planner:
         for name, size in scratch_size.items():
             if size:
                 self.buffer(name[2:], (size,), "gradient scratch: backward alternates between grad_a and grad_b")
-        return lines
+        return steps
 
 
 # ---- rendering -------------------------------------------------------------------------------------
