@@ -1,7 +1,7 @@
 """IR + weights -> standalone C99 for a microcontroller or any C program: `cnnc export --format c`.
 
     plan = memory_plan(network)                   # what the export will need, no weights required
-    paths = export_c(model, "out/", prefix="lenet5")  # out/lenet5.h, lenet5.c, main.c, Makefile
+    paths = export_c(model, "out/", prefix="lenet5")  # out/lenet5.h, lenet5.c, kernels/*.h, main.c, Makefile
 
 The generated `PREFIX.c` depends on nothing beyond the C standard library and libm, never calls
 malloc, keeps the weights in `static const` arrays (flash on a microcontroller) and does all its work
@@ -20,19 +20,24 @@ most two intermediates are alive at once, and the arena is the largest sum of tw
 intermediates: the odd-numbered ones sit at the bottom of the arena, the even-numbered ones at the
 top, and adjacent pairs never overlap. No out-of-place plan needs less.
 
-What this module deliberately is not: an optimiser. The C is straightforward loops in the order
-stated at the top of the generated file, so that a reader can check it against the maths.
+The layers are computed by cnnc's kernel library (cnnc/kernels/*.h), the same C the C backend runs: the
+export copies the plain C99 reference headers it needs (conv.h, pool.h, dense.h, activations.h and
+common.h, never the vectorised ones) into kernels/ beside PREFIX.c, so the folder builds on its own, and
+PREFIX.c calls each kernel with one sample and a `static const` geometry per layer.
+
+What this module deliberately is not: an optimiser. The kernels it uses are the plain reference loops,
+so that a reader can check them against the maths.
 """
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
 import numpy as np
 
+from .c_names import comment_name, is_c_symbol
 from .diagnostics import CnncError
 from .fileio import write_owned_folder
 from .ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network
@@ -42,28 +47,15 @@ FLOAT_BYTES = 4  # the exported C computes in float32
 DTYPES = ("float32",)
 COMPUTE_KINDS = CONV_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS + ("global_avgpool", "dense")
 ALIAS_KINDS = ("flatten", "dropout")
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-C_KEYWORDS = frozenset("""
-    auto break case char const continue default do double else enum extern float for goto if inline int long
-    register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while
-    _Bool _Complex _Imaginary _Alignas _Alignof _Atomic _Generic _Noreturn _Static_assert _Thread_local
-    bool true false alignas alignof static_assert thread_local typeof typeof_unqual constexpr nullptr
-""".split())
 FLOATS_PER_LINE = 8
-
-
-# ---- identifiers -------------------------------------------------------------------------------------
-def is_identifier(text: str) -> bool:
-    """A C identifier that is not a keyword (C99 to C23) and not reserved for the implementation."""
-    return (isinstance(text, str) and IDENTIFIER.match(text) is not None and text not in C_KEYWORDS
-            and not text.startswith("__") and not re.match(r"_[A-Z]", text))
+is_identifier = is_c_symbol  # the name this module has always exported
 
 
 RESERVED_PREFIXES = ("main", "clean", "external")  # PREFIX.c would overwrite main.c; Makefile targets
 
 
 def checked_prefix(prefix: str) -> str:
-    if not is_identifier(prefix):
+    if not is_c_symbol(prefix):
         raise CnncError(f"C prefix {prefix!r} is not usable: it must match ^[A-Za-z_][A-Za-z0-9_]*$, not be a C "
                         f"keyword and not start with '__' or '_' plus a capital letter (those are reserved); "
                         f"choose one with --name PREFIX")
@@ -224,27 +216,10 @@ def _shape_text(shape) -> str:
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"
 
 
-def _layer_label(layer: Layer) -> str:
-    """The spec's layer name, for comments only, and only after it is checked to be a plain identifier."""
-    return layer.name if is_identifier(layer.name) else "(unnamed)"
-
-
 def _layer_comment(layer: Layer) -> str:
-    """Every part is the checked name, a number or one of cnnc's own words."""
-    return f"{_layer_label(layer)}: {layer.kind} {_shape_text(layer.in_shape)} -> {_shape_text(layer.out_shape)}"
-
-
-def _geometry_2d(layer: Layer):
-    """(kernel, stride, dilation, pad_before) as (H, W) pairs; 1-D layers run as 2-D of height 1."""
-    g = (layer.kernel, layer.stride, layer.dilation or (1,) * layer.spatial_dims, layer.pad_before)
-    if layer.spatial_dims == 1:
-        return tuple((neutral, v[0]) for neutral, v in zip((1, 1, 1, 0), g))
-    return g
-
-
-def _hw(shape) -> tuple[int, int, int]:
-    """(C, H, W) of a per-sample shape; (C, L) is (C, 1, L)."""
-    return (shape[0], 1, shape[1]) if len(shape) == 2 else tuple(shape)
+    """Every part is a checked name (cnnc.c_names), a number or one of cnnc's own words."""
+    return (f"{comment_name(layer.name, 'layer name')}: {layer.kind} {_shape_text(layer.in_shape)} -> "
+            f"{_shape_text(layer.out_shape)}")
 
 
 def _weight_arrays(network: Network, params: dict[str, np.ndarray]) -> list[dict]:
@@ -253,38 +228,51 @@ def _weight_arrays(network: Network, params: dict[str, np.ndarray]) -> list[dict
         for spec in layer.params:
             role = spec.name.rsplit(".", 1)[1]  # "weight" or "bias"
             arrays.append({"ident": f"layer{index}_{role}", "size": spec.size, "shape": _shape_text(spec.shape),
-                           "comment": f"{_layer_label(layer)}.{role}",
+                           "comment": f"{comment_name(layer.name, 'layer name')}.{role}",
                            "initializer": c_float_lines(params[spec.name])})
     return arrays
 
 
-def _statement(step: Step, windows: list[dict]) -> tuple[str, str]:
-    """(helper the statement calls, the C statement) for one step of predict()."""
+# The kernel header and geometry struct of each computing layer kind (kernels/*.h).
+def _kernel(layer: Layer) -> tuple[str, str, list]:
+    from .backends.c_codegen import conv_geometry, dense_geometry, global_avgpool_geometry, pool_geometry
+
+    if layer.kind in CONV_KINDS:
+        return "conv.h", "Conv2d", conv_geometry(layer)
+    if layer.kind == "dense":
+        return "dense.h", "Dense", dense_geometry(layer)
+    if layer.kind == "global_avgpool":
+        return "pool.h", "GlobalAvgPool", global_avgpool_geometry(layer)
+    return "pool.h", "Pool2d", pool_geometry(layer)
+
+
+def _statement(step: Step, geometries: list[dict], headers: set[str]) -> str:
+    """The C statement of one step of predict(): a call of a kernel with one sample (N = 1)."""
+    from .backends.c_codegen import c_initializer
+
     out, inp, layer = step.dst.c_expr(), step.src.c_expr(), step.layer
     if step.op == "copy":
-        return "copy", f"memcpy({out}, {inp}, {step.size} * sizeof(float));"
-    if step.op != "compute":
+        return f"memcpy({out}, {inp}, {step.size} * sizeof(float));"
+    if step.op != "compute":  # an activation, in place
+        headers.add("activations.h")
         if step.op == "leaky_relu":
-            return "leaky_relu", f"leaky_relu_inplace({out}, {step.size}, {c_float(layer.slope)});"
-        return step.op, f"{step.op}_inplace({out}, {step.size});"
-    i = step.index
-    weight = f"layer{i}_weight"
-    bias = f"layer{i}_bias" if layer.bias else "NULL"
-    if layer.kind == "dense":
-        return "dense", f"dense_forward({out}, {inp}, {weight}, {bias}, {layer.in_shape[0]}, {layer.units});"
-    if layer.kind == "global_avgpool":
-        C, H, W = _hw(layer.in_shape)
-        return "global_avgpool", f"global_avgpool_forward({out}, {inp}, {C}, {H * W});"
-    (kh, kw), (sh, sw), (dh, dw), (pt, pl) = _geometry_2d(layer)
-    C, H, W = _hw(layer.in_shape)
-    F, OH, OW = _hw(layer.out_shape)
-    window = f"layer{i}_window"
-    windows.append({"ident": window, "fields": f"{kh}, {kw}, {sh}, {sw}, {dh}, {dw}, {pt}, {pl}"})
+            return f"leaky_relu_forward({out}, {out}, {c_float(layer.slope)}, {step.size});"
+        if step.op == "softmax":
+            return f"softmax_forward({out}, {out}, 1, {step.size});"
+        return f"{step.op}_forward({out}, {out}, {step.size});"
+    header, struct, geometry = _kernel(layer)
+    headers.add(header)
+    name = f"layer{step.index}"
+    geometries.append({"struct": struct, "ident": name, "fields": c_initializer(geometry)})
+    params = f"{name}_weight, " + (f"{name}_bias" if layer.bias else "NULL")
     if layer.kind in CONV_KINDS:
-        return "conv", (f"conv2d_forward({out}, {inp}, {weight}, {bias},\n"
-                        f"                   {C}, {H}, {W}, {F}, {OH}, {OW}, &{window});")
-    helper = "maxpool" if layer.kind in MAXPOOL_KINDS else "avgpool"
-    return helper, f"{helper}2d_forward({out}, {inp}, {C}, {H}, {W}, {OH}, {OW}, &{window});"
+        return f"conv2d_forward({out}, {inp}, {params}, 1, {name});"
+    if layer.kind == "dense":
+        return f"dense_forward({out}, {inp}, {params}, 1, {name});"
+    if layer.kind in MAXPOOL_KINDS:
+        return f"maxpool2d_forward({out}, NULL, {inp}, 1, {name});"
+    kind = "global_avgpool" if layer.kind == "global_avgpool" else "avgpool2d"
+    return f"{kind}_forward({out}, {inp}, 1, {name});"
 
 
 def _step_comment(step: Step) -> str:
@@ -298,19 +286,21 @@ def _step_comment(step: Step) -> str:
 
 
 def render_c(network: Network, params: dict[str, np.ndarray], prefix: str) -> dict[str, str]:
-    """{file name: text} of PREFIX.h, PREFIX.c, main.c and Makefile."""
+    """{file name: text} of PREFIX.h, PREFIX.c, the kernel headers it includes (kernels/*.h), main.c and
+    Makefile."""
     from ._version import __version__
+    from .backends.c_codegen import header_closure
+    from .resources import kernel_header_texts
 
     prefix = checked_prefix(prefix)
     plan = memory_plan(network)
-    windows: list[dict] = []
-    statements, helpers = [], set()
+    geometries: list[dict] = []
+    statements, headers = [], set()
     for step in plan.steps:
-        helper, code = _statement(step, windows)
-        helpers.add(helper)
-        statements.append({"comment": _step_comment(step), "code": code})
+        statements.append({"comment": _step_comment(step), "code": _statement(step, geometries, headers)})
+    kernel_files = [f"kernels/{name}" for name in header_closure(headers)]
     names = {"prefix": prefix, "PREFIX": prefix.upper(), "version": __version__,
-             "model": network.name if is_identifier(network.name) else "(unnamed)"}
+             "model": comment_name(network.name, "model name")}
     context = {
         **names,
         "input_shape": _shape_text(network.input_shape), "output_shape": _shape_text(network.output_shape),
@@ -319,13 +309,15 @@ def render_c(network: Network, params: dict[str, np.ndarray], prefix: str) -> di
         "weight_bytes": plan.weight_bytes, "weight_floats": plan.weight_floats,
         "layers": [f"{i:>3}  {_layer_comment(layer)}" + (f" + {layer.activation}" if layer.activation else "")
                    for i, layer in enumerate(network.layers, 1)],
-        "arrays": _weight_arrays(network, params), "windows": windows,
-        "helpers": helpers, "statements": statements,
+        "arrays": _weight_arrays(network, params), "geometries": geometries,
+        "includes": sorted(headers), "kernel_files": kernel_files, "statements": statements,
     }
     env = _environment()
+    texts = kernel_header_texts()
     return {
         f"{prefix}.h": env.get_template("header.h.j2").render(context),
         f"{prefix}.c": env.get_template("source.c.j2").render(context),
+        **{name: texts[name.split("/", 1)[1]] for name in kernel_files},
         "main.c": env.get_template("main.c.j2").render(context),
         "Makefile": env.get_template("Makefile.j2").render(context),
     }
@@ -341,7 +333,8 @@ def network_and_params(model) -> tuple[Network, dict[str, np.ndarray]]:
 
 
 def export_c(model, out_dir, prefix: str | None = None, dtype: str = "float32", force: bool = False) -> list[Path]:
-    """Write PREFIX.h, PREFIX.c, main.c and Makefile into out_dir (created if missing); returns the paths.
+    """Write PREFIX.h, PREFIX.c, kernels/*.h, main.c and Makefile into out_dir (created if missing); returns
+    the paths.
 
     model: a cnnc Model (its .network and .params: load the trained weights into it first).
     prefix: the C identifier prefix, by default the model's name.

@@ -517,8 +517,9 @@ def write_owned_folder(out: str | os.PathLike, files: dict[str, str], products: 
     reads in preference to the Makefile, is refused (case-insensitively: macOS and Windows fold case)."""
     folder = Path(os.fspath(out))
     for name in [*files, *products]:
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or name == EXPORT_MARKER:
-            raise ValueError(f"{command}: file names must be plain names other than {EXPORT_MARKER}; got {name!r}")
+        if not _is_relative_name(name) or name == EXPORT_MARKER or (name in products and "/" in name):
+            raise ValueError(f"{command}: file names must be plain names (or 'folder/name' for files) other than "
+                             f"{EXPORT_MARKER}; got {name!r}")
     for product in products:
         clash = [name for name in [*files, *MAKE_READS] if name.lower() == product.lower()]
         if clash:
@@ -529,17 +530,18 @@ def write_owned_folder(out: str | os.PathLike, files: dict[str, str], products: 
         raise CnncError(f"{folder}: exists and is not a directory; {command} writes a directory of files")
     owned = _owned_files(folder, command) if (folder / EXPORT_MARKER).is_file() else set()
     if folder.is_dir() and not force:
-        present = sorted(entry.name for entry in folder.iterdir())
-        foreign = [name for name in present if name != EXPORT_MARKER and name not in owned]
+        foreign = _foreign_files(folder, owned)
         if foreign:
-            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            shown = ", ".join(foreign[:5]) + (" and more" if len(foreign) > 5 else "")
             raise CnncError(f"{folder}: the folder holds files {command} did not write ({shown}); choose an empty "
                             f"or new folder, or pass --force to overwrite them")
     paths = []
     for name, text in files.items():
-        atomic_write_text(folder / name, text)
-        paths.append(folder / name)
-    kept = {name for name in owned if (folder / name).exists()}
+        path = folder.joinpath(*name.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+        paths.append(path)
+    kept = {name for name in owned if folder.joinpath(*name.split("/")).exists()}
     marker = {"written_by": command, "files": sorted(kept | set(files) | set(products))}
     atomic_write_text(folder / EXPORT_MARKER, json.dumps(marker, indent=2) + "\n")
     return paths
@@ -553,6 +555,27 @@ def _owned_files(folder: Path, command: str) -> set[str]:
     except CnncError:
         return set()
     files = marker.get("files") if isinstance(marker, dict) and marker.get("written_by") == command else None
-    if not isinstance(files, list) or not all(isinstance(f, str) and Path(f).name == f for f in files):
+    if not isinstance(files, list) or not all(_is_relative_name(f) for f in files):
         return set()
     return set(files)
+
+
+def _is_relative_name(name) -> bool:
+    """A file name, or 'folder/name': no absolute path, no '.' or '..' part, no empty part."""
+    return isinstance(name, str) and all(part not in ("", ".", "..") and Path(part).name == part
+                                         for part in name.split("/"))
+
+
+def _foreign_files(folder: Path, owned: set[str], most: int = 6) -> list[str]:
+    """Up to `most` files (as 'folder/name') under `folder` that an earlier export did not write; directories
+    holding only owned files are owned. Stops early, so a folder like one's home is not walked whole."""
+    foreign = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            relative = Path(root, name).relative_to(folder).as_posix()
+            if relative != EXPORT_MARKER and relative not in owned:
+                foreign.append(relative)
+                if len(foreign) >= most:
+                    return foreign
+    return foreign

@@ -1,22 +1,29 @@
-"""The grammar and the C templates: package data, found by importlib.resources.
+"""The grammar, the C templates and the C kernel library: package data, found by importlib.resources.
 
-In the repository they live at the top level (grammar/, templates/); pyproject.toml maps them to the
-regular packages `cnnc.grammar` and `cnnc.templates`, so an editable install, a wheel and an sdist all
-find them the same way. Nothing here turns a resource into a path: a resource may live in a zip.
+In the repository the grammar and templates live at the top level (grammar/, templates/); pyproject.toml
+maps them to the regular packages `cnnc.grammar` and `cnnc.templates`. The kernel headers live in
+cnnc/kernels/, package data of `cnnc` itself. An editable install, a wheel and an sdist all find them the
+same way. Nothing here turns a resource into a path: a resource may live in a zip.
 """
 from __future__ import annotations
 
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-KINDS = ("grammar", "templates")
+KINDS = ("grammar", "templates", "kernels")
+
+
+def _root(kind: str) -> Traversable:
+    if kind not in KINDS:
+        raise ValueError(f"resource kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    if kind == "kernels":  # a folder of the cnnc package, not a package of its own
+        return resources.files("cnnc").joinpath("kernels")
+    return resources.files(f"cnnc.{kind}")
 
 
 def resource(kind: str, name: str) -> Traversable:
-    """kind: "grammar" or "templates"; name: a '/'-separated path inside it, e.g. "export/main.c.j2"."""
-    if kind not in KINDS:
-        raise ValueError(f"resource kind must be one of {', '.join(KINDS)}; got {kind!r}")
-    return resources.files(f"cnnc.{kind}").joinpath(*name.split("/"))
+    """kind: "grammar", "templates" or "kernels"; name: a '/'-separated path inside it, e.g. "export/main.c.j2"."""
+    return _root(kind).joinpath(*name.split("/"))
 
 
 def read_resource(kind: str, name: str) -> str:
@@ -35,7 +42,7 @@ def resource_names(kind: str) -> list[str]:
             elif not child.name.endswith((".py", ".pyc")):
                 names.append(prefix + child.name)
 
-    walk(resources.files(f"cnnc.{kind}"), "")
+    walk(_root(kind), "")
     return sorted(names)
 
 
@@ -45,3 +52,8 @@ def template_loader(subfolder: str = ""):
 
     prefix = f"{subfolder}/" if subfolder else ""
     return jinja2.FunctionLoader(lambda name: read_resource("templates", prefix + name))
+
+
+def kernel_header_texts() -> dict[str, str]:
+    """{name: text} of every header of the C kernel library (cnnc/kernels/*.h)."""
+    return {name: read_resource("kernels", name) for name in resource_names("kernels") if name.endswith(".h")}

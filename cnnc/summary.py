@@ -7,6 +7,22 @@ from .shapes import fmt_shape
 FLOAT32_BYTES = 4
 
 
+def c_backend_memory(network: Network, dtype: str = "float32") -> dict | None:
+    """What the C backend allocates besides parameters and their gradients, from its plan (the buffers its
+    kernels use: activations, saved state such as max-pool winners and padded inputs, and the scratch of the
+    blocked kernels): {"per_sample": bytes per sample, "fixed": bytes whatever the batch}. The C model
+    allocates exactly fixed + n * per_sample for a batch of n (plus 128 bytes of alignment slack). None if
+    the C backend cannot plan the network (a buffer past 2^31 elements per sample)."""
+    from .backends.c_codegen import ITEM_SIZE, plan_network
+
+    try:
+        plan = plan_network(network, "", dtype)
+    except ValueError:
+        return None
+    item = ITEM_SIZE[dtype]
+    return {"per_sample": plan.act_count * item + plan.argmax_count * 4, "fixed": plan.fixed_count * item}
+
+
 def layer_record(layer: Layer) -> dict:
     record = {"name": layer.name, "kind": layer.kind, "output": list(layer.out_shape),
               "params": layer.param_count, "macs": layer.macs}
@@ -27,6 +43,7 @@ def network_record(network: Network) -> dict:
         "params": network.param_count,
         "macs": network.macs,
         "activation_bytes": network.activation_elements * FLOAT32_BYTES,
+        "c_backend_bytes": c_backend_memory(network),
         "loss": network.loss,
         "weight_sharing": weight_sharing(network),
         "warnings": [{"line": w.loc.line, "col": w.loc.col, "message": w.message} if w.loc else {"message": w.message}
@@ -62,6 +79,14 @@ def human_bytes(n: int) -> str:
     raise AssertionError
 
 
+def _c_memory_line(network: Network) -> str:
+    memory = c_backend_memory(network)
+    if memory is None:
+        return "C backend memory: too large (a buffer holds more than 2^31 - 1 elements per sample)"
+    return (f"C backend memory (float32, with saved state and scratch): {human_bytes(memory['per_sample'])} per sample "
+            f"+ {human_bytes(memory['fixed'])} fixed")
+
+
 def _kind_cell(layer: Layer) -> str:
     return f"{layer.kind}+{layer.activation}" if layer.activation else layer.kind
 
@@ -90,6 +115,7 @@ def summary_table(network: Network) -> str:
         f"parameters: {network.param_count:,} ({human_bytes(params_bytes)} as float32)",
         f"multiply-accumulates per sample: {network.macs:,}",
         f"activation memory per sample: {network.activation_elements:,} values ({human_bytes(act_bytes)} as float32)",
+        _c_memory_line(network),
         f"loss: {network.loss or 'none'}",
     ]
     totals += [_sharing_line(layer) for layer in network.layers if layer.kind in CONV_KINDS]

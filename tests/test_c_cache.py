@@ -54,7 +54,7 @@ def test_second_load_is_a_cache_hit_that_runs_no_compiler(tmp_path, monkeypatch)
     assert first.module.built.compiled
     [key] = entries(cache)
     assert sorted(p.name for p in (cache / "c" / key).iterdir()) == sorted(
-        ["manifest.json", "model.c", f"{c_build.module_name(key)}{c_build.sysconfig.get_config_var('EXT_SUFFIX')}"])
+        ["kernels", "manifest.json", "model.c", f"{c_build.module_name(key)}{c_build.sysconfig.get_config_var('EXT_SUFFIX')}"])
 
     forget_loaded_modules()
     monkeypatch.setattr(c_build, "compile_module", no_compiling)
@@ -108,6 +108,8 @@ def test_a_hit_renders_the_c_only_when_asked_and_it_is_the_c_the_module_was_buil
     module = cnnc.load(spec, backend="c", cache_dir=cache).module
     assert not module.built.compiled and module.built.source is None
     assert module.source.text == (module.built.directory / "model.c").read_text()
+    for name, text in module.source.headers:  # and the kernel headers it was built with, beside it
+        assert (module.built.directory / name).read_text() == text
 
 
 def test_a_directory_compiled_before_the_source_key_still_loads_through_the_cache(tmp_path, monkeypatch):
@@ -233,7 +235,7 @@ def test_the_key_follows_the_network_the_flags_the_compiler_and_the_versions(mon
     assert len({base, *variants}) == 1 + len(variants)
 
 
-def test_editing_a_template_or_the_code_generator_changes_the_key(monkeypatch):
+def test_editing_a_template_a_kernel_header_or_the_code_generator_changes_the_key(monkeypatch):
     network = cnnc.network_from_text(SPEC.format(filters=2))
     before = c_build.source_key([network], "float32")
     genuine_texts = c_build.codegen_texts()
@@ -244,12 +246,14 @@ def test_editing_a_template_or_the_code_generator_changes_the_key(monkeypatch):
         return c_build.source_key([network], "float32")
 
     assert key_with(list(genuine_texts)) == before  # the same contents: the same key
-    edited = key_with([(n, d + b"// edited\n" if n == "conv2d_forward.c.j2" else d) for n, d in genuine_texts])
+    edited = key_with([(n, d + b"// edited\n" if n == "module.c.j2" else d) for n, d in genuine_texts])
+    kernel = key_with([(n, d + b"// edited\n" if n == "kernels/conv.h" else d) for n, d in genuine_texts])
     added = key_with(genuine_texts + [("export/new.c.j2", b"")])
     changed_codegen = key_with([(n, d + b"# edited\n" if n.endswith("c_codegen.py") else d) for n, d in genuine_texts])
     c_build.codegen_fingerprint.cache_clear()
-    assert len({before, edited, added, changed_codegen}) == 4
-    assert any(n == "conv2d_forward.c.j2" for n, _ in genuine_texts)
+    assert len({before, edited, kernel, added, changed_codegen}) == 5
+    names = {n for n, _ in genuine_texts}
+    assert {"module.c.j2", "kernels/conv.h", "kernels/conv_blocked.h", "kernels/pool.h"} <= names
 
 
 def test_specs_with_the_same_layers_share_an_entry_wherever_and_however_they_are_written(tmp_path):

@@ -209,14 +209,20 @@ def test_export_again_over_its_own_files_and_build_products_is_allowed(tiny, tmp
     out = tmp_path / "deploy"
     assert export(tiny, out)[0] == 0
     marker = json.loads((out / EXPORT_MARKER).read_text())
+    kernels = sorted(p.relative_to(out).as_posix() for p in (out / "kernels").iterdir())
+    assert kernels and all(name.endswith(".h") for name in kernels)  # the kernel library's headers it calls
     assert marker == {"written_by": "cnnc export",
-                      "files": ["Makefile", "main.c", "tiny", "tiny.c", "tiny.h", "tiny_external"]}
+                      "files": sorted(["Makefile", "main.c", "tiny", "tiny.c", "tiny.h", "tiny_external", *kernels])}
     (out / "tiny").write_bytes(b"\x7fELF built by make")  # what `make` leaves behind
     status, _, err = export(tiny, out)
     assert status == 0, err
     (out / "notes.txt").write_text("mine")
     status, _, err = export(tiny, out)
     assert status == 1 and "(notes.txt)" in err
+    (out / "notes.txt").unlink()
+    (out / "kernels" / "mine.h").write_text("mine")  # a user's file inside the export's own subfolder
+    status, _, err = export(tiny, out)
+    assert status == 1 and "(kernels/mine.h)" in err
 
 
 def test_a_forged_marker_does_not_make_foreign_files_owned(tiny, tmp_path):

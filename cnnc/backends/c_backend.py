@@ -6,7 +6,8 @@
     module = compile_networks([net_a, net_b], "float64")   # several networks, one compiler run
     a = module.model("net_a", seed=0)
 
-Memory, as the generated C sees it (see c_codegen for the layout and templates/ for the code):
+Memory, as the generated C sees it (see c_codegen for the layout, templates/module.c.j2 for the glue and
+cnnc/kernels/ for the kernels):
     parameter block   every ParamSpec, one after another; m.params[name] is a reshaped NumPy view on it
     gradient block    the same layout; m.grads[name] likewise. backward overwrites it.
     activation block  the input copy, every layer's output, pre-activations, dropout masks and two
@@ -297,7 +298,8 @@ READABLE_DIR_FORMATS = ("cnnc-compile-1", DIR_FORMAT)  # a format-1 module is re
 
 def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "float32", emit_c: bool = False,
                          **options) -> list[Path]:
-    """Write MODEL.c, the spec, a manifest and (unless emit_c) the built module into out_dir.
+    """Write MODEL.c (with the kernel headers it includes, in kernels/), the spec, a manifest and (unless
+    emit_c) the built module into out_dir.
     Returns the paths written."""
     _check_options(options)
     dtype = check_dtype(dtype)
@@ -319,6 +321,10 @@ def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "
                    {"the spec": path})
     atomic_write_text(written[0], text)
     atomic_write_text(written[1], source.text)
+    for name, header in source.headers:  # the kernel headers MODEL.c includes, so that it compiles on its own
+        written.append(out.joinpath(*name.split("/")))
+        written[-1].parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(written[-1], header)
     if not emit_c:
         built = c_build.build(source_id, lambda: source, cache_dir=options.get("cache_dir"), **build_options)
         so = _module_file(built)

@@ -6,13 +6,14 @@
 The cache key is a SHA-256 of everything that decides the bytes of the built module. It is computed
 from the inputs of code generation, not from its output, so a hit renders no C: `source_key` hashes
 the networks' IR (without source locations and file names, which do not reach the C), the dtype,
-every template file, c_codegen.py, ir.py and the cnnc version; `cache_key` adds the compiler (its
+every template file, every kernel header (cnnc/kernels/*.h), c_codegen.py, ir.py and the cnnc version; `cache_key` adds the compiler (its
 path and `--version`), the flags, the CPU when the flags say -march=native, the Python ABI and the
 cffi version. An entry is a directory
 
     $CNNC_CACHE_DIR/c/<key>/        (default $XDG_CACHE_HOME/cnnc, else ~/.cache/cnnc; in user-<uid>/
                                     below it when other users can write it: fileio.private_cache_dir)
-        model.c                     the generated C, for reading
+        model.c                     the generated glue C, for reading
+        kernels/*.h                 the kernel headers it includes
         _cnnc_<key>.<abi>.so         the extension module
         manifest.json               key, flags, compiler, and the module's size and SHA-256
 
@@ -298,12 +299,13 @@ def ir_data(value):
 
 def codegen_texts() -> list[tuple[str, bytes]]:
     """(name, contents) of every file code generation reads besides the IR: c_codegen.py, ir.py (whose
-    properties it reads) and the templates, all read as package resources."""
+    properties it reads), the templates and the kernel headers, all read as package resources."""
     from importlib import resources
 
     texts = [(f"cnnc/{name}", resources.files(package).joinpath(name.split("/")[-1]).read_bytes())
              for package, name in (("cnnc.backends", "backends/c_codegen.py"), ("cnnc", "ir.py"))]
     texts += [(name, read_resource("templates", name).encode()) for name in resource_names("templates")]
+    texts += [(f"kernels/{name}", read_resource("kernels", name).encode()) for name in resource_names("kernels")]
     return texts
 
 
@@ -561,6 +563,15 @@ def write_parts(work: Path, name: str, source: CSource) -> None:
     ffi.cdef(source.cdef)
     make_c_source(ffi, name, "#define CNNC_PART 1\n" + source.text, str(work / PART_ONE))
     (work / PART_TWO).write_text("#define CNNC_PART 2\n" + source.text, encoding="utf-8")
+    write_headers(work, source)
+
+
+def write_headers(directory: Path, source: CSource) -> None:
+    """The kernel headers the glue includes (`#include "kernels/conv.h"`), copied beside it from their texts."""
+    for name, text in source.headers:
+        path = directory.joinpath(*name.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
 
 
 COMPILE_TIMEOUT_S = 1800
@@ -769,6 +780,7 @@ def compile_module(directory: Path, key: str, source: CSource, compiler: Compile
     so = directory / so_name
     os.replace(work / so_name, so)
     (directory / C_FILE).write_text(source.text, encoding="utf-8")
+    write_headers(directory, source)
     shutil.rmtree(work)
     return {"format": FORMAT, "key": key, "module": name, "module_file": so.name, "module_size": so.stat().st_size,
             "module_sha256": file_sha256(so), "dtype": source.dtype, "cnnc": __version__, "compiler": compiler.name,

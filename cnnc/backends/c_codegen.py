@@ -1,185 +1,74 @@
-"""IR -> C source: plan each network's memory and calls, then render templates/*.c.j2.
+"""IR -> C glue over the kernel library: plan each layer, then render templates/module.c.j2.
 
-    source = generate([network], "float32")       # one C translation unit
-    source.text                                  # the C file, readable on its own
+    source = generate([network], "float32")       # one C translation unit (the glue)
+    source.text                                  # the glue C, readable on its own
+    source.headers                               # {"kernels/conv.h": text, ...}: the kernel library it includes
     source.cdef                                  # the declarations cffi binds
     source.plans[0].param_count                  # the layout the Python side views
 
-Pipeline: `check_network` refuses anything that could put unchecked text or inconsistent sizes into
-C; `plan_network` decides, per layer, its constants, its kernel templates and which buffer each call
-reads and writes; the templates only print what the plan says.
+Pipeline: the front end's IR is the contract (its shapes are already checked); `plan_network` turns each
+layer into a typed plan (one dataclass per layer kind and variant: ConvPlan, BlockedConvPlan, DensePlan, ...)
+holding the layer's geometry, the buffers it reads and writes and its scratch; each plan says which kernel
+header it needs and prints its own calls. The template only lays out the blocks and prints the calls.
 
-What reaches the C text: numbers (Python ints and finite floats, checked here), identifiers built
-here from layer positions (`l3_conv2d_forward`, `L3_OH`), and, in comments only, layer and model names
-that match ^[A-Za-z_][A-Za-z0-9_]*$. Nothing else from the spec.
+What reaches the C text (see cnnc.c_names): numbers checked by c_int / c_real, identifiers built here from
+layer positions (`l3_weight`, `L3`), and, in comments only, layer and model names that are plain identifiers.
 
-Kernel choice: `KERNELS` maps a layer kind to its forward/backward templates. `choose_kernel` is the
-one place to pick a different implementation per layer (im2col, blocked, fused) at compile time.
+The kernels themselves are hand-written C in cnnc/kernels/*.h, written once; the glue calls each one with a
+`static const` geometry of constants, and the kernels are always-inline, so gcc specialises every call site.
+`choose_kernel` is the one place that picks a variant (blocked, 2x2, direct) per layer at compile time.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cache
-from math import isfinite, prod
+from math import prod
+from typing import ClassVar
 
 from .._version import __version__
+from ..c_names import MAX_INT32, c_int, c_real, comment_name
+from ..diagnostics import CnncError
 from ..ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, LAYER_KINDS, MAXPOOL_KINDS, POOL_KINDS, Layer, Network
-from ..resources import template_loader
+from ..resources import kernel_header_texts, template_loader
 
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 C_TYPES = {"float32": "float", "float64": "double"}
-MAX_INT32 = 2**31 - 1
 # Per-network sizes the C defines as <prefix>MODEL_<what> and Python reads back through cffi.
 SIZE_CONSTANTS = ("PARAM_COUNT", "ACT_COUNT", "FIXED_COUNT", "ARGMAX_COUNT", "IN_SIZE", "OUT_SIZE", "DROPOUT_LAYERS")
 # The blocked kernels work on vectors of VECTOR_BYTES (GCC vector extensions: AVX-512 where the CPU has it,
 # two AVX2 or four SSE registers elsewhere); VL = VECTOR_BYTES / sizeof(real) lanes.
 VECTOR_BYTES = 64
 ITEM_SIZE = {"float32": 4, "float64": 8}
+# Kernel headers every glue file includes: the library's common definitions, the vectors and the loss and
+# optimiser kernels behind the module's shared entry points.
+BASE_HEADERS = ("common.h", "vector.h", "loss.h", "optim.h")
 
 
-# ---- validation: nothing unchecked reaches the C text ----------------------------------------------
-def check_identifier(name, what: str) -> str:
-    """A name that may appear in a C comment: a plain identifier, nothing else."""
-    if not isinstance(name, str) or not IDENTIFIER.match(name):
-        raise ValueError(f"{what} {name!r} is not a valid identifier (expected [A-Za-z_][A-Za-z0-9_]*); "
-                         f"the C backend refuses to generate code for it")
-    return name
+def kernel_headers() -> dict[str, str]:
+    """{name: text} of every header of the kernel library (cnnc/kernels/*.h), read as package resources."""
+    return kernel_header_texts()
 
 
-def c_int(value, what: str, minimum: int = 0, maximum: int = MAX_INT32) -> int:
-    """A Python int (not a bool, not a string that looks like one) in [minimum, maximum]."""
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise ValueError(f"{what} must be an integer in [{minimum}, {maximum}]; got {value!r}")
-    return value
+def header_closure(names) -> list[str]:
+    """The headers `names` need, with the ones they include (`#include "x.h"`), sorted."""
+    texts = kernel_headers()
+    needed, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo += re.findall(r'^#include "([a-z_]+\.h)"', texts[name], flags=re.M)
+    return sorted(needed)
 
 
-def c_real(value, what: str) -> str:
-    """A finite real number as a C literal (repr round-trips a double exactly)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not isfinite(value):
-        raise ValueError(f"{what} must be a finite number; got {value!r}")
-    return repr(float(value))
-
-
-def _ints(values, what: str, length: int, minimum: int) -> tuple[int, ...]:
-    if not isinstance(values, tuple) or len(values) != length:
-        raise ValueError(f"{what} must be a tuple of {length} integers; got {values!r}")
-    return tuple(c_int(v, what, minimum) for v in values)
-
-
-def check_layer(layer: Layer, in_shape: tuple[int, ...]) -> None:
-    """Every field the C code uses, re-derived from the input shape: a hand-made IR whose sizes do not
-    add up would otherwise compile into out-of-bounds loops."""
-    name = check_identifier(layer.name, "layer name")
-    where = f"layer '{name}'"
-    if layer.kind not in LAYER_KINDS:
-        raise ValueError(f"{where}: unknown layer kind {layer.kind!r}")
-    if layer.activation is not None and (layer.activation not in ACTIVATIONS or layer.kind not in CONV_KINDS + ("dense",)):
-        raise ValueError(f"{where}: activation {layer.activation!r} is not a fused activation of a conv or dense layer")
-    if layer.in_shape != in_shape:
-        raise ValueError(f"{where}: in_shape {layer.in_shape} does not match the previous output {in_shape}")
-    _ints(layer.in_shape, f"{where}: in_shape", len(layer.in_shape), 1)
-    if not 1 <= len(layer.in_shape) <= 3:
-        raise ValueError(f"{where}: in_shape must have 1 to 3 dimensions; got {layer.in_shape}")
-    for size, what in [(layer.in_size, "input"), (layer.out_size, "output")]:
-        c_int(size, f"{where}: {what} elements per sample", 1)
-    c_real(layer.slope, f"{where}: slope")
-    c_real(layer.rate, f"{where}: rate")
-    expected_out, expected_params = _expected_shapes(layer, where)
-    if layer.out_shape != expected_out:
-        raise ValueError(f"{where}: out_shape {layer.out_shape} does not follow from its input and geometry "
-                         f"(expected {expected_out})")
-    got_params = [(p.name, p.shape) for p in layer.params]
-    if got_params != expected_params:
-        raise ValueError(f"{where}: parameters {got_params} do not match its kind and shapes (expected {expected_params})")
-    for p in layer.params:
-        c_int(p.size, f"{where}: size of {p.name}", 1)
-
-
-def _expected_shapes(layer: Layer, where: str):
-    """(out_shape, [(param name, shape)]) that the layer's kind, geometry and input imply."""
-    kind, shape = layer.kind, layer.in_shape
-    if kind in CONV_KINDS + POOL_KINDS:
-        dims = 1 if kind.endswith("1d") else 2
-        if len(shape) != dims + 1:
-            raise ValueError(f"{where}: {kind} needs a {dims + 1}-D input; got {shape}")
-        kernel = _ints(layer.kernel, f"{where}: kernel", dims, 1)
-        stride = _ints(layer.stride, f"{where}: stride", dims, 1)
-        dilation = _ints(layer.dilation, f"{where}: dilation", dims, 1)
-        before = _ints(layer.pad_before, f"{where}: pad_before", dims, 0)
-        after = _ints(layer.pad_after, f"{where}: pad_after", dims, 0)
-        out = []
-        for size, k, s, d, pb, pa in zip(shape[1:], kernel, stride, dilation, before, after):
-            span = d * (k - 1) + 1
-            if span > size + pb + pa:
-                raise ValueError(f"{where}: window {span} is larger than the padded input {size + pb + pa}")
-            out.append((size + pb + pa - span) // s + 1)
-        if kind in POOL_KINDS:
-            if any(d != 1 for d in dilation):
-                raise ValueError(f"{where}: pooling has dilation 1; got {dilation}")
-            if any(p > k // 2 for p, k in zip(before + after, kernel + kernel)):
-                raise ValueError(f"{where}: pooling padding {before}/{after} exceeds half the window {kernel}")
-            return (shape[0], *out), []
-        filters = c_int(layer.filters, f"{where}: filters", 1)
-        params = [(f"{layer.name}.weight", (filters, shape[0], *kernel))]
-        return (filters, *out), params + ([(f"{layer.name}.bias", (filters,))] if layer.bias else [])
-    if kind == "dense":
-        if len(shape) != 1:
-            raise ValueError(f"{where}: dense needs a flat input; got {shape}")
-        units = c_int(layer.units, f"{where}: units", 1)
-        params = [(f"{layer.name}.weight", (units, shape[0]))]
-        return (units,), params + ([(f"{layer.name}.bias", (units,))] if layer.bias else [])
-    if kind == "flatten":
-        return (prod(shape),), []
-    if kind == "global_avgpool":
-        if len(shape) < 2:
-            raise ValueError(f"{where}: global_avgpool needs a (C, ...) input; got {shape}")
-        return (shape[0],), []
-    if kind == "softmax" and len(shape) != 1:
-        raise ValueError(f"{where}: softmax needs a flat input; got {shape}")
-    if kind == "dropout" and not 0 <= layer.rate < 1:
-        raise ValueError(f"{where}: dropout rate must be in [0, 1); got {layer.rate}")
-    return shape, []
-
-
-def check_network(network: Network) -> None:
-    """Raise ValueError unless every name is an identifier and every size follows from the input."""
-    check_identifier(network.name, "model name")
-    check_identifier(network.input_name, "input name")
-    if not network.layers:
-        raise ValueError(f"model '{network.name}' has no layers")
-    shape = _ints(network.input_shape, "input shape", len(network.input_shape), 1)
-    names = set()
-    for layer in network.layers:
-        check_layer(layer, shape)
-        if layer.name in names:
-            raise ValueError(f"model '{network.name}': duplicate layer name '{layer.name}'")
-        names.add(layer.name)
-        shape = layer.out_shape
-
-
-# ---- kernels: which templates implement a layer ---------------------------------------------------
-@dataclass(frozen=True)
-class Kernel:
-    forward: str  # template file
-    backward: str
-
-
-KERNELS: dict[str, dict[str, Kernel]] = {
-    "conv": {"direct": Kernel("conv2d_forward.c.j2", "conv2d_backward.c.j2"),
-             "blocked": Kernel("conv2d_blocked_forward.c.j2", "conv2d_blocked_backward.c.j2")},
-    "dense": {"direct": Kernel("dense_forward.c.j2", "dense_backward.c.j2"),
-              "blocked": Kernel("dense_blocked_forward.c.j2", "dense_blocked_backward.c.j2")},
-    "maxpool": {"direct": Kernel("maxpool2d_forward.c.j2", "maxpool2d_backward.c.j2"),
-                "2x2": Kernel("maxpool2d_2x2_forward.c.j2", "maxpool2d_2x2_backward.c.j2")},
-    "avgpool": {"direct": Kernel("avgpool2d_forward.c.j2", "avgpool2d_backward.c.j2")},
-    "global_avgpool": {"direct": Kernel("global_avgpool_forward.c.j2", "global_avgpool_backward.c.j2")},
-}
-
-
-# Backward kernels that write (=) every element of their input gradient, so it is not zeroed first (the
-# others accumulate into it). The elementwise helpers do too; they have no kernel family.
-WRITES_WHOLE_INPUT_GRAD = {"maxpool2d_2x2_backward.c.j2", "dense_blocked_backward.c.j2"}
+# ---- kernel choice ---------------------------------------------------------------------------------
+# A blocked convolution needs this many filters (vector lanes to fill) and output and input columns (a tile).
+BLOCKED_MIN_CHANNELS = 4
+BLOCKED_MIN_WIDTH = 4
+# A blocked dense layer needs this many inputs (a vector's worth, in float32).
+BLOCKED_MIN_INPUTS = 16
+# Register budget of one tile: at most this many vector accumulators (MAX_TILE in kernels/vector.h).
+MAX_TILE = 16
 
 
 def kernel_family(layer: Layer) -> str | None:
@@ -197,16 +86,15 @@ def kernel_family(layer: Layer) -> str | None:
 def choose_kernel(layer: Layer) -> str:
     """The implementation of this layer's kind to use, decided at compile time from its shapes.
 
-    conv: "blocked" (register tiles of output columns x a vector of channels, see conv2d_blocked.c.j2)
-    when there are enough filters and input channels to fill some vector lanes and rows long enough for a
-    tile, and the stride is at most 2 (its input gradient correlates a stride-dilated output gradient,
-    which wastes stride^2 of the work); "direct" (the plain loops) otherwise. dense: "blocked" from
-    BLOCKED_MIN_INPUTS inputs. maxpool2d: "2x2" (four fixed loads per window) for the 2x2 window, stride 2,
-    no padding. Everything else: "direct"."""
+    conv: "blocked" (kernels/conv_blocked.h: register tiles of output columns x a vector of channels) when
+    there are enough filters to fill some vector lanes and rows long enough for a tile, and the stride is at
+    most 2 (its input gradient correlates a stride-dilated output gradient, which wastes stride^2 of the
+    work); "direct" (kernels/conv.h, the plain loops) otherwise. dense: "blocked" from BLOCKED_MIN_INPUTS
+    inputs. maxpool2d: "2x2" (four fixed loads per window) for the 2x2 window, stride 2, no padding.
+    Everything else: "direct"."""
     if kernel_family(layer) == "conv":
-        H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = _geometry_2d(layer)
-        filters, channels = layer.out_shape[0], layer.in_shape[0]
-        if filters >= BLOCKED_MIN_CHANNELS and OW >= BLOCKED_MIN_WIDTH and W >= BLOCKED_MIN_WIDTH and max(SH, SW) <= 2:
+        H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
+        if layer.out_shape[0] >= BLOCKED_MIN_CHANNELS and OW >= BLOCKED_MIN_WIDTH and W >= BLOCKED_MIN_WIDTH and max(SH, SW) <= 2:
             return "blocked"
     if layer.kind == "dense" and layer.in_shape[0] >= BLOCKED_MIN_INPUTS:
         return "blocked"
@@ -214,15 +102,6 @@ def choose_kernel(layer: Layer) -> str:
             and not any(layer.pad_before + layer.pad_after)):
         return "2x2"
     return "direct"
-
-
-# A blocked convolution needs this many filters (vector lanes to fill) and output and input columns (a tile).
-BLOCKED_MIN_CHANNELS = 4
-BLOCKED_MIN_WIDTH = 4
-# A blocked dense layer needs this many inputs (a vector's worth, in float32).
-BLOCKED_MIN_INPUTS = 16
-# Register budget of one tile: at most this many vector accumulators.
-MAX_TILE = 16
 
 
 def column_block(width: int) -> tuple[int, int]:
@@ -271,46 +150,379 @@ def weight_grad_block(channels: int, kernel_width: int) -> tuple[int, int]:
     return cb, kb
 
 
-# ---- the plan --------------------------------------------------------------------------------------
+def geometry_2d(layer: Layer):
+    """(H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW): a 1-D layer runs as a 2-D one of height 1."""
+    if layer.spatial_dims == 1:
+        (L,), (OL,) = layer.in_shape[1:], layer.out_shape[1:]
+        return (1, L, 1, OL, 1, layer.kernel[0], 1, layer.stride[0], 1, layer.dilation[0], 0, layer.pad_before[0])
+    (H, W), (OH, OW) = layer.in_shape[1:], layer.out_shape[1:]
+    return (H, W, OH, OW, *layer.kernel, *layer.stride, *layer.dilation, *layer.pad_before)
+
+
+@dataclass(frozen=True)
+class BlockedConv:
+    """The sizes of a blocked convolution beyond its geometry (kernels/conv_blocked.h's Conv2dBlocked):
+    vectors, tiles and scratch planes."""
+
+    FV: int  # vectors of VL filters
+    CV: int  # vectors of VL input channels (the input gradient's outputs)
+    HP: int  # rows and columns of the (zero-padded) input as the forward correlation reads it
+    WP: int
+    HD: int  # rows and columns of the spread-out, padded output gradient
+    WD: int
+    OB: int  # output columns per forward tile, and in the last tile (0: none)
+    OB_TAIL: int
+    XB: int  # input columns per input-gradient tile, and in the last tile
+    XB_TAIL: int
+    CB: int  # input channels and kernel columns per weight-gradient tile
+    KB: int
+    padded: bool  # whether forward copies the input into a padded buffer
+    # Forward and input gradient each vectorise over output channels, or over output columns (few channels):
+    forward_by_columns: bool
+    FMB: int  # by columns: output channels and rows per tile, forward and input gradient
+    FRB: int
+    input_grad_by_columns: bool
+    XMB: int
+    XRB: int
+    # The weight gradient vectorised over output columns (few filters): WMB filters x KW taps per tile.
+    weight_grad_by_columns: bool
+    WMB: int
+
+    @classmethod
+    def of(cls, layer: Layer, vl: int) -> "BlockedConv":
+        H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
+        C, F = layer.in_shape[0], layer.out_shape[0]
+        HP = max(PH + H, (OH - 1) * SH + (KH - 1) * DH + 1)
+        WP = max(PW + W, (OW - 1) * SW + (KW - 1) * DW + 1)
+        HD = (KH - 1) * DH + max(PH + H, (OH - 1) * SH + 1)
+        WD = (KW - 1) * DW + max(PW + W, (OW - 1) * SW + 1)
+        fwd_cols = SW == 1 and by_columns(F, OW, vl)
+        dx_cols = by_columns(C, W, vl)
+        OB, OB_TAIL = (vl, OW % vl) if fwd_cols else column_block(OW)
+        XB, XB_TAIL = (vl, W % vl) if dx_cols else column_block(W)
+        FMB, FRB = column_tile(F, OH) if fwd_cols else (0, 0)
+        XMB, XRB = column_tile(C, H) if dx_cols else (0, 0)
+        wgrad_cols = weight_grad_by_columns(F, OW, KW, SW, vl)
+        return cls(-(-F // vl), -(-C // vl), HP, WP, HD, WD, OB, OB_TAIL, XB, XB_TAIL, *weight_grad_block(C, KW),
+                   padded=(HP, WP, PH, PW) != (H, W, 0, 0), forward_by_columns=fwd_cols, FMB=FMB, FRB=FRB,
+                   input_grad_by_columns=dx_cols, XMB=XMB, XRB=XRB, weight_grad_by_columns=wgrad_cols,
+                   WMB=weight_grad_column_tile(F, KW) if wgrad_cols else 0)
+
+
+# ---- buffers ---------------------------------------------------------------------------------------
 @dataclass
 class Buffer:
-    """One tensor in the activation block (or the int32 argmax block): (N, *shape)."""
+    """One tensor in the activation block (or the int32 argmax block): (N, *shape), or (shape) if fixed."""
 
     field: str
     shape: tuple[int, ...]
     note: str
     ctype: str = "real"
-    offset: int = 0  # per sample, within its block (for a fixed buffer: within the fixed region)
-    fixed: bool = False  # one copy whatever the batch (packed weights), at the start of the activation block
+    fixed: bool = False  # one copy per batch slice whatever the batch (packed weights), first in the block
     align: int = 1  # the size is rounded up to a multiple of this many elements
 
     @property
+    def elements(self) -> int:
+        return prod(self.shape)
+
+    @property
     def size(self) -> int:
-        return -(-prod(self.shape) // self.align) * self.align
+        return -(-self.elements // self.align) * self.align
+
+    @property
+    def count_expr(self) -> str:
+        """Its elements in C: the shape's product, rounded up to whole vectors where it is aligned."""
+        product = " * ".join(map(str, self.shape))
+        return f"WHOLE_VECTORS({product})" if self.align > 1 else product
 
 
 @dataclass
 class ParamBuffer:
     field: str
-    offset: int
+    offset: int  # in reals, from the start of the parameter block (the Python views use it)
+    shape: tuple[int, ...]
     note: str
+
+    @property
+    def count_expr(self) -> str:
+        return " * ".join(map(str, self.shape))
+
+
+# ---- typed plans: one per layer kind and variant ---------------------------------------------------
+@dataclass
+class LayerPlan:
+    """What every layer's plan holds: where it is, what it reads and writes, and how it prints."""
+
+    index: int
+    layer: Layer
+    K: str  # its C constant name: "L3" (with the network's prefix in a bundle, "M1_L3")
+    summary: str  # the banner line: "conv2d 'c1' + relu: (1, 28, 28) -> (6, 28, 28)"
+    notes: list[str]
+    inp: str  # expressions for the buffers it reads and writes, e.g. "a.l2_out"
+    out: str
+    pre: str | None = None  # the fused activation's input (the layer's own output before it)
+
+    header: ClassVar[str | None] = None  # the kernel header it needs
+    struct: ClassVar[str | None] = None  # the C type of its geometry constant
+    writes_whole_input_grad: ClassVar[bool] = False  # backward writes (=) every element of dinp: no zeroing
+    has_params: ClassVar[bool] = False
+
+    def geometry(self) -> list[tuple[str, object]]:
+        """The fields of its `static const` geometry (nested lists for nested structs)."""
+        return []
+
+    def forward(self, target: str) -> list[str]:
+        """The forward call(s), writing `target` (the output, or `pre` under a fused activation)."""
+        raise NotImplementedError
+
+    def backward(self, dinp: str, dout: str) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def is_view(self) -> bool:
+        return self.out == self.inp
 
 
 @dataclass
-class LayerPlan:
+class ViewPlan(LayerPlan):
+    """flatten, or dropout that never drops: the output is the input's memory, no code."""
+
+    def forward(self, target: str) -> list[str]:
+        return []
+
+    def backward(self, dinp: str, dout: str) -> list[str]:
+        return []
+
+
+@dataclass
+class ParamLayerPlan(LayerPlan):
+    """A layer with a weight and maybe a bias (fields of the parameter structs p and g)."""
+
+    weight: str = ""
+    bias: str | None = None
+    has_params: ClassVar[bool] = True
+
+    def param_args(self, block: str) -> str:
+        return f"{block}.{self.weight}, " + (f"{block}.{self.bias}" if self.bias else "NULL")
+
+
+# ---- the geometry structs of the kernel library, shared with the standalone export ----
+def conv_geometry(layer: Layer) -> list[tuple[str, int]]:
+    """kernels/conv.h's Conv2d."""
+    H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
+    return [("C", layer.in_shape[0]), ("H", H), ("W", W), ("F", layer.out_shape[0]), ("OH", OH), ("OW", OW),
+            ("KH", KH), ("KW", KW), ("SH", SH), ("SW", SW), ("DH", DH), ("DW", DW), ("PH", PH), ("PW", PW)]
+
+
+def pool_geometry(layer: Layer) -> list[tuple[str, int]]:
+    """kernels/pool.h's Pool2d."""
+    H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
+    return [("C", layer.in_shape[0]), ("H", H), ("W", W), ("OH", OH), ("OW", OW), ("KH", KH), ("KW", KW),
+            ("SH", SH), ("SW", SW), ("PH", PH), ("PW", PW)]
+
+
+def dense_geometry(layer: Layer) -> list[tuple[str, int]]:
+    """kernels/dense.h's Dense."""
+    return [("D", layer.in_shape[0]), ("U", layer.units)]
+
+
+def global_avgpool_geometry(layer: Layer) -> list[tuple[str, int]]:
+    """kernels/pool.h's GlobalAvgPool."""
+    return [("C", layer.in_shape[0]), ("HW", prod(layer.in_shape[1:]))]
+
+
+@dataclass
+class ConvPlan(ParamLayerPlan):
+    header: ClassVar[str] = "conv.h"
+    struct: ClassVar[str] = "Conv2d"
+
+    def geometry(self):
+        return conv_geometry(self.layer)
+
+    def forward(self, target):
+        return [f"conv2d_forward({target}, {self.inp}, {self.param_args('p')}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        return [f"conv2d_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, N, {self.K});"]
+
+
+@dataclass
+class BlockedConvPlan(ConvPlan):
+    blocking: BlockedConv | None = None
+    xpad: str = "NULL"  # the zero-padded input (kept for backward), when blocking.padded
+    wpack: str = ""
+    bpack: str = ""
+    wrot: str = ""
+    dyt: str = "NULL"  # the output gradient with filters last, unless the weight gradient goes by columns
+    dypad: str = ""
+    header: ClassVar[str] = "conv_blocked.h"
+    struct: ClassVar[str] = "Conv2dBlocked"
+    writes_whole_input_grad: ClassVar[bool] = True
+
+    def geometry(self):
+        b = self.blocking
+        return [("conv", super().geometry())] + [(f.name, int(getattr(b, f.name))) for f in fields(b)]
+
+    def forward(self, target):
+        return [f"conv2d_blocked_forward({target}, {self.inp}, {self.param_args('p')}, {self.xpad}, {self.wpack}, "
+                f"{self.bpack}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        x = self.xpad if self.blocking.padded else self.inp
+        return [f"conv2d_blocked_backward({dinp}, {self.param_args('g')}, {dout}, {x}, p.{self.weight}, {self.dyt}, "
+                f"{self.dypad}, {self.wrot}, N, {self.K});"]
+
+
+@dataclass
+class DensePlan(ParamLayerPlan):
+    header: ClassVar[str] = "dense.h"
+    struct: ClassVar[str] = "Dense"
+
+    def geometry(self):
+        return dense_geometry(self.layer)
+
+    def forward(self, target):
+        return [f"dense_forward({target}, {self.inp}, {self.param_args('p')}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        return [f"dense_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, N, {self.K});"]
+
+
+@dataclass
+class BlockedDensePlan(DensePlan):
+    vl: int = 16
+    header: ClassVar[str] = "dense_blocked.h"
+    struct: ClassVar[str] = "DenseBlocked"
+    writes_whole_input_grad: ClassVar[bool] = True
+
+    def geometry(self):
+        D, U, vl = self.layer.in_shape[0], self.layer.units, self.vl
+        full, tail = divmod(D % (4 * vl), vl)  # the backward's last column panel: vectors, reals in its last one
+        rest_vecs, rest_last = (full + 1, tail) if tail else ((full, vl) if full else (0, 0))
+        return [("dense", super().geometry()), ("DV", D // vl), ("DT", D % vl), ("UT", U % 4),
+                ("REST_VECS", rest_vecs), ("REST_LAST", rest_last)]
+
+    def forward(self, target):
+        return [f"dense_blocked_forward({target}, {self.inp}, {self.param_args('p')}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        return [f"dense_blocked_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, N, "
+                f"{self.K});"]
+
+
+@dataclass
+class PoolPlan(LayerPlan):
+    header: ClassVar[str] = "pool.h"
+    struct: ClassVar[str] = "Pool2d"
+
+    def geometry(self):
+        return pool_geometry(self.layer)
+
+
+@dataclass
+class MaxPoolPlan(PoolPlan):
+    argmax: str = ""  # the winners, saved for backward
+    variant: str = "direct"  # or "2x2"
+
+    @property
+    def writes_whole_input_grad(self) -> bool:  # type: ignore[override]
+        return self.variant == "2x2"
+
+    @property
+    def kernel(self) -> str:
+        return "maxpool2d_2x2" if self.variant == "2x2" else "maxpool2d"
+
+    def forward(self, target):
+        return [f"{self.kernel}_forward({target}, {self.argmax}, {self.inp}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        return [f"{self.kernel}_backward({dinp}, {dout}, {self.argmax}, N, {self.K});"]
+
+
+@dataclass
+class AvgPoolPlan(PoolPlan):
+    def forward(self, target):
+        return [f"avgpool2d_forward({target}, {self.inp}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        return [f"avgpool2d_backward({dinp}, {dout}, N, {self.K});"]
+
+
+@dataclass
+class GlobalAvgPoolPlan(LayerPlan):
+    header: ClassVar[str] = "pool.h"
+    struct: ClassVar[str] = "GlobalAvgPool"
+
+    def geometry(self):
+        return global_avgpool_geometry(self.layer)
+
+    def forward(self, target):
+        return [f"global_avgpool_forward({target}, {self.inp}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        return [f"global_avgpool_backward({dinp}, {dout}, N, {self.K});"]
+
+
+# Which tensor an activation's backward reads: its input ("pre") or its output.
+ACTIVATION_READS = {"relu": "pre", "leaky_relu": "pre", "sigmoid": "out", "tanh": "out", "softmax": "out"}
+
+
+def activation_call(kind: str, direction: str, dst: str, src: str, saved: str | None, K: str, slope: float) -> str:
+    """A call of an elementwise kernel (kernels/activations.h), e.g. relu_forward(a.l1_out, a.l1_pre, N * L1_OUT_SIZE)."""
+    args = [dst, src] if direction == "forward" else [dst, src, saved]
+    if kind == "softmax":
+        return f"softmax_{direction}({', '.join(args)}, N, {K}_OUT_SIZE);"
+    if kind == "leaky_relu":
+        args.append(c_real(slope, "slope"))
+    return f"{kind}_{direction}({', '.join(args)}, N * {K}_OUT_SIZE);"
+
+
+@dataclass
+class ActivationPlan(LayerPlan):
+    """A standalone elementwise layer (relu, leaky_relu, sigmoid, tanh, softmax)."""
+
+    header: ClassVar[str] = "activations.h"
+    writes_whole_input_grad: ClassVar[bool] = True
+
+    def forward(self, target):
+        return [activation_call(self.layer.kind, "forward", target, self.inp, None, self.K, self.layer.slope)]
+
+    def backward(self, dinp, dout):
+        saved = self.inp if ACTIVATION_READS[self.layer.kind] == "pre" else self.out
+        return [activation_call(self.layer.kind, "backward", dinp, dout, saved, self.K, self.layer.slope)]
+
+
+@dataclass
+class DropoutPlan(LayerPlan):
+    mask: str = ""  # the mask forward applied, saved for backward
+    mask_index: int = 0  # which of the caller's masks it takes
+    header: ClassVar[str] = "activations.h"
+    writes_whole_input_grad: ClassVar[bool] = True
+
+    def forward(self, target):
+        count = f"N * {self.K}_OUT_SIZE"
+        return ["if (masks != NULL) {",
+                f"    dropout_forward({target}, {self.mask}, {self.inp}, masks[{self.mask_index}] + n0 * {self.K}_OUT_SIZE, "
+                f"{count});",
+                "} else {",
+                f"    identity_forward({target}, {self.inp}, {count});",
+                "}"]
+
+    def backward(self, dinp, dout):
+        count = f"N * {self.K}_OUT_SIZE"
+        return ["if (dropout) {", f"    dropout_backward({dinp}, {dout}, {self.mask}, {count});",
+                "} else {", f"    identity_backward({dinp}, {dout}, {count});", "}"]
+
+
+# ---- the network plan ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    """One layer's part of a pass: a function of the glue (`l3_forward`) holding the layer's kernel calls."""
+
+    name: str
     index: int
-    layer: Layer
-    fn: str  # C function prefix: "l3_conv2d" (with the network prefix in a bundle)
-    K: str  # C constant prefix: "L3"
-    summary: str  # the banner line: "conv2d 'c1' + relu: (1, 28, 28) -> (6, 28, 28)"
-    notes: list[str]
-    constant_rows: list[str]
-    forward_template: str | None
-    backward_template: str | None
-    inp: str = ""  # expressions for the buffers it reads and writes, e.g. "a.l2_out"
-    pre: str | None = None
-    out: str = ""
-    extra: dict = field(default_factory=dict)  # argmax / mask buffer, weight / bias fields
+    summary: str
+    lines: tuple[str, ...]
 
 
 @dataclass
@@ -322,24 +534,18 @@ class NetworkPlan:
     layers: list[LayerPlan]
     params: list[ParamBuffer]
     param_count: int
-    acts: list[Buffer]
-    act_count: int
-    fixed_count: int
-    argmax_count: int
+    acts: list[Buffer]  # fixed buffers first, then per-sample ones, then int32 ones
+    act_count: int  # reals per sample
+    fixed_count: int  # reals whatever the batch: every slice's fixed buffers, then slices 1..'s gradient blocks
+    argmax_count: int  # int32 per sample
     dropout_layers: list[str]  # names of the layers that take a mask, in order
-    forward_lines: list[str]
-    backward_lines: list[str]
+    forward_steps: list[Step]  # one function per computing layer, in forward order
+    backward_steps: list[Step]  # in backward order
     output_buffer: str
     slices: int  # a batch runs as at most this many slices (see batch_slices)
     slice_fixed_count: int  # the fixed buffers of one batch slice (fixed_count holds `slices` of them)
     grad_stride: int  # the parameter count rounded up to whole vectors: one slice's gradient block
     work: int  # multiply-adds per sample of the whole network, for the parallel-or-not choice
-
-    # ---- what the template prints ----
-    @property
-    def grad_slices_offset(self) -> int:
-        """Where the gradient blocks of slices 1.. start in the fixed region (slice 0 uses the caller's)."""
-        return self.slices * self.slice_fixed_count
 
     @property
     def in_size(self) -> int:
@@ -358,10 +564,6 @@ class NetworkPlan:
         return ", ".join(map(str, self.network.output_shape))
 
     @property
-    def backward_reads_acts(self) -> bool:
-        return any("a." in line for line in self.backward_lines)
-
-    @property
     def dropout_count(self) -> int:
         return len(self.dropout_layers)
 
@@ -370,149 +572,23 @@ class NetworkPlan:
         return ", ".join(f"'{name}'" for name in self.dropout_layers)
 
     @property
-    def params_width(self) -> int:
-        return max((len(t.field) for t in self.params), default=0)
+    def headers(self) -> set[str]:
+        return {lp.header for lp in self.layers if lp.header and not lp.is_view} | (
+            {"activations.h"} if any(lp.layer.activation for lp in self.layers) else set())
 
     @property
-    def acts_width(self) -> int:
-        return max(len(t.field) + len(t.ctype) for t in self.acts)
+    def constants(self) -> list[LayerPlan]:
+        return [lp for lp in self.layers if not lp.is_view]
+
+    def scratch_bytes(self, n: int, item_size: int) -> int:
+        """The bytes of the activation block for a batch of n (every buffer, scratch included), as the C
+        backend allocates it: the fixed buffers, n samples' buffers, the argmax block and the alignment slack."""
+        return (self.fixed_count + n * self.act_count + 2 * VECTOR_BYTES // item_size) * item_size + \
+            n * self.argmax_count * 4
 
 
-def _shape(shape) -> str:
+def shape_text(shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
-
-
-def _geometry_2d(layer: Layer):
-    """(H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW): a 1-D layer runs as a 2-D one of height 1."""
-    if layer.spatial_dims == 1:
-        (L,), (OL,) = layer.in_shape[1:], layer.out_shape[1:]
-        return (1, L, 1, OL, 1, layer.kernel[0], 1, layer.stride[0], 1, layer.dilation[0], 0, layer.pad_before[0])
-    (H, W), (OH, OW) = layer.in_shape[1:], layer.out_shape[1:]
-    return (H, W, OH, OW, *layer.kernel, *layer.stride, *layer.dilation, *layer.pad_before)
-
-
-def _constants(layer: Layer, K: str, blocked: BlockedConv | None = None) -> tuple[list[str], list[str]]:
-    """The layer's enum rows (`L3_C = 6, L3_H = 14,  // input`) and any notes for its banner."""
-    rows: list[tuple[str, list[tuple[str, int]]]] = []
-    notes: list[str] = []
-    family = kernel_family(layer)
-    if family in ("conv", "maxpool", "avgpool"):
-        H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = _geometry_2d(layer)
-        is_conv = family == "conv"
-        rows.append(("input: channels, height, width", [("C", layer.in_shape[0]), ("H", H), ("W", W)]))
-        out = [("F", layer.out_shape[0])] if is_conv else []
-        rows.append(("output" + (": filters, height, width" if is_conv else ": height, width"), out + [("OH", OH), ("OW", OW)]))
-        rows.append(("kernel" if is_conv else "window", [("KH", KH), ("KW", KW)]))
-        rows.append(("stride", [("SH", SH), ("SW", SW)]))
-        if is_conv:
-            rows.append(("dilation", [("DH", DH), ("DW", DW)]))
-        rows.append(("zero rows above, columns left (those below/right follow from OH, OW)" if is_conv
-                     else "padding above, left", [("PH", PH), ("PW", PW)]))
-        if blocked is not None:
-            rows += blocked.rows()
-        elif is_conv:
-            rows.append(("output columns per block of the weight gradient's partial sums",
-                         [("OW_BLOCK", min(OW, OW_BLOCK_MAX))]))
-        if layer.spatial_dims == 1:
-            notes.append(f"{layer.kind} runs as a {layer.kind[:-2]}2d of height 1: (C, L) is (C, 1, L)")
-        if family != "conv" or layer.pad_before != layer.pad_after:
-            pads = ", ".join(f"{b}+{a}" for b, a in zip(layer.pad_before, layer.pad_after))
-            if any(layer.pad_before) or any(layer.pad_after):
-                notes.append(f"padding (before+after) per axis: {pads}")
-    elif family == "dense":
-        rows.append(("inputs, units", [("D", layer.in_shape[0]), ("U", layer.units)]))
-    elif family == "global_avgpool":
-        rows.append(("channels, positions per channel", [("C", layer.in_shape[0]), ("HW", prod(layer.in_shape[1:]))]))
-    rows.append(("elements per sample", [("IN_SIZE", layer.in_size), ("OUT_SIZE", layer.out_size)]))
-    return [_enum_row(K, layer.name, comment, pairs) for comment, pairs in rows], notes
-
-
-def _enum_row(K: str, layer_name: str, comment: str, pairs) -> str:
-    body = ", ".join(f"{K}_{name} = {c_int(value, f'{name} of layer {layer_name}', 0)}" for name, value in pairs) + ","
-    return f"{body:<44}  // {comment}"
-
-
-@dataclass
-class BlockedConv:
-    """Sizes of a blocked convolution beyond its geometry: vectors, tiles and scratch planes."""
-
-    FV: int  # vectors of VL filters
-    CV: int  # vectors of VL input channels (the input gradient's outputs)
-    HP: int  # rows and columns of the (zero-padded) input as the forward correlation reads it
-    WP: int
-    HD: int  # rows and columns of the spread-out, padded output gradient
-    WD: int
-    OB: int  # output columns per forward tile, and in the last tile (0: none)
-    OB_TAIL: int
-    XB: int  # input columns per input-gradient tile, and in the last tile
-    XB_TAIL: int
-    CB: int  # input channels and kernel columns per weight-gradient tile
-    KB: int
-    padded: bool  # whether forward copies the input into a padded buffer
-    # Forward and input gradient each vectorise over output channels, or over output columns (few channels):
-    forward_by_columns: bool
-    input_grad_by_columns: bool
-    FMB: int = 0  # by columns: output channels and rows per tile, forward and input gradient
-    FRB: int = 0
-    XMB: int = 0
-    XRB: int = 0
-    # The weight gradient vectorised over output columns (few filters): WMB filters x KW taps per tile.
-    weight_grad_by_columns: bool = False
-    WMB: int = 0
-
-    @classmethod
-    def of(cls, layer: Layer, vl: int) -> "BlockedConv":
-        H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = _geometry_2d(layer)
-        C, F = layer.in_shape[0], layer.out_shape[0]
-        HP = max(PH + H, (OH - 1) * SH + (KH - 1) * DH + 1)
-        WP = max(PW + W, (OW - 1) * SW + (KW - 1) * DW + 1)
-        HD = (KH - 1) * DH + max(PH + H, (OH - 1) * SH + 1)
-        WD = (KW - 1) * DW + max(PW + W, (OW - 1) * SW + 1)
-        fwd_cols = SW == 1 and by_columns(F, OW, vl)
-        dx_cols = by_columns(C, W, vl)
-        OB, OB_TAIL = (vl, OW % vl) if fwd_cols else column_block(OW)
-        XB, XB_TAIL = (vl, W % vl) if dx_cols else column_block(W)
-        b = cls(-(-F // vl), -(-C // vl), HP, WP, HD, WD, OB, OB_TAIL, XB, XB_TAIL, *weight_grad_block(C, KW),
-                padded=(HP, WP, PH, PW) != (H, W, 0, 0), forward_by_columns=fwd_cols, input_grad_by_columns=dx_cols)
-        if fwd_cols:
-            b.FMB, b.FRB = column_tile(F, OH)
-        if dx_cols:
-            b.XMB, b.XRB = column_tile(C, H)
-        if weight_grad_by_columns(F, OW, KW, SW, vl):
-            b.weight_grad_by_columns, b.WMB = True, weight_grad_column_tile(F, KW)
-        return b
-
-    def rows(self) -> list[tuple[str, list[tuple[str, int]]]]:
-        tiles = []
-        if self.forward_by_columns:
-            tiles.append(("forward by columns: output channels, rows per tile", [("FMB", self.FMB), ("FRB", self.FRB)]))
-        if self.input_grad_by_columns:
-            tiles.append(("input gradient by columns: channels, rows per tile", [("XMB", self.XMB), ("XRB", self.XRB)]))
-        if self.weight_grad_by_columns:
-            tiles.append(("weight gradient by columns: filters per tile (x KW taps)", [("WMB", self.WMB)]))
-        return tiles + [("vectors of VL filters, of VL input channels", [("FV", self.FV), ("CV", self.CV)]),
-                ("input plane as forward reads it" + (" (zero-padded copy)" if self.padded else ""),
-                 [("HP", self.HP), ("WP", self.WP)]),
-                ("output gradient plane, spread by the stride and padded by the kernel's reach", [("HD", self.HD), ("WD", self.WD)]),
-                ("output columns per forward tile, in the last tile", [("OB", self.OB), ("OB_TAIL", self.OB_TAIL)]),
-                ("input columns per input-gradient tile, in the last tile", [("XB", self.XB), ("XB_TAIL", self.XB_TAIL)]),
-                ("input channels, kernel columns per weight-gradient tile", [("CB", self.CB), ("KB", self.KB)])]
-
-    def geometries(self, K: str) -> tuple[dict, dict]:
-        """The constant names the shared correlation macro reads, for forward and for the input gradient."""
-        common = {"KH": f"{K}_KH", "KW": f"{K}_KW", "DH": f"{K}_DH", "DW": f"{K}_DW"}
-        # the rows that may be nonzero: the input inside its zero padding; the spread output gradient
-        forward_rows = {"ROW_LO": f"{K}_PH", "ROW_HI": f"{K}_PH + {K}_H - 1"}
-        grad_rows = {"ROW_LO": f"({K}_KH - 1) * {K}_DH", "ROW_HI": f"({K}_KH - 1) * {K}_DH + ({K}_OH - 1) * {K}_SH"}
-        forward = {**common, **forward_rows, "CIN": f"{K}_C", "M": f"{K}_F", "MV": f"{K}_FV", "IH": f"{K}_HP", "IW": f"{K}_WP",
-                   "OH": f"{K}_OH", "OW": f"{K}_OW", "SH": f"{K}_SH", "SW": f"{K}_SW", "ROW0": "0", "COL0": "0",
-                   "OB": f"{K}_OB", "OB_TAIL": f"{K}_OB_TAIL", "tail": self.OB_TAIL > 0,
-                   "by_columns": self.forward_by_columns, "MB": f"{K}_FMB", "RB": f"{K}_FRB"}
-        backward = {**common, **grad_rows, "CIN": f"{K}_F", "M": f"{K}_C", "MV": f"{K}_CV", "IH": f"{K}_HD", "IW": f"{K}_WD",
-                    "OH": f"{K}_H", "OW": f"{K}_W", "SH": "1", "SW": "1", "ROW0": f"{K}_PH", "COL0": f"{K}_PW",
-                    "OB": f"{K}_XB", "OB_TAIL": f"{K}_XB_TAIL", "tail": self.XB_TAIL > 0,
-                    "by_columns": self.input_grad_by_columns, "MB": f"{K}_XMB", "RB": f"{K}_XRB"}
-        return forward, backward
 
 
 def work(layer: Layer) -> int:
@@ -525,15 +601,11 @@ def work(layer: Layer) -> int:
     return layer.in_size
 
 
-# The conv weight gradient keeps one partial sum per output column on the stack, in blocks of at most
-# this many columns (8 KiB of doubles).
-OW_BLOCK_MAX = 1024
-
 # Below this many multiply-adds a pass runs its batch slices on one thread (see module.c.j2).
 PARALLEL_MIN_WORK = 1 << 20
 
 # A batch is cut into at most this many contiguous slices, each run through the whole network by one
-# thread (network.c.j2): the most threads one forward or backward pass can use. Each slice has its own
+# thread (module.c.j2): the most threads one forward or backward pass can use. Each slice has its own
 # scratch and its own parameter-gradient block, summed in slice order, so no result depends on the
 # thread count. Extra slices cost one thread each time: every slice re-reads the weights and writes a
 # gradient block of its own. So a network gets MAX_BATCH_SLICES only while its parameters fit in
@@ -546,18 +618,32 @@ SMALL_PARAM_BYTES = 256 * 1024
 def batch_slices(param_count: int, item_size: int) -> int:
     return MAX_BATCH_SLICES if param_count * item_size <= SMALL_PARAM_BYTES else MIN_BATCH_SLICES
 
-ACTIVATION_READS = {"relu": "pre", "leaky_relu": "pre", "sigmoid": "out", "tanh": "out", "softmax": "out"}
 
-
-def _activation_call(kind: str, direction: str, dst: str, src: str, saved: str | None, count: str, K: str,
-                     slope: str) -> str:
-    """A call of a shared elementwise helper, e.g. relu_forward(a.l1_out, a.l1_pre, N * L1_OUT_SIZE)."""
-    args = [dst, src] if direction == "forward" else [dst, src, saved]
-    if kind == "softmax":
-        return f"softmax_{direction}({', '.join(args)}, N, {K}_OUT_SIZE);"
-    if kind == "leaky_relu":
-        args.append(slope)
-    return f"{kind}_{direction}({', '.join(args + [count])});"
+def check_safe(network: Network) -> None:
+    """The minimal safety check (the front end checked the shapes): names that reach comments are plain
+    identifiers, kinds and activations are known words, every size is an int and every real is finite."""
+    comment_name(network.name, "model name")
+    comment_name(network.input_name, "input name")
+    if not network.layers:
+        raise ValueError(f"model '{network.name}' has no layers")
+    for layer in network.layers:
+        comment_name(layer.name, "layer name")
+        if layer.kind not in LAYER_KINDS:
+            raise ValueError(f"layer '{layer.name}': unknown layer kind {layer.kind!r}")
+        if layer.activation is not None and (layer.activation not in ACTIVATIONS
+                                             or layer.kind not in CONV_KINDS + ("dense",)):
+            raise ValueError(f"layer '{layer.name}': activation {layer.activation!r} is not a fused activation "
+                             f"of a conv or dense layer")
+        c_real(layer.slope, f"layer '{layer.name}': slope")
+        c_real(layer.rate, f"layer '{layer.name}': rate")
+        for what in ("in_shape", "out_shape", "kernel", "stride", "dilation", "pad_before", "pad_after"):
+            values = getattr(layer, what)
+            if not isinstance(values, tuple):
+                raise ValueError(f"layer '{layer.name}': {what} must be a tuple of integers; got {values!r}")
+            for value in values:
+                c_int(value, f"layer '{layer.name}': {what}", 1 if what.endswith(("shape", "kernel", "stride", "dilation")) else 0)
+        c_int(layer.filters, f"layer '{layer.name}': filters")
+        c_int(layer.units, f"layer '{layer.name}': units")
 
 
 class _Planner:
@@ -565,25 +651,30 @@ class _Planner:
 
     def __init__(self, network: Network, P: str, K: str, vl: int):
         self.network, self.P, self.K, self.vl = network, P, K, vl
-        self.acts: list[Buffer] = [Buffer("input", network.input_shape,
-                                          f"{_shape(network.input_shape)} a copy of x '{network.input_name}': backward reads it",
-                                          align=vl)]
+        self.acts: list[Buffer] = []
         self.fixed: list[Buffer] = []
         self.argmax: list[Buffer] = []
         self.params: list[ParamBuffer] = []
         self.param_offset = 0
         self.dropout_layers: list[str] = []
+        self.buffer("input", network.input_shape, f"a copy of x '{network.input_name}': backward reads it")
 
     def buffer(self, field_name: str, shape, note: str, ctype: str = "real", fixed: bool = False) -> str:
         """A buffer of (N, *shape) (or of shape, if fixed), every real one a whole number of vectors long
-        so that each starts on a vector boundary."""
-        b = Buffer(field_name, tuple(shape), f"{_shape(shape)} {note}", ctype, fixed=fixed,
+        so that each starts on a vector boundary. Its size per sample must fit an int (the kernels index a
+        sample's tensors with int): a larger one is refused here."""
+        b = Buffer(field_name, tuple(shape), f"{shape_text(shape)} {note}", ctype, fixed=fixed,
                    align=1 if ctype == "int32_t" else self.vl)
+        if b.size > MAX_INT32:
+            raise CnncError(f"model '{self.network.name}': the C backend's buffer {field_name} {shape_text(shape)} would "
+                            f"hold {b.elements:,} elements per sample, more than it indexes (2^31 - 1); make the "
+                            f"layer's padding, dilation or size smaller")
         (self.argmax if ctype == "int32_t" else self.fixed if fixed else self.acts).append(b)
         return f"a.{field_name}"
 
     def param(self, field_name: str, spec) -> str:
-        self.params.append(ParamBuffer(field_name, self.param_offset, f"{spec.name} {_shape(spec.shape)}"))
+        self.params.append(ParamBuffer(field_name, self.param_offset, tuple(spec.shape),
+                                       f"{spec.name} {shape_text(spec.shape)}"))
         self.param_offset += spec.size
         return field_name
 
@@ -594,129 +685,99 @@ class _Planner:
             lp = self.plan_layer(index, layer, current)
             layers.append(lp)
             current = lp.out
-        forward_lines = [line for lp in layers for line in self.forward_calls(lp)]
-        backward_lines = self.backward_calls(layers)
-        for block in (self.acts, self.fixed, self.argmax):
-            offset = 0
-            for b in block:
-                b.offset, offset = offset, offset + b.size
+        forward_steps = [Step(f"{self.P}l{lp.index}_forward", lp.index, lp.summary, tuple(self.forward_calls(lp)))
+                         for lp in layers if not lp.is_view]
+        backward_steps = [Step(f"{self.P}l{lp.index}_backward", lp.index, lp.summary, tuple(lines))
+                          for lp, lines in self.backward_calls(layers)]
         n = self.network
         params = sum(lp.layer.param_count for lp in layers)
-        title = (f"model '{n.name}': {n.input_name} {_shape(n.input_shape)} -> {_shape(n.output_shape)}, "
+        title = (f"model '{n.name}': {n.input_name} {shape_text(n.input_shape)} -> {shape_text(n.output_shape)}, "
                  f"{len(n.layers)} layers, {params:,} parameters")
         slice_fixed = sum(b.size for b in self.fixed)
         grad_stride = -(-self.param_offset // self.vl) * self.vl
         slices = batch_slices(self.param_offset, VECTOR_BYTES // self.vl)
         fixed_count = slices * slice_fixed + (slices - 1) * grad_stride
-        network_work = min(sum(work(lp.layer) for lp in layers if kernel_family(lp.layer) and lp.out != lp.inp), MAX_INT32)
+        network_work = min(sum(work(lp.layer) for lp in layers if kernel_family(lp.layer) and not lp.is_view), MAX_INT32)
         return NetworkPlan(n, self.P, self.K, title, layers, self.params, self.param_offset,
                            self.fixed + self.acts + self.argmax, sum(b.size for b in self.acts),
                            fixed_count, sum(b.size for b in self.argmax),
-                           self.dropout_layers, forward_lines, backward_lines, current,
+                           self.dropout_layers, forward_steps, backward_steps, current,
                            slices, slice_fixed, grad_stride, network_work)
 
-    # ---- one layer's buffers ----
+    # ---- one layer's plan ----
     def plan_layer(self, index: int, layer: Layer, inp: str) -> LayerPlan:
-        family = kernel_family(layer)
-        sym = f"l{index}"
-        K = f"{self.K}L{index}"
+        sym, K = f"l{index}", f"{self.K}L{index}"
         kind_word = layer.kind + (f" + {layer.activation}" if layer.activation else "")
-        summary = f"{kind_word} '{layer.name}': {_shape(layer.in_shape)} -> {_shape(layer.out_shape)}"
-        choice = choose_kernel(layer) if family else None
-        blocked = BlockedConv.of(layer, self.vl) if family == "conv" and choice == "blocked" else None
-        rows, notes = _constants(layer, K, blocked)
-        kernel = KERNELS[family][choice] if family else None
-        lp = LayerPlan(index, layer, f"{self.P}{sym}_{layer.kind}", K, summary, notes, rows,
-                       kernel.forward if kernel else None, kernel.backward if kernel else None, inp=inp)
+        summary = f"{kind_word} '{layer.name}': {shape_text(layer.in_shape)} -> {shape_text(layer.out_shape)}"
+        notes = []
+        if layer.kind in CONV_KINDS + POOL_KINDS:
+            if layer.spatial_dims == 1:
+                notes.append(f"{layer.kind} runs as a {layer.kind[:-2]}2d of height 1: (C, L) is (C, 1, L)")
+            if any(layer.pad_before + layer.pad_after) and (layer.kind not in CONV_KINDS or layer.pad_before != layer.pad_after):
+                notes.append("padding (before+after) per axis: "
+                             + ", ".join(f"{b}+{a}" for b, a in zip(layer.pad_before, layer.pad_after)))
+        common = dict(index=index, layer=layer, K=K, summary=summary, notes=notes, inp=inp, out=inp)
         if layer.kind == "flatten" or (layer.kind == "dropout" and layer.rate == 0):
-            lp.out = inp  # a view: same memory, new shape (or dropout that never drops)
-            lp.notes.append("no code: the output is the input's memory" + (" viewed flat" if layer.kind == "flatten" else ""))
-            return lp
-        for spec in layer.params:
-            lp.extra[spec.name.rsplit(".", 1)[1]] = self.param(f"{sym}_{spec.name.rsplit('.', 1)[1]}", spec)
-        if layer.activation:
-            lp.pre = self.buffer(f"{sym}_pre", layer.out_shape, f"'{layer.name}' before {layer.activation}")
-        lp.out = self.buffer(f"{sym}_out", layer.out_shape, f"'{layer.name}'")
+            notes.append("no code: the output is the input's memory" + (" viewed flat" if layer.kind == "flatten" else ""))
+            return ViewPlan(**common)
+        choice = choose_kernel(layer)
+        family = kernel_family(layer)
+        if family in ("conv", "dense"):
+            weight = self.param(f"{sym}_weight", layer.params[0])
+            bias = self.param(f"{sym}_bias", layer.params[1]) if layer.bias else None
+            pre = self.buffer(f"{sym}_pre", layer.out_shape, f"'{layer.name}' before {layer.activation}") if layer.activation else None
+            out = self.buffer(f"{sym}_out", layer.out_shape, f"'{layer.name}'")
+            common.update(out=out, pre=pre, weight=weight, bias=bias)
+            if family == "dense":
+                return BlockedDensePlan(**common, vl=self.vl) if choice == "blocked" else DensePlan(**common)
+            if choice != "blocked":
+                return ConvPlan(**common)
+            return self.plan_blocked_conv(BlockedConvPlan(**common, blocking=BlockedConv.of(layer, self.vl)), sym)
+        common["out"] = self.buffer(f"{sym}_out", layer.out_shape, f"'{layer.name}'")
         if family == "maxpool":
-            lp.extra["argmax"] = self.buffer(f"{sym}_argmax", layer.out_shape, f"'{layer.name}' winners", "int32_t")
-        if blocked is not None:
-            self.plan_blocked_conv(lp, sym, blocked)
-        if family == "dense" and choice == "blocked":
-            self.plan_blocked_dense(lp)
+            argmax = self.buffer(f"{sym}_argmax", layer.out_shape, f"'{layer.name}' winners", "int32_t")
+            return MaxPoolPlan(**common, argmax=argmax, variant=choice)
+        if family == "avgpool":
+            return AvgPoolPlan(**common)
+        if family == "global_avgpool":
+            return GlobalAvgPoolPlan(**common)
         if layer.kind == "dropout":
-            lp.extra["mask"] = self.buffer(f"{sym}_mask", layer.in_shape, f"'{layer.name}' mask, 0 or 1/(1 - {layer.rate!r})")
-            lp.extra["mask_index"] = len(self.dropout_layers)
+            mask = self.buffer(f"{sym}_mask", layer.in_shape, f"'{layer.name}' mask, 0 or 1/(1 - {layer.rate!r})")
             self.dropout_layers.append(layer.name)
-        return lp
+            return DropoutPlan(**common, mask=mask, mask_index=len(self.dropout_layers) - 1)
+        return ActivationPlan(**common)
 
-    def plan_blocked_conv(self, lp: LayerPlan, sym: str, b: BlockedConv) -> None:
+    def plan_blocked_conv(self, lp: BlockedConvPlan, sym: str) -> BlockedConvPlan:
         """The scratch a blocked convolution needs: the padded input (kept for backward), the packed
         weights, the output gradient with filters last and spread out, the rotated weights."""
-        layer, vl = lp.layer, self.vl
+        layer, vl, b = lp.layer, self.vl, lp.blocking
         C, F = layer.in_shape[0], layer.out_shape[0]
-        H, W, OH, OW, KH, KW = _geometry_2d(layer)[:6]
-        forward, backward = b.geometries(lp.K)
-        lp.extra.update(padded=b.padded, forward_geometry=forward, input_grad_geometry=backward,
-                        weight_grad_by_columns=b.weight_grad_by_columns)
-        lp.extra["xpad"] = (self.buffer(f"{sym}_xpad", (C, b.HP, b.WP), f"'{layer.name}' input, zero-padded: backward reads it")
-                            if b.padded else "NULL")
-        lp.extra["wpack"] = self.buffer(f"{sym}_wpack", (KH, KW, C, b.FV * vl), f"'{layer.name}' weights, filters last", fixed=True)
-        lp.extra["bpack"] = self.buffer(f"{sym}_bpack", (b.FV * vl,), f"'{layer.name}' bias, padded to whole vectors", fixed=True)
-        lp.extra["wrot"] = self.buffer(f"{sym}_wrot", (KH, KW, F, b.CV * vl), f"'{layer.name}' weights turned 180 degrees, channels last",
-                                       fixed=True)
-        lp.extra["dyt"] = ("NULL" if b.weight_grad_by_columns else  # the by-columns weight gradient reads dout itself
-                           self.buffer(f"{sym}_dyt", (OH, OW, b.FV * vl), f"'{layer.name}' output gradient, filters last"))
-        lp.extra["dypad"] = self.buffer(f"{sym}_dypad", (F, b.HD, b.WD), f"'{layer.name}' output gradient, spread and padded")
-
-    def plan_blocked_dense(self, lp: LayerPlan) -> None:
-        """Vectors along the inputs: DV whole ones and a tail of DT; tiles of 4 units and a tail of UT."""
-        D, U, vl = lp.layer.in_shape[0], lp.layer.units, self.vl
-        full, tail = divmod(D % (4 * vl), vl)
-        rest = [(full + 1, tail)] if tail else ([(full, vl)] if full else [])
-        lp.extra["dense"] = {"DT": D % vl, "UT": U % 4, "rest": rest}
-        lp.constant_rows.append(_enum_row(lp.K, lp.layer.name, "whole vectors of inputs, inputs left over; units left over by tiles of 4",
-                                          [("DV", D // vl), ("DT", D % vl), ("UT", U % 4)]))
+        H, W, OH, OW, KH, KW = geometry_2d(layer)[:6]
+        name = layer.name
+        if b.padded:
+            lp.xpad = self.buffer(f"{sym}_xpad", (C, b.HP, b.WP), f"'{name}' input, zero-padded: backward reads it")
+        lp.wpack = self.buffer(f"{sym}_wpack", (KH, KW, C, b.FV * vl), f"'{name}' weights, filters last", fixed=True)
+        lp.bpack = self.buffer(f"{sym}_bpack", (b.FV * vl,), f"'{name}' bias, padded to whole vectors", fixed=True)
+        lp.wrot = self.buffer(f"{sym}_wrot", (KH, KW, F, b.CV * vl), f"'{name}' weights turned 180 degrees, channels last",
+                              fixed=True)
+        if not b.weight_grad_by_columns:  # the by-columns weight gradient reads dout itself
+            lp.dyt = self.buffer(f"{sym}_dyt", (OH, OW, b.FV * vl), f"'{name}' output gradient, filters last")
+        lp.dypad = self.buffer(f"{sym}_dypad", (F, b.HD, b.WD), f"'{name}' output gradient, spread and padded")
+        return lp
 
     # ---- forward ----
     def forward_calls(self, lp: LayerPlan) -> list[str]:
-        layer, K = lp.layer, lp.K
-        if lp.out == lp.inp:
-            return []
-        lines = [f"// {lp.summary}"]
-        family = kernel_family(layer)
-        slope = c_real(layer.slope, "slope")
-        target = lp.pre or lp.out
-        if "wpack" in lp.extra:
-            bias = f"p.{lp.extra['bias']}" if "bias" in lp.extra else "NULL"
-            lines.append(f"{lp.fn}_forward({target}, {lp.inp}, p.{lp.extra['weight']}, {bias}, {lp.extra['xpad']}, "
-                         f"{lp.extra['wpack']}, {lp.extra['bpack']}, N);")
-        elif family in ("conv", "dense"):
-            bias = f"p.{lp.extra['bias']}" if "bias" in lp.extra else "NULL"
-            lines.append(f"{lp.fn}_forward({target}, {lp.inp}, p.{lp.extra['weight']}, {bias}, N);")
-        elif family == "maxpool":
-            lines.append(f"{lp.fn}_forward({lp.out}, {lp.extra['argmax']}, {lp.inp}, N);")
-        elif family in ("avgpool", "global_avgpool"):
-            lines.append(f"{lp.fn}_forward({lp.out}, {lp.inp}, N);")
-        elif layer.kind == "dropout":
-            count = f"N * {K}_OUT_SIZE"
-            lines += [f"if (masks != NULL) {{",
-                      f"    dropout_forward({lp.out}, {lp.extra['mask']}, {lp.inp}, masks[{lp.extra['mask_index']}] + n0 * {K}_OUT_SIZE, {count});",
-                      "} else {",
-                      f"    identity_forward({lp.out}, {lp.inp}, {count});",
-                      "}"]
-        else:  # a standalone activation
-            lines.append(_activation_call(layer.kind, "forward", lp.out, lp.inp, None, f"N * {K}_OUT_SIZE", K, slope))
+        lines = lp.forward(lp.pre or lp.out)
         if lp.pre:
-            lines.append(_activation_call(layer.activation, "forward", lp.out, lp.pre, None, f"N * {K}_OUT_SIZE", K, slope))
+            lines.append(activation_call(lp.layer.activation, "forward", lp.out, lp.pre, None, lp.K, lp.layer.slope))
         return lines
 
     # ---- backward ----
-    def backward_calls(self, layers: list[LayerPlan]) -> list[str]:
-        """Walk the layers backwards. The gradient flows through two scratch buffers, grad_a and grad_b:
-        each step reads one and writes the other (dy and dx, the caller's arrays, at the two ends)."""
-        compute = [lp for lp in layers if lp.out != lp.inp]
-        if not compute:
-            return [f"memcpy(dx, dy, (size_t)(N * {self.K}MODEL_IN_SIZE) * sizeof(real));"]
+    def backward_calls(self, layers: list[LayerPlan]) -> list[tuple[LayerPlan, list[str]]]:
+        """Walk the layers backwards: (layer, its backward calls) in backward order. The gradient flows
+        through two scratch buffers, grad_a and grad_b: each step reads one and writes the other (dy and
+        dx, the caller's arrays, at the two ends)."""
+        compute = [lp for lp in layers if not lp.is_view]
         scratch_size = {"a.grad_a": 0, "a.grad_b": 0}
 
         def other_than(buffer: str, per_sample: int) -> str:
@@ -724,81 +785,79 @@ class _Planner:
             scratch_size[chosen] = max(scratch_size[chosen], per_sample)
             return chosen
 
-        lines: list[str] = []
+        steps: list[tuple[LayerPlan, list[str]]] = []
         dout = "dy"
         for lp in reversed(compute):
             layer, K = lp.layer, lp.K
             first = lp is compute[0]
-            lines.append(f"// {lp.summary}")
-            slope = c_real(layer.slope, "slope")
-            if lp.pre:  # through the fused activation first: dout -> dpre
+            lines: list[str] = []
+            steps.append((lp, lines))
+            if lp.pre:  # through the fused activation first: dout -> dpre (written whole: no zeroing)
                 dpre = other_than(dout, layer.out_size)
                 saved = lp.pre if ACTIVATION_READS[layer.activation] == "pre" else lp.out
-                # elementwise backward helpers write (=) every element: no zeroing first
-                lines.append(_activation_call(layer.activation, "backward", dpre, dout, saved, f"N * {K}_OUT_SIZE", K, slope))
+                lines.append(activation_call(layer.activation, "backward", dpre, dout, saved, K, layer.slope))
                 dout = dpre
             dinp = "dx" if first else other_than(dout, layer.in_size)
-            family = kernel_family(layer)
-            if first and family in ("conv", "dense"):
+            if first and lp.has_params:
                 # the first layer's input gradient only when the caller wants dx
-                if lp.backward_template not in WRITES_WHOLE_INPUT_GRAD:
+                if not lp.writes_whole_input_grad:
                     lines.append(f"if (input_grad) {{ zero(dx, N * {K}_IN_SIZE); }}")
                 dinp = "input_grad ? dx : NULL"
-            elif family is not None and lp.backward_template not in WRITES_WHOLE_INPUT_GRAD:
-                # the elementwise helpers and WRITES_WHOLE_INPUT_GRAD write (=) every element, the others accumulate
+            elif not lp.writes_whole_input_grad:
                 lines.append(f"zero({dinp}, N * {K}_IN_SIZE);")
-            if "wpack" in lp.extra:
-                dbias = f"g.{lp.extra['bias']}" if "bias" in lp.extra else "NULL"
-                xin = lp.extra["xpad"] if lp.extra["padded"] else lp.inp
-                lines.append(f"{lp.fn}_backward({dinp}, g.{lp.extra['weight']}, {dbias}, {dout}, {xin}, "
-                             f"p.{lp.extra['weight']}, {lp.extra['dyt']}, {lp.extra['dypad']}, {lp.extra['wrot']}, N);")
-            elif family in ("conv", "dense"):
-                dbias = f"g.{lp.extra['bias']}" if "bias" in lp.extra else "NULL"
-                lines.append(f"{lp.fn}_backward({dinp}, g.{lp.extra['weight']}, {dbias}, {dout}, {lp.inp}, "
-                             f"p.{lp.extra['weight']}, N);")
-            elif family == "maxpool":
-                lines.append(f"{lp.fn}_backward({dinp}, {dout}, {lp.extra['argmax']}, N);")
-            elif family in ("avgpool", "global_avgpool"):
-                lines.append(f"{lp.fn}_backward({dinp}, {dout}, N);")
-            elif layer.kind == "dropout":
-                count = f"N * {K}_OUT_SIZE"
-                lines += ["if (dropout) {",
-                          f"    dropout_backward({dinp}, {dout}, {lp.extra['mask']}, {count});",
-                          "} else {",
-                          f"    identity_backward({dinp}, {dout}, {count});",
-                          "}"]
-            else:
-                saved = lp.inp if ACTIVATION_READS[layer.kind] == "pre" else lp.out
-                lines.append(_activation_call(layer.kind, "backward", dinp, dout, saved, f"N * {K}_OUT_SIZE", K, slope))
+            lines += lp.backward(dinp, dout)
             dout = dinp
         for name, size in scratch_size.items():
             if size:
-                field_name = name[2:]
-                self.buffer(field_name, (size,), "gradient scratch: backward alternates between grad_a and grad_b")
-        return lines
+                self.buffer(name[2:], (size,), "gradient scratch: backward alternates between grad_a and grad_b")
+        return steps
 
 
 # ---- rendering -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CSource:
-    text: str  # the C translation unit
+    text: str  # the glue: one C translation unit that includes the kernel headers below
     cdef: str  # its exported declarations, for cffi
     dtype: str
     plans: tuple[NetworkPlan, ...]
+    headers: tuple[tuple[str, str], ...] = field(default=())  # ("kernels/conv.h", text), ...: what it includes
 
 
 @cache
-def _environment() -> jinja2.Environment:
+def _environment():
     import jinja2  # here, not at the top: a cache hit plans the network but renders nothing
 
-    return jinja2.Environment(loader=template_loader(),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                              keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(loader=template_loader(), undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env.filters["initializer"] = c_initializer
+    return env
+
+
+def c_initializer(pairs, indent: str = "    ", width: int = 110) -> str:
+    """A designated initializer `{.C = 1, .H = 28, ...}` of checked ints (nested lists: nested structs),
+    wrapped to `width` columns."""
+    parts = []
+    for name, value in pairs:
+        if isinstance(value, list):
+            parts.append(f".{name} = " + c_initializer(value, indent + "    ", width))
+        else:
+            parts.append(f".{name} = {c_int(int(value) if isinstance(value, bool) else value, name)}")
+    one_line = "{" + ", ".join(parts) + "}"
+    if len(one_line) + len(indent) <= width:
+        return one_line
+    lines, line = [], ""
+    for part in parts:
+        if line and len(indent) + len(line) + len(part) + 2 > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += part + ", "
+    lines.append(line.rstrip(", "))
+    return "{\n" + "\n".join(indent + text for text in lines) + "\n" + indent[:-4] + "}"
 
 
 def plan_network(network: Network, prefix: str = "", dtype: str = "float32") -> NetworkPlan:
-    """Check the network and plan its C. prefix: "" for a module of one network, "m<k>_" in a bundle."""
-    check_network(network)
+    """Plan the network's C. prefix: "" for a module of one network, "m<k>_" in a bundle."""
+    check_safe(network)
     if not re.fullmatch(r"(m[0-9]+_)?", prefix):
         raise ValueError(f"network symbol prefix must be '' or m<k>_; got {prefix!r}")
     if dtype not in C_TYPES:
@@ -839,24 +898,12 @@ def generate(networks, dtype: str = "float32") -> CSource:
         raise ValueError(f"dtype must be one of {', '.join(C_TYPES)}; got {dtype!r}")
     single = len(networks) == 1
     plans = tuple(plan_network(n, "" if single else f"m{k}_", dtype) for k, n in enumerate(networks))
-    helpers = set().union(*(_helpers_of(p) for p in plans))
+    includes = sorted(set(BASE_HEADERS).union(*(p.headers for p in plans)))
     title = (f"model '{plans[0].network.name}'" if single else
              f"{len(plans)} models: " + ", ".join(f"'{p.network.name}'" for p in plans)) + f", {dtype}"
     text = _environment().get_template("module.c.j2").render(
-        title=title, version=__version__, ctype=C_TYPES[dtype], dtype=dtype, networks=plans, helpers=helpers,
+        title=title, version=__version__, ctype=C_TYPES[dtype], dtype=dtype, networks=plans, includes=includes,
         parallel_min_work=PARALLEL_MIN_WORK, vector_bytes=VECTOR_BYTES)
-    return CSource(text, cdef_for(plans, C_TYPES[dtype]), dtype, plans)
-
-
-def _helpers_of(plan: NetworkPlan) -> set[str]:
-    used = set()
-    for lp in plan.layers:
-        if lp.out == lp.inp:
-            continue
-        if lp.layer.activation:
-            used.add(lp.layer.activation)
-        if lp.layer.kind in ACTIVATIONS:
-            used.add(lp.layer.kind)
-        if lp.layer.kind == "dropout":
-            used.update(("dropout", "identity"))
-    return used
+    texts = kernel_headers()
+    headers = tuple((f"kernels/{name}", texts[name]) for name in header_closure(includes))
+    return CSource(text, cdef_for(plans, C_TYPES[dtype]), dtype, plans, headers)

@@ -1,9 +1,14 @@
-// ---- losses: mean over the batch, and the gradient with respect to the model's output ----------
+// loss.h: the losses (mean over the batch, and the gradient with respect to the model's output) and the
+// input check.
+#ifndef CNNC_KERNELS_LOSS_H
+#define CNNC_KERNELS_LOSS_H
+
+#include "common.h"
 
 // logits is (N, K), labels is (N) with values in [0, K). Returns the mean cross-entropy of
 // softmax(logits[n]) against labels[n] and writes dlogits = (softmax(logits) - onehot(labels)) / N.
-double cross_entropy_loss(real* restrict dlogits, const real* restrict logits, const int64_t* restrict labels,
-                          int64_t N, int K)
+CNNC_KERNEL double cross_entropy_forward_backward(real* restrict dlogits, const real* restrict logits,
+                                                  const int64_t* restrict labels, int64_t N, int K)
 {
     double total = 0;
     for (int64_t n = 0; n < N; n++) {
@@ -28,7 +33,8 @@ double cross_entropy_loss(real* restrict dlogits, const real* restrict logits, c
 }
 
 // y and target are (count): returns mean((y - target)^2) and writes dy = 2 (y - target) / count.
-double mse_loss(real* restrict dy, const real* restrict y, const real* restrict target, int64_t count)
+CNNC_KERNEL double mse_forward_backward(real* restrict dy, const real* restrict y, const real* restrict target,
+                                        int64_t count)
 {
     double total = 0;
     for (int64_t i = 0; i < count; i++) {
@@ -39,11 +45,9 @@ double mse_loss(real* restrict dy, const real* restrict y, const real* restrict 
     return total / count;
 }
 
-// ---- input check ------------------------------------------------------------------------------
-
 // 1 if every one of x[0..count) is finite, else 0: x - x is 0 for a finite x and NaN for an infinity
 // or a NaN (which compares unequal to 0). No early exit, so the loop vectorises.
-int all_finite(const real* restrict x, int64_t count)
+CNNC_KERNEL int finite_check(const real* restrict x, int64_t count)
 {
     int bad = 0;
     for (int64_t i = 0; i < count; i++) {
@@ -51,3 +55,5 @@ int all_finite(const real* restrict x, int64_t count)
     }
     return !bad;
 }
+
+#endif

@@ -1,44 +1,46 @@
-{#- Elementwise layers and fused activations, shared by every layer that uses them. Only the helpers
-    named in `helpers` are emitted: an unused static function is a warning under -Wall. -#}
-// The elementwise backward helpers write every element of dinp (=, not +=): their caller skips zeroing it.
-{% if "relu" in helpers %}
+// activations.h: the elementwise layers and fused activations, forward and backward.
+//
+// inp, out, dout and dinp are `count` elements (softmax: (N, K) rows). Forward may run in place
+// (out == inp); backward writes (=) every element of dinp, so its caller does not zero it first.
+// Backward reads what forward saved: relu and leaky_relu the input, sigmoid, tanh and softmax the output.
+#ifndef CNNC_KERNELS_ACTIVATIONS_H
+#define CNNC_KERNELS_ACTIVATIONS_H
+
+#include "common.h"
+
 // out = max(inp, 0), NaN kept as NaN (like PyTorch and np.maximum); the derivative at 0 is taken as 0, like PyTorch.
-static void relu_forward(real* restrict out, const real* restrict inp, int64_t count)
+CNNC_KERNEL void relu_forward(real* out, const real* inp, int64_t count)
 {
     for (int64_t i = 0; i < count; i++) {
         out[i] = inp[i] < 0 ? 0 : inp[i];
     }
 }
 
-static void relu_backward(real* restrict dinp, const real* restrict dout, const real* restrict inp, int64_t count)
+CNNC_KERNEL void relu_backward(real* restrict dinp, const real* restrict dout, const real* restrict inp, int64_t count)
 {
     for (int64_t i = 0; i < count; i++) {
         dinp[i] = inp[i] > 0 ? dout[i] : 0;
     }
 }
 
-{% endif %}
-{% if "leaky_relu" in helpers %}
 // out = inp where inp > 0, else slope * inp
-static void leaky_relu_forward(real* restrict out, const real* restrict inp, real slope, int64_t count)
+CNNC_KERNEL void leaky_relu_forward(real* out, const real* inp, real slope, int64_t count)
 {
     for (int64_t i = 0; i < count; i++) {
         out[i] = inp[i] > 0 ? inp[i] : slope * inp[i];
     }
 }
 
-static void leaky_relu_backward(real* restrict dinp, const real* restrict dout, const real* restrict inp, real slope,
-                                int64_t count)
+CNNC_KERNEL void leaky_relu_backward(real* restrict dinp, const real* restrict dout, const real* restrict inp,
+                                     real slope, int64_t count)
 {
     for (int64_t i = 0; i < count; i++) {
         dinp[i] = inp[i] > 0 ? dout[i] : slope * dout[i];
     }
 }
 
-{% endif %}
-{% if "sigmoid" in helpers %}
 // out = 1 / (1 + exp(-inp)), written so that exp never overflows; backward reads out: dinp = dout * out * (1 - out)
-static void sigmoid_forward(real* restrict out, const real* restrict inp, int64_t count)
+CNNC_KERNEL void sigmoid_forward(real* out, const real* inp, int64_t count)
 {
     for (int64_t i = 0; i < count; i++) {
         real e = exp(-fabs(inp[i]));
@@ -46,34 +48,30 @@ static void sigmoid_forward(real* restrict out, const real* restrict inp, int64_
     }
 }
 
-static void sigmoid_backward(real* restrict dinp, const real* restrict dout, const real* restrict out, int64_t count)
+CNNC_KERNEL void sigmoid_backward(real* restrict dinp, const real* restrict dout, const real* restrict out, int64_t count)
 {
     for (int64_t i = 0; i < count; i++) {
         dinp[i] = dout[i] * out[i] * (1 - out[i]);
     }
 }
 
-{% endif %}
-{% if "tanh" in helpers %}
 // out = tanh(inp); backward reads out: dinp = dout * (1 - out^2)
-static void tanh_forward(real* restrict out, const real* restrict inp, int64_t count)
+CNNC_KERNEL void tanh_forward(real* out, const real* inp, int64_t count)
 {
     for (int64_t i = 0; i < count; i++) {
         out[i] = tanh(inp[i]);
     }
 }
 
-static void tanh_backward(real* restrict dinp, const real* restrict dout, const real* restrict out, int64_t count)
+CNNC_KERNEL void tanh_backward(real* restrict dinp, const real* restrict dout, const real* restrict out, int64_t count)
 {
     for (int64_t i = 0; i < count; i++) {
         dinp[i] = dout[i] * (1 - out[i] * out[i]);
     }
 }
 
-{% endif %}
-{% if "softmax" in helpers %}
 // inp and out are (N, K): out[n] = exp(inp[n] - max) / sum(exp(inp[n] - max)), row by row
-static void softmax_forward(real* restrict out, const real* restrict inp, int64_t N, int K)
+CNNC_KERNEL void softmax_forward(real* out, const real* inp, int64_t N, int K)
 {
     for (int64_t n = 0; n < N; n++) {
         const real* inp_n = inp + n * K;
@@ -94,7 +92,7 @@ static void softmax_forward(real* restrict out, const real* restrict inp, int64_
 }
 
 // dinp[n][k] = out[n][k] * (dout[n][k] - sum over j of dout[n][j] * out[n][j]): the softmax Jacobian times dout
-static void softmax_backward(real* restrict dinp, const real* restrict dout, const real* restrict out, int64_t N, int K)
+CNNC_KERNEL void softmax_backward(real* restrict dinp, const real* restrict dout, const real* restrict out, int64_t N, int K)
 {
     for (int64_t n = 0; n < N; n++) {
         const real* dout_n = dout + n * K;
@@ -109,12 +107,10 @@ static void softmax_backward(real* restrict dinp, const real* restrict dout, con
     }
 }
 
-{% endif %}
-{% if "dropout" in helpers %}
 // Inverted dropout: mask holds 0 or 1/(1 - rate) per element, drawn by the caller. out = inp * mask;
 // the mask is kept in saved_mask for backward: dinp = dout * saved_mask
-static void dropout_forward(real* restrict out, real* restrict saved_mask, const real* restrict inp,
-                           const real* restrict mask, int64_t count)
+CNNC_KERNEL void dropout_forward(real* restrict out, real* restrict saved_mask, const real* restrict inp,
+                                 const real* restrict mask, int64_t count)
 {
     for (int64_t i = 0; i < count; i++) {
         saved_mask[i] = mask[i];
@@ -122,27 +118,25 @@ static void dropout_forward(real* restrict out, real* restrict saved_mask, const
     }
 }
 
-static void dropout_backward(real* restrict dinp, const real* restrict dout, const real* restrict saved_mask,
-                             int64_t count)
+CNNC_KERNEL void dropout_backward(real* restrict dinp, const real* restrict dout, const real* restrict saved_mask,
+                                  int64_t count)
 {
     for (int64_t i = 0; i < count; i++) {
         dinp[i] = dout[i] * saved_mask[i];
     }
 }
 
-{% endif %}
-{% if "identity" in helpers %}
 // A layer that passes its input through (dropout outside training): out = inp, dinp = dout
-static void identity_forward(real* restrict out, const real* restrict inp, int64_t count)
+CNNC_KERNEL void identity_forward(real* restrict out, const real* restrict inp, int64_t count)
 {
     memcpy(out, inp, (size_t)count * sizeof(real));
 }
 
-static void identity_backward(real* restrict dinp, const real* restrict dout, int64_t count)
+CNNC_KERNEL void identity_backward(real* restrict dinp, const real* restrict dout, int64_t count)
 {
     for (int64_t i = 0; i < count; i++) {
         dinp[i] = dout[i];
     }
 }
 
-{% endif %}
+#endif

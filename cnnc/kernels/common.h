@@ -1,0 +1,60 @@
+// common.h: what every cnnc kernel header needs.
+//
+// The kernel library: one header per layer kind, each layer a pair of functions
+// KIND_forward(out..., inp..., params..., N, geometry) and KIND_backward(dinp, dparams..., dout, saved..., N,
+// geometry), like llm.c's train_gpt2.c: outputs first, then inputs, then the batch size N and a small struct
+// of sizes. Backward accumulates (+=) into parameter gradients (the caller zeroes them once per step); each
+// function's comment says whether it accumulates into or writes (=) the input gradient.
+//
+// Before including a kernel header, define `real` (typedef float real; or double). Everything is
+// `CNNC_KERNEL` (static inline unless the includer says otherwise): cnnc's C backend defines it as
+// always-inline and calls every kernel with a geometry of constants, so the compiler specialises each call
+// site (every loop bound known, tiles unrolled); the standalone export calls the same plain C99 kernels.
+//
+// Indices: a sample's tensors hold fewer than 2^31 elements (cnnc checks this when it plans a network), so
+// offsets inside one sample are `int`; anything multiplied by the batch index n is 64-bit.
+#ifndef CNNC_KERNELS_COMMON_H
+#define CNNC_KERNELS_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <tgmath.h>
+
+#ifndef CNNC_KERNEL
+#define CNNC_KERNEL static inline
+#endif
+
+// `#pragma omp simd reduction(+:sum)` where OpenMP is on (the loop's accumulator must be named sum), nothing
+// elsewhere: a plain C99 build sees no unknown pragma.
+#ifdef _OPENMP
+#define CNNC_SIMD_SUM _Pragma("omp simd reduction(+:sum)")
+#else
+#define CNNC_SIMD_SUM
+#endif
+
+// The output positions o in [begin, end) whose input position o*stride + offset lies in [0, size),
+// clipped to [0, count): the outputs for which a kernel tap lands inside the input, not in the padding.
+typedef struct {
+    int begin, end;
+} Range;
+
+static inline Range inside(int offset, int stride, int size, int count)
+{
+    Range r;
+    r.begin = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+    r.end = offset > size - 1 ? 0 : (size - 1 - offset) / stride + 1;
+    r.end = r.end < count ? r.end : count;
+    return r;
+}
+
+// The input positions [begin, end) of a pooling window [start, start + length) clipped to [0, size).
+static inline Range window(int start, int length, int size)
+{
+    Range r;
+    r.begin = start > 0 ? start : 0;
+    r.end = start + length < size ? start + length : size;
+    return r;
+}
+
+#endif

@@ -1,0 +1,478 @@
+// conv_blocked.h: the register-blocked 2-D convolution, forward and backward. The same maths as conv.h
+// (whose comments state it), organised for vector registers: tiles of output columns x a vector of output
+// channels (or, with few channels, output channels x rows x a vector of columns) stay in registers while the
+// inputs stream past. The input gradient is the same correlation with the channels exchanged, over the
+// output gradient spread out by the stride and the kernel turned 180 degrees. Every tile size is a field
+// of Conv2dBlocked, chosen per layer by cnnc's planner (c_codegen.BlockedConv); with the geometry a
+// constant, every tile loop unrolls and the accumulators live in registers.
+#ifndef CNNC_KERNELS_CONV_BLOCKED_H
+#define CNNC_KERNELS_CONV_BLOCKED_H
+
+#include "conv.h"
+#include "vector.h"
+
+typedef struct {
+    Conv2d conv;                 // the layer
+    int FV, CV;                  // vectors of VL filters, of VL input channels
+    int HP, WP;                  // input plane as forward reads it (a zero-padded copy when `padded`)
+    int HD, WD;                  // output-gradient plane, spread by the stride and padded by the kernel's reach
+    int OB, OB_TAIL;             // output columns per forward tile, in the last tile (0: none)
+    int XB, XB_TAIL;             // input columns per input-gradient tile, in the last tile
+    int CB, KB;                  // input channels, kernel columns per weight-gradient tile
+    int padded;                  // forward copies the input into xpad (kept for backward)
+    int forward_by_columns;      // forward vectorised over output columns (few filters), FMB x FRB tiles
+    int FMB, FRB;
+    int input_grad_by_columns;   // the input gradient likewise, XMB x XRB tiles
+    int XMB, XRB;
+    int weight_grad_by_columns;  // the weight gradient vectorised over output columns, WMB filters x KW taps
+    int WMB;
+} Conv2dBlocked;
+
+// One correlation: out (M, OH, OW) from inp (CIN, IH, IW) per sample, with the kernel, stride and dilation,
+// reading input rows from ROW0 and columns from COL0; input rows outside ROW_LO .. ROW_HI are zero padding.
+// Tiles: OB / OB_TAIL output columns x a vector of channels, or (by_columns) MB channels x RB rows x a vector.
+typedef struct {
+    int CIN, M, MV, IH, IW, OH, OW, KH, KW, SH, SW, DH, DW, ROW0, COL0, ROW_LO, ROW_HI, OB, OB_TAIL, by_columns, MB, RB;
+} Correlation;
+
+static inline Correlation conv2d_forward_correlation(Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    Correlation c = {g.C, g.F, b.FV, b.HP, b.WP, g.OH, g.OW, g.KH, g.KW, g.SH, g.SW, g.DH, g.DW, 0, 0,
+                     g.PH, g.PH + g.H - 1, b.OB, b.OB_TAIL, b.forward_by_columns, b.FMB, b.FRB};
+    return c;
+}
+
+static inline Correlation conv2d_input_grad_correlation(Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    Correlation c = {g.F, g.C, b.CV, b.HD, b.WD, g.H, g.W, g.KH, g.KW, 1, 1, g.DH, g.DW, g.PH, g.PW,
+                     (g.KH - 1) * g.DH, (g.KH - 1) * g.DH + (g.OH - 1) * g.SH, b.XB, b.XB_TAIL,
+                     b.input_grad_by_columns, b.XMB, b.XRB};
+    return c;
+}
+
+// One register tile: `width` output columns x VL output channels mv*VL .. mv*VL + VL-1 of output row oy,
+// from column ox0. Each input value is broadcast and multiplied by a vector of VL weights; the width x VL
+// sums stay in registers until the transposed store:
+//   out[m][oy][ox0 + j] = bias[m] + sum over c, p, q of w[p][q][c][m] * inp[c][ROW0 + oy*SH + p*DH][COL0 + (ox0 + j)*SW + q*DW]
+static inline __attribute__((always_inline))
+void correlation_tile(real* restrict out, const real* restrict inp, const vec* restrict w, const real* restrict bias,
+                      int oy, int ox0, int mv, const int width, Correlation g)
+{
+    vec acc[MAX_TILE];
+    vec b = {0};
+    if (bias != NULL) {
+        memcpy(&b, bias + mv * VL, sizeof(vec));
+    }
+    for (int j = 0; j < width; j++) {
+        acc[j] = b;
+    }
+    // kernel rows that read only zero padding (input rows outside ROW_LO .. ROW_HI) add nothing: skipped
+    int p_begin = 0, p_end = g.KH;
+    while (p_begin < p_end && g.ROW0 + oy * g.SH + p_begin * g.DH < g.ROW_LO) {
+        p_begin++;
+    }
+    while (p_end > p_begin && g.ROW0 + oy * g.SH + (p_end - 1) * g.DH > g.ROW_HI) {
+        p_end--;
+    }
+    // channels innermost: consecutive steps read different planes (no register juggling between taps)
+    for (int p = p_begin; p < p_end; p++) {
+        for (int q = 0; q < g.KW; q++) {
+            const real* tap = inp + (g.ROW0 + oy * g.SH + p * g.DH) * g.IW + g.COL0 + ox0 * g.SW + q * g.DW;
+            const vec* w_pq = w + (p * g.KW + q) * g.CIN * g.MV + mv;
+            for (int c = 0; c < g.CIN; c++) {
+                vec wv = w_pq[c * g.MV];
+                const real* x = tap + (int64_t)c * g.IH * g.IW;
+                for (int j = 0; j < width; j++) {
+                    acc[j] += wv * x[j * g.SW];
+                }
+            }
+        }
+    }
+    // the transposed store: lane l of acc[j] is out[mv*VL + l][oy][ox0 + j]
+    real lanes[MAX_TILE][VL];
+    for (int j = 0; j < width; j++) {
+        memcpy(lanes[j], &acc[j], sizeof(vec));
+    }
+    int count = g.M - mv * VL < VL ? g.M - mv * VL : VL;
+    for (int l = 0; l < count; l++) {
+        real* out_row = out + ((int64_t)(mv * VL + l) * g.OH + oy) * g.OW + ox0;
+        for (int j = 0; j < width; j++) {
+            out_row[j] = lanes[j][l];
+        }
+    }
+}
+
+// The same correlation vectorised over output columns, for few output channels (unit column stride).
+// One tile: output channels m0 .. m0+MB-1 x output rows oy .. oy+RB-1 x `width` <= VL columns from ox0.
+// Each weight is broadcast and multiplied by a vector of VL neighbouring input columns; w is the plain
+// (M, CIN, KH, KW) array:
+//   out[m][oy + r][ox0 + j] = bias[m] + sum over c, p, q of w[m][c][p][q] * inp[c][ROW0 + (oy + r)*SH + p*DH][COL0 + ox0 + j + q*DW]
+// The input vectors may read up to VL-1 reals past a row (into the next row, or the block's slack): those
+// lanes are never stored.
+static inline __attribute__((always_inline))
+void correlation_by_columns_tile(real* restrict out, const real* restrict inp, const real* restrict w,
+                                 const real* restrict bias, int oy, int ox0, int m0, const int width, Correlation g)
+{
+    vec acc[MAX_TILE];  // acc[i * RB + r]: channel m0 + i, row oy + r
+    for (int i = 0; i < g.MB; i++) {
+        vec b = {0};
+        b += (bias != NULL) ? bias[m0 + i] : 0;
+        for (int r = 0; r < g.RB; r++) {
+            acc[i * g.RB + r] = b;
+        }
+    }
+    // kernel rows whose input rows, for every output row of the tile, lie outside ROW_LO .. ROW_HI (zero
+    // padding) add nothing: skipped
+    int p_begin = 0, p_end = g.KH;
+    while (p_begin < p_end && g.ROW0 + (oy + g.RB - 1) * g.SH + p_begin * g.DH < g.ROW_LO) {
+        p_begin++;
+    }
+    while (p_end > p_begin && g.ROW0 + oy * g.SH + (p_end - 1) * g.DH > g.ROW_HI) {
+        p_end--;
+    }
+    for (int c = 0; c < g.CIN; c++) {
+        for (int p = p_begin; p < p_end; p++) {
+            for (int q = 0; q < g.KW; q++) {
+                vec x[MAX_TILE];
+                for (int r = 0; r < g.RB; r++) {
+                    memcpy(&x[r], inp + ((int64_t)c * g.IH + g.ROW0 + (oy + r) * g.SH + p * g.DH) * g.IW
+                                  + g.COL0 + ox0 + q * g.DW, sizeof(vec));
+                }
+                for (int i = 0; i < g.MB; i++) {
+                    real wv = w[(((m0 + i) * g.CIN + c) * g.KH + p) * g.KW + q];
+                    for (int r = 0; r < g.RB; r++) {
+                        acc[i * g.RB + r] += wv * x[r];
+                    }
+                }
+            }
+        }
+    }
+    for (int i = 0; i < g.MB; i++) {
+        for (int r = 0; r < g.RB; r++) {
+            memcpy(out + ((int64_t)(m0 + i) * g.OH + oy + r) * g.OW + ox0, &acc[i * g.RB + r], sizeof(real) * width);
+        }
+    }
+}
+
+// out is (N, M, OH, OW), inp is (N, CIN, IH, IW). Not by columns: w is the packed (KH, KW, CIN, MV) vectors,
+// bias (MV * VL) or NULL; every output row is OW / OB tiles of OB columns and, if OB_TAIL, one of OB_TAIL.
+// By columns: w is (M, CIN, KH, KW), bias (M) or NULL; every output row is OW / VL vectors and a last one
+// of OB_TAIL columns.
+CNNC_KERNEL void correlation(real* restrict out, const real* restrict inp, const real* restrict w,
+                             const real* restrict bias, int64_t N, Correlation g)
+{
+    for (int64_t n = 0; n < N; n++) {
+        real* out_n = out + n * g.M * g.OH * g.OW;
+        const real* inp_n = inp + n * g.CIN * g.IH * g.IW;
+        if (g.by_columns) {
+            for (int oy = 0; oy < g.OH; oy += g.RB) {
+                for (int m0 = 0; m0 < g.M; m0 += g.MB) {
+                    int ox0 = 0;
+                    for (; ox0 + VL <= g.OW; ox0 += VL) {
+                        correlation_by_columns_tile(out_n, inp_n, w, bias, oy, ox0, m0, VL, g);
+                    }
+                    if (g.OB_TAIL) {
+                        correlation_by_columns_tile(out_n, inp_n, w, bias, oy, ox0, m0, g.OB_TAIL, g);
+                    }
+                }
+            }
+        } else {
+            for (int oy = 0; oy < g.OH; oy++) {
+                for (int mv = 0; mv < g.MV; mv++) {
+                    int ox0 = 0;
+                    for (; ox0 + g.OB <= g.OW; ox0 += g.OB) {
+                        correlation_tile(out_n, inp_n, (const vec*)w, bias, oy, ox0, mv, g.OB, g);
+                    }
+                    if (g.OB_TAIL) {
+                        correlation_tile(out_n, inp_n, (const vec*)w, bias, oy, ox0, mv, g.OB_TAIL, g);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// weight (F, C, KH, KW), bias (F) or NULL -> wpack (KH, KW, C, FV * VL), bpack (FV * VL): filters last, zero
+// beyond F
+CNNC_KERNEL void conv2d_blocked_pack(real* restrict wpack, real* restrict bpack, const real* restrict weight,
+                                     const real* restrict bias, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    for (int pq = 0; pq < g.KH * g.KW; pq++) {
+        for (int c = 0; c < g.C; c++) {
+            real* w_cpq = wpack + (pq * g.C + c) * b.FV * VL;
+            for (int f = 0; f < b.FV * VL; f++) {
+                w_cpq[f] = f < g.F ? weight[(f * g.C + c) * g.KH * g.KW + pq] : 0;
+            }
+        }
+    }
+    for (int f = 0; f < b.FV * VL; f++) {
+        bpack[f] = (bias != NULL && f < g.F) ? bias[f] : 0;
+    }
+}
+
+// inp is (N, C, H, W) -> xpad (N, C, HP, WP): inp at row PH, column PW, zeros around it
+CNNC_KERNEL void conv2d_blocked_pad(real* restrict xpad, const real* restrict inp, int64_t N, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    for (int64_t n = 0; n < N; n++) {
+        real* xpad_n = xpad + n * g.C * b.HP * b.WP;
+        memset(xpad_n, 0, sizeof(real) * g.C * b.HP * b.WP);
+        for (int c = 0; c < g.C; c++) {
+            for (int h = 0; h < g.H; h++) {
+                memcpy(xpad_n + ((int64_t)c * b.HP + g.PH + h) * b.WP + g.PW,
+                       inp + ((n * g.C + c) * g.H + h) * g.W, sizeof(real) * g.W);
+            }
+        }
+    }
+}
+
+// inp is (N, C, H, W), weight is (F, C, KH, KW), bias is (F) or NULL -> out is (N, F, OH, OW), as
+// conv2d_forward. Scratch: xpad (N, C, HP, WP), the zero-padded input that backward reads too (unused unless
+// b.padded); wpack and bpack, the packed weights (unused by columns).
+CNNC_KERNEL void conv2d_blocked_forward(real* restrict out, const real* restrict inp, const real* restrict weight,
+                                        const real* restrict bias, real* restrict xpad, real* restrict wpack,
+                                        real* restrict bpack, int64_t N, Conv2dBlocked b)
+{
+    const real* x = inp;
+    if (b.padded) {
+        conv2d_blocked_pad(xpad, inp, N, b);
+        x = xpad;
+    }
+    if (b.forward_by_columns) {
+        correlation(out, x, weight, bias, N, conv2d_forward_correlation(b));
+    } else {
+        conv2d_blocked_pack(wpack, bpack, weight, bias, b);
+        correlation(out, x, wpack, bpack, N, conv2d_forward_correlation(b));
+    }
+}
+
+// One step of the by-columns weight gradient: the VL output columns from ow0 of one output row. dout_f is
+// that row of filter f0's gradient, x_row the input row read by kernel row p:
+//   acc[i * KW + q] += keep[j] * dout[f0 + i][oh][ow0 + j] * x[c][oh*SH + p*DH][ow0 + j + q*DW]   (lane j)
+// keep is all ones, except for the last vector of a row that is not a whole number of vectors long: that
+// one ends at the row's end (whole loads, nothing read past the row) and keep zeroes the lanes already counted.
+static inline __attribute__((always_inline))
+void conv2d_weight_grad_step(vec* acc, const real* restrict dout_f, const real* restrict x_row, int ow0,
+                             const int masked, vec keep, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    vec dy[MAX_TILE];
+    for (int i = 0; i < b.WMB; i++) {
+        memcpy(&dy[i], dout_f + (int64_t)i * g.OH * g.OW + ow0, sizeof(vec));
+        if (masked) {
+            dy[i] *= keep;
+        }
+    }
+    for (int q = 0; q < g.KW; q++) {
+        vec x;
+        memcpy(&x, x_row + ow0 + q * g.DW, sizeof(vec));
+        for (int i = 0; i < b.WMB; i++) {
+            acc[i * g.KW + q] += dy[i] * x;
+        }
+    }
+}
+
+// dweight[f][c][p][q] += sum over n, oh, ow of dout[n][f][oh][ow] * x[n][c][oh*SH + p*DH][ow + q*DW], x (N, C,
+// HP, WP) the input as forward read it. By columns (few filters): one task per (block of WMB filters,
+// channel, kernel row) keeps WMB x KW vectors of per-column partial sums in registers over the whole batch
+// and adds each vector's lanes once at the end.
+CNNC_KERNEL void conv2d_weight_grad_by_columns(real* restrict dweight, const real* restrict dout,
+                                               const real* restrict x, int64_t N, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    for (int f0 = 0; f0 < g.F; f0 += b.WMB) {
+        for (int c = 0; c < g.C; c++) {
+            for (int p = 0; p < g.KH; p++) {
+                vec acc[MAX_TILE];
+                for (int i = 0; i < b.WMB * g.KW; i++) {
+                    acc[i] = (vec){0};
+                }
+                vec keep;  // the last, overlapping vector of a row counts only its last OW % VL columns
+                for (int l = 0; l < VL; l++) {
+                    keep[l] = l >= VL - g.OW % VL;
+                }
+                for (int64_t n = 0; n < N; n++) {
+                    for (int oh = 0; oh < g.OH; oh++) {
+                        const real* dout_f = dout + ((n * g.F + f0) * g.OH + oh) * g.OW;
+                        const real* x_row = x + ((n * g.C + c) * b.HP + oh * g.SH + p * g.DH) * b.WP;
+                        for (int ow0 = 0; ow0 + VL <= g.OW; ow0 += VL) {
+                            conv2d_weight_grad_step(acc, dout_f, x_row, ow0, 0, keep, b);
+                        }
+                        if (g.OW % VL != 0) {
+                            conv2d_weight_grad_step(acc, dout_f, x_row, g.OW - VL, 1, keep, b);
+                        }
+                    }
+                }
+                for (int i = 0; i < b.WMB; i++) {
+                    for (int q = 0; q < g.KW; q++) {
+                        real lanes[VL];
+                        memcpy(lanes, &acc[i * g.KW + q], sizeof(vec));
+                        real sum = 0;
+                        for (int l = 0; l < VL; l++) {
+                            sum += lanes[l];
+                        }
+                        dweight[(((f0 + i) * g.C + c) * g.KH + p) * g.KW + q] += sum;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// dout (N, F, OH, OW) -> dyt (N, OH, OW, FV * VL): dout with the filters last (zero beyond F), so that the
+// weight gradient reads one vector of VL filters per output position.
+CNNC_KERNEL void conv2d_blocked_transpose(real* restrict dyt, const real* restrict dout, int64_t N, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    for (int64_t n = 0; n < N; n++) {
+        real* dyt_n = dyt + n * g.OH * g.OW * b.FV * VL;
+        const real* dout_n = dout + n * g.F * g.OH * g.OW;
+        for (int o = 0; o < g.OH * g.OW; o++) {
+            for (int f = 0; f < b.FV * VL; f++) {
+                dyt_n[(int64_t)o * b.FV * VL + f] = f < g.F ? dout_n[(int64_t)f * g.OH * g.OW + o] : 0;
+            }
+        }
+    }
+}
+
+// The same weight gradient as conv2d_weight_grad_by_columns, vectorised over filters: dyt is dout with the
+// filters last (conv2d_blocked_transpose). One task per (filter vector, block of CB channels, kernel row,
+// block of KB kernel columns) keeps CB x KB vectors of VL filter sums in registers over the whole batch.
+CNNC_KERNEL void conv2d_weight_grad(real* restrict dweight, const real* restrict dyt, const real* restrict x,
+                                    int64_t N, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    for (int fv = 0; fv < b.FV; fv++) {
+        for (int c0 = 0; c0 < g.C; c0 += b.CB) {
+            for (int p = 0; p < g.KH; p++) {
+                for (int q0 = 0; q0 < g.KW; q0 += b.KB) {
+                    vec acc[MAX_TILE];  // acc[i * KB + k]: channel c0 + i, kernel column q0 + k
+                    for (int i = 0; i < b.CB * b.KB; i++) {
+                        acc[i] = (vec){0};
+                    }
+                    for (int64_t n = 0; n < N; n++) {
+                        const vec* dyt_n = (const vec*)(dyt + n * g.OH * g.OW * b.FV * VL) + fv;
+                        const real* x_n = x + (n * g.C + c0) * b.HP * b.WP + p * g.DH * b.WP + q0 * g.DW;
+                        for (int oh = 0; oh < g.OH; oh++) {
+                            for (int ow = 0; ow < g.OW; ow++) {
+                                vec dy = dyt_n[(oh * g.OW + ow) * b.FV];
+                                const real* x_o = x_n + oh * g.SH * b.WP + ow * g.SW;
+                                for (int i = 0; i < b.CB; i++) {
+                                    for (int k = 0; k < b.KB; k++) {
+                                        acc[i * b.KB + k] += dy * x_o[(int64_t)i * b.HP * b.WP + k * g.DW];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    int count = g.F - fv * VL < VL ? g.F - fv * VL : VL;
+                    for (int i = 0; i < b.CB; i++) {
+                        for (int k = 0; k < b.KB; k++) {
+                            real lanes[VL];
+                            memcpy(lanes, &acc[i * b.KB + k], sizeof(vec));
+                            for (int l = 0; l < count; l++) {
+                                int f = fv * VL + l;
+                                dweight[((f * g.C + c0 + i) * g.KH + p) * g.KW + q0 + k] += lanes[l];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// dout (N, F, OH, OW) -> dypad (N, F, HD, WD), zero but for the spread-out dout:
+//   dypad[n][f][(KH-1)*DH + oh*SH][(KW-1)*DW + ow*SW] = dout[n][f][oh][ow]
+CNNC_KERNEL void conv2d_blocked_spread(real* restrict dypad, const real* restrict dout, int64_t N, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    for (int64_t n = 0; n < N; n++) {
+        real* dypad_n = dypad + n * g.F * b.HD * b.WD;
+        memset(dypad_n, 0, sizeof(real) * g.F * b.HD * b.WD);
+        for (int f = 0; f < g.F; f++) {
+            for (int oh = 0; oh < g.OH; oh++) {
+                int row = (g.KH - 1) * g.DH + oh * g.SH;
+                if (row >= b.HD) {
+                    break;  // gradient for the zero padding below the input: nobody needs it
+                }
+                for (int ow = 0; ow < g.OW; ow++) {
+                    int col = (g.KW - 1) * g.DW + ow * g.SW;
+                    if (col < b.WD) {
+                        dypad_n[((int64_t)f * b.HD + row) * b.WD + col] = dout[((n * g.F + f) * g.OH + oh) * g.OW + ow];
+                    }
+                }
+            }
+        }
+    }
+}
+
+// weight (F, C, KH, KW) -> wrot, each kernel turned 180 degrees with its channels exchanged:
+// by columns (C, F, KH, KW); otherwise (KH, KW, F, CV * VL), zero beyond C.
+CNNC_KERNEL void conv2d_blocked_rotate(real* restrict wrot, const real* restrict weight, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    if (b.input_grad_by_columns) {
+        for (int f = 0; f < g.F; f++) {
+            for (int c = 0; c < g.C; c++) {
+                for (int pq = 0; pq < g.KH * g.KW; pq++) {
+                    wrot[(c * g.F + f) * g.KH * g.KW + pq] = weight[(f * g.C + c) * g.KH * g.KW + g.KH * g.KW - 1 - pq];
+                }
+            }
+        }
+        return;
+    }
+    for (int f = 0; f < g.F; f++) {
+        for (int p = 0; p < g.KH; p++) {
+            for (int q = 0; q < g.KW; q++) {
+                real* w_fpq = wrot + ((p * g.KW + q) * g.F + f) * b.CV * VL;
+                for (int c = 0; c < b.CV * VL; c++) {
+                    int tap = (g.KH - 1 - p) * g.KW + g.KW - 1 - q;
+                    w_fpq[c] = c < g.C ? weight[(f * g.C + c) * g.KH * g.KW + tap] : 0;
+                }
+            }
+        }
+    }
+}
+
+// dout is (N, F, OH, OW), x the input as forward read it (xpad if b.padded, else inp), weight (F, C, KH, KW);
+// accumulates (+=) dweight (like weight) and dbias (F, or NULL), and writes (=) dinp (N, C, H, W) unless it
+// is NULL (the first layer of a training step needs no input gradient). dyt, dypad and wrot are scratch:
+//   dinp[n][c][h][w] = sum over f, p, q of wrot[f][p][q][c] * dypad[n][f][PH + h + p*DH][PW + w + q*DW]
+CNNC_KERNEL void conv2d_blocked_backward(real* restrict dinp, real* restrict dweight, real* restrict dbias,
+                                         const real* restrict dout, const real* restrict x, const real* restrict weight,
+                                         real* restrict dyt, real* restrict dypad, real* restrict wrot, int64_t N,
+                                         Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    if (dbias != NULL) {
+        // dbias[f] += sum over n, oh, ow of dout[n][f][oh][ow]
+        for (int f = 0; f < g.F; f++) {
+            real sum = 0;
+            for (int64_t n = 0; n < N; n++) {
+                const real* dout_nf = dout + (n * g.F + f) * g.OH * g.OW;
+                CNNC_SIMD_SUM
+                for (int o = 0; o < g.OH * g.OW; o++) {
+                    sum += dout_nf[o];
+                }
+            }
+            dbias[f] += sum;
+        }
+    }
+    if (b.weight_grad_by_columns) {
+        conv2d_weight_grad_by_columns(dweight, dout, x, N, b);
+    } else {
+        conv2d_blocked_transpose(dyt, dout, N, b);
+        conv2d_weight_grad(dweight, dyt, x, N, b);
+    }
+    if (dinp != NULL) {
+        conv2d_blocked_spread(dypad, dout, N, b);
+        conv2d_blocked_rotate(wrot, weight, b);
+        correlation(dinp, dypad, wrot, NULL, N, conv2d_input_grad_correlation(b));
+    }
+}
+
+#endif
