@@ -48,15 +48,15 @@ class _Mistake(Exception):
         self.diagnostic = Diagnostic("error", message, loc, hint)
 
 
-def closest(word: str, choices) -> str | None:
+def closest(word: str, choices, cutoff: float = 0.7) -> str | None:
     """The choice `word` most likely misspells (ignoring case), or None."""
     by_lower = {c.lower(): c for c in choices}
-    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.7)
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=cutoff)
     return by_lower[close[0]] if close else None
 
 
-def did_you_mean(word: str, choices) -> str:
-    close = closest(word, choices)
+def did_you_mean(word: str, choices, cutoff: float = 0.7) -> str:
+    close = closest(word, choices, cutoff)
     return f"; did you mean '{close}'?" if close else ""
 
 
@@ -641,7 +641,7 @@ def _infer_body(stmts, scope: _Scope, previous: _Named | None) -> _Named | None:
     return previous
 
 
-def _inputs(stmt: LayerStmt, scope: _Scope, previous: _Named | None) -> list[_Named] | None:
+def _inputs(stmt: LayerStmt, local: str, scope: _Scope, previous: _Named | None) -> list[_Named] | None:
     """What the statement reads: its operands (merges), its from=, or the previous output. None after a
     mistake (reported)."""
     source = next((a for a in stmt.arguments if a.key == "from"), None)
@@ -649,7 +649,7 @@ def _inputs(stmt: LayerStmt, scope: _Scope, previous: _Named | None) -> list[_Na
         if stmt.kind in MERGE_KINDS:
             if len(stmt.operands) < 2:
                 got = "none" if not stmt.operands else f"only '{stmt.operands[0]}'"
-                raise _Mistake(f"{stmt.kind} '{stmt.name or stmt.kind}' merges two or more outputs; got {got}",
+                raise _Mistake(f"{stmt.kind} '{local}' merges two or more outputs; got {got}",
                                stmt.operands[0].loc if stmt.operands else stmt.loc,
                                f"name the outputs to merge, e.g. {stmt.kind} {stmt.name or 'm'}(a, b)")
             return [_resolve(v, scope) for v in stmt.operands]
@@ -687,14 +687,15 @@ def _resolve(value: Value, scope: _Scope) -> _Named:
                        "defined before it", value.loc, "move the statement that defines it up, or name an earlier "
                        "output")
     where = f"block '{scope.block.decl.name}'" if scope.block is not None else "this model"
-    raise _Mistake(f"unknown name '{name}'{did_you_mean(name, visible)}", value.loc,
+    # layer names are short (bn2, s1): one changed character of three is still a likely typo
+    raise _Mistake(f"unknown name '{name}'{did_you_mean(name, visible, cutoff=0.6)}", value.loc,
                    f"names readable here in {where}: " + ", ".join(visible) if visible else None)
 
 
 def _layer(stmt: LayerStmt, local: str, scope: _Scope, previous: _Named | None) -> _Named | None:
     """One layer statement: inputs, arguments, then its kind's shape function."""
     full = scope.prefix + local
-    inputs = _inputs(stmt, scope, previous)
+    inputs = _inputs(stmt, local, scope, previous)
     first_error = len(scope.errors)
     args = _check_arguments(stmt, local, scope.errors)
     for k in range(first_error, len(scope.errors)):  # attach the instance notes
@@ -725,7 +726,7 @@ def _instance(stmt: LayerStmt, local: str, scope: _Scope, previous: _Named | Non
     body in a scope of its own. Its output is the body's last statement's."""
     block = scope.blocks[stmt.kind]
     decl = block.decl
-    inputs = _inputs(stmt, scope, previous)
+    inputs = _inputs(stmt, local, scope, previous)
     params = {p.name: p for p in decl.params}
     bindings: dict[str, Value] = {}
     misspelt = set()  # parameters an unknown argument probably meant: not also reported as missing
