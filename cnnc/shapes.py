@@ -598,9 +598,6 @@ class _Scope:
     def error(self, diagnostic: Diagnostic) -> None:
         self.errors.append(replace(diagnostic, notes=diagnostic.notes + self.notes))
 
-    def warn(self, diagnostic: Diagnostic) -> None:
-        self.warnings.append(replace(diagnostic, notes=diagnostic.notes + self.notes))
-
 
 def _unread(found: list[tuple[str, Diagnostic]], layers: list[Layer]) -> list[Diagnostic]:
     """The warnings that a stride leaves input unread, except where another layer reads that input too: a

@@ -565,6 +565,14 @@ def test_check_json_lists_every_layer_under_its_dotted_name(tmp_path, capsys):
     assert forms["cat1"]["inputs"] == ["a", "b", "c"]
 
 
+def test_check_html_reports_a_graph_model(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    spec, report = tmp_path / "resnet.cnn", tmp_path / "report.html"
+    spec.write_text(ISSUE_EXAMPLE)
+    assert main(["check", str(spec), "--html", str(report)]) == 0
+    assert "s3.sum" in report.read_text()
+
+
 # ==== what is not done yet refuses clearly ===========================================================
 @pytest.mark.parametrize("text,phrase", [
     (ISSUE_EXAMPLE, "does not support 'batchnorm' (layer 'stem_bn') yet"),
