@@ -21,10 +21,13 @@ class Loc:
 
 @dataclass(frozen=True)
 class Diagnostic:
-    severity: str  # "error" or "warning"
+    severity: str  # "error", "warning", or "note" (only inside another diagnostic's notes)
     message: str
     loc: Loc | None = None
     hint: str | None = None  # a suggested fix, printed as a "note:" line
+    # located notes printed after it, e.g. the block instance an error inside a block's body comes from
+    # (as a C++ compiler notes a template instantiation)
+    notes: tuple[Diagnostic, ...] = ()
 
     def render(self, source: str | None = None) -> str:
         """`FILE:LINE:COL: error: MESSAGE`, then the source line and a caret under the token."""
@@ -41,6 +44,7 @@ class Diagnostic:
                 lines += ["    " + text, "    " + caret]
         if self.hint:
             lines.append(f"note: {self.hint}")
+        lines += [note.render(source) for note in self.notes]
         return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from .c_names import comment_name, is_c_symbol
 from .diagnostics import CnncError
 from .fileio import write_owned_folder
-from .ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network
+from .ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network, chain_only_refusal
 from .summary import human_bytes
 
 FLOAT_BYTES = 4  # the exported C computes in float32
@@ -139,6 +139,9 @@ def _arena_floats(between: list[int]) -> int:
 
 def memory_plan(network: Network) -> MemoryPlan:
     """Every statement of the generated predict() with its buffers, and the bytes it all needs."""
+    refusal = chain_only_refusal(network, "the standalone C export")
+    if refusal:
+        raise CnncError(f"model '{network.name}': {refusal}")
     input_floats = prod(network.input_shape)
     ops = _operations(network)
     sizes = [layer.out_size if layer else input_floats for op, layer, _ in ops if op in ("compute", "copy")]
@@ -342,6 +345,9 @@ def export_c(model, out_dir, prefix: str | None = None, dtype: str = "float32", 
     if dtype not in DTYPES:
         raise CnncError(f"the standalone C export computes in float32 only; got --dtype {dtype}")
     network, params = network_and_params(model)
+    refusal = chain_only_refusal(network, "the standalone C export")
+    if refusal:  # graphs and the layer kinds of issue #14 come with the C backend's support for them
+        raise CnncError(f"model '{network.name}': {refusal}")
     files = render_c(network, params, prefix or network.name)
     out = Path(os.fspath(out_dir))
     if out.exists() and not out.is_dir():

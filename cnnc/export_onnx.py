@@ -26,7 +26,7 @@ import numpy as np
 
 from .diagnostics import CnncError
 from .fileio import atomic_write_bytes
-from .ir import AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network
+from .ir import AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network, chain_only_refusal
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that goes with opset 17: readable by every onnxruntime since 1.11
@@ -111,6 +111,9 @@ def _window_attributes(layer: Layer) -> dict:
 
 def build_onnx(network: Network, params: dict[str, np.ndarray]):
     """The ONNX ModelProto of a network with the given parameters ({name: array}, PyTorch layouts)."""
+    refusal = chain_only_refusal(network, "the ONNX export")
+    if refusal:  # graphs and the layer kinds of issue #14 are the next issue's
+        raise CnncError(f"model '{network.name}': {refusal}")
     onnx = require_onnx("onnx")
     g = _GraphBuilder(onnx, network, params)
     for layer in network.layers:  # every network has a layer, and every layer writes a node

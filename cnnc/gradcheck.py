@@ -4,7 +4,9 @@
 
 For every parameter tensor and the input, each entry is perturbed by +-eps and the model's own loss
 re-evaluated: numeric = (L(p + eps) - L(p - eps)) / (2 eps), in float64, with train=False (dropout is
-the identity). The error of a tensor is max|analytic - numeric| / max(max|analytic|, max|numeric|, 1e-8):
+the identity, batch norm uses its running statistics). gradcheck(model, train=True) checks training
+mode instead, where batch norm normalises with the batch's own statistics (so the gradient flows through
+them); it refuses models with dropout, whose masks would change between evaluations. The error of a tensor is max|analytic - numeric| / max(max|analytic|, max|numeric|, 1e-8):
 relative to the tensor's largest gradient, so entries near zero do not blow it up.
 
 Works with any Model subclass: it only calls forward, loss and backward and writes params in place.
@@ -46,20 +48,22 @@ def gradcheck_inputs(model: Model, batch: int, seed: int):
 
 
 def gradcheck(model: Model, batch: int = 2, eps: float = 1e-6, seed: int = 0,
-              samples: int | None = None) -> dict[str, float]:
+              samples: int | None = None, train: bool = False) -> dict[str, float]:
     """-> {tensor name: relative error} for every parameter and "input" (the gradient dx).
 
     The check runs at random parameters drawn from `seed`; see gradcheck_tensors, which yields the same
     errors one tensor at a time."""
-    return dict(gradcheck_tensors(model, batch=batch, eps=eps, seed=seed, samples=samples))
+    return dict(gradcheck_tensors(model, batch=batch, eps=eps, seed=seed, samples=samples, train=train))
 
 
-def gradcheck_tensors(model: Model, batch: int = 2, eps: float = 1e-6, seed: int = 0, samples: int | None = None):
+def gradcheck_tensors(model: Model, batch: int = 2, eps: float = 1e-6, seed: int = 0, samples: int | None = None,
+                      train: bool = False):
     """Yield (tensor name, relative error) for every parameter, then "input", as each is checked.
 
     The check runs at random parameters drawn from `seed` (see gradcheck_inputs); the model's own
     parameters are put back afterwards. samples: check only this many randomly chosen entries per
-    tensor (None: every entry). The model must be float64: float32 rounding swamps the differences."""
+    tensor (None: every entry). The model must be float64: float32 rounding swamps the differences.
+    train: check training mode (see above); the running statistics are put back afterwards too."""
     if model.dtype != np.float64:
         raise ValueError(f"gradcheck needs a float64 model (finite differences drown in float32 rounding); "
                          f"got {model.dtype.name}: build it with dtype='float64'")
@@ -69,20 +73,24 @@ def gradcheck_tensors(model: Model, batch: int = 2, eps: float = 1e-6, seed: int
         raise ValueError(f"gradcheck eps must be a positive number; got {eps}")
     if samples is not None and samples < 1:
         raise ValueError(f"gradcheck samples must be at least 1 (or None for every entry); got {samples}")
+    if train and any(layer.kind == "dropout" and layer.rate > 0 for layer in model.network.layers):
+        raise ValueError("gradcheck in training mode needs a model without dropout: its masks change at every "
+                         "forward pass")
     original = {name: value.copy() for name, value in model.params.items()}
+    original_buffers = {name: value.copy() for name, value in model.buffers.items()}
     try:
         params, x, target = gradcheck_inputs(model, batch, seed)
         for name, value in params.items():
             model.params[name][...] = value
 
         # analytic: one forward and backward
-        _, dy = model.loss(model.forward(x, train=False), target)
+        _, dy = model.loss(model.forward(x, train=train), target)
         dx = model.backward(dy)
         analytic = {name: np.array(g, dtype=np.float64) for name, g in model.grads.items()}
         analytic["input"] = np.array(dx, dtype=np.float64)
 
         def loss_at() -> float:
-            return model.loss(model.forward(x, train=False), target)[0]
+            return model.loss(model.forward(x, train=train), target)[0]
 
         pick = np.random.default_rng([seed, 2])
         tensors = [(name, model.params[name]) for name in model.params] + [("input", x)]
@@ -104,6 +112,8 @@ def gradcheck_tensors(model: Model, batch: int = 2, eps: float = 1e-6, seed: int
     finally:
         for name, value in original.items():
             model.params[name][...] = value
+        for name, value in original_buffers.items():
+            model.buffers[name][...] = value
 
 
 # ---- cnnc gradcheck ------------------------------------------------------------------------------
@@ -157,6 +167,8 @@ def add_gradcheck_parser(subparsers) -> None:
     p.add_argument("--eps", type=_positive(float), default=1e-6, help="finite-difference step (default 1e-6)")
     p.add_argument("--samples", type=_positive(int), default=None, metavar="K",
                    help="check K randomly chosen entries per tensor instead of all (faster on big models)")
+    p.add_argument("--train", action="store_true",
+                   help="check training mode (batch norm on the batch's statistics); refused with dropout")
     p.set_defaults(func=run_gradcheck_cli)
 
 
@@ -167,14 +179,17 @@ def run_gradcheck_cli(args) -> int:
     model = cnnc.load(args.file, backend=args.backend, model=args.model, dtype="float64", seed=args.seed)
     eps = getattr(args, "eps", 1e-6)
     samples = getattr(args, "samples", None)
+    train = getattr(args, "train", False)
     shapes = {name: tuple(p.shape) for name, p in model.params.items()}
     shapes["input"] = (args.batch, *model.input_shape)
     print(f"gradcheck {model.name}: {model.backend_name} backend, float64, batch {args.batch}, seed {args.seed}, "
-          f"eps {eps:g}" + (f", {samples} entries per tensor" if samples else ""), flush=True)
+          f"eps {eps:g}" + (f", {samples} entries per tensor" if samples else "") + (", training mode" if train else ""),
+          flush=True)
     print(estimate_line(model, shapes, args.batch, samples, args.backend), file=sys.stderr, flush=True)
     width = max(len(name) for name in shapes)
     errors, failed = {}, []
-    for name, error in gradcheck_tensors(model, batch=args.batch, eps=eps, seed=args.seed, samples=samples):
+    for name, error in gradcheck_tensors(model, batch=args.batch, eps=eps, seed=args.seed, samples=samples,
+                                         train=train):
         errors[name] = error
         if not error < THRESHOLD:  # NaN fails too
             failed.append(name)

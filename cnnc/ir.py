@@ -5,6 +5,12 @@ backends (NumPy, C, standalone C, ONNX) read these dataclasses and nothing else.
 
 Shapes are per sample; the batch dimension N is implicit everywhere:
   2-D layers see (C, H, W), 1-D layers (C, L), flat layers (D,).
+
+A network is a graph whose layers are listed in topological order (the statement order, with block
+instances expanded in place): every layer names the tensors it reads in `Layer.inputs`, each the name
+of an earlier layer or the network's input. In a chain every layer reads the one before it
+(`Network.is_chain`); code that only runs chains reads `in_shape`/`out_shape` in order, as before, and
+refuses anything else with `chain_only_refusal`.
 """
 from __future__ import annotations
 
@@ -18,8 +24,12 @@ MAXPOOL_KINDS = ("maxpool1d", "maxpool2d")
 AVGPOOL_KINDS = ("avgpool1d", "avgpool2d")
 POOL_KINDS = MAXPOOL_KINDS + AVGPOOL_KINDS
 WINDOW_KINDS = CONV_KINDS + POOL_KINDS  # layers with kernel/stride/padding geometry
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax")
-LAYER_KINDS = WINDOW_KINDS + ("global_avgpool", "flatten", "dense", "dropout") + ACTIVATIONS
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "relu6", "silu", "hardswish")
+MERGE_KINDS = ("add", "concat")  # layers reading two or more tensors
+LAYER_KINDS = WINDOW_KINDS + ("global_avgpool", "flatten", "dense", "dropout", "batchnorm") + ACTIVATIONS + MERGE_KINDS
+# What the chain-only consumers (the C backend, the standalone C and ONNX exports) run so far.
+CHAIN_KINDS = WINDOW_KINDS + ("global_avgpool", "flatten", "dense", "dropout", "relu", "sigmoid", "tanh",
+                              "leaky_relu", "softmax")
 LOSSES = ("cross_entropy", "mse")
 
 
@@ -44,6 +54,21 @@ class ParamSpec:
 
 
 @dataclass(frozen=True)
+class BufferSpec:
+    """One non-trainable tensor a layer keeps between batches (batch norm's running statistics).
+
+    name: "<layer>.running_mean" or "<layer>.running_var", PyTorch's names; fill: its initial value."""
+
+    name: str
+    shape: tuple[int, ...]
+    fill: float
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+
+@dataclass(frozen=True)
 class Layer:
     """One layer with every size resolved.
 
@@ -55,6 +80,15 @@ class Layer:
         Standalone activation layers have kind == the activation and activation None.
     slope: the negative slope of leaky_relu (as a kind or as the fused activation).
     rate: dropout probability (inverted dropout: kept values are scaled by 1/(1-rate) while training).
+    name: the full dotted name: a layer `c1` of block instance `s1` is `s1.c1` (and nested, `p1.u1.d`).
+    inputs: the names of the tensors it reads, in order: earlier layers' names or the network's input_name.
+        One for every kind except the merges (add, concat), which read two or more.
+    in_shapes: the shape of each input; in_shape is the first's.
+    groups: a convolution's groups: input channels and filters are split into this many groups, each
+        filter reading C/groups channels (weight (F, C/groups, *kernel)); groups == C is depthwise.
+    eps, momentum: batch norm's, as in PyTorch: y = (x - mean) / sqrt(var + eps) * weight + bias;
+        running = (1 - momentum) * running + momentum * batch statistic (the variance unbiased).
+    buffers: batch norm's running_mean and running_var.
     """
 
     name: str
@@ -62,6 +96,8 @@ class Layer:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     loc: Loc | None = None
+    inputs: tuple[str, ...] = ()
+    in_shapes: tuple[tuple[int, ...], ...] = ()
     kernel: tuple[int, ...] = ()
     stride: tuple[int, ...] = ()
     dilation: tuple[int, ...] = ()
@@ -73,7 +109,11 @@ class Layer:
     activation: str | None = None
     slope: float = 0.01
     rate: float = 0.0
+    groups: int = 1
+    eps: float = 1e-5
+    momentum: float = 0.1
     params: tuple[ParamSpec, ...] = ()
+    buffers: tuple[BufferSpec, ...] = ()
     macs: int = 0  # multiply-accumulates per sample
     receptive_field: tuple[int, ...] | None = None  # input pixels seen by one output, per spatial axis
     jump: tuple[int, ...] | None = None  # distance on the input between adjacent outputs, per axis
@@ -117,6 +157,20 @@ class Network:
         return tuple(p for layer in self.layers for p in layer.params)
 
     @property
+    def buffer_specs(self) -> tuple[BufferSpec, ...]:
+        return tuple(b for layer in self.layers for b in layer.buffers)
+
+    @property
+    def is_chain(self) -> bool:
+        """Every layer reads exactly the output of the layer before it (the first reads the input)."""
+        previous = self.input_name
+        for layer in self.layers:
+            if layer.inputs != (previous,):
+                return False
+            previous = layer.name
+        return True
+
+    @property
     def param_count(self) -> int:
         return sum(layer.param_count for layer in self.layers)
 
@@ -129,8 +183,35 @@ class Network:
         """Elements per sample of the input and every layer output (float32 memory = 4x this)."""
         return prod(self.input_shape) + sum(layer.out_size for layer in self.layers)
 
+    def consumers(self, name: str) -> tuple[Layer, ...]:
+        """The layers that read the tensor `name` (a layer's or the input's), in order."""
+        return tuple(layer for layer in self.layers if name in layer.inputs)
+
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
             if layer.name == name:
                 return layer
         raise KeyError(name)
+
+
+def chain_only_refusal(network: Network, what: str) -> str | None:
+    """Why `what` (e.g. "the C backend") cannot run `network` yet, or None: the chain-only consumers run
+    chains of CHAIN_KINDS (with ungrouped convolutions) and nothing else."""
+    for layer in network.layers:
+        if layer.kind not in CHAIN_KINDS:
+            return f"{what} does not support '{layer.kind}' (layer '{layer.name}') yet; the NumPy backend runs it"
+        if layer.activation is not None and layer.activation not in CHAIN_KINDS:
+            return (f"{what} does not support activation={layer.activation} (layer '{layer.name}') yet; "
+                    "the NumPy backend runs it")
+        if layer.groups != 1:
+            return (f"{what} does not support grouped convolutions (layer '{layer.name}', groups={layer.groups}) "
+                    "yet; the NumPy backend runs it")
+    if not network.is_chain:
+        previous = network.input_name
+        for layer in network.layers:
+            if layer.inputs != (previous,):
+                reads = ", ".join(f"'{name}'" for name in layer.inputs)
+                return (f"{what} runs chains of layers only so far: layer '{layer.name}' reads {reads}, not the "
+                        f"previous layer's output; the NumPy backend runs graphs")
+            previous = layer.name
+    return None

@@ -4,13 +4,15 @@
     y = m.forward(x, train=False)     # x: (N, *m.input_shape) -> y: (N, *m.output_shape)
     loss, dy = m.loss(y, target)      # mean over the batch
     dx = m.backward(dy)               # fills m.grads (same keys and shapes as m.params)
+    m.buffers                         # batch norm's running statistics: updated by forward(x, train=True)
 
 This base class owns everything that is the same for every backend: checking inputs, initialising
 parameters from the seed, drawing dropout masks, the loss, and saving and loading weights.
 A backend subclass supplies storage and arithmetic:
 
     _allocate()                      -> (params, grads): dicts of zeroed arrays, one per ParamSpec
-    _forward(x, train, masks)        -> y     x: (N, *input_shape) C-contiguous, of self.dtype
+    _forward(x, train, masks)        -> y     x: (N, *input_shape) C-contiguous, of self.dtype;
+                                              with train, updates self.buffers (the running statistics)
     _backward(dy)                    -> dx    overwrites self.grads
 """
 from __future__ import annotations
@@ -25,15 +27,18 @@ from .checkpoint import checkpoint_given_as_weights, is_checkpoint
 from .diagnostics import CnncError
 from .fileio import (ArrayHeader, atomic_path, available_memory, check_input_file, describe_contents, human_size,
                      is_zip, load_npz_checked, npy_headers_in_npz)
-from .ir import Network, ParamSpec
+from .ir import BufferSpec, Network, ParamSpec
 
 DTYPES = ("float32", "float64")
 
 
 def initial_value(spec: ParamSpec, rng: np.random.Generator) -> np.ndarray:
-    """He-normal for layers feeding ReLU-like activations, Glorot-uniform otherwise, zero biases."""
+    """He-normal for layers feeding ReLU-like activations, Glorot-uniform otherwise, zero biases (and
+    batch norm's weight ones, its bias zeros, as PyTorch)."""
     if spec.init == "zeros":
         return np.zeros(spec.shape)
+    if spec.init == "ones":
+        return np.ones(spec.shape)
     if spec.init == "he":
         return rng.normal(0.0, np.sqrt(2.0 / spec.fan_in), size=spec.shape)
     limit = np.sqrt(6.0 / (spec.fan_in + spec.fan_out))
@@ -60,6 +65,8 @@ class Model:
         try:
             params, grads = self._allocate()
             self.params, self.grads = TensorDict(params, "params"), TensorDict(grads, "grads")
+            self.buffers = TensorDict({spec.name: np.zeros(spec.shape, self.dtype) for spec in network.buffer_specs},
+                                      "buffers")
             self.reset_parameters(self.seed)
         except MemoryError:
             raise CnncError(parameter_memory_message(network, self.dtype, available_memory())) from None
@@ -98,13 +105,18 @@ class Model:
         return "cross_entropy" if len(self.output_shape) == 1 else "mse"
 
     def reset_parameters(self, seed: int) -> None:
+        """Parameters drawn from the seed; running statistics back to their initial 0 (mean) and 1 (var)."""
         rng = np.random.default_rng(seed)
         for spec in self.network.param_specs:
             self.params[spec.name][...] = initial_value(spec, rng)
+        for buffer in self.network.buffer_specs:
+            self.buffers[buffer.name][...] = buffer.fill
 
     # ---- the API -------------------------------------------------------------------------------
     def forward(self, x, train: bool = False) -> np.ndarray:
-        """x: (N, *input_shape) -> (N, *output_shape), the last layer's output before the loss."""
+        """x: (N, *input_shape) -> (N, *output_shape), the last layer's output before the loss.
+        train=True: dropout drops, batch norm normalises with the batch's statistics and updates m.buffers;
+        train=False (inference): dropout is the identity, batch norm uses the running statistics."""
         if not isinstance(train, (bool, np.bool_)):
             raise ValueError(f"train must be True or False; got {train!r}")
         x = self._checked_array(x, "x", (None, *self.input_shape))
@@ -137,36 +149,39 @@ class Model:
 
     # ---- weights files -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {name: value.copy() for name, value in self.params.items()}
+        """Copies of the parameters and buffers under PyTorch's names ("c1.weight", "bn1.running_mean")."""
+        return {name: value.copy() for name, value in {**self.params, **self.buffers}.items()}
 
     def save(self, path) -> None:
-        """Write the parameters to an .npz keyed by parameter name, atomically."""
+        """Write the parameters and buffers to an .npz keyed by name, atomically."""
         if not isinstance(path, (str, os.PathLike)):
             raise ValueError(f"save takes a file path; got {type(path).__name__}")
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, **self.params)
+                np.savez(f, **self.params, **self.buffers)
 
     def load_weights(self, source) -> None:
-        """Load parameters from an .npz path or a dict of arrays; every name, shape and dtype is checked.
-        A training checkpoint (.ckpt.npz) is refused with a message naming its run's weights file."""
+        """Load parameters and buffers from an .npz path or a dict of arrays (a PyTorch state_dict converted
+        to NumPy arrays loads as it is; its `num_batches_tracked` entries are ignored); every name, shape and
+        dtype is checked. A training checkpoint (.ckpt.npz) is refused with a message naming its run's
+        weights file."""
         is_path = isinstance(source, (str, os.PathLike))
         if not is_path and not isinstance(source, Mapping):
             raise ValueError(f"load_weights takes an .npz path or a mapping of name -> array; got {type(source).__name__}")
         where = f"weights file {os.fspath(source)}" if is_path else "weights"
         if is_path:  # names, shapes and dtypes first, from the headers: a mismatched array is never read
-            headers = read_npz_headers(source)
+            headers = without_torch_extras(self.network, read_npz_headers(source))
             problems = [] if is_checkpoint(headers) else weight_mismatches(self.network, headers)
             if problems:
                 raise ValueError(f"{where} does not fit model '{self.name}':\n  " + "\n  ".join(problems))
-        arrays = read_npz(source) if is_path else dict(source)
+        arrays = without_torch_extras(self.network, read_npz(source) if is_path else dict(source))
         if is_path and is_checkpoint(arrays):
             raise ValueError(checkpoint_given_as_weights(source, arrays))
         problems = weight_mismatches(self.network, arrays, self.dtype)
         if problems:
             raise ValueError(f"{where} does not fit model '{self.name}':\n  " + "\n  ".join(problems))
         for name, value in arrays.items():
-            self.params[name][...] = value
+            (self.params if name in self.params else self.buffers)[name][...] = value
 
     # ---- input checking ------------------------------------------------------------------------
     def _checked_array(self, a, what: str, shape: tuple) -> np.ndarray:
@@ -330,11 +345,26 @@ def _without_path(error: CnncError, path) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
+def without_torch_extras(network: Network, arrays: dict) -> dict:
+    """`arrays` without PyTorch entries cnnc has no use for (BatchNorm's num_batches_tracked)."""
+    return {name: value for name, value in arrays.items() if not _is_ignored_torch_entry(network, name)}
+
+
+def _is_ignored_torch_entry(network: Network, name) -> bool:
+    """PyTorch's BatchNorm keeps `num_batches_tracked` beside its running statistics; cnnc has no use for it."""
+    if not isinstance(name, str) or not name.endswith(".num_batches_tracked"):
+        return False
+    layer = name[: -len(".num_batches_tracked")]
+    return any(b.name == f"{layer}.running_mean" for b in network.buffer_specs)
+
+
 def weight_mismatches(network: Network, arrays: dict[str, np.ndarray], dtype=None) -> list[str]:
-    """Every way `arrays` fails to match the network's parameters, one line each. With `dtype` (the model's),
-    finite values that it cannot hold (1e300 for float32, which would become inf) are one too."""
-    specs = {p.name: p for p in network.param_specs}
-    problems = [f"missing parameter '{name}' with shape {spec.shape}" for name, spec in specs.items() if name not in arrays]
+    """Every way `arrays` fails to match the network's parameters and buffers, one line each. With `dtype` (the
+    model's), finite values that it cannot hold (1e300 for float32, which would become inf) are one too."""
+    specs: dict[str, ParamSpec | BufferSpec] = {p.name: p for p in network.param_specs}
+    specs.update({b.name: b for b in network.buffer_specs})
+    problems = [f"missing {'buffer' if isinstance(spec, BufferSpec) else 'parameter'} '{name}' with shape {spec.shape}"
+                for name, spec in specs.items() if name not in arrays]
     problems += [f"unexpected array '{name}' (the model has no such parameter)" for name in arrays if name not in specs]
     for name, value in arrays.items():
         if name not in specs:

@@ -8,25 +8,36 @@ offending token, with the arithmetic and, where one is obvious, the fix. Within 
 and naming mistakes are reported for every layer; shape inference stops at the first layer whose
 shapes do not fit (later shapes would be guesses).
 
-The pass reads top-down: infer -> _infer_model -> _infer_layers -> _check_arguments, then one
-function per layer kind (_conv, _pool, _dense, ...) sharing _window for the geometry.
+The pass reads top-down: infer -> _infer_model -> _infer_body (one statement at a time: its inputs by
+name, _check_arguments, then one function per layer kind (_conv, _pool, _dense, _merge, ...) sharing
+_window for the geometry).
+
+Graphs: a layer reads the previous statement's output unless `from=NAME` names another; merges (add,
+concat) name two or more. Names are looked up in the current scope, a model's body or a block's.
+Blocks: an instance statement (`basic s1(width=16)`) expands the block's body in place, in a scope of its
+own: its layers are named `s1.c1`, ..., `in` is the instance's input, and each word equal to a block
+parameter is replaced by the instance's value. An error inside the body is reported at the body's
+statement, with a located note at the instance that carries the parameter values (one note per
+enclosing instance, innermost first).
 """
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from math import prod
 
 from .diagnostics import Diagnostic, Loc, SpecError
-from .ir import ACTIVATIONS, CONV_KINDS, LAYER_KINDS, LOSSES, POOL_KINDS, Layer, Network, ParamSpec
-from .syntax import InputStmt, LayerStmt, LossStmt, ModelDecl, Program, Value
+from .ir import (ACTIVATIONS, CONV_KINDS, LAYER_KINDS, LOSSES, MERGE_KINDS, POOL_KINDS, BufferSpec, Layer, Network,
+                 ParamSpec)
+from .syntax import BlockDecl, InputStmt, LayerStmt, LossStmt, ModelDecl, Program, Value
 
 MAX_ELEMENTS = 2**31 - 1  # per sample, per tensor: indices must fit a 32-bit int
-KEYWORDS = ("model", "input", "loss")
+KEYWORDS = ("model", "input", "loss", "block", "in")  # `in` names a block's input
 RESERVED = set(LAYER_KINDS) | set(KEYWORDS)
 AXIS_NAMES = {1: ("length",), 2: ("height", "width")}
 AXIS_UNITS = {"length": ("sample", "samples"), "height": ("row", "rows"), "width": ("column", "columns")}
-RELU_LIKE = ("relu", "leaky_relu")
+RELU_LIKE = ("relu", "leaky_relu", "relu6", "silu", "hardswish")
+MAX_LAYERS = 100_000  # per model, after expanding blocks: a guard against blocks nested into billions of layers
 
 
 class _Mistake(Exception):
@@ -37,15 +48,15 @@ class _Mistake(Exception):
         self.diagnostic = Diagnostic("error", message, loc, hint)
 
 
-def closest(word: str, choices) -> str | None:
+def closest(word: str, choices, cutoff: float = 0.7) -> str | None:
     """The choice `word` most likely misspells (ignoring case), or None."""
     by_lower = {c.lower(): c for c in choices}
-    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.7)
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=cutoff)
     return by_lower[close[0]] if close else None
 
 
-def did_you_mean(word: str, choices) -> str:
-    close = closest(word, choices)
+def did_you_mean(word: str, choices, cutoff: float = 0.7) -> str:
+    close = closest(word, choices, cutoff)
     return f"; did you mean '{close}'?" if close else ""
 
 
@@ -75,7 +86,7 @@ class ArgSpec:
 
 _CONV_ARGS = {"filters": ArgSpec("count"), "kernel": ArgSpec("window"), "stride": ArgSpec("window", 1),
               "padding": ArgSpec("padding", 0), "dilation": ArgSpec("window", 1), "bias": ArgSpec("bool", True),
-              "activation": ArgSpec("activation", None), "slope": ArgSpec("slope", 0.01)}
+              "activation": ArgSpec("activation", None), "slope": ArgSpec("slope", 0.01), "groups": ArgSpec("count", 1)}
 _POOL_ARGS = {"size": ArgSpec("window"), "stride": ArgSpec("window", None), "padding": ArgSpec("padding", 0)}
 KIND_ARGS: dict[str, dict[str, ArgSpec]] = {
     **{k: _CONV_ARGS for k in CONV_KINDS},
@@ -84,7 +95,10 @@ KIND_ARGS: dict[str, dict[str, ArgSpec]] = {
     "dense": {"units": ArgSpec("count"), "bias": ArgSpec("bool", True), "activation": ArgSpec("activation", None),
               "slope": ArgSpec("slope", 0.01)},
     "relu": {}, "sigmoid": {}, "tanh": {}, "softmax": {}, "leaky_relu": {"slope": ArgSpec("slope", 0.01)},
+    "relu6": {}, "silu": {}, "hardswish": {},
     "dropout": {"rate": ArgSpec("rate", 0.5)},
+    "batchnorm": {"eps": ArgSpec("eps", 1e-5), "momentum": ArgSpec("momentum", 0.1)},
+    "add": {}, "concat": {},
 }
 _EXAMPLES = {"filters": "filters=16", "kernel": "kernel=3", "size": "size=2", "units": "units=10"}
 
@@ -173,6 +187,22 @@ def _number(value: Value, slot: _Slot) -> float:
     return float(value.value)
 
 
+def _eps_value(value: Value, slot: _Slot) -> float:
+    eps = _number(value, slot)
+    if not eps > 0:
+        raise _Mistake(f"{slot} must be a positive number; got {value}", value.loc,
+                       "eps keeps the division by sqrt(variance + eps) finite; PyTorch's default is eps=1e-5")
+    return eps
+
+
+def _momentum_value(value: Value, slot: _Slot) -> float:
+    momentum = _number(value, slot)
+    if not 0 <= momentum <= 1:
+        raise _Mistake(f"{slot} must be a number in [0, 1]; got {value}", value.loc,
+                       "running = (1 - momentum) * running + momentum * batch; PyTorch's default is momentum=0.1")
+    return momentum
+
+
 def _rate_value(value: Value, slot: _Slot) -> float:
     rate = _number(value, slot)
     if not 0 <= rate < 1:
@@ -189,6 +219,8 @@ _CHECKERS = {
     "activation": _activation_value,
     "slope": _number,
     "rate": _rate_value,
+    "eps": _eps_value,
+    "momentum": _momentum_value,
 }
 
 
@@ -216,7 +248,12 @@ def _check_arguments(stmt: LayerStmt, name: str, errors: list[Diagnostic]) -> _A
     misspelt = set()  # keys an unknown argument probably meant: not also reported as missing
     for arg in stmt.arguments:
         slot = _Slot(stmt.kind, name, arg.key)
+        if arg.key == "from" and stmt.kind not in MERGE_KINDS:
+            continue  # the input, resolved by _infer_body
         try:
+            if arg.key == "from":
+                raise _Mistake(f"{stmt.kind} '{name}' names its operands in the parentheses; from= is for layers "
+                               "with one input", arg.loc, f"write e.g. {stmt.kind} {name}(a, b)")
             if arg.key not in specs:
                 misspelt.add(closest(arg.key, specs))
                 raise _Mistake(f"{stmt.kind} '{name}' has no argument '{arg.key}'{did_you_mean(arg.key, specs)}",
@@ -246,6 +283,8 @@ def _check_arguments(stmt: LayerStmt, name: str, errors: list[Diagnostic]) -> _A
 
 
 def _takes(kind: str, key: str) -> str:
+    if kind in MERGE_KINDS:
+        return f"{kind} takes the names of two or more earlier outputs, e.g. {kind} m(a, b)"
     if not KIND_ARGS[kind]:
         hint = f"{kind} takes no arguments"
         return hint + ("; for a slope use leaky_relu(slope=...)" if key == "slope" else "")
@@ -276,12 +315,14 @@ def _output_of(layer: Layer) -> _Tensor:
 
 @dataclass(frozen=True)
 class _Step:
-    """One layer statement being inferred: the statement, its resolved name, its checked arguments, its input."""
+    """One layer statement being inferred: the statement, its full name, its checked arguments, its inputs
+    (x is the first; only merges have more)."""
 
     stmt: LayerStmt
     name: str
     args: _Args
     x: _Tensor
+    xs: tuple[_Tensor, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -300,13 +341,14 @@ def infer(program: Program, source: str | None = None) -> list[Network]:
     """Shape-check every model in the program. Raises SpecError listing every error found, in source order."""
     errors: list[Diagnostic] = []
     networks = []
+    blocks = _check_blocks(program.blocks, errors)
     seen: dict[str, Loc] = {}
     for decl in program.models:
         if decl.name in seen:
             errors.append(Diagnostic("error", f"duplicate model name '{decl.name}' (first defined at line "
                                      f"{seen[decl.name].line})", decl.loc, "give each model in a file its own name"))
         seen.setdefault(decl.name, decl.loc)
-        network = _infer_model(decl, program.file, errors)
+        network = _infer_model(decl, program.file, blocks, errors)
         if network is not None:
             networks.append(network)
     if errors:
@@ -315,10 +357,14 @@ def infer(program: Program, source: str | None = None) -> list[Network]:
 
 
 def _in_source_order(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
-    return sorted(diagnostics, key=lambda d: (d.loc.line, d.loc.col) if d.loc else (0, 0))
+    """Sorted by location, and each (message, location) once: a block's mistake shows at its first instance."""
+    unique = {}
+    for d in diagnostics:
+        unique.setdefault((d.severity, d.message, d.loc), d)
+    return sorted(unique.values(), key=lambda d: (d.loc.line, d.loc.col) if d.loc else (0, 0))
 
 
-def _infer_model(decl: ModelDecl, file: str, errors: list[Diagnostic]) -> Network | None:
+def _infer_model(decl: ModelDecl, file: str, blocks: dict[str, _Block], errors: list[Diagnostic]) -> Network | None:
     first_error = len(errors)
     input_stmt = _the_input(decl, errors)
     loss = _the_loss(decl, errors)
@@ -328,16 +374,24 @@ def _infer_model(decl: ModelDecl, file: str, errors: list[Diagnostic]) -> Networ
                                  "add layers between the input and the closing '}'"))
     x = _input_tensor(input_stmt, errors) if input_stmt is not None else None
     warnings: list[Diagnostic] = []
-    layers = _infer_layers(stmts, input_stmt, x, errors, warnings)
-    if layers is not None and x is not None and loss is not None:
-        _check_loss(loss, layers[-1].out_shape if layers else x.shape, errors)
-    if len(errors) > first_error:
-        return None
+    input_name = (input_stmt.name if input_stmt is not None else None) or "input"
+    scope = _Scope(prefix="", block=None, bindings={}, names={}, locs={}, later=_later_names(stmts),
+                   notes=(), blocks=blocks, layers=[], errors=errors, warnings=warnings)
+    if input_stmt is not None and input_stmt.name:
+        scope.locs[input_stmt.name] = input_stmt.name_loc
+        scope.names[input_stmt.name] = _Named(input_name, x)
+    output = _infer_body(stmts, scope, _Named(input_name, x))
+    layers = scope.layers
+    warnings += _unread(scope.unread, layers)
+    if output is not None and output.tensor is not None and loss is not None:
+        _check_loss(loss, output.tensor.shape, errors)
+    if len(errors) > first_error or output is None or output.tensor is None or x is None:
+        return None  # an instance of a block whose definition has a mistake: reported at the definition
     if loss is not None and loss.kind == "cross_entropy" and "softmax" in (layers[-1].kind, layers[-1].activation):
         warnings.append(Diagnostic("warning", "cross_entropy applies softmax itself; a softmax before it squashes "
                                    "the scores twice and slows learning", layers[-1].loc,
                                    "remove the softmax: the model's output is then the raw class scores (logits)"))
-    return Network(name=decl.name, input_name=input_stmt.name or "input", input_shape=x.shape,
+    return Network(name=decl.name, input_name=input_name, input_shape=x.shape,
                    layers=tuple(_with_inits(layers)), loss=loss.kind if loss else None, file=file, loc=decl.loc,
                    warnings=tuple(_in_source_order(warnings)))
 
@@ -412,60 +466,339 @@ def _product(shape) -> str:
     return " x ".join(f"{s:,}" for s in shape) + f" = {prod(shape):,}" if len(shape) > 1 else f"{prod(shape):,}"
 
 
-# ---- layers --------------------------------------------------------------------------------------
-def _infer_layers(stmts: list[LayerStmt], input_stmt: InputStmt | None, x: _Tensor | None,
-                  errors: list[Diagnostic], warnings: list[Diagnostic]) -> list[Layer] | None:
-    """Walk the layers in order. Names and arguments are checked for every layer; shapes until the first
-    layer that does not fit. Returns the layers, or None if any shape is unknown (x None: no usable input)."""
-    names: dict[str, Loc] = {}
-    if input_stmt is not None and input_stmt.name:
-        names[input_stmt.name] = input_stmt.name_loc
+# ---- blocks --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Block:
+    """A block definition that checked out: its layer statements, and whether instances may expand it
+    (False when it is part of a cycle or its definition has a mistake, which was reported once)."""
+
+    decl: BlockDecl
+    stmts: tuple[LayerStmt, ...]
+    usable: bool
+
+
+def _check_blocks(decls: tuple[BlockDecl, ...], errors: list[Diagnostic]) -> dict[str, _Block]:
+    """Every block's definition on its own: its name, its parameters, its statements, and cycles."""
+    blocks: dict[str, _Block] = {}
+    for decl in decls:
+        usable = True
+        if decl.name in blocks:
+            errors.append(Diagnostic("error", f"duplicate block name '{decl.name}' (first defined at line "
+                                     f"{blocks[decl.name].decl.loc.line})", decl.loc, "give each block its own name"))
+            continue
+        if decl.name in RESERVED:
+            errors.append(Diagnostic("error", f"'{decl.name}' is a layer kind or keyword and cannot name a block",
+                                     decl.loc, f"choose another name, e.g. '{decl.name}_block'"))
+            usable = False
+        params: dict[str, Loc] = {}
+        for param in decl.params:
+            if param.name in params:
+                errors.append(Diagnostic("error", f"block '{decl.name}' has two parameters named '{param.name}'",
+                                         param.loc, "rename or remove one of them"))
+                usable = False
+            elif param.name in RESERVED:
+                errors.append(Diagnostic("error", f"'{param.name}' is a reserved word (a layer kind or keyword) and "
+                                         "cannot name a block parameter", param.loc, "choose another name"))
+                usable = False
+            params.setdefault(param.name, param.loc)
+        for stmt in decl.statements:
+            if not isinstance(stmt, LayerStmt):
+                word = "input" if isinstance(stmt, InputStmt) else "loss"
+                errors.append(Diagnostic("error", f"a block holds layers only; `{word}` belongs in a model", stmt.loc,
+                                         "a block reads its instance's input as `in`; its output is its last statement's"
+                                         if word == "input" else "put the loss at the end of the model"))
+                usable = False
+        stmts = tuple(s for s in decl.statements if isinstance(s, LayerStmt))
+        if not stmts:
+            errors.append(Diagnostic("error", f"block '{decl.name}' has no layers", decl.end,
+                                     "add layers between '{' and '}'"))
+            usable = False
+        blocks[decl.name] = _Block(decl, stmts, usable)
+    for cycle, stmt in _block_cycles(blocks):
+        errors.append(Diagnostic("error", f"block '{cycle[0]}' uses itself" + (
+            "" if len(cycle) == 2 else " through " + ", ".join(f"'{b}'" for b in cycle[1:-1]))
+            + ": " + " -> ".join(cycle), stmt.loc, "a block cannot contain an instance of itself, directly or "
+            "through other blocks"))
+        for name in cycle:
+            blocks[name] = replace(blocks[name], usable=False)
+    return blocks
+
+
+def _block_cycles(blocks: dict[str, _Block]) -> list[tuple[list[str], LayerStmt]]:
+    """Each cycle of blocks using blocks, once: (["a", "b", "a"], the statement in 'a' that uses 'b')."""
+    uses = {name: [(s.kind, s) for s in block.stmts if s.kind in blocks] for name, block in blocks.items()}
+    found, reported, done = [], set(), set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            cycle = path[path.index(name):] + [name]
+            if frozenset(cycle) not in reported:
+                reported.add(frozenset(cycle))
+                first_use = next(s for kind, s in uses[cycle[0]] if kind == cycle[1])
+                found.append((cycle, first_use))
+            return
+        if name in done:
+            return
+        for used, _ in uses[name]:
+            visit(used, path + [name])
+        done.add(name)
+
+    for name in blocks:
+        visit(name, [])
+    return found
+
+
+def _bind(stmt: LayerStmt, bindings: dict[str, Value]) -> LayerStmt:
+    """The statement with every word that names a block parameter replaced by the instance's value
+    (located at the word, so that a mistake points into the block's body)."""
+    if not bindings:
+        return stmt
+
+    def bound(value: Value) -> Value:
+        if value.kind == "word" and value.value in bindings:
+            given = bindings[value.value]
+            if given.kind == "pair":
+                return Value("pair", tuple(replace(v, loc=value.loc) for v in given.value), value.loc)
+            return Value(given.kind, given.value, value.loc)
+        if value.kind == "pair":
+            return replace(value, value=tuple(bound(v) for v in value.value))
+        return value
+
+    return replace(stmt, arguments=tuple(replace(a, value=bound(a.value)) for a in stmt.arguments))
+
+
+# ---- layers: a model's body or a block instance's ----------------------------------------------
+@dataclass(frozen=True)
+class _Named:
+    """What a name in a scope refers to: the full name of the tensor (a layer's, or the input's) and its
+    shape; tensor None when its shape is unknown after an error."""
+
+    full: str
+    tensor: _Tensor | None
+
+
+@dataclass
+class _Scope:
+    """Where statements are inferred. prefix: "" in a model, "s1." in instance s1 (nested: "p1.u1.").
+    names: the outputs defined so far, by local name; locs: where each name was defined;
+    later: every name a statement of this scope defines -> its line (for "defined later").
+    notes: the instances being expanded, innermost first, attached to every error inside."""
+
+    prefix: str
+    block: _Block | None
+    bindings: dict[str, Value]
+    names: dict[str, _Named]
+    locs: dict[str, Loc]
+    later: dict[str, int]
+    notes: tuple[Diagnostic, ...]
+    blocks: dict[str, _Block]
+    layers: list[Layer]  # every layer of the model so far, in order (shared by all scopes)
+    errors: list[Diagnostic]
+    warnings: list[Diagnostic]
+    unread: list[tuple[str, Diagnostic]] = field(default_factory=list)  # (tensor read, warning): see _unread
+
+    def error(self, diagnostic: Diagnostic) -> None:
+        self.errors.append(replace(diagnostic, notes=diagnostic.notes + self.notes))
+
+
+def _unread(found: list[tuple[str, Diagnostic]], layers: list[Layer]) -> list[Diagnostic]:
+    """The warnings that a stride leaves input unread, except where another layer reads that input too: a
+    strided 1x1 projection shortcut skips pixels that the main path reads."""
+    readers: dict[str, int] = {}
+    for layer in layers:
+        for name in set(layer.inputs):
+            readers[name] = readers.get(name, 0) + 1
+    return [warning for tensor, warning in found if readers.get(tensor, 0) < 2]
+
+
+def _later_names(stmts) -> dict[str, int]:
+    later: dict[str, int] = {}
+    for stmt in stmts:
+        if stmt.name:
+            later.setdefault(stmt.name, stmt.loc.line)
+    return later
+
+
+def _infer_body(stmts, scope: _Scope, previous: _Named | None) -> _Named | None:
+    """Infer statements in order; each reads `previous` (the last statement's output, or the model's or
+    instance's input) unless it names its inputs. Returns the last statement's output (None if unknown)."""
     counts: dict[str, int] = {}
-    layers: list[Layer] = []
     for stmt in stmts:
         counts[stmt.kind] = counts.get(stmt.kind, 0) + 1
-        name = stmt.name or f"{stmt.kind}_{counts[stmt.kind]}"
-        _check_name(stmt, name, names, errors)
-        if stmt.kind not in LAYER_KINDS:
-            errors.append(_unknown_kind(stmt))
-            x = None
-            continue
-        args = _check_arguments(stmt, name, errors)
-        if args is None or x is None:
-            x = None
-            continue
-        try:
-            layer = _check_size(_INFER[stmt.kind](_Step(stmt, name, args, x), warnings))
-        except _Mistake as mistake:
-            errors.append(mistake.diagnostic)
-            x = None
-            continue
-        layers.append(layer)
-        x = _output_of(layer)
-    return layers if x is not None else None
+        local = stmt.name or f"{stmt.kind}_{counts[stmt.kind]}"
+        _check_name(stmt, local, scope)
+        stmt = _bind(stmt, scope.bindings)
+        if stmt.kind in scope.blocks:
+            output = _instance(stmt, local, scope, previous)
+        elif stmt.kind not in LAYER_KINDS:
+            scope.error(_unknown_kind(stmt, scope.blocks))
+            output = None
+        else:
+            output = _layer(stmt, local, scope, previous)
+        scope.names.setdefault(local, output or _Named(scope.prefix + local, None))
+        previous = output
+    return previous
 
 
-def _unknown_kind(stmt: LayerStmt) -> Diagnostic:
+def _inputs(stmt: LayerStmt, local: str, scope: _Scope, previous: _Named | None) -> list[_Named] | None:
+    """What the statement reads: its operands (merges), its from=, or the previous output. None after a
+    mistake (reported)."""
+    source = next((a for a in stmt.arguments if a.key == "from"), None)
+    try:
+        if stmt.kind in MERGE_KINDS:
+            if len(stmt.operands) < 2:
+                got = "none" if not stmt.operands else f"only '{stmt.operands[0]}'"
+                raise _Mistake(f"{stmt.kind} '{local}' merges two or more outputs; got {got}",
+                               stmt.operands[0].loc if stmt.operands else stmt.loc,
+                               f"name the outputs to merge, e.g. {stmt.kind} {stmt.name or 'm'}(a, b)")
+            return [_resolve(v, scope) for v in stmt.operands]
+        if stmt.operands:
+            what = "an instance of a block" if stmt.kind in scope.blocks else stmt.kind
+            raise _Mistake(f"'{stmt.operands[0]}' without '=': {what} takes key=value arguments; only add and concat "
+                           "name their inputs", stmt.operands[0].loc,
+                           f"to read another output write from={stmt.operands[0]}")
+        if source is not None:
+            return [_resolve(source.value, scope)]
+        if previous is None:
+            return None
+        return [previous]
+    except _Mistake as mistake:
+        scope.error(mistake.diagnostic)
+        return None
+
+
+def _resolve(value: Value, scope: _Scope) -> _Named:
+    """The output a name refers to: an earlier statement of the scope, the model's input, or a block's `in`."""
+    if value.kind != "word":
+        raise _Mistake(f"expected the name of an earlier output; got {_describe(value)}", value.loc,
+                       "e.g. from=c1, or add sum(a, b)")
+    name = value.value
+    if name == "in":
+        if scope.block is None:
+            raise _Mistake("`in` is a block's input and means nothing outside a block", value.loc,
+                           "in a model, name the input or an earlier layer instead")
+        return scope.names["in"]
+    if name in scope.names:
+        return scope.names[name]
+    visible = [n for n in scope.names if n != "in"] + (["in"] if scope.block is not None else [])
+    if name in scope.later:
+        raise _Mistake(f"'{name}' is defined later (line {scope.later[name]}); a layer can only read outputs "
+                       "defined before it", value.loc, "move the statement that defines it up, or name an earlier "
+                       "output")
+    where = f"block '{scope.block.decl.name}'" if scope.block is not None else "this model"
+    # layer names are short (bn2, s1): one changed character of three is still a likely typo
+    raise _Mistake(f"unknown name '{name}'{did_you_mean(name, visible, cutoff=0.6)}", value.loc,
+                   f"names readable here in {where}: " + ", ".join(visible) if visible else None)
+
+
+def _layer(stmt: LayerStmt, local: str, scope: _Scope, previous: _Named | None) -> _Named | None:
+    """One layer statement: inputs, arguments, then its kind's shape function."""
+    full = scope.prefix + local
+    inputs = _inputs(stmt, local, scope, previous)
+    first_error = len(scope.errors)
+    args = _check_arguments(stmt, local, scope.errors)
+    for k in range(first_error, len(scope.errors)):  # attach the instance notes
+        scope.errors[k] = replace(scope.errors[k], notes=scope.errors[k].notes + scope.notes)
+    if args is None or inputs is None or any(i.tensor is None for i in inputs):
+        return None
+    xs = tuple(i.tensor for i in inputs)
+    warnings: list[Diagnostic] = []
+    try:
+        layer = _check_size(_INFER[stmt.kind](_Step(stmt, full, args, xs[0], xs), warnings))
+    except _Mistake as mistake:
+        scope.error(mistake.diagnostic)
+        return None
+    finally:  # the window warnings say the layer skips input: kept unless another layer reads it (below)
+        scope.unread.extend((inputs[0].full, replace(w, notes=w.notes + scope.notes))
+                            for w in warnings)
+    layer = replace(layer, inputs=tuple(i.full for i in inputs), in_shapes=tuple(x.shape for x in xs))
+    if len(scope.layers) >= MAX_LAYERS:
+        scope.error(Diagnostic("error", f"the model has more than {MAX_LAYERS:,} layers once its blocks are "
+                               "expanded", stmt.loc, "use fewer or smaller block instances"))
+        return None
+    scope.layers.append(layer)
+    return _Named(full, _output_of(layer))
+
+
+def _instance(stmt: LayerStmt, local: str, scope: _Scope, previous: _Named | None) -> _Named | None:
+    """An instance of a block: check its arguments against the block's parameters, then infer the block's
+    body in a scope of its own. Its output is the body's last statement's."""
+    block = scope.blocks[stmt.kind]
+    decl = block.decl
+    inputs = _inputs(stmt, local, scope, previous)
+    params = {p.name: p for p in decl.params}
+    bindings: dict[str, Value] = {}
+    misspelt = set()  # parameters an unknown argument probably meant: not also reported as missing
+    ok = True
+    for arg in stmt.arguments:
+        if arg.key == "from":
+            continue
+        if arg.key not in params:
+            misspelt.add(closest(arg.key, params))
+            listed = ", ".join(params) if params else "no parameters"
+            scope.error(Diagnostic("error", f"block '{decl.name}' has no parameter '{arg.key}'"
+                                   f"{did_you_mean(arg.key, params)}", arg.loc,
+                                   f"block '{decl.name}' (line {decl.loc.line}) takes {listed}"
+                                   + ("; from=NAME reads another output" if arg.key != "from" else "")))
+            ok = False
+        elif arg.key in bindings:
+            scope.error(Diagnostic("error", f"{stmt.kind} '{local}': {arg.key} is given twice", arg.loc,
+                                   "remove one of them"))
+            ok = False
+        else:
+            bindings[arg.key] = arg.value
+    given = {a.key for a in stmt.arguments}
+    for param in decl.params:
+        if param.name not in bindings and param.default is None:
+            if param.name not in given and param.name not in misspelt:
+                scope.error(Diagnostic("error", f"instance '{local}' of block '{decl.name}' needs the parameter "
+                                       f"'{param.name}'", stmt.name_loc or stmt.loc,
+                                       f"add it, e.g. {decl.name} {local}({param.name}=...)"))
+            ok = False
+        elif param.name not in bindings:
+            bindings[param.name] = param.default
+    if not ok or not block.usable or inputs is None:
+        return None
+    full = scope.prefix + local
+    values = ", ".join(f"{p.name}={bindings[p.name]}" for p in decl.params)
+    note = Diagnostic("note", f"in instance '{full}' of block '{decl.name}'" + (f" with {values}" if values else ""),
+                      stmt.name_loc or stmt.loc)
+    (x,) = inputs
+    inner = _Scope(prefix=full + ".", block=block, bindings=bindings, names={"in": x}, locs={},
+                   later=_later_names(block.stmts), notes=(note,) + scope.notes, blocks=scope.blocks,
+                   layers=scope.layers, errors=scope.errors, warnings=scope.warnings, unread=scope.unread)
+    return _infer_body(block.stmts, inner, x)
+
+
+def _unknown_kind(stmt: LayerStmt, blocks: dict[str, _Block]) -> Diagnostic:
     if stmt.kind in KEYWORDS:
         return Diagnostic("error", f"'{stmt.kind}' is a keyword and cannot start a layer statement here", stmt.loc)
-    return Diagnostic("error", f"unknown layer kind '{stmt.kind}'{did_you_mean(stmt.kind, LAYER_KINDS)}", stmt.loc,
-                      "layer kinds: " + ", ".join(LAYER_KINDS))
+    choices = LAYER_KINDS + tuple(blocks)
+    hint = "layer kinds: " + ", ".join(LAYER_KINDS) + ("; blocks: " + ", ".join(blocks) if blocks else "")
+    return Diagnostic("error", f"unknown layer kind '{stmt.kind}'{did_you_mean(stmt.kind, choices)}", stmt.loc, hint)
 
 
-def _check_name(stmt: LayerStmt, name: str, names: dict[str, Loc], errors: list[Diagnostic]) -> None:
+def _check_name(stmt: LayerStmt, name: str, scope: _Scope) -> None:
     loc = stmt.name_loc or stmt.loc
+    names = scope.locs
     if stmt.name in RESERVED:
-        errors.append(Diagnostic("error", f"'{stmt.name}' is a reserved word (a layer kind or keyword) and cannot "
-                                 "name a layer", loc, f"choose another name, e.g. '{stmt.name}1'"))
+        scope.error(Diagnostic("error", f"'{stmt.name}' is a reserved word (a layer kind or keyword) and cannot "
+                               "name a layer", loc, f"choose another name, e.g. '{stmt.name}1'"))
+    elif stmt.name in scope.blocks:
+        scope.error(Diagnostic("error", f"'{stmt.name}' is the name of a block and cannot name a layer", loc,
+                               f"choose another name, e.g. '{stmt.name}1'"))
     elif name in names:
         first = f"line {names[name].line}" if names[name] else "the input"
         if stmt.name is None:
             message = (f"the unnamed {stmt.kind} is named '{name}' automatically, but that name is already used "
                        f"(at {first})")
             hint = f"name this layer, e.g. `{stmt.kind} {name}b`, or rename the other one"
+        elif stmt.kind in scope.blocks:
+            message, hint = (f"duplicate instance name '{name}' (first used at {first})",
+                             "every instance and layer in a model needs its own name")
         else:
             message, hint = f"duplicate layer name '{name}' (first used at {first})", "every layer in a model needs its own name"
-        errors.append(Diagnostic("error", message, loc, hint))
+        scope.error(Diagnostic("error", message, loc, hint))
     names.setdefault(name, loc)
 
 
@@ -497,19 +830,86 @@ def _require_spatial(step: _Step, dims: int) -> None:
 
 # ---- one function per kind -----------------------------------------------------------------------
 def _conv(step: _Step, warnings: list[Diagnostic]) -> Layer:
-    """x: (C, *in) -> (filters, *out); weight (filters, C, *kernel)."""
+    """x: (C, *in) -> (filters, *out); weight (filters, C/groups, *kernel): filter f reads the C/groups
+    channels of its group f // (filters/groups)."""
     window = _window(step, step.args["kernel"], step.args["stride"], step.args["dilation"], warnings)
-    channels, filters, kernel = step.x.shape[0], step.args["filters"], window.kernel
+    channels, filters, kernel, groups = step.x.shape[0], step.args["filters"], window.kernel, step.args["groups"]
     if step.args["activation"] == "softmax":
         raise _Mistake(f"{step.title}: activation=softmax needs flat class scores; a convolution outputs feature maps",
                        step.loc("activation"), "apply softmax after flatten and a dense layer")
-    fan_in, fan_out = channels * prod(kernel), filters * prod(kernel)
-    params = (ParamSpec(f"{step.name}.weight", (filters, channels, *kernel), fan_in, fan_out, "glorot"),)
+    _check_groups(step, channels, filters, groups)
+    group_channels = channels // groups
+    fan_in, fan_out = group_channels * prod(kernel), filters // groups * prod(kernel)
+    params = (ParamSpec(f"{step.name}.weight", (filters, group_channels, *kernel), fan_in, fan_out, "glorot"),)
     if step.args["bias"]:
         params += (ParamSpec(f"{step.name}.bias", (filters,), fan_in, fan_out, "zeros"),)
     return replace(window.layer(step, (filters, *window.out)), filters=filters, bias=step.args["bias"],
-                   activation=step.args["activation"], slope=step.args["slope"], params=params,
-                   macs=filters * prod(window.out) * channels * prod(kernel))
+                   activation=step.args["activation"], slope=step.args["slope"], params=params, groups=groups,
+                   macs=filters * prod(window.out) * group_channels * prod(kernel))
+
+
+def _check_groups(step: _Step, channels: int, filters: int, groups: int) -> None:
+    """groups must divide the input channels and the filters."""
+    if channels % groups == 0 and filters % groups == 0:
+        return
+    divisors = [g for g in range(1, min(channels, filters) + 1) if channels % g == 0 and filters % g == 0]
+    fits = ", ".join(map(str, divisors[-6:]))
+    if channels % groups:
+        message = (f"{step.title}: groups={groups} does not divide the {channels} input channels "
+                   f"({channels} = {channels // groups} x {groups} + {channels % groups}) of {step.x.source}")
+    else:
+        message = (f"{step.title}: groups={groups} does not divide the {filters} filters "
+                   f"({filters} = {filters // groups} x {groups} + {filters % groups})")
+    raise _Mistake(message, step.loc("groups"),
+                   f"groups must divide both the input channels ({channels}) and the filters ({filters}): "
+                   f"groups={fits} fit" if len(divisors) > 1 else
+                   f"only groups=1 divides both the input channels ({channels}) and the filters ({filters})")
+
+
+def _batchnorm(step: _Step, warnings: list[Diagnostic]) -> Layer:
+    """x: (C, *spatial) or (D,) -> the same shape, normalised per channel (per feature when flat);
+    weight, bias, running_mean, running_var: (C,)."""
+    channels = step.x.shape[0]
+    params = (ParamSpec(f"{step.name}.weight", (channels,), 1, 1, "ones"),
+              ParamSpec(f"{step.name}.bias", (channels,), 1, 1, "zeros"))
+    buffers = (BufferSpec(f"{step.name}.running_mean", (channels,), 0.0),
+               BufferSpec(f"{step.name}.running_var", (channels,), 1.0))
+    return Layer(step.name, step.kind, step.x.shape, step.x.shape, step.stmt.loc, eps=step.args["eps"],
+                 momentum=step.args["momentum"], params=params, buffers=buffers, macs=prod(step.x.shape),
+                 receptive_field=step.x.receptive_field, jump=step.x.jump)
+
+
+def _merge(step: _Step, warnings: list[Diagnostic]) -> Layer:
+    """add: every input the same shape -> that shape, the elementwise sum.
+    concat: inputs (C_k, *spatial) with equal spatial sizes (or flat (D_k,)) -> (sum C_k, *spatial), joined
+    on the channel (feature) axis in operand order, like torch.cat(dim=1)."""
+    shapes = [x.shape for x in step.xs]
+    listing = ", ".join(f"{x.source} {fmt_shape(x.shape)}" for x in step.xs)
+    locs = step.stmt.operands
+    if step.kind == "add":
+        if len(set(shapes)) > 1:
+            odd = next(k for k, shape in enumerate(shapes) if shape != shapes[0])
+            raise _Mistake(f"{step.title}: add needs operands of one shape; got {listing}", locs[odd].loc,
+                           "make them agree, e.g. with a 1x1 convolution (stride and filters) on the shortcut")
+        out = shapes[0]
+    else:
+        if len({len(shape) for shape in shapes}) > 1:
+            odd = next(k for k, shape in enumerate(shapes) if len(shape) != len(shapes[0]))
+            raise _Mistake(f"{step.title}: concat needs operands of one rank; got {listing}", locs[odd].loc,
+                           "concatenate feature maps with feature maps, or flatten them all first")
+        if len({shape[1:] for shape in shapes}) > 1:
+            odd = next(k for k, shape in enumerate(shapes) if shape[1:] != shapes[0][1:])
+            axes = "length" if len(shapes[0]) == 2 else "height and width"
+            raise _Mistake(f"{step.title}: concat joins channels, so every operand needs the same {axes}; got "
+                           f"{listing}", locs[odd].loc, "resize the branches alike (the same strides and padding)")
+        out = (sum(shape[0] for shape in shapes), *shapes[0][1:])
+    fields = [x.receptive_field for x in step.xs]
+    rf = jump = None
+    if all(f is not None for f in fields):  # the widest view of any operand
+        rf = tuple(max(axis) for axis in zip(*fields))
+        jump = tuple(max(axis) for axis in zip(*(x.jump for x in step.xs)))
+    return Layer(step.name, step.kind, shapes[0], out, step.stmt.loc,
+                 macs=prod(out) if step.kind == "add" else 0, receptive_field=rf, jump=jump)
 
 
 def _pool(step: _Step, warnings: list[Diagnostic]) -> Layer:
@@ -563,6 +963,7 @@ _INFER = {
     **{k: _pool for k in POOL_KINDS},
     "global_avgpool": _global_avgpool, "flatten": _flatten, "dense": _dense,
     **{k: _elementwise for k in ACTIVATIONS + ("dropout",)},
+    "batchnorm": _batchnorm, "add": _merge, "concat": _merge,
 }
 
 
@@ -670,23 +1071,33 @@ def _units(axes: list[str], singular: bool) -> str:
 # ---- initialisation ------------------------------------------------------------------------------
 def _with_inits(layers: list[Layer]) -> list[Layer]:
     """Weights of a layer whose output feeds a ReLU-like activation get He init, others Glorot."""
+    readers: dict[str, list[Layer]] = {}
+    for layer in layers:
+        for name in layer.inputs:
+            readers.setdefault(name, []).append(layer)
     result = []
-    for i, layer in enumerate(layers):
-        if layer.params and _feeds_relu(layers, i):
+    for layer in layers:
+        if layer.params and _feeds_relu(layer, readers):
             specs = tuple(replace(p, init="he") if p.init == "glorot" else p for p in layer.params)
             layer = replace(layer, params=specs)
         result.append(layer)
     return result
 
 
-def _feeds_relu(layers: list[Layer], i: int) -> bool:
-    if layers[i].activation in RELU_LIKE:
+PASS_THROUGH = POOL_KINDS + ("dropout", "flatten", "batchnorm", "add")  # look past these for the activation
+
+
+def _feeds_relu(layer: Layer, readers: dict[str, list[Layer]]) -> bool:
+    """Whether the layer's output, through pooling, dropout, flatten, batch norm and sums, first meets a
+    ReLU-like activation (following the first reader at each step)."""
+    if layer.activation in RELU_LIKE:
         return True
-    if layers[i].activation is not None:
+    if layer.activation is not None:
         return False
-    for nxt in layers[i + 1:]:
-        if nxt.kind in RELU_LIKE:
+    while readers.get(layer.name):
+        layer = readers[layer.name][0]
+        if layer.kind in RELU_LIKE:
             return True
-        if nxt.kind not in POOL_KINDS + ("dropout", "flatten"):
+        if layer.kind not in PASS_THROUGH:
             return False
     return False

@@ -24,10 +24,16 @@ def c_backend_memory(network: Network, dtype: str = "float32") -> dict | None:
 
 
 def layer_record(layer: Layer) -> dict:
-    record = {"name": layer.name, "kind": layer.kind, "output": list(layer.out_shape),
+    """name: the full dotted name (`s1.c1` in block instance s1); inputs: the tensors it reads;
+    macs of a grouped convolution: output elements x C/groups x kernel area."""
+    record = {"name": layer.name, "kind": layer.kind, "inputs": list(layer.inputs), "output": list(layer.out_shape),
               "params": layer.param_count, "macs": layer.macs}
     if layer.activation:
         record["activation"] = layer.activation
+    if layer.groups != 1:
+        record["groups"] = layer.groups
+    if layer.buffers:
+        record["buffers"] = sum(b.size for b in layer.buffers)
     if layer.receptive_field:
         record["receptive_field"] = list(layer.receptive_field)
     return record
@@ -41,6 +47,7 @@ def network_record(network: Network) -> dict:
         "output": list(network.output_shape),
         "layers": [layer_record(layer) for layer in network.layers],
         "params": network.param_count,
+        "buffers": sum(b.size for b in network.buffer_specs),
         "macs": network.macs,
         "activation_bytes": network.activation_elements * FLOAT32_BYTES,
         "c_backend_bytes": c_backend_memory(network),
@@ -95,15 +102,29 @@ def _rf_cell(layer: Layer) -> str:
     return "x".join(str(r) for r in layer.receptive_field) if layer.receptive_field else ""
 
 
+def _reads_cells(network: Network) -> list[str]:
+    """Per layer, its inputs where they are not simply the previous statement's output, else ""."""
+    cells, previous = [], network.input_name
+    for layer in network.layers:
+        cells.append("" if layer.inputs == (previous,) else ", ".join(layer.inputs))
+        previous = layer.name
+    return cells
+
+
 def summary_table(network: Network) -> str:
-    """One row per layer: name, kind, output shape, parameters, MACs, receptive field; then totals."""
+    """One row per layer: name, kind, output shape, parameters, MACs, receptive field; then totals.
+    A graph gets a `reads` column: each layer's inputs where they are not the previous statement's output."""
     header = ("layer", "kind", "output", "params", "MACs", "receptive field")
     input_rf = "x".join("1" for _ in network.input_shape[1:])  # "1x1" for images, "1" for signals, "" if flat
     rows = [(network.input_name, "input", fmt_shape(network.input_shape), "0", "0", input_rf)]
     rows += [(layer.name, _kind_cell(layer), fmt_shape(layer.out_shape), f"{layer.param_count:,}", f"{layer.macs:,}",
               _rf_cell(layer)) for layer in network.layers]
+    reads = _reads_cells(network)
+    if any(reads):
+        header = header[:2] + ("reads",) + header[2:]
+        rows = [row[:2] + (cell,) + row[2:] for row, cell in zip(rows, [""] + reads)]
+    right = {header.index("params"), header.index("MACs")}
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    right = {3, 4}
 
     def line(cells) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
@@ -112,12 +133,14 @@ def summary_table(network: Network) -> str:
     params_bytes = network.param_count * FLOAT32_BYTES
     act_bytes = network.activation_elements * FLOAT32_BYTES
     totals = [
-        f"parameters: {network.param_count:,} ({human_bytes(params_bytes)} as float32)",
+        f"parameters: {network.param_count:,} ({human_bytes(params_bytes)} as float32)" + (
+            "" if not network.buffer_specs else
+            f", trainable; plus {sum(b.size for b in network.buffer_specs):,} values of batch norm running statistics"),
         f"multiply-accumulates per sample: {network.macs:,}",
         f"activation memory per sample: {network.activation_elements:,} values ({human_bytes(act_bytes)} as float32)",
         _c_memory_line(network),
         f"loss: {network.loss or 'none'}",
     ]
-    totals += [_sharing_line(layer) for layer in network.layers if layer.kind in CONV_KINDS]
+    totals += [_sharing_line(layer) for layer in network.layers if layer.kind in CONV_KINDS and layer.groups == 1]
     title = f"model {network.name} ({network.file}): input {fmt_shape(network.input_shape)} -> output {fmt_shape(network.output_shape)}"
     return "\n".join([title, line(header), rule, *(line(r) for r in rows), rule, *totals])

@@ -62,11 +62,14 @@ class InputStmt:
 
 @dataclass(frozen=True)
 class LayerStmt:
+    """A layer, a merge or a block instance: KIND [NAME] [(operand, ..., key=value, ...)]."""
+
     kind: str
     name: str | None  # None when unnamed; the shape pass names it <kind>_<k>
     arguments: tuple[Argument, ...]
     loc: Loc  # of the kind word
     name_loc: Loc | None
+    operands: tuple[Value, ...] = ()  # bare names in the parentheses (a merge's inputs), as words
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,28 @@ class ModelDecl:
 
 
 @dataclass(frozen=True)
+class BlockParam:
+    name: str
+    default: Value | None  # None: the instance must give it
+    loc: Loc  # of the name
+
+
+@dataclass(frozen=True)
+class BlockDecl:
+    """`block NAME(param, param=default, ...) { statements }`: layers that models use as one statement."""
+
+    name: str
+    params: tuple[BlockParam, ...]
+    statements: tuple[Statement, ...]
+    loc: Loc  # of the block name
+    end: Loc  # of the closing brace
+
+
+@dataclass(frozen=True)
 class Program:
     file: str
     models: tuple[ModelDecl, ...]
+    blocks: tuple[BlockDecl, ...] = ()
 
 
 # ---- parsing -------------------------------------------------------------------------------------
@@ -119,13 +141,15 @@ def parse(text: str, file: str = "<string>") -> Program:
     except UnexpectedInput as e:
         raise SpecError(_syntax_error(e, text, file), text) from None
     to_ast = _ToAst(file)
-    models = tuple(to_ast.transform(tree))
+    declarations = to_ast.transform(tree)
+    models = tuple(d for d in declarations if isinstance(d, ModelDecl))
+    blocks = tuple(d for d in declarations if isinstance(d, BlockDecl))
     if to_ast.errors:
         raise SpecError(to_ast.errors, text)
     if not models:
         raise SpecError(Diagnostic("error", "no model found: a .cnn file holds one or more `model NAME { ... }` blocks",
                                    Loc(file, 1, 1), hint="start with: model mynet { input image[1, 28, 28] ... }"), text)
-    return Program(file, models)
+    return Program(file, models, blocks)
 
 
 def _token_loc(file: str, token: Token) -> Loc:
@@ -155,6 +179,19 @@ class _ToAst(Transformer):
         return ModelDecl(str(name), tuple(statements), _token_loc(self.file, name), end)
 
     @v_args(meta=True)
+    def block(self, meta, children):
+        name, params, *statements = children
+        end = Loc(self.file, meta.end_line, max(1, meta.end_column - 1))  # the '}'
+        return BlockDecl(str(name), tuple(params or ()), tuple(statements), _token_loc(self.file, name), end)
+
+    def block_params(self, children):
+        return children
+
+    def block_param(self, children):
+        name, default = children
+        return BlockParam(str(name), default, _token_loc(self.file, name))
+
+    @v_args(meta=True)
     def input_stmt(self, meta, children):
         name, *dims = children
         name_loc = _token_loc(self.file, name) if name is not None else None
@@ -169,8 +206,11 @@ class _ToAst(Transformer):
 
     def layer_stmt(self, children):
         kind, name, arguments = children
-        return LayerStmt(str(kind), str(name) if name is not None else None, tuple(arguments or ()),
-                         _token_loc(self.file, kind), _token_loc(self.file, name) if name is not None else None)
+        arguments = arguments or ()
+        return LayerStmt(str(kind), str(name) if name is not None else None,
+                         tuple(a for a in arguments if isinstance(a, Argument)),
+                         _token_loc(self.file, kind), _token_loc(self.file, name) if name is not None else None,
+                         tuple(a for a in arguments if isinstance(a, Value)))
 
     def arguments(self, children):
         return children
@@ -178,6 +218,10 @@ class _ToAst(Transformer):
     def argument(self, children):
         key, value = children
         return Argument(str(key), value, _token_loc(self.file, key))
+
+    def operand(self, children):
+        (token,) = children
+        return Value("word", str(token), _token_loc(self.file, token))
 
     @v_args(meta=True)
     def pair(self, meta, children):
@@ -218,7 +262,7 @@ _TOKEN_WORDS = {
     "RPAR": "')'", "LPAR": "'('", "RBRACE": "'}'", "LBRACE": "'{'", "RSQB": "']'", "LSQB": "'['",
     "COMMA": "','", "EQUAL": "'='", "SEMICOLON": "';'", "NAME": "a name", "SIGNED_INT": "an integer",
     "SIGNED_FLOAT": "a number", "_NEWLINE": "end of line", "$END": "end of file", "MODEL": "'model'",
-    "INPUT": "'input'", "LOSS": "'loss'",
+    "INPUT": "'input'", "LOSS": "'loss'", "BLOCK": "'block'",
 }
 _VALUE_TOKENS = {"SIGNED_INT", "SIGNED_FLOAT", "NAME", "LPAR"}
 _STATEMENT_END = {"_NEWLINE", "SEMICOLON", "RBRACE"}
@@ -239,11 +283,12 @@ def _end_of_code(lines: list[str], last_line: int) -> tuple[int, int]:
 
 
 def _open_model(lines: list[str], line: int, before: str) -> tuple[str, int] | None:
-    """The name and line of the last `model NAME` in `before` (the code of `line` up to the error) or above it."""
+    """The word ("model" or "block"), name and line of the last `model NAME` or `block NAME` in `before` (the
+    code of `line` up to the error) or above it."""
     for number, code in [(line, before)] + [(n, _code(lines[n - 1])) for n in range(line - 1, 0, -1)]:
-        found = re.findall(r"\bmodel\s+([A-Za-z_][A-Za-z0-9_]*)", code)
+        found = re.findall(r"\b(model|block)\s+([A-Za-z_][A-Za-z0-9_]*)", code)
         if found:
-            return found[-1], number
+            return found[-1][1], number, found[-1][0]
     return None
 
 
@@ -334,11 +379,12 @@ def _explain(token: Token, expected: set[str], before: str, lines: list[str], li
                 "e.g. input image[1, 28, 28] ([C, H, W]) or input signal[1, 128] ([C, L])")
     if re.search(r"\bmodel\s*$", before) and "NAME" in expected:
         return f"expected the model name after 'model', found {found}", "write `model NAME {`"
-    if token.type in ("$END", "MODEL") and "MODEL" not in expected:
+    if token.type in ("$END", "MODEL", "BLOCK") and "MODEL" not in expected:
         model = _open_model(lines, line, before)
-        which = f"model '{model[0]}' (opened at line {model[1]})" if model else "a model block"
-        where = "end of file" if token.type == "$END" else "the next model"
-        return f"{which} is missing its closing '}}' before {where}", "close the model block with '}'"
+        which = f"{model[2]} '{model[0]}' (opened at line {model[1]})" if model else "a model block"
+        where = {"$END": "end of file", "MODEL": "the next model", "BLOCK": "the next block"}[token.type]
+        word = model[2] if model else "model"
+        return f"{which} is missing its closing '}}' before {where}", f"close the {word} block with '}}'"
     if "MODEL" in expected:  # at the top level, between model blocks
         hint = "statements go inside a model block: model NAME { ... }"
         if token.type == "RBRACE":

@@ -307,7 +307,8 @@ class Trainer:
                     rng={"shuffle": rng_state(self.shuffle_rng), "dropout": rng_state(self.model.dropout_rng)},
                     running={"loss_sum": s.loss_sum, "correct": s.correct, "seen": s.seen, "seconds": s.seconds},
                     history=s.history)
-        save_checkpoint(self.checkpoint_path, self.model.params, self.optimizer.state_dict(), meta, s.perm)
+        # state_dict: the parameters and the buffers (batch norm's running statistics), for a bit-exact resume
+        save_checkpoint(self.checkpoint_path, self.model.state_dict(), self.optimizer.state_dict(), meta, s.perm)
         self.checkpoint_epoch = s.epoch
 
     def restore(self, ckpt: Checkpoint) -> None:

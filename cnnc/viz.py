@@ -573,10 +573,12 @@ def layer_outputs(model, x: np.ndarray) -> list[tuple[Layer, np.ndarray]]:
 
     outputs = []
     y = x[None]
+    state = model.state_dict()
     for layer in model.network.layers:
-        single = replace(model.network, input_shape=layer.in_shape, layers=(layer,), warnings=())
+        single = replace(model.network, input_name=layer.inputs[0], input_shape=layer.in_shape, layers=(layer,),
+                         warnings=())
         step = NumpyModel(single, dtype=model.dtype.name)
-        step.load_weights({spec.name: model.params[spec.name] for spec in layer.params})
+        step.load_weights({spec.name: state[spec.name] for spec in (*layer.params, *layer.buffers)})
         y = step.forward(y, train=False)
         outputs.append((layer, y[0]))
     return outputs
@@ -851,10 +853,19 @@ def _wrote(path) -> int:
     return 0
 
 
+def refuse_graphs(network: Network, command: str) -> None:
+    """Drawing branches side by side is still to come: graph models get a clear refusal, not a wrong picture."""
+    if not network.is_chain:
+        raise CnncError(f"{command} shows chains of layers only so far, and model '{network.name}' is a graph "
+                        "(merges, from= or blocks with shortcuts); `cnnc check` lists each layer's inputs")
+
+
 def run_draw(args) -> int:
     image_format(args.output)
     check_distinct({"the image (-o)": args.output}, {"the spec": args.file})
-    save_figure(diagram_figure(read_spec(args.file, args.model)), args.output)
+    network = read_spec(args.file, args.model)
+    refuse_graphs(network, "cnnc draw")
+    save_figure(diagram_figure(network), args.output)
     return _wrote(args.output)
 
 
@@ -863,6 +874,9 @@ def run_viz_filters(args) -> int:
     check_distinct({"the image (-o)": args.output}, {"the spec": args.file, "the weights": args.weights})
     network = read_spec(args.file, args.model)
     layer = conv_layer(network, args.layer)
+    if layer.groups != 1:
+        raise CnncError(f"cnnc viz filters shows ungrouped convolutions only so far; '{layer.name}' has "
+                        f"groups={layer.groups}")
     model = trained_model(network, args.weights)
     fig = filters_figure(network, model.params[f"{layer.name}.weight"], layer, args.mode, args.weights)
     save_figure(fig, args.output)
@@ -874,6 +888,7 @@ def run_viz_maps(args) -> int:
     check_distinct({"the image (-o)": args.output},
                    {"the spec": args.file, "the weights": args.weights, "the input": args.input})
     network = read_spec(args.file, args.model)
+    refuse_graphs(network, "cnnc viz maps")
     if args.layer is not None and args.layer not in [layer.name for layer in network.layers]:
         raise CnncError(f"model '{network.name}' has no layer '{args.layer}'; its layers are: "
                         f"{', '.join(layer.name for layer in network.layers)}")

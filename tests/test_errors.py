@@ -58,6 +58,36 @@ ERROR_CLASSES = {
     "tensor too large": "output_too_large",
     "several mistakes in one file": "several_mistakes",
 }
+# The graph and block mistakes (issue #14).
+GRAPH_ERROR_CLASSES = {
+    "add operands of different shapes": "add_operands_of_different_shapes",
+    "add naming every operand": "add_operands_of_different_sizes_three_way",
+    "concat with other dimensions differing": "concat_spatial_mismatch",
+    "concat mixing ranks": "concat_mixed_ranks",
+    "merge of one input": "merge_with_one_input",
+    "merge of no input": "merge_without_inputs",
+    "unknown name in from=": "unknown_name_in_from",
+    "unknown name in a merge": "unknown_name_in_merge",
+    "name defined later": "name_defined_later",
+    "groups not dividing the channels": "groups_not_dividing_channels",
+    "groups not dividing the filters": "groups_not_dividing_filters",
+    "eps not positive": "batchnorm_eps_not_positive",
+    "momentum outside [0, 1]": "batchnorm_momentum_out_of_range",
+    "in outside a block": "in_outside_a_block",
+    "unknown block parameter": "unknown_block_parameter",
+    "missing block parameter": "missing_block_parameter",
+    "block using itself": "block_uses_itself",
+    "block cycle through another block": "block_cycle_through_another",
+    "duplicate instance name": "duplicate_instance_name",
+    "error inside a block, noted at the instance": "error_inside_a_block",
+    "error inside nested blocks, noted at each instance": "error_inside_a_nested_block",
+    "operand names on a single-input layer": "operand_names_on_a_single_input_layer",
+    "from= on a merge": "from_on_a_merge",
+    "input statement in a block": "input_statement_in_a_block",
+    "block named like a layer kind": "block_named_like_a_layer_kind",
+    "misspelt block name": "unknown_kind_suggests_a_block",
+    "misspelt new activation": "misspelt_activation_relu6",
+}
 
 
 def expectations(path: Path) -> list[tuple[int, int, str]]:
@@ -97,9 +127,9 @@ def check_caret(diagnostic: dict, source: str) -> None:
 
 
 def test_the_corpus_covers_every_error_class():
-    assert len(CORPUS) >= 30
+    assert len(CORPUS) >= 30 + 20
     names = {p.stem for p in CORPUS}
-    missing = {cls: name for cls, name in ERROR_CLASSES.items() if name not in names}
+    missing = {cls: name for cls, name in {**ERROR_CLASSES, **GRAPH_ERROR_CLASSES}.items() if name not in names}
     assert not missing
     assert all(expectations(p) for p in CORPUS), [p.name for p in CORPUS if not expectations(p)]
 
@@ -121,6 +151,22 @@ def test_invalid_spec_is_reported_at_its_token(path, capsys):
         assert diagnostic["file"] == str(path)
         assert phrase in diagnostic["message"] + "\n" + "\n".join(diagnostic["rest"]), err
         check_caret(diagnostic, source)
+
+
+def test_an_error_inside_a_block_notes_each_instance_at_its_location(capsys):
+    path = INVALID / "error_inside_a_nested_block.cnn"
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    notes = [line for line in lines if ": note: " in line]
+    source = path.read_text().split("\n")
+    assert [note.split(": note: ")[1] for note in notes] == [
+        "in instance 'p2.u1' of block 'unit' with w=3", "in instance 'p2' of block 'pair' with width=3"]
+    for note in notes:  # each note is located, quotes its line and puts the caret under the instance's name
+        _, line, col = note.split(": note: ")[0].rsplit(":", 2)
+        quoted, caret = lines[lines.index(note) + 1], lines[lines.index(note) + 2]
+        assert quoted == "    " + source[int(line) - 1] and caret.index("^") - 4 == int(col) - 1
+        assert source[int(line) - 1][int(col) - 1:].startswith(("u1", "p2"))
 
 
 @pytest.mark.parametrize("name", ["unclosed_paren", "kernel_too_large"])

@@ -1,6 +1,6 @@
 """Property tests: whatever text the checker is given, it answers with networks or located diagnostics.
 
-Random text, random token soup, and mutations of the shipped specs (characters, tokens and lines deleted,
+Random text, random token soup, and mutations of the shipped specs and of graph and block specs (characters, tokens and lines deleted,
 duplicated or swapped; random numbers in argument slots) go through the front end in-process
 (`network_list_from_text`) and through `cnnc.cli.main`. The checker may only raise SpecError/CnncError,
 every diagnostic must point inside the text, and the rendered caret must sit under that column.
@@ -23,11 +23,38 @@ from cnnc.shapes import KIND_ARGS, MAX_ELEMENTS
 from cnnc.summary import network_record, summary_table
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.cnn"))
-SPEC_TEXTS = [p.read_text() for p in SPECS]
+# Graphs and blocks (issue #14) besides the shipped specs: every new form, small enough to check quickly.
+GRAPH_TEXTS = ["""
+block basic(width, stride=1) {
+    conv2d c1(filters=width, kernel=3, stride=stride, padding=1, bias=false)
+    batchnorm bn1(eps=1e-5, momentum=0.1)
+    relu6 r1
+    conv2d c2(filters=width, kernel=3, padding=1, groups=2)
+    add sum(c2, in)
+    silu out
+}
+model g {
+    input image[4, 8, 8]
+    conv2d stem(filters=4, kernel=1, activation=hardswish)
+    basic s1(width=4)
+    basic s2(width=4, from=stem)
+    concat cat(s1, s2, image)
+    conv2d dw(filters=12, kernel=3, groups=12, from=cat)
+    global_avgpool
+    dense fc(units=3)
+    loss cross_entropy
+}
+""", """
+block unit(w=2) { dense d(units=w); batchnorm bn }
+block pair(width) { unit u1(w=width); unit u2(w=width, from=in); add s(u1, u2) }
+model flat { input v[6]; pair p1(width=6); add total(p1, v); pair p2(width=3); concat k(p2, v, p2) }
+"""]
+SPEC_TEXTS = [p.read_text() for p in SPECS] + GRAPH_TEXTS
 FILE = "fuzz.cnn"
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-WORDS = sorted({"model", "input", "loss", "cross_entropy", "mse", "same", "valid", "true", "false", "none", "x", "c1"}
+WORDS = sorted({"model", "input", "loss", "cross_entropy", "mse", "same", "valid", "true", "false", "none", "x", "c1",
+                "block", "in", "from", "b", "width", "s1", "stem"}
                | set(KIND_ARGS) | {key for args in KIND_ARGS.values() for key in args})
 TOKENS = WORDS + ["(", ")", "[", "]", "{", "}", ",", "=", ";", "\n", " ", "  ", "\t", "# note", "\r\n",
                   "0", "1", "2", "3", "5", "-1", "28", "1.5", "1e3", ".5", "99999999999999999999", "@", "\x0c"]
@@ -60,12 +87,17 @@ def check(text: str) -> None:
         assert all(d.severity == "error" for d in e.diagnostics)
         for diagnostic in e.diagnostics:
             assert_located(diagnostic, text)
+            for note in diagnostic.notes:  # an instance of a block: located too
+                assert note.severity == "note"
+                assert_located(note, text)
         return
     assert networks
     for network in networks:
         for warning in network.warnings:
             assert warning.severity == "warning"
             assert_located(warning, text)
+            for note in warning.notes:
+                assert_located(note, text)
         for layer in network.layers:
             assert all(size >= 1 for size in layer.out_shape), layer
             assert prod(layer.out_shape) <= MAX_ELEMENTS
@@ -135,7 +167,65 @@ def renumbered_spec(draw) -> str:
     return text
 
 
+@st.composite
+def random_graph_spec(draw) -> str:
+    """A model (and sometimes a block) whose statements read random earlier, later or unknown names, with
+    random merges, groups and batch norm settings: mostly valid graphs, some with located mistakes."""
+    names = ["x"]
+    lines = []
+    block = draw(st.booleans())
+    if block:
+        lines += ["block unit(w, g=1) {", "    conv2d c(filters=w, kernel=3, padding=1, groups=g)", "    batchnorm bn",
+                  f"    {draw(st.sampled_from(['add', 'concat']))} m(bn, in)", "}"]
+    lines += ["model g {", f"    input x[{draw(st.sampled_from([2, 4]))}, {draw(st.integers(3, 6))}, 5]"]
+    for k in range(draw(st.integers(1, 6))):
+        name = f"l{k}"
+        source = draw(st.sampled_from(names + ["nope", f"l{k + 1}", "in"]))
+        kind = draw(st.sampled_from(["conv", "bn", "act", "merge", "block"] if block else ["conv", "bn", "act", "merge"]))
+        if kind == "conv":
+            groups, filters = draw(st.sampled_from([1, 2, 4])), draw(st.sampled_from([2, 4, 6]))
+            lines.append(f"    conv2d {name}(filters={filters}, kernel={draw(st.sampled_from([1, 3]))}, padding=same, "
+                         f"groups={groups}, from={source})")
+        elif kind == "bn":
+            lines.append(f"    batchnorm {name}(momentum={draw(st.sampled_from(['0.1', '1', '2']))}, from={source})")
+        elif kind == "act":
+            lines.append(f"    {draw(st.sampled_from(['relu6', 'silu', 'hardswish']))} {name}(from={source})")
+        elif kind == "merge":
+            operands = draw(st.lists(st.sampled_from(names + ["nope"]), min_size=1, max_size=3))
+            lines.append(f"    {draw(st.sampled_from(['add', 'concat']))} {name}({', '.join(operands)})")
+        else:
+            lines.append(f"    unit {name}(w={draw(st.sampled_from([2, 4]))}, g={draw(st.sampled_from([1, 2]))}, "
+                         f"from={source})")
+        names.append(name)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
 # ---- the properties ------------------------------------------------------------------------------------
+@settings(FUZZ, max_examples=200)
+@given(random_graph_spec())
+def test_random_graphs_check_and_every_checked_graph_runs(text):
+    """The checker's contract, and more: a graph it accepts runs forward and backward on the NumPy backend
+    in both modes with the shapes it promised."""
+    import numpy as np
+
+    from cnnc.backends.numpy_backend import NumpyModel
+
+    check(text)
+    try:
+        networks = network_list_from_text(text, FILE)
+    except CnncError:
+        return
+    for network in networks:
+        m = NumpyModel(network, dtype="float64")
+        x = np.random.default_rng(0).normal(size=(2, *network.input_shape))
+        for train in (False, True):
+            y = m.forward(x, train=train)
+            assert y.shape == (2, *network.output_shape)
+            assert m.backward(np.ones_like(y)).shape == x.shape
+
+
+
 @FUZZ
 @given(st.text(max_size=120))
 def test_random_text(text):

@@ -271,6 +271,8 @@ def original_initial_params(network, seed: int, dtype: str) -> dict[str, np.ndar
     for spec in network.param_specs:
         if spec.init == "zeros":
             value = np.zeros(spec.shape)
+        elif spec.init == "ones":  # batch norm's weight
+            value = np.ones(spec.shape)
         elif spec.init == "he":
             value = rng.normal(0.0, np.sqrt(2.0 / spec.fan_in), size=spec.shape)
         else:

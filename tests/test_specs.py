@@ -90,7 +90,7 @@ def test_check_json_has_the_documented_form(capsys):
     (model,) = report["models"]
     assert model["name"] == "lenet5" and model["input"] == [1, 28, 28]
     assert model["params"] == 61706 and model["macs"] == 416520 and model["warnings"] == []
-    assert model["layers"][0] == {"name": "c1", "kind": "conv2d", "output": [6, 28, 28], "params": 156,
+    assert model["layers"][0] == {"name": "c1", "kind": "conv2d", "inputs": ["image"], "output": [6, 28, 28], "params": 156,
                                   "macs": 117600, "activation": "relu", "receptive_field": [5, 5]}
     assert [layer["name"] for layer in model["layers"]] == ["c1", "s2", "c3", "relu_1", "s4", "flatten_1", "f5", "f6", "out"]
 

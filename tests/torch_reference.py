@@ -8,6 +8,10 @@ same way:
 
 params: {name: array} in PyTorch's layout (what `Model.params` holds). Everything runs in float64
 whatever the inputs' dtype; results come back as float64 NumPy arrays.
+Graphs run layer by layer in order, each reading the outputs its `inputs` name. Batch norm is
+F.batch_norm: pass train=True for training mode, and buffers={name: array} (what `Model.buffers` holds;
+the running statistics start at 0 and 1 without it): in training mode the arrays are updated in place,
+as PyTorch updates its modules' buffers.
 Asymmetric padding is F.pad then the unpadded operation (zeros for convolution and average pooling,
 -inf for max pooling), which is what PyTorch's own symmetric `padding=` argument means.
 """
@@ -40,15 +44,32 @@ def activation(kind: str, z: torch.Tensor, slope: float) -> torch.Tensor:
         return torch.tanh(z)
     if kind == "softmax":
         return F.softmax(z, dim=1)
+    if kind == "relu6":
+        return F.relu6(z)
+    if kind == "silu":
+        return F.silu(z)
+    if kind == "hardswish":
+        return F.hardswish(z)
     raise AssertionError(kind)
 
 
-def layer_forward(layer: Layer, x: torch.Tensor, params: dict[str, torch.Tensor], mask) -> torch.Tensor:
+def layer_forward(layer: Layer, x: torch.Tensor, params: dict[str, torch.Tensor], mask, buffers=None,
+                  train: bool = False, xs=()) -> torch.Tensor:
+    """One layer; x is its (first) input, xs all of its inputs (merges)."""
     kind = layer.kind
+    if kind == "add":
+        return sum(xs[1:], xs[0])
+    if kind == "concat":
+        return torch.cat(list(xs), dim=1)
+    if kind == "batchnorm":
+        return F.batch_norm(x, buffers[f"{layer.name}.running_mean"], buffers[f"{layer.name}.running_var"],
+                            params[f"{layer.name}.weight"], params[f"{layer.name}.bias"], training=train,
+                            momentum=layer.momentum, eps=layer.eps)
     if kind in CONV:
         w = params[f"{layer.name}.weight"]
         b = params.get(f"{layer.name}.bias")
-        z = CONV[kind](F.pad(x, torch_pad_arg(layer)), w, b, stride=layer.stride, dilation=layer.dilation)
+        z = CONV[kind](F.pad(x, torch_pad_arg(layer)), w, b, stride=layer.stride, dilation=layer.dilation,
+                       groups=layer.groups)
         return activation(layer.activation, z, layer.slope) if layer.activation else z
     if kind == "dense":
         z = F.linear(x, params[f"{layer.name}.weight"], params.get(f"{layer.name}.bias"))
@@ -70,16 +91,23 @@ def layer_forward(layer: Layer, x: torch.Tensor, params: dict[str, torch.Tensor]
     return activation(kind, x, layer.slope)
 
 
-def _run(network: Network, params, x, masks):
-    """-> (y, x leaf, param leaves), all float64 tensors that require grad."""
+def _run(network: Network, params, x, masks, buffers=None, train=False):
+    """-> (y, x leaf, param leaves), all float64 tensors that require grad. buffers: updated in place if train."""
     tparams = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in params.items()}
     tx = torch.tensor(np.asarray(x, dtype=np.float64), requires_grad=True)
-    h = tx
+    if buffers is None:
+        buffers = {b.name: np.full(b.shape, b.fill) for b in network.buffer_specs}
+    tbuffers = {k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in buffers.items()}
+    values = {network.input_name: tx}
     for layer in network.layers:
         mask = masks.get(layer.name) if masks is not None else None
         mask = None if mask is None else torch.tensor(np.asarray(mask, np.float64))
-        h = layer_forward(layer, h, tparams, mask)
-    return h, tx, tparams
+        xs = [values[name] for name in layer.inputs]
+        values[layer.name] = layer_forward(layer, xs[0], tparams, mask, tbuffers, train, xs)
+    if train:
+        for name, value in tbuffers.items():
+            buffers[name][...] = value.numpy()
+    return values[network.layers[-1].name], tx, tparams
 
 
 def _grads(tx, tparams):
@@ -88,15 +116,15 @@ def _grads(tx, tparams):
     return dx, grads
 
 
-def torch_forward(network: Network, params, x, masks=None) -> np.ndarray:
+def torch_forward(network: Network, params, x, masks=None, buffers=None, train=False) -> np.ndarray:
     """x: (N, *input_shape) -> y: (N, *output_shape)."""
     with torch.no_grad():
-        return _run(network, params, x, masks)[0].numpy()
+        return _run(network, params, x, masks, buffers, train)[0].numpy()
 
 
-def torch_forward_backward(network: Network, params, x, dy, masks=None):
+def torch_forward_backward(network: Network, params, x, dy, masks=None, buffers=None, train=False):
     """Forward x, backpropagate dy (the gradient of some loss w.r.t. y) -> (y, dx, {name: grad})."""
-    y, tx, tparams = _run(network, params, x, masks)
+    y, tx, tparams = _run(network, params, x, masks, buffers, train)
     y.backward(torch.tensor(np.asarray(dy, dtype=np.float64)))
     return (y.detach().numpy(), *_grads(tx, tparams))
 
@@ -109,9 +137,9 @@ def torch_loss(network: Network, y: torch.Tensor, target) -> torch.Tensor:
     return F.mse_loss(y, torch.tensor(np.asarray(target, dtype=np.float64)))
 
 
-def torch_loss_backward(network: Network, params, x, target, masks=None):
+def torch_loss_backward(network: Network, params, x, target, masks=None, buffers=None, train=False):
     """Forward x, the loss against target, backward -> (loss, y, dx, {name: grad})."""
-    y, tx, tparams = _run(network, params, x, masks)
+    y, tx, tparams = _run(network, params, x, masks, buffers, train)
     loss = torch_loss(network, y, target)
     loss.backward()
     return (loss.item(), y.detach().numpy(), *_grads(tx, tparams))

@@ -31,7 +31,7 @@ from .._version import __version__
 from ..diagnostics import CnncError
 from ..fileio import atomic_write_bytes, atomic_write_text, check_distinct
 from ..frontend import read_network, read_source, select
-from ..ir import Network
+from ..ir import Network, chain_only_refusal
 from ..model import DTYPES, Model, check_dtype
 from . import c_build
 from .c_codegen import SIZE_CONSTANTS, VECTOR_BYTES, CSource, NetworkPlan, generate, plan_network
@@ -87,11 +87,20 @@ class CModule:
         return CModel(self.plans[name].network, self.dtype, seed, module=self)
 
 
+def refuse_unsupported(networks: list[Network]) -> None:
+    """Graphs and the layer kinds of issue #14 are the C backend's next step; until then a clear CnncError."""
+    for network in networks:
+        refusal = chain_only_refusal(network, "the C backend")
+        if refusal:
+            raise CnncError(f"model '{network.name}': {refusal}")
+
+
 def plan_networks(networks: list[Network], dtype: str) -> tuple[NetworkPlan, ...]:
     """Check and plan the networks as `generate` does (one network unprefixed, a bundle's as m0_, m1_,
     ...), without rendering any C: what a cache hit needs."""
     if not networks:
         raise ValueError("compiling needs at least one network; got none")
+    refuse_unsupported(networks)
     single = len(networks) == 1
     return tuple(plan_network(n, "" if single else f"m{k}_", dtype) for k, n in enumerate(networks))
 
@@ -306,6 +315,7 @@ def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "
     path, out = Path(path), Path(out_dir)
     text = read_source(path)
     network = select(_networks(text, path), model, str(path))
+    refuse_unsupported([network])
     source = generate(network, dtype)
     source_id = c_build.source_key([network], dtype)
     build_options = {k: v for k, v in options.items() if k != "cache_dir"}

@@ -12,6 +12,10 @@ equations"). All three of its computations use one primitive, `correlate`:
                   cropped by the padding: the "full convolution" of dy with the kernel.
 
 1-D layers run as 2-D layers of height 1: (N, C, L) is viewed as (N, C, 1, L), a kernel K as (1, K).
+A grouped convolution runs each group as its own convolution on its slice of the channels.
+
+Graphs: the model keeps every layer's output by name until its last reader has run; backward walks the
+layers in reverse, and a tensor read by several layers (a residual's shortcut) sums their gradients.
 
 What this file deliberately is not: fast. It is vectorised (windows are strided views, the
 contractions are im2col + BLAS GEMMs, there is no Python loop over pixels), so a LeNet-5 training step
@@ -23,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..diagnostics import CnncError
 from ..ir import CONV_KINDS, Layer
 from ..model import Model
 
@@ -137,6 +142,107 @@ def conv_backward(dy, xp, w, stride: Pair, dilation: Pair, pad_before: Pair, pad
     return crop(dxp, pad_before, pad_after), dw, db
 
 
+def grouped_conv_forward(x, w, b, groups: int, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair):
+    """x: (N, C, H, W), w: (F, C/G, KH, KW), b: (F,) or None -> y: (N, F, OH, OW), xp: (N, C, HP, WP)
+    Group g: filters g*F/G ... (g+1)*F/G - 1 read channels g*C/G ... (g+1)*C/G - 1 only."""
+    if groups == 1:
+        return conv_forward(x, w, b, stride, dilation, pad_before, pad_after)
+    xp = pad(x, pad_before, pad_after)
+    C, F = x.shape[1], w.shape[0]
+    Cg, Fg = C // groups, F // groups
+    y = np.concatenate([correlate(xp[:, g * Cg:(g + 1) * Cg], w[g * Fg:(g + 1) * Fg], stride, dilation)
+                        for g in range(groups)], axis=1)
+    return (y + b[:, None, None] if b is not None else y), xp
+
+
+def grouped_conv_backward(dy, xp, w, groups: int, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair):
+    """dy: (N, F, OH, OW), xp: (N, C, HP, WP), w: (F, C/G, KH, KW) -> dx: (N, C, H, W), dw: w's shape, db: (F,)
+    Each group's gradients are its own convolution's."""
+    if groups == 1:
+        return conv_backward(dy, xp, w, stride, dilation, pad_before, pad_after)
+    C, F = xp.shape[1], w.shape[0]
+    Cg, Fg = C // groups, F // groups
+    parts = [conv_backward(dy[:, g * Fg:(g + 1) * Fg], xp[:, g * Cg:(g + 1) * Cg], w[g * Fg:(g + 1) * Fg],
+                           stride, dilation, pad_before, pad_after) for g in range(groups)]
+    return (np.concatenate([dx for dx, _, _ in parts], axis=1), np.concatenate([dw for _, dw, _ in parts]),
+            np.concatenate([db for _, _, db in parts]))
+
+
+# ---- batch norm ----------------------------------------------------------------------------------
+def batchnorm_axes(x) -> tuple[int, ...]:
+    """The axes a channel's statistics run over: N and every spatial axis. x: (N, C, *spatial) or (N, D)."""
+    return (0, *range(2, x.ndim))
+
+
+def per_channel(v, ndim: int):
+    """v: (C,) -> (C, 1, ...) broadcasting against (N, C, *spatial) of `ndim` axes."""
+    return v.reshape(-1, *(1,) * (ndim - 2))
+
+
+def batchnorm_forward(x, weight, bias, running_mean, running_var, eps: float, momentum: float, train: bool):
+    """x: (N, C, *spatial) or (N, D); weight, bias, running_mean, running_var: (C,) -> y like x, and what
+    backward needs: xhat (x normalised, like x), invstd (C,).
+    y = (x - mean) / sqrt(var + eps) * weight + bias per channel, as PyTorch's BatchNorm1d/2d:
+      train: mean and var are the batch's over (N, *spatial), var biased (/ n); the running statistics are
+             updated in place, running = (1 - momentum) * running + momentum * batch, the variance unbiased
+             (/ (n - 1)).
+      inference: mean and var are the running statistics."""
+    axes, nd = batchnorm_axes(x), x.ndim
+    if train:
+        n = x.size // x.shape[1]  # values per channel
+        mean = x.mean(axis=axes)
+        var = ((x - per_channel(mean, nd)) ** 2).mean(axis=axes)  # biased
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean
+        running_var *= 1 - momentum
+        running_var += momentum * var * (n / (n - 1))  # unbiased
+    else:
+        mean, var = running_mean, running_var
+    invstd = 1.0 / np.sqrt(var + eps)
+    xhat = (x - per_channel(mean, nd)) * per_channel(invstd, nd)
+    return xhat * per_channel(weight, nd) + per_channel(bias, nd), xhat, invstd
+
+
+def batchnorm_backward(dy, xhat, invstd, weight, train: bool):
+    """dy, xhat: (N, C, *spatial) or (N, D); invstd, weight: (C,) -> dx like dy, dweight (C,), dbias (C,)
+    inference: the statistics are constants, dx = dy * weight * invstd.
+    train: the batch mean and variance depend on every x of the channel (n values):
+      dx = invstd / n * (n * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)),  dxhat = dy * weight."""
+    axes, nd = batchnorm_axes(dy), dy.ndim
+    dweight, dbias = (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
+    dxhat = dy * per_channel(weight, nd)
+    if not train:
+        return dxhat * per_channel(invstd, nd), dweight, dbias
+    n = dy.size // dy.shape[1]
+    dx = per_channel(invstd / n, nd) * (n * dxhat - per_channel(dxhat.sum(axis=axes), nd)
+                                        - xhat * per_channel((dxhat * xhat).sum(axis=axes), nd))
+    return dx, dweight, dbias
+
+
+# ---- merges --------------------------------------------------------------------------------------
+def add_forward(xs):
+    """xs: K arrays (N, *shape) -> their elementwise sum (N, *shape)."""
+    y = xs[0] + xs[1]
+    for x in xs[2:]:
+        y = y + x
+    return y
+
+
+def add_backward(dy, count: int):
+    """dy: (N, *shape) -> the same dy for each of the count operands."""
+    return [dy] * count
+
+
+def concat_forward(xs):
+    """xs: K arrays (N, C_k, *spatial) (or (N, D_k)) -> (N, sum C_k, *spatial), in operand order."""
+    return np.concatenate(xs, axis=1)
+
+
+def concat_backward(dy, channels: list[int]):
+    """dy: (N, sum C_k, *spatial) -> K slices (N, C_k, *spatial)."""
+    return np.split(dy, np.cumsum(channels)[:-1], axis=1)
+
+
 # ---- dense ---------------------------------------------------------------------------------------
 def dense_forward(x, w, b):
     """x: (N, D), w: (U, D), b: (U,) or None -> y: (N, U);  y[n, u] = b[u] + sum_d w[u, d] * x[n, d]"""
@@ -240,12 +346,44 @@ def softmax_backward(dy, z, y, slope):
     return y * (dy - (dy * y).sum(axis=1, keepdims=True))
 
 
+def relu6_forward(z, slope):
+    return np.clip(z, 0, 6)
+
+
+def relu6_backward(dy, z, y, slope):
+    return dy * ((z > 0) & (z < 6))  # 0 at both kinks, like PyTorch's hardtanh
+
+
+def silu_forward(z, slope):
+    """z * sigmoid(z)"""
+    return z * sigmoid_forward(z, slope)
+
+
+def silu_backward(dy, z, y, slope):
+    """d/dz z*s(z) = s(z) * (1 + z * (1 - s(z)))"""
+    s = sigmoid_forward(z, slope)
+    return dy * s * (1 + z * (1 - s))
+
+
+def hardswish_forward(z, slope):
+    """z * relu6(z + 3) / 6"""
+    return z * np.clip(z + 3, 0, 6) / 6
+
+
+def hardswish_backward(dy, z, y, slope):
+    """0 below -3, z/3 + 1/2 on [-3, 3], 1 above 3 (PyTorch's choice at the kinks)."""
+    return dy * np.where(z < -3, 0.0, np.where(z <= 3, z / 3 + 0.5, 1.0))
+
+
 ACTIVATION_FUNCTIONS = {
     "relu": (relu_forward, relu_backward),
     "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
     "sigmoid": (sigmoid_forward, sigmoid_backward),
     "tanh": (tanh_forward, tanh_backward),
     "softmax": (softmax_forward, softmax_backward),
+    "relu6": (relu6_forward, relu6_backward),
+    "silu": (silu_forward, silu_backward),
+    "hardswish": (hardswish_forward, hardswish_backward),
 }
 
 
@@ -277,18 +415,79 @@ class NumpyModel(Model):
     def _weight_bias(self, layer: Layer):
         return self.params[f"{layer.name}.weight"], self.params[f"{layer.name}.bias"] if layer.bias else None
 
+    def _last_reads(self) -> dict[str, int]:
+        """tensor name -> the index of the last layer that reads it (its output can be dropped after)."""
+        last = {}
+        for i, layer in enumerate(self.network.layers):
+            for name in layer.inputs:
+                last[name] = i
+        return last
+
     def _forward(self, x, train, masks):
+        layers = self.network.layers
+        last_reads = self._last_reads()
+        values = {self.network.input_name: x}  # outputs still to be read, by name
         saved = {}
-        for layer in self.network.layers:
+        if train:
+            self._check_batch_statistics(x.shape[0])
+            # batch norm updates the running statistics in place: on copies, kept only if the pass completes
+            buffers = {name: value.copy() for name, value in self.buffers.items()}
+        for i, layer in enumerate(layers):
             mask = masks.get(layer.name) if train and masks else None
-            x, saved[layer.name] = self._layer_forward(layer, x, mask)
+            xs = [values[name] for name in layer.inputs]
+            if layer.kind == "add":
+                y, saved[layer.name] = add_forward(xs), {}
+            elif layer.kind == "concat":
+                y, saved[layer.name] = concat_forward(xs), {}
+            elif layer.kind == "batchnorm":
+                stats = buffers if train else self.buffers
+                y, xhat, invstd = batchnorm_forward(xs[0], self.params[f"{layer.name}.weight"],
+                                                    self.params[f"{layer.name}.bias"],
+                                                    stats[f"{layer.name}.running_mean"],
+                                                    stats[f"{layer.name}.running_var"], layer.eps, layer.momentum, train)
+                saved[layer.name] = {"xhat": xhat, "invstd": invstd, "train": train}
+            else:
+                y, saved[layer.name] = self._layer_forward(layer, xs[0], mask)
+            for name in set(layer.inputs):
+                if last_reads[name] == i:
+                    del values[name]
+            values[layer.name] = y
         self.saved = saved  # only a completed forward replaces what backward will read
-        return np.ascontiguousarray(x, dtype=self.dtype)
+        if train:
+            self.buffers.update(buffers)
+        return np.ascontiguousarray(values[layers[-1].name], dtype=self.dtype)
+
+    def _check_batch_statistics(self, n: int) -> None:
+        """Batch norm in training mode needs two or more values per channel (PyTorch refuses one too)."""
+        for layer in self.network.layers:
+            if layer.kind == "batchnorm" and n * (layer.in_size // layer.in_shape[0]) < 2:
+                raise CnncError(f"batchnorm '{layer.name}' needs more than one value per channel in training mode; "
+                                f"got a batch of {n} with input {list(layer.in_shape)}: train with a batch of 2 or "
+                                "more, or run inference (train=False)")
 
     def _backward(self, dy):
-        for layer in reversed(self.network.layers):
-            dy = self._layer_backward(layer, dy, self.saved[layer.name])
-        return np.ascontiguousarray(dy, dtype=self.dtype)
+        layers = self.network.layers
+        grads = {layers[-1].name: dy}  # d loss / d output, by tensor name, summed over the tensor's readers
+        for layer in reversed(layers):
+            dy = grads.pop(layer.name, None)
+            if dy is None:  # an output nothing reads (and not the model's): its gradient is zero
+                dy = np.zeros((self._forward_batch, *layer.out_shape), self.dtype)
+            saved = self.saved[layer.name]
+            if layer.kind == "add":
+                dxs = add_backward(dy, len(layer.inputs))
+            elif layer.kind == "concat":
+                dxs = concat_backward(dy, [shape[0] for shape in layer.in_shapes])
+            elif layer.kind == "batchnorm":
+                dx, dw, db = batchnorm_backward(dy, saved["xhat"], saved["invstd"],
+                                                self.params[f"{layer.name}.weight"], saved["train"])
+                self.grads[f"{layer.name}.weight"][...] = dw
+                self.grads[f"{layer.name}.bias"][...] = db
+                dxs = [dx]
+            else:
+                dxs = [self._layer_backward(layer, dy, saved)]
+            for name, dx in zip(layer.inputs, dxs):
+                grads[name] = dx if name not in grads else grads[name] + dx  # never in place: dx may be shared
+        return np.ascontiguousarray(grads[self.network.input_name], dtype=self.dtype)
 
     # ---- one layer: unpack the IR, call the function pair, repack the shapes ----------------------
     def _layer_forward(self, layer: Layer, x, mask):
@@ -298,8 +497,8 @@ class NumpyModel(Model):
         if kind in CONV_KINDS:
             _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
             w, b = self._weight_bias(layer)
-            z, xp = conv_forward(as_2d(x, layer.spatial_dims), as_2d(w, layer.spatial_dims), b,
-                                 stride, dilation, pad_before, pad_after)
+            z, xp = grouped_conv_forward(as_2d(x, layer.spatial_dims), as_2d(w, layer.spatial_dims), b, layer.groups,
+                                         stride, dilation, pad_before, pad_after)
             z = z.reshape(N, *layer.out_shape)
             return self._activation_forward(layer, z, {"xp": xp})
         if kind == "dense":
@@ -344,8 +543,9 @@ class NumpyModel(Model):
         if kind in CONV_KINDS:
             _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
             w, _ = self._weight_bias(layer)
-            dx, dw, db = conv_backward(as_2d(dy, layer.spatial_dims), saved["xp"], as_2d(w, layer.spatial_dims),
-                                       stride, dilation, pad_before, pad_after)
+            dx, dw, db = grouped_conv_backward(as_2d(dy, layer.spatial_dims), saved["xp"],
+                                               as_2d(w, layer.spatial_dims), layer.groups,
+                                               stride, dilation, pad_before, pad_after)
             self._store_grads(layer, dw, db)
             return dx.reshape(x_shape)
         if kind == "dense":
