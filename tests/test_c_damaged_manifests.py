@@ -159,14 +159,14 @@ def test_loading_a_compile_directory_with_a_damaged_manifest_is_an_error_naming_
     folder = damaged_copy(compiled, tmp_path, change)
     if damage == "not UTF-8":
         (folder / "manifest.json").write_bytes(b'{"model": "\xff\xfe"}')
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    before = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     with pytest.raises(CnncError) as info:
         cnnc.load(folder, backend="c", cache_dir=compiled[1])
     message = str(info.value)
     assert message.startswith(f"error: {folder / 'manifest.json'}: damaged"), message
     assert phrase in message, message
     assert len(message) < 400
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing changed or deleted
+    assert {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # nothing changed or deleted
 
 
 def test_compiling_again_into_a_directory_whose_manifest_is_damaged_rewrites_it(compiled, tmp_path):
