@@ -24,10 +24,12 @@ every rank; mpiexec (MPICH's hydra) also ends the job when a rank is killed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import sys
+import time
 
 import numpy as np
 
@@ -37,6 +39,55 @@ INSTALL_HINT = "pip install 'cnnc[mpi]'"
 # Set by MPI launchers in every process they start: MPICH/hydra (PMI_SIZE), Open MPI, PMIx, Slurm's srun.
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
 NONFINITE, STOP = 1, 2  # bits of the flag word
+# The longest a rank waits in MPI start-up or in one collective before it decides another rank is gone.
+TIMEOUT_VARIABLE, DEFAULT_TIMEOUT = "CNNC_MPI_TIMEOUT", 60.0
+START_TAG = 16
+
+
+def collective_timeout() -> float:
+    value = os.environ.get(TIMEOUT_VARIABLE, "")
+    try:
+        seconds = float(value) if value else DEFAULT_TIMEOUT
+    except ValueError:
+        raise CnncError(f"{TIMEOUT_VARIABLE} must be a number of seconds; got {value!r}") from None
+    if not 0 < seconds < 1e6:
+        raise CnncError(f"{TIMEOUT_VARIABLE} must be a positive number of seconds; got {value!r}")
+    return seconds
+
+
+class Watchdog:
+    """A daemon thread that ends this process when it waits too long: in MPI start-up (a rank that never
+    joined) or in a collective (a rank that died where the launcher does not end the job). The main thread
+    arms it with what it is waiting for; a wait longer than the timeout prints that, naming this rank,
+    and ends the job (MPI Abort when MPI is up, else exit status 1)."""
+
+    def __init__(self, rank: int, size: int, timeout: float):
+        import threading
+
+        self.rank, self.size, self.timeout = rank, size, timeout
+        self.waiting: tuple[float, str] | None = None
+        self.abort = None  # set to MPI Abort once MPI is initialised
+        threading.Thread(target=self._watch, name="cnnc-mpi-watchdog", daemon=True).start()
+
+    @contextlib.contextmanager
+    def waiting_for(self, what: str):
+        self.waiting = (time.monotonic() + self.timeout, what)
+        try:
+            yield
+        finally:
+            self.waiting = None
+
+    def _watch(self):
+        while True:
+            time.sleep(min(1.0, self.timeout / 4))
+            waiting = self.waiting
+            if waiting is not None and time.monotonic() > waiting[0]:
+                print(f"cnnc: rank {self.rank} of {self.size}: no answer within {self.timeout:g} s while waiting "
+                      f"for {waiting[1]}; another rank has failed or was killed (see its message above); "
+                      f"stopping all ranks", file=sys.stderr, flush=True)
+                if self.abort is not None:
+                    self.abort(1)
+                os._exit(1)
 
 
 def launched_size() -> int:
@@ -86,11 +137,16 @@ class Local:
 
 
 class MPIComm(Local):
-    def __init__(self, MPI):
+    members: list[str] = []  # "rank:pid@host" of every rank, once check_same_run has run
+
+    def __init__(self, MPI, watchdog: Watchdog):
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.is_root = self.rank == 0
+        self.watchdog = watchdog
+        watchdog.rank, watchdog.abort = self.rank, self.comm.Abort
+        self.guard = watchdog.waiting_for
         self._flat: np.ndarray | None = None
 
     def shard(self, indices: np.ndarray) -> np.ndarray:
@@ -103,7 +159,8 @@ class MPIComm(Local):
         base = self.size + 1
         local = np.array([loss * n if n else 0.0, float(correct),
                           float(bool(flags & NONFINITE)) + base * float(bool(flags & STOP))], np.float64)
-        self.comm.Allreduce(self.MPI.IN_PLACE, local, op=self.MPI.SUM)
+        with self.guard("the other ranks' forward pass"):
+            self.comm.Allreduce(self.MPI.IN_PLACE, local, op=self.MPI.SUM)
         count = int(round(local[2]))
         return (float(local[0]) / total, int(round(local[1])),
                 (NONFINITE if count % base else 0) | (STOP if count >= base else 0))
@@ -117,7 +174,8 @@ class MPIComm(Local):
                 block[...] = 0
             elif share != 1:
                 block *= block.dtype.type(share)
-            self.comm.Allreduce(self.MPI.IN_PLACE, block, op=self.MPI.SUM)
+            with self.guard("the other ranks' gradients"):
+                self.comm.Allreduce(self.MPI.IN_PLACE, block, op=self.MPI.SUM)
             return
         grads = list(model.grads.values())  # a backend without a gradient block: pack, reduce, unpack
         sizes = [g.size for g in grads]
@@ -127,7 +185,8 @@ class MPIComm(Local):
         for g, size in zip(grads, sizes):
             self._flat[offset:offset + size] = g.reshape(-1) * share
             offset += size
-        self.comm.Allreduce(self.MPI.IN_PLACE, self._flat, op=self.MPI.SUM)
+        with self.guard("the other ranks' gradients"):
+            self.comm.Allreduce(self.MPI.IN_PLACE, self._flat, op=self.MPI.SUM)
         offset = 0
         for g, size in zip(grads, sizes):
             g[...] = self._flat[offset:offset + size].reshape(g.shape)
@@ -156,7 +215,8 @@ class MPIComm(Local):
                 totals[-2] = result["loss"] * len(part)
             except NonFiniteOutputs as e:
                 totals[-1], message = 1, e
-        self.comm.Allreduce(self.MPI.IN_PLACE, totals, op=self.MPI.SUM)
+        with self.guard("the other ranks' evaluation"):
+            self.comm.Allreduce(self.MPI.IN_PLACE, totals, op=self.MPI.SUM)
         if totals[-1]:
             raise message or NonFiniteOutputs("the network's outputs are not finite (inf or NaN) on another rank's "
                                               "share of the evaluation data")
@@ -174,20 +234,47 @@ class MPIComm(Local):
     def check_same_run(self, fingerprint: dict) -> None:
         """Every rank must run the same spec on the same data with the same settings."""
         mine = {key: hashlib.sha256(repr(value).encode()).hexdigest() for key, value in fingerprint.items()}
-        everyone = self.comm.allgather(mine)
+        import socket
+
+        gathered = self.gather_at_start((mine, os.getpid(), socket.gethostname()))
+        everyone = [fingerprints for fingerprints, _, _ in gathered]
+        self.members = [f"{rank}:{pid}@{host}" for rank, (_, pid, host) in enumerate(gathered)]
         for rank, theirs in enumerate(everyone):
             differ = [key for key in mine if theirs.get(key) != everyone[0].get(key)]
             if differ:
-                raise collective(CnncError(f"rank {rank} was started with a different {' and '.join(differ)} than rank 0; "
+                raise collective(CnncError(f"rank {rank} was started with another {' and another '.join(differ)} than rank 0; "
                                 f"every rank of `mpiexec -n {self.size} cnnc train` must get the same spec, data "
                                 f"and options (and see the same files)"))
+
+    def gather_at_start(self, mine):
+        """Everyone's `mine`, on every rank. Rank 0 collects them one by one, so that it can name the ranks
+        that never arrive (failed before they joined) rather than wait for them forever."""
+        if not self.is_root:
+            self.comm.send(mine, dest=0, tag=START_TAG)
+            with self.guard("rank 0 at start-up"):
+                return self.comm.bcast(None, root=0)
+        gathered = [mine] + [None] * (self.size - 1)
+        pending = {rank: self.comm.irecv(source=rank, tag=START_TAG) for rank in range(1, self.size)}
+        deadline = time.monotonic() + self.watchdog.timeout
+        while pending:
+            for rank, request in list(pending.items()):
+                done, value = request.test()
+                if done:
+                    gathered[rank] = value
+                    del pending[rank]
+            if pending and time.monotonic() > deadline:
+                self.fail(f"rank(s) {', '.join(map(str, sorted(pending)))} did not start training within "
+                          f"{self.watchdog.timeout:g} s (see their messages above)")
+            time.sleep(0.002)
+        return self.comm.bcast(gathered, root=0)
 
     def check_sync(self, model) -> None:
         """--check-sync: the parameters must be bit-identical on every rank."""
         block = getattr(model, "param_block", None)
         data = block if block is not None else np.concatenate([p.reshape(-1) for p in model.params.values()])
         digest = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
-        everyone = self.comm.allgather(digest)
+        with self.guard("the other ranks' checksums"):
+            everyone = self.comm.allgather(digest)
         bad = [r for r, d in enumerate(everyone) if d != everyone[0]]
         if bad:
             raise CnncError(f"--check-sync: the parameters of rank(s) {', '.join(map(str, bad))} differ from rank 0's")
@@ -249,6 +336,38 @@ def launch_workers(workers: int, argv: list[str]) -> int:
         return 130
 
 
+@contextlib.contextmanager
+def start_watch(watchdog: Watchdog):
+    """Guard MPI_Init, which waits for every rank to join and holds Python's lock while it does: a forked
+    watcher process ends this one if MPI has not started within the timeout (a rank failed before it
+    joined, as with a bad option on one rank only)."""
+    if not hasattr(os, "fork"):
+        yield
+        return
+    read, write = os.pipe()
+    watcher = os.fork()
+    if watcher == 0:  # the watcher: no MPI, no Python clean-up, only a wait on the pipe
+        import select
+        import signal
+
+        os.close(write)
+        try:
+            ready, _, _ = select.select([read], [], [], watchdog.timeout)
+            if not ready:
+                os.write(2, (f"cnnc: rank {watchdog.rank} of {watchdog.size}: MPI did not start within "
+                             f"{watchdog.timeout:g} s: another rank failed before it joined (see its message "
+                             f"above); stopping\n").encode())
+                os.kill(os.getppid(), signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.close(read)
+    try:
+        yield
+    finally:
+        os.close(write)  # the watcher sees end of file and leaves
+        os.waitpid(watcher, 0)
+
+
 def import_mpi():
     """mpi4py's MPI module, or a CnncError saying what to install or fix."""
     try:
@@ -267,8 +386,11 @@ def communicator():
     expected = launched_size()
     if expected == 1:
         return Local()
-    MPI = import_mpi()
-    comm = MPIComm(MPI)
+    rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("SLURM_PROCID")
+    watchdog = Watchdog(int(rank) if rank and rank.isdigit() else -1, expected, collective_timeout())
+    with start_watch(watchdog):  # MPI_Init holds the GIL: the watchdog thread cannot run during it
+        MPI = import_mpi()
+    comm = MPIComm(MPI, watchdog)
     if comm.size != expected:
         raise CnncError(f"the launcher started {expected} processes but mpi4py's MPI sees a job of {comm.size}: "
                         f"the mpiexec in use belongs to another MPI than the one mpi4py was built against "

@@ -604,6 +604,9 @@ def train_process(args, comm) -> int:
     trainer = Trainer(model, make_splits(ds, config.val_split), config, checkpoint_path, identity, progress, log_path,
                       comm=comm)
     trainer.check_sync = args.check_sync
+    if comm.size > 1 and comm.is_root:  # mpiexec names a killed process by its pid: this maps it to its rank
+        print(f"data-parallel training on {comm.size} ranks (rank:pid@host {' '.join(comm.members)}), global batch "
+              f"{config.batch}", file=sys.stderr, flush=True)
     if ckpt:
         check_same_data(ckpt, identity["data"])
         trainer.restore(ckpt)
