@@ -37,7 +37,7 @@ from .diagnostics import CnncError
 
 INSTALL_HINT = "pip install 'cnnc[mpi]'"
 # Set by MPI launchers in every process they start: MPICH/hydra (PMI_SIZE), Open MPI, PMIx, Slurm's srun.
-SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
+SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
 NONFINITE, STOP = 1, 2  # bits of the flag word
 # The longest a rank waits in MPI start-up or in one collective before it decides another rank is gone.
 TIMEOUT_VARIABLE, DEFAULT_TIMEOUT = "CNNC_MPI_TIMEOUT", 60.0
@@ -321,6 +321,9 @@ def launch_workers(workers: int, argv: list[str]) -> int:
     if launched_size() > 1:
         raise CnncError("--workers starts its own MPI job: do not combine it with mpiexec (drop --workers, or "
                         "run without mpiexec)")
+    if not any(word == "--workers" or word.startswith("--workers=") for word in argv):
+        raise CnncError("--workers re-runs the command line under mpiexec, but cnnc was called from Python with "
+                        "other arguments; run `mpiexec -n N cnnc train ...` instead")
     rest, skip = [], False
     for word in argv[argv.index("train") + 1:] if "train" in argv else argv[1:]:
         if skip:
@@ -398,7 +401,19 @@ def communicator():
                         f"(the one next to this Python with {INSTALL_HINT}) or rebuild mpi4py against yours")
     if comm.size == 1:
         return Local()
+    share_cores()
     return comm
+
+
+def share_cores() -> None:
+    """Unless OMP_NUM_THREADS says otherwise, each rank's OpenMP threads (C backend) get an equal share of
+    this machine's cores rather than all of them each. Set before the C library is loaded, which is when
+    OpenMP reads it."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or ""
+    ranks_here = int(local) if local.isdigit() and int(local) > 0 else 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // ranks_here))
 
 
 def find_mpiexec() -> str | None:

@@ -257,3 +257,15 @@ def test_a_rank_that_fails_before_joining_does_not_hang_the_others(run_dir):
     assert "unrecognized arguments: --bogus" in proc.stderr
     assert "rank 0 of 2: MPI did not start within 4 s: another rank failed before it joined" in proc.stderr
     assert time.monotonic() - started < 30
+
+
+def test_ranks_share_the_cores_unless_told(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_SIZE", raising=False)
+    monkeypatch.setenv("MPI_LOCALNRANKS", "3")
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    distributed.share_cores()
+    assert os.environ["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    distributed.share_cores()
+    assert os.environ["OMP_NUM_THREADS"] == "5"
