@@ -39,7 +39,8 @@ def main() -> None:
     args = p.parse_args()
     network = cnnc.read_network(args.spec)
     grad_bytes = 4 * sum(spec.size for spec in network.param_specs)
-    print(f"{args.spec}: {grad_bytes / 1e6:.3f} MB of float32 gradients; one-rank step {args.step_seconds * 1e3:.1f} ms "
+    print(f"{args.spec}: {grad_bytes / 1e6:.3f} MB of float32 gradients; one-rank step "
+          f"{args.step_seconds * 1e3:.1f} ms "
           f"at global batch {args.batch}")
     for name, (bandwidth, latency) in NETWORKS.items():
         cells = []

@@ -242,7 +242,8 @@ class MPIComm(Local):
         for rank, theirs in enumerate(everyone):
             differ = [key for key in mine if theirs.get(key) != everyone[0].get(key)]
             if differ:
-                raise collective(CnncError(f"rank {rank} was started with another {' and another '.join(differ)} than rank 0; "
+                what = " and another ".join(differ)
+                raise collective(CnncError(f"rank {rank} was started with another {what} than rank 0; "
                                 f"every rank of `mpiexec -n {self.size} cnnc train` must get the same spec, data "
                                 f"and options (and see the same files)"))
 
@@ -281,7 +282,8 @@ class MPIComm(Local):
 
     def fail(self, message: str) -> None:
         """This rank cannot go on: say so, naming the rank, and end every rank of the job."""
-        print(f"cnnc: rank {self.rank} of {self.size} failed: {message}; stopping all ranks", file=sys.stderr, flush=True)
+        print(f"cnnc: rank {self.rank} of {self.size} failed: {message}; stopping all ranks", file=sys.stderr,
+              flush=True)
         self.comm.Abort(1)
 
 

@@ -158,7 +158,7 @@ def test_a_failing_rank_stops_the_job_naming_itself(run_dir):
     assert time.monotonic() - started < 60
 
 
-def rank_pid(parent_pid: int, rank: int) -> int | None:
+def rank_pid(parent_pid: str, rank: int) -> int | None:
     """The pid of MPI rank `rank` among the processes on this machine started under mpiexec."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -168,7 +168,8 @@ def rank_pid(parent_pid: int, rank: int) -> int | None:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if f"PMI_RANK={rank}".encode() in environ and b"cnnc" in cmdline and f"KILLTAG={parent_pid}".encode() in environ:
+        tagged = f"KILLTAG={parent_pid}".encode() in environ
+        if f"PMI_RANK={rank}".encode() in environ and b"cnnc" in cmdline and tagged:
             return int(entry.name)
     return None
 
