@@ -174,10 +174,10 @@ def rank_pid(parent_pid: str, rank: int) -> int | None:
     return None
 
 
-def start_long_job(run_dir, tag: str) -> subprocess.Popen:
+def start_long_job(run_dir, tag: str, timeout: str = "60") -> subprocess.Popen:
     command = [MPIEXEC, "-n", "2", sys.executable, "-m", "cnnc", *TRAIN[:-1], "4", "--epochs", "200",
                "-o", "long.npz"]
-    proc = subprocess.Popen(command, cwd=run_dir, env=dict(env(), KILLTAG=tag), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(command, cwd=run_dir, env=dict(env(), KILLTAG=tag, CNNC_MPI_TIMEOUT=timeout), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (run_dir / "long.ckpt.npz").exists():  # epoch 1 done: a checkpoint to keep
@@ -202,6 +202,24 @@ def test_a_killed_rank_ends_every_rank_and_the_checkpoint_stays_loadable(run_dir
     ckpt = load_checkpoint(str(run_dir / "long.ckpt.npz"))
     validate_run_meta(ckpt)
     assert ckpt.meta["position"]["epoch"] >= 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
+@needs_mpi
+def test_a_hung_rank_is_given_up_on_by_the_watchdog(run_dir):
+    """A stopped rank (SIGSTOP: alive, so mpiexec does not notice) leaves rank 0 waiting in an allreduce:
+    after CNNC_MPI_TIMEOUT seconds rank 0 says so and aborts the job."""
+    proc = start_long_job(run_dir, "stop", timeout="3")
+    pid = None
+    while pid is None:
+        pid = rank_pid("stop", 1)
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - started < 30
+    assert proc.returncode != 0
+    assert "cnnc: rank 0 of 2: no answer within 3 s while waiting for the other ranks'" in err
+    validate_run_meta(load_checkpoint(str(run_dir / "long.ckpt.npz")))
 
 
 @needs_mpi
