@@ -547,7 +547,7 @@ def run_train(args) -> int:
     """One process, or one rank of `mpiexec -n N cnnc train` (cnnc/distributed.py); --workers N starts those."""
     from . import distributed
 
-    if args.workers is not None:
+    if getattr(args, "workers", None) is not None:
         return distributed.launch_workers(args.workers, sys.argv)
     comm = distributed.communicator()
     if comm.size == 1:
@@ -603,7 +603,7 @@ def train_process(args, comm) -> int:
     progress = Progress("quiet" if args.quiet or not comm.is_root else "auto")
     trainer = Trainer(model, make_splits(ds, config.val_split), config, checkpoint_path, identity, progress, log_path,
                       comm=comm)
-    trainer.check_sync = args.check_sync
+    trainer.check_sync = getattr(args, "check_sync", False)
     if comm.size > 1 and comm.is_root:  # mpiexec names a killed process by its pid: this maps it to its rank
         print(f"data-parallel training on {comm.size} ranks (rank:pid@host {' '.join(comm.members)}), global batch "
               f"{config.batch}", file=sys.stderr, flush=True)
