@@ -32,6 +32,7 @@ import numpy as np
 from .checkpoint import (Checkpoint, check_position, data_fingerprint, default_checkpoint_path, load_checkpoint,
                          network_hash, rng_state, save_checkpoint, set_rng_state, validate_run_meta)
 from .diagnostics import CnncError, Diagnostic, SpecError
+from .distributed import NONFINITE, STOP, Local
 from .fileio import atomic_write_text, check_distinct, check_writable
 from .inference import NonFiniteOutputs, confusion_table, evaluate, light_background, probabilities, read_inputs, top_k
 from .model import Model
@@ -174,8 +175,11 @@ class Trainer:
     """
 
     def __init__(self, model: Model, splits: Splits, config: TrainConfig, checkpoint_path: str,
-                 identity: dict, progress: Progress | None = None, log_path: str | None = None):
+                 identity: dict, progress: Progress | None = None, log_path: str | None = None, comm=None):
         self.model, self.splits, self.config = model, splits, config
+        self.comm = comm or Local()  # cnnc/distributed.py: the ranks of a data-parallel run, or just this one
+        self.check_sync = False      # --check-sync: compare the parameters of every rank after every step
+        self.stop_agreed = False     # under MPI: a stop every rank has heard of (see train_batch)
         self.checkpoint_path, self.identity, self.log_path = checkpoint_path, identity, log_path
         self.progress = progress or Progress("quiet")
         self.optimizer = make_optimizer(config, model)
@@ -210,11 +214,12 @@ class Trainer:
             s.perm = self.shuffle_rng.permutation(n)
         self.progress.start_epoch(s.epoch + 1, self.config.epochs, n, done=min(s.batch * self.config.batch, n))
         while s.batch < self.batches_per_epoch:
-            if self.stop_requested:
+            if self.stop_requested if self.comm.size == 1 else self.stop_agreed:
                 self.interrupt()
             started = time.perf_counter()
             batch = s.perm[s.batch * self.config.batch:(s.batch + 1) * self.config.batch]
-            loss, correct = self.train_batch(self.splits.x_train[batch], self.splits.y_train[batch])
+            mine = self.comm.shard(batch)  # this rank's part of the global batch (all of it in one process)
+            loss, correct = self.train_batch(self.splits.x_train[mine], self.splits.y_train[mine], total=len(batch))
             s.loss_sum += loss * len(batch)
             s.correct += correct
             s.seen += len(batch)
@@ -226,26 +231,40 @@ class Trainer:
                 self.on_batch(self)
         self.end_epoch()
 
-    def train_batch(self, x: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
-        """One optimiser step on x: (B, *input_shape), labels: (B,). Returns (mean loss, correct predictions)."""
-        s = self.state
+    def train_batch(self, x: np.ndarray, labels: np.ndarray, total: int | None = None) -> tuple[float, int]:
+        """One optimiser step on x: (B, *input_shape), labels: (B,). Returns (mean loss, correct predictions).
+        Data-parallel, x is this rank's part of a global batch of `total` samples (it may be empty), and the
+        loss, the count and the step are the global batch's (cnnc/distributed.py)."""
+        s, n = self.state, len(labels)
+        total = n if total is None else total
         s.lr = learning_rate(self.config.schedule, self.config.lr, s.step, self.total_steps)
         self.optimizer.lr = s.lr
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the checks, not as warnings
-            scores = self.model.forward(x, train=True)      # (B, K)
-            if not np.isfinite(scores).all():
+            scores = self.model.forward(x, train=True) if n else None  # (B, K)
+            finite = scores is None or bool(np.isfinite(scores).all())
+            loss, dscores = self.model.loss(scores, labels) if n and finite else (0.0, None)
+            correct = int((scores.argmax(axis=1) == labels).sum()) if n else 0
+            flags = (0 if finite else NONFINITE) | (STOP if self.stop_requested else 0)
+            loss, correct, flags = self.comm.reduce_batch(loss, n, total, correct, flags)  # the same on every rank
+            self.stop_agreed = bool(flags & STOP)
+            if flags & NONFINITE:
                 self.diverged("the network's outputs are not finite")
-            loss, dscores = self.model.loss(scores, labels)
             if not math.isfinite(loss):
                 self.diverged(f"the loss is {loss}")
             if loss > EXPLODED_LOSS:
                 self.diverged(f"the loss is {loss:.3g}, beyond {EXPLODED_LOSS:g}")
-            if self.model.backend_name == "c":
+            if dscores is None:
+                pass  # no samples on this rank: allreduce_gradients contributes zeros
+            elif self.model.backend_name == "c":
                 self.model.backward(dscores, input_grad=False)  # C skips the first layer's input gradient
             else:
                 self.model.backward(dscores)
+            self.comm.allreduce_gradients(self.model, n / total)  # the global mean-loss gradient on every rank
             self.optimizer.step()
-        return loss, int((scores.argmax(axis=1) == labels).sum())
+            self.comm.sync_buffers(self.model)
+            if self.check_sync:
+                self.comm.check_sync(self.model)
+        return loss, correct
 
     def end_epoch(self) -> None:
         """Measure the epoch, record it, save the checkpoint and the log, and reset the epoch state."""
@@ -264,8 +283,8 @@ class Trainer:
         """One line of the metrics log: exactly LOG_KEYS."""
         s, sp = self.state, self.splits
         try:
-            val = evaluate(self.model, sp.x_val, sp.y_val) if sp.x_val is not None else None
-            test = evaluate(self.model, sp.x_test, sp.y_test)
+            val = self.comm.evaluate(self.model, sp.x_val, sp.y_val) if sp.x_val is not None else None
+            test = self.comm.evaluate(self.model, sp.x_test, sp.y_test)
         except NonFiniteOutputs as e:
             self.diverged(f"evaluating after the epoch: {e.diagnostics[0].message}", batch=s.batch)
         return {"epoch": s.epoch + 1, "train_loss": s.loss_sum / s.seen, "train_accuracy": s.correct / s.seen,
@@ -283,10 +302,12 @@ class Trainer:
         kept = (f"the last good checkpoint ({self.checkpoint_epoch} epoch(s) done) is kept: {self.checkpoint_path}"
                 if self.checkpoint_epoch is not None else "no checkpoint had been written yet")
         self.progress.close()
-        raise CnncError(Diagnostic(
+        error = CnncError(Diagnostic(
             "error", f"training diverged in epoch {s.epoch + 1}, batch {batch or s.batch + 1} of {self.batches_per_epoch}: "
                      f"{what} (learning rate {s.lr:g}); nothing from this epoch was saved, and {kept}",
             hint="lower the learning rate (--lr)"))
+        error.collective = True  # decided on values every rank shares: every rank raises it
+        raise error
 
     def interrupt(self):
         """Save the state at this batch boundary and stop."""
@@ -307,8 +328,9 @@ class Trainer:
                     rng={"shuffle": rng_state(self.shuffle_rng), "dropout": rng_state(self.model.dropout_rng)},
                     running={"loss_sum": s.loss_sum, "correct": s.correct, "seen": s.seen, "seconds": s.seconds},
                     history=s.history)
-        # state_dict: the parameters and the buffers (batch norm's running statistics), for a bit-exact resume
-        save_checkpoint(self.checkpoint_path, self.model.state_dict(), self.optimizer.state_dict(), meta, s.perm)
+        if self.comm.is_root:  # every rank holds the same state; only rank 0 writes it
+            # state_dict: the parameters and the buffers (batch norm's running statistics), for a bit-exact resume
+            save_checkpoint(self.checkpoint_path, self.model.state_dict(), self.optimizer.state_dict(), meta, s.perm)
         self.checkpoint_epoch = s.epoch
 
     def restore(self, ckpt: Checkpoint) -> None:
@@ -329,7 +351,7 @@ class Trainer:
 
     def write_log(self) -> None:
         """Rewrite the whole JSONL log from the history, so it always matches the checkpoint."""
-        if self.log_path:
+        if self.log_path and self.comm.is_root:
             atomic_write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in self.state.history))
 
 
@@ -523,6 +545,18 @@ def resume_hint(spec: str, model_name: str | None, data: str, checkpoint: str) -
 
 
 def run_train(args) -> int:
+    """One process, or one rank of `mpiexec -n N cnnc train` (cnnc/distributed.py); --workers N starts those."""
+    from . import distributed
+
+    if getattr(args, "workers", None) is not None:
+        return distributed.launch_workers(args.workers, sys.argv)
+    comm = distributed.communicator()
+    if comm.size == 1:
+        return train_process(args, comm)
+    return distributed.run_rank(comm, lambda: train_process(args, comm))
+
+
+def train_process(args, comm) -> int:
     began = time.perf_counter()  # the summary reports building the model and loading the data separately
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt:
@@ -561,8 +595,19 @@ def run_train(args) -> int:
                 "data": {"name": data, "fingerprint": data_fingerprint(ds.x_train, ds.y_train, ds.x_test, ds.y_test)},
                 "backend": backend, "output": stored_path(output, checkpoint_path),
                 "log": stored_path(log_path, checkpoint_path)}
-    progress = Progress("quiet" if args.quiet else "auto")
-    trainer = Trainer(model, make_splits(ds, config.val_split), config, checkpoint_path, identity, progress, log_path)
+    if comm.size > 1:
+        comm.check_batch(config.batch)
+        comm.check_same_run({"spec": identity["spec"]["hash"], "data": identity["data"]["fingerprint"],
+                             "backend": backend, "settings": dataclasses.asdict(config),
+                             "resumed checkpoint": (ckpt.meta["position"], ckpt.meta["history"]) if ckpt else None,
+                             "weights path (-o)": output})
+    progress = Progress("quiet" if args.quiet or not comm.is_root else "auto")
+    trainer = Trainer(model, make_splits(ds, config.val_split), config, checkpoint_path, identity, progress, log_path,
+                      comm=comm)
+    trainer.check_sync = getattr(args, "check_sync", False)
+    if comm.size > 1 and comm.is_root:  # mpiexec names a killed process by its pid: this maps it to its rank
+        print(f"data-parallel training on {comm.size} ranks (rank:pid@host {' '.join(comm.members)}), global batch "
+              f"{config.batch}", file=sys.stderr, flush=True)
     if ckpt:
         check_same_data(ckpt, identity["data"])
         trainer.restore(ckpt)
@@ -572,6 +617,8 @@ def run_train(args) -> int:
     try:
         outcome = trainer.fit(stop_after=args.stop_after)
     except TrainingInterrupted as e:
+        if not comm.is_root:
+            return INTERRUPTED
         print(f"interrupted in epoch {e.epoch} after batch {e.batch} of {e.batches}; checkpoint saved to {e.checkpoint}\n"
               f"resume with: {hint}", file=sys.stderr)
         return INTERRUPTED
@@ -581,6 +628,8 @@ def run_train(args) -> int:
                  if trainer.checkpoint_epoch is not None else "no checkpoint had been written yet")
         print(f"interrupted; {where}", file=sys.stderr)
         return INTERRUPTED
+    if not comm.is_root:  # rank 0 reports and writes the weights
+        return 0
     if outcome == "stopped":
         print(f"stopped after epoch {trainer.state.epoch} of {config.epochs} (--stop-after); checkpoint: "
               f"{checkpoint_path}\ncontinue with: {hint}")
@@ -716,6 +765,10 @@ def _add_train(subparsers) -> None:
     p.add_argument("--log", metavar="METRICS.jsonl", help="write one JSON object per epoch to this file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines: print only "
                    "the final summary (errors are still printed)")
+    p.add_argument("--workers", type=int, metavar="N", help="train data-parallel on N processes of this machine "
+                   "(runs `mpiexec -n N cnnc train ...`; needs pip install 'cnnc[mpi]'): docs/distributed.md")
+    p.add_argument("--check-sync", action="store_true", help="data-parallel debugging: check after every step "
+                   "that every rank holds the same parameters (a checksum)")
     p.set_defaults(func=run_train)
 
 
