@@ -121,7 +121,8 @@ def labels(text: str, needle: str, offset: int) -> list[str]:
 
 def test_completion_leaves_out_arguments_already_given():
     text = SPEC.replace("conv2d c1(filters=4, kernel=3)", "conv2d c1(filters=4, kernel=3, ")
-    assert labels(text, "kernel=3, ", 10) == ["stride", "padding", "dilation", "bias", "activation", "slope"]
+    assert labels(text, "kernel=3, ", 10) == ["stride", "padding", "dilation", "bias", "activation", "slope",
+                                             "groups", "from"]
 
 
 def test_completion_of_padding_and_bias_values():
@@ -144,7 +145,7 @@ def test_completion_in_a_block_offers_its_parameters_as_values_and_in_as_a_name(
 
 def test_completion_inside_a_block_instance_offers_the_block_parameters():
     text = "block basic(width, stride=1) {\n    relu r\n}\nmodel m {\n    input x[1, 8, 8]\n    basic b1()\n}\n"
-    assert labels(text, "b1(", 3) == ["width", "stride"]
+    assert labels(text, "b1(", 3) == ["width", "stride", "from"]
 
 
 def test_no_completion_inside_a_comment_and_keywords_at_top_level():
