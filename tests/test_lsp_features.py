@@ -11,7 +11,9 @@ from lsprotocol import types  # noqa: E402
 
 from cnnc.cli import main  # noqa: E402
 from cnnc.lsp import features  # noqa: E402
+from cnnc.lsp import analysis as front  # noqa: E402
 from cnnc.lsp.analysis import analyse  # noqa: E402
+from cnnc.lsp.formatting import format_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 INVALID = sorted((ROOT / "tests" / "invalid").glob("*.cnn"))
@@ -277,3 +279,107 @@ def test_every_shipped_spec_analyses_without_errors():
         analysis = analyse(path.read_text(), str(path))
         assert [d for d in analysis.diagnostics if d.severity == "error"] == [], path
         assert analysis.layers, path
+
+
+# ---- graph and block specs (issue 14's language) ----------------------------------------------------
+RESNET8 = (ROOT / "specs" / "resnet8.cnn").read_text()
+
+
+def test_a_note_at_the_instance_becomes_located_related_information():
+    text = (ROOT / "tests" / "invalid" / "error_inside_a_block.cnn").read_text()
+    (diagnostic,) = features.diagnostics(document(text))
+    hint, instance = diagnostic.related_information
+    assert hint.message.startswith("note: make them agree")
+    assert instance.message == "note: in instance 's2' of block 'basic' with width=32, stride=2"
+    assert (instance.location.range.start.line, instance.location.range.start.character) == (9, 10)
+
+
+def test_hover_on_an_instance_gives_its_shapes_and_sums_its_layers():
+    value = features.hover(document(RESNET8), at(RESNET8, "down s2")).contents.value
+    parts = value.split("\n\n")
+    assert parts[:3] == ["**down s2**: an instance of block down", "[16, 28, 28] -> [32, 14, 14]",
+                         "parameters: 14,528 in 9 layers"]
+    assert "- `s2.proj` conv2d -> [32, 14, 14]" in parts[4]
+
+
+def test_hover_in_a_block_body_gives_each_instance_s_shapes():
+    value = features.hover(document(RESNET8), at(RESNET8, "conv2d proj")).contents.value
+    assert value.startswith("**conv2d proj**: 2-D convolution")
+    assert "(in block down)" in value
+    assert "- `s2.proj`: [16, 28, 28] -> [32, 14, 14]" in value
+    assert "- `s3.proj`: [32, 14, 14] -> [64, 7, 7]" in value
+
+
+def test_hover_on_a_merge_lists_what_it_reads():
+    text = RESNET8.replace("    global_avgpool ", "    conv2d side(filters=64, kernel=1, from=s3)\n"
+                                                  "    add both(s3, side)\n    global_avgpool ")
+    value = features.hover(document(text), at(text, "add both")).contents.value
+    assert value.split("\n\n")[:3] == ["**add both**", "[64, 7, 7] -> [64, 7, 7]",
+                                       "reads: s3.out [64, 7, 7], side [64, 7, 7]"]
+    assert "reads: s3.out [64, 7, 7]" in features.hover(document(text), at(text, "conv2d side")).contents.value
+
+
+def test_inlay_hints_on_instances_and_none_in_block_bodies():
+    hints = {h.position.line: h.label for h in features.inlay_hints(document(RESNET8))}
+    assert hints[at(RESNET8, "basic s1").line] == "-> [16, 28, 28]"
+    assert hints[at(RESNET8, "down s2").line] == "-> [32, 14, 14]"
+    assert hints[at(RESNET8, "down s3").line] == "-> [64, 7, 7]"
+    assert min(hints) > at(RESNET8, "model").line  # block bodies: shapes depend on the instance
+
+
+def test_completion_in_from_and_merges_of_a_graph_model():
+    text = RESNET8.replace("    global_avgpool ", "    add both(s3, \n    global_avgpool(from=)\n    global_avgpool ")
+    in_merge = labels(text, "both(s3, ", 9)
+    assert {"image", "stem", "stem_bn", "stem_relu", "s1", "s2", "s3"} <= set(in_merge)
+    assert "c1" not in in_merge and "in" not in in_merge  # a block's names stay in the block
+    assert "both" in labels(text, "(from=", 6)
+    doc = document(text)
+    items = {i.label: i.detail for i in features.completion(doc, at(text, "(from=", 6)).items}
+    assert items["s2"] == "[32, 14, 14]" and items["image"] == "[1, 28, 28]"
+
+
+def test_completion_of_from_on_instances_and_block_names_as_kinds():
+    text = RESNET8.replace("down s3(width=64)", "down s3(width=64, ")
+    assert labels(text, "width=64, ", 10) == ["stride", "from"]
+    text = RESNET8.replace("    global_avgpool ", "    do\n    global_avgpool ")
+    assert {"basic", "down"} <= set(labels(text, "    do\n", 6))
+
+
+def test_completion_in_a_block_body_offers_in_and_earlier_names():
+    text = RESNET8.replace("add sum(bn2, proj_bn)", "add sum(bn2, ")
+    assert set(labels(text, "sum(bn2, \n", 9)) == {"in", "c1", "bn1", "r1", "c2", "bn2", "proj", "proj_bn"}
+
+
+def test_definition_of_in_is_its_block_and_of_a_merge_operand_its_layer():
+    doc = document(RESNET8)
+    assert features.definition(doc, at(RESNET8, "bn2, in)", 6)).range.start == at(RESNET8, "basic(")
+    assert features.definition(doc, at(RESNET8, "bn2, proj_bn)", 6)).range.start == at(RESNET8, "proj_bn\n")
+
+
+def test_rename_of_a_layer_used_in_a_merge_and_in_from():
+    doc = document(RESNET8)
+    edit = features.rename(doc, at(RESNET8, "proj_bn)"), "shortcut")
+    assert sorted((e.range.start.line, e.new_text) for e in edit.changes[URI]) == [(22, "shortcut"), (23, "shortcut")]
+    text = RESNET8.replace("    global_avgpool ", "    conv2d side(filters=64, kernel=1, from=stem)\n    global_avgpool ")
+    edit = features.rename(document(text), at(text, "stem("), "first")
+    assert sorted(e.range.start.line for e in edit.changes[URI]) == [29, 35]
+    uses = features.references(doc, at(RESNET8, "bn2\n"), include_declaration=False)
+    assert [u.range.start.line for u in uses] == [11]  # the `bn2` of block basic, not of block down
+
+
+def test_symbols_of_a_graph_spec():
+    symbols = features.document_symbols(document(RESNET8))
+    assert [(s.name, s.kind) for s in symbols] == [("basic", types.SymbolKind.Function),
+                                                   ("down", types.SymbolKind.Function),
+                                                   ("resnet8", types.SymbolKind.Module)]
+    assert [c.name for c in symbols[0].children] == ["c1", "bn1", "r1", "c2", "bn2", "sum", "out"]
+    model = {c.name: c.detail for c in symbols[2].children}
+    assert model["s2"] == "down -> [32, 14, 14]" and model["stem"] == "conv2d -> [16, 28, 28]"
+
+
+@pytest.mark.parametrize("name", ["resnet8", "mobilenet_small", "inception_small"])
+def test_graph_specs_format_idempotently_and_keep_their_program(name):
+    text = (ROOT / "specs" / f"{name}.cnn").read_text()
+    formatted = format_text(text)
+    assert formatted is not None and format_text(formatted) == formatted
+    assert front.program_signature(formatted) == front.program_signature(text)

@@ -14,7 +14,7 @@ from lsprotocol import types
 
 from . import analysis as front
 from .formatting import format_text
-from .outline import Outline, Scope, Statement, Symbol, Token, names_before, outline, symbol_at, symbols
+from .outline import BLOCK_INPUT, Outline, Scope, Statement, Symbol, Token, names_before, outline, symbol_at, symbols
 
 SOURCE = "cnnc"
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -460,8 +460,14 @@ def _name_items(doc: Document, scope: Scope, line: int) -> list[types.Completion
 
 # ---- names: definition, references, rename, symbols -------------------------------------------------
 def definition(doc: Document, position: types.Position) -> types.Location | None:
-    found = symbol_at(doc.symbols, position.line, doc.column(position))
-    return doc.location(found[0].anchor) if found else None
+    line, col = position.line, doc.column(position)
+    found = symbol_at(doc.symbols, line, col)
+    if found is not None:
+        return doc.location(found[0].anchor)
+    token, scope = _token_at(doc.outline, line, col), doc.outline.scope_at(line)
+    if token is not None and token.text == BLOCK_INPUT and scope is not None and scope.is_block and scope.name:
+        return doc.location(scope.name)  # `in`: the input of the block being defined
+    return None
 
 
 def references(doc: Document, position: types.Position, include_declaration: bool = True) -> list[types.Location]:
