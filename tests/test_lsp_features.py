@@ -383,3 +383,18 @@ def test_graph_specs_format_idempotently_and_keep_their_program(name):
     formatted = format_text(text)
     assert formatted is not None and format_text(formatted) == formatted
     assert front.program_signature(formatted) == front.program_signature(text)
+
+
+def test_an_error_in_an_instance_keeps_the_shapes_before_it():
+    text = (ROOT / "tests" / "invalid" / "error_inside_a_block.cnn").read_text()
+    doc = document(text)
+    assert [(h.position.line, h.label) for h in features.inlay_hints(doc)] == [(8, "-> [16, 28, 28]")]
+    assert "shape unknown" in features.hover(doc, at(text, "s2(")).contents.value
+    assert features.hover(doc, at(text, "c2, in", 4)).contents.value == "**in**: inside a block: the instance's input"
+
+
+def test_rename_of_an_instance_used_in_from():
+    edit = features.rename(document(BLOCKS), at(BLOCKS, "s1("), "first")
+    assert sorted((e.range.start.line, e.range.start.character) for e in edit.changes[URI]) == [(6, 10), (7, 27)]
+    symbols = features.document_symbols(document(BLOCKS))
+    assert [c.kind for c in symbols[1].children][1:3] == [types.SymbolKind.Object] * 2

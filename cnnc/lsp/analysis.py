@@ -8,14 +8,16 @@ is in this module, so that a change to the language (issue 14: `from=`, merges, 
   (the longest prefix of the model that checks) or after a syntax error (the broken lines blanked)
 - the vocabulary: layer kinds, arguments of each kind with their type and default, words, losses
 
-When the graph language (issue 14) lands, this is the one place to revisit:
-- `arguments_of`: offers `from` once the checker's argument table has it (completion of the names
-  after `from=` and in merges already works, from the outline).
-- `_checking_prefix`: a Program with block definitions must keep them when one model is checked alone.
-- `Analysis.layers` is keyed by where a layer is written: the layers of a block instance (`s1.c1`)
-  are written in the block, so hover on an instance line should gather the layers named `s1.*`.
-The outline (outline.py) already reads `block`, `from=`, merges and `in`; the grammar under editors/
-already colours add, concat, batchnorm, relu6, silu and hardswish.
+Graphs and blocks (issue 14) are met here too:
+- `arguments_of` offers `from` for every single-input kind (the checker's argument tables leave it out:
+  it is read apart); merges take their operands in the parentheses instead.
+- `_checking_prefix` replaces only the model in the Program, so its block definitions stay; an error in
+  an instance's body leaves the statements before the instance with their shapes.
+- `Analysis.layers` holds the model-level layers by where they are written; the layers of block
+  instances (`s1.c1`, written once in the block for every instance) are in `instance_layers`, by where
+  they are written, one per instance, and `Analysis.instance(model, "s1")` gathers an instance's layers.
+The outline (outline.py) reads `block`, `from=`, merges and `in`. `from=` takes a plain name only (the
+grammar has no dotted names such as `s1.c1`), so references and rename need no dotted forms.
 """
 from __future__ import annotations
 

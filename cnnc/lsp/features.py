@@ -538,7 +538,8 @@ def _statement_symbol(doc: Document, scope: Scope, statement: Statement) -> type
     shape = _out_shape(doc, scope, statement)
     detail = statement.kind.text + (f" -> {front.fmt_shape(shape)}" if shape else "")
     name = statement.name.text if statement.kind.text == "input" else statement.layer_name
-    kind = types.SymbolKind.Variable if statement.kind.text == "input" else types.SymbolKind.Field
+    kind = (types.SymbolKind.Variable if statement.kind.text == "input" else
+            types.SymbolKind.Object if statement.kind.text in doc.outline.blocks() else types.SymbolKind.Field)
     return types.DocumentSymbol(name=name, kind=kind, range=span,
                                 selection_range=doc.token_range(statement.name or statement.kind),
                                 detail=detail)
