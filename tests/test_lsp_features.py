@@ -398,3 +398,13 @@ def test_rename_of_an_instance_used_in_from():
     assert sorted((e.range.start.line, e.range.start.character) for e in edit.changes[URI]) == [(6, 10), (7, 27)]
     symbols = features.document_symbols(document(BLOCKS))
     assert [c.kind for c in symbols[1].children][1:3] == [types.SymbolKind.Object] * 2
+
+
+def test_hover_on_an_instance_inside_a_block_gives_each_enclosing_instance_s():
+    text = (ROOT / "tests" / "invalid" / "error_inside_a_nested_block.cnn").read_text().replace("width=3", "width=2")
+    text = text.replace("pair p2(width=2", "pair p2(width=4")  # the error fixed
+    value = features.hover(document(text), at(text, "unit u2")).contents.value
+    assert value.startswith("**unit u2**: an instance of block unit (in block pair)")
+    assert "- `p1.u2`: [4, 8, 8] -> [4, 8, 8], parameters 40, MACs 2,304" in value
+    assert "- `p2.u2`: [4, 8, 8] -> [4, 8, 8]" in value
+    assert "- `p1.d`" not in value

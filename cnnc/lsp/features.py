@@ -278,12 +278,39 @@ def _instance_hover(doc: Document, scope: Scope, statement: Statement, title: st
                         f"parameters: {params:,} in {len(layers)} layers", f"MACs: {macs:,} per sample", listing])
 
 
+def _instance_paths(doc: Document, block: Scope, depth: int = 0) -> list[tuple[str, str]]:
+    """(model, dotted path) of every instance of `block`: `p1` for `pair p1` in a model, `p1.u1` for
+    `unit u1` in block pair. The depth bound stops a block that uses itself (an error, but text is text)."""
+    if block.name is None or depth > 16:
+        return []
+    found = []
+    for scope in doc.outline.scopes:
+        for statement in scope.statements:
+            if statement.kind.text != block.name.text or not statement.layer_name:
+                continue
+            if scope.is_block:
+                found += [(model, f"{path}.{statement.layer_name}") for model, path in _instance_paths(doc, scope, depth + 1)]
+            elif scope.name is not None:
+                found.append((scope.name.text, statement.layer_name))
+    return found
+
+
 def _block_layer_hover(doc: Document, scope: Scope, statement: Statement, title: str) -> str:
     """A layer in a block body: what it is, and its shapes in each instance (they depend on the instance)."""
     kind = statement.kind.text
     meaning = KIND_MEANINGS.get(kind) or (f"an instance of block {kind}" if kind in doc.outline.blocks() else None)
     block = scope.name.text if scope.name else ""
     parts = [f"**{title}**" + (f": {meaning}" if meaning else "") + f" (in block {block})"]
+    if kind in doc.outline.blocks():  # an instance inside a block: one per instance of the enclosing block
+        nested = [(f"{path}.{statement.layer_name}", doc.analysis.instance(model, f"{path}.{statement.layer_name}"))
+                  for model, path in _instance_paths(doc, scope)]
+        nested = [(name, layers) for name, layers in nested if layers]
+        if nested:
+            parts.append("in each instance:\n" + "\n".join(
+                f"- `{name}`: {front.fmt_shape(layers[0].in_shape)} -> {front.fmt_shape(layers[-1].out_shape)}, "
+                f"parameters {sum(l.param_count for l in layers):,}, MACs {sum(l.macs for l in layers):,}"
+                for name, layers in nested))
+            return "\n\n".join(parts)
     layers = doc.analysis.layers_in_block_at(statement.kind.line, statement.kind.col)
     if layers:
         parts.append("in each instance:\n" + "\n".join(
