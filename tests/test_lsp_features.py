@@ -408,3 +408,17 @@ def test_hover_on_an_instance_inside_a_block_gives_each_enclosing_instance_s():
     assert "- `p1.u2`: [4, 8, 8] -> [4, 8, 8], parameters 40, MACs 2,304" in value
     assert "- `p2.u2`: [4, 8, 8] -> [4, 8, 8]" in value
     assert "- `p1.d`" not in value
+
+
+def test_references_of_in_are_the_reads_of_the_block_input_in_that_block():
+    doc = document(RESNET8)
+    assert [r.range.start.line for r in features.references(doc, at(RESNET8, "bn2, in)", 6))] == [11]
+    assert [r.range.start.line for r in features.references(doc, at(RESNET8, "from=in", 6))] == [21]
+    with pytest.raises(features.RenameRefused):
+        features.rename(doc, at(RESNET8, "from=in", 6), "x")
+
+
+def test_hover_on_an_instance_with_from_says_what_it_reads():
+    text = RESNET8.replace("down s3(width=64)", "down s3(width=64, from=s1)")
+    value = features.hover(document(text), at(text, "s3(")).contents.value
+    assert value.split("\n\n")[1:3] == ["[16, 28, 28] -> [64, 14, 14]", "reads: s1.out [16, 28, 28]"]

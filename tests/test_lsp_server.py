@@ -335,8 +335,8 @@ async def test_graph_spec_diagnostics_note_the_instance_an_error_in_a_block_come
 async def test_graph_spec_hover_on_an_instance_and_on_a_merge(editor: Editor):
     await editor.open(RESNET)
     instance = (await editor.hover(position(RESNET, "s2("))).contents.value.split("\n\n")
-    assert instance[:3] == ["**basic s2**: an instance of block basic", "[8, 28, 28] -> [16, 14, 14]",
-                            "parameters: 1,312 in 5 layers"]
+    assert instance[:4] == ["**basic s2**: an instance of block basic", "[8, 28, 28] -> [16, 14, 14]",
+                            "reads: s1.out [8, 28, 28]", "parameters: 1,312 in 5 layers"]
     assert "- `s2.proj` conv2d -> [16, 14, 14]" in instance[-1]
     merge = (await editor.hover(position(RESNET, "add both"))).contents.value.split("\n\n")
     assert merge[:3] == ["**add both**", "[16, 14, 14] -> [16, 14, 14]", "reads: s2.out [16, 14, 14], side [16, 14, 14]"]

@@ -274,8 +274,11 @@ def _instance_hover(doc: Document, scope: Scope, statement: Statement, title: st
         return heading + "\n\nshape unknown: fix the errors before this layer"
     params, macs = sum(l.param_count for l in layers), sum(l.macs for l in layers)
     listing = "\n".join(f"- `{l.name}` {l.kind} -> {front.fmt_shape(l.out_shape)}" for l in layers)
+    reads = ([f"reads: {layers[0].inputs[0]} {front.fmt_shape(layers[0].in_shape)}"]
+             if statement.argument("from") is not None and layers[0].inputs else [])
     return "\n\n".join([heading, f"{front.fmt_shape(layers[0].in_shape)} -> {front.fmt_shape(layers[-1].out_shape)}",
-                        f"parameters: {params:,} in {len(layers)} layers", f"MACs: {macs:,} per sample", listing])
+                        *reads, f"parameters: {params:,} in {len(layers)} layers", f"MACs: {macs:,} per sample",
+                        listing])
 
 
 def _instance_paths(doc: Document, block: Scope, depth: int = 0) -> list[tuple[str, str]]:
@@ -500,10 +503,19 @@ def definition(doc: Document, position: types.Position) -> types.Location | None
 def references(doc: Document, position: types.Position, include_declaration: bool = True) -> list[types.Location]:
     found = symbol_at(doc.symbols, position.line, doc.column(position))
     if found is None:
-        return []
+        return _block_input_references(doc, position.line, doc.column(position))
     symbol = found[0]
     tokens = symbol.occurrences if include_declaration else symbol.uses
     return [doc.location(token) for token in tokens]
+
+
+def _block_input_references(doc: Document, line: int, col: int) -> list[types.Location]:
+    """`in` under the cursor in a block: every `in` read in that block (from= and merge operands)."""
+    token, scope = _token_at(doc.outline, line, col), doc.outline.scope_at(line)
+    if token is None or token.text != BLOCK_INPUT or scope is None or not scope.is_block:
+        return []
+    return [doc.location(t) for statement in scope.statements for arg in statement.arguments
+            if arg.key is None or arg.key.text == "from" for t in arg.values if t.text == BLOCK_INPUT]
 
 
 class RenameRefused(ValueError):
