@@ -90,11 +90,16 @@ def variants(text: str):
 
 
 def first_layer_position(text: str) -> dict:
+    """The kind word of the first layer with arguments inside a model (not in a block definition)."""
+    in_model = False
     for line_number, line in enumerate(text.split("\n")):
+        if re.match(r"\s*(model|block)\b", line):
+            in_model = line.lstrip().startswith("model")
+            continue
         match = re.match(r"\s*(\w+)\s+\w+\(", line)
-        if match and match.group(1) not in ("input", "loss", "model"):
+        if in_model and match and match.group(1) not in ("input", "loss"):
             return {"line": line_number, "character": match.start(1)}
-    raise ValueError("no layer statement found")
+    raise ValueError("no layer statement found in a model")
 
 
 def measure(spec: Path, samples: int, warmup: int) -> dict:

@@ -11,7 +11,9 @@ from lsprotocol import types  # noqa: E402
 
 from cnnc.cli import main  # noqa: E402
 from cnnc.lsp import features  # noqa: E402
+from cnnc.lsp import analysis as front  # noqa: E402
 from cnnc.lsp.analysis import analyse  # noqa: E402
+from cnnc.lsp.formatting import format_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 INVALID = sorted((ROOT / "tests" / "invalid").glob("*.cnn"))
@@ -121,7 +123,8 @@ def labels(text: str, needle: str, offset: int) -> list[str]:
 
 def test_completion_leaves_out_arguments_already_given():
     text = SPEC.replace("conv2d c1(filters=4, kernel=3)", "conv2d c1(filters=4, kernel=3, ")
-    assert labels(text, "kernel=3, ", 10) == ["stride", "padding", "dilation", "bias", "activation", "slope"]
+    assert labels(text, "kernel=3, ", 10) == ["stride", "padding", "dilation", "bias", "activation", "slope",
+                                             "groups", "from"]
 
 
 def test_completion_of_padding_and_bias_values():
@@ -144,7 +147,7 @@ def test_completion_in_a_block_offers_its_parameters_as_values_and_in_as_a_name(
 
 def test_completion_inside_a_block_instance_offers_the_block_parameters():
     text = "block basic(width, stride=1) {\n    relu r\n}\nmodel m {\n    input x[1, 8, 8]\n    basic b1()\n}\n"
-    assert labels(text, "b1(", 3) == ["width", "stride"]
+    assert labels(text, "b1(", 3) == ["width", "stride", "from"]
 
 
 def test_no_completion_inside_a_comment_and_keywords_at_top_level():
@@ -276,3 +279,146 @@ def test_every_shipped_spec_analyses_without_errors():
         analysis = analyse(path.read_text(), str(path))
         assert [d for d in analysis.diagnostics if d.severity == "error"] == [], path
         assert analysis.layers, path
+
+
+# ---- graph and block specs (issue 14's language) ----------------------------------------------------
+RESNET8 = (ROOT / "specs" / "resnet8.cnn").read_text()
+
+
+def test_a_note_at_the_instance_becomes_located_related_information():
+    text = (ROOT / "tests" / "invalid" / "error_inside_a_block.cnn").read_text()
+    (diagnostic,) = features.diagnostics(document(text))
+    hint, instance = diagnostic.related_information
+    assert hint.message.startswith("note: make them agree")
+    assert instance.message == "note: in instance 's2' of block 'basic' with width=32, stride=2"
+    assert (instance.location.range.start.line, instance.location.range.start.character) == (9, 10)
+
+
+def test_hover_on_an_instance_gives_its_shapes_and_sums_its_layers():
+    value = features.hover(document(RESNET8), at(RESNET8, "down s2")).contents.value
+    parts = value.split("\n\n")
+    assert parts[:3] == ["**down s2**: an instance of block down", "[16, 28, 28] -> [32, 14, 14]",
+                         "parameters: 14,528 in 9 layers"]
+    assert "- `s2.proj` conv2d -> [32, 14, 14]" in parts[4]
+
+
+def test_hover_in_a_block_body_gives_each_instance_s_shapes():
+    value = features.hover(document(RESNET8), at(RESNET8, "conv2d proj")).contents.value
+    assert value.startswith("**conv2d proj**: 2-D convolution")
+    assert "(in block down)" in value
+    assert "- `s2.proj`: [16, 28, 28] -> [32, 14, 14]" in value
+    assert "- `s3.proj`: [32, 14, 14] -> [64, 7, 7]" in value
+
+
+def test_hover_on_a_merge_lists_what_it_reads():
+    text = RESNET8.replace("    global_avgpool ", "    conv2d side(filters=64, kernel=1, from=s3)\n"
+                                                  "    add both(s3, side)\n    global_avgpool ")
+    value = features.hover(document(text), at(text, "add both")).contents.value
+    assert value.split("\n\n")[:3] == ["**add both**", "[64, 7, 7] -> [64, 7, 7]",
+                                       "reads: s3.out [64, 7, 7], side [64, 7, 7]"]
+    assert "reads: s3.out [64, 7, 7]" in features.hover(document(text), at(text, "conv2d side")).contents.value
+
+
+def test_inlay_hints_on_instances_and_none_in_block_bodies():
+    hints = {h.position.line: h.label for h in features.inlay_hints(document(RESNET8))}
+    assert hints[at(RESNET8, "basic s1").line] == "-> [16, 28, 28]"
+    assert hints[at(RESNET8, "down s2").line] == "-> [32, 14, 14]"
+    assert hints[at(RESNET8, "down s3").line] == "-> [64, 7, 7]"
+    assert min(hints) > at(RESNET8, "model").line  # block bodies: shapes depend on the instance
+
+
+def test_completion_in_from_and_merges_of_a_graph_model():
+    text = RESNET8.replace("    global_avgpool ", "    add both(s3, \n    global_avgpool(from=)\n    global_avgpool ")
+    in_merge = labels(text, "both(s3, ", 9)
+    assert {"image", "stem", "stem_bn", "stem_relu", "s1", "s2", "s3"} <= set(in_merge)
+    assert "c1" not in in_merge and "in" not in in_merge  # a block's names stay in the block
+    assert "both" in labels(text, "(from=", 6)
+    doc = document(text)
+    items = {i.label: i.detail for i in features.completion(doc, at(text, "(from=", 6)).items}
+    assert items["s2"] == "[32, 14, 14]" and items["image"] == "[1, 28, 28]"
+
+
+def test_completion_of_from_on_instances_and_block_names_as_kinds():
+    text = RESNET8.replace("down s3(width=64)", "down s3(width=64, ")
+    assert labels(text, "width=64, ", 10) == ["stride", "from"]
+    text = RESNET8.replace("    global_avgpool ", "    do\n    global_avgpool ")
+    assert {"basic", "down"} <= set(labels(text, "    do\n", 6))
+
+
+def test_completion_in_a_block_body_offers_in_and_earlier_names():
+    text = RESNET8.replace("add sum(bn2, proj_bn)", "add sum(bn2, ")
+    assert set(labels(text, "sum(bn2, \n", 9)) == {"in", "c1", "bn1", "r1", "c2", "bn2", "proj", "proj_bn"}
+
+
+def test_definition_of_in_is_its_block_and_of_a_merge_operand_its_layer():
+    doc = document(RESNET8)
+    assert features.definition(doc, at(RESNET8, "bn2, in)", 6)).range.start == at(RESNET8, "basic(")
+    assert features.definition(doc, at(RESNET8, "bn2, proj_bn)", 6)).range.start == at(RESNET8, "proj_bn\n")
+
+
+def test_rename_of_a_layer_used_in_a_merge_and_in_from():
+    doc = document(RESNET8)
+    edit = features.rename(doc, at(RESNET8, "proj_bn)"), "shortcut")
+    assert sorted((e.range.start.line, e.new_text) for e in edit.changes[URI]) == [(22, "shortcut"), (23, "shortcut")]
+    text = RESNET8.replace("    global_avgpool ", "    conv2d side(filters=64, kernel=1, from=stem)\n    global_avgpool ")
+    edit = features.rename(document(text), at(text, "stem("), "first")
+    assert sorted(e.range.start.line for e in edit.changes[URI]) == [29, 35]
+    uses = features.references(doc, at(RESNET8, "bn2\n"), include_declaration=False)
+    assert [u.range.start.line for u in uses] == [11]  # the `bn2` of block basic, not of block down
+
+
+def test_symbols_of_a_graph_spec():
+    symbols = features.document_symbols(document(RESNET8))
+    assert [(s.name, s.kind) for s in symbols] == [("basic", types.SymbolKind.Function),
+                                                   ("down", types.SymbolKind.Function),
+                                                   ("resnet8", types.SymbolKind.Module)]
+    assert [c.name for c in symbols[0].children] == ["c1", "bn1", "r1", "c2", "bn2", "sum", "out"]
+    model = {c.name: c.detail for c in symbols[2].children}
+    assert model["s2"] == "down -> [32, 14, 14]" and model["stem"] == "conv2d -> [16, 28, 28]"
+
+
+@pytest.mark.parametrize("name", ["resnet8", "mobilenet_small", "inception_small"])
+def test_graph_specs_format_idempotently_and_keep_their_program(name):
+    text = (ROOT / "specs" / f"{name}.cnn").read_text()
+    formatted = format_text(text)
+    assert formatted is not None and format_text(formatted) == formatted
+    assert front.program_signature(formatted) == front.program_signature(text)
+
+
+def test_an_error_in_an_instance_keeps_the_shapes_before_it():
+    text = (ROOT / "tests" / "invalid" / "error_inside_a_block.cnn").read_text()
+    doc = document(text)
+    assert [(h.position.line, h.label) for h in features.inlay_hints(doc)] == [(8, "-> [16, 28, 28]")]
+    assert "shape unknown" in features.hover(doc, at(text, "s2(")).contents.value
+    assert features.hover(doc, at(text, "c2, in", 4)).contents.value == "**in**: inside a block: the instance's input"
+
+
+def test_rename_of_an_instance_used_in_from():
+    edit = features.rename(document(BLOCKS), at(BLOCKS, "s1("), "first")
+    assert sorted((e.range.start.line, e.range.start.character) for e in edit.changes[URI]) == [(6, 10), (7, 27)]
+    symbols = features.document_symbols(document(BLOCKS))
+    assert [c.kind for c in symbols[1].children][1:3] == [types.SymbolKind.Object] * 2
+
+
+def test_hover_on_an_instance_inside_a_block_gives_each_enclosing_instance_s():
+    text = (ROOT / "tests" / "invalid" / "error_inside_a_nested_block.cnn").read_text().replace("width=3", "width=2")
+    text = text.replace("pair p2(width=2", "pair p2(width=4")  # the error fixed
+    value = features.hover(document(text), at(text, "unit u2")).contents.value
+    assert value.startswith("**unit u2**: an instance of block unit (in block pair)")
+    assert "- `p1.u2`: [4, 8, 8] -> [4, 8, 8], parameters 40, MACs 2,304" in value
+    assert "- `p2.u2`: [4, 8, 8] -> [4, 8, 8]" in value
+    assert "- `p1.d`" not in value
+
+
+def test_references_of_in_are_the_reads_of_the_block_input_in_that_block():
+    doc = document(RESNET8)
+    assert [r.range.start.line for r in features.references(doc, at(RESNET8, "bn2, in)", 6))] == [11]
+    assert [r.range.start.line for r in features.references(doc, at(RESNET8, "from=in", 6))] == [21]
+    with pytest.raises(features.RenameRefused):
+        features.rename(doc, at(RESNET8, "from=in", 6), "x")
+
+
+def test_hover_on_an_instance_with_from_says_what_it_reads():
+    text = RESNET8.replace("down s3(width=64)", "down s3(width=64, from=s1)")
+    value = features.hover(document(text), at(text, "s3(")).contents.value
+    assert value.split("\n\n")[1:3] == ["[16, 28, 28] -> [64, 14, 14]", "reads: s1.out [16, 28, 28]"]

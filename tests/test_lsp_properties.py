@@ -31,7 +31,8 @@ model net {
 SEEDS = [p.read_text() for p in sorted((ROOT / "specs").glob("*.cnn"))] + [GRAPH_SPEC]
 FRAGMENTS = ["(", ")", "[", "]", "{", "}", ",", "=", ";", "\n", " ", "#", "model m {", "input x[1, 8, 8]",
              "conv2d c(filters=2, kernel=3)", "from=", "add a(", "block b(w) {", "dense", "flatten", "relu",
-             "padding=same", "kernel=(3, 5)", "-1", "1e9", "é", "😀", "\t", "\r\n", "in", "c1", "x"]
+             "padding=same", "kernel=(3, 5)", "basic s9(width=4, from=", "concat k(a, b)", "batchnorm",
+             "groups=", "-1", "1e9", "é", "😀", "\t", "\r\n", "in", "c1", "x"]
 URI = "file:///spec.cnn"
 
 
@@ -149,3 +150,8 @@ def test_after_a_burst_of_edits_the_last_diagnostics_published_are_the_last_text
     assert published[-1].version == len(edits)
     assert published[-1].diagnostics == features.diagnostics(features.make_document(URI, last_text))
     assert [p.version for p in published] == sorted(p.version for p in published)
+
+
+def test_the_edited_texts_include_the_graph_and_block_specs():
+    for name in ("resnet8", "mobilenet_small", "inception_small"):
+        assert (ROOT / "specs" / f"{name}.cnn").read_text() in SEEDS

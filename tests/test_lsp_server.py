@@ -209,14 +209,14 @@ async def test_completion_offers_layer_kinds_at_the_start_of_a_statement(editor:
 async def test_completion_offers_the_arguments_of_the_kind_being_written(editor: Editor):
     text = FIXED.replace("maxpool2d p1(size=2)", "maxpool2d p1(size=2, ")
     await editor.open(text)
-    assert await editor.completion_labels(position(text, "size=2, ", 8)) == ["stride", "padding"]
+    assert await editor.completion_labels(position(text, "size=2, ", 8)) == ["stride", "padding", "from"]
 
 
 async def test_completion_offers_the_values_an_argument_takes(editor: Editor):
     text = FIXED.replace("activation=relu", "activation=")
     await editor.open(text)
     found = await editor.completion_labels(position(text, "activation=", 11))
-    assert found == ["relu", "sigmoid", "tanh", "leaky_relu", "softmax", "none"]
+    assert found == ["relu", "sigmoid", "tanh", "leaky_relu", "softmax", "relu6", "silu", "hardswish", "none"]
 
 
 async def test_completion_offers_earlier_layer_names_in_from_and_merges(editor: Editor):
@@ -296,6 +296,81 @@ async def test_quick_fix_inserts_flatten_before_a_dense_on_an_image(editor: Edit
     fix = next(a for a in actions if a.title == "insert `flatten` before this layer")
     (edit,) = fix.edit.changes[editor.uri]
     assert (edit.range.start.line, edit.new_text) == (4, "    flatten\n")
+
+
+# ---- a graph and block spec (issue 14's language) ----------------------------------------------------
+RESNET = """\
+block basic(width, stride=1) {
+    conv2d c1(filters=width, kernel=3, stride=stride, padding=1, bias=false)
+    batchnorm bn1
+    conv2d proj(filters=width, kernel=1, stride=stride, bias=false, from=in)
+    add sum(bn1, proj)
+    relu out
+}
+model resnet {
+    input image[1, 28, 28]
+    conv2d stem(filters=8, kernel=3, padding=1)
+    basic s1(width=8)
+    basic s2(width=16, stride=2, from=s1)
+    conv2d side(filters=16, kernel=1, stride=2, from=stem)
+    add both(s2, side)
+    global_avgpool
+    dense fc(units=10)
+    loss cross_entropy
+}
+"""
+
+
+async def test_graph_spec_diagnostics_note_the_instance_an_error_in_a_block_comes_from(editor: Editor):
+    assert await editor.open(RESNET) == []
+    broken = RESNET.replace("kernel=1, stride=stride,", "kernel=1,")
+    (diagnostic,) = await editor.change(broken)
+    assert diagnostic.message.startswith("add 's2.sum': add needs operands of one shape")
+    assert diagnostic.range.start == position(broken, "proj)")
+    instance = diagnostic.related_information[-1]
+    assert instance.message == "note: in instance 's2' of block 'basic' with width=16, stride=2"
+    assert instance.location.range.start == position(broken, "s2(")
+
+
+async def test_graph_spec_hover_on_an_instance_and_on_a_merge(editor: Editor):
+    await editor.open(RESNET)
+    instance = (await editor.hover(position(RESNET, "s2("))).contents.value.split("\n\n")
+    assert instance[:4] == ["**basic s2**: an instance of block basic", "[8, 28, 28] -> [16, 14, 14]",
+                            "reads: s1.out [8, 28, 28]", "parameters: 1,312 in 5 layers"]
+    assert "- `s2.proj` conv2d -> [16, 14, 14]" in instance[-1]
+    merge = (await editor.hover(position(RESNET, "add both"))).contents.value.split("\n\n")
+    assert merge[:3] == ["**add both**", "[16, 14, 14] -> [16, 14, 14]", "reads: s2.out [16, 14, 14], side [16, 14, 14]"]
+    in_block = (await editor.hover(position(RESNET, "add sum"))).contents.value
+    assert "- `s1.sum`: [8, 28, 28] -> [8, 28, 28]" in in_block and "- `s2.sum`: [16, 14, 14] -> [16, 14, 14]" in in_block
+
+
+async def test_graph_spec_inlay_hints_give_instances_their_output_shape(editor: Editor):
+    await editor.open(RESNET)
+    hints = {h.position.line: h.label for h in await editor.inlay_hints(RESNET.count("\n") + 1)}
+    assert hints == {9: "-> [8, 28, 28]", 10: "-> [8, 28, 28]", 11: "-> [16, 14, 14]", 12: "-> [16, 14, 14]",
+                     13: "-> [16, 14, 14]", 14: "-> [16]", 15: "-> [10]"}
+
+
+async def test_graph_spec_completion_in_from_and_in_a_merge(editor: Editor):
+    text = RESNET.replace("add both(s2, side)", "add both(s2, ").replace("from=stem", "from=")
+    await editor.open(text)
+    assert await editor.completion_labels(position(text, "from=)", 5)) == ["image", "stem", "s1", "s2"]
+    in_merge = await editor.completion_labels(position(text, "both(s2, ", 9))
+    assert {"image", "stem", "s1", "s2", "side"} <= set(in_merge) and "in" not in in_merge
+    in_block = await editor.completion_labels(position(text, "sum(bn1, ", 9))
+    assert set(in_block) == {"in", "c1", "bn1", "proj"}
+    assert "from" in await editor.completion_labels(position(text, "stride=2, ", 10))
+
+
+async def test_graph_spec_definition_of_a_block_name_and_rename_of_a_merged_layer(editor: Editor):
+    await editor.open(RESNET)
+    found = await editor.definition(position(RESNET, "basic s2"))
+    assert found.range == types.Range(position(RESNET, "basic("), position(RESNET, "basic(", 5))
+    edit = await editor.rename(position(RESNET, "side("), "shortcut")
+    assert sorted((e.range.start.line, e.new_text) for e in edit.changes[editor.uri]) == [
+        (12, "shortcut"), (13, "shortcut")]
+    edit = await editor.rename(position(RESNET, "proj)"), "shortcut")  # in a block: its own names only
+    assert sorted(e.range.start.line for e in edit.changes[editor.uri]) == [3, 4]
 
 
 # ---- a slow check never holds back the next keystroke ------------------------------------------------

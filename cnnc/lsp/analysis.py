@@ -8,14 +8,16 @@ is in this module, so that a change to the language (issue 14: `from=`, merges, 
   (the longest prefix of the model that checks) or after a syntax error (the broken lines blanked)
 - the vocabulary: layer kinds, arguments of each kind with their type and default, words, losses
 
-When the graph language (issue 14) lands, this is the one place to revisit:
-- `arguments_of`: offers `from` once the checker's argument table has it (completion of the names
-  after `from=` and in merges already works, from the outline).
-- `_checking_prefix`: a Program with block definitions must keep them when one model is checked alone.
-- `Analysis.layers` is keyed by where a layer is written: the layers of a block instance (`s1.c1`)
-  are written in the block, so hover on an instance line should gather the layers named `s1.*`.
-The outline (outline.py) already reads `block`, `from=`, merges and `in`; the grammar under editors/
-already colours add, concat, batchnorm, relu6, silu and hardswish.
+Graphs and blocks (issue 14) are met here too:
+- `arguments_of` offers `from` for every single-input kind (the checker's argument tables leave it out:
+  it is read apart); merges take their operands in the parentheses instead.
+- `_checking_prefix` replaces only the model in the Program, so its block definitions stay; an error in
+  an instance's body leaves the statements before the instance with their shapes.
+- `Analysis.layers` holds the model-level layers by where they are written; the layers of block
+  instances (`s1.c1`, written once in the block for every instance) are in `instance_layers`, by where
+  they are written, one per instance, and `Analysis.instance(model, "s1")` gathers an instance's layers.
+The outline (outline.py) reads `block`, `from=`, merges and `in`. `from=` takes a plain name only (the
+grammar has no dotted names such as `s1.c1`), so references and rename need no dotted forms.
 """
 from __future__ import annotations
 
@@ -40,10 +42,22 @@ class Analysis:
     layers: dict[tuple[int, int], Layer] = field(default_factory=dict)
     networks: dict[str, Network] = field(default_factory=dict)
     inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)  # by model name
+    # the layers of block instances (`s1.c1`), by where they are written in the block: one per instance
+    instance_layers: dict[tuple[int, int], list[Layer]] = field(default_factory=dict)
 
     def layer_at(self, line: int, col: int) -> Layer | None:
-        """The layer written at the 0-based line and column of its kind word."""
+        """The model-level layer written at the 0-based line and column of its kind word."""
         return self.layers.get((line + 1, col + 1))
+
+    def layers_in_block_at(self, line: int, col: int) -> list[Layer]:
+        """Every instance's layer written in a block body at the 0-based line and column of its kind word."""
+        return self.instance_layers.get((line + 1, col + 1), [])
+
+    def instance(self, model: str, name: str) -> list[Layer]:
+        """The layers of instance `name` of a model (`s1.c1`, `s1.bn1`, ...) in order; [] when unknown."""
+        network = self.networks.get(model)
+        prefix = name + "."
+        return [layer for layer in network.layers if layer.name.startswith(prefix)] if network else []
 
 
 def analyse(text: str, file: str, wanted=lambda: True) -> Analysis:
@@ -60,7 +74,13 @@ def analyse(text: str, file: str, wanted=lambda: True) -> Analysis:
         for network in networks if networks is not None else known_networks(text, file, wanted):
             analysis.networks[network.name] = network
             analysis.inputs[network.name] = network.input_shape
-            analysis.layers.update({(layer.loc.line, layer.loc.col): layer for layer in network.layers if layer.loc})
+            for layer in network.layers:
+                if layer.loc is None:
+                    continue
+                if "." in layer.name:  # written in a block body: the instance's name before the dot
+                    analysis.instance_layers.setdefault((layer.loc.line, layer.loc.col), []).append(layer)
+                else:
+                    analysis.layers[(layer.loc.line, layer.loc.col)] = layer
     except Exception:  # noqa: BLE001 - shapes are extras: without them, hover and hints say less
         pass
     return analysis
@@ -173,6 +193,9 @@ class ArgumentInfo:
     required: bool
 
 
+FROM_ARGUMENT = ArgumentInfo("from", "name", None, False)
+
+
 def layer_kinds() -> tuple[str, ...]:
     return LAYER_KINDS
 
@@ -189,8 +212,13 @@ def arguments_of(kind: str) -> list[ArgumentInfo]:
     """The arguments a layer kind takes, in the order the reference lists them; [] for an unknown kind."""
     from ..shapes import KIND_ARGS, REQUIRED
 
-    return [ArgumentInfo(name, spec.type, spec.default, spec.default == REQUIRED)
-            for name, spec in KIND_ARGS.get(kind, {}).items()]
+    if kind not in KIND_ARGS:
+        return []
+    found = [ArgumentInfo(name, spec.type, spec.default, spec.default == REQUIRED)
+             for name, spec in KIND_ARGS[kind].items()]
+    if kind not in MERGE_KINDS and "from" not in KIND_ARGS[kind]:  # every single-input layer may read another output
+        found.append(FROM_ARGUMENT)
+    return found
 
 
 def argument_info(kind: str | None, key: str) -> ArgumentInfo | None:

@@ -14,7 +14,7 @@ from lsprotocol import types
 
 from . import analysis as front
 from .formatting import format_text
-from .outline import Outline, Scope, Statement, Symbol, Token, names_before, outline, symbol_at, symbols
+from .outline import BLOCK_INPUT, Outline, Scope, Statement, Symbol, Token, names_before, outline, symbol_at, symbols
 
 SOURCE = "cnnc"
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -84,12 +84,16 @@ def diagnostics(doc: Document) -> list[types.Diagnostic]:
 
 def _diagnostic(doc: Document, d) -> types.Diagnostic:
     span = _loc_range(doc, d.loc)
-    related = None
+    related = []
     if d.hint:
-        related = [types.DiagnosticRelatedInformation(types.Location(uri=doc.uri, range=span), f"note: {d.hint}")]
+        related.append(types.DiagnosticRelatedInformation(types.Location(uri=doc.uri, range=span), f"note: {d.hint}"))
+    for note in getattr(d, "notes", ()):  # e.g. the block instance an error in a block's body comes from
+        at = _loc_range(doc, note.loc) if note.loc is not None else span
+        text = f"note: {note.message}" + (f"\n\nnote: {note.hint}" if note.hint else "")
+        related.append(types.DiagnosticRelatedInformation(types.Location(uri=doc.uri, range=at), text))
     severity = types.DiagnosticSeverity.Error if d.severity == "error" else types.DiagnosticSeverity.Warning
     return types.Diagnostic(range=span, message=d.message, severity=severity, source=SOURCE,
-                            related_information=related)
+                            related_information=related or None)
 
 
 def _loc_range(doc: Document, loc) -> types.Range:
@@ -124,6 +128,11 @@ KIND_MEANINGS = {
     "softmax": "normalises flat scores to probabilities",
     "input": "the model's input: [C, H, W], [C, L] or [D] per sample",
     "loss": "the training loss: cross_entropy or mse",
+    "add": "the elementwise sum of two or more earlier outputs of one shape: `add sum(a, b)`",
+    "concat": "joins two or more earlier outputs on the channel axis: `concat cat(a, b)`",
+    "batchnorm": "batch normalisation per channel (running statistics in inference)",
+    "relu6": "min(max(x, 0), 6)", "silu": "x * sigmoid(x)", "hardswish": "x * relu6(x + 3) / 6",
+    "in": "inside a block: the instance's input",
 }
 
 
@@ -197,6 +206,8 @@ def _block_default(block: Scope, key: str) -> str:
 def _default_text(info: front.ArgumentInfo, kind: str) -> str:
     if info.required:
         return "none: required"
+    if info.name == "from":
+        return "the previous statement's output"
     if info.default is None:
         return "the window size (`size`)" if info.name == "stride" else "none"
     if isinstance(info.default, bool):
@@ -231,15 +242,86 @@ def _layer_hover(doc: Document, scope: Scope, statement: Statement) -> str:
             f": {front.fmt_shape(shape)}" if shape else "") + f"\n\n{KIND_MEANINGS['input']}"
     if kind == "loss":
         return f"**loss**: {KIND_MEANINGS['loss']}"
-    layer = doc.analysis.layer_at(statement.kind.line, statement.kind.col)
     title = " ".join(filter(None, [kind, statement.layer_name]))
+    if scope.is_block:
+        return _block_layer_hover(doc, scope, statement, title)
+    if kind in doc.outline.blocks():
+        return _instance_hover(doc, scope, statement, title)
+    layer = doc.analysis.layer_at(statement.kind.line, statement.kind.col)
     if layer is None:
         meaning = KIND_MEANINGS.get(kind) or (f"an instance of block {kind}" if kind in doc.outline.blocks() else None)
         heading = f"**{title}**" + (f": {meaning}" if meaning else "")
         return heading + "\n\nshape unknown: fix the errors before this layer"
     return "\n\n".join([f"**{title}**" + (f" + {layer.activation}" if layer.activation else ""),
                         f"{front.fmt_shape(layer.in_shape)} -> {front.fmt_shape(layer.out_shape)}",
-                        _parameters_line(layer), f"MACs: {layer.macs:,} per sample", _receptive_field_line(layer)])
+                        *_reads_lines(layer, statement), _parameters_line(layer), f"MACs: {layer.macs:,} per sample",
+                        _receptive_field_line(layer)])
+
+
+def _reads_lines(layer, statement: Statement) -> list[str]:
+    """What a merge or a layer with `from=` reads, with the shapes (nothing for a plain chain)."""
+    if len(layer.inputs) < 2 and statement.argument("from") is None:
+        return []
+    shapes = layer.in_shapes or (layer.in_shape,) * len(layer.inputs)
+    return ["reads: " + ", ".join(f"{name} {front.fmt_shape(shape)}" for name, shape in zip(layer.inputs, shapes))]
+
+
+def _instance_hover(doc: Document, scope: Scope, statement: Statement, title: str) -> str:
+    """An instance: its input and output shapes, and its layers `s1.*` summed and listed."""
+    layers = doc.analysis.instance(scope.name.text if scope.name else "", statement.layer_name or "")
+    heading = f"**{title}**: an instance of block {statement.kind.text}"
+    if not layers:
+        return heading + "\n\nshape unknown: fix the errors before this layer"
+    params, macs = sum(l.param_count for l in layers), sum(l.macs for l in layers)
+    listing = "\n".join(f"- `{l.name}` {l.kind} -> {front.fmt_shape(l.out_shape)}" for l in layers)
+    reads = ([f"reads: {layers[0].inputs[0]} {front.fmt_shape(layers[0].in_shape)}"]
+             if statement.argument("from") is not None and layers[0].inputs else [])
+    return "\n\n".join([heading, f"{front.fmt_shape(layers[0].in_shape)} -> {front.fmt_shape(layers[-1].out_shape)}",
+                        *reads, f"parameters: {params:,} in {len(layers)} layers", f"MACs: {macs:,} per sample",
+                        listing])
+
+
+def _instance_paths(doc: Document, block: Scope, depth: int = 0) -> list[tuple[str, str]]:
+    """(model, dotted path) of every instance of `block`: `p1` for `pair p1` in a model, `p1.u1` for
+    `unit u1` in block pair. The depth bound stops a block that uses itself (an error, but text is text)."""
+    if block.name is None or depth > 16:
+        return []
+    found = []
+    for scope in doc.outline.scopes:
+        for statement in scope.statements:
+            if statement.kind.text != block.name.text or not statement.layer_name:
+                continue
+            if scope.is_block:
+                found += [(model, f"{path}.{statement.layer_name}") for model, path in _instance_paths(doc, scope, depth + 1)]
+            elif scope.name is not None:
+                found.append((scope.name.text, statement.layer_name))
+    return found
+
+
+def _block_layer_hover(doc: Document, scope: Scope, statement: Statement, title: str) -> str:
+    """A layer in a block body: what it is, and its shapes in each instance (they depend on the instance)."""
+    kind = statement.kind.text
+    meaning = KIND_MEANINGS.get(kind) or (f"an instance of block {kind}" if kind in doc.outline.blocks() else None)
+    block = scope.name.text if scope.name else ""
+    parts = [f"**{title}**" + (f": {meaning}" if meaning else "") + f" (in block {block})"]
+    if kind in doc.outline.blocks():  # an instance inside a block: one per instance of the enclosing block
+        nested = [(f"{path}.{statement.layer_name}", doc.analysis.instance(model, f"{path}.{statement.layer_name}"))
+                  for model, path in _instance_paths(doc, scope)]
+        nested = [(name, layers) for name, layers in nested if layers]
+        if nested:
+            parts.append("in each instance:\n" + "\n".join(
+                f"- `{name}`: {front.fmt_shape(layers[0].in_shape)} -> {front.fmt_shape(layers[-1].out_shape)}, "
+                f"parameters {sum(l.param_count for l in layers):,}, MACs {sum(l.macs for l in layers):,}"
+                for name, layers in nested))
+            return "\n\n".join(parts)
+    layers = doc.analysis.layers_in_block_at(statement.kind.line, statement.kind.col)
+    if layers:
+        parts.append("in each instance:\n" + "\n".join(
+            f"- `{l.name}`: {front.fmt_shape(l.in_shape)} -> {front.fmt_shape(l.out_shape)}, "
+            f"parameters {l.param_count:,}, MACs {l.macs:,}" for l in layers))
+    else:
+        parts.append("shapes depend on the instance: none is known (no instance, or errors before it)")
+    return "\n\n".join(parts)
 
 
 def _receptive_field_line(layer) -> str:
@@ -288,10 +370,21 @@ def _layer_shapes(doc: Document, span: types.Range | None) -> list[tuple[Stateme
         for statement in scope.statements:
             if span is not None and not span.start.line <= statement.kind.line <= span.end.line:
                 continue
-            layer = doc.analysis.layer_at(statement.kind.line, statement.kind.col) if statement.is_layer else None
-            if layer is not None and statement.last is not None:
-                found.append((statement, front.fmt_shape(layer.out_shape)))
+            shape = _out_shape(doc, scope, statement)
+            if shape is not None and statement.last is not None:
+                found.append((statement, front.fmt_shape(shape)))
     return found
+
+
+def _out_shape(doc: Document, scope: Scope, statement: Statement | None):
+    """A model-level layer's or instance's output shape (None in a block body or when unknown)."""
+    if statement is None or not statement.is_layer or scope.is_block:
+        return None
+    if statement.kind.text in doc.outline.blocks():
+        layers = doc.analysis.instance(scope.name.text if scope.name else "", statement.layer_name or "")
+        return layers[-1].out_shape if layers else None
+    layer = doc.analysis.layer_at(statement.kind.line, statement.kind.col)
+    return layer.out_shape if layer is not None else None
 
 
 # ---- completion ----------------------------------------------------------------------------------
@@ -364,8 +457,10 @@ def _argument_items(doc: Document, scope: Scope, line: int, head: str, inside: s
     given = {part.split("=")[0].strip() for part in inside.split(",")[:-1]}
     blocks = doc.outline.blocks()
     if kind in blocks:
-        return [_item(name, types.CompletionItemKind.Property, f"parameter of block {kind}")
-                for name in blocks[kind].param_names if name not in given]
+        items = [_item(name, types.CompletionItemKind.Property, f"parameter of block {kind}")
+                 for name in blocks[kind].param_names if name not in given]
+        return items + ([_item("from", types.CompletionItemKind.Property, ARGUMENT_MEANINGS["from"])]
+                        if "from" not in given else [])
     return [_item(a.name, types.CompletionItemKind.Property, ARGUMENT_MEANINGS.get(a.name))
             for a in front.arguments_of(kind) if a.name not in given]
 
@@ -385,25 +480,42 @@ def _value_items(doc: Document, scope: Scope, line: int, kind: str, key: str) ->
 def _name_items(doc: Document, scope: Scope, line: int) -> list[types.CompletionItem]:
     items = []
     for order, (name, statement) in enumerate(names_before(doc.outline, scope, line)):
-        layer = doc.analysis.layer_at(statement.kind.line, statement.kind.col) if statement else None
-        detail = front.fmt_shape(layer.out_shape) if layer else ("the block's input" if statement is None else None)
+        shape = _out_shape(doc, scope, statement) if statement is not None and statement.is_layer else None
+        if statement is not None and statement.kind.text == "input":
+            shape = doc.analysis.inputs.get(scope.name.text if scope.name else "")
+        detail = front.fmt_shape(shape) if shape else ("the block's input" if statement is None else None)
         items.append(_item(name, types.CompletionItemKind.Variable, detail, sort=f"{9999 - order:04d}"))
     return items
 
 
 # ---- names: definition, references, rename, symbols -------------------------------------------------
 def definition(doc: Document, position: types.Position) -> types.Location | None:
-    found = symbol_at(doc.symbols, position.line, doc.column(position))
-    return doc.location(found[0].anchor) if found else None
+    line, col = position.line, doc.column(position)
+    found = symbol_at(doc.symbols, line, col)
+    if found is not None:
+        return doc.location(found[0].anchor)
+    token, scope = _token_at(doc.outline, line, col), doc.outline.scope_at(line)
+    if token is not None and token.text == BLOCK_INPUT and scope is not None and scope.is_block and scope.name:
+        return doc.location(scope.name)  # `in`: the input of the block being defined
+    return None
 
 
 def references(doc: Document, position: types.Position, include_declaration: bool = True) -> list[types.Location]:
     found = symbol_at(doc.symbols, position.line, doc.column(position))
     if found is None:
-        return []
+        return _block_input_references(doc, position.line, doc.column(position))
     symbol = found[0]
     tokens = symbol.occurrences if include_declaration else symbol.uses
     return [doc.location(token) for token in tokens]
+
+
+def _block_input_references(doc: Document, line: int, col: int) -> list[types.Location]:
+    """`in` under the cursor in a block: every `in` read in that block (from= and merge operands)."""
+    token, scope = _token_at(doc.outline, line, col), doc.outline.scope_at(line)
+    if token is None or token.text != BLOCK_INPUT or scope is None or not scope.is_block:
+        return []
+    return [doc.location(t) for statement in scope.statements for arg in statement.arguments
+            if arg.key is None or arg.key.text == "from" for t in arg.values if t.text == BLOCK_INPUT]
 
 
 class RenameRefused(ValueError):
@@ -451,7 +563,7 @@ def _scope_symbol(doc: Document, scope: Scope) -> types.DocumentSymbol:
     end_line = scope.end_line if scope.end_line is not None else doc.outline.last_line
     span = types.Range(doc.position(scope.keyword.line, scope.keyword.col),
                        doc.position(end_line, len(doc.line(end_line))))
-    children = [_statement_symbol(doc, s) for s in scope.statements if s.kind.text != "loss" and
+    children = [_statement_symbol(doc, scope, s) for s in scope.statements if s.kind.text != "loss" and
                 (s.is_layer or s.name is not None)]
     kind = types.SymbolKind.Function if scope.is_block else types.SymbolKind.Module
     return types.DocumentSymbol(name=scope.name.text, kind=kind, range=span,
@@ -459,13 +571,14 @@ def _scope_symbol(doc: Document, scope: Scope) -> types.DocumentSymbol:
                                 detail=scope.keyword.text, children=children)
 
 
-def _statement_symbol(doc: Document, statement: Statement) -> types.DocumentSymbol:
+def _statement_symbol(doc: Document, scope: Scope, statement: Statement) -> types.DocumentSymbol:
     last = statement.last or statement.kind
     span = types.Range(doc.position(statement.kind.line, statement.kind.col), doc.position(last.line, last.end))
-    layer = doc.analysis.layer_at(statement.kind.line, statement.kind.col)
-    detail = statement.kind.text + (f" -> {front.fmt_shape(layer.out_shape)}" if layer else "")
+    shape = _out_shape(doc, scope, statement)
+    detail = statement.kind.text + (f" -> {front.fmt_shape(shape)}" if shape else "")
     name = statement.name.text if statement.kind.text == "input" else statement.layer_name
-    kind = types.SymbolKind.Variable if statement.kind.text == "input" else types.SymbolKind.Field
+    kind = (types.SymbolKind.Variable if statement.kind.text == "input" else
+            types.SymbolKind.Object if statement.kind.text in doc.outline.blocks() else types.SymbolKind.Field)
     return types.DocumentSymbol(name=name, kind=kind, range=span,
                                 selection_range=doc.token_range(statement.name or statement.kind),
                                 detail=detail)
