@@ -372,6 +372,9 @@ def checkpoint_given_as_weights(path, arrays: dict[str, np.ndarray]) -> str:
         done, epochs = meta["position"]["epoch"], meta["config"]["epochs"]
         finished = done >= epochs and not arrays["perm"].size
         spec, output = shlex.quote(meta["spec"]["file"]), meta["output"]
+        if not isinstance(output, str) or not output.isprintable():
+            raise ValueError("not a printable path")
+        output = output if os.path.isabs(output) else os.path.join(os.path.dirname(path), output)  # stored relative to it
         what = f"model '{meta['spec']['name']}', {done} of {epochs} epoch(s) done"
     except (KeyError, TypeError, ValueError):  # an older or damaged checkpoint: say what is certain
         return (f"{path} is a training checkpoint, not a weights file; continue its run with "
