@@ -13,21 +13,14 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc.cli import CLOSED_PIPE_STATUS, main
+from cnnc.cli import CLOSED_PIPE_STATUS
+
+from cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 SAMPLES = SPECS / "samples"
 
-
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main([str(a) for a in args])
-        except SystemExit as e:  # argparse's usage errors
-            status = e.code
-    return status, out.getvalue(), err.getvalue()
 
 
 # ---- misspelt commands ------------------------------------------------------------------------------

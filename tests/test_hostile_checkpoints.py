@@ -8,7 +8,6 @@ two on the NumPy backend, well under a second).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnc.cli import main
+
+from cli_runner import run_cli
 
 TINY = """
 model tiny {
@@ -30,12 +30,6 @@ model tiny {
 """
 TRAIN = ["train", "tiny.cnn", "--data", "digits", "--backend", "numpy", "--epochs", "2", "-q"]
 
-
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in args])
-    return status, out.getvalue(), err.getvalue()
 
 
 def arrays_of(path: Path) -> dict[str, np.ndarray]:

@@ -6,7 +6,6 @@ outcome: exit status 1, a message naming the file and what is wrong, no tracebac
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import struct
@@ -22,10 +21,11 @@ import pytest
 import cnnc
 import cnnc.model
 from cnnc.backends.numpy_backend import NumpyModel
-from cnnc.cli import main
 from cnnc.datasets import load_dataset, read_idx
 from cnnc.diagnostics import CnncError
 from cnnc.frontend import MAX_SPEC_BYTES
+
+from cli_runner import run_cli
 
 TINY = """
 model tiny {
@@ -38,12 +38,6 @@ model tiny {
 }
 """
 
-
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in args])
-    return status, out.getvalue(), err.getvalue()
 
 
 def run_process(*args, timeout: float = 60) -> subprocess.CompletedProcess:

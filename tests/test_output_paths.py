@@ -7,8 +7,6 @@ writes only into an empty folder or one holding nothing but an earlier export's 
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import stat
@@ -18,9 +16,10 @@ from pathlib import Path
 import pytest
 
 import cnnc
-from cnnc.cli import main
 from cnnc.diagnostics import CnncError
 from cnnc.fileio import EXPORT_MARKER, atomic_write_text, write_owned_folder
+
+from cli_runner import run_cli
 
 TINY = """
 model tiny {
@@ -33,12 +32,6 @@ model tiny {
 }
 """
 
-
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in args])
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

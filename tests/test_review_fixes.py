@@ -23,6 +23,8 @@ from cnnc.datasets import load_dataset, make_dataset
 from cnnc.diagnostics import CnncError
 from cnnc.fileio import describe_contents
 
+from cli_runner import run_cli
+
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 TINY = """
@@ -37,12 +39,6 @@ model tiny {
 """
 QUICK = ["--data", "digits", "--backend", "numpy"]
 
-
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in args])
-    return status, out.getvalue(), err.getvalue()
 
 
 def usage_error(*args) -> str:

@@ -5,8 +5,6 @@ the eval/predict tests use specs/digits.cnn, trained once per module.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -21,10 +19,11 @@ import pytest
 
 import cnnc
 from cnnc.checkpoint import load_checkpoint
-from cnnc.cli import main
 from cnnc.datasets import load_digits
 from cnnc.diagnostics import CnncError
 from cnnc.train import DEFAULT_LR, LOG_KEYS, TrainConfig, Trainer, TrainingInterrupted, load_classifier, load_data_for, make_splits
+
+from cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCHES = math.ceil(1437 / TrainConfig().batch)  # batches per epoch of the digits training split
@@ -41,12 +40,6 @@ model tiny {
 }
 """
 
-
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in args])
-    return status, out.getvalue(), err.getvalue()
 
 
 def weights(path) -> dict[str, np.ndarray]:
