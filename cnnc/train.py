@@ -768,7 +768,7 @@ def _add_train(subparsers) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="train data-parallel on N processes of this machine "
                    "(runs `mpiexec -n N cnnc train ...`; needs pip install 'cnnc[mpi]'): docs/distributed.md")
     p.add_argument("--check-sync", action="store_true", help="data-parallel debugging: check after every step "
-                   "that every rank holds the same parameters (a checksum)")
+                   "that every rank holds the same parameters and batch norm statistics (checksums)")
     p.set_defaults(func=run_train)
 
 

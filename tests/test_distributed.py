@@ -288,3 +288,35 @@ def test_ranks_share_the_cores_unless_told(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     distributed.share_cores()
     assert os.environ["OMP_NUM_THREADS"] == "5"
+
+
+BN_SPEC = """model tinybn {
+    input image[1, 8, 8]
+    conv2d c1(filters=4, kernel=3, padding=same, bias=false)
+    batchnorm bn1
+    relu
+    maxpool2d p1(size=2)
+    flatten
+    dense out(units=10)
+    loss cross_entropy
+}
+"""
+
+
+@needs_mpi
+def test_batch_norm_running_statistics_are_rank_0s_on_every_rank(run_dir):
+    """Each rank normalises with its own part of the batch (so the running statistics would drift apart),
+    and rank 0's are broadcast after every step. --check-sync compares them on every rank after every step;
+    and the epoch's test metrics, which each rank computes on its own slice of the test set with its own
+    running statistics, are exactly those of one process evaluating the saved weights and statistics."""
+    (run_dir / "tinybn.cnn").write_text(BN_SPEC)
+    train = ["train", "tinybn.cnn", *TRAIN[2:]]
+    cnnc(run_dir, *train, "--epochs", 1, "-o", "bn.npz", "--log", "bn.jsonl", "--check-sync", ranks=2)
+    saved = dict(np.load(run_dir / "bn.npz"))
+    assert {"bn1.running_mean", "bn1.running_var"} <= set(saved)
+    assert np.abs(saved["bn1.running_mean"]).max() > 1e-3 and np.abs(saved["bn1.running_var"] - 1).max() > 1e-3
+    logged = json.loads((run_dir / "bn.jsonl").read_text().splitlines()[-1])
+    evaluated = json.loads(cnnc(run_dir, "eval", "tinybn.cnn", "--weights", "bn.npz", "--data", "data.npz",
+                                "--backend", "numpy", "--json").stdout)
+    assert logged["test_accuracy"] == pytest.approx(evaluated["accuracy"], abs=1e-12)
+    assert logged["test_loss"] == pytest.approx(evaluated["loss"], rel=1e-6)
