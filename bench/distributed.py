@@ -2,7 +2,7 @@
 PyTorch DistributedDataParallel (gloo), the same model and global batch, in the same run.
 
     python bench/distributed.py                       # LeNet-5, global batch 64 and 256, 1 and 2 ranks
-    python bench/distributed.py --spec specs/vgg_small.cnn --batches 64 --steps 5 -o out.json
+    python bench/distributed.py --spec specs/resnet8.cnn --steps 5 -o out.json   # a graph with batch norm
 
 Every rank runs one thread (OMP_NUM_THREADS=1 and torch.set_num_threads(1)). Both sides are launched by
 the same mpiexec (the one installed with mpi4py); PyTorch takes its rank and size from MPI and meets
@@ -56,14 +56,14 @@ def worker(args) -> None:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
 
-        from torch_net import cross_entropy_or_mse, load_params, torch_sequential
+        from torch_net import cross_entropy_or_mse, load_params, torch_model
 
         torch.set_num_threads(1)
         rank = int(os.environ.get("PMI_RANK", "0"))
         size = int(os.environ.get("PMI_SIZE", "1"))
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=size)
-        net, owners = torch_sequential(model.network)
-        load_params(owners, {k: np.array(v) for k, v in model.params.items()})
+        net, owners = torch_model(model.network)
+        load_params(owners, {k: np.array(v) for k, v in {**model.params, **model.buffers}.items()})
         ddp = DistributedDataParallel(net)
         loss_fn = cross_entropy_or_mse(model.network)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.01)

@@ -1,11 +1,13 @@
-"""The PyTorch side of the benchmark: an nn.Sequential equivalent to a cnnc Network, built from the IR.
+"""The PyTorch side of the benchmark: a module equivalent to a cnnc Network, built from the IR.
 
-    net = torch_sequential(network)          # every layer of the IR, in order, float32, CPU
-    load_params(net, network, params)        # cnnc's parameters (PyTorch layouts) copied in by name
+    net, owners = torch_model(network)      # nn.Sequential for a chain, TorchGraph for a graph; float32, CPU
+    load_params(owners, params)              # cnnc's parameters and buffers (PyTorch layouts) copied in by name
 
 The mapping is one module per IR layer (plus an explicit zero-padding module when a layer's padding is
-asymmetric, which nn.Conv2d cannot express). ReLU runs in place (nn.ReLU(inplace=True)), the usual way
-to write it when speed matters; every other module is PyTorch's default.
+asymmetric, which nn.Conv2d cannot express). ReLU runs in place (nn.ReLU(inplace=True)) where no other
+layer reads its input, the usual way to write it when speed matters; every other module is PyTorch's
+default. A graph (skip connections, concatenations) runs its layers in the IR's order, each reading the
+tensors its `inputs` name, as a hand-written ResNet's forward() does.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ MAXPOOL = {"maxpool1d": nn.MaxPool1d, "maxpool2d": nn.MaxPool2d}
 AVGPOOL = {"avgpool1d": nn.AvgPool1d, "avgpool2d": nn.AvgPool2d}
 ZERO_PAD = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d}
 GLOBAL_AVGPOOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}
+BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d}  # by the rank of (C,), (C, L), (C, H, W)
 
 
 def pad_arg(layer: Layer) -> tuple[int, ...]:
@@ -27,9 +30,15 @@ def pad_arg(layer: Layer) -> tuple[int, ...]:
     return tuple(p for before, after in pairs for p in (before, after))
 
 
-def activation_module(kind: str, slope: float) -> nn.Module:
+def activation_module(kind: str, slope: float, inplace: bool = True) -> nn.Module:
     if kind == "relu":
-        return nn.ReLU(inplace=True)
+        return nn.ReLU(inplace=inplace)
+    if kind == "relu6":
+        return nn.ReLU6()
+    if kind == "silu":
+        return nn.SiLU()
+    if kind == "hardswish":
+        return nn.Hardswish()
     if kind == "leaky_relu":
         return nn.LeakyReLU(slope)
     if kind == "sigmoid":
@@ -53,7 +62,7 @@ def window_modules(layer: Layer) -> list[nn.Module]:
         in_channels, filters = layer.in_shape[0], layer.filters
         pre = [] if symmetric(layer) else [ZERO_PAD[dims](pad_arg(layer), 0.0)]
         conv = CONV[layer.kind](in_channels, filters, layer.kernel, stride=layer.stride, padding=padding,
-                                dilation=layer.dilation, bias=layer.bias)
+                                dilation=layer.dilation, groups=layer.groups, bias=layer.bias)
         return pre + [conv]
     if layer.kind in MAXPOOL:
         # PyTorch pads max pooling with -inf and allows at most half the kernel; otherwise pad explicitly.
@@ -65,9 +74,15 @@ def window_modules(layer: Layer) -> list[nn.Module]:
     return pre + [AVGPOOL[layer.kind](layer.kernel, layer.stride, padding=padding if fits else 0, count_include_pad=True)]
 
 
-def layer_modules(layer: Layer) -> list[nn.Module]:
-    """The modules computing one IR layer: x (N, *layer.in_shape) -> (N, *layer.out_shape)."""
+def layer_modules(layer: Layer, inplace: bool = True) -> list[nn.Module]:
+    """The modules computing one IR layer: x (N, *layer.in_shape) -> (N, *layer.out_shape).
+    Merges (add, concat) have none: TorchGraph computes them. inplace: whether a ReLU layer may overwrite
+    its input (no other layer reads it)."""
     kind = layer.kind
+    if kind in ("add", "concat"):
+        return []
+    if kind == "batchnorm":
+        return [BATCHNORM[len(layer.in_shape)](layer.in_shape[0], eps=layer.eps, momentum=layer.momentum)]
     if kind in CONV or kind in MAXPOOL or kind in AVGPOOL:
         modules = window_modules(layer)
     elif kind == "dense":
@@ -79,7 +94,7 @@ def layer_modules(layer: Layer) -> list[nn.Module]:
     elif kind == "dropout":
         modules = [nn.Dropout(layer.rate)]
     else:
-        modules = [activation_module(kind, layer.slope)]
+        modules = [activation_module(kind, layer.slope, inplace)]
     if layer.activation:
         modules.append(activation_module(layer.activation, layer.slope))
     return modules
@@ -90,14 +105,57 @@ def torch_sequential(network: Network) -> tuple[nn.Sequential, dict[str, nn.Modu
     modules, owners = [], {}
     for layer in network.layers:
         built = layer_modules(layer)
-        if layer.params:
+        if layer.params or layer.buffers:
             owners[layer.name] = built[-2] if layer.activation else built[-1]
         modules += built
     return nn.Sequential(*modules), owners
 
 
+class TorchGraph(nn.Module):
+    """A graph network: x (N, *input_shape) -> (N, *output_shape), every layer reading its named inputs."""
+
+    def __init__(self, network: Network):
+        super().__init__()
+        self.network = network
+        self.steps = nn.ModuleList(nn.Sequential(*layer_modules(layer, inplace=_sole_reader(network, layer)))
+                                   for layer in network.layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = {self.network.input_name: x}
+        for layer, step in zip(self.network.layers, self.steps):
+            xs = [values[name] for name in layer.inputs]
+            if layer.kind == "add":
+                values[layer.name] = sum(xs[1:], xs[0])
+            elif layer.kind == "concat":
+                values[layer.name] = torch.cat(xs, dim=1)
+            else:
+                values[layer.name] = step(xs[0])
+        return values[self.network.layers[-1].name]
+
+
+def _sole_reader(network: Network, layer: Layer) -> bool:
+    """Whether `layer` is the only layer reading its input (so an in-place ReLU there is safe)."""
+    return len(layer.inputs) == 1 and len(network.consumers(layer.inputs[0])) == 1
+
+
+def torch_model(network: Network) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """-> (the network as nn.Sequential (a chain) or TorchGraph, {IR layer name: the module holding its
+    weight, bias and buffers})."""
+    if network.is_chain:
+        return torch_sequential(network)
+    graph = TorchGraph(network)
+    owners = {layer.name: _owner(step, layer) for layer, step in zip(network.layers, graph.steps)
+              if layer.params or layer.buffers}
+    return graph, owners
+
+
+def _owner(step: nn.Sequential, layer: Layer) -> nn.Module:
+    return step[-2] if layer.activation else step[-1]
+
+
 def load_params(owners: dict[str, nn.Module], params: dict) -> None:
-    """Copy cnnc parameters {"c1.weight": array, ...} into the modules; every name and shape must match."""
+    """Copy cnnc parameters {"c1.weight": array, ...} (and buffers, "bn.running_mean": array) into the
+    modules; every name and shape must match."""
     with torch.no_grad():
         for name, value in params.items():
             layer, what = name.rsplit(".", 1)

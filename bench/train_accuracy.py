@@ -148,7 +148,7 @@ def run_torch(task: dict, schedule: str, lr: float, weight_decay: float) -> dict
     L2 `weight_decay` (the same rule as cnnc's), `schedule` "cosine" (cnnc's per-step schedule) or "constant"."""
     import torch
     import torch.nn.functional as F
-    from torch_net import load_params, torch_sequential
+    from torch_net import load_params, torch_model
 
     import cnnc
     from cnnc.datasets import load_dataset
@@ -156,7 +156,7 @@ def run_torch(task: dict, schedule: str, lr: float, weight_decay: float) -> dict
 
     config = TrainConfig(**_config_options(task["options"])).checked()
     network = cnnc.read_network(REPO / task["spec"], task.get("model"))
-    net, owners = torch_sequential(network)
+    net, owners = torch_model(network)
     load_params(owners, cnnc.load(REPO / task["spec"], backend="numpy", model=task.get("model"), seed=config.seed).params)
     ds = load_dataset(task["data"])
     x_train, y_train = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)

@@ -164,16 +164,16 @@ class CnncRunner:
 
 
 class TorchRunner:
-    """The IR as nn.Sequential; inference under torch.inference_mode() in eval mode; torch.optim.SGD."""
+    """The IR as nn.Sequential (a graph: torch_net.TorchGraph); inference under torch.inference_mode() in eval mode; torch.optim.SGD."""
 
     def __init__(self, network, params: dict, lr: float, threads: int):
         import torch
 
-        from torch_net import cross_entropy_or_mse, load_params, torch_sequential
+        from torch_net import cross_entropy_or_mse, load_params, torch_model
 
         torch.set_num_threads(threads)
         self.torch = torch
-        self.net, owners = torch_sequential(network)
+        self.net, owners = torch_model(network)
         load_params(owners, params)
         self.loss_fn = cross_entropy_or_mse(network)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr, momentum=0.0)

@@ -124,24 +124,40 @@ model mixed {
 """
 
 
-@pytest.mark.parametrize("text", [TORCH_NET_SPEC, (REPO / "specs" / "signal1d.cnn").read_text()])
-def test_torch_sequential_matches_the_numpy_backend(text):
-    """bench/torch_net.py builds the same function as cnnc: asymmetric `same` padding, pooling padding, 1-D."""
+GRAPH_SPECS = ["resnet8.cnn", "mobilenet_small.cnn", "inception_small.cnn"]
+
+
+TORCH_MODEL_CASES = {"asymmetric": TORCH_NET_SPEC, **{name: (REPO / "specs" / name).read_text()
+                                                       for name in ["signal1d.cnn", *GRAPH_SPECS]}}
+
+
+@pytest.mark.parametrize("text, train", [
+    pytest.param(text, train, id=f"{name}-{'train' if train else 'eval'}")
+    for name, text in TORCH_MODEL_CASES.items()
+    for train in (False, True) if not (train and "dropout" in text)])  # dropout: the two draw other masks
+def test_torch_model_matches_the_numpy_backend(text, train):
+    """bench/torch_net.py builds the same function as cnnc: asymmetric `same` padding, pooling padding, 1-D,
+    and graphs (skip connections, concatenation, batch norm in both modes, depthwise convolutions)."""
     torch = pytest.importorskip("torch")
-    pytest.importorskip("cnnc.backends.numpy_backend")
     import cnnc
     from cnnc.backends.numpy_backend import NumpyModel
-    from torch_net import load_params, torch_sequential
+    from torch_net import load_params, torch_model
 
     network = cnnc.network_from_text(text)
     model = NumpyModel(network, dtype="float64", seed=3)
-    net, owners = torch_sequential(network)
-    net = net.double().eval()
-    load_params(owners, model.params)
-    x = np.random.default_rng(0).standard_normal((2, *network.input_shape))
+    rng = np.random.default_rng(0)
+    for name, buffer in model.buffers.items():  # running statistics away from their initial 0 and 1
+        buffer[...] = rng.uniform(0.5, 1.5, buffer.shape) if name.endswith("var") else rng.normal(0, 0.3, buffer.shape)
+    net, owners = torch_model(network)
+    net = net.double().train(train)
+    load_params(owners, {**model.params, **model.buffers})
+    x = rng.standard_normal((3, *network.input_shape))
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(model.forward(x), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.forward(x, train=train), expected, rtol=1e-10, atol=1e-12)
+    for name, buffer in model.buffers.items():  # train: both updated the running statistics alike
+        layer, what = name.rsplit(".", 1)
+        np.testing.assert_allclose(buffer, getattr(owners[layer], what).numpy(), rtol=1e-12, atol=1e-14)
 
 
 def test_markdown_rendering_quotes_the_record(smoke, tmp_path):
