@@ -106,7 +106,7 @@ def torch_sequential(network: Network) -> tuple[nn.Sequential, dict[str, nn.Modu
     for layer in network.layers:
         built = layer_modules(layer)
         if layer.params or layer.buffers:
-            owners[layer.name] = built[-2] if layer.activation else built[-1]
+            owners[layer.name] = _owner(built, layer)
         modules += built
     return nn.Sequential(*modules), owners
 
@@ -149,8 +149,9 @@ def torch_model(network: Network) -> tuple[nn.Module, dict[str, nn.Module]]:
     return graph, owners
 
 
-def _owner(step: nn.Sequential, layer: Layer) -> nn.Module:
-    return step[-2] if layer.activation else step[-1]
+def _owner(modules, layer: Layer) -> nn.Module:
+    """The module holding a layer's weights: the last of its modules, or the one before a fused activation."""
+    return modules[-2] if layer.activation else modules[-1]
 
 
 def load_params(owners: dict[str, nn.Module], params: dict) -> None:

@@ -271,24 +271,24 @@ class MPIComm(Local):
 
     def check_sync(self, model) -> None:
         """--check-sync: the parameters, and batch norm's running statistics, must be bit-identical on every rank."""
-        for what, digest in (("parameters", self._params_digest(model)), ("batch norm buffers", _buffers_digest(model))):
+        for what, digest in (("parameters", _params_digest(model)), ("batch norm buffers", _buffers_digest(model))):
             with self.guard("the other ranks' checksums"):
                 everyone = self.comm.allgather(digest)
             bad = [r for r, d in enumerate(everyone) if d != everyone[0]]
             if bad:
                 raise CnncError(f"--check-sync: the {what} of rank(s) {', '.join(map(str, bad))} differ from rank 0's")
 
-    @staticmethod
-    def _params_digest(model) -> str:
-        block = getattr(model, "param_block", None)
-        data = block if block is not None else np.concatenate([p.reshape(-1) for p in model.params.values()])
-        return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
-
     def fail(self, message: str) -> None:
         """This rank cannot go on: say so, naming the rank, and end every rank of the job."""
         print(f"cnnc: rank {self.rank} of {self.size} failed: {message}; stopping all ranks", file=sys.stderr,
               flush=True)
         self.comm.Abort(1)
+
+
+def _params_digest(model) -> str:
+    block = getattr(model, "param_block", None)
+    data = block if block is not None else np.concatenate([p.reshape(-1) for p in model.params.values()])
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
 
 
 def _buffers_digest(model) -> str:
