@@ -179,3 +179,30 @@ def test_a_staging_directory_whose_lock_is_held_is_a_build_in_progress_and_is_ke
         os.close(lock)
     c_build.sweep_leftovers(root)
     assert sorted(p.name for p in root.iterdir()) == [".build-young-1"]
+
+
+def test_a_sweep_at_the_moment_a_build_takes_its_lock_does_not_reap_that_build(tmp_path, monkeypatch):
+    # Two builds in one process (the test suite builds float32 and float64 modules in two threads): one
+    # sweeps while the other is between creating its lock file and locking it. The sweep must not find
+    # an unlocked lock file there and delete the directory under the build.
+    import fcntl
+
+    root = tmp_path / "c"
+    staging = root / ".build-racing-1"
+    staging.mkdir(parents=True)
+    real_flock = fcntl.flock
+    seen = []
+
+    def flock_after_a_sweep(fd, operation):
+        if not seen:
+            seen.append(True)
+            c_build.sweep_leftovers(root)  # the other thread's sweep, at the worst moment
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_sweep)
+    lock = c_build.hold_build_lock(staging)
+    try:
+        assert seen and staging.is_dir() and (staging / c_build.BUILD_LOCK).is_file()
+        assert not c_build.build_abandoned(staging)
+    finally:
+        os.close(lock)

@@ -44,6 +44,7 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -682,8 +683,12 @@ def hold_build_lock(staging: Path) -> int | None:
         import fcntl
     except ImportError:
         return None
-    fd = os.open(staging / BUILD_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # Locked under a private name, then renamed: a concurrent sweep sees no lock file (a young
+    # directory, left alone) or a held one, never one it could take in between and judge abandoned.
+    private = staging / f"{BUILD_LOCK}-{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(private, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(private, staging / BUILD_LOCK)
     return fd
 
 
