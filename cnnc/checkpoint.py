@@ -21,10 +21,11 @@ import math
 import os
 import shlex
 import zipfile
+from pathlib import Path
 
 import numpy as np
 
-from .diagnostics import CnncError
+from .diagnostics import CnncError, Diagnostic
 from .fileio import atomic_path, check_input_file, describe_contents, is_numpy_file, is_zip, load_json, load_npz_checked
 from .ir import Network
 
@@ -390,3 +391,58 @@ def default_checkpoint_path(weights_path) -> str:
     """digits.weights.npz -> digits.weights.ckpt.npz (any other name gets .ckpt.npz appended)."""
     text = os.fspath(weights_path)
     return (text[:-len(".npz")] if text.endswith(".npz") else text) + ".ckpt.npz"
+
+
+# ---- a resumed run's files and identity ------------------------------------------------------------
+def checkpoint_path_default(ckpt: Checkpoint, key: str, suffix: str, option: str) -> str | None:
+    """The weights (key "output") or log ("log") path a resumed run writes when the command line names none.
+    A checkpoint's paths are only defaults in its own folder: a plain, visible file name ending in `suffix`
+    (or a path that leads into the checkpoint's folder, as older checkpoints stored it), placed beside the
+    checkpoint. Anything else is refused: resuming someone else's checkpoint writes only where the user says."""
+    stored = ckpt.meta.get(key)
+    if stored is None:
+        return None
+    folder = Path(ckpt.path).parent
+    name = Path(stored).name
+    inside = name == stored or os.path.realpath(stored) == os.path.realpath(folder / name)
+    if inside and name.endswith(suffix) and not name.startswith(".") and len(name) > len(suffix):
+        return str(folder / name)
+    what = "weights file" if key == "output" else "metrics log"
+    raise CnncError(Diagnostic(
+        "error", f"{ckpt.path}: the checkpoint names the {what} {stored!r}, which is not a file name ending in "
+                 f"{suffix} in the checkpoint's own folder; paths stored in a checkpoint are only defaults there",
+        hint=f"give the {what} on the command line ({option} PATH) to write it elsewhere"))
+
+
+def stored_path(path: str | None, checkpoint_path: str) -> str | None:
+    """A path as a checkpoint records it: the file name alone when it lies in the checkpoint's folder
+    (so the checkpoint can be moved with it), else the path as given (a resumed run then needs it again
+    on the command line)."""
+    if path is None:
+        return None
+    folder = Path(checkpoint_path).parent
+    name = Path(path).name
+    return name if os.path.realpath(path) == os.path.realpath(folder / name) else path
+
+
+def spec_record(network: Network, spec: str, model_name: str | None) -> dict:
+    """How a checkpoint names the network it was trained on: the spec file, the model and its hash."""
+    return {"file": spec, "name": network.name, "model": model_name, "hash": network_hash(network)}
+
+
+def check_same_spec(ckpt: Checkpoint, spec: dict) -> None:
+    """Refuse a checkpoint of another network, saying which is which."""
+    saved = ckpt.meta["spec"]
+    if saved["hash"] != spec["hash"]:
+        raise CnncError(Diagnostic(
+            "error", f"{ckpt.path}: the checkpoint belongs to model '{saved['name']}' of {saved['file']} "
+                     f"(architecture hash {saved['hash'][:12]}), but {spec['file']} gives model "
+                     f"'{spec['name']}' with hash {spec['hash'][:12]}; resuming with another spec is refused",
+            hint="resume with the spec the checkpoint was trained with, or start a new run without --resume"))
+
+
+def check_same_data(ckpt: Checkpoint, data: dict) -> None:
+    """Refuse to resume on other samples than the checkpoint was trained on."""
+    if ckpt.meta["data"]["fingerprint"] != data["fingerprint"]:
+        raise CnncError(f"{ckpt.path}: the checkpoint was trained on data '{ckpt.meta['data']['name']}', "
+                        f"but --data {data['name']} holds different samples; resume with the same data")

@@ -164,3 +164,21 @@ def test_light_background_looks_at_the_border_only():
     dark[0, 0, 2:6, 2:6] = 1.0  # a bright stroke in the middle: MNIST's polarity
     assert light_background(np.concatenate([dark, 1.0 - dark])).tolist() == [False, True]
     assert light_background(np.ones((2, 10))).tolist() == [False, False]  # flat inputs: no border to judge
+
+
+def test_argument_parsing_lives_in_cnnc_cli_only():
+    """The pipeline modules take typed arguments: no module outside cnnc/cli imports argparse."""
+    import ast
+
+    package = Path(cnnc.__file__).parent
+    importers = []
+    for source in sorted(package.rglob("*.py")):
+        if package / "cli" in source.parents:
+            continue
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) else []
+            if any(name and name.split(".")[0] == "argparse" for name in names):
+                importers.append(str(source.relative_to(package)))
+    assert importers == []
+    assert "argparse" in (package / "cli" / "__init__.py").read_text(encoding="utf-8")  # the check looks at real code

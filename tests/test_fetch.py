@@ -17,7 +17,9 @@ import pytest
 from cnnc import fetch as fetch_module
 from cnnc.datasets import load_dataset
 from cnnc.diagnostics import CnncError
-from cnnc.fetch import FILES, add_data_parser, fetch, run_data_fetch
+from cnnc.cli.data import add_parsers as add_data_parser
+from cnnc.cli.data import run_data_fetch
+from cnnc.fetch import FILES, fetch
 from cnnc.fileio import atomic_write_bytes
 
 NAMES = list(FILES["mnist"])  # the four .gz file names

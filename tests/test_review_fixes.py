@@ -190,15 +190,15 @@ def test_viz_maps_input_directory_is_named_as_a_directory(tiny):
 
 # ---- 7. the summary's timing includes building the model and loading the data ---------------------------
 def test_train_summary_wall_time_includes_build_and_data_load(tiny, monkeypatch):
-    import cnnc.train
+    import cnnc.cli.train
 
-    slow_load, original = 0.4, cnnc.train.load_data_for
+    slow_load, original = 0.4, cnnc.cli.train.load_data_for
 
     def load_data_slowly(model, data):
         time.sleep(slow_load)
         return original(model, data)
 
-    monkeypatch.setattr(cnnc.train, "load_data_for", load_data_slowly)
+    monkeypatch.setattr(cnnc.cli.train, "load_data_for", load_data_slowly)
     started = time.perf_counter()
     status, stdout, _ = run_cli("train", tiny, *QUICK, "--epochs", 1, "-q")
     elapsed = time.perf_counter() - started

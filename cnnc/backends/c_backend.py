@@ -305,16 +305,17 @@ DIR_FORMAT = "cnnc-compile-2"  # 2: the module is matched by source_key, not by 
 READABLE_DIR_FORMATS = ("cnnc-compile-1", DIR_FORMAT)  # a format-1 module is rebuilt through the cache
 
 
-def compile_to_directory(path, out_dir, model: str | None = None, dtype: str = "float32", emit_c: bool = False,
+def compile_to_directory(path, out_dir=None, model: str | None = None, dtype: str = "float32", emit_c: bool = False,
                          **options) -> list[Path]:
     """Write MODEL.c (with the kernel headers it includes, in kernels/), the spec, a manifest and (unless
-    emit_c) the built module into out_dir.
+    emit_c) the built module into out_dir (None: build/MODEL under the current directory).
     Returns the paths written."""
     _check_options(options)
     dtype = check_dtype(dtype)
-    path, out = Path(path), Path(out_dir)
+    path = Path(path)
     text = read_source(path)
     network = select(_networks(text, path), model, str(path))
+    out = Path(out_dir) if out_dir else Path("build") / network.name
     refuse_unsupported([network])
     source = generate(network, dtype)
     source_id = c_build.source_key([network], dtype)
@@ -471,32 +472,4 @@ def _directory_module(directory: Path, manifest: dict, source_id: str) -> c_buil
     return c_build.Built(module.ffi, module.lib, manifest["key"], directory)
 
 
-def add_compile_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "compile", help="compile a model to native code with the C backend",
-        description="Generate C for a model and build it into a Python extension module in DIR, together with the "
-                    "spec and a manifest, so that cnnc.load(DIR, backend='c') loads it without compiling again.")
-    p.add_argument("file", metavar="FILE", help="the .cnn file")
-    p.add_argument("--model", help="the model to compile, when the file holds several")
-    p.add_argument("-o", "--output", metavar="DIR", help="the output directory (default: build/MODEL)")
-    p.add_argument("--emit-c", action="store_true", help="write the C source (and spec, manifest) but do not compile")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="the element type (default float32)")
-    p.add_argument("--portable", action="store_true", help="do not tune for this CPU (no -march=native)")
-    p.add_argument("--no-openmp", action="store_true", help="build without OpenMP threads")
-    p.set_defaults(func=run_compile)
-
-
-def run_compile(args) -> int:
-    options = {"openmp": not args.no_openmp}
-    if args.portable:
-        options["native"] = False
-    model = args.model
-    if not args.output:  # not given (or given empty): build/<model>
-        model = model or select(_networks(read_source(args.file), Path(args.file)), None, args.file).name
-    out = Path(args.output or Path("build") / model)
-    for written in compile_to_directory(args.file, out, model, args.dtype, emit_c=args.emit_c, **options):
-        print(f"wrote {written} ({written.stat().st_size:,} bytes)")
-    return 0
-
-
-__all__ = ["CModel", "CModule", "compile_networks", "load_c_model", "compile_to_directory", "add_compile_parser"]
+__all__ = ["CModel", "CModule", "compile_networks", "load_c_model", "compile_to_directory"]

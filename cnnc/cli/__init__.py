@@ -1,95 +1,31 @@
 """The `cnnc` command: argument parsing only; every subcommand calls into a pipeline module.
 
-Each subcommand is added by an `add_*_parser(subparsers)` function that sets `func`, a callable
-taking the parsed arguments and returning the exit status.
+This package is the only place in cnnc that imports argparse. One module per command group:
+
+    check.py      cnnc check
+    compile.py    cnnc compile
+    gradcheck.py  cnnc gradcheck
+    train.py      cnnc train, eval, predict
+    data.py       cnnc data fetch
+    export.py     cnnc export, import
+    viz.py        cnnc draw, viz filters|maps|curves
+    editor.py     cnnc lsp, fmt
+
+Each module has an `add_parsers(subparsers)` function that sets `func`, a callable taking the parsed
+arguments and returning the exit status; the callables unpack the arguments into typed calls of the
+pipeline modules.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from ._version import __version__
-from .diagnostics import CnncError
-
-
-# ---- cnnc check ---------------------------------------------------------------------------------
-def add_check_parser(subparsers) -> None:
-    p = subparsers.add_parser("check", help="parse and shape-check a .cnn file; print each model's layer table",
-                              description="Parse and shape-check a .cnn file. Errors are printed as FILE:LINE:COL "
-                                          "with the source line, and the exit status is 1.")
-    p.add_argument("files", nargs="+", metavar="FILE", help="the .cnn file(s)")
-    p.add_argument("--model", help="check only this model (of a single file)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--html", metavar="REPORT", help="also write a self-contained HTML page: table, diagram, "
-                                                      "receptive-field growth (needs cnnc[viz])")
-    p.set_defaults(func=run_check)
-
-
-def run_check(args) -> int:
-    """Check every file; a bad file is reported and the rest are still checked (exit 1 if any failed)."""
-    from .summary import network_record, summary_table
-
-    if args.model and len(args.files) > 1:
-        raise CnncError(f"--model picks a model of one file, but {len(args.files)} files were given")
-    if args.html:
-        from .fileio import check_distinct
-
-        check_distinct({"the HTML report (--html)": args.html}, {f"the spec {path}": path for path in args.files})
-    networks, failed = [], False
-    for path in args.files:
-        try:
-            networks += _checked_networks(path, args.model)
-        except CnncError as e:
-            print(e.render(), file=sys.stderr)
-            failed = True
-    if args.json:
-        print(json.dumps({"models": [network_record(n) for n in networks]}, indent=2))
-    elif networks:
-        print("\n\n".join(summary_table(n) for n in networks))
-    if args.html and not failed:
-        from .report import write_report
-
-        write_report(networks, args.html)
-        print(f"wrote {args.html}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _checked_networks(path: str, model: str | None):
-    """Parse and shape-check one file, printing its warnings (with the source line) to stderr."""
-    from .frontend import network_list_from_text, read_source, select
-
-    text = read_source(path)
-    found = network_list_from_text(text, path)
-    found = [select(found, model, path)] if model else found
-    for network in found:
-        for warning in network.warnings:
-            print(warning.render(text), file=sys.stderr)
-    return found
+from .._version import __version__
+from ..diagnostics import CnncError
 
 
 # ---- the command --------------------------------------------------------------------------------
-PARSER_BUILDERS = [add_check_parser]
-
-
-def _optional_parsers():
-    """Subcommands whose modules may pull in heavier dependencies are registered lazily here."""
-    from importlib import import_module
-
-    for module, function in [
-        ("cnnc.gradcheck", "add_gradcheck_parser"),
-        ("cnnc.backends.c_backend", "add_compile_parser"),
-        ("cnnc.train", "add_train_parsers"),
-        ("cnnc.fetch", "add_data_parser"),
-        ("cnnc.export", "add_export_parsers"),
-        ("cnnc.viz", "add_viz_parsers"),
-        ("cnnc.lsp", "add_lsp_parsers"),
-    ]:
-        try:
-            yield getattr(import_module(module), function)
-        except ModuleNotFoundError as e:
-            if e.name != module:  # a real import error inside an existing module must surface
-                raise
+COMMAND_GROUPS = ("check", "gradcheck", "compile", "train", "data", "export", "viz", "editor")
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -129,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "networks written in the .cnn language.")
     parser.add_argument("--version", action="version", version=f"cnnc {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in PARSER_BUILDERS + list(_optional_parsers()):
-        add(subparsers)
+    from importlib import import_module
+
+    for group in COMMAND_GROUPS:
+        import_module(f"{__name__}.{group}").add_parsers(subparsers)
     return parser
 
 
@@ -215,6 +153,3 @@ def closed_pipe() -> int:
     os.close(devnull)
     return CLOSED_PIPE_STATUS
 
-
-if __name__ == "__main__":
-    sys.exit(main())
