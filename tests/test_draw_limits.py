@@ -16,7 +16,8 @@ pytest.importorskip("matplotlib")
 from PIL import Image  # noqa: E402
 
 import cnnc  # noqa: E402
-from cnnc import viz  # noqa: E402
+from cnnc.viz import diagram as viz  # noqa: E402
+from cnnc.viz.figure import PNG_DPI  # noqa: E402
 
 BIG_KERNEL = "model big {\n  input x[1, 2000, 2000]\n  conv2d c(filters=1, kernel=2000)\n  loss mse\n}\n"
 LONG_1D_KERNEL = "model long {\n  input x[1, 100000]\n  conv1d c(filters=1, kernel=99999)\n  loss mse\n}\n"
@@ -81,7 +82,7 @@ def test_3000_layers_draw_the_first_and_last_layers_and_say_how_many_are_left_ou
     assert "c0" in shown and "d" in shown and "flatten_1" in shown  # the first and the last layers
     assert "c1000" not in shown
     width, height = fig.get_size_inches()
-    assert height * viz.PNG_DPI < 12_000 and width * viz.PNG_DPI < 2_000
+    assert height * PNG_DPI < 12_000 and width * PNG_DPI < 2_000
     result, out, seconds = draw(tmp_path, deep_spec(3000), "deep")
     assert result.returncode == 0, result.stderr
     assert seconds < 120

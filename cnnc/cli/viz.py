@@ -1,4 +1,5 @@
-"""`cnnc draw` and `cnnc viz filters|maps|curves`: the options, and the glue from them to the figures in cnnc/viz/."""
+"""`cnnc draw` and `cnnc viz filters|maps|curves`: the options, and the glue from them to the figures
+in cnnc/viz/."""
 from __future__ import annotations
 
 from .. import viz
