@@ -46,6 +46,8 @@ def initial_value(spec: ParamSpec, rng: np.random.Generator) -> np.ndarray:
 
 
 def check_dtype(dtype) -> str:
+    """The dtype's name if cnnc computes in it (DTYPES), else a ValueError. Called once where a dtype enters
+    (a Model's constructor, a compilation); the functions it is passed on to take the checked name."""
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
@@ -56,10 +58,15 @@ class Model:
     backend_name = "abstract"
 
     def __init__(self, network: Network, dtype: str = "float32", seed: int = 0):
+        self._setup(network, check_dtype(dtype), seed)
+
+    def _setup(self, network: Network, dtype: str, seed: int) -> None:
+        """The constructor's work, for a dtype already checked (a backend's constructor checks it once,
+        where it first needs it, and calls this)."""
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
         self.network = network
-        self.dtype = np.dtype(check_dtype(dtype))
+        self.dtype = np.dtype(dtype)
         self.seed = int(seed)
         check_parameter_memory(network, self.dtype)
         try:

@@ -109,7 +109,10 @@ def compile_networks(networks, dtype: str = "float32", **options) -> CModule:
     """Generate one C file for all `networks` and build it, or take the module from the cache (which is
     keyed by the networks and the code generator, so a hit renders no C)."""
     _check_options(options)
-    dtype = check_dtype(dtype)
+    return _compile_networks(networks, check_dtype(dtype), options)
+
+
+def _compile_networks(networks, dtype: str, options: dict) -> CModule:
     networks = [networks] if isinstance(networks, Network) else list(networks)
     names = [n.name for n in networks]
     if len(set(names)) != len(names):
@@ -125,13 +128,15 @@ class CModel(Model):
 
     def __init__(self, network: Network, dtype: str = "float32", seed: int = 0, *, module: CModule | None = None,
                  **options):
-        dtype = check_dtype(dtype)
         if module is None:
-            module = compile_networks([network], dtype, **options)
+            _check_options(options)
+            dtype = check_dtype(dtype)
+            module = _compile_networks([network], dtype, options)
         elif options:
             raise ValueError("build options apply when compiling; this model reuses a compiled module")
-        if module.dtype != dtype:
+        elif dtype != module.dtype:  # the module's dtype was checked when it was compiled
             raise ValueError(f"the module was compiled for {module.dtype}; got dtype {dtype}")
+        dtype = module.dtype
         plan = module.plans.get(network.name)
         if plan is None or plan.network != network:
             raise ValueError(f"the module was not compiled from this network '{network.name}'")
@@ -146,7 +151,7 @@ class CModel(Model):
         self._dropout_applied = False
         self._dx_scratch: np.ndarray | None = None  # dx for backward(dy, input_grad=False)
         self._uncleared = self._ffi.new_allocator(should_clear_after_alloc=False)
-        super().__init__(network, dtype, seed)
+        self._setup(network, dtype, seed)
         self._input_tail, self._output_tail = tuple(self.input_shape), tuple(self.output_shape)
 
     # ---- memory ----
@@ -293,10 +298,9 @@ class CModel(Model):
 def load_c_model(path, model: str | None = None, dtype: str = "float32", seed: int = 0, **options) -> CModel:
     """path: a .cnn file, or a directory written by `cnnc compile`."""
     _check_options(options)
-    dtype = check_dtype(dtype)
     if Path(path).is_dir():
-        return load_compiled_directory(Path(path), model, dtype, seed, **options)
-    return CModel(read_network(path, model), dtype, seed, **options)
+        return load_compiled_directory(Path(path), model, check_dtype(dtype), seed, **options)
+    return CModel(read_network(path, model), dtype, seed, **options)  # which checks the dtype
 
 
 # ---- cnnc compile: a directory holding the C, the module, the spec and a manifest -----------------
