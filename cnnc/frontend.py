@@ -1,13 +1,14 @@
 """The front of the pipeline as three calls: text or file -> shape-inferred Networks.
 
 A spec read from a file is also remembered: its Networks are pickled in cnnc's cache directory
-(cache_home()/ir), keyed by the file's name and text and by everything else that decides its IR (see
-`front_end_fingerprint`). A later process loading the unchanged file unpickles them, and so never
-imports Lark, the parser (cnnc.syntax) or the shape checker (cnnc.shapes): most of a cached
-`cnnc.load`. A file with errors is not remembered (it is parsed again, to report them), and neither
-is IR made by front-end code replaced at run time (see `_front_end_objects`). The cache keeps the
-IR_CACHE_ENTRIES most recently used entries (each a few KB). Entries are pickles: the cache directory
-is trusted as the C module cache beside it is (whose entries are native code).
+(cache_home()/ir), keyed by content alone: the file's name and text and the contents of everything
+else that decides its IR (see `front_end_fingerprint`). A later process loading the unchanged file
+unpickles them, and so never imports Lark, the parser (cnnc.syntax) or the shape checker
+(cnnc.shapes): about half of a cached `cnnc.load` (docs/performance.md). A file with errors is not
+remembered (it is parsed again, to report them). Code that replaces front-end functions at run time
+(a test) sets IR_CACHE = False. The cache keeps the IR_CACHE_ENTRIES most recently used entries (each
+a few KB). Entries are pickles: the cache directory is trusted as the C module cache beside it is
+(whose entries are native code).
 """
 from __future__ import annotations
 
@@ -34,8 +35,6 @@ def network_list_from_text(text: str, file: str = "<string>") -> list[Network]:
     from .syntax import parse
 
     text = normalise_newlines(text)
-    if _front_end_objects.at_first_parse is None:
-        _front_end_objects.at_first_parse = _front_end_objects()
     return infer(parse(text, file), text)
 
 
@@ -91,8 +90,11 @@ def read_network(path, model: str | None = None) -> Network:
 
 
 # ---- the IR cache: a spec file's Networks, remembered --------------------------------------------
-IR_FORMAT = 2  # of the entries and their key; bump when either changes
+IR_FORMAT = 3  # of the entries and their key; bump when either changes
 IR_CACHE_ENTRIES = 256
+# False: every spec is parsed and checked (tests that replace front-end code at run time set this,
+# as the cache cannot tell their IR from the genuine code's)
+IR_CACHE = True
 _MODULE_DIR = Path(__file__).resolve().parent
 # cnnc's modules whose code decides a spec's IR (shapes.py and syntax.py, and what they build it from)
 FRONT_END_MODULES = ("frontend.py", "syntax.py", "shapes.py", "ir.py", "diagnostics.py")
@@ -104,64 +106,27 @@ def front_end_files() -> list[Path]:
     grammar = resource("grammar", "cnn.lark")
     if not isinstance(grammar, Path):
         raise OSError("the grammar is not a file on disk (an installed zip?): the IR is not cached")
-    files = [_MODULE_DIR / name for name in FRONT_END_MODULES] + [grammar]
-    lark_module = sys.modules.get("lark")
-    origin = getattr(lark_module, "__file__", None) if lark_module else None
-    if origin is None:
-        spec = importlib.util.find_spec("lark")
-        origin = spec.origin if spec is not None else None
-    if origin is None:
+    spec = importlib.util.find_spec("lark")
+    if spec is None or spec.origin is None:
         raise OSError("the lark package is not installed")
-    return files + [Path(origin)]
-
-
-def _stamps(files: list[Path]) -> tuple:
-    """(path, size, mtime) of each file: what tells an edited file from the one this process loaded."""
-    stamps = []
-    for path in files:
-        st = os.stat(path)
-        stamps.append((str(path), st.st_size, st.st_mtime_ns))
-    return tuple(stamps)
-
-
-def _stamps_at_import() -> tuple | None:
-    try:
-        return _stamps(front_end_files())
-    except OSError:
-        return None  # a front end without readable files (say, in a zip): nothing is cached
-
-
-# Taken when this module is imported, right after cnnc.ir and cnnc.diagnostics: the files of the code
-# this process runs. cnnc.syntax and cnnc.shapes are imported later, on the first parse;
-# `front_end_fingerprint` checks that no file changed in between (nor since), so an entry is never
-# written from, nor read for, code other than the code its key names.
-_STAMPS_AT_IMPORT = _stamps_at_import()
-
-
-def front_end_fingerprint() -> str | None:
-    """SHA-256 of what decides a text's IR besides the text: the front end's files (modules, grammar,
-    Lark's version), cnnc's version and Python's. None (do not cache) when a file cannot be read or
-    has changed since this process imported cnnc: the code on disk is then not the code running."""
-    if _STAMPS_AT_IMPORT is None:
-        return None
-    try:
-        if _stamps(front_end_files()) != _STAMPS_AT_IMPORT:
-            return None
-        return _hash_front_end(_STAMPS_AT_IMPORT)
-    except OSError:
-        return None
+    return [_MODULE_DIR / name for name in FRONT_END_MODULES] + [grammar, Path(spec.origin)]
 
 
 @cache
-def _hash_front_end(stamps: tuple) -> str:
-    """SHA-256 of the files in `stamps` (hashed once per process), cnnc's version and Python's."""
+def front_end_fingerprint() -> str | None:
+    """SHA-256 of what decides a text's IR besides the text: the contents of the front end's files
+    (modules, grammar, Lark's version), cnnc's version and Python's; hashed once per process. None
+    (nothing is cached) when a file cannot be read."""
     import hashlib  # here and in ir_cache_path: `import cnnc` alone does not load OpenSSL
 
     digest = hashlib.sha256(f"{IR_FORMAT}\0{__version__}\0{sys.implementation.cache_tag}\0{sys.version}\0".encode())
-    for path, _, _ in stamps:
-        data = Path(path).read_bytes()
-        digest.update(f"{Path(path).name}\0{len(data)}\0".encode())
-        digest.update(data)
+    try:
+        for path in front_end_files():
+            data = path.read_bytes()
+            digest.update(f"{path.name}\0{len(data)}\0".encode())
+            digest.update(data)
+    except OSError:
+        return None
     return digest.hexdigest()
 
 
@@ -174,57 +139,17 @@ def ir_cache_path(text: str, file: str, fingerprint: str) -> Path:
 
 
 def remembered_network_list(text: str, file: str) -> list[Network]:
-    """network_list_from_text(text, file), from the IR cache when this text was checked before (by the
-    same front end); else computed, and remembered for the next process."""
-    fingerprint = front_end_fingerprint()
+    """network_list_from_text(text, file), from the IR cache when this text was checked before by a
+    front end of the same contents; else computed, and remembered for the next process."""
+    fingerprint = front_end_fingerprint() if IR_CACHE else None
     if fingerprint is None:
         return network_list_from_text(text, file)
     path = ir_cache_path(text, file, fingerprint)
     networks = _read_entry(path, text, file)
-    if networks is not None:
-        return networks
-    networks = network_list_from_text(text, file)  # a SpecError leaves nothing behind
-    if front_end_fingerprint() == fingerprint and _front_end_unchanged():  # the parse ran the code the key names
+    if networks is None:
+        networks = network_list_from_text(text, file)  # a SpecError leaves nothing behind
         _write_entry(path, text, file, networks)
     return networks
-
-
-# the modules whose code makes the IR (frontend.py's part is network_list_from_text, checked by name)
-IR_MODULE_NAMES = ("cnnc.syntax", "cnnc.shapes", "cnnc.ir", "cnnc.diagnostics")
-
-
-def _front_end_objects() -> dict[tuple, object]:
-    """Everything the IR's modules hold, by where it is held: their top-level names, their
-    classes' members, the entries of their tables (dicts), and each function's code. Compared by
-    identity with what they held at the first parse, it tells whether a function, table entry or
-    constant was replaced at run time (as a test may do); the IR such code produces is not the IR the
-    cache key names. (Names added since, like the __slotnames__ pickle caches on a class, are no
-    replacement.)"""
-    objects = {("cnnc.frontend", "network_list_from_text"): globals()["network_list_from_text"]}
-    for module_name in IR_MODULE_NAMES:
-        module = sys.modules.get(module_name)
-        for name, value in vars(module).items() if module else ():
-            if name.startswith("__"):
-                continue  # the module's own metadata
-            members = {(module_name, name): value}
-            if isinstance(value, type) and value.__module__ == module_name:
-                members.update(((module_name, name, k), v) for k, v in vars(value).items())
-            elif isinstance(value, dict):
-                members.update(((module_name, name, repr(k)), v) for k, v in value.items())
-            for where, member in members.items():
-                objects[where] = member
-                code = getattr(member, "__code__", None)
-                if code is not None:
-                    objects[(*where, "__code__")] = code
-    return objects
-
-
-_front_end_objects.at_first_parse = None  # set by network_list_from_text
-
-
-def _front_end_unchanged() -> bool:
-    first, now = _front_end_objects.at_first_parse, _front_end_objects()
-    return first is not None and all(where in now and now[where] is value for where, value in first.items())
 
 
 def _read_entry(path: Path, text: str, file: str) -> list[Network] | None:

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import math
 import re
-import sys
 from dataclasses import dataclass
 from functools import cache
 
-import lark
 from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken, v_args
 
-from .diagnostics import CnncError, Diagnostic, Loc, SpecError
-from .fileio import atomic_path, cache_home
+from .diagnostics import Diagnostic, Loc, SpecError
+from .fileio import cache_home
 from .resources import read_resource
 
 MAX_INT = 2**63 - 1  # integers must fit a 64-bit signed int; anything larger is a typo
@@ -117,21 +114,14 @@ class Program:
 # ---- parsing -------------------------------------------------------------------------------------
 @cache
 def _parser() -> Lark:
-    """The LALR parser for grammar/cnn.lark. Building its tables takes ~30 ms, so they are kept in
-    cnnc's cache directory, keyed by the grammar and the Lark version; a bad or stale file is rebuilt."""
-    grammar = read_resource("grammar", "cnn.lark")
-    key = hashlib.sha256(f"{grammar}\0{lark.__version__}\0{sys.version_info[:2]}".encode()).hexdigest()[:32]
-    path = cache_home() / "parser" / f"cnn-{key}.lark"
-    with contextlib.suppress(Exception):  # a missing, truncated or foreign file: build afresh
-        with open(path, "rb") as f:
-            return Lark.load(f)
-    parser = Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
-    # an unusable cache (unwritable, or a file where a directory should be: atomic_path's CnncError) only
-    # costs the next process 30 ms
-    with contextlib.suppress(OSError, CnncError):
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            parser.save(f)
-    return parser
+    """The LALR parser for grammar/cnn.lark. Building its tables takes ~30 ms, so Lark keeps them in
+    cnnc's cache directory (its own `cache=` option: the file records a hash of the grammar, the options
+    and Lark's version, and a stale, damaged or unwritable file only means building them again)."""
+    path = cache_home() / "parser" / "cnn.lark-tables"
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return Lark(read_resource("grammar", "cnn.lark"), parser="lalr", propagate_positions=True,
+                maybe_placeholders=True, cache=str(path))
 
 
 def parse(text: str, file: str = "<string>") -> Program:

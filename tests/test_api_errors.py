@@ -4,9 +4,8 @@ import pytest
 
 import cnnc
 from cnnc.cli import main
-from pathlib import Path
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import SPECS
 
 
 @pytest.mark.parametrize("backend", ["numpy", "c"])

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import ROOT as REPO
 BENCH = REPO / "bench"
 sys.path.insert(0, str(BENCH))
 

@@ -39,7 +39,7 @@ def torch_ref():
 
     return torch_reference
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import SPECS
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 
 # One model per configuration: strides 1-3, paddings 0/1/2 and asymmetric `same` with even kernels,

@@ -19,6 +19,7 @@ import pytest
 import cnnc
 from cnnc.backends import c_backend, c_build
 from cnnc.backends.c_codegen import generate
+from cnnc.diagnostics import CnncError
 
 # Small enough that a build takes about a second; each test gets its own spec text, so its own key.
 SPEC = "model tiny {{\n  input x[2, 9]\n  conv1d c(filters={filters}, kernel=3, padding=1, activation=tanh)\n  loss mse\n}}\n"
@@ -112,18 +113,14 @@ def test_a_hit_renders_the_c_only_when_asked_and_it_is_the_c_the_module_was_buil
         assert (module.built.directory / name).read_text() == text
 
 
-def test_a_directory_compiled_before_the_source_key_still_loads_through_the_cache(tmp_path, monkeypatch):
-    """A format-1 `cnnc compile` directory matched its module by the C's SHA-256; its module is not
-    trusted now (it has no source key), so the stored spec is built through the cache instead."""
+def test_a_directory_of_an_older_format_is_refused_with_the_way_out(tmp_path):
+    """No migration: a manifest of another format says to compile the directory again."""
     spec, cache, out = write_spec(tmp_path, 9), tmp_path / "cache", tmp_path / "old"
-    c_backend.compile_to_directory(spec, out, cache_dir=cache)
+    c_backend.compile_to_directory(spec, out, cache_dir=cache, emit_c=True)
     manifest = json.loads((out / "manifest.json").read_text())
-    del manifest["source_key"]
     (out / "manifest.json").write_text(json.dumps({**manifest, "format": "cnnc-compile-1"}))
-    forget_loaded_modules()
-    m = cnnc.load(out, backend="c", cache_dir=cache)
-    assert m.module.built.directory.parent == cache / "c" and not m.module.built.compiled
-    assert np.array_equal(output(m), output(cnnc.load(spec, backend="c", cache_dir=cache)))
+    with pytest.raises(CnncError, match="format 'cnnc-compile-1' is not cnnc-compile-2.*cnnc compile"):
+        cnnc.load(out, backend="c", cache_dir=cache)
 
 
 def test_two_processes_compiling_the_same_spec_at_once_both_succeed(tmp_path):

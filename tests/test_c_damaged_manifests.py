@@ -149,7 +149,7 @@ DAMAGE = {
     "module_file a number": (setting("module_file", 5), "'module_file' must be a non-empty string"),
     "key missing": (without("key"), "'key' must be a non-empty string (the manifest names a module); got nothing"),
     "source_key a dict": (setting("source_key", {"a": 1}), "'source_key' must be a string"),
-    "an unknown format": (setting("format", "cnnc-compile-99"), "its format 'cnnc-compile-99' is not one of"),
+    "an unknown format": (setting("format", "cnnc-compile-99"), "its format 'cnnc-compile-99' is not cnnc-compile-2"),
 }
 
 

@@ -17,8 +17,7 @@ from cnnc.cli import CLOSED_PIPE_STATUS
 
 from cli_runner import run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
-SPECS = ROOT / "specs"
+from conftest import SPECS
 SAMPLES = SPECS / "samples"
 
 

@@ -4,11 +4,10 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 from cnnc.ir import ACTIVATIONS, LAYER_KINDS, LOSSES
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 VSCODE = ROOT / "editors" / "vscode"
 GRAMMAR = json.loads((VSCODE / "syntaxes" / "cnn.tmLanguage.json").read_text())
 

@@ -19,7 +19,7 @@ import pytest
 import cnnc
 from cnnc.cli import main
 
-INVALID = Path(__file__).resolve().parent / "invalid"
+from conftest import INVALID
 CORPUS = sorted(INVALID.glob("*.cnn"))
 HEADLINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<severity>error|warning): (?P<message>.*)$")
 EXPECT = re.compile(r"^# expect: (?P<line>\d+):(?P<col>\d+) (?P<phrase>.+)$")

@@ -5,7 +5,6 @@ C backend against NumPy and PyTorch.)
 Graph models and the layer kinds of issue #14 (batch norm, grouped convolutions, relu6/silu/hardswish,
 merges) run on the NumPy backend only so far: the C backend, the standalone C export and the ONNX export
 refuse them with a CnncError naming the layer and its kind, and never crash."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from cnnc.diagnostics import CnncError
 from cnnc.gradcheck import THRESHOLD, gradcheck
 from cnnc.ir import chain_only_refusal
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import SPECS
 MODELS = [(path, net.name) for path in sorted(SPECS.glob("*.cnn")) for net in cnnc.networks_from_file(path)]
 GRAPH_MODELS = [(path, name) for path, name in MODELS if chain_only_refusal(cnnc.read_network(path, name), "") is not None]
 CHAIN_MODELS = [model for model in MODELS if model not in GRAPH_MODELS]

@@ -27,7 +27,7 @@ from cnnc.export_c import c_float, checked_prefix, memory_plan
 from cnnc.frontend import networks_from_file
 from cnnc.ir import chain_only_refusal
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import SPECS
 GCC = shutil.which("gcc")
 CLANG = shutil.which("clang")
 STRICT = ["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror"]

@@ -1,12 +1,11 @@
 """`cnnc fmt`: the canonical layout (cnnc/lsp/formatting.py), in place or as a check."""
-from pathlib import Path
 
 import pytest
 
 from cnnc.cli import main
 from cnnc.lsp.formatting import format_text
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 MESSY = """\
 
 

@@ -11,7 +11,6 @@ import os
 import re
 import tempfile
 from math import prod
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +21,9 @@ from cnnc.frontend import network_list_from_text, normalise_newlines
 from cnnc.shapes import KIND_ARGS, MAX_ELEMENTS
 from cnnc.summary import network_record, summary_table
 
-SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.cnn"))
+from conftest import SPECS as SPEC_DIR
+
+SPECS = sorted(SPEC_DIR.glob("*.cnn"))
 # Graphs and blocks (issue #14) besides the shipped specs: every new form, small enough to check quickly.
 GRAPH_TEXTS = ["""
 block basic(width, stride=1) {

@@ -2,7 +2,6 @@
 and `cnnc gradcheck` reports per tensor with the right exit status."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
 from cnnc.gradcheck import THRESHOLD, gradcheck, relative_error
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import SPECS
 SMALL = """model small {
     input x[2, 6, 6]
     conv2d c(filters=3, kernel=3, padding=1, activation=relu)

@@ -10,7 +10,6 @@ issue comes next. The located errors are in tests/invalid/ (tests/test_errors.py
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,10 +20,7 @@ from cnnc.cli import main
 from cnnc.diagnostics import CnncError
 from cnnc.gradcheck import THRESHOLD, gradcheck
 
-torch = pytest.importorskip("torch")
-from torch_reference import torch_forward_backward  # noqa: E402  (needs torch)
-
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import SPECS
 
 # The issue's example, exactly as written there.
 ISSUE_EXAMPLE = """
@@ -327,6 +323,8 @@ def assert_agrees_with_torch(m: NumpyModel, x, train: bool, tol: float = 1e-9) -
     y = m.forward(x, train=train)
     dy = np.random.default_rng(1).normal(size=y.shape)
     dx = m.backward(dy)
+    from torch_reference import torch_forward_backward  # needs torch: the callers take the torch fixture
+
     ty, tdx, tgrads = torch_forward_backward(m.network, m.params, x, dy, buffers=buffers, train=train)
     assert rel_err(y, ty) <= tol, f"forward differs from PyTorch: {rel_err(y, ty):.1e}"
     assert rel_err(dx, tdx) <= tol, f"dx differs from PyTorch: {rel_err(dx, tdx):.1e}"
@@ -340,13 +338,13 @@ def assert_agrees_with_torch(m: NumpyModel, x, train: bool, tol: float = 1e-9) -
 
 @pytest.mark.parametrize("train", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("name", list(REFERENCE_MODELS))
-def test_numpy_agrees_with_pytorch(name, train):
+def test_numpy_agrees_with_pytorch(name, train, torch):
     m = randomized(REFERENCE_MODELS[name], seed=3)
     x = np.random.default_rng(4).normal(size=(3, *m.input_shape))
     assert_agrees_with_torch(m, x, train)
 
 
-def test_running_statistics_follow_pytorch_over_several_training_steps():
+def test_running_statistics_follow_pytorch_over_several_training_steps(torch):
     m = randomized(DENSE_NET, seed=5)
     rng = np.random.default_rng(6)
     bn = torch.nn.BatchNorm2d(4, momentum=0.1, dtype=torch.float64)
@@ -471,36 +469,39 @@ def test_state_dict_save_and_load_carry_the_buffers(tmp_path):
         other.load_weights(missing)
 
 
-class TorchResNet(torch.nn.Module):
+def torch_resnet(torch):
     """The issue's example written directly in PyTorch, with the same attribute names."""
 
-    class Basic(torch.nn.Module):
-        def __init__(self, width):
+    class TorchResNet(torch.nn.Module):
+        class Basic(torch.nn.Module):
+            def __init__(self, width):
+                super().__init__()
+                self.c1 = torch.nn.Conv2d(width, width, 3, padding=1, bias=False)
+                self.bn1 = torch.nn.BatchNorm2d(width)
+                self.c2 = torch.nn.Conv2d(width, width, 3, padding=1, bias=False)
+                self.bn2 = torch.nn.BatchNorm2d(width)
+
+            def forward(self, x):
+                return torch.relu(self.bn2(self.c2(torch.relu(self.bn1(self.c1(x))))) + x)
+
+        def __init__(self):
             super().__init__()
-            self.c1 = torch.nn.Conv2d(width, width, 3, padding=1, bias=False)
-            self.bn1 = torch.nn.BatchNorm2d(width)
-            self.c2 = torch.nn.Conv2d(width, width, 3, padding=1, bias=False)
-            self.bn2 = torch.nn.BatchNorm2d(width)
+            self.stem = torch.nn.Conv2d(1, 16, 3, padding=1, bias=False)
+            self.stem_bn = torch.nn.BatchNorm2d(16)
+            self.s1, self.s2, self.s3 = self.Basic(16), self.Basic(16), self.Basic(16)
+            self.fc = torch.nn.Linear(16, 10)
 
         def forward(self, x):
-            return torch.relu(self.bn2(self.c2(torch.relu(self.bn1(self.c1(x))))) + x)
+            s1 = self.s1(torch.relu(self.stem_bn(self.stem(x))))
+            self.s2(s1)  # computed, unused: the model's output reads s3, which reads s1
+            return self.fc(self.s3(s1).mean(dim=(2, 3)))
 
-    def __init__(self):
-        super().__init__()
-        self.stem = torch.nn.Conv2d(1, 16, 3, padding=1, bias=False)
-        self.stem_bn = torch.nn.BatchNorm2d(16)
-        self.s1, self.s2, self.s3 = self.Basic(16), self.Basic(16), self.Basic(16)
-        self.fc = torch.nn.Linear(16, 10)
-
-    def forward(self, x):
-        s1 = self.s1(torch.relu(self.stem_bn(self.stem(x))))
-        self.s2(s1)  # computed, unused: the model's output reads s3, which reads s1
-        return self.fc(self.s3(s1).mean(dim=(2, 3)))
+    return TorchResNet()
 
 
-def test_a_pytorch_state_dict_of_the_same_network_loads_directly():
+def test_a_pytorch_state_dict_of_the_same_network_loads_directly(torch):
     torch.manual_seed(0)
-    reference = TorchResNet().double()
+    reference = torch_resnet(torch).double()
     with torch.no_grad():
         reference.train()(torch.randn(8, 1, 28, 28, dtype=torch.float64))  # move the running statistics
     reference.eval()

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SPECS = ROOT / "specs"
+from conftest import ROOT, SPECS
 SAMPLE_DIGIT = SPECS / "samples" / "digit7.png"  # a shipped picture: README's predict line uses it
 
 

@@ -2,12 +2,11 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("pygls")
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 
 
 def test_the_latency_script_measures_diagnostics_and_hover(tmp_path):

@@ -15,7 +15,7 @@ from cnnc.lsp import analysis as front  # noqa: E402
 from cnnc.lsp.analysis import analyse  # noqa: E402
 from cnnc.lsp.formatting import format_text  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 INVALID = sorted((ROOT / "tests" / "invalid").glob("*.cnn"))
 URI = "file:///net.cnn"
 HEADLINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<severity>error|warning): (?P<message>.*)$")

@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,7 @@ pytest.importorskip("pygls")
 NVIM = shutil.which("nvim")
 pytestmark = pytest.mark.skipif(NVIM is None, reason="needs Neovim (apt-get install -y neovim; CI installs it)")
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 CONFIG = ROOT / "editors" / "neovim" / "cnnc.lua"
 SPEC = """\
 model net {

@@ -1,6 +1,5 @@
 """Every editor feature on half-written text: random edits of real specs, then every handler at random
 positions. None may raise, and every range it returns must lie in the document."""
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +12,7 @@ from lsprotocol import types  # noqa: E402
 from cnnc.lsp import features  # noqa: E402
 from cnnc.lsp.formatting import format_text  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 GRAPH_SPEC = """\
 block basic(width, stride=1) {
     conv2d c1(filters=width, kernel=3, stride=stride, padding=1)

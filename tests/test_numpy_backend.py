@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ except ImportError:  # the hand-worked examples, gradchecks and API tests still 
     torch = None
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is the reference this test compares against")
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import SPECS
 
 
 def model_from(body: str, dtype: str = "float64", seed: int = 0) -> NumpyModel:

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from cnnc.export_onnx import OPSET, export_onnx  # noqa: E402
 from cnnc.import_onnx import import_onnx  # noqa: E402
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import SPECS
 EXTRA_SPECS = """
 model kitchen {
     input x[2, 9, 10]

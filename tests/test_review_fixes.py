@@ -25,7 +25,7 @@ from cnnc.fileio import describe_contents
 
 from cli_runner import run_cli
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import SPECS
 
 TINY = """
 model tiny {

@@ -8,17 +8,16 @@ import pytest
 import cnnc
 from cnnc.diagnostics import SpecError
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Thousands of tiny convolutions: threads only add overhead (and contend with other test processes)."""
+@pytest.fixture(scope="module")
+def torch():
+    """PyTorch on one thread (skipped without it): thousands of tiny convolutions, where threads only add
+    overhead (and contend with other test processes)."""
+    torch = pytest.importorskip("torch")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    yield torch
     torch.set_num_threads(threads)
 
 
@@ -52,11 +51,14 @@ def padded(x, layer):
     pads = []
     for before, after in reversed(list(zip(layer.pad_before, layer.pad_after))):
         pads += [before, after]
+    import torch.nn.functional as F
+
     return F.pad(x, pads)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding=.same.")
-def test_conv2d_shapes_match_torch_over_a_grid():
+def test_conv2d_shapes_match_torch_over_a_grid(torch):
+    F = torch.nn.functional
     checked = rejected = 0
     for (h, w), k, s, p, d in itertools.product(SIZES_2D, KERNELS_2D, STRIDES_2D, PADDINGS_2D, DILATIONS_2D):
         args = f"filters=2, kernel={spec_value(k)}, stride={spec_value(s)}, padding={spec_value(p)}, dilation={spec_value(d)}"
@@ -87,7 +89,8 @@ def test_conv2d_shapes_match_torch_over_a_grid():
 
 
 @pytest.mark.filterwarnings("ignore:Using padding=.same.")
-def test_conv1d_shapes_match_torch_over_a_grid():
+def test_conv1d_shapes_match_torch_over_a_grid(torch):
+    F = torch.nn.functional
     checked = 0
     for n, k, s, p, d in itertools.product(SIZES_1D, [1, 2, 3, 4], [1, 2, 3], [0, 1, 3, "same", "valid"], [1, 2, 3]):
         args = f"filters=4, kernel={k}, stride={s}, padding={p}, dilation={d}"
@@ -111,7 +114,8 @@ def test_same_padding_puts_the_odd_pixel_after():
 
 
 @pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
-def test_pooling_shapes_match_torch_over_a_grid(kind):
+def test_pooling_shapes_match_torch_over_a_grid(kind, torch):
+    F = torch.nn.functional
     checked = rejected = 0
     pool2d = F.max_pool2d if kind == "maxpool" else F.avg_pool2d
     for (h, w), size, stride, p in itertools.product(SIZES_2D, [1, 2, 3, (2, 3), 6], [None, 1, 2, (1, 3)], [0, 1, 2]):
@@ -132,7 +136,8 @@ def test_pooling_shapes_match_torch_over_a_grid(kind):
 
 
 @pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
-def test_1d_pooling_shapes_match_torch(kind):
+def test_1d_pooling_shapes_match_torch(kind, torch):
+    F = torch.nn.functional
     pool1d = F.max_pool1d if kind == "maxpool" else F.avg_pool1d
     for n, size, stride, p in itertools.product(SIZES_1D, [1, 2, 3, 5], [None, 1, 2, 4], [0, 1, 2]):
         args = f"size={size}" + (f", stride={stride}" if stride else "") + f", padding={p}"
@@ -145,8 +150,9 @@ def test_1d_pooling_shapes_match_torch(kind):
         assert layer.out_shape == tuple(pool1d(x, size, stride or size, p).shape[1:]), args
 
 
-def test_receptive_fields_match_the_input_region_autograd_reaches():
+def test_receptive_fields_match_the_input_region_autograd_reaches(torch):
     """Every window layer's receptive field is the extent of the input that moves its centre output."""
+    F = torch.nn.functional
     text = ("model m {\n input x[1, 64, 64]\n conv2d a(filters=1, kernel=3)\n avgpool2d b(size=2)\n"
             " conv2d c(filters=1, kernel=(3, 5), dilation=2)\n relu\n avgpool2d d(size=3, stride=2)\n"
             " conv2d e(filters=1, kernel=2, stride=2)\n}")

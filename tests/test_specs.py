@@ -2,14 +2,13 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import cnnc
 from cnnc.cli import main
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import SPECS
 
 
 def conv_out(size, kernel, pad=0, stride=1, dilation=1):

@@ -2,7 +2,6 @@
 and docs/language.md checked against what the checker does."""
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -197,12 +196,14 @@ def test_a_file_with_several_models_needs_a_model_name(tmp_path):
 
 
 # ---- docs/language.md stays true -------------------------------------------------------------------------
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "language.md"
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import DOCS
+
+LANGUAGE_MD = DOCS / "language.md"
+from conftest import SPECS
 
 
 def fenced_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(), flags=re.S)
+    return re.findall(rf"```{language}\n(.*?)```", LANGUAGE_MD.read_text(), flags=re.S)
 
 
 def test_every_cnn_example_in_the_docs_checks_cleanly():
@@ -217,7 +218,7 @@ def test_every_cnn_example_in_the_docs_checks_cleanly():
 
 
 def test_the_docs_name_every_kind_argument_and_default():
-    text = DOCS.read_text()
+    text = LANGUAGE_MD.read_text()
     for kind, args in KIND_ARGS.items():
         assert f"`{kind}`" in text, kind
         for key, spec in args.items():
@@ -228,7 +229,7 @@ def test_the_docs_name_every_kind_argument_and_default():
 
 
 def test_the_summary_and_json_shown_in_the_docs_are_what_check_prints():
-    text = DOCS.read_text()
+    text = LANGUAGE_MD.read_text()
     table = summary_table(cnnc.read_network(SPECS / "lenet5.cnn"))
     assert "\n".join(table.splitlines()[1:]) in text  # all but the title line, which names the path
     (shown,) = fenced_blocks("json")
@@ -237,7 +238,7 @@ def test_the_summary_and_json_shown_in_the_docs_are_what_check_prints():
 
 
 def test_the_diagnostics_shown_in_the_docs_are_what_check_prints():
-    text = DOCS.read_text()
+    text = LANGUAGE_MD.read_text()
     spec = "# lenet\nmodel m {\n    input image[1, 5, 5]\n    conv2d c1(filters=6, kernel=7)\n}\n"
     with pytest.raises(SpecError) as info:
         network_list_from_text(spec, "lenet.cnn")

@@ -25,7 +25,7 @@ from cnnc.train import DEFAULT_LR, LOG_KEYS, TrainConfig, Trainer, TrainingInter
 
 from cli_runner import run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 BATCHES = math.ceil(1437 / TrainConfig().batch)  # batches per epoch of the digits training split
 DIGITS_SPEC = str(ROOT / "specs" / "digits.cnn")
 TINY = """

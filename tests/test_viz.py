@@ -21,7 +21,7 @@ from cnnc.cli import main
 Image = pytest.importorskip("PIL.Image")
 pytest.importorskip("matplotlib")
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import SPECS
 DIGITS = SPECS / "digits.cnn"
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -305,8 +305,7 @@ def load_c_model(path, model: str | None = None, dtype: str = "float32", seed: i
 
 # ---- cnnc compile: a directory holding the C, the module, the spec and a manifest -----------------
 DIR_MANIFEST = "manifest.json"
-DIR_FORMAT = "cnnc-compile-2"  # 2: the module is matched by source_key, not by the C's SHA-256
-READABLE_DIR_FORMATS = ("cnnc-compile-1", DIR_FORMAT)  # a format-1 module is rebuilt through the cache
+DIR_FORMAT = "cnnc-compile-2"  # another format (an older cnnc's) is refused: compile the directory again
 
 
 def compile_to_directory(path, out_dir=None, model: str | None = None, dtype: str = "float32", emit_c: bool = False,
@@ -391,8 +390,8 @@ def _manifest_problem(manifest) -> str | None:
     may have been copied from anywhere, so every field load_compiled_directory reads is checked here."""
     if not isinstance(manifest, dict):
         return f"it holds {type(manifest).__name__ if manifest is not None else 'no JSON object'}, not a JSON object"
-    if manifest.get("format") not in READABLE_DIR_FORMATS:
-        return f"its format {str(manifest.get('format'))[:40]!r} is not one of {', '.join(READABLE_DIR_FORMATS)}"
+    if manifest.get("format") != DIR_FORMAT:
+        return f"its format {str(manifest.get('format'))[:40]!r} is not {DIR_FORMAT}"
     for name in ("model", "spec_file"):
         if not _is(manifest.get(name), str) or not manifest[name]:
             return f"'{name}' must be a non-empty string; got {_shown(manifest.get(name))}"

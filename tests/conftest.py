@@ -1,0 +1,37 @@
+"""What the tests share: the repository's paths and the fixtures more than one feature's tests use.
+
+Test files import the constants (`from conftest import ROOT, SPECS`); pytest finds the fixtures itself.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+SPECS = ROOT / "specs"                         # the shipped example specs
+INVALID = ROOT / "tests" / "invalid"           # specs with one located error each, and the expected message
+DOCS = ROOT / "docs"
+
+
+@pytest.fixture
+def torch():
+    """PyTorch, the independent reference; a test that takes this fixture is skipped without it (and only
+    such a test is)."""
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    """A private, empty cnnc cache directory (IR entries, parser tables, C modules) for this test."""
+    monkeypatch.setenv("CNNC_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def no_ir_cache(monkeypatch) -> None:
+    """Every spec parsed and checked afresh: for tests that replace front-end code (cnnc.syntax,
+    cnnc.shapes, ...) at run time, whose IR the cache, keyed by the code's contents, must not remember."""
+    from cnnc import frontend
+
+    monkeypatch.setattr(frontend, "IR_CACHE", False)
