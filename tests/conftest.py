@@ -13,6 +13,18 @@ SPECS = ROOT / "specs"                         # the shipped example specs
 INVALID = ROOT / "tests" / "invalid"           # specs with one located error each, and the expected message
 DOCS = ROOT / "docs"
 
+# A classifier of 8x8 digits small enough that a 1-epoch run on the NumPy backend takes well under a second.
+TINY = """
+model tiny {
+    input image[1, 8, 8]
+    conv2d c1(filters=4, kernel=3, activation=relu)   # -> [4, 6, 6]
+    maxpool2d p1(size=2)                               # -> [4, 3, 3]
+    flatten
+    dense out(units=10)
+    loss cross_entropy
+}
+"""
+
 
 @pytest.fixture
 def torch():

@@ -4,6 +4,7 @@ import pytest
 
 import cnnc
 from cnnc.cli import main
+from cnnc.diagnostics import CnncError
 
 from conftest import SPECS
 
@@ -65,3 +66,38 @@ def test_finite_float64_input_beyond_float32_range_is_named_as_such():
         m.forward(np.full((1, 1, 4), 1e39))
     with pytest.raises(ValueError, match="NaN or infinite"):
         m.forward(np.full((1, 1, 4), np.nan))
+
+
+# ---- API misuse: ValueError saying what was expected ---------------------------------------------------
+def test_api_misuse_is_a_value_error_saying_what_was_expected(tmp_path):
+    m = cnnc.load(SPECS / "digits.cnn")
+    for call, expected in ((lambda: cnnc.network_from_text(None), "spec text must be a str; got NoneType"),
+                           (lambda: cnnc.network_from_text(b"model m {}"), "got bytes"),
+                           (lambda: m.load_weights(None), "an .npz path or a mapping of name -> array; got NoneType"),
+                           (lambda: m.load_weights(123), "got int"),
+                           (lambda: m.save(None), "save takes a file path; got NoneType")):
+        with pytest.raises(ValueError, match=expected):
+            call()
+
+
+@pytest.mark.parametrize("change", ["clear", "pop", "popitem", "setdefault", "ior_new_name"])
+def test_params_keep_their_fixed_set_of_tensors(change):
+    m = cnnc.load(SPECS / "digits.cnn")
+    names = list(m.params)
+    calls = {"clear": lambda: m.params.clear(), "pop": lambda: m.params.pop("c1.weight"),
+             "popitem": lambda: m.params.popitem(), "setdefault": lambda: m.params.setdefault("zz", 1)}
+    if change == "ior_new_name":
+        with pytest.raises(KeyError, match="has no tensor 'zz'"):
+            m.params |= {"zz": np.zeros(1)}
+    else:
+        with pytest.raises(TypeError, match="fixed set of tensors"):
+            calls[change]()
+    assert list(m.params) == names
+    m.params |= {"c1.bias": np.ones(m.params["c1.bias"].shape)}  # an existing name: copied into place
+    assert (m.params["c1.bias"] == 1).all() and type(m.params).__name__ == "TensorDict"
+
+
+def test_a_compiled_directory_given_to_the_numpy_backend_points_at_the_c_backend(tmp_path):
+    assert main(["compile", str(SPECS / "digits.cnn"), "-o", str(tmp_path / "out"), "--emit-c"]) == 0
+    with pytest.raises(CnncError, match=r"written by `cnnc compile`.*backend='c'"):
+        cnnc.load(tmp_path / "out")

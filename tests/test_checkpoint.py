@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +12,11 @@ import cnnc
 from cnnc.checkpoint import (data_fingerprint, default_checkpoint_path, join_arrays, load_checkpoint, network_hash,
                              save_checkpoint, split_arrays)
 from cnnc.diagnostics import CnncError
+from cnnc.cli import main
 from cnnc.optim import Adam
 from cnnc.train import learning_rate
+
+from conftest import TINY
 
 SPEC = """
 model tiny {
@@ -136,3 +140,34 @@ def test_learning_rate_schedules():
     assert all(a > b for a, b in zip(rates, rates[1:]))     # strictly decreasing
     assert [learning_rate("step", 1.0, s, 100) for s in (0, 49, 50, 74, 75, 99)] == \
         pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+# ---- damaged checkpoints -------------------------------------------------------------------------------
+def _edit_meta(path: Path, edit) -> None:
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps(edit(meta)))
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda m: {k: v for k, v in m.items() if k != "position"}, "metadata lacks 'position'"),
+    (lambda m: {**m, "rng": {"shuffle": m["rng"]["shuffle"]}}, "metadata.rng lacks 'dropout'"),
+    (lambda m: {**m, "running": {**m["running"], "seen": "many"}}, "metadata.running.seen must be an integer"),
+    (lambda m: {**m, "config": {**m["config"], "batch": "x"}}, "metadata.config.batch must be an integer"),
+    (lambda m: {**m, "config": {**m["config"], "colour": 1}}, "metadata.config holds unexpected entries 'colour'"),
+    (lambda m: {**m, "optimizer_state": {"exp_avg": {"__array__": "optim/nothing"}}}, "names an array it does not hold"),
+    (lambda m: [m], "checkpoint format 'list'"),
+])
+def test_a_damaged_checkpoint_is_named_as_such_not_a_traceback(tmp_path, monkeypatch, capsys, damage, expected):
+    monkeypatch.chdir(tmp_path)
+    Path("tiny.cnn").write_text(TINY)
+    args = ["train", "tiny.cnn", "--data", "digits", "--backend", "numpy", "--epochs", "2", "-q"]
+    assert main([*args, "--stop-after", "1"]) == 0
+    checkpoint = Path("runs/tiny.weights.ckpt.npz")
+    _edit_meta(checkpoint, damage)
+    capsys.readouterr()
+    assert main([*args, "--resume", str(checkpoint)]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err

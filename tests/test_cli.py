@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import cnnc
+from cnnc.cli import main
 from cnnc.cli import CLOSED_PIPE_STATUS
 
 from cli_runner import run_cli
@@ -181,3 +182,38 @@ def test_argument_parsing_lives_in_cnnc_cli_only():
                 importers.append(str(source.relative_to(package)))
     assert importers == []
     assert "argparse" in (package / "cli" / "__init__.py").read_text(encoding="utf-8")  # the check looks at real code
+
+
+def usage_error(*args) -> str:
+    """stderr of an argparse error (which exits with status 2)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    assert e.value.code == 2
+    return err.getvalue()
+
+
+# ---- usage errors name the subcommand -----------------------------------------------------------
+def test_unknown_option_of_a_subcommand_shows_that_subcommands_usage():
+    err = usage_error("train", "tiny.cnn", "--bogus")
+    assert err.startswith("usage: cnnc train [-h]")
+    assert err.rstrip().endswith("cnnc train: error: unrecognized arguments: --bogus")
+
+
+def test_extra_positional_of_a_nested_subcommand_shows_its_usage():
+    err = usage_error("viz", "maps", "tiny.cnn", "--weights", "w.npz", "--input", "x.npy", "-o", "m.png", "surplus")
+    assert err.startswith("usage: cnnc viz maps [-h]")
+    assert err.rstrip().endswith("cnnc viz maps: error: unrecognized arguments: surplus")
+
+
+def test_unknown_top_level_option_keeps_the_top_level_usage():
+    err = usage_error("--bogus")
+    assert err.startswith("usage: cnnc [-h] [--version] COMMAND")
+    assert err.rstrip().endswith("cnnc: error: unrecognized arguments: --bogus")
+
+
+# ---- cnnc compile ----------------------------------------------------------------------------------
+def test_compile_with_an_empty_output_uses_the_default_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", str(SPECS / "digits.cnn"), "-o", "", "--emit-c"]) == 0
+    assert (tmp_path / "build" / "digits" / "manifest.json").is_file()

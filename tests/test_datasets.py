@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import struct
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from cnnc import datasets
-from cnnc.datasets import Dataset, load_dataset, read_idx
+from cnnc.datasets import Dataset, load_dataset, make_dataset, read_idx
 from cnnc.diagnostics import CnncError
 from cnnc.fileio import atomic_write_bytes
 
@@ -483,3 +484,26 @@ def test_make_dataset_checks_labels_against_a_known_class_count():
     x = np.zeros((2, 1, 4, 4))
     with pytest.raises(CnncError, match="src: label 3 is out of range for 3 classes"):
         datasets.make_dataset("d", x, [0, 3], x, [0, 1], "", classes=3, where="src")
+
+
+# ---- data beyond float32's range ----------------------------------------------------------------------
+def test_data_beyond_float32_is_a_clean_error_without_numpy_warning(tmp_path):
+    path = tmp_path / "big.npz"
+    x = np.zeros((4, 1, 8, 8))
+    x[1, 0, 2, 3] = -1e300
+    np.savez(path, x_train=x, y_train=np.arange(4), x_test=np.zeros((2, 1, 8, 8)), y_test=np.arange(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy's "overflow encountered in cast" would now be raised
+        with pytest.raises(CnncError) as e:
+            load_dataset(path)
+    assert str(e.value) == (f"error: {path}: x_train has values beyond the float32 range "
+                            "(largest magnitude 1e+300); scale the data")
+
+
+def test_float32_data_with_infinity_is_still_named_as_non_finite():
+    x = np.zeros((3, 1, 4, 4))
+    x[0, 0, 0, 0] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CnncError, match="x_train contains NaN or infinite values"):
+            make_dataset("d", x, np.arange(3), np.zeros((1, 1, 4, 4)), np.zeros(1, int), "test data")

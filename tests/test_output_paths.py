@@ -13,25 +13,17 @@ import stat
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import cnnc
+from cnnc.cli import main
 from cnnc.diagnostics import CnncError
 from cnnc.fileio import EXPORT_MARKER, atomic_write_text, write_owned_folder
 
 from cli_runner import run_cli
 
-TINY = """
-model tiny {
-    input image[1, 8, 8]
-    conv2d c1(filters=4, kernel=3, activation=relu)
-    maxpool2d p1(size=2)
-    flatten
-    dense out(units=10)
-    loss cross_entropy
-}
-"""
-
+from conftest import SPECS, TINY
 
 
 @pytest.fixture
@@ -240,3 +232,55 @@ def test_write_owned_folder_refuses_a_product_named_like_a_written_file(tmp_path
     with pytest.raises(CnncError, match="the name 'MAIN.C' is not usable: .* clash with the file main.c"):
         write_owned_folder(tmp_path / "x", {"main.c": ""}, products=("MAIN.C",))
     assert not (tmp_path / "x").exists()
+
+
+# ---- a cache directory that cannot be used ------------------------------------------------------------
+def test_an_unusable_cache_directory_costs_only_speed_where_no_cache_is_needed(tmp_path, monkeypatch, capsys):
+    """A file where the cache directory should be: checking and the NumPy backend still work (the parser
+    tables and IR are not kept); the C backend, which needs the cache, says so and names CNNC_CACHE_DIR."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("CNNC_CACHE_DIR", str(blocker))
+    spec = str(SPECS / "digits.cnn")
+    assert main(["check", spec]) == 0
+    assert "digits" in capsys.readouterr().out
+    model = cnnc.load(spec)
+    assert model.forward(np.zeros((1, *model.input_shape), np.float32)).shape == (1, 10)
+    from cnnc.backends import c_build
+    c_build._LOADED.clear()
+    with pytest.raises(CnncError, match=r"cannot write to the C module cache .*set CNNC_CACHE_DIR"):
+        cnnc.load(spec, backend="c")
+
+
+def test_an_output_under_a_file_names_the_file_in_the_way(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    code = main(["train", str(SPECS / "digits.cnn"), "--data", "digits", "--epochs", "1", "-o", str(blocker / "w.npz")])
+    assert code == 1
+    assert f"{blocker} is a file, not a directory" in capsys.readouterr().err
+
+
+# ---- outputs that would overwrite the command's own inputs ---------------------------------------------
+def test_no_command_writes_over_its_own_inputs_or_one_output_over_another(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec = Path("net.cnn")
+    spec.write_text((SPECS / "digits.cnn").read_text())
+    original = spec.read_bytes()
+    assert main(["train", str(spec), "--data", "digits", "--epochs", "1", "-o", str(spec)]) == 1
+    assert "the weights (-o) would overwrite the spec" in capsys.readouterr().err
+    assert main(["train", str(spec), "--data", "digits", "--epochs", "1", "-o", "w.npz", "--log", "./w.npz"]) == 1
+    assert "the metrics log (--log) would overwrite the weights (-o)" in capsys.readouterr().err
+    assert spec.read_bytes() == original and not Path("w.npz").exists()
+
+    cnnc.load(spec).save("w.npz")
+    weights = Path("w.npz").read_bytes()
+    assert main(["export", str(spec), "--weights", "w.npz", "--format", "onnx", "-o", "w.npz"]) == 1
+    assert "the ONNX file (-o) would overwrite the weights" in capsys.readouterr().err
+    assert Path("w.npz").read_bytes() == weights
+    assert main(["export", str(spec), "--weights", "w.npz", "--format", "onnx", "-o", "net.onnx"]) == 0
+    exported = Path("net.onnx").read_bytes()
+    assert main(["import", "net.onnx", "-o", "back.cnn", "--weights", "back.cnn"]) == 1
+    assert "the weights file would overwrite the .cnn file" in capsys.readouterr().err
+    assert main(["import", "net.onnx", "-o", "net.onnx"]) == 1
+    assert "the .cnn file would overwrite the ONNX model" in capsys.readouterr().err
+    assert Path("net.onnx").read_bytes() == exported and not Path("back.cnn").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,8 +19,9 @@ import numpy as np
 import pytest
 
 import cnnc
+from cnnc.cli import main
 from cnnc.checkpoint import load_checkpoint
-from cnnc.datasets import load_digits
+from cnnc.datasets import load_dataset, load_digits
 from cnnc.diagnostics import CnncError
 from cnnc.train import DEFAULT_LR, LOG_KEYS, TrainConfig, Trainer, TrainingInterrupted, load_classifier, load_data_for, make_splits
 
@@ -28,6 +30,7 @@ from cli_runner import run_cli
 from conftest import ROOT
 BATCHES = math.ceil(1437 / TrainConfig().batch)  # batches per epoch of the digits training split
 DIGITS_SPEC = str(ROOT / "specs" / "digits.cnn")
+QUICK = ["--data", "digits", "--backend", "numpy"]  # with TINY: a 1-epoch run takes well under a second
 TINY = """
 model tiny {
     input image[1, 8, 8]
@@ -358,3 +361,66 @@ def test_a_failed_c_build_suggests_the_numpy_backend(tiny, tmp_path, monkeypatch
     assert status == 1 and "Traceback" not in stderr
     assert "error: building model 'tiny' with the C backend failed: " in stderr
     assert "note: use --backend numpy" in stderr
+
+
+# ---- train -q ---------------------------------------------------------------------------------
+def test_train_q_prints_only_the_summary(tiny):
+    status, stdout, stderr = run_cli("train", tiny, *QUICK, "--epochs", 1, "-q")
+    assert status == 0 and stderr == ""  # no progress lines, no per-epoch line
+    assert stdout.startswith("tiny: test accuracy ") and "weights written to runs/tiny.weights.npz" in stdout
+    assert Path("runs/tiny.weights.npz").exists()
+
+
+def test_train_q_still_prints_errors(tiny):
+    status, stdout, stderr = run_cli("train", tiny, *QUICK, "--optimizer", "sgd", "--lr", "1e8", "-q")
+    assert status == 1 and stdout == ""
+    assert stderr.startswith("error: training diverged in epoch 1, batch ")
+
+
+def test_train_help_lists_q_with_quiet(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "-q, --quiet" in capsys.readouterr().out
+
+
+# ---- the summary's timing includes building the model and loading the data ---------------------------
+def test_train_summary_wall_time_includes_build_and_data_load(tiny, monkeypatch):
+    import cnnc.cli.train
+
+    slow_load, original = 0.4, cnnc.cli.train.load_data_for
+
+    def load_data_slowly(model, data):
+        time.sleep(slow_load)
+        return original(model, data)
+
+    monkeypatch.setattr(cnnc.cli.train, "load_data_for", load_data_slowly)
+    started = time.perf_counter()
+    status, stdout, _ = run_cli("train", tiny, *QUICK, "--epochs", 1, "-q")
+    elapsed = time.perf_counter() - started
+    assert status == 0
+    found = re.search(r"^this invocation: ([\d.]+) s wall time \(([\d.]+) s building the model and loading the data, "
+                      r"([\d.]+) s training, evaluating and checkpointing\)$", stdout, re.M)
+    assert found, stdout
+    wall, setup, loop = map(float, found.groups())
+    training = float(re.search(r"^training: ([\d.]+) s over 1 epoch", stdout, re.M).group(1))
+    assert setup >= slow_load - 0.05           # the slow data load is counted in the setup figure
+    assert abs(wall - (setup + loop)) <= 0.11  # each figure is rounded to 0.1 s
+    assert loop >= training - 0.05 and wall <= elapsed + 0.05
+
+
+# ---- cnnc eval -------------------------------------------------------------------------------------
+def test_eval_on_a_subset_of_the_classes(tmp_path, monkeypatch, capsys):
+    """A 10-class model evaluated on data holding only classes 0..7: accepted, the confusion matrix keeps
+    the model's 10 columns."""
+    monkeypatch.chdir(tmp_path)
+    Path("tiny.cnn").write_text(TINY)
+    assert main(["train", "tiny.cnn", "--data", "digits", "--backend", "numpy", "--epochs", "1", "-q"]) == 0
+    digits = load_dataset("digits")
+    keep_train, keep_test = digits.y_train < 8, digits.y_test < 8
+    np.savez("sub8.npz", x_train=digits.x_train[keep_train], y_train=digits.y_train[keep_train],
+             x_test=digits.x_test[keep_test], y_test=digits.y_test[keep_test])
+    capsys.readouterr()
+    assert main(["eval", "tiny.cnn", "--weights", "runs/tiny.weights.npz", "--data", "sub8.npz", "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert f"(test split, {int(keep_test.sum())} samples): accuracy" in out
+    assert "true\\pred   0   1   2   3   4   5   6   7   8   9" in out

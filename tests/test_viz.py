@@ -371,3 +371,22 @@ def test_report_renders_in_headless_chromium(tmp_path, capsys):
     assert shot.exists(), f"chromium wrote no screenshot (status {done.returncode}): {done.stderr[-2000:]}"
     pixels = assert_real_image(shot, min_size=(1200, 900), min_colours=30)
     assert pixels.shape[:2] == (900, 1200)
+
+
+# ---- predict and viz maps read an input the same way ---------------------------------------------------
+def test_predict_and_viz_read_16_bit_images_and_uint8_arrays_alike(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    from cnnc.inference import read_inputs
+    from cnnc.viz import read_input
+
+    grey16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")  # mode I;16 (or I): 0..63000 of 65535
+    x, _ = read_inputs([str(tmp_path / "g16.png")], (1, 8, 8))
+    np.testing.assert_allclose(x[0, 0], grey16 / 65535.0, rtol=1e-6)  # not clipped at 255
+    np.testing.assert_array_equal(read_input(tmp_path / "g16.png", (1, 8, 8)), x[0])
+    u8 = np.full((8, 8), 200, np.uint8)
+    with open(tmp_path / "U8.NPY", "wb") as f:  # an upper-case suffix is still a .npy
+        np.save(f, u8)
+    x, _ = read_inputs([str(tmp_path / "U8.NPY")], (1, 8, 8))
+    np.testing.assert_allclose(x, 200 / 255, rtol=1e-6)
+    np.testing.assert_array_equal(read_input(tmp_path / "U8.NPY", (1, 8, 8)), x[0])
