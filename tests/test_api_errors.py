@@ -101,3 +101,25 @@ def test_a_compiled_directory_given_to_the_numpy_backend_points_at_the_c_backend
     assert main(["compile", str(SPECS / "digits.cnn"), "-o", str(tmp_path / "out"), "--emit-c"]) == 0
     with pytest.raises(CnncError, match=r"written by `cnnc compile`.*backend='c'"):
         cnnc.load(tmp_path / "out")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_a_load_checks_the_dtype_once_and_names_the_choices(backend, monkeypatch):
+    from cnnc import model as model_module
+    from cnnc.backends import c_backend
+    from cnnc.fileio import cache_home
+
+    with pytest.raises(ValueError, match=r"dtype must be one of float32, float64; got 'float16'"):
+        cnnc.load(SPECS / "lenet5.cnn", backend=backend, dtype="float16")
+    checks = []
+
+    def counted(dtype):
+        checks.append(dtype)
+        return model_module.check_dtype.__wrapped__(dtype)
+
+    counted.__wrapped__ = model_module.check_dtype
+    monkeypatch.setattr(model_module, "check_dtype", counted)
+    monkeypatch.setattr(c_backend, "check_dtype", counted)
+    options = {"cache_dir": str(cache_home())} if backend == "c" else {}
+    loaded = cnnc.load(SPECS / "lenet5.cnn", backend=backend, dtype="float64", **options)
+    assert loaded.dtype == np.float64 and checks == ["float64"]
