@@ -23,7 +23,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .checkpoint import checkpoint_given_as_weights, is_checkpoint
 from .diagnostics import CnncError
 from .fileio import (ArrayHeader, atomic_path, available_memory, check_input_file, describe_contents, human_size,
                      is_zip, load_npz_checked, npy_headers_in_npz)
@@ -176,6 +175,8 @@ class Model:
         if not is_path and not isinstance(source, Mapping):
             raise ValueError(f"load_weights takes an .npz path or a mapping of name -> array; got {type(source).__name__}")
         where = f"weights file {os.fspath(source)}" if is_path else "weights"
+        from .checkpoint import checkpoint_given_as_weights, is_checkpoint  # a training run's format, asked for here only
+
         if is_path:  # names, shapes and dtypes first, from the headers: a mismatched array is never read
             headers = without_torch_extras(self.network, read_npz_headers(source))
             problems = [] if is_checkpoint(headers) else weight_mismatches(self.network, headers)

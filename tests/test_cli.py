@@ -213,7 +213,13 @@ def test_unknown_top_level_option_keeps_the_top_level_usage():
 
 
 # ---- cnnc compile ----------------------------------------------------------------------------------
-def test_compile_with_an_empty_output_uses_the_default_directory(tmp_path, monkeypatch, capsys):
+@pytest.mark.usefixtures("no_ir_cache")
+def test_compile_with_an_empty_output_uses_the_default_directory_reading_the_spec_once(tmp_path, monkeypatch, capsys):
+    import lark
+
+    parsed, parse = [], lark.Lark.parse
+    monkeypatch.setattr(lark.Lark, "parse", lambda self, text, *a, **k: parsed.append(text) or parse(self, text, *a, **k))
     monkeypatch.chdir(tmp_path)
     assert main(["compile", str(SPECS / "digits.cnn"), "-o", "", "--emit-c"]) == 0
     assert (tmp_path / "build" / "digits" / "manifest.json").is_file()
+    assert parsed == [(SPECS / "digits.cnn").read_text()]  # the default directory is named without a second parse

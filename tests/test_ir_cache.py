@@ -227,13 +227,14 @@ def test_the_ir_cache_keeps_the_most_recently_used_entries(tmp_path, cache, pars
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 def test_a_cached_load_in_a_new_process_imports_nothing_it_does_not_need(backend, tmp_path, shared_c_cache):
     """A second process loading the same spec reads the IR from the cache: it imports neither Lark nor
-    the parser nor the optimisers, and (C) renders no C: jinja2 stays out."""
+    the parser nor the optimisers nor the checkpoint format, and (C) renders no C: jinja2 stays out."""
     script = textwrap.dedent(f"""
         import json, sys
         import cnnc
         options = {{"cache_dir": {shared_c_cache!r}}} if {backend!r} == "c" else {{}}
         m = cnnc.load({str(SPECS / "vgg_small.cnn")!r}, backend={backend!r}, seed=4, **options)
-        imported = sorted(set(sys.modules) & {{"lark", "cnnc.syntax", "cnnc.shapes", "jinja2", "cnnc.optim"}})
+        imported = sorted(set(sys.modules) & {{"lark", "cnnc.syntax", "cnnc.shapes", "jinja2", "cnnc.optim",
+                                               "cnnc.checkpoint"}})
         assert cnnc.optim.Adam.__module__ == "cnnc.optim"  # still there when asked for
         print(json.dumps({{"first": float(m.params["fc1.weight"][0, 0]), "imported": imported}}))
     """)
