@@ -371,3 +371,55 @@ def test_report_renders_in_headless_chromium(tmp_path, capsys):
     assert shot.exists(), f"chromium wrote no screenshot (status {done.returncode}): {done.stderr[-2000:]}"
     pixels = assert_real_image(shot, min_size=(1200, 900), min_colours=30)
     assert pixels.shape[:2] == (900, 1200)
+
+
+def test_draw_shows_a_graph_with_branches_side_by_side_and_edges_into_merges(tmp_path, capsys):
+    from matplotlib.patches import FancyBboxPatch
+
+    from cnnc.viz import diagram_figure
+
+    status, _, _ = run(["draw", SPECS / "resnet8.cnn", "-o", tmp_path / "r.png"], capsys)
+    assert status == 0
+    assert_real_image(tmp_path / "r.png")
+    network = cnnc.read_network(SPECS / "resnet8.cnn")
+    ax = diagram_figure(network).axes[0]
+    boxes = [patch for patch in ax.patches if isinstance(patch, FancyBboxPatch)]
+    assert len(boxes) == len(network.layers) + 1  # the input too
+    name_at = {t.get_text(): t.get_position() for t in ax.texts}
+    # the projection shortcut stands beside the main path, on the rows between the fork and the sum
+    assert name_at["s2.proj"][0] > name_at["s2.c1"][0] + 1.0
+    assert name_at["s2.c1"][1] < name_at["s2.proj"][1] < name_at["s2.sum"][1]
+    assert name_at["s2.sum"][0] == name_at["s2.c1"][0] == name_at["stem"][0]
+    # one arrow per edge: every layer's every input
+    arrows = [a for a in ax.texts if type(a).__name__ == "Annotation"]
+    assert len(arrows) == sum(len(layer.inputs) for layer in network.layers)
+    heads = sorted(round(a.xy[0], 2) for a in arrows if abs(a.xy[1] - (name_at["s1.sum"][1] - 0.2)) < 0.3)
+    assert len(heads) == 2 and heads[1] - heads[0] > 0.2  # two operands arrive at two points of s1.sum's box
+
+
+
+def test_a_long_graph_is_drawn_with_its_middle_left_out_and_arrows_through_the_gap():
+    from cnnc.viz import HEAD_LAYERS, TAIL_LAYERS, diagram_figure
+
+    blocks = "\n".join(f"    basic b{i}" for i in range(12))
+    network = cnnc.network_from_text(f"""
+block basic {{
+    conv2d c(filters=4, kernel=3, padding=1)
+    batchnorm bn
+    add sum(bn, in)
+    relu out
+}}
+model deep {{
+    input x[4, 8, 8]
+{blocks}
+    global_avgpool
+    dense fc(units=2)
+    loss mse
+}}
+""")
+    ax = diagram_figure(network).axes[0]
+    strings = {t.get_text() for t in ax.texts}
+    assert network.layers[HEAD_LAYERS - 1].name in strings and network.layers[HEAD_LAYERS].name not in strings
+    assert any(s.startswith(f"... {len(network.layers) - HEAD_LAYERS - TAIL_LAYERS} more layers") for s in strings)
+    assert "fc" in strings
+
