@@ -251,6 +251,28 @@ def test_layer_outputs_match_the_whole_model(trained):
     assert outputs[0][1][5, 3, 4] == pytest.approx(by_hand, rel=1e-5, abs=1e-6)
 
 
+
+def test_layer_outputs_of_a_graph_match_the_whole_model_in_inference_mode(tmp_path, capsys):
+    from cnnc.viz import layer_outputs
+
+    m = cnnc.load(SPECS / "resnet8.cnn", seed=3)
+    rng = np.random.default_rng(0)
+    for name in m.buffers:  # running statistics that are not the identity, so inference mode shows
+        m.buffers[name][...] = rng.uniform(0.5, 1.5, m.buffers[name].shape)
+    x = rng.random((1, 28, 28)).astype(np.float32)
+    outputs = dict((layer.name, y) for layer, y in layer_outputs(m, x))
+    assert list(outputs) == [layer.name for layer in m.network.layers]
+    np.testing.assert_allclose(outputs["fc"], m.forward(x[None], train=False)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(outputs["s2.sum"], outputs["s2.bn2"] + outputs["s2.proj_bn"], rtol=1e-6)
+    weights, picture = tmp_path / "r.npz", tmp_path / "x.npy"
+    m.save(weights)
+    np.save(picture, x)
+    status, _, err = run(["viz", "maps", SPECS / "resnet8.cnn", "--weights", weights, "--input", picture,
+                          "--layer", "s2.sum", "-o", tmp_path / "m.png"], capsys)
+    assert status == 0, err
+    assert_real_image(tmp_path / "m.png", min_size=(1000, 250), min_colours=20)
+
+
 def test_maps_from_a_png_and_from_npy_agree(trained, tmp_path, capsys):
     from cnnc.viz import read_input
 
