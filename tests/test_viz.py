@@ -251,6 +251,27 @@ def test_layer_outputs_match_the_whole_model(trained):
     assert outputs[0][1][5, 3, 4] == pytest.approx(by_hand, rel=1e-5, abs=1e-6)
 
 
+def test_layer_outputs_of_a_graph_match_the_whole_model_in_inference_mode(tmp_path, capsys):
+    from cnnc.viz import layer_outputs
+
+    m = cnnc.load(SPECS / "resnet8.cnn", seed=3)
+    rng = np.random.default_rng(0)
+    for name in m.buffers:  # running statistics that are not the identity, so inference mode shows
+        m.buffers[name][...] = rng.uniform(0.5, 1.5, m.buffers[name].shape)
+    x = rng.random((1, 28, 28)).astype(np.float32)
+    outputs = dict((layer.name, y) for layer, y in layer_outputs(m, x))
+    assert list(outputs) == [layer.name for layer in m.network.layers]
+    np.testing.assert_allclose(outputs["fc"], m.forward(x[None], train=False)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(outputs["s2.sum"], outputs["s2.bn2"] + outputs["s2.proj_bn"], rtol=1e-6)
+    weights, picture = tmp_path / "r.npz", tmp_path / "x.npy"
+    m.save(weights)
+    np.save(picture, x)
+    status, _, err = run(["viz", "maps", SPECS / "resnet8.cnn", "--weights", weights, "--input", picture,
+                          "--layer", "s2.sum", "-o", tmp_path / "m.png"], capsys)
+    assert status == 0, err
+    assert_real_image(tmp_path / "m.png", min_size=(1000, 250), min_colours=20)
+
+
 def test_maps_from_a_png_and_from_npy_agree(trained, tmp_path, capsys):
     from cnnc.viz import read_input
 
@@ -371,6 +392,56 @@ def test_report_renders_in_headless_chromium(tmp_path, capsys):
     assert shot.exists(), f"chromium wrote no screenshot (status {done.returncode}): {done.stderr[-2000:]}"
     pixels = assert_real_image(shot, min_size=(1200, 900), min_colours=30)
     assert pixels.shape[:2] == (900, 1200)
+
+
+def test_draw_shows_a_graph_with_branches_side_by_side_and_edges_into_merges(tmp_path, capsys):
+    from matplotlib.patches import FancyBboxPatch
+
+    from cnnc.viz import diagram_figure
+
+    status, _, _ = run(["draw", SPECS / "resnet8.cnn", "-o", tmp_path / "r.png"], capsys)
+    assert status == 0
+    assert_real_image(tmp_path / "r.png")
+    network = cnnc.read_network(SPECS / "resnet8.cnn")
+    ax = diagram_figure(network).axes[0]
+    boxes = [patch for patch in ax.patches if isinstance(patch, FancyBboxPatch)]
+    assert len(boxes) == len(network.layers) + 1  # the input too
+    name_at = {t.get_text(): t.get_position() for t in ax.texts}
+    # the projection shortcut stands beside the main path, on the rows between the fork and the sum
+    assert name_at["s2.proj"][0] > name_at["s2.c1"][0] + 1.0
+    assert name_at["s2.c1"][1] < name_at["s2.proj"][1] < name_at["s2.sum"][1]
+    assert name_at["s2.sum"][0] == name_at["s2.c1"][0] == name_at["stem"][0]
+    # one arrow per edge: every layer's every input
+    arrows = [a for a in ax.texts if type(a).__name__ == "Annotation"]
+    assert len(arrows) == sum(len(layer.inputs) for layer in network.layers)
+    heads = sorted(round(a.xy[0], 2) for a in arrows if abs(a.xy[1] - (name_at["s1.sum"][1] - 0.2)) < 0.3)
+    assert len(heads) == 2 and heads[1] - heads[0] > 0.2  # two operands arrive at two points of s1.sum's box
+
+
+def test_a_long_graph_is_drawn_with_its_middle_left_out_and_arrows_through_the_gap():
+    from cnnc.viz.diagram import HEAD_LAYERS, TAIL_LAYERS, diagram_figure
+
+    blocks = "\n".join(f"    basic b{i}" for i in range(12))
+    network = cnnc.network_from_text(f"""
+block basic {{
+    conv2d c(filters=4, kernel=3, padding=1)
+    batchnorm bn
+    add sum(bn, in)
+    relu out
+}}
+model deep {{
+    input x[4, 8, 8]
+{blocks}
+    global_avgpool
+    dense fc(units=2)
+    loss mse
+}}
+""")
+    ax = diagram_figure(network).axes[0]
+    strings = {t.get_text() for t in ax.texts}
+    assert network.layers[HEAD_LAYERS - 1].name in strings and network.layers[HEAD_LAYERS].name not in strings
+    assert any(s.startswith(f"... {len(network.layers) - HEAD_LAYERS - TAIL_LAYERS} more layers") for s in strings)
+    assert "fc" in strings
 
 
 # ---- predict and viz maps read an input the same way ---------------------------------------------------

@@ -66,7 +66,6 @@ def run_draw(args) -> int:
     viz.image_format(args.output)
     check_distinct({"the image (-o)": args.output}, {"the spec": args.file})
     network = viz.read_spec(args.file, args.model)
-    viz.refuse_graphs(network, "cnnc draw")
     viz.save_figure(viz.diagram_figure(network), args.output)
     return _wrote(args.output)
 
@@ -90,7 +89,6 @@ def run_viz_maps(args) -> int:
     check_distinct({"the image (-o)": args.output},
                    {"the spec": args.file, "the weights": args.weights, "the input": args.input})
     network = viz.read_spec(args.file, args.model)
-    viz.refuse_graphs(network, "cnnc viz maps")
     if args.layer is not None and args.layer not in [layer.name for layer in network.layers]:
         raise CnncError(f"model '{network.name}' has no layer '{args.layer}'; its layers are: "
                         f"{', '.join(layer.name for layer in network.layers)}")

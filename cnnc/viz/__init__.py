@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from .curves import curves_figure, read_metrics
 from .diagram import diagram_figure
-from .figure import (IMAGE_FORMATS, VIZ_EXTRA, figure_svg, image_format, read_spec, refuse_graphs, require_matplotlib,
-                     require_pillow, save_figure, trained_model)
+from .figure import (IMAGE_FORMATS, VIZ_EXTRA, figure_svg, image_format, read_spec, require_matplotlib, require_pillow,
+                     save_figure, trained_model)
 from .filters import FILTER_MODES, conv_layer, filter_mode, filters_figure
 from .maps import layer_outputs, maps_figure, read_input
 
 __all__ = ["curves_figure", "read_metrics", "diagram_figure", "IMAGE_FORMATS", "VIZ_EXTRA", "figure_svg", "image_format",
-           "read_spec", "refuse_graphs", "require_matplotlib", "require_pillow", "save_figure", "trained_model",
+           "read_spec", "require_matplotlib", "require_pillow", "save_figure", "trained_model",
            "FILTER_MODES", "conv_layer", "filter_mode", "filters_figure", "layer_outputs", "maps_figure", "read_input"]

@@ -1,7 +1,9 @@
-"""`cnnc draw`: the architecture, from the IR alone: one box per layer, windows to scale."""
+"""`cnnc draw`: the architecture, from the IR alone: one box per layer, windows to scale, a graph's
+branches side by side (cnnc/graph_layout.py)."""
 from __future__ import annotations
 
 
+from ..graph_layout import graph_layout
 from ..ir import CONV_KINDS, POOL_KINDS, WINDOW_KINDS, Layer, Network
 from ..shapes import fmt_shape
 from .figure import TIMES, kind_label, require_matplotlib
@@ -30,6 +32,10 @@ TITLE_H = 0.55
 MAX_DRAWN_TAPS = 256
 MAX_DRAWN_LAYERS, HEAD_LAYERS, TAIL_LAYERS = 40, 32, 7
 GAP_ROW_H = 0.7
+LANE_GAP = 0.45                          # between the lanes of a graph's branches
+LANE_W = BOX_W + LANE_GAP
+MERGE_SPREAD = 0.35                      # between the arrows into a merge's box
+EDGE_COLOUR = "#444444"
 
 
 def family(kind: str) -> str:
@@ -88,18 +94,23 @@ def drawn_rows(network: Network) -> list:
 
 
 def diagram_figure(network: Network):
-    """One box per layer (name, kind, output shape, parameters), arrows between them, and beside every
-    convolution and pooling layer its input and output planes drawn to scale, with the window at its
-    first position joined to the output it makes. Bounded whatever the network: see MAX_DRAWN_TAPS and
-    MAX_DRAWN_LAYERS (at most 41 rows, each at most SKETCH_MAX_H + 0.35 inches high)."""
+    """One box per layer (name, kind, output shape, parameters), arrows from each tensor to the layers
+    that read it, and beside every convolution and pooling layer its input and output planes drawn to
+    scale, with the window at its first position joined to the output it makes. A graph's branches stand
+    side by side in lanes (`graph_layout`); arrows into a merge arrive side by side at its box. Bounded
+    whatever the network: see MAX_DRAWN_TAPS and MAX_DRAWN_LAYERS (at most 41 rows, each at most
+    SKETCH_MAX_H + 0.35 inches high)."""
     new_figure = require_matplotlib()
+    layout = graph_layout(network)
     rows = drawn_rows(network)
     drawn = [row for row in rows if isinstance(row, Layer)]
     scale = sketch_scale(network, drawn)
+    lanes_w = layout.lane_count * LANE_W - LANE_GAP
+    sketch_x = SKETCH_X + lanes_w - BOX_W
     heights = [max(ROW_MIN_H, sketch_size(row, scale)[1] + 0.35) if isinstance(row, Layer)
                else GAP_ROW_H if isinstance(row, int) else ROW_MIN_H for row in rows]
     widest = max(sketch_size(layer, scale)[0] for layer in drawn) if drawn else 0.0
-    width = SKETCH_X + widest + CAPTION_W if widest else BOX_X + BOX_W + 0.3
+    width = sketch_x + widest + CAPTION_W if widest else BOX_X + lanes_w + 0.3
     width = max(width, 6.6)  # room for the title line
     height = TITLE_H + sum(heights) + 0.1
     fig = new_figure(width, height)
@@ -108,24 +119,64 @@ def diagram_figure(network: Network):
     ax.set_ylim(height, 0)  # inches, y growing downwards
     ax.axis("off")
     _draw_title(ax, network)
-    top = TITLE_H
-    centres = []
+    top, centres, gap_centre = TITLE_H, {}, None
     for row, row_h in zip(rows, heights):
         centre = top + row_h / 2
         if isinstance(row, int):
-            _draw_gap(ax, network, row, centre)
+            _draw_gap(ax, network, row, centre, BOX_X + lanes_w / 2)
+            gap_centre = centre
         else:
-            _draw_box(ax, network, row, centre)
+            name = network.input_name if row is None else row.name
+            _draw_box(ax, network, row, centre, lane_x(layout.lanes[name]))
+            centres[name] = centre
             if row is not None and row.kind in WINDOW_KINDS:
-                _draw_window_sketch(ax, row, centre, scale)
-        centres.append((centre, GAP_ROW_H / 2 - 0.12 if isinstance(row, int) else BOX_H / 2))
+                _draw_window_sketch(ax, row, centre, scale, sketch_x)
         top += row_h
-    for (a, a_half), (b, b_half) in zip(centres, centres[1:]):
-        _draw_arrow(ax, a + a_half, b - b_half)
+    into_gap = set()
+    for edge in layout.edges:
+        if edge.target not in centres:
+            if edge.source in centres and edge.source not in into_gap:  # into the "... more layers" row
+                into_gap.add(edge.source)
+                x = lane_x(layout.lanes[edge.source]) + BOX_W / 2
+                _draw_arrow(ax, x, centres[edge.source] + BOX_H / 2, gap_centre - GAP_ROW_H / 2 + 0.12)
+            continue
+        operands = len(network.layer(edge.target).inputs)
+        if edge.source in centres:
+            _draw_edge(ax, layout, edge, centres[edge.source], centres[edge.target], operands)
+        else:  # from a layer in the "... more layers" row
+            x = lane_x(layout.lanes[edge.target]) + BOX_W / 2
+            _draw_arrow(ax, x, gap_centre + GAP_ROW_H / 2 - 0.12, centres[edge.target] - BOX_H / 2)
     return fig
 
 
-def _draw_gap(ax, network: Network, left_out: int, centre: float) -> None:
+def lane_x(lane: int) -> float:
+    """The left edge of the boxes in `lane`."""
+    return BOX_X + lane * LANE_W
+
+
+def _draw_edge(ax, layout, edge, source_centre: float, target_centre: float, operands: int) -> None:
+    """A straight arrow from the box just above in the same lane; otherwise a path that leaves the source
+    box at its bottom, runs down the gutter right of the target's lane (no box stands there) and enters
+    the target box at its top, each operand of a merge at its own point."""
+    source_x = lane_x(layout.lanes[edge.source]) + BOX_W / 2
+    target_left = lane_x(layout.lanes[edge.target])
+    arrive_x = target_left + BOX_W / 2 + (edge.operand - (operands - 1) / 2) * MERGE_SPREAD
+    start, end = source_centre + BOX_H / 2, target_centre - BOX_H / 2
+    if layout.is_straight(edge):
+        if operands > 1:  # bend to this operand's point of arrival
+            middle = (start + end) / 2
+            ax.plot([source_x, source_x, arrive_x], [start, middle, middle], color=EDGE_COLOUR, linewidth=1.0)
+            start, source_x = middle, arrive_x
+        _draw_arrow(ax, source_x, start, end)
+        return
+    gutter = target_left + BOX_W + LANE_GAP / 2 + (edge.operand - (operands - 1) / 2) * 0.05
+    below, above = start + 0.1, end - 0.1 - 0.04 * edge.operand
+    ax.plot([source_x, source_x, gutter, gutter, arrive_x], [start, below, below, above, above],
+            color=EDGE_COLOUR, linewidth=1.0, solid_joinstyle="round")
+    _draw_arrow(ax, arrive_x, above, end)
+
+
+def _draw_gap(ax, network: Network, left_out: int, centre: float, x: float) -> None:
     """The row standing for the layers not drawn: how many, and of which kinds."""
     hidden = network.layers[HEAD_LAYERS:HEAD_LAYERS + left_out]
     kinds: dict[str, int] = {}
@@ -133,7 +184,7 @@ def _draw_gap(ax, network: Network, left_out: int, centre: float) -> None:
         kinds[layer.kind] = kinds.get(layer.kind, 0) + 1
     listed = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items(), key=lambda kv: -kv[1])[:4])
     more = ", ..." if len(kinds) > 4 else ""
-    ax.text(BOX_X + BOX_W / 2, centre, f"... {left_out:,} more layers ({listed}{more})",
+    ax.text(x, centre, f"... {left_out:,} more layers ({listed}{more})",
             fontsize=9, fontstyle="italic", color="#555555", va="center", ha="center")
 
 
@@ -144,7 +195,7 @@ def _draw_title(ax, network: Network) -> None:
             fontsize=8.5, color="#555555", va="center")
 
 
-def _draw_box(ax, network: Network, layer: Layer | None, centre: float) -> None:
+def _draw_box(ax, network: Network, layer: Layer | None, centre: float, left: float) -> None:
     from matplotlib.patches import FancyBboxPatch
 
     if layer is None:
@@ -155,9 +206,9 @@ def _draw_box(ax, network: Network, layer: Layer | None, centre: float) -> None:
         fill_edge = PALETTE[family(layer.kind)]
     fill, edge = fill_edge
     top = centre - BOX_H / 2
-    ax.add_patch(FancyBboxPatch((BOX_X, top), BOX_W, BOX_H, boxstyle="round,pad=0,rounding_size=0.08",
+    ax.add_patch(FancyBboxPatch((left, top), BOX_W, BOX_H, boxstyle="round,pad=0,rounding_size=0.08",
                                 facecolor=fill, edgecolor=edge, linewidth=1.2))
-    left, right = BOX_X + 0.14, BOX_X + BOX_W - 0.14
+    left, right = left + 0.14, left + BOX_W - 0.14
     upper, lower = top + BOX_H * 0.32, top + BOX_H * 0.70
     ax.text(left, upper, name, fontsize=10, fontweight="bold", va="center")
     ax.text(left, lower, kind, fontsize=8.5, color=edge, va="center")
@@ -165,20 +216,19 @@ def _draw_box(ax, network: Network, layer: Layer | None, centre: float) -> None:
     ax.text(right, lower, params, fontsize=8.5, color="#555555", va="center", ha="right")
 
 
-def _draw_arrow(ax, start: float, end: float) -> None:
-    x = BOX_X + BOX_W / 2
+def _draw_arrow(ax, x: float, start: float, end: float) -> None:
     ax.annotate("", xy=(x, end), xytext=(x, start),
-                arrowprops=dict(arrowstyle="-|>", color="#444444", linewidth=1.1, shrinkA=1, shrinkB=1))
+                arrowprops=dict(arrowstyle="-|>", color=EDGE_COLOUR, linewidth=1.1, shrinkA=1, shrinkB=1))
 
 
-def _draw_window_sketch(ax, layer: Layer, centre: float, scale: float) -> None:
+def _draw_window_sketch(ax, layer: Layer, centre: float, scale: float, x0: float) -> None:
     """Input plane (padding hatched), the window at its first position (one filled cell per tap) and
     its next position along the width (dashed); the output plane with the output that window makes;
     lines joining them. 2-D planes side by side, 1-D planes one above the other, all to one scale."""
     fill, edge = PALETTE[family(layer.kind)]
     padded, span = padded_extent(layer), window_span(layer)
     sketch_w, sketch_h = sketch_size(layer, scale)
-    x0, y0 = SKETCH_X, centre - sketch_h / 2
+    y0 = centre - sketch_h / 2
     if layer.spatial_dims == 2:
         cell_h, out_x, out_y = scale, x0 + padded[1] * scale + SKETCH_GAP, centre - layer.out_shape[1] * scale / 2
         window_corners = [(x0 + span[1] * scale, y0), (x0 + span[1] * scale, y0 + span[0] * scale)]

@@ -92,10 +92,3 @@ def trained_model(network: Network, weights):
 
 def kind_label(layer: Layer) -> str:
     return f"{layer.kind} + {layer.activation}" if layer.activation else layer.kind
-
-
-def refuse_graphs(network: Network, command: str) -> None:
-    """Drawing branches side by side is still to come: graph models get a clear refusal, not a wrong picture."""
-    if not network.is_chain:
-        raise CnncError(f"{command} shows chains of layers only so far, and model '{network.name}' is a graph "
-                        "(merges, from= or blocks with shortcuts); `cnnc check` lists each layer's inputs")

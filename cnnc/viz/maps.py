@@ -33,19 +33,25 @@ def read_input(path, shape: tuple[int, ...]) -> np.ndarray:
 def layer_outputs(model, x: np.ndarray) -> list[tuple[Layer, np.ndarray]]:
     """Every layer's output for one input, x: (*input_shape,) -> [(layer, y: layer.out_shape)].
 
-    The Model API returns only the last output, so each layer runs as a one-layer network of the
-    NumPy backend fed with the previous layer's output and holding that layer's trained parameters."""
-    from ..backends.numpy_backend import NumpyModel
+    The Model API returns only the last output, so each single-input layer runs as a one-layer network
+    of the NumPy backend fed with the tensor it reads and holding that layer's trained parameters (in
+    inference mode); merges (add, concat) are computed from their operands' outputs."""
+    from ..backends.numpy_backend import NumpyModel, add_forward, concat_forward
 
+    values = {model.network.input_name: x[None]}
     outputs = []
-    y = x[None]
     state = model.state_dict()
     for layer in model.network.layers:
-        single = replace(model.network, input_name=layer.inputs[0], input_shape=layer.in_shape, layers=(layer,),
-                         warnings=())
-        step = NumpyModel(single, dtype=model.dtype.name)
-        step.load_weights({spec.name: state[spec.name] for spec in (*layer.params, *layer.buffers)})
-        y = step.forward(y, train=False)
+        xs = [values[name] for name in layer.inputs]
+        if layer.kind in ("add", "concat"):
+            y = add_forward(xs) if layer.kind == "add" else concat_forward(xs)
+        else:
+            single = replace(model.network, input_name=layer.inputs[0], input_shape=layer.in_shape, layers=(layer,),
+                             warnings=())
+            step = NumpyModel(single, dtype=model.dtype.name)
+            step.load_weights({spec.name: state[spec.name] for spec in (*layer.params, *layer.buffers)})
+            y = step.forward(xs[0], train=False)
+        values[layer.name] = y
         outputs.append((layer, y[0]))
     return outputs
 
