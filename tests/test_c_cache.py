@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,8 @@ import cnnc
 from cnnc.backends import c_backend, c_build
 from cnnc.backends.c_codegen import generate
 from cnnc.diagnostics import CnncError
+
+from conftest import SPECS
 
 # Small enough that a build takes about a second; each test gets its own spec text, so its own key.
 SPEC = "model tiny {{\n  input x[2, 9]\n  conv1d c(filters={filters}, kernel=3, padding=1, activation=tanh)\n  loss mse\n}}\n"
@@ -272,7 +273,7 @@ def test_specs_with_the_same_layers_share_an_entry_wherever_and_however_they_are
 
 def test_a_hit_plans_the_networks_exactly_as_the_code_generator_does():
     tiny = cnnc.network_from_text(SPEC.format(filters=2))
-    lenet = cnnc.read_network(Path(__file__).parent.parent / "specs" / "lenet5.cnn")
+    lenet = cnnc.read_network(SPECS / "lenet5.cnn")
     for networks in ([tiny], [tiny, lenet], [lenet, tiny]):
         assert c_backend.plan_networks(networks, "float64") == generate(networks, "float64").plans
     with pytest.raises(ValueError, match="at least one network"):
@@ -407,7 +408,7 @@ def test_the_link_runs_pythons_ldshared_with_our_compiler_in_place_of_pythons(mo
 def test_the_module_is_two_translation_units_that_split_the_entry_points(tmp_path):
     """Part 1 (cffi's wrapper) holds forward, the loss and the optimisers; part 2 only backward; each compiles
     cleanly on its own and together they define every entry point exactly once."""
-    networks = [cnnc.read_network(Path(__file__).parent.parent / "specs" / "lenet5.cnn")]
+    networks = [cnnc.read_network(SPECS / "lenet5.cnn")]
     source = generate(networks, "float32")
     c_build.write_parts(tmp_path, "_cnnc_parts_test", source)
     compiler = c_build.find_compiler(tmp_path)

@@ -1,10 +1,9 @@
 """Where `cnnc draw` and `check --html` place each layer of a graph: a row per layer, a lane per branch."""
-from pathlib import Path
 
 import cnnc
 from cnnc.graph_layout import graph_layout
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+from conftest import SPECS
 
 
 def layout_of(text: str):
