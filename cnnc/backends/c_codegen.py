@@ -1011,8 +1011,7 @@ class _Planner:
             layer, K = lp.layer, lp.K
             lines: list[str] = list(start) if lp is compute[-1] else []
             steps.append((lp, lines))
-            if lp.out not in written:
-                lines.clear()
+            if lp.out not in written:  # nothing downstream reads it: no gradient (but the output's copy of dy)
                 continue
             dout = "dy" if lp.out == output and not readers else grad_of(lp.out)
             if lp.pre:  # through the fused activation first: dout -> dpre (written whole)
