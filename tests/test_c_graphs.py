@@ -10,6 +10,8 @@ builds ResNet-8 in float32 once more, which the float32 comparison then loads fr
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import pytest
 
 import cnnc
 from cnnc.backends.c_backend import compile_networks
+from cnnc.backends.c_codegen import generate
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
 from cnnc.diagnostics import CnncError
@@ -169,6 +172,35 @@ def test_buffers_weights_files_and_state_dicts_carry_over_between_backends(modul
     assert np.array_equal(fresh.buffers["stem_bn.running_var"], np.ones(16))
 
 
+# ==== inference folds batch norm into the convolution before it =========================================
+def folded(module, key: str) -> set[str]:
+    return {lp.layer.name for lp in module.plans[NETWORKS[key].name].layers if getattr(lp, "fold", None)}
+
+
+def test_inference_folds_batch_norm_where_the_convolution_feeds_only_it(module):
+    # every batch norm of ResNet-8 follows a convolution without activation that nothing else reads
+    assert folded(module, "resnet8") == {layer.name for layer in NETWORKS["resnet8"].layers if layer.kind == "batchnorm"}
+    # densenet: c0 is read by the concat too, n2 and n3 read concats; input_everywhere's reads the input
+    assert folded(module, "densenet") == set() and folded(module, "input_everywhere") == set()
+    assert folded(module, "1d") == {"bn"}  # after a grouped conv1d
+    assert folded(module, "flat") == set()  # after a dense layer: not folded
+
+
+@pytest.mark.parametrize("key", ["resnet8", "mobilenet_small", "depthwise_separable", "gc_batchnorm_1d"])
+def test_folded_inference_equals_the_unfolded_result(module, key):
+    """The NumPy backend normalises separately (unfolded); the folded C pass gives the same outputs, and a
+    backward pass after it (which recomputes the convolution outputs the fold skipped) the same gradients.
+    A training pass in between (unfolded in C too) and another inference pass stay consistent."""
+    c, ref = twin_models(module, key, seed=11)
+    assert folded(module, key)
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(4, *c.input_shape))
+    dy = rng.normal(size=(4, *c.output_shape))
+    assert_close(run(c, x, dy, False), run(ref, x, dy, False), 1e-10, "the unfolded NumPy backend")
+    c.forward(x, train=True), ref.forward(x, train=True)
+    assert_close(run(c, x, dy, False), run(ref, x, dy, False), 1e-10, "the unfolded NumPy backend, after training")
+
+
 # ==== against PyTorch, float64 =========================================================================
 @pytest.mark.parametrize("train", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("key", [*SPEC_MODELS, *REFERENCE_MODELS])
@@ -205,6 +237,24 @@ def test_c_gradients_match_finite_differences(module, case, train):
     worst = max(errors, key=errors.get)
     assert errors[worst] < THRESHOLD, f"{case}: {worst} has relative error {errors[worst]:.2e}"
     assert all(np.array_equal(buffers[k], m.buffers[k]) for k in buffers)
+
+
+# ==== the generated C ==================================================================================
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_graph_glue_and_kernels_compile_without_warnings(tmp_path):
+    """The glue of every graph model and the new kernels (batchnorm.h, merge.h, conv_grouped.h), in float32
+    (the session's module is float64), under -Wall -Wextra -Werror, with OpenMP and as plain C99."""
+    source = generate(list(NETWORKS.values()), "float32")
+    assert {"kernels/batchnorm.h", "kernels/merge.h", "kernels/conv_grouped.h"} <= dict(source.headers).keys()
+    path = tmp_path / "bundle.c"
+    path.write_text(source.text)
+    for name, text in source.headers:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    for flags in (["-fopenmp"], ["-std=c99", "-Wpedantic", "-Wno-unknown-pragmas"]):
+        result = subprocess.run(["gcc", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", *flags, str(path)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[:3000]
 
 
 # ==== the command line: train, eval and predict on the C backend ====================================

@@ -305,6 +305,7 @@ class ParamLayerPlan(LayerPlan):
 
     weight: str = ""
     bias: str | None = None
+    folded_into: "LayerPlan | None" = None  # a convolution's batch norm, when inference folds it in
     has_params: ClassVar[bool] = True
 
     def param_args(self, block: str) -> str:
@@ -349,8 +350,9 @@ class ConvPlan(ParamLayerPlan):
     def geometry(self):
         return conv_geometry(self.layer)
 
-    def forward(self, target):
-        return [f"conv2d_forward({target}, {self.inp}, {self.param_args('p')}, N, {self.K});"]
+    def forward(self, target, weights: str | None = None):
+        """weights: "weight, bias" expressions other than the layer's own (batch norm folded into them)."""
+        return [f"conv2d_forward({target}, {self.inp}, {weights or self.param_args('p')}, N, {self.K});"]
 
     def backward(self, dinp, dout):
         return [f"conv2d_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, N, {self.K});"]
@@ -373,8 +375,8 @@ class BlockedConvPlan(ConvPlan):
         b = self.blocking
         return [("conv", super().geometry())] + [(f.name, int(getattr(b, f.name))) for f in fields(b)]
 
-    def forward(self, target):
-        return [f"conv2d_blocked_forward({target}, {self.inp}, {self.param_args('p')}, {self.xpad}, {self.wpack}, "
+    def forward(self, target, weights: str | None = None):
+        return [f"conv2d_blocked_forward({target}, {self.inp}, {weights or self.param_args('p')}, {self.xpad}, {self.wpack}, "
                 f"{self.bpack}, N, {self.K});"]
 
     def backward(self, dinp, dout):
@@ -393,8 +395,8 @@ class GroupedConvPlan(ParamLayerPlan):
     def geometry(self):
         return [("conv", conv_geometry(self.layer)), ("G", self.layer.groups)]
 
-    def forward(self, target):
-        return [f"conv2d_grouped_forward({target}, {self.inp}, {self.param_args('p')}, N, {self.K});"]
+    def forward(self, target, weights: str | None = None):
+        return [f"conv2d_grouped_forward({target}, {self.inp}, {weights or self.param_args('p')}, N, {self.K});"]
 
     def backward(self, dinp, dout):
         return [f"conv2d_grouped_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, N, "
@@ -411,6 +413,12 @@ class BatchNormPlan(ParamLayerPlan):
     running_var: str = ""
     mean: str = ""
     invstd: str = ""
+    # Inference folds the batch norm into the convolution before it (when that convolution has no activation
+    # and nothing else reads its output): the convolution's step does nothing, and this one runs it with
+    # weight * scale and (bias - mean) * scale + shift, scale = weight_bn * invstd, shift = bias_bn.
+    fold: "ConvPlan | None" = None
+    wfold: str = ""  # the folded weights and bias (per batch slice, recomputed at every inference pass)
+    bfold: str = ""
     header: ClassVar[str] = "batchnorm.h"
     struct: ClassVar[str] = "BatchNorm"
     writes_whole_input_grad: ClassVar[bool] = True
@@ -419,14 +427,33 @@ class BatchNormPlan(ParamLayerPlan):
         return batchnorm_geometry(self.layer)
 
     def forward(self, target):
+        lines = self.unfolded_forward(target)
+        if self.fold is None:
+            return lines
+        conv = self.fold
+        weight = conv.layer.params[0]
+        fold = (f"batchnorm_fold({self.wfold}, {self.bfold}, {self.mean}, {self.invstd}, "
+                f"{conv.param_args('p')}, s.{self.running_mean}, s.{self.running_var}, {self.param_args('p')}, "
+                f"{c_real(self.layer.eps, 'eps')}, {c_int(weight.size // weight.shape[0], 'weights per filter')}, {self.K});")
+        return (["if (train) {"] + [f"    {line}" for line in lines]
+                + ["} else {  // folded into the convolution before it: one pass, no separate normalisation", f"    {fold}"]
+                + [f"    {line}" for line in conv.forward(target, f"{self.wfold}, {self.bfold}")] + ["}"])
+
+    def unfolded_forward(self, target):
         layer = self.layer
         return [f"batchnorm_forward({target}, {self.mean}, {self.invstd}, s.{self.running_mean}, s.{self.running_var}, "
                 f"{self.inp}, {self.param_args('p')}, N, train, {c_real(layer.eps, 'eps')}, "
                 f"{c_real(layer.momentum, 'momentum')}, {self.K});"]
 
     def backward(self, dinp, dout):
-        return [f"batchnorm_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, {self.mean}, {self.invstd}, "
-                f"p.{self.weight}, N, train, {self.K});"]
+        lines = [f"batchnorm_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, {self.mean}, {self.invstd}, "
+                 f"p.{self.weight}, N, train, {self.K});"]
+        if self.fold is None:
+            return lines
+        # an inference forward skipped the convolution's own output, which both backward passes read
+        recompute = [f"    {line}" for line in self.fold.forward(self.fold.out)]
+        return ["if (!train) {  // the forward pass folded this batch norm: compute the convolution's output"] + \
+            recompute + ["}"] + lines
 
 
 @dataclass
@@ -795,6 +822,7 @@ class _Planner:
             lp = self.plan_layer(index, layer, [self.tensors[name] for name in layer.inputs])
             layers.append(lp)
             self.tensors[layer.name] = lp.out
+        self.fold_batchnorms(layers)
         current = layers[-1].out
         forward_steps = [Step(f"{self.P}l{lp.index}_forward", lp.index, lp.summary, tuple(self.forward_calls(lp)))
                          for lp in layers if not lp.is_view]
@@ -879,6 +907,24 @@ class _Planner:
             return DropoutPlan(**common, mask=mask, mask_index=len(self.dropout_layers) - 1)
         return ActivationPlan(**common)
 
+    def fold_batchnorms(self, layers: list[LayerPlan]) -> None:
+        """Mark each batch norm that inference folds into the convolution before it: the convolution has no
+        fused activation and the batch norm is the only layer reading its output."""
+        by_name = {lp.layer.name: lp for lp in layers}
+        for lp in layers:
+            if not isinstance(lp, BatchNormPlan) or lp.layer.inputs[0] not in by_name:
+                continue
+            conv = by_name[lp.layer.inputs[0]]
+            if (isinstance(conv, (ConvPlan, GroupedConvPlan)) and conv.layer.activation is None
+                    and self.network.consumers(conv.layer.name) == (lp.layer,)):
+                sym = f"l{lp.index}"
+                lp.fold, conv.folded_into = conv, lp
+                lp.wfold = self.buffer(f"{sym}_wfold", conv.layer.params[0].shape,
+                                       f"'{conv.layer.name}' weights with '{lp.layer.name}' folded in", fixed=True)
+                lp.bfold = self.buffer(f"{sym}_bfold", (conv.layer.out_shape[0],),
+                                       f"'{conv.layer.name}' bias with '{lp.layer.name}' folded in", fixed=True)
+                lp.notes.append(f"inference folds it into '{conv.layer.name}'")
+
     def plan_blocked_conv(self, lp: BlockedConvPlan, sym: str) -> BlockedConvPlan:
         """The scratch a blocked convolution needs: the padded input (kept for backward), the packed
         weights, the output gradient with filters last and spread out, the rotated weights."""
@@ -900,6 +946,8 @@ class _Planner:
     # ---- forward ----
     def forward_calls(self, lp: LayerPlan) -> list[str]:
         lines = lp.forward(lp.pre or lp.out)
+        if getattr(lp, "folded_into", None) is not None:  # inference runs it in the batch norm's step
+            return ["if (train) {"] + [f"    {line}" for line in lines] + ["}"]
         if lp.pre:
             lines.append(activation_call(lp.layer.activation, "forward", lp.out, lp.pre, None, lp.K, lp.layer.slope))
         return lines

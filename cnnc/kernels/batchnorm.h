@@ -110,4 +110,27 @@ CNNC_KERNEL void batchnorm_backward(real* restrict dinp, real* restrict dweight,
     }
 }
 
+// Inference-mode batch norm folded into the convolution before it, whose weight is (F, per_filter) and bias
+// (F) or NULL: wfold and bfold are that convolution's parameters with the normalisation applied, so that
+// the convolution with them outputs the batch norm's output in one pass:
+//   scale = bn_weight[f] * invstd[f],  wfold[f][k] = weight[f][k] * scale,
+//   bfold[f] = (bias[f] - running_mean[f]) * scale + bn_bias[f]     (bias 0 if NULL)
+// Saves mean and invstd (F) as batchnorm_forward does in inference mode.
+CNNC_KERNEL void batchnorm_fold(real* restrict wfold, real* restrict bfold, real* restrict mean,
+                                real* restrict invstd, const real* restrict weight, const real* restrict bias,
+                                const real* restrict running_mean, const real* restrict running_var,
+                                const real* restrict bn_weight, const real* restrict bn_bias, double eps,
+                                int per_filter, BatchNorm g)
+{
+    for (int f = 0; f < g.C; f++) {
+        mean[f] = running_mean[f];
+        invstd[f] = (real)(1 / sqrt((double)running_var[f] + eps));
+        real scale = bn_weight[f] * invstd[f];
+        for (int k = 0; k < per_filter; k++) {
+            wfold[f * per_filter + k] = weight[f * per_filter + k] * scale;
+        }
+        bfold[f] = ((bias != NULL ? bias[f] : 0) - mean[f]) * scale + bn_bias[f];
+    }
+}
+
 #endif
