@@ -66,6 +66,7 @@ CNNC_KERNEL void conv2d_grouped_backward(real* restrict dinp, real* restrict dwe
             const real* dout_nf = dout + (n * g.F + f) * g.OH * g.OW;
             if (dbias != NULL) {
                 real sum = 0;
+                CNNC_SIMD_SUM
                 for (int o = 0; o < g.OH * g.OW; o++) {
                     sum += dout_nf[o];
                 }
@@ -83,12 +84,13 @@ CNNC_KERNEL void conv2d_grouped_backward(real* restrict dinp, real* restrict dwe
                     for (int q = 0; q < g.KW; q++) {
                         int iw0 = q * g.DW - g.PW;
                         Range cols = inside(iw0, g.SW, g.W, g.OW);
-                        real w = w_fj[p * g.KW + q], dw = 0;
+                        real w = w_fj[p * g.KW + q], sum = 0;  // sum: this tap's weight gradient
                         for (int oh = rows.begin; oh < rows.end; oh++) {
                             const real* dout_row = dout_nf + oh * g.OW;
                             const real* inp_row = inp_nc + (oh * g.SH + ih0) * g.W;
+                            CNNC_SIMD_SUM
                             for (int ow = cols.begin; ow < cols.end; ow++) {
-                                dw += dout_row[ow] * inp_row[ow * g.SW + iw0];
+                                sum += dout_row[ow] * inp_row[ow * g.SW + iw0];
                             }
                             if (dinp_nc != NULL) {
                                 real* dinp_row = dinp_nc + (oh * g.SH + ih0) * g.W;
@@ -97,7 +99,7 @@ CNNC_KERNEL void conv2d_grouped_backward(real* restrict dinp, real* restrict dwe
                                 }
                             }
                         }
-                        dw_fj[p * g.KW + q] += dw;
+                        dw_fj[p * g.KW + q] += sum;
                     }
                 }
             }
