@@ -291,6 +291,25 @@ def test_cli_trains_resnet8_on_the_c_backend_and_evaluates_in_inference_mode(tmp
     assert predicted[0]["class"] == int(np.argmax(y[0]))
 
 
+def test_cli_training_with_batch_norm_resumes_bit_exactly_on_the_c_backend(tmp_path, monkeypatch):
+    """Two epochs, against one epoch, a checkpoint and a resumed second: the same weights and running
+    statistics to the bit (the buffers travel through the checkpoint into C's buffer block)."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 1, size=(40, 28, 28)).astype(np.float32)
+    np.savez("tiny.npz", x_train=images[:32], y_train=rng.integers(0, 10, 32), x_test=images[32:],
+             y_test=rng.integers(0, 10, 8))
+    spec = str(SPECS / "resnet8.cnn")
+    common = ["--data", "tiny.npz", "--epochs", "2", "--batch", "16", "--backend", "c", "--quiet"]
+    assert main(["train", spec, *common, "-o", "full.npz"]) == 0
+    assert main(["train", spec, *common, "-o", "part.npz", "--stop-after", "1"]) == 0
+    assert main(["train", spec, "--resume", "part.ckpt.npz", "--quiet"]) == 0
+    with np.load("full.npz") as full, np.load("part.npz") as part:
+        assert sorted(full.files) == sorted(part.files) and "s3.proj_bn.running_mean" in full.files
+        for name in full.files:
+            assert np.array_equal(full[name], part[name]), name
+
+
 def test_float32_resnet8_agrees_with_numpy_in_both_modes():
     """float32 (the training dtype): after the CLI test this module comes from the cache."""
     c = cnnc.load(SPECS / "resnet8.cnn", backend="c", dtype="float32", seed=1)
