@@ -257,6 +257,24 @@ def test_graph_glue_and_kernels_compile_without_warnings(tmp_path):
         assert result.returncode == 0, result.stderr[:3000]
 
 
+@pytest.mark.parametrize("change,message", [
+    ({"inputs": ("nowhere",)}, "must name one of the input and the earlier layers"),
+    ({"inputs": ('x); system("id"); //',)}, "must name one of the input and the earlier layers"),
+    ({"eps": float("nan")}, "eps must be a finite number"),
+    ({"momentum": float("inf")}, "momentum must be a finite number"),
+    ({"groups": "2"}, "groups must be an integer"),
+])
+def test_hand_built_graph_ir_that_fails_the_checks_is_refused_before_any_c(change, message):
+    import dataclasses
+
+    network = NETWORKS["densenet"]
+    layers = list(network.layers)
+    index = next(i for i, layer in enumerate(layers) if layer.kind == "batchnorm")
+    layers[index] = dataclasses.replace(layers[index], **change)
+    with pytest.raises(ValueError, match=message):
+        generate(dataclasses.replace(network, layers=tuple(layers)))
+
+
 # ==== the command line: train, eval and predict on the C backend ====================================
 def test_cli_trains_resnet8_on_the_c_backend_and_evaluates_in_inference_mode(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

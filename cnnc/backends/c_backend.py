@@ -10,8 +10,10 @@ Memory, as the generated C sees it (see c_codegen for the layout, templates/modu
 cnnc/kernels/ for the kernels):
     parameter block   every ParamSpec, one after another; m.params[name] is a reshaped NumPy view on it
     gradient block    the same layout; m.grads[name] likewise. backward overwrites it.
-    activation block  the input copy, every layer's output, pre-activations, dropout masks and two
-                      gradient scratch buffers, for a batch of N; grown (never shrunk) to the largest N seen
+    buffer block      batch norm's running statistics; m.buffers[name] views it. forward(train=True) updates it
+    activation block  the input copy, every layer's output, pre-activations, dropout masks and the gradient
+                      buffers (two alternating scratch buffers in a chain, one per tensor in a graph), for a
+                      batch of N; grown (never shrunk) to the largest N seen
     argmax block      int32 max-pool winners, likewise
 The blocks are allocated by cffi and owned by the model; the views keep them alive.
 

@@ -754,8 +754,20 @@ def check_safe(network: Network) -> None:
     comment_name(network.input_name, "input name")
     if not network.layers:
         raise ValueError(f"model '{network.name}' has no layers")
+    known = {network.input_name}  # the tensors a layer may read: the input and every earlier layer's output
     for layer in network.layers:
         comment_name(layer.name, "layer name")
+        merge = layer.kind in MERGE_KINDS
+        if (not isinstance(layer.inputs, tuple) or len(layer.inputs) < (2 if merge else 1)
+                or (not merge and len(layer.inputs) != 1) or not all(name in known for name in layer.inputs)):
+            raise ValueError(f"layer '{layer.name}': inputs {layer.inputs!r} must name "
+                             f"{'two or more' if merge else 'one'} of the input and the earlier layers")
+        if not isinstance(layer.in_shapes, tuple) or (merge and len(layer.in_shapes) != len(layer.inputs)):
+            raise ValueError(f"layer '{layer.name}': in_shapes must hold one shape per input")
+        known.add(layer.name)
+        c_int(layer.groups, f"layer '{layer.name}': groups", 1)
+        c_real(layer.eps, f"layer '{layer.name}': eps")
+        c_real(layer.momentum, f"layer '{layer.name}': momentum")
         if layer.kind not in LAYER_KINDS:
             raise ValueError(f"layer '{layer.name}': unknown layer kind {layer.kind!r}")
         if layer.activation is not None and (layer.activation not in ACTIVATIONS
