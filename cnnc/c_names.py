@@ -10,6 +10,8 @@ import re
 from math import isfinite
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# A layer of a block instance is named with dots (`s1.c1`, `p1.u1.d`): identifiers joined by dots.
+DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 C_KEYWORDS = frozenset("""
     auto break case char const continue default do double else enum extern float for goto if inline int long
     register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while
@@ -31,9 +33,11 @@ def is_c_symbol(text) -> bool:
 
 
 def comment_name(name, what: str) -> str:
-    """A spec name that may appear in a C comment: a plain identifier, else ValueError."""
-    if not is_identifier(name):
-        raise ValueError(f"{what} {name!r} is not a valid identifier (expected [A-Za-z_][A-Za-z0-9_]*); "
+    """A spec name that may appear in a C comment: a plain identifier, or identifiers joined by dots (a block
+    instance's layer, `s1.c1`), else ValueError."""
+    if not (isinstance(name, str) and DOTTED_NAME.match(name)):
+        raise ValueError(f"{what} {name!r} is not a valid identifier (expected [A-Za-z_][A-Za-z0-9_]*, or such "
+                         f"names joined by dots); "
                          f"cnnc refuses to generate C for it")
     return name
 

@@ -9,8 +9,9 @@ Shapes are per sample; the batch dimension N is implicit everywhere:
 A network is a graph whose layers are listed in topological order (the statement order, with block
 instances expanded in place): every layer names the tensors it reads in `Layer.inputs`, each the name
 of an earlier layer or the network's input. In a chain every layer reads the one before it
-(`Network.is_chain`); code that only runs chains reads `in_shape`/`out_shape` in order, as before, and
-refuses anything else with `chain_only_refusal`.
+(`Network.is_chain`); code that only runs chains (the standalone C and ONNX exports) reads
+`in_shape`/`out_shape` in order, as before, and refuses anything else with `chain_only_refusal`. Both
+backends (NumPy and C) run graphs.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ WINDOW_KINDS = CONV_KINDS + POOL_KINDS  # layers with kernel/stride/padding geom
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "relu6", "silu", "hardswish")
 MERGE_KINDS = ("add", "concat")  # layers reading two or more tensors
 LAYER_KINDS = WINDOW_KINDS + ("global_avgpool", "flatten", "dense", "dropout", "batchnorm") + ACTIVATIONS + MERGE_KINDS
-# What the chain-only consumers (the C backend, the standalone C and ONNX exports) run so far.
+# What the chain-only consumers (the standalone C and ONNX exports) run so far.
 CHAIN_KINDS = WINDOW_KINDS + ("global_avgpool", "flatten", "dense", "dropout", "relu", "sigmoid", "tanh",
                               "leaky_relu", "softmax")
 LOSSES = ("cross_entropy", "mse")

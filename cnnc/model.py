@@ -11,6 +11,7 @@ parameters from the seed, drawing dropout masks, the loss, and saving and loadin
 A backend subclass supplies storage and arithmetic:
 
     _allocate()                      -> (params, grads): dicts of zeroed arrays, one per ParamSpec
+    _allocate_buffers()              -> {name: array} per BufferSpec (default: NumPy zeros)
     _forward(x, train, masks)        -> y     x: (N, *input_shape) C-contiguous, of self.dtype;
                                               with train, updates self.buffers (the running statistics)
     _backward(dy)                    -> dx    overwrites self.grads
@@ -71,8 +72,7 @@ class Model:
         try:
             params, grads = self._allocate()
             self.params, self.grads = TensorDict(params, "params"), TensorDict(grads, "grads")
-            self.buffers = TensorDict({spec.name: np.zeros(spec.shape, self.dtype) for spec in network.buffer_specs},
-                                      "buffers")
+            self.buffers = TensorDict(self._allocate_buffers(), "buffers")
             self.reset_parameters(self.seed)
         except MemoryError:
             raise CnncError(parameter_memory_message(network, self.dtype, available_memory())) from None
@@ -84,8 +84,21 @@ class Model:
     def _allocate(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         raise NotImplementedError
 
+    def _allocate_buffers(self) -> dict[str, np.ndarray]:
+        """One zeroed array per BufferSpec (batch norm's running statistics); a backend may hand out views
+        on its own memory instead."""
+        return {spec.name: np.zeros(spec.shape, self.dtype) for spec in self.network.buffer_specs}
+
     def _forward(self, x: np.ndarray, train: bool, masks: dict[str, np.ndarray] | None) -> np.ndarray:
         raise NotImplementedError
+
+    def _check_batch_statistics(self, n: int) -> None:
+        """Batch norm in training mode needs two or more values per channel (PyTorch refuses one too)."""
+        for layer in self.network.layers:
+            if layer.kind == "batchnorm" and n * (layer.in_size // layer.in_shape[0]) < 2:
+                raise CnncError(f"batchnorm '{layer.name}' needs more than one value per channel in training mode; "
+                                f"got a batch of {n} with input {list(layer.in_shape)}: train with a batch of 2 or "
+                                "more, or run inference (train=False)")
 
     def _backward(self, dy: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -12,13 +12,9 @@ def c_backend_memory(network: Network, dtype: str = "float32") -> dict | None:
     kernels use: activations, saved state such as max-pool winners and padded inputs, and the scratch of the
     blocked kernels): {"per_sample": bytes per sample, "fixed": bytes whatever the batch}. The C model
     allocates exactly fixed + n * per_sample for a batch of n (plus 128 bytes of alignment slack). None if
-    the C backend cannot run the network (a graph or a layer kind it does not have yet) or plan it (a buffer
-    past 2^31 elements per sample)."""
+    the C backend cannot plan the network (a buffer past 2^31 elements per sample)."""
     from .backends.c_codegen import ITEM_SIZE, plan_network
-    from .ir import chain_only_refusal
 
-    if chain_only_refusal(network, "the C backend"):
-        return None
     try:
         plan = plan_network(network, "", dtype)
     except ValueError:

@@ -484,7 +484,7 @@ def test_maxpool_2x2_backward_overwrites_every_input_gradient_cell_including_unc
     dy = rng.normal(size=(2, *network.output_shape))
     c.forward(x)
     dx = np.full((2, *network.input_shape), 7.0)  # garbage where the winners' zeros must go
-    c._c_backward(c._ptr(dx, writable=True), c._grad_mem, c._ptr(dy), c._param_mem, c._acts, c._argmax, 2, 0, 1)
+    c._c_backward(c._ptr(dx, writable=True), c._grad_mem, c._ptr(dy), c._param_mem, c._acts, c._argmax, 2, 0, 1, 0)
     ref.forward(x)
     assert np.array_equal(dx, ref.backward(dy))
     assert not dx[:, :, 6, :].any() and not dx[:, :, :, 8].any()

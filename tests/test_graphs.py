@@ -4,7 +4,7 @@ Organised by feature: the language and the IR it produces; the NumPy reference a
 (forward in both modes, the input gradient, every parameter gradient, the updated running statistics) on
 residual, inception-style, densely connected, depthwise-separable, 1-D, flat and block-based models;
 finite-difference checks of every new layer kind and merge; the Model API's buffers and weights files;
-`cnnc check`'s table and JSON; and the clear refusal of the C backend and the exports, whose half of the
+`cnnc check`'s table and JSON; and the clear refusal of the standalone C and ONNX exports, whose half of the
 issue comes next. The located errors are in tests/invalid/ (tests/test_errors.py).
 """
 from __future__ import annotations
@@ -574,7 +574,7 @@ def test_check_html_reports_a_graph_model(tmp_path, capsys):
     assert "s3.sum" in report.read_text()
 
 
-# ==== what is not done yet refuses clearly ===========================================================
+# ==== what the exports do not run yet refuses clearly======================================================
 @pytest.mark.parametrize("text,phrase", [
     (ISSUE_EXAMPLE, "does not support 'batchnorm' (layer 'stem_bn') yet"),
     ("model m { input v[4]; dense a(units=2); dense b(units=2, from=v); add s(a, b) }", "'add' (layer 's')"),
@@ -582,14 +582,12 @@ def test_check_html_reports_a_graph_model(tmp_path, capsys):
     ("model m { input v[4]; dense a(units=2, activation=silu) }", "activation=silu (layer 'a')"),
     ("model m { input v[4]; dense a(units=2); dense b(units=2, from=v) }", "layer 'b' reads 'v'"),
 ])
-def test_the_c_backend_and_the_exports_refuse_graphs_and_new_kinds(tmp_path, text, phrase):
+def test_the_exports_refuse_graphs_and_new_kinds(tmp_path, text, phrase):
+    """The C backend runs all of these (tests/test_c_graphs.py); the standalone C and ONNX exports refuse them."""
     net = network(text)
-    from cnnc.backends.c_backend import CModel
     from cnnc.export_c import export_c, memory_report
     from cnnc.export_onnx import build_onnx
 
-    with pytest.raises(CnncError, match="the C backend " + ".*" + _escaped(phrase)):
-        CModel(net, "float32")
     m = NumpyModel(net)
     with pytest.raises(CnncError, match="the standalone C export .*" + _escaped(phrase)):
         export_c(m, tmp_path / "out")
@@ -611,10 +609,8 @@ def test_the_cli_refuses_with_exit_status_1_and_no_traceback(tmp_path, capsys):
     spec.write_text(ISSUE_EXAMPLE)
     weights = tmp_path / "w.npz"
     numpy_model(ISSUE_EXAMPLE, dtype="float32").save(weights)
-    for argv in (["compile", str(spec), "-o", str(tmp_path / "build")],
-                 ["export", str(spec), "--weights", str(weights), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
-                 ["draw", str(spec), "-o", str(tmp_path / "d.png")],
-                 ["gradcheck", str(spec), "--backend", "c"]):
+    for argv in (["export", str(spec), "--weights", str(weights), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
+                 ["draw", str(spec), "-o", str(tmp_path / "d.png")]):
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
         assert "Traceback" not in err and ("does not support 'batchnorm'" in err or "chains of layers only" in err), err

@@ -10,8 +10,10 @@ Memory, as the generated C sees it (see c_codegen for the layout, templates/modu
 cnnc/kernels/ for the kernels):
     parameter block   every ParamSpec, one after another; m.params[name] is a reshaped NumPy view on it
     gradient block    the same layout; m.grads[name] likewise. backward overwrites it.
-    activation block  the input copy, every layer's output, pre-activations, dropout masks and two
-                      gradient scratch buffers, for a batch of N; grown (never shrunk) to the largest N seen
+    buffer block      batch norm's running statistics; m.buffers[name] views it. forward(train=True) updates it
+    activation block  the input copy, every layer's output, pre-activations, dropout masks and the gradient
+                      buffers (two alternating scratch buffers in a chain, one per tensor in a graph), for a
+                      batch of N; grown (never shrunk) to the largest N seen
     argmax block      int32 max-pool winners, likewise
 The blocks are allocated by cffi and owned by the model; the views keep them alive.
 
@@ -31,7 +33,7 @@ from .._version import __version__
 from ..diagnostics import CnncError
 from ..fileio import atomic_write_bytes, atomic_write_text, check_distinct
 from ..frontend import read_network, read_source, select
-from ..ir import Network, chain_only_refusal
+from ..ir import Network
 from ..model import DTYPES, Model, check_dtype
 from . import c_build
 from .c_codegen import SIZE_CONSTANTS, VECTOR_BYTES, CSource, NetworkPlan, generate, plan_network
@@ -66,7 +68,7 @@ class CModule:
     def _check_sizes(self, plan: NetworkPlan) -> None:
         """The sizes the compiled C reports must be the plan's: a mismatch means a stale module."""
         expected = dict(zip(SIZE_CONSTANTS, (plan.param_count, plan.act_count, plan.fixed_count, plan.argmax_count,
-                                             plan.in_size, plan.out_size, plan.dropout_count)))
+                                             plan.in_size, plan.out_size, plan.dropout_count, plan.buffer_count)))
         for what, value in expected.items():
             got = getattr(self.built.lib, f"{plan.K}MODEL_{what}")
             if got != value:
@@ -88,11 +90,8 @@ class CModule:
 
 
 def refuse_unsupported(networks: list[Network]) -> None:
-    """Graphs and the layer kinds of issue #14 are the C backend's next step; until then a clear CnncError."""
-    for network in networks:
-        refusal = chain_only_refusal(network, "the C backend")
-        if refusal:
-            raise CnncError(f"model '{network.name}': {refusal}")
+    """The C backend runs every layer kind and graph of the IR; an empty network is the one refusal
+    (check_safe says why)."""
 
 
 def plan_networks(networks: list[Network], dtype: str) -> tuple[NetworkPlan, ...]:
@@ -149,6 +148,7 @@ class CModel(Model):
         self._acts = self._argmax = None
         self._last_batch: int | None = None  # N of the last completed forward
         self._dropout_applied = False
+        self._trained = False  # whether the last forward ran in training mode (batch statistics)
         self._dx_scratch: np.ndarray | None = None  # dx for backward(dy, input_grad=False)
         self._uncleared = self._ffi.new_allocator(should_clear_after_alloc=False)
         self._setup(network, dtype, seed)
@@ -168,6 +168,14 @@ class CModel(Model):
             params[spec.name] = self.param_block[start:start + spec.size].reshape(spec.shape)
             grads[spec.name] = self.grad_block[start:start + spec.size].reshape(spec.shape)
         return params, grads
+
+    def _allocate_buffers(self):
+        """The buffer block (batch norm's running statistics) and its per-tensor views: m.buffers."""
+        count = self.plan.buffer_count
+        self._buffer_mem = self._ffi.new("real[]", max(count, 1))
+        block = self._view(self._buffer_mem, count)
+        return {spec.name: block[field.offset:field.offset + spec.size].reshape(spec.shape)
+                for spec, field in zip(self.network.buffer_specs, self.plan.buffers)}
 
     def _view(self, cdata, count: int) -> np.ndarray:
         """A NumPy array on cffi memory, no copy: writes from either side are seen by the other."""
@@ -222,8 +230,8 @@ class CModel(Model):
         self._reserve(n)
         y = np.empty((n, *self._output_tail), self.dtype)
         self._c_forward(self._ptr(y, writable=True), self._acts, self._argmax, x_ptr, self._param_mem,
-                        self._ffi.NULL, n)
-        self._last_batch, self._dropout_applied = n, False
+                        self._buffer_mem, self._ffi.NULL, n, 0)
+        self._last_batch, self._dropout_applied, self._trained = n, False, False
         self._forward_batch = n
         return y
 
@@ -231,12 +239,16 @@ class CModel(Model):
         """x: (N, *input_shape) contiguous of self.dtype -> y: (N, *output_shape)"""
         n = x.shape[0]
         x_ptr = self._c_input(x, (n, *self.input_shape), "x")
+        if train:
+            self._check_batch_statistics(n)
         self._reserve(n)
         y = np.empty((n, *self.output_shape), self.dtype)
         masks = self._mask_arrays(n, masks) if train and masks and self.plan.dropout_layers else None
         masks_arg = self._ffi.new("real*[]", [self._ptr(a) for a in masks]) if masks else self._ffi.NULL
-        self._c_forward(self._ptr(y, writable=True), self._acts, self._argmax, x_ptr, self._param_mem, masks_arg, n)
+        self._c_forward(self._ptr(y, writable=True), self._acts, self._argmax, x_ptr, self._param_mem,
+                        self._buffer_mem, masks_arg, n, int(train))
         self._last_batch, self._dropout_applied = n, masks is not None  # C copied the masks into its block
+        self._trained = bool(train)
         return y
 
     def _mask_arrays(self, n: int, masks: dict) -> list[np.ndarray]:
@@ -276,7 +288,7 @@ class CModel(Model):
                 self._dx_scratch = np.empty((self._capacity, *self.input_shape), self.dtype)
             dx = self._dx_scratch[:n]
         self._c_backward(self._ptr(dx, writable=True), self._grad_mem, dy_ptr, self._param_mem, self._acts,
-                         self._argmax, n, int(self._dropout_applied), int(input_grad))
+                         self._argmax, n, int(self._dropout_applied), int(input_grad), int(self._trained))
         return dx if input_grad else None
 
     def loss(self, y, target) -> tuple[float, np.ndarray]:

@@ -29,12 +29,14 @@ from typing import ClassVar
 from .._version import __version__
 from ..c_names import MAX_INT32, c_int, c_real, comment_name
 from ..diagnostics import CnncError
-from ..ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, LAYER_KINDS, MAXPOOL_KINDS, POOL_KINDS, Layer, Network
+from ..ir import (ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, LAYER_KINDS, MAXPOOL_KINDS, MERGE_KINDS, POOL_KINDS, Layer,
+                  Network)
 from ..resources import kernel_header_texts, template_loader
 
 C_TYPES = {"float32": "float", "float64": "double"}
 # Per-network sizes the C defines as <prefix>MODEL_<what> and Python reads back through cffi.
-SIZE_CONSTANTS = ("PARAM_COUNT", "ACT_COUNT", "FIXED_COUNT", "ARGMAX_COUNT", "IN_SIZE", "OUT_SIZE", "DROPOUT_LAYERS")
+SIZE_CONSTANTS = ("PARAM_COUNT", "ACT_COUNT", "FIXED_COUNT", "ARGMAX_COUNT", "IN_SIZE", "OUT_SIZE", "DROPOUT_LAYERS",
+                  "BUFFER_COUNT")
 # The blocked kernels work on vectors of VECTOR_BYTES (GCC vector extensions: AVX-512 where the CPU has it,
 # two AVX2 or four SSE registers elsewhere); VL = VECTOR_BYTES / sizeof(real) lanes.
 VECTOR_BYTES = 64
@@ -90,8 +92,11 @@ def choose_kernel(layer: Layer) -> str:
     there are enough filters to fill some vector lanes and rows long enough for a tile, and the stride is at
     most 2 (its input gradient correlates a stride-dilated output gradient, which wastes stride^2 of the
     work); "direct" (kernels/conv.h, the plain loops) otherwise. dense: "blocked" from BLOCKED_MIN_INPUTS
-    inputs. maxpool2d: "2x2" (four fixed loads per window) for the 2x2 window, stride 2, no padding.
+    inputs. maxpool2d: "2x2" (four fixed loads per window) for the 2x2 window, stride 2, no padding. A grouped
+    convolution (groups > 1, depthwise included): "grouped" (kernels/conv_grouped.h, the plain loops).
     Everything else: "direct"."""
+    if kernel_family(layer) == "conv" and layer.groups != 1:
+        return "grouped"
     if kernel_family(layer) == "conv":
         H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
         if layer.out_shape[0] >= BLOCKED_MIN_CHANNELS and OW >= BLOCKED_MIN_WIDTH and W >= BLOCKED_MIN_WIDTH and max(SH, SW) <= 2:
@@ -300,6 +305,7 @@ class ParamLayerPlan(LayerPlan):
 
     weight: str = ""
     bias: str | None = None
+    folded_into: "LayerPlan | None" = None  # a convolution's batch norm, when inference folds it in
     has_params: ClassVar[bool] = True
 
     def param_args(self, block: str) -> str:
@@ -326,6 +332,11 @@ def dense_geometry(layer: Layer) -> list[tuple[str, int]]:
     return [("D", layer.in_shape[0]), ("U", layer.units)]
 
 
+def batchnorm_geometry(layer: Layer) -> list[tuple[str, int]]:
+    """kernels/batchnorm.h's BatchNorm: channels, and values per channel in one sample."""
+    return [("C", layer.in_shape[0]), ("S", prod(layer.in_shape[1:]))]
+
+
 def global_avgpool_geometry(layer: Layer) -> list[tuple[str, int]]:
     """kernels/pool.h's GlobalAvgPool."""
     return [("C", layer.in_shape[0]), ("HW", prod(layer.in_shape[1:]))]
@@ -339,8 +350,9 @@ class ConvPlan(ParamLayerPlan):
     def geometry(self):
         return conv_geometry(self.layer)
 
-    def forward(self, target):
-        return [f"conv2d_forward({target}, {self.inp}, {self.param_args('p')}, N, {self.K});"]
+    def forward(self, target, weights: str | None = None):
+        """weights: "weight, bias" expressions other than the layer's own (batch norm folded into them)."""
+        return [f"conv2d_forward({target}, {self.inp}, {weights or self.param_args('p')}, N, {self.K});"]
 
     def backward(self, dinp, dout):
         return [f"conv2d_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, N, {self.K});"]
@@ -363,14 +375,126 @@ class BlockedConvPlan(ConvPlan):
         b = self.blocking
         return [("conv", super().geometry())] + [(f.name, int(getattr(b, f.name))) for f in fields(b)]
 
-    def forward(self, target):
-        return [f"conv2d_blocked_forward({target}, {self.inp}, {self.param_args('p')}, {self.xpad}, {self.wpack}, "
+    def forward(self, target, weights: str | None = None):
+        return [f"conv2d_blocked_forward({target}, {self.inp}, {weights or self.param_args('p')}, {self.xpad}, {self.wpack}, "
                 f"{self.bpack}, N, {self.K});"]
 
     def backward(self, dinp, dout):
         x = self.xpad if self.blocking.padded else self.inp
         return [f"conv2d_blocked_backward({dinp}, {self.param_args('g')}, {dout}, {x}, p.{self.weight}, {self.dyt}, "
                 f"{self.dypad}, {self.wrot}, N, {self.K});"]
+
+
+@dataclass
+class GroupedConvPlan(ParamLayerPlan):
+    """A grouped or depthwise convolution (groups > 1): the reference loops of kernels/conv_grouped.h."""
+
+    header: ClassVar[str] = "conv_grouped.h"
+    struct: ClassVar[str] = "Conv2dGrouped"
+
+    def geometry(self):
+        return [("conv", conv_geometry(self.layer)), ("G", self.layer.groups)]
+
+    def forward(self, target, weights: str | None = None):
+        return [f"conv2d_grouped_forward({target}, {self.inp}, {weights or self.param_args('p')}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        return [f"conv2d_grouped_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, N, "
+                f"{self.K});"]
+
+
+@dataclass
+class BatchNormPlan(ParamLayerPlan):
+    """Batch norm (kernels/batchnorm.h): the running statistics are fields of the buffer struct `s`; forward
+    saves the mean and invstd it used (per batch slice) for backward. In training mode the pass runs the whole
+    batch as one slice (the statistics are the batch's)."""
+
+    running_mean: str = ""
+    running_var: str = ""
+    mean: str = ""
+    invstd: str = ""
+    # Inference folds the batch norm into the convolution before it (when that convolution has no activation
+    # and nothing else reads its output): the convolution's step does nothing, and this one runs it with
+    # weight * scale and (bias - mean) * scale + shift, scale = weight_bn * invstd, shift = bias_bn.
+    fold: "ConvPlan | None" = None
+    wfold: str = ""  # the folded weights and bias (per batch slice, recomputed at every inference pass)
+    bfold: str = ""
+    header: ClassVar[str] = "batchnorm.h"
+    struct: ClassVar[str] = "BatchNorm"
+    writes_whole_input_grad: ClassVar[bool] = True
+
+    def geometry(self):
+        return batchnorm_geometry(self.layer)
+
+    def forward(self, target):
+        lines = self.unfolded_forward(target)
+        if self.fold is None:
+            return lines
+        conv = self.fold
+        weight = conv.layer.params[0]
+        fold = (f"batchnorm_fold({self.wfold}, {self.bfold}, {self.mean}, {self.invstd}, "
+                f"{conv.param_args('p')}, s.{self.running_mean}, s.{self.running_var}, {self.param_args('p')}, "
+                f"{c_real(self.layer.eps, 'eps')}, {c_int(weight.size // weight.shape[0], 'weights per filter')}, {self.K});")
+        return (["if (train) {"] + [f"    {line}" for line in lines]
+                + ["} else {  // folded into the convolution before it: one pass, no separate normalisation", f"    {fold}"]
+                + [f"    {line}" for line in conv.forward(target, f"{self.wfold}, {self.bfold}")] + ["}"])
+
+    def unfolded_forward(self, target):
+        layer = self.layer
+        return [f"batchnorm_forward({target}, {self.mean}, {self.invstd}, s.{self.running_mean}, s.{self.running_var}, "
+                f"{self.inp}, {self.param_args('p')}, N, train, {c_real(layer.eps, 'eps')}, "
+                f"{c_real(layer.momentum, 'momentum')}, {self.K});"]
+
+    def backward(self, dinp, dout):
+        lines = [f"batchnorm_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, {self.mean}, {self.invstd}, "
+                 f"p.{self.weight}, N, train, {self.K});"]
+        if self.fold is None:
+            return lines
+        # an inference forward skipped the convolution's own output, which both backward passes read
+        recompute = [f"    {line}" for line in self.fold.forward(self.fold.out)]
+        return ["if (!train) {  // the forward pass folded this batch norm: compute the convolution's output"] + \
+            recompute + ["}"] + lines
+
+
+@dataclass
+class MergePlan(LayerPlan):
+    """A layer reading two or more tensors (kernels/merge.h): inputs holds each operand's buffer, in order.
+    Backward goes operand by operand (`operand_backward`), writing or accumulating into its gradient."""
+
+    inputs: list[str] = field(default_factory=list)
+    header: ClassVar[str] = "merge.h"
+
+    def backward(self, dinp, dout):
+        raise NotImplementedError("a merge's backward goes operand by operand: operand_backward")
+
+    def operand_backward(self, i: int, dinp: str, dout: str, accumulate: bool) -> list[str]:
+        raise NotImplementedError
+
+
+@dataclass
+class AddPlan(MergePlan):
+    def forward(self, target):
+        count = f"N * {self.K}_OUT_SIZE"
+        lines = [f"add_forward({target}, {self.inputs[0]}, {self.inputs[1]}, {count});"]
+        return lines + [f"accumulate({target}, {operand}, {count});" for operand in self.inputs[2:]]
+
+    def operand_backward(self, i, dinp, dout, accumulate):
+        return [f"{'accumulate' if accumulate else 'add_backward'}({dinp}, {dout}, N * {self.K}_OUT_SIZE);"]
+
+
+@dataclass
+class ConcatPlan(MergePlan):
+    def placement(self, i: int) -> str:
+        """Operand i's Concat {OUT, OFFSET, SIZE}, a compound literal of constants."""
+        sizes = [prod(shape) for shape in self.layer.in_shapes]
+        return "(Concat)" + c_initializer([("OUT", self.layer.out_size), ("OFFSET", sum(sizes[:i])), ("SIZE", sizes[i])])
+
+    def forward(self, target):
+        return [f"concat_forward({target}, {operand}, N, {self.placement(i)});" for i, operand in enumerate(self.inputs)]
+
+    def operand_backward(self, i, dinp, dout, accumulate):
+        kernel = "concat_backward_accumulate" if accumulate else "concat_backward"
+        return [f"{kernel}({dinp}, {dout}, N, {self.placement(i)});"]
 
 
 @dataclass
@@ -464,7 +588,8 @@ class GlobalAvgPoolPlan(LayerPlan):
 
 
 # Which tensor an activation's backward reads: its input ("pre") or its output.
-ACTIVATION_READS = {"relu": "pre", "leaky_relu": "pre", "sigmoid": "out", "tanh": "out", "softmax": "out"}
+ACTIVATION_READS = {"relu": "pre", "leaky_relu": "pre", "sigmoid": "out", "tanh": "out", "softmax": "out",
+                    "relu6": "pre", "silu": "pre", "hardswish": "pre"}
 
 
 def activation_call(kind: str, direction: str, dst: str, src: str, saved: str | None, K: str, slope: float) -> str:
@@ -479,7 +604,7 @@ def activation_call(kind: str, direction: str, dst: str, src: str, saved: str | 
 
 @dataclass
 class ActivationPlan(LayerPlan):
-    """A standalone elementwise layer (relu, leaky_relu, sigmoid, tanh, softmax)."""
+    """A standalone elementwise layer (relu, leaky_relu, sigmoid, tanh, softmax, relu6, silu, hardswish)."""
 
     header: ClassVar[str] = "activations.h"
     writes_whole_input_grad: ClassVar[bool] = True
@@ -546,6 +671,9 @@ class NetworkPlan:
     slice_fixed_count: int  # the fixed buffers of one batch slice (fixed_count holds `slices` of them)
     grad_stride: int  # the parameter count rounded up to whole vectors: one slice's gradient block
     work: int  # multiply-adds per sample of the whole network, for the parallel-or-not choice
+    buffers: list[ParamBuffer] = field(default_factory=list)  # the running statistics, in buffer_specs order
+    buffer_count: int = 0  # reals in the buffer block
+    batch_statistics: bool = False  # training mode normalises with the batch's statistics: one slice per pass
 
     @property
     def in_size(self) -> int:
@@ -626,8 +754,20 @@ def check_safe(network: Network) -> None:
     comment_name(network.input_name, "input name")
     if not network.layers:
         raise ValueError(f"model '{network.name}' has no layers")
+    known = {network.input_name}  # the tensors a layer may read: the input and every earlier layer's output
     for layer in network.layers:
         comment_name(layer.name, "layer name")
+        merge = layer.kind in MERGE_KINDS
+        if (not isinstance(layer.inputs, tuple) or len(layer.inputs) < (2 if merge else 1)
+                or (not merge and len(layer.inputs) != 1) or not all(name in known for name in layer.inputs)):
+            raise ValueError(f"layer '{layer.name}': inputs {layer.inputs!r} must name "
+                             f"{'two or more' if merge else 'one'} of the input and the earlier layers")
+        if not isinstance(layer.in_shapes, tuple) or (merge and len(layer.in_shapes) != len(layer.inputs)):
+            raise ValueError(f"layer '{layer.name}': in_shapes must hold one shape per input")
+        known.add(layer.name)
+        c_int(layer.groups, f"layer '{layer.name}': groups", 1)
+        c_real(layer.eps, f"layer '{layer.name}': eps")
+        c_real(layer.momentum, f"layer '{layer.name}': momentum")
         if layer.kind not in LAYER_KINDS:
             raise ValueError(f"layer '{layer.name}': unknown layer kind {layer.kind!r}")
         if layer.activation is not None and (layer.activation not in ACTIVATIONS
@@ -657,6 +797,8 @@ class _Planner:
         self.params: list[ParamBuffer] = []
         self.param_offset = 0
         self.dropout_layers: list[str] = []
+        self.stats: list[ParamBuffer] = []  # the buffer block: running statistics
+        self.stat_offset = 0
         self.buffer("input", network.input_shape, f"a copy of x '{network.input_name}': backward reads it")
 
     def buffer(self, field_name: str, shape, note: str, ctype: str = "real", fixed: bool = False) -> str:
@@ -678,17 +820,27 @@ class _Planner:
         self.param_offset += spec.size
         return field_name
 
+    def stat(self, field_name: str, spec) -> str:
+        """A running statistic in the buffer block (a field of the struct `s`)."""
+        self.stats.append(ParamBuffer(field_name, self.stat_offset, tuple(spec.shape), f"{spec.name} {shape_text(spec.shape)}"))
+        self.stat_offset += spec.size
+        return field_name
+
     def plan(self) -> NetworkPlan:
         layers = []
-        current = "a.input"
+        # tensor name -> the buffer holding it (a view's name maps to its input's buffer)
+        self.tensors = {self.network.input_name: "a.input"}
         for index, layer in enumerate(self.network.layers, start=1):
-            lp = self.plan_layer(index, layer, current)
+            lp = self.plan_layer(index, layer, [self.tensors[name] for name in layer.inputs])
             layers.append(lp)
-            current = lp.out
+            self.tensors[layer.name] = lp.out
+        self.fold_batchnorms(layers)
+        current = layers[-1].out
         forward_steps = [Step(f"{self.P}l{lp.index}_forward", lp.index, lp.summary, tuple(self.forward_calls(lp)))
                          for lp in layers if not lp.is_view]
+        backward = self.backward_calls(layers) if self.network.is_chain else self.graph_backward_calls(layers)
         backward_steps = [Step(f"{self.P}l{lp.index}_backward", lp.index, lp.summary, tuple(lines))
-                          for lp, lines in self.backward_calls(layers)]
+                          for lp, lines in backward if lines]
         n = self.network
         params = sum(lp.layer.param_count for lp in layers)
         title = (f"model '{n.name}': {n.input_name} {shape_text(n.input_shape)} -> {shape_text(n.output_shape)}, "
@@ -702,11 +854,13 @@ class _Planner:
                            self.fixed + self.acts + self.argmax, sum(b.size for b in self.acts),
                            fixed_count, sum(b.size for b in self.argmax),
                            self.dropout_layers, forward_steps, backward_steps, current,
-                           slices, slice_fixed, grad_stride, network_work)
+                           slices, slice_fixed, grad_stride, network_work, self.stats, self.stat_offset,
+                           any(layer.kind == "batchnorm" for layer in n.layers))
 
     # ---- one layer's plan ----
-    def plan_layer(self, index: int, layer: Layer, inp: str) -> LayerPlan:
+    def plan_layer(self, index: int, layer: Layer, inputs: list[str]) -> LayerPlan:
         sym, K = f"l{index}", f"{self.K}L{index}"
+        inp = inputs[0]
         kind_word = layer.kind + (f" + {layer.activation}" if layer.activation else "")
         summary = f"{kind_word} '{layer.name}': {shape_text(layer.in_shape)} -> {shape_text(layer.out_shape)}"
         notes = []
@@ -717,6 +871,22 @@ class _Planner:
                 notes.append("padding (before+after) per axis: "
                              + ", ".join(f"{b}+{a}" for b, a in zip(layer.pad_before, layer.pad_after)))
         common = dict(index=index, layer=layer, K=K, summary=summary, notes=notes, inp=inp, out=inp)
+        if layer.kind in MERGE_KINDS:
+            common["out"] = self.buffer(f"{sym}_out", layer.out_shape, f"'{layer.name}'")
+            notes.append("reads " + ", ".join(f"'{name}' {shape_text(shape)}" for name, shape in zip(layer.inputs, layer.in_shapes)))
+            return (AddPlan if layer.kind == "add" else ConcatPlan)(**common, inputs=list(inputs))
+        if layer.kind == "batchnorm":
+            weight = self.param(f"{sym}_weight", layer.params[0])
+            bias = self.param(f"{sym}_bias", layer.params[1])
+            running_mean = self.stat(f"{sym}_running_mean", layer.buffers[0])
+            running_var = self.stat(f"{sym}_running_var", layer.buffers[1])
+            C = layer.in_shape[0]
+            mean = self.buffer(f"{sym}_mean", (C,), f"'{layer.name}' mean used by the last forward", fixed=True)
+            invstd = self.buffer(f"{sym}_invstd", (C,), f"'{layer.name}' 1/sqrt(var + eps) used by the last forward",
+                                 fixed=True)
+            out = self.buffer(f"{sym}_out", layer.out_shape, f"'{layer.name}'")
+            common.update(out=out, weight=weight, bias=bias)
+            return BatchNormPlan(**common, running_mean=running_mean, running_var=running_var, mean=mean, invstd=invstd)
         if layer.kind == "flatten" or (layer.kind == "dropout" and layer.rate == 0):
             notes.append("no code: the output is the input's memory" + (" viewed flat" if layer.kind == "flatten" else ""))
             return ViewPlan(**common)
@@ -730,6 +900,8 @@ class _Planner:
             common.update(out=out, pre=pre, weight=weight, bias=bias)
             if family == "dense":
                 return BlockedDensePlan(**common, vl=self.vl) if choice == "blocked" else DensePlan(**common)
+            if choice == "grouped":
+                return GroupedConvPlan(**common)
             if choice != "blocked":
                 return ConvPlan(**common)
             return self.plan_blocked_conv(BlockedConvPlan(**common, blocking=BlockedConv.of(layer, self.vl)), sym)
@@ -746,6 +918,24 @@ class _Planner:
             self.dropout_layers.append(layer.name)
             return DropoutPlan(**common, mask=mask, mask_index=len(self.dropout_layers) - 1)
         return ActivationPlan(**common)
+
+    def fold_batchnorms(self, layers: list[LayerPlan]) -> None:
+        """Mark each batch norm that inference folds into the convolution before it: the convolution has no
+        fused activation and the batch norm is the only layer reading its output."""
+        by_name = {lp.layer.name: lp for lp in layers}
+        for lp in layers:
+            if not isinstance(lp, BatchNormPlan) or lp.layer.inputs[0] not in by_name:
+                continue
+            conv = by_name[lp.layer.inputs[0]]
+            if (isinstance(conv, (ConvPlan, GroupedConvPlan)) and conv.layer.activation is None
+                    and self.network.consumers(conv.layer.name) == (lp.layer,)):
+                sym = f"l{lp.index}"
+                lp.fold, conv.folded_into = conv, lp
+                lp.wfold = self.buffer(f"{sym}_wfold", conv.layer.params[0].shape,
+                                       f"'{conv.layer.name}' weights with '{lp.layer.name}' folded in", fixed=True)
+                lp.bfold = self.buffer(f"{sym}_bfold", (conv.layer.out_shape[0],),
+                                       f"'{conv.layer.name}' bias with '{lp.layer.name}' folded in", fixed=True)
+                lp.notes.append(f"inference folds it into '{conv.layer.name}'")
 
     def plan_blocked_conv(self, lp: BlockedConvPlan, sym: str) -> BlockedConvPlan:
         """The scratch a blocked convolution needs: the padded input (kept for backward), the packed
@@ -768,6 +958,8 @@ class _Planner:
     # ---- forward ----
     def forward_calls(self, lp: LayerPlan) -> list[str]:
         lines = lp.forward(lp.pre or lp.out)
+        if getattr(lp, "folded_into", None) is not None:  # inference runs it in the batch norm's step
+            return ["if (train) {"] + [f"    {line}" for line in lines] + ["}"]
         if lp.pre:
             lines.append(activation_call(lp.layer.activation, "forward", lp.out, lp.pre, None, lp.K, lp.layer.slope))
         return lines
@@ -810,6 +1002,100 @@ class _Planner:
         for name, size in scratch_size.items():
             if size:
                 self.buffer(name[2:], (size,), "gradient scratch: backward alternates between grad_a and grad_b")
+        return steps
+
+
+    def graph_backward_calls(self, layers: list[LayerPlan]) -> list[tuple[LayerPlan, list[str]]]:
+        """Backward through a graph: (layer, its backward calls) in backward order (the reverse of forward).
+
+        Every tensor that receives a gradient has a gradient buffer of its own (`a.l3_grad`; the input's is
+        the caller's dx; a view's is its input's). A tensor read by several layers sums their contributions:
+        the first contribution in backward order writes the buffer (a kernel that writes (=) writes it
+        directly; one that accumulates gets it zeroed first), later ones add to it (an accumulating kernel
+        directly, a writing one into the scratch `a.grad_part`, then `accumulate`). A layer whose output
+        received no gradient (a branch the output does not depend on) is skipped: its gradients are zero.
+        The fused activation's gradient goes through the scratch `a.grad_pre`."""
+        by_buffer = {lp.out: lp for lp in layers if not lp.is_view}
+        by_buffer["a.input"] = None
+        scratch = {"grad_pre": 0, "grad_part": 0}
+        written: set[str] = set()  # tensor buffers whose gradient holds a contribution already
+        grad_fields: dict[str, int] = {}  # gradient buffer -> per-sample size
+
+        def grad_of(buffer: str) -> str:
+            if buffer == "a.input":
+                return "dx"
+            name = buffer[2:].replace("_out", "_grad", 1) if buffer.endswith("_out") else buffer[2:] + "_grad"
+            grad_fields[name] = by_buffer[buffer].layer.out_size
+            return f"a.{name}"
+
+        output = layers[-1].out
+        if output == "a.input":
+            return []  # nothing but views: the template copies dy to dx
+        readers = any(output in ([lp.inp] if not isinstance(lp, MergePlan) else lp.inputs)
+                      for lp in layers if not lp.is_view)
+        steps: list[tuple[LayerPlan, list[str]]] = []
+        compute = [lp for lp in layers if not lp.is_view]
+        start: list[str] = []
+        if readers:  # the output is also read inside the network: its gradient buffer starts as dy
+            start.append(f"memcpy({grad_of(output)}, dy, (size_t)(N * {compute[-1].K}_OUT_SIZE) * sizeof(real));")
+        written.add(output)
+
+        def contribution(source: str, size_expr: str, emit, writes: bool, nullable: bool) -> list[str]:
+            """The lines that add one reader's gradient for the tensor in buffer `source`: emit(target) prints the
+            kernel call writing (writes) or accumulating into target; nullable: the call takes NULL for no dinp."""
+            target = grad_of(source)
+            first = source not in written
+            written.add(source)
+            if not first and writes:
+                scratch["grad_part"] = max(scratch["grad_part"], by_buffer[source].layer.out_size if source != "a.input"
+                                           else prod(self.network.input_shape))
+            if source == "a.input" and nullable:  # the kernel runs for its parameters' gradients whatever input_grad is
+                if first:
+                    zeroing = [] if writes else [f"if (input_grad) {{ zero(dx, {size_expr}); }}"]
+                    return zeroing + emit("input_grad ? dx : NULL")
+                if not writes:
+                    return emit("input_grad ? dx : NULL")
+                return emit("input_grad ? a.grad_part : NULL") + [
+                    f"if (input_grad) {{ accumulate(dx, a.grad_part, {size_expr}); }}"]
+            if first:
+                lines = emit(target) if writes else [f"zero({target}, {size_expr});"] + emit(target)
+            elif not writes:
+                lines = emit(target)
+            else:
+                lines = emit("a.grad_part") + [f"accumulate({target}, a.grad_part, {size_expr});"]
+            if source != "a.input":
+                return lines
+            return ["if (input_grad) {"] + [f"    {line}" for line in lines] + ["}"]
+
+        for lp in reversed(compute):
+            layer, K = lp.layer, lp.K
+            lines: list[str] = list(start) if lp is compute[-1] else []
+            steps.append((lp, lines))
+            if lp.out not in written:  # nothing downstream reads it: no gradient (but the output's copy of dy)
+                continue
+            dout = "dy" if lp.out == output and not readers else grad_of(lp.out)
+            if lp.pre:  # through the fused activation first: dout -> dpre (written whole)
+                scratch["grad_pre"] = max(scratch["grad_pre"], layer.out_size)
+                saved = lp.pre if ACTIVATION_READS[layer.activation] == "pre" else lp.out
+                lines.append(activation_call(layer.activation, "backward", "a.grad_pre", dout, saved, K, layer.slope))
+                dout = "a.grad_pre"
+            if isinstance(lp, MergePlan):
+                for i, (source, shape) in enumerate(zip(lp.inputs, layer.in_shapes)):
+                    size = f"N * {prod(shape)}"
+                    first = source not in written
+                    target = grad_of(source)
+                    written.add(source)
+                    call = lp.operand_backward(i, target, dout, accumulate=not first)
+                    lines += (["if (input_grad) {", f"    {call[0]}", "}"] if source == "a.input" else call)
+                continue
+            size = f"N * {K}_IN_SIZE"
+            lines += contribution(lp.inp, size, lambda target, lp=lp, dout=dout: lp.backward(target, dout),
+                                  lp.writes_whole_input_grad, lp.has_params)
+        for name, per_sample in grad_fields.items():
+            self.buffer(name, (per_sample,), "gradient of the tensor (summed over its readers)")
+        for name, per_sample in scratch.items():
+            if per_sample:
+                self.buffer(name, (per_sample,), "gradient scratch")
         return steps
 
 
@@ -874,9 +1160,9 @@ def cdef_for(plans, ctype: str) -> str:
         lines += [f"#define {K}MODEL_{what} ..." for what in SIZE_CONSTANTS]
         lines += [
                   f"void {P}model_forward(real* y, real* act_block, int32_t* argmax_block, const real* x, "
-                  f"real* param_block, const real* const* masks, int64_t N);",
+                  f"real* param_block, real* buffer_block, const real* const* masks, int64_t N, int train);",
                   f"void {P}model_backward(real* dx, real* grad_block, const real* dy, real* param_block, "
-                  f"real* act_block, int32_t* argmax_block, int64_t N, int dropout, int input_grad);"]
+                  f"real* act_block, int32_t* argmax_block, int64_t N, int dropout, int input_grad, int train);"]
     lines += ["double cross_entropy_loss(real* dlogits, const real* logits, const int64_t* labels, int64_t N, int K);",
               "double mse_loss(real* dy, const real* y, const real* target, int64_t count);",
               "int all_finite(const real* x, int64_t count);",

@@ -457,14 +457,6 @@ class NumpyModel(Model):
             self.buffers.update(buffers)
         return np.ascontiguousarray(values[layers[-1].name], dtype=self.dtype)
 
-    def _check_batch_statistics(self, n: int) -> None:
-        """Batch norm in training mode needs two or more values per channel (PyTorch refuses one too)."""
-        for layer in self.network.layers:
-            if layer.kind == "batchnorm" and n * (layer.in_size // layer.in_shape[0]) < 2:
-                raise CnncError(f"batchnorm '{layer.name}' needs more than one value per channel in training mode; "
-                                f"got a batch of {n} with input {list(layer.in_shape)}: train with a batch of 2 or "
-                                "more, or run inference (train=False)")
-
     def _backward(self, dy):
         layers = self.network.layers
         grads = {layers[-1].name: dy}  # d loss / d output, by tensor name, summed over the tensor's readers

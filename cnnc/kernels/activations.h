@@ -2,7 +2,8 @@
 //
 // inp, out, dout and dinp are `count` elements (softmax: (N, K) rows). Forward may run in place
 // (out == inp); backward writes (=) every element of dinp, so its caller does not zero it first.
-// Backward reads what forward saved: relu and leaky_relu the input, sigmoid, tanh and softmax the output.
+// Backward reads what forward saved: relu, leaky_relu, relu6, silu and hardswish the input, sigmoid, tanh and
+// softmax the output.
 #ifndef CNNC_KERNELS_ACTIVATIONS_H
 #define CNNC_KERNELS_ACTIVATIONS_H
 
@@ -104,6 +105,60 @@ CNNC_KERNEL void softmax_backward(real* restrict dinp, const real* restrict dout
         for (int k = 0; k < K; k++) {
             dinp[n * K + k] = out_n[k] * (dout_n[k] - dot);
         }
+    }
+}
+
+// out = min(max(inp, 0), 6); the derivative is 1 strictly inside (0, 6), 0 elsewhere (PyTorch's hardtanh)
+CNNC_KERNEL void relu6_forward(real* out, const real* inp, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        out[i] = inp[i] < 0 ? 0 : (inp[i] > 6 ? 6 : inp[i]);
+    }
+}
+
+CNNC_KERNEL void relu6_backward(real* restrict dinp, const real* restrict dout, const real* restrict inp, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        dinp[i] = (inp[i] > 0 && inp[i] < 6) ? dout[i] : 0;
+    }
+}
+
+// out = inp * sigmoid(inp); backward reads inp: dinp = dout * s * (1 + inp * (1 - s)), s = sigmoid(inp)
+CNNC_KERNEL void silu_forward(real* out, const real* inp, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        real e = exp(-fabs(inp[i]));
+        real s = inp[i] >= 0 ? 1 / (1 + e) : e / (1 + e);
+        out[i] = inp[i] * s;
+    }
+}
+
+CNNC_KERNEL void silu_backward(real* restrict dinp, const real* restrict dout, const real* restrict inp, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        real e = exp(-fabs(inp[i]));
+        real s = inp[i] >= 0 ? 1 / (1 + e) : e / (1 + e);
+        dinp[i] = dout[i] * s * (1 + inp[i] * (1 - s));
+    }
+}
+
+// out = inp * relu6(inp + 3) / 6; backward reads inp: 0 below -3, inp / 3 + 1/2 on [-3, 3], 1 above 3
+// (PyTorch's choice at the kinks)
+CNNC_KERNEL void hardswish_forward(real* out, const real* inp, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        real t = inp[i] + 3;
+        t = t < 0 ? 0 : (t > 6 ? 6 : t);
+        out[i] = inp[i] * t / 6;
+    }
+}
+
+CNNC_KERNEL void hardswish_backward(real* restrict dinp, const real* restrict dout, const real* restrict inp,
+                                    int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        real slope = inp[i] < -3 ? 0 : (inp[i] <= 3 ? inp[i] / 3 + (real)0.5 : 1);
+        dinp[i] = dout[i] * slope;
     }
 }
 

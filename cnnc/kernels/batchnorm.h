@@ -1,0 +1,155 @@
+// batchnorm.h: batch normalisation over the channels of (N, C, S) (S = H * W for [C, H, W], L for [C, L], 1 for
+// the features of [D]), PyTorch's BatchNorm1d/2d: the plain reference loops.
+//
+//   out = (inp - mean[c]) * invstd[c] * weight[c] + bias[c],   invstd[c] = 1 / sqrt(var[c] + eps)
+//
+// Training mode normalises with the batch's statistics over the N * S values of each channel (the variance
+// biased, / (N * S)) and updates the running statistics, running = (1 - momentum) * running + momentum *
+// batch, the variance unbiased (/ (N * S - 1)). Inference mode normalises with the running statistics.
+// Forward saves the mean and invstd it used (C each) for backward, which recomputes xhat from inp.
+// Sums: each sample's row of S values in `real` (vectorised where OpenMP's simd is on), the rows in double.
+#ifndef CNNC_KERNELS_BATCHNORM_H
+#define CNNC_KERNELS_BATCHNORM_H
+
+#include "common.h"
+
+// `#pragma omp simd reduction(+:sum, sum_xhat)` where OpenMP is on: backward's two sums in one pass.
+#ifdef _OPENMP
+#define CNNC_SIMD_SUM2 _Pragma("omp simd reduction(+:sum, sum_xhat)")
+#else
+#define CNNC_SIMD_SUM2
+#endif
+
+// The sizes of one batch norm layer.
+typedef struct {
+    int C;  // channels (features of a flat input)
+    int S;  // values per channel in one sample: H * W, L, or 1
+} BatchNorm;
+
+// inp is (N, C, S), weight and bias are (C) -> out is (N, C, S); saves mean and invstd (C).
+// train: the batch's statistics, and running_mean, running_var (C) updated in place;
+// otherwise the running statistics (read only).
+CNNC_KERNEL void batchnorm_forward(real* restrict out, real* restrict mean, real* restrict invstd,
+                                   real* restrict running_mean, real* restrict running_var, const real* restrict inp,
+                                   const real* restrict weight, const real* restrict bias, int64_t N, int train,
+                                   double eps, double momentum, BatchNorm g)
+{
+    for (int c = 0; c < g.C; c++) {
+        double m, var;
+        if (train) {
+            double count = (double)N * g.S;  // values per channel
+            double total = 0;
+            for (int64_t n = 0; n < N; n++) {
+                const real* inp_nc = inp + (n * g.C + c) * g.S;
+                real sum = 0;
+                CNNC_SIMD_SUM
+                for (int s = 0; s < g.S; s++) {
+                    sum += inp_nc[s];
+                }
+                total += sum;
+            }
+            m = total / count;
+            real row_mean = (real)m;
+            double squares = 0;  // sum of (x - mean)^2: two passes, no cancellation
+            for (int64_t n = 0; n < N; n++) {
+                const real* inp_nc = inp + (n * g.C + c) * g.S;
+                real sum = 0;
+                CNNC_SIMD_SUM
+                for (int s = 0; s < g.S; s++) {
+                    real d = inp_nc[s] - row_mean;
+                    sum += d * d;
+                }
+                squares += sum;
+            }
+            var = squares / count;
+            running_mean[c] = (real)((1 - momentum) * running_mean[c] + momentum * m);
+            running_var[c] = (real)((1 - momentum) * running_var[c] + momentum * squares / (count - 1));
+        } else {
+            m = running_mean[c];
+            var = running_var[c];
+        }
+        mean[c] = (real)m;
+        invstd[c] = (real)(1 / sqrt(var + eps));
+        real scale = invstd[c] * weight[c], shift = bias[c];
+        for (int64_t n = 0; n < N; n++) {
+            const real* inp_nc = inp + (n * g.C + c) * g.S;
+            real* out_nc = out + (n * g.C + c) * g.S;
+            for (int s = 0; s < g.S; s++) {
+                out_nc[s] = (inp_nc[s] - mean[c]) * scale + shift;
+            }
+        }
+    }
+}
+
+// dout and inp are (N, C, S), mean, invstd, weight (C) as forward used them; accumulates (+=) dweight and
+// dbias (C) and writes (=) dinp (like inp; skipped if NULL). With xhat = (inp - mean) * invstd:
+//   dweight[c] += sum of dout * xhat,  dbias[c] += sum of dout   (over n and s)
+//   inference: dinp = dout * weight * invstd (the statistics are constants)
+//   train: the statistics depend on every value of the channel (count = N * S of them):
+//          dinp = weight * invstd * (dout - dbias_c / count - xhat * dweight_c / count)
+//          with dbias_c, dweight_c this batch's sums above.
+CNNC_KERNEL void batchnorm_backward(real* restrict dinp, real* restrict dweight, real* restrict dbias,
+                                    const real* restrict dout, const real* restrict inp, const real* restrict mean,
+                                    const real* restrict invstd, const real* restrict weight, int64_t N, int train,
+                                    BatchNorm g)
+{
+    for (int c = 0; c < g.C; c++) {
+        double sum_dout = 0, sum_dout_xhat = 0;
+        real mean_c = mean[c], invstd_c = invstd[c];
+        for (int64_t n = 0; n < N; n++) {
+            const real* inp_nc = inp + (n * g.C + c) * g.S;
+            const real* dout_nc = dout + (n * g.C + c) * g.S;
+            real sum = 0, sum_xhat = 0;
+            CNNC_SIMD_SUM2
+            for (int s = 0; s < g.S; s++) {
+                sum += dout_nc[s];
+                sum_xhat += dout_nc[s] * ((inp_nc[s] - mean_c) * invstd_c);
+            }
+            sum_dout += sum;
+            sum_dout_xhat += sum_xhat;
+        }
+        dweight[c] += (real)sum_dout_xhat;
+        dbias[c] += (real)sum_dout;
+        if (dinp == NULL) {
+            continue;
+        }
+        real scale = weight[c] * invstd[c];
+        double count = (double)N * g.S;
+        real dout_mean = train ? (real)(sum_dout / count) : 0;
+        real xhat_coeff = train ? (real)(sum_dout_xhat / count) : 0;
+        for (int64_t n = 0; n < N; n++) {
+            const real* inp_nc = inp + (n * g.C + c) * g.S;
+            const real* dout_nc = dout + (n * g.C + c) * g.S;
+            real* dinp_nc = dinp + (n * g.C + c) * g.S;
+            for (int s = 0; s < g.S; s++) {
+                real xhat = (inp_nc[s] - mean[c]) * invstd[c];
+                dinp_nc[s] = scale * (dout_nc[s] - dout_mean - xhat * xhat_coeff);
+            }
+        }
+    }
+}
+
+// Inference-mode batch norm folded into the convolution before it, whose weight is (F, per_filter) and bias
+// (F) or NULL: wfold and bfold are that convolution's parameters with the normalisation applied, so that
+// the convolution with them outputs the batch norm's output in one pass:
+//   scale = bn_weight[f] * invstd[f],  wfold[f][k] = weight[f][k] * scale,
+//   bfold[f] = (bias[f] - running_mean[f]) * scale + bn_bias[f]     (bias 0 if NULL)
+// Saves mean and invstd (F) as batchnorm_forward does in inference mode.
+CNNC_KERNEL void batchnorm_fold(real* restrict wfold, real* restrict bfold, real* restrict mean,
+                                real* restrict invstd, const real* restrict weight, const real* restrict bias,
+                                const real* restrict running_mean, const real* restrict running_var,
+                                const real* restrict bn_weight, const real* restrict bn_bias, double eps,
+                                int per_filter, BatchNorm g)
+{
+    for (int f = 0; f < g.C; f++) {
+        mean[f] = running_mean[f];
+        invstd[f] = (real)(1 / sqrt((double)running_var[f] + eps));
+        real scale = bn_weight[f] * invstd[f];
+        for (int k = 0; k < per_filter; k++) {
+            wfold[f * per_filter + k] = weight[f * per_filter + k] * scale;
+        }
+        bfold[f] = ((bias != NULL ? bias[f] : 0) - mean[f]) * scale + bn_bias[f];
+    }
+}
+
+#endif

@@ -1,0 +1,339 @@
+"""Graphs on the C backend (issue 14, C half): from=, add, concat, batch norm in both modes, grouped and
+depthwise convolutions, relu6/silu/hardswish, blocks; against the NumPy backend and PyTorch in float64
+(forward in training and inference mode, the loss, dx, every parameter gradient, the updated running
+statistics), finite differences through the C backend, the Model API's buffers, and `cnnc train/eval/predict
+--backend c` on ResNet-8.
+
+Every network is compiled into ONE float64 module per session (compile time is what CI pays); the CLI test
+builds ResNet-8 in float32 once more, which the float32 comparison then loads from the cache.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc.backends.c_backend import compile_networks
+from cnnc.backends.c_codegen import generate
+from cnnc.backends.numpy_backend import NumpyModel
+from cnnc.cli import main
+from cnnc.diagnostics import CnncError
+from cnnc.gradcheck import THRESHOLD, gradcheck
+from test_graphs import GRADCHECK_BLOCK, GRADCHECK_CASES, ISSUE_EXAMPLE, REFERENCE_MODELS
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+SPEC_MODELS = ("resnet8", "mobilenet_small", "inception_small")
+
+# Graph corners beyond test_graphs' models: a branch the output does not depend on (zero gradients, its
+# backward skipped), a view as the output whose tensor other layers read too (dy is summed with their
+# gradients), a tensor read twice by one merge, the input read by a merge and a layer with parameters.
+EXTRA_MODELS = {
+    "dead_branch": "model dead_branch { input v[4]; dense unused(units=3); relu r; dense out(units=2, from=v) }",
+    "view_output_read": "model view_output_read { input v[3]; dense a(units=3); dense b(units=3); add s(a, b, a); "
+                        "dropout d(rate=0, from=a) }",
+    "input_everywhere": "model input_everywhere { input x[2, 5, 5]; conv2d c(filters=2, kernel=3, padding=1); "
+                        "batchnorm bn(from=x); add s(c, x, bn); concat k(x, s); conv2d dw(filters=4, kernel=3, "
+                        "groups=4, activation=hardswish); global_avgpool; dense out(units=3) }",
+}
+
+
+def graph_networks() -> dict[str, object]:
+    """{key: Network}: every model of this file, under distinct model names."""
+    networks = {name: cnnc.network_from_text(text) for name, text in REFERENCE_MODELS.items()}
+    networks["block_resnet"] = cnnc.network_from_text(ISSUE_EXAMPLE.replace("model resnet", "model block_resnet")
+                                                      .replace("image[1, 28, 28]", "image[1, 10, 10]"))
+    for case, body in GRADCHECK_CASES.items():
+        networks[f"gc_{case}"] = cnnc.network_from_text(f"model gc_{case} {{ {body} }}")
+    networks["gc_block"] = cnnc.network_from_text(GRADCHECK_BLOCK.replace("model m ", "model gc_block "))
+    for name, text in EXTRA_MODELS.items():
+        networks[name] = cnnc.network_from_text(text)
+    for name in SPEC_MODELS:
+        networks[name] = cnnc.read_network(SPECS / f"{name}.cnn")
+    return networks
+
+
+NETWORKS = graph_networks()
+COMPARED = [key for key in NETWORKS if not key.startswith("gc_")]
+
+
+@pytest.fixture(scope="session")
+def module(tmp_path_factory):
+    """The float64 C module of every network above (one compiler run)."""
+    return compile_networks(list(NETWORKS.values()), "float64", cache_dir=tmp_path_factory.mktemp("cnnc-cache"))
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| relative to the reference's largest entry, or to 1e-3 when every entry is smaller: a
+    convolution's bias before training-mode batch norm has a gradient of exactly 0 (the batch mean removes it),
+    which both backends compute as rounding noise."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
+    return float(np.abs(a - b).max(initial=0.0) / max(np.abs(b).max(initial=0.0), 1e-3))
+
+
+def twin_models(module, key: str, seed: int = 3):
+    """The C model and a NumPy model with the same random parameters and running statistics (random, so
+    that inference mode is not the identity)."""
+    network = NETWORKS[key]
+    c = module.model(network.name, seed=0)
+    rng = np.random.default_rng(seed)
+    for p in c.params.values():
+        p[...] = rng.normal(0, 0.5, p.shape)
+    for name, b in c.buffers.items():
+        b[...] = rng.uniform(0.5, 1.5, b.shape) if name.endswith("running_var") else rng.normal(0, 0.3, b.shape)
+    ref = NumpyModel(network, "float64", 0)
+    ref.load_weights(c.state_dict())
+    return c, ref
+
+
+def run(m, x, dy, train: bool) -> dict[str, np.ndarray]:
+    """Forward, backward of dy: every output, gradient and (after forward) running statistic."""
+    y = m.forward(x, train=train)
+    dx = m.backward(dy)
+    return {"y": y, "dx": dx, **{f"grad {k}": v.copy() for k, v in m.grads.items()},
+            **{f"buffer {k}": v.copy() for k, v in m.buffers.items()}}
+
+
+def assert_close(got: dict, expected: dict, tol: float, against: str) -> None:
+    assert set(got) == set(expected)
+    bad = {name: f"{rel_err(got[name], expected[name]):.1e}" for name in expected
+           if not rel_err(got[name], expected[name]) <= tol}
+    assert not bad, f"differs from {against}: {bad}"
+
+
+# ==== against the NumPy backend, float64 =================================================================
+@pytest.mark.parametrize("train", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("key", COMPARED)
+def test_c_agrees_with_numpy(module, key, train):
+    c, ref = twin_models(module, key)
+    rng = np.random.default_rng(4)
+    n = 5  # more than one batch slice in inference mode
+    x = rng.normal(size=(n, *c.input_shape))
+    dy = rng.normal(size=(n, *c.output_shape))
+    assert_close(run(c, x, dy, train), run(ref, x, dy, train), 1e-10, "the NumPy backend")
+    # the loss path: the loss and its gradient in C, then backward without the input gradient
+    target = rng.integers(0, c.output_shape[0], n) if c.loss_kind == "cross_entropy" else rng.normal(size=(n, *c.output_shape))
+    (loss_c, dy_c), (loss_n, dy_n) = c.loss(c.forward(x, train=train), target), ref.loss(ref.forward(x, train=train), target)
+    assert abs(loss_c - loss_n) <= 1e-10 * abs(loss_n) and rel_err(dy_c, dy_n) <= 1e-10
+    assert c.backward(dy_c, input_grad=False) is None
+    ref.backward(dy_n)
+    assert_close(dict(c.grads), dict(ref.grads), 1e-10, "the NumPy backend (input_grad=False)")
+
+
+def test_running_statistics_follow_numpy_over_batches_of_several_sizes(module):
+    """Training passes of 2, 7 and 3 samples (one slice each: the batch's statistics), inference of 1 and 6
+    (per-sample slices) in between: the running statistics and outputs stay equal."""
+    c, ref = twin_models(module, "resnet8", seed=8)
+    rng = np.random.default_rng(9)
+    for n, train in ((2, True), (1, False), (7, True), (6, False), (3, True)):
+        x = rng.normal(size=(n, *c.input_shape))
+        assert rel_err(c.forward(x, train=train), ref.forward(x, train=train)) <= 1e-10
+        for name in ref.buffers:
+            assert rel_err(c.buffers[name], ref.buffers[name]) <= 1e-12, name
+    assert not np.array_equal(c.buffers["stem_bn.running_var"], np.ones(16))
+
+
+def test_inference_leaves_the_running_statistics_alone_and_is_per_sample(module):
+    c, _ = twin_models(module, "flat")
+    before = c.state_dict()
+    x = np.random.default_rng(0).normal(size=(4, 5))
+    np.testing.assert_allclose(c.forward(x)[:1], c.forward(x[:1]), rtol=1e-13)
+    assert all(np.array_equal(before[k], v) for k, v in c.buffers.items())
+
+
+def test_training_mode_needs_two_values_per_channel(module):
+    c, _ = twin_models(module, "flat")
+    with pytest.raises(CnncError, match="batchnorm 'bn' needs more than one value per channel"):
+        c.forward(np.zeros((1, 5)), train=True)
+    c.forward(np.zeros((1, 5)), train=False)
+
+
+def test_buffers_weights_files_and_state_dicts_carry_over_between_backends(module, tmp_path):
+    c, _ = twin_models(module, "block_resnet")
+    x = np.random.default_rng(1).normal(size=(3, *c.input_shape))
+    c.forward(x, train=True)  # moves the running statistics
+    assert set(c.buffers) == {b.name for b in c.network.buffer_specs} and "s1.bn1.running_mean" in c.buffers
+    c.save(tmp_path / "w.npz")
+    ref = NumpyModel(c.network, "float64", 5)
+    ref.load_weights(tmp_path / "w.npz")
+    assert rel_err(ref.forward(x), c.forward(x)) <= 1e-12
+    fresh = module.model(c.network.name, seed=7)
+    fresh.load_weights(ref.state_dict())
+    assert all(np.array_equal(fresh.buffers[k], c.buffers[k]) for k in c.buffers)
+    fresh.buffers["stem_bn.running_mean"] = np.full(16, 0.25)  # assignment copies into C's memory
+    assert fresh.buffers["stem_bn.running_mean"][0] == 0.25
+    assert not np.array_equal(fresh.forward(x), c.forward(x))
+    fresh.reset_parameters(0)
+    assert np.array_equal(fresh.buffers["stem_bn.running_var"], np.ones(16))
+
+
+# ==== inference folds batch norm into the convolution before it =========================================
+def folded(module, key: str) -> set[str]:
+    return {lp.layer.name for lp in module.plans[NETWORKS[key].name].layers if getattr(lp, "fold", None)}
+
+
+def test_inference_folds_batch_norm_where_the_convolution_feeds_only_it(module):
+    # every batch norm of ResNet-8 follows a convolution without activation that nothing else reads
+    assert folded(module, "resnet8") == {layer.name for layer in NETWORKS["resnet8"].layers if layer.kind == "batchnorm"}
+    # densenet: c0 is read by the concat too, n2 and n3 read concats; input_everywhere's reads the input
+    assert folded(module, "densenet") == set() and folded(module, "input_everywhere") == set()
+    assert folded(module, "1d") == {"bn"}  # after a grouped conv1d
+    assert folded(module, "flat") == set()  # after a dense layer: not folded
+
+
+@pytest.mark.parametrize("key", ["resnet8", "mobilenet_small", "depthwise_separable", "gc_batchnorm_1d"])
+def test_folded_inference_equals_the_unfolded_result(module, key):
+    """The NumPy backend normalises separately (unfolded); the folded C pass gives the same outputs, and a
+    backward pass after it (which recomputes the convolution outputs the fold skipped) the same gradients.
+    A training pass in between (unfolded in C too) and another inference pass stay consistent."""
+    c, ref = twin_models(module, key, seed=11)
+    assert folded(module, key)
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(4, *c.input_shape))
+    dy = rng.normal(size=(4, *c.output_shape))
+    assert_close(run(c, x, dy, False), run(ref, x, dy, False), 1e-10, "the unfolded NumPy backend")
+    c.forward(x, train=True), ref.forward(x, train=True)
+    assert_close(run(c, x, dy, False), run(ref, x, dy, False), 1e-10, "the unfolded NumPy backend, after training")
+
+
+# ==== against PyTorch, float64 =========================================================================
+@pytest.mark.parametrize("train", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("key", [*SPEC_MODELS, *REFERENCE_MODELS])
+def test_c_agrees_with_pytorch(module, key, train):
+    pytest.importorskip("torch")
+    from torch_reference import torch_forward_backward
+
+    c, _ = twin_models(module, key)
+    buffers = {name: value.copy() for name, value in c.buffers.items()}
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, *c.input_shape))
+    dy = rng.normal(size=(3, *c.output_shape))
+    state = c.dropout_rng.bit_generator.state  # the dropout masks forward will draw (mobilenet_small has dropout)
+    masks = c._dropout_masks(3) if train else None
+    c.dropout_rng.bit_generator.state = state
+    got = run(c, x, dy, train)
+    ty, tdx, tgrads = torch_forward_backward(c.network, c.params, x, dy, masks, buffers=buffers, train=train)
+    expected = {"y": ty, "dx": tdx, **{f"grad {k}": v for k, v in tgrads.items()},
+                **{f"buffer {k}": v for k, v in buffers.items()}}  # updated in place by PyTorch in training mode
+    assert_close(got, expected, 1e-9, "PyTorch")
+
+
+# ==== finite differences through the C backend ==========================================================
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("case", [*GRADCHECK_CASES, "block"])
+def test_c_gradients_match_finite_differences(module, case, train):
+    m = module.model(f"gc_{case}", seed=0)
+    rng = np.random.default_rng(2)
+    for name, b in m.buffers.items():
+        b[...] = rng.uniform(0.5, 2.0, b.shape) if name.endswith("var") else rng.normal(size=b.shape)
+    buffers = {k: v.copy() for k, v in m.buffers.items()}
+    errors = gradcheck(m, batch=3, seed=1, train=train)
+    assert set(errors) == {p.name for p in m.network.param_specs} | {"input"}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < THRESHOLD, f"{case}: {worst} has relative error {errors[worst]:.2e}"
+    assert all(np.array_equal(buffers[k], m.buffers[k]) for k in buffers)
+
+
+# ==== the generated C ==================================================================================
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_graph_glue_and_kernels_compile_without_warnings(tmp_path):
+    """The glue of every graph model and the new kernels (batchnorm.h, merge.h, conv_grouped.h), in float32
+    (the session's module is float64), under -Wall -Wextra -Werror, with OpenMP and as plain C99."""
+    source = generate(list(NETWORKS.values()), "float32")
+    assert {"kernels/batchnorm.h", "kernels/merge.h", "kernels/conv_grouped.h"} <= dict(source.headers).keys()
+    path = tmp_path / "bundle.c"
+    path.write_text(source.text)
+    for name, text in source.headers:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    for flags in (["-fopenmp"], ["-std=c99", "-Wpedantic", "-Wno-unknown-pragmas"]):
+        result = subprocess.run(["gcc", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", *flags, str(path)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[:3000]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"inputs": ("nowhere",)}, "must name one of the input and the earlier layers"),
+    ({"inputs": ('x); system("id"); //',)}, "must name one of the input and the earlier layers"),
+    ({"eps": float("nan")}, "eps must be a finite number"),
+    ({"momentum": float("inf")}, "momentum must be a finite number"),
+    ({"groups": "2"}, "groups must be an integer"),
+])
+def test_hand_built_graph_ir_that_fails_the_checks_is_refused_before_any_c(change, message):
+    import dataclasses
+
+    network = NETWORKS["densenet"]
+    layers = list(network.layers)
+    index = next(i for i, layer in enumerate(layers) if layer.kind == "batchnorm")
+    layers[index] = dataclasses.replace(layers[index], **change)
+    with pytest.raises(ValueError, match=message):
+        generate(dataclasses.replace(network, layers=tuple(layers)))
+
+
+# ==== the command line: train, eval and predict on the C backend ====================================
+def test_cli_trains_resnet8_on_the_c_backend_and_evaluates_in_inference_mode(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, size=(48, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, 10, 48)
+    np.savez("tiny.npz", x_train=images[:32], y_train=labels[:32], x_test=images[32:], y_test=labels[32:])
+    spec = str(SPECS / "resnet8.cnn")
+    assert main(["train", spec, "--data", "tiny.npz", "--epochs", "1", "--batch", "16", "--backend", "c",
+                 "--quiet", "-o", "w.npz"]) == 0
+    capsys.readouterr()
+    with np.load("w.npz") as w:
+        assert "s1.bn1.running_var" in w.files and not np.array_equal(w["s1.bn1.running_var"], np.ones(16))
+    results = {}
+    for backend in ("c", "numpy"):
+        assert main(["eval", spec, "--weights", "w.npz", "--data", "tiny.npz", "--backend", backend, "--json"]) == 0
+        results[backend] = json.loads(capsys.readouterr().out)
+    assert results["c"]["n"] == 16 and results["c"]["confusion"] == results["numpy"]["confusion"]
+    assert abs(results["c"]["loss"] - results["numpy"]["loss"]) <= 1e-4 * abs(results["numpy"]["loss"])
+    # inference mode: the trained running statistics, one image at a time gives the batch's answers
+    c = cnnc.load(spec, backend="c", dtype="float32")
+    c.load_weights("w.npz")
+    ref = cnnc.load(spec, backend="numpy", dtype="float32")
+    ref.load_weights("w.npz")
+    x = images[32:40, None]
+    y = c.forward(x)
+    assert rel_err(y, ref.forward(x)) <= 1e-4
+    assert rel_err(c.forward(x[:1]), y[:1]) <= 1e-5
+    np.save("one.npy", images[32])
+    assert main(["predict", spec, "--weights", "w.npz", "--backend", "c", "--json", "one.npy"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    assert predicted[0]["class"] == int(np.argmax(y[0]))
+
+
+def test_cli_training_with_batch_norm_resumes_bit_exactly_on_the_c_backend(tmp_path, monkeypatch):
+    """Two epochs, against one epoch, a checkpoint and a resumed second: the same weights and running
+    statistics to the bit (the buffers travel through the checkpoint into C's buffer block)."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 1, size=(40, 28, 28)).astype(np.float32)
+    np.savez("tiny.npz", x_train=images[:32], y_train=rng.integers(0, 10, 32), x_test=images[32:],
+             y_test=rng.integers(0, 10, 8))
+    spec = str(SPECS / "resnet8.cnn")
+    common = ["--data", "tiny.npz", "--epochs", "2", "--batch", "16", "--backend", "c", "--quiet"]
+    assert main(["train", spec, *common, "-o", "full.npz"]) == 0
+    assert main(["train", spec, *common, "-o", "part.npz", "--stop-after", "1"]) == 0
+    assert main(["train", spec, "--resume", "part.ckpt.npz", "--quiet"]) == 0
+    with np.load("full.npz") as full, np.load("part.npz") as part:
+        assert sorted(full.files) == sorted(part.files) and "s3.proj_bn.running_mean" in full.files
+        for name in full.files:
+            assert np.array_equal(full[name], part[name]), name
+
+
+def test_float32_resnet8_agrees_with_numpy_in_both_modes():
+    """float32 (the training dtype): after the CLI test this module comes from the cache."""
+    c = cnnc.load(SPECS / "resnet8.cnn", backend="c", dtype="float32", seed=1)
+    ref = cnnc.load(SPECS / "resnet8.cnn", backend="numpy", dtype="float32", seed=1)
+    rng = np.random.default_rng(2)
+    for train in (True, False):
+        x = rng.normal(size=(4, 1, 28, 28)).astype(np.float32)
+        dy = rng.normal(size=(4, 10)).astype(np.float32)
+        assert_close(run(c, x, dy, train), run(ref, x, dy, train), 1e-4, f"the NumPy backend (float32, train={train})")
