@@ -926,7 +926,7 @@ def _conv_transpose(step: _Step, warnings: list[Diagnostic]) -> Layer:
         size, k, s, d, p, op = (step.x.shape[1 + axis], kernel[axis], stride[axis], dilation[axis], padding[axis],
                                 output_padding[axis])
         if op >= max(s, d):
-            where = f" {AXIS_NAMES[dims][axis]}" if dims > 1 else ""
+            where = f" {AXIS_NAMES[dims][axis]}" if len(set(output_padding)) > 1 else ""
             raise _Mistake(f"{step.title}: output_padding{where} {op} must be smaller than the stride ({s}) or the "
                            f"dilation ({d})", step.loc("output_padding"),
                            f"use output_padding={max(s, d) - 1} or less; it only picks among the "
