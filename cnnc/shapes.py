@@ -1135,7 +1135,8 @@ class _Window:
 def _window(step: _Step, kernel, stride, dilation, warnings: list[Diagnostic], ceil: bool = False) -> _Window:
     """Resolve padding and compute the output size per axis: out = (in + pb + pa - d*(k-1) - 1) // s + 1,
     with ceil (pooling's ceil_mode) rounding the division up, less the last window if it would start in the
-    right padding: PyTorch keeps it only if (out - 1)*s < in + pb."""
+    right padding: PyTorch keeps it only if (out - 1)*s < in + pb. With ceil a window may be larger than the
+    padded input, as long as the rounded-up count is at least one (PyTorch's rule too)."""
     dims = len(kernel)
     _require_spatial(step, dims)
     pad_before, pad_after = _padding(step, kernel, stride, dilation)
@@ -1143,7 +1144,7 @@ def _window(step: _Step, kernel, stride, dilation, warnings: list[Diagnostic], c
     for axis in range(dims):
         size, padded = step.x.shape[1 + axis], step.x.shape[1 + axis] + pad_before[axis] + pad_after[axis]
         span = dilation[axis] * (kernel[axis] - 1) + 1
-        if span > padded:
+        if span > padded + (stride[axis] - 1 if ceil else 0):  # ceil: a first, partial window is enough
             raise _too_large(step, axis, kernel[axis], dilation[axis], pad_before[axis], pad_after[axis])
         floor_out = (padded - span) // stride[axis] + 1
         n = floor_out
