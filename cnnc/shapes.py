@@ -338,7 +338,10 @@ def _takes(kind: str, key: str) -> str:
     if not KIND_ARGS[kind]:
         hint = f"{kind} takes no arguments"
         return hint + ("; for a slope use leaky_relu(slope=...)" if key == "slope" else "")
-    return f"{kind} takes " + ", ".join(KIND_ARGS[kind])
+    hint = f"{kind} takes " + ", ".join(KIND_ARGS[kind])
+    if key == "count_pad" and kind in MAXPOOL_KINDS:
+        hint += "; count_pad is for average pooling (max pooling never counts the padding)"
+    return hint
 
 
 # ---- what flows between layers -------------------------------------------------------------------
