@@ -175,7 +175,8 @@ def _padding_value(value: Value, slot: _Slot):
     if value.value == "same" and slot.kind in POOL_KINDS:
         raise _Mistake(f"{slot}: 'same' is for convolutions; pooling takes an integer padding", value.loc,
                        "pooling with stride 1 and an odd size k keeps the size with padding=(k-1)/2; "
-                       "give an uneven split as (before, after), e.g. padding=(0, 1)")
+                       "give an uneven split as (before, after) per axis, e.g. padding="
+                       + ("(0, 1)" if slot.dims == 1 else "((0, 1), (0, 1))"))
     if value.value != "same":
         raise _Mistake(f"{slot} must be an integer, a pair, 'same' or 'valid'; got '{value}'"
                        f"{did_you_mean(value.value, ('same', 'valid'))}", value.loc)
