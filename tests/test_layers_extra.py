@@ -173,6 +173,56 @@ def test_addition_passes_the_finite_difference_gradcheck(body):
     assert "input" in errors and all(e < 1e-6 for e in errors.values()), errors
 
 
+# Asymmetric padding with ceil or count_pad=false: PyTorch has no such pooling, so finite differences only.
+GRADCHECK_ONLY = {
+    "maxpool2d asymmetric padding with ceil": "input x[2, 7, 6]\nmaxpool2d p(size=3, stride=2, padding=((0, 1), (1, 0)), ceil=true)",
+    "avgpool2d asymmetric padding, ceil, count_pad=false":
+        "input x[2, 6, 7]\navgpool2d p(size=(2, 3), stride=2, padding=((1, 0), (0, 1)), ceil=true, count_pad=false)",
+}
+
+
+@pytest.mark.parametrize("body", GRADCHECK_ONLY.values(), ids=GRADCHECK_ONLY.keys())
+def test_asymmetric_pooling_options_pass_the_gradcheck(body):
+    assert network(body).layers[0].ceil
+    errors = gradcheck(model(body), batch=2, seed=4)
+    assert all(e < 1e-6 for e in errors.values()), errors
+
+
+def test_average_pooling_divisors_by_hand():
+    """x = [1, 2, 3, 4], size 2, stride 2, padding (1, 0): windows [pad, 1], [2, 3], and with ceil [4, past the end]."""
+    x = np.array([[[1.0, 2.0, 3.0, 4.0]]])
+    # (ceil, count_pad): (y, dx for dy = 1: each input gets 1 / divisor from every window holding it)
+    expected = {("false", "true"): ([0.5, 2.5], [0.5, 0.5, 0.5, 0.0]),
+                ("false", "false"): ([1.0, 2.5], [1.0, 0.5, 0.5, 0.0]),
+                ("true", "true"): ([0.5, 2.5, 4.0], [0.5, 0.5, 0.5, 1.0]),
+                ("true", "false"): ([1.0, 2.5, 4.0], [1.0, 0.5, 0.5, 1.0])}
+    for (ceil, count_pad), (y, dx) in expected.items():
+        m = model(f"input x[1, 4]\navgpool1d p(size=2, padding=(1, 0), ceil={ceil}, count_pad={count_pad})")
+        assert m.forward(x)[0, 0].tolist() == y, (ceil, count_pad)
+        assert m.backward(np.ones((1, 1, len(y))))[0, 0].tolist() == dx, (ceil, count_pad)
+
+
+def test_conv_transpose2d_matches_pytorch_on_random_geometries():
+    rng, checked = np.random.default_rng(7), 0
+    for _ in range(25):
+        kh, kw, sh, sw, dh, dw = rng.integers(1, 4, size=6)
+        oph, opw = rng.integers(0, max(sh, dh)), rng.integers(0, max(sw, dw))
+        groups = int(rng.choice([1, 2]))
+        ph, pw = rng.integers(0, 3, size=2)
+        h, w = rng.integers(1, 6, size=2)
+        body = (f"input x[{2 * groups}, {h}, {w}]\nconv_transpose2d t(filters={2 * groups}, kernel=({kh}, {kw}), "
+                f"stride=({sh}, {sw}), dilation=({dh}, {dw}), padding=({ph}, {pw}), output_padding=({oph}, {opw}), "
+                f"groups={groups})")
+        try:
+            m = model(body)
+        except SpecError as e:
+            assert "crops the whole output" in e.diagnostics[0].message, body
+            continue
+        assert_matches_torch(m, batch=2)
+        checked += 1
+    assert checked >= 15
+
+
 def test_the_edge_cases_are_the_ones_they_claim():
     ceil_dropped = network(CASES["maxpool2d ceil, last window in the padding"]).layers[0]
     assert ceil_dropped.out_shape == (2, 2, 5) and ceil_dropped.ceil  # height 2 by the rule, width 5 by ceil
