@@ -370,15 +370,17 @@ def maxpool_backward(dy, winner, x_hw: Pair, kernel: Pair, stride: Pair, pad_bef
     return unwindow(dwin, x_hw, stride, pad_before, pad_after)
 
 
-def avgpool_forward(x, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair, divisor):
-    """x: (N, C, H, W), divisor: (OH, OW) (see pool_divisors) -> y: (N, C, OH, OW)
+def avgpool_forward(x, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair, divisor=None):
+    """x: (N, C, H, W), divisor: (OH, OW) (see pool_divisors; None: the window area KH*KW) -> y: (N, C, OH, OW)
     y[n, c, i, j] = sum_{p, q} xp[n, c, i*sh + p, j*sw + q] / divisor[i, j] over the zero-padded input."""
+    divisor = kernel[0] * kernel[1] if divisor is None else divisor
     return windows(pad(x, pad_before, pad_after), kernel, stride).sum(axis=(4, 5)) / divisor
 
 
-def avgpool_backward(dy, x_hw: Pair, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair, divisor):
+def avgpool_backward(dy, x_hw: Pair, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair, divisor=None):
     """dy: (N, C, OH, OW) -> dx: (N, C, H, W): each dy / divisor goes to every cell of its window."""
     KH, KW = kernel
+    divisor = KH * KW if divisor is None else divisor
     dwin = np.broadcast_to((dy / divisor)[..., None, None], (*dy.shape, KH, KW))
     return unwindow(dwin, x_hw, stride, pad_before, pad_after)
 
