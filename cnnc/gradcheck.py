@@ -39,7 +39,7 @@ def gradcheck_inputs(model: Model, batch: int, seed: int):
     params = {spec.name: rng.normal(0.0, 1.0 / math.sqrt(spec.fan_in), spec.shape)
               for spec in model.network.param_specs}
     x = rng.normal(size=(batch, *model.input_shape))
-    if model.loss_kind == "cross_entropy":
+    if model.loss_kind in ("cross_entropy", "nll"):
         target = rng.integers(0, model.output_shape[0], size=batch)
     else:
         target = rng.normal(size=(batch, *model.output_shape))

@@ -25,13 +25,16 @@ MAXPOOL_KINDS = ("maxpool1d", "maxpool2d")
 AVGPOOL_KINDS = ("avgpool1d", "avgpool2d")
 POOL_KINDS = MAXPOOL_KINDS + AVGPOOL_KINDS
 WINDOW_KINDS = CONV_KINDS + POOL_KINDS  # layers with kernel/stride/padding geometry
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "relu6", "silu", "hardswish")
+CONV_TRANSPOSE_KINDS = ("conv_transpose1d", "conv_transpose2d")
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "relu6", "silu", "hardswish", "elu", "selu",
+               "hardsigmoid", "log_softmax")
 MERGE_KINDS = ("add", "concat")  # layers reading two or more tensors
-LAYER_KINDS = WINDOW_KINDS + ("global_avgpool", "flatten", "dense", "dropout", "batchnorm") + ACTIVATIONS + MERGE_KINDS
+LAYER_KINDS = (WINDOW_KINDS + ("global_avgpool", "flatten", "dense", "dropout", "batchnorm") + ACTIVATIONS
+               + MERGE_KINDS + CONV_TRANSPOSE_KINDS + ("global_maxpool", "lrn", "channel_shuffle"))
 # What the chain-only consumers (the standalone C and ONNX exports) run so far.
 CHAIN_KINDS = WINDOW_KINDS + ("global_avgpool", "flatten", "dense", "dropout", "relu", "sigmoid", "tanh",
                               "leaky_relu", "softmax")
-LOSSES = ("cross_entropy", "mse")
+LOSSES = ("cross_entropy", "mse", "nll")  # nll: PyTorch's nll_loss, on log-probabilities (after log_softmax)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,14 @@ class Layer:
     Window layers (conv*, *pool*d) carry one entry per spatial axis (1 for 1-D, 2 for 2-D, as (H, W)):
         out = (in + pad_before + pad_after - dilation*(kernel-1) - 1) // stride + 1
     Pooling has dilation 1. Average pooling counts padded zeros in the window area (PyTorch's default).
+    ceil: pooling's ceil_mode: the division rounds up, so a last, partial window covers the input's end, except
+        that the last window must start inside the input or the left padding (PyTorch's rule). The part of a
+        window past pad_after is never counted. Only set where it changes the output size.
+    count_pad: average pooling divides by the window's cells inside the padded input (True, PyTorch's
+        count_include_pad) or inside the input only (False). Only False where the layer pads.
+    Transposed convolutions (conv_transpose*) carry the same geometry, read backwards (PyTorch's formula):
+        out = (in - 1)*stride - pad_before - pad_after + dilation*(kernel-1) + output_padding + 1
+        with weight (C_in, filters/groups, *kernel); output_padding is one entry per spatial axis.
     activation: an activation fused after a conv or dense layer (`activation=` in the spec), else None.
         Standalone activation layers have kind == the activation and activation None.
     slope: the negative slope of leaky_relu (as a kind or as the fused activation).
@@ -90,6 +101,9 @@ class Layer:
     eps, momentum: batch norm's, as in PyTorch: y = (x - mean) / sqrt(var + eps) * weight + bias;
         running = (1 - momentum) * running + momentum * batch statistic (the variance unbiased).
     buffers: batch norm's running_mean and running_var.
+    lrn_size, alpha, beta, k: local response normalisation across channels (PyTorch's LocalResponseNorm):
+        y_c = x_c / (k + alpha/lrn_size * sum of x_j^2 for j in c - lrn_size//2 ... c + (lrn_size-1)//2) ** beta
+    channel_shuffle reads groups: (C, ...) viewed as (groups, C/groups, ...), transposed to (C/groups, groups, ...).
     """
 
     name: str
@@ -113,6 +127,13 @@ class Layer:
     groups: int = 1
     eps: float = 1e-5
     momentum: float = 0.1
+    ceil: bool = False
+    count_pad: bool = True
+    output_padding: tuple[int, ...] = ()
+    lrn_size: int = 0
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 1.0
     params: tuple[ParamSpec, ...] = ()
     buffers: tuple[BufferSpec, ...] = ()
     macs: int = 0  # multiply-accumulates per sample
@@ -144,7 +165,7 @@ class Network:
     input_name: str
     input_shape: tuple[int, ...]
     layers: tuple[Layer, ...]
-    loss: str | None  # "cross_entropy", "mse" or None (no loss statement)
+    loss: str | None  # "cross_entropy", "mse", "nll" or None (no loss statement)
     file: str = "<string>"
     loc: Loc | None = None
     warnings: tuple[Diagnostic, ...] = field(default=())
@@ -195,14 +216,43 @@ class Network:
         raise KeyError(name)
 
 
+# The layer kinds of issue 15's language additions that only the NumPy backend runs so far.
+NUMPY_ONLY_KINDS = CONV_TRANSPOSE_KINDS + ("global_maxpool", "lrn", "channel_shuffle", "elu", "selu", "hardsigmoid",
+                                           "log_softmax")
+
+
+def c_backend_refusal(network: Network, what: str = "the C backend") -> str | None:
+    """Why the C backend cannot run `network` yet, or None: it runs graphs of every kind but NUMPY_ONLY_KINDS,
+    pooling with ceil=true or count_pad=false, and loss nll."""
+    if network.loss not in (None, "cross_entropy", "mse"):
+        return f"{what} does not support loss {network.loss} yet; the NumPy backend runs it"
+    for layer in network.layers:
+        if layer.kind in NUMPY_ONLY_KINDS:
+            return f"{what} does not support '{layer.kind}' (layer '{layer.name}') yet; the NumPy backend runs it"
+        if layer.activation in NUMPY_ONLY_KINDS:
+            return (f"{what} does not support activation={layer.activation} (layer '{layer.name}') yet; "
+                    "the NumPy backend runs it")
+        if layer.ceil or not layer.count_pad:
+            option = "ceil=true" if layer.ceil else "count_pad=false"
+            return (f"{what} does not support pooling with {option} (layer '{layer.name}') yet; "
+                    "the NumPy backend runs it")
+    return None
+
+
 def chain_only_refusal(network: Network, what: str) -> str | None:
     """Why `what` (e.g. "the C backend") cannot run `network` yet, or None: the chain-only consumers run
-    chains of CHAIN_KINDS (with ungrouped convolutions) and nothing else."""
+    chains of CHAIN_KINDS (with ungrouped convolutions, pooling without ceil or count_pad=false) and nothing else."""
+    if network.loss not in (None, "cross_entropy", "mse"):
+        return f"{what} does not support loss {network.loss} yet; the NumPy backend runs it"
     for layer in network.layers:
         if layer.kind not in CHAIN_KINDS:
             return f"{what} does not support '{layer.kind}' (layer '{layer.name}') yet; the NumPy backend runs it"
         if layer.activation is not None and layer.activation not in CHAIN_KINDS:
             return (f"{what} does not support activation={layer.activation} (layer '{layer.name}') yet; "
+                    "the NumPy backend runs it")
+        if layer.ceil or not layer.count_pad:
+            option = "ceil=true" if layer.ceil else "count_pad=false"
+            return (f"{what} does not support pooling with {option} (layer '{layer.name}') yet; "
                     "the NumPy backend runs it")
         if layer.groups != 1:
             return (f"{what} does not support grouped convolutions (layer '{layer.name}', groups={layer.groups}) "

@@ -149,6 +149,8 @@ class Model:
         y = self._checked_array(y, "y", (None, *self.output_shape))
         if self.loss_kind == "cross_entropy":
             return cross_entropy(y, self._checked_labels(target, y.shape[0]))
+        if self.loss_kind == "nll":
+            return nll(y, self._checked_labels(target, y.shape[0]))
         target = self._checked_array(target, "target", y.shape)
         return mse(y, target)
 
@@ -228,9 +230,9 @@ class Model:
         t = np.asarray(target)
         classes = self.output_shape[0]
         if t.dtype.kind not in "iu" and not (t.dtype.kind == "f" and np.all(t == np.round(t))):
-            raise ValueError(f"cross_entropy targets must be integer class labels; got dtype {t.dtype}")
+            raise ValueError(f"{self.loss_kind} targets must be integer class labels; got dtype {t.dtype}")
         if t.shape != (n,):
-            raise ValueError(f"cross_entropy targets must have shape ({n},), one label per sample; got {t.shape}")
+            raise ValueError(f"{self.loss_kind} targets must have shape ({n},), one label per sample; got {t.shape}")
         outside = (t < 0) | (t >= classes)  # on the given values: 1e30 must not wrap to a negative int64
         if outside.any():
             bad = t[outside][0]
@@ -318,6 +320,15 @@ def cross_entropy(y: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]
     dy = np.exp(log_p)
     dy[np.arange(n), labels] -= 1.0
     return float(loss), (dy / n).astype(y.dtype)
+
+
+def nll(y: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Negative log-likelihood of log-probabilities y: (N, K), mean over the batch (PyTorch's nll_loss):
+    loss = -mean_n y[n, labels[n]]; dy is -1/N at each sample's label, 0 elsewhere."""
+    n = y.shape[0]
+    dy = np.zeros_like(y)
+    dy[np.arange(n), labels] = -1.0 / n
+    return float(-y[np.arange(n), labels].mean()), dy
 
 
 def mse(y: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:

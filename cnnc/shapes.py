@@ -27,8 +27,8 @@ from dataclasses import dataclass, field, replace
 from math import prod
 
 from .diagnostics import Diagnostic, Loc, SpecError
-from .ir import (ACTIVATIONS, CONV_KINDS, LAYER_KINDS, LOSSES, MERGE_KINDS, POOL_KINDS, BufferSpec, Layer, Network,
-                 ParamSpec)
+from .ir import (ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, CONV_TRANSPOSE_KINDS, LAYER_KINDS, LOSSES, MAXPOOL_KINDS,
+                 MERGE_KINDS, POOL_KINDS, BufferSpec, Layer, Network, ParamSpec)
 from .syntax import BlockDecl, InputStmt, LayerStmt, LossStmt, ModelDecl, Program, Value
 
 MAX_ELEMENTS = 2**31 - 1  # per sample, per tensor: indices must fit a 32-bit int
@@ -36,7 +36,8 @@ KEYWORDS = ("model", "input", "loss", "block", "in")  # `in` names a block's inp
 RESERVED = set(LAYER_KINDS) | set(KEYWORDS)
 AXIS_NAMES = {1: ("length",), 2: ("height", "width")}
 AXIS_UNITS = {"length": ("sample", "samples"), "height": ("row", "rows"), "width": ("column", "columns")}
-RELU_LIKE = ("relu", "leaky_relu", "relu6", "silu", "hardswish")
+RELU_LIKE = ("relu", "leaky_relu", "relu6", "silu", "hardswish", "elu")
+FLAT_ONLY = ("softmax", "log_softmax")  # activations over the class axis of flat scores
 MAX_LAYERS = 100_000  # per model, after expanding blocks: a guard against blocks nested into billions of layers
 
 
@@ -75,9 +76,10 @@ REQUIRED = "required"
 
 @dataclass(frozen=True)
 class ArgSpec:
-    """type: "count" (positive int), "window" (positive int, or a pair for 2-D layers), "padding"
-    (non-negative int or pair, `same` or `valid`), "bool", "activation", "slope" (a number) or
-    "rate" (a number in [0, 1)). default: the value when the argument is absent, or REQUIRED;
+    """type: "count" (positive int), "window" (positive int, or a pair for 2-D layers), "offsets" (the same,
+    non-negative), "padding" (non-negative int or pair, `same` or `valid`, or (before, after) per axis),
+    "bool", "activation", "slope" (a number), "rate" (a number in [0, 1)), or lrn's "alpha" (>= 0),
+    "beta" (a number) and "k" (> 0). default: the value when the argument is absent, or REQUIRED;
     None for a pooling stride means "the window size"."""
 
     type: str
@@ -87,20 +89,31 @@ class ArgSpec:
 _CONV_ARGS = {"filters": ArgSpec("count"), "kernel": ArgSpec("window"), "stride": ArgSpec("window", 1),
               "padding": ArgSpec("padding", 0), "dilation": ArgSpec("window", 1), "bias": ArgSpec("bool", True),
               "activation": ArgSpec("activation", None), "slope": ArgSpec("slope", 0.01), "groups": ArgSpec("count", 1)}
-_POOL_ARGS = {"size": ArgSpec("window"), "stride": ArgSpec("window", None), "padding": ArgSpec("padding", 0)}
+_CONV_TRANSPOSE_ARGS = {"filters": ArgSpec("count"), "kernel": ArgSpec("window"), "stride": ArgSpec("window", 1),
+                        "padding": ArgSpec("offsets", 0), "output_padding": ArgSpec("offsets", 0),
+                        "dilation": ArgSpec("window", 1), "groups": ArgSpec("count", 1), "bias": ArgSpec("bool", True),
+                        "activation": ArgSpec("activation", None), "slope": ArgSpec("slope", 0.01)}
+_MAXPOOL_ARGS = {"size": ArgSpec("window"), "stride": ArgSpec("window", None), "padding": ArgSpec("padding", 0),
+                 "ceil": ArgSpec("bool", False)}
+_AVGPOOL_ARGS = {**_MAXPOOL_ARGS, "count_pad": ArgSpec("bool", True)}
 KIND_ARGS: dict[str, dict[str, ArgSpec]] = {
     **{k: _CONV_ARGS for k in CONV_KINDS},
-    **{k: _POOL_ARGS for k in POOL_KINDS},
-    "global_avgpool": {}, "flatten": {},
+    **{k: _CONV_TRANSPOSE_ARGS for k in CONV_TRANSPOSE_KINDS},
+    **{k: _MAXPOOL_ARGS for k in MAXPOOL_KINDS},
+    **{k: _AVGPOOL_ARGS for k in AVGPOOL_KINDS},
+    "global_avgpool": {}, "global_maxpool": {}, "flatten": {},
     "dense": {"units": ArgSpec("count"), "bias": ArgSpec("bool", True), "activation": ArgSpec("activation", None),
               "slope": ArgSpec("slope", 0.01)},
     "relu": {}, "sigmoid": {}, "tanh": {}, "softmax": {}, "leaky_relu": {"slope": ArgSpec("slope", 0.01)},
-    "relu6": {}, "silu": {}, "hardswish": {},
+    "relu6": {}, "silu": {}, "hardswish": {}, "elu": {}, "selu": {}, "hardsigmoid": {}, "log_softmax": {},
+    "lrn": {"size": ArgSpec("count"), "alpha": ArgSpec("alpha", 1e-4), "beta": ArgSpec("beta", 0.75),
+            "k": ArgSpec("k", 1.0)},
+    "channel_shuffle": {"groups": ArgSpec("count")},
     "dropout": {"rate": ArgSpec("rate", 0.5)},
     "batchnorm": {"eps": ArgSpec("eps", 1e-5), "momentum": ArgSpec("momentum", 0.1)},
     "add": {}, "concat": {},
 }
-_EXAMPLES = {"filters": "filters=16", "kernel": "kernel=3", "size": "size=2", "units": "units=10"}
+_EXAMPLES = {"filters": "filters=16", "kernel": "kernel=3", "size": "size=2", "units": "units=10", "groups": "groups=2"}
 
 
 @dataclass(frozen=True)
@@ -149,18 +162,34 @@ def _window_value(value: Value, slot: _Slot, minimum: int = 1) -> tuple[int, ...
 
 
 def _padding_value(value: Value, slot: _Slot):
-    """`same`, or the padding before (= after) each axis."""
+    """`same`, or per axis the padding (before, after): an integer pads both sides alike, a pair (before,
+    after) pads them apart: `(1, 2)` in 1-D, `((1, 2), (0, 1))` or `(1, (0, 1))` in 2-D."""
+    if value.kind == "pair" and slot.dims == 1:
+        return (_before_after(value, slot),)
+    if value.kind == "pair":
+        return tuple(_before_after(v, slot) if v.kind == "pair" else (_integer(v, slot, 0),) * 2 for v in value.value)
     if value.kind != "word":
-        return _window_value(value, slot, minimum=0)
+        return ((_integer(value, slot, 0),) * 2,) * slot.dims
     if value.value == "valid":
-        return (0,) * slot.dims
+        return ((0, 0),) * slot.dims
     if value.value == "same" and slot.kind in POOL_KINDS:
         raise _Mistake(f"{slot}: 'same' is for convolutions; pooling takes an integer padding", value.loc,
-                       "pooling with stride 1 and an odd size k keeps the size with padding=(k-1)/2")
+                       "pooling with stride 1 and an odd size k keeps the size with padding=(k-1)/2; "
+                       "give an uneven split as (before, after) per axis, e.g. padding="
+                       + ("(0, 1)" if slot.dims == 1 else "((0, 1), (0, 1))"))
     if value.value != "same":
         raise _Mistake(f"{slot} must be an integer, a pair, 'same' or 'valid'; got '{value}'"
                        f"{did_you_mean(value.value, ('same', 'valid'))}", value.loc)
     return "same"
+
+
+def _before_after(value: Value, slot: _Slot) -> tuple[int, int]:
+    """One axis's (before, after) padding pair."""
+    if value.kind != "pair" or any(v.kind == "pair" for v in value.value):
+        shape = "(before, after)" if slot.dims == 1 else "an integer or (before, after) per axis"
+        raise _Mistake(f"{slot} takes {shape}; got {_describe(value)}", value.loc,
+                       "e.g. padding=(1, 2)" if slot.dims == 1 else "e.g. padding=((1, 2), (0, 1))")
+    return (_integer(value.value[0], slot, 0), _integer(value.value[1], slot, 0))
 
 
 def _bool_value(value: Value, slot: _Slot) -> bool:
@@ -211,9 +240,30 @@ def _rate_value(value: Value, slot: _Slot) -> float:
     return rate
 
 
+def _alpha_value(value: Value, slot: _Slot) -> float:
+    alpha = _number(value, slot)
+    if not alpha >= 0:
+        raise _Mistake(f"{slot} must be a non-negative number; got {value}", value.loc,
+                       "alpha scales the sum of squares; PyTorch's default is alpha=1e-4")
+    return alpha
+
+
+def _k_value(value: Value, slot: _Slot) -> float:
+    k = _number(value, slot)
+    if not k > 0:
+        raise _Mistake(f"{slot} must be a positive number; got {value}", value.loc,
+                       "k keeps the divisor (k + alpha/size * sum of squares) ** beta positive; PyTorch's default "
+                       "is k=1")
+    return k
+
+
 _CHECKERS = {
     "count": lambda value, slot: _integer(value, slot, 1),
     "window": _window_value,
+    "offsets": lambda value, slot: _window_value(value, slot, minimum=0),
+    "alpha": _alpha_value,
+    "beta": _number,
+    "k": _k_value,
     "padding": _padding_value,
     "bool": _bool_value,
     "activation": _activation_value,
@@ -277,8 +327,9 @@ def _check_arguments(stmt: LayerStmt, name: str, errors: list[Diagnostic]) -> _A
     for key, spec in specs.items():
         if key not in values:
             default = spec.default
-            spread = spec.type in ("window", "padding") and default is not None  # one value per axis
-            values[key] = (default,) * dims if spread else default
+            spread = spec.type in ("window", "offsets") and default is not None  # one value per axis
+            values[key] = ((default,) * dims if spread else ((default, default),) * dims if spec.type == "padding"
+                           else default)
     return _Args(values, given)
 
 
@@ -288,7 +339,10 @@ def _takes(kind: str, key: str) -> str:
     if not KIND_ARGS[kind]:
         hint = f"{kind} takes no arguments"
         return hint + ("; for a slope use leaky_relu(slope=...)" if key == "slope" else "")
-    return f"{kind} takes " + ", ".join(KIND_ARGS[kind])
+    hint = f"{kind} takes " + ", ".join(KIND_ARGS[kind])
+    if key == "count_pad" and kind in MAXPOOL_KINDS:
+        hint += "; count_pad is for average pooling (max pooling never counts the padding)"
+    return hint
 
 
 # ---- what flows between layers -------------------------------------------------------------------
@@ -384,7 +438,7 @@ def _infer_model(decl: ModelDecl, file: str, blocks: dict[str, _Block], errors: 
     layers = scope.layers
     warnings += _unread(scope.unread, layers)
     if output is not None and output.tensor is not None and loss is not None:
-        _check_loss(loss, output.tensor.shape, errors)
+        _check_loss(loss, output.tensor.shape, layers[-1] if layers else None, errors)
     if len(errors) > first_error or output is None or output.tensor is None or x is None:
         return None  # an instance of a block whose definition has a mistake: reported at the definition
     if loss is not None and loss.kind == "cross_entropy" and "softmax" in (layers[-1].kind, layers[-1].activation):
@@ -429,11 +483,17 @@ def _the_loss(decl: ModelDecl, errors: list[Diagnostic]) -> LossStmt | None:
     return losses[0] if losses and losses[0].kind in LOSSES else None
 
 
-def _check_loss(loss: LossStmt, out_shape: tuple[int, ...], errors: list[Diagnostic]) -> None:
-    if loss.kind == "cross_entropy" and len(out_shape) != 1:
-        errors.append(Diagnostic("error", f"cross_entropy needs flat class scores, but the model's output is "
+def _check_loss(loss: LossStmt, out_shape: tuple[int, ...], last: Layer | None, errors: list[Diagnostic]) -> None:
+    """cross_entropy and nll need flat class scores; nll reads log-probabilities, so it follows log_softmax."""
+    if loss.kind in ("cross_entropy", "nll") and len(out_shape) != 1:
+        errors.append(Diagnostic("error", f"{loss.kind} needs flat class scores, but the model's output is "
                                  f"{fmt_shape(out_shape)}", loss.loc,
                                  "add `flatten` and a `dense(units=CLASSES)` layer before the loss"))
+    elif loss.kind == "nll" and last is not None and "log_softmax" not in (last.kind, last.activation):
+        errors.append(Diagnostic("error", f"nll reads log-probabilities, but the model's last layer is {last.kind} "
+                                 f"'{last.name}'" + (f" with activation={last.activation}" if last.activation else ""),
+                                 loss.loc, "add `log_softmax` before the loss (PyTorch's log_softmax + nll_loss), "
+                                 "or use `loss cross_entropy` on the raw scores"))
 
 
 def _input_tensor(stmt: InputStmt, errors: list[Diagnostic]) -> _Tensor | None:
@@ -834,9 +894,7 @@ def _conv(step: _Step, warnings: list[Diagnostic]) -> Layer:
     channels of its group f // (filters/groups)."""
     window = _window(step, step.args["kernel"], step.args["stride"], step.args["dilation"], warnings)
     channels, filters, kernel, groups = step.x.shape[0], step.args["filters"], window.kernel, step.args["groups"]
-    if step.args["activation"] == "softmax":
-        raise _Mistake(f"{step.title}: activation=softmax needs flat class scores; a convolution outputs feature maps",
-                       step.loc("activation"), "apply softmax after flatten and a dense layer")
+    _check_flat_activation(step)
     _check_groups(step, channels, filters, groups)
     group_channels = channels // groups
     fan_in, fan_out = group_channels * prod(kernel), filters // groups * prod(kernel)
@@ -846,6 +904,59 @@ def _conv(step: _Step, warnings: list[Diagnostic]) -> Layer:
     return replace(window.layer(step, (filters, *window.out)), filters=filters, bias=step.args["bias"],
                    activation=step.args["activation"], slope=step.args["slope"], params=params, groups=groups,
                    macs=filters * prod(window.out) * group_channels * prod(kernel))
+
+
+def _check_flat_activation(step: _Step) -> None:
+    """softmax and log_softmax normalise flat class scores: not a convolution's feature maps."""
+    if step.args["activation"] in FLAT_ONLY:
+        what = step.args["activation"]
+        raise _Mistake(f"{step.title}: activation={what} needs flat class scores; a convolution outputs feature maps",
+                       step.loc("activation"), f"apply {what} after flatten and a dense layer")
+
+
+def _conv_transpose(step: _Step, warnings: list[Diagnostic]) -> Layer:
+    """x: (C, *in) -> (filters, *out), per axis (PyTorch's ConvTranspose):
+        out = (in - 1)*stride - 2*padding + dilation*(kernel - 1) + output_padding + 1
+    weight (C, filters/groups, *kernel): input channel c spreads over the filters of its group."""
+    kernel, stride, dilation = step.args["kernel"], step.args["stride"], step.args["dilation"]
+    padding, output_padding = step.args["padding"], step.args["output_padding"]
+    dims = len(kernel)
+    _require_spatial(step, dims)
+    _check_flat_activation(step)
+    channels, filters, groups = step.x.shape[0], step.args["filters"], step.args["groups"]
+    _check_groups(step, channels, filters, groups)
+    out = []
+    for axis in range(dims):
+        size, k, s, d, p, op = (step.x.shape[1 + axis], kernel[axis], stride[axis], dilation[axis], padding[axis],
+                                output_padding[axis])
+        if op >= max(s, d):
+            where = f" {AXIS_NAMES[dims][axis]}" if len(set(output_padding)) > 1 else ""
+            raise _Mistake(f"{step.title}: output_padding{where} {op} must be smaller than the stride ({s}) or the "
+                           f"dilation ({d})", step.loc("output_padding"),
+                           f"use output_padding={max(s, d) - 1} or less; it only picks among the "
+                           f"{max(s, d)} output sizes that the stride maps to the same input size")
+        full = (size - 1) * s + d * (k - 1) + 1 + op
+        if full - 2 * p < 1:
+            axis_name = AXIS_NAMES[dims][axis]
+            raise _Mistake(f"{step.title}: padding {p} crops the whole output {axis_name}: ({size} - 1) x {s} + "
+                           f"{d} x ({k} - 1) + {op} + 1 - 2 x {p} = {full - 2 * p}", step.loc("padding"),
+                           f"use padding={(full - 1) // 2} or less")
+        out.append(full - 2 * p)
+    group_channels, group_filters = channels // groups, filters // groups
+    fan_in, fan_out = group_channels * prod(kernel), group_filters * prod(kernel)
+    params = (ParamSpec(f"{step.name}.weight", (channels, group_filters, *kernel), fan_in, fan_out, "glorot"),)
+    if step.args["bias"]:
+        params += (ParamSpec(f"{step.name}.bias", (filters,), fan_in, fan_out, "zeros"),)
+    # The receptive field, approximately: an output reads the inputs within its kernel's span, `stride` outputs
+    # apart: ceil(span / stride) of them; adjacent outputs are 1/stride input steps apart (at least one step).
+    spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    rf = tuple(r + (-(-span // s) - 1) * j for r, j, span, s in zip(step.x.receptive_field, step.x.jump, spans, stride))
+    jump = tuple(max(1, j // s) for j, s in zip(step.x.jump, stride))
+    return Layer(step.name, step.kind, step.x.shape, (filters, *out), step.stmt.loc, kernel=kernel, stride=stride,
+                 dilation=dilation, pad_before=padding, pad_after=padding, output_padding=output_padding,
+                 filters=filters, bias=step.args["bias"], activation=step.args["activation"], slope=step.args["slope"],
+                 groups=groups, params=params, macs=channels * prod(step.x.shape[1:]) * group_filters * prod(kernel),
+                 receptive_field=rf, jump=jump)
 
 
 def _check_groups(step: _Step, channels: int, filters: int, groups: int) -> None:
@@ -913,19 +1024,56 @@ def _merge(step: _Step, warnings: list[Diagnostic]) -> Layer:
 
 
 def _pool(step: _Step, warnings: list[Diagnostic]) -> Layer:
-    """x: (C, *in) -> (C, *out); the stride defaults to the window size."""
+    """x: (C, *in) -> (C, *out); the stride defaults to the window size. ceil and count_pad are kept only
+    where they change the result (ceil the output size, count_pad=false a layer that pads)."""
     size = step.args["size"]
     stride = step.args["stride"] or size
-    window = _window(step, size, stride, (1,) * len(size), warnings)
-    return window.layer(step, (step.x.shape[0], *window.out))
+    window = _window(step, size, stride, (1,) * len(size), warnings, ceil=step.args["ceil"])
+    layer = window.layer(step, (step.x.shape[0], *window.out))
+    padded = any(window.pad_before + window.pad_after)
+    return replace(layer, ceil=window.ceil, count_pad=step.args.values.get("count_pad", True) or not padded)
 
 
-def _global_avgpool(step: _Step, warnings: list[Diagnostic]) -> Layer:
-    """x: (C, *spatial) -> (C,)."""
+def _global_pool(step: _Step, warnings: list[Diagnostic]) -> Layer:
+    """global_avgpool, global_maxpool: x: (C, *spatial) -> (C,), the mean or the maximum of each channel."""
     if len(step.x.shape) == 1:
+        what = "average" if step.kind == "global_avgpool" else "max"
         raise _Mistake(f"{step.title} needs a [C, L] or [C, H, W] input, but {step.x.described('the flat')}",
-                       step.stmt.loc, "global average pooling must come before flatten")
+                       step.stmt.loc, f"global {what} pooling must come before flatten")
     return Layer(step.name, step.kind, step.x.shape, step.x.shape[:1], step.stmt.loc)
+
+
+def _lrn(step: _Step, warnings: list[Diagnostic]) -> Layer:
+    """x: (C, *spatial) -> the same shape, each value divided by (k + alpha/size * the sum of squares over
+    `size` neighbouring channels) ** beta (PyTorch's LocalResponseNorm)."""
+    _require_channels(step, "normalises across the channels of feature maps",
+                      "local response normalisation must come before flatten")
+    size = step.args["size"]
+    return Layer(step.name, step.kind, step.x.shape, step.x.shape, step.stmt.loc, lrn_size=size,
+                 alpha=step.args["alpha"], beta=step.args["beta"], k=step.args["k"],
+                 macs=prod(step.x.shape) * size, receptive_field=step.x.receptive_field, jump=step.x.jump)
+
+
+def _channel_shuffle(step: _Step, warnings: list[Diagnostic]) -> Layer:
+    """x: (C, *spatial) -> the same shape, channels reordered: viewed as (groups, C/groups, *spatial),
+    transposed to (C/groups, groups, *spatial) (PyTorch's ChannelShuffle)."""
+    _require_channels(step, "reorders the channels of feature maps", "channel_shuffle must come before flatten")
+    channels, groups = step.x.shape[0], step.args["groups"]
+    if channels % groups:
+        divisors = [g for g in range(2, channels + 1) if channels % g == 0]
+        raise _Mistake(f"{step.title}: groups={groups} does not divide the {channels} channels "
+                       f"({channels} = {channels // groups} x {groups} + {channels % groups}) of {step.x.source}",
+                       step.loc("groups"), "groups must divide the channels: " + (
+                           f"groups={', '.join(map(str, divisors[:6]))} fit" if divisors else "only 1 does"))
+    return Layer(step.name, step.kind, step.x.shape, step.x.shape, step.stmt.loc, groups=groups,
+                 receptive_field=step.x.receptive_field, jump=step.x.jump)
+
+
+def _require_channels(step: _Step, what: str, hint: str) -> None:
+    """A layer that works across channels needs [C, L] or [C, H, W]."""
+    if len(step.x.shape) == 1:
+        raise _Mistake(f"{step.title} {what}: it needs a [C, L] or [C, H, W] input, but "
+                       f"{step.x.described('the flat')}", step.stmt.loc, hint)
 
 
 def _flatten(step: _Step, warnings: list[Diagnostic]) -> Layer:
@@ -950,9 +1098,9 @@ def _dense(step: _Step, warnings: list[Diagnostic]) -> Layer:
 
 def _elementwise(step: _Step, warnings: list[Diagnostic]) -> Layer:
     """Activations and dropout: the shape and the receptive field pass through."""
-    if step.kind == "softmax" and len(step.x.shape) != 1:
+    if step.kind in FLAT_ONLY and len(step.x.shape) != 1:
         raise _Mistake(f"{step.title} normalises flat class scores, but {step.x.described()}", step.stmt.loc,
-                       "add `flatten` (and a dense layer) before softmax")
+                       f"add `flatten` (and a dense layer) before {step.kind}")
     return Layer(step.name, step.kind, step.x.shape, step.x.shape, step.stmt.loc,
                  slope=step.args.values.get("slope", 0.01), rate=step.args.values.get("rate", 0.0),
                  receptive_field=step.x.receptive_field, jump=step.x.jump)
@@ -961,9 +1109,10 @@ def _elementwise(step: _Step, warnings: list[Diagnostic]) -> Layer:
 _INFER = {
     **{k: _conv for k in CONV_KINDS},
     **{k: _pool for k in POOL_KINDS},
-    "global_avgpool": _global_avgpool, "flatten": _flatten, "dense": _dense,
+    **{k: _conv_transpose for k in CONV_TRANSPOSE_KINDS},
+    "global_avgpool": _global_pool, "global_maxpool": _global_pool, "flatten": _flatten, "dense": _dense,
     **{k: _elementwise for k in ACTIVATIONS + ("dropout",)},
-    "batchnorm": _batchnorm, "add": _merge, "concat": _merge,
+    "batchnorm": _batchnorm, "add": _merge, "concat": _merge, "lrn": _lrn, "channel_shuffle": _channel_shuffle,
 }
 
 
@@ -976,6 +1125,7 @@ class _Window:
     pad_before: tuple[int, ...]
     pad_after: tuple[int, ...]
     out: tuple[int, ...]  # output size per spatial axis
+    ceil: bool = False  # pooling's ceil_mode changed the output size
 
     def layer(self, step: _Step, out_shape: tuple[int, ...]) -> Layer:
         """The Layer with this geometry and its receptive field: r' = r + dilation*(kernel-1)*jump, jump' = jump*stride."""
@@ -986,41 +1136,54 @@ class _Window:
                      receptive_field=rf, jump=jump)
 
 
-def _window(step: _Step, kernel, stride, dilation, warnings: list[Diagnostic]) -> _Window:
-    """Resolve padding and compute the output size per axis: out = (in + pb + pa - d*(k-1) - 1) // s + 1."""
+def _window(step: _Step, kernel, stride, dilation, warnings: list[Diagnostic], ceil: bool = False) -> _Window:
+    """Resolve padding and compute the output size per axis: out = (in + pb + pa - d*(k-1) - 1) // s + 1,
+    with ceil (pooling's ceil_mode) rounding the division up, less the last window if it would start in the
+    right padding: PyTorch keeps it only if (out - 1)*s < in + pb. With ceil a window may be larger than the
+    padded input, as long as the rounded-up count is at least one (PyTorch's rule too)."""
     dims = len(kernel)
     _require_spatial(step, dims)
     pad_before, pad_after = _padding(step, kernel, stride, dilation)
-    out = []
+    out, ceil_changes = [], False
     for axis in range(dims):
         size, padded = step.x.shape[1 + axis], step.x.shape[1 + axis] + pad_before[axis] + pad_after[axis]
         span = dilation[axis] * (kernel[axis] - 1) + 1
-        if span > padded:
+        if span > padded + (stride[axis] - 1 if ceil else 0):  # ceil: a first, partial window is enough
             raise _too_large(step, axis, kernel[axis], dilation[axis], pad_before[axis], pad_after[axis])
-        out.append((padded - span) // stride[axis] + 1)
-    window = _Window(kernel, stride, dilation, pad_before, pad_after, tuple(out))
+        floor_out = (padded - span) // stride[axis] + 1
+        n = floor_out
+        if ceil:
+            n = -(-(padded - span) // stride[axis]) + 1
+            if (n - 1) * stride[axis] >= size + pad_before[axis]:
+                n -= 1
+        ceil_changes |= n != floor_out
+        out.append(n)
+    window = _Window(kernel, stride, dilation, pad_before, pad_after, tuple(out), ceil_changes)
     warnings.extend(_unread_input_warnings(step, window))
     return window
 
 
 def _padding(step: _Step, kernel, stride, dilation) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(pad_before, pad_after) per axis. `same` pads dilation*(kernel-1) in total, the odd one after."""
+    """(pad_before, pad_after) per axis. `same` is TensorFlow's: the output has ceil(in / stride) values, the
+    padding is what that takes, max((out - 1)*stride + dilation*(kernel-1) + 1 - in, 0) in total, and the odd
+    one goes after (at stride 1, dilation*(kernel-1) in total, as PyTorch's padding="same")."""
     padding = step.args["padding"]
     if padding == "same":
-        if any(s != 1 for s in stride):
-            raise _Mistake(f"{step.title}: padding=same needs stride 1, but stride is {_show(stride)}",
-                           step.loc("padding"), "give the padding as a number, e.g. padding="
-                           + _show(tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))))
-        total = tuple(d * (k - 1) for d, k in zip(dilation, kernel))
+        sizes = step.x.shape[1:]
+        total = tuple(max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0)
+                      for n, s, d, k in zip(sizes, stride, dilation, kernel))
         return tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
     if step.kind in POOL_KINDS:
-        for axis, (p, k) in enumerate(zip(padding, kernel)):
-            if p > k // 2:
-                where = f" {AXIS_NAMES[len(kernel)][axis]}" if len(kernel) > 1 and len(set(padding)) > 1 else ""
-                raise _Mistake(f"{step.title}: padding{where} {p} is more than half the pooling window {k} "
-                               f"(at most {k} // 2 = {k // 2})", step.loc("padding"),
-                               f"use padding={k // 2} or less" if k > 1 else "remove the padding")
-    return padding, padding
+        sides = len({p for pair in padding for p in pair}) > 1
+        for axis, ((before, after), k) in enumerate(zip(padding, kernel)):
+            for side, p in (("before", before), ("after", after)):
+                if p > k // 2:
+                    where = f" {AXIS_NAMES[len(kernel)][axis]}" if len(kernel) > 1 and sides else ""
+                    where += f" {side}" if before != after else ""
+                    raise _Mistake(f"{step.title}: padding{where} {p} is more than half the pooling window {k} "
+                                   f"(at most {k} // 2 = {k // 2})", step.loc("padding"),
+                                   f"use padding={k // 2} or less" if k > 1 else "remove the padding")
+    return tuple(before for before, _ in padding), tuple(after for _, after in padding)
 
 
 def _too_large(step: _Step, axis: int, k: int, d: int, pb: int, pa: int) -> _Mistake:
@@ -1048,7 +1211,7 @@ def _unread_input_warnings(step: _Step, window: _Window) -> list[Diagnostic]:
         size, out = step.x.shape[1 + axis], window.out[axis]
         pb, pa, s = window.pad_before[axis], window.pad_after[axis], window.stride[axis]
         span = window.dilation[axis] * (window.kernel[axis] - 1) + 1
-        left_over = (size + pb + pa - span) % s - pa  # input rows after the last window (the padding goes first)
+        left_over = size + pb - (out - 1) * s - span  # input rows after the last window
         if left_over > 0:
             message = (f"{step.title}: stride {s} leaves the last {left_over} {{units}} of {step.x.source} unread: "
                        f"({size} + {pb} + {pa} - {span}) = {size + pb + pa - span} is not a multiple of {s}, "
@@ -1084,7 +1247,7 @@ def _with_inits(layers: list[Layer]) -> list[Layer]:
     return result
 
 
-PASS_THROUGH = POOL_KINDS + ("dropout", "flatten", "batchnorm", "add")  # look past these for the activation
+PASS_THROUGH = POOL_KINDS + ("dropout", "flatten", "batchnorm", "add", "global_maxpool", "lrn", "channel_shuffle")  # look past these for the activation
 
 
 def _feeds_relu(layer: Layer, readers: dict[str, list[Layer]]) -> bool:

@@ -32,6 +32,10 @@ def layer_record(layer: Layer) -> dict:
         record["activation"] = layer.activation
     if layer.groups != 1:
         record["groups"] = layer.groups
+    if layer.ceil:
+        record["ceil"] = True
+    if not layer.count_pad:
+        record["count_pad"] = False
     if layer.buffers:
         record["buffers"] = sum(b.size for b in layer.buffers)
     if layer.receptive_field:
@@ -87,6 +91,11 @@ def human_bytes(n: int) -> str:
 
 
 def _c_memory_line(network: Network) -> str:
+    from .ir import chain_only_refusal
+
+    refusal = chain_only_refusal(network, "the C backend")
+    if refusal:
+        return f"C backend memory: none ({refusal})"
     memory = c_backend_memory(network)
     if memory is None:
         return "C backend memory: too large (a buffer holds more than 2^31 - 1 elements per sample)"

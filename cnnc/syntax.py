@@ -28,7 +28,8 @@ MAX_INT = 2**63 - 1  # integers must fit a 64-bit signed int; anything larger is
 class Value:
     """An argument value or input dimension.
 
-    kind: "int", "float", "word" (value is a str) or "pair" (value is a tuple of two scalar Values).
+    kind: "int", "float", "word" (value is a str) or "pair" (value is a tuple of two Values:
+    scalars, or pairs themselves in an asymmetric padding ((before, after), (before, after))).
     """
 
     kind: str

@@ -5,7 +5,6 @@ C backend against NumPy and PyTorch.)
 Graph models and the layer kinds of issue #14 (batch norm, grouped convolutions, relu6/silu/hardswish,
 merges) run on the NumPy backend and the C backend (tests/test_c_graphs.py); the standalone C export and the
 ONNX export refuse them with a CnncError naming the layer and its kind, and never crash."""
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -136,7 +136,7 @@ def test_completion_of_padding_and_bias_values():
 
 def test_completion_of_the_loss():
     text = SPEC.replace("    flatten\n", "    flatten\n    loss \n")
-    assert labels(text, "loss ", 5) == ["cross_entropy", "mse"]
+    assert labels(text, "loss ", 5) == ["cross_entropy", "mse", "nll"]
 
 
 def test_completion_in_a_block_offers_its_parameters_as_values_and_in_as_a_name():

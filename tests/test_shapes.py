@@ -67,19 +67,19 @@ def test_conv2d_shapes_match_torch_over_a_grid(torch):
         torch_padding = p if isinstance(p, str) else pair(p)
         if isinstance(layer, SpecError):
             message = layer.diagnostics[0].message
-            if "padding=same needs stride 1" in message:
-                assert pair(s) != (1, 1), message
-                with pytest.raises((RuntimeError, ValueError)):
-                    F.conv2d(x, weight, stride=pair(s), padding="same", dilation=pair(d))
-            else:
-                assert "is larger than the padded input" in message, message
-                with pytest.raises(RuntimeError):
-                    F.conv2d(x, weight, stride=pair(s), padding=torch_padding, dilation=pair(d))
+            assert "is larger than the padded input" in message, message
+            with pytest.raises(RuntimeError):
+                F.conv2d(x, weight, stride=pair(s), padding=torch_padding, dilation=pair(d))
             rejected += 1
             continue
         y = F.conv2d(padded(x, layer), weight, stride=pair(s), dilation=pair(d))
         assert layer.out_shape == tuple(y.shape[1:]), args
         assert layer.kernel == pair(k) and layer.stride == pair(s) and layer.dilation == pair(d)
+        if p == "same" and pair(s) != (1, 1):  # TensorFlow's same (torch has none): ceil(in / stride) outputs
+            assert layer.out_shape[1:] == tuple(-(-n // st) for n, st in zip((h, w), pair(s))), args
+            assert all(0 <= a - b <= 1 for b, a in zip(layer.pad_before, layer.pad_after)), args
+            checked += 1
+            continue
         reference = F.conv2d(x, weight, stride=pair(s), padding=torch_padding, dilation=pair(d))
         torch.testing.assert_close(y, reference)  # our split of `same` padding is torch's
         assert layer.macs == y.numel() * 3 * pair(k)[0] * pair(k)[1]
@@ -102,6 +102,10 @@ def test_conv1d_shapes_match_torch_over_a_grid(torch):
             continue
         y = F.conv1d(padded(x, layer), weight, stride=s, dilation=d)
         assert layer.out_shape == tuple(y.shape[1:]), args
+        if p == "same" and s != 1:  # TensorFlow's same, checked in tests/test_layers_extra.py
+            assert layer.out_shape[1] == -(-n // s), args
+            checked += 1
+            continue
         torch.testing.assert_close(y, F.conv1d(x, weight, stride=s, padding=p, dilation=d))
         checked += 1
     assert checked > 250

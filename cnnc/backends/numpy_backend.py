@@ -28,7 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..diagnostics import CnncError
-from ..ir import CONV_KINDS, Layer
+from ..ir import AVGPOOL_KINDS, CONV_KINDS, CONV_TRANSPOSE_KINDS, MAXPOOL_KINDS, Layer
 from ..model import Model
 
 Pair = tuple[int, int]  # a (height, width) value of the window geometry
@@ -168,6 +168,100 @@ def grouped_conv_backward(dy, xp, w, groups: int, stride: Pair, dilation: Pair, 
             np.concatenate([db for _, _, db in parts]))
 
 
+# ---- transposed convolution ---------------------------------------------------------------------
+def conv_transpose_forward(x, w, b, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair,
+                           output_padding: Pair):
+    """x: (N, C, H, W), w: (C, F, KH, KW), b: (F,) or None -> y: (N, F, OH, OW)
+    The adjoint of a convolution with weight w (F channels in, C out): every input value spreads its kernel
+        y_full[n, f, i*sh + p*dh, j*sw + q*dw] += x[n, c, i, j] * w[c, f, p, q]
+    y_full: (N, F, (H-1)*sh + span_h, ...), extended by output_padding zeros after, cropped by the padding:
+        OH = (H-1)*sh + dh*(KH-1) + 1 + output_padding_h - pad_before_h - pad_after_h.
+    Computed as the convolution's input gradient: x dilated by the stride, zero-padded by span-1 on each
+    side (and output_padding more after), correlated with the kernel rotated 180 degrees."""
+    C, F, KH, KW = w.shape
+    span = (dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1)
+    x_full = pad(dilate(x, stride), (span[0] - 1, span[1] - 1),
+                 (span[0] - 1 + output_padding[0], span[1] - 1 + output_padding[1]))
+    w_rot = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (F, C, KH, KW)
+    y = crop(correlate(x_full, w_rot, (1, 1), dilation), pad_before, pad_after)
+    return y + b[:, None, None] if b is not None else y
+
+
+def conv_transpose_backward(dy, x, w, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair):
+    """dy: (N, F, OH, OW), x: (N, C, H, W), w: (C, F, KH, KW) -> dx: (N, C, H, W), dw: (C, F, KH, KW), db: (F,)
+    dy_ext = dy zero-padded back to y_full's extent (the cropped rows had no effect: their gradient is 0):
+      dx[n, c, i, j] = sum_{f, p, q} w[c, f, p, q] * dy_ext[n, f, i*sh + p*dh, j*sw + q*dw]: a convolution;
+      dw[c, f, p, q] = sum_{n, i, j} x[n, c, i, j] * dy_ext[n, f, i*sh + p*dh, j*sw + q*dw]."""
+    C, F, KH, KW = w.shape
+    H, W = x.shape[2:]
+    db = dy.sum(axis=(0, 2, 3))
+    dy_ext = pad(dy, pad_before, pad_after)
+    dx = correlate(dy_ext, w, stride, dilation)[:, :, :H, :W]  # output_padding >= stride adds a row: cut
+    # dy_ext correlated with x: the batch summed as the "channel" axis, stride and dilation swapping roles
+    dw = correlate(dy_ext.transpose(1, 0, 2, 3), x.transpose(1, 0, 2, 3), dilation, stride)  # (F, C, >=KH, >=KW)
+    return dx, dw[:, :, :KH, :KW].transpose(1, 0, 2, 3), db
+
+
+def grouped_conv_transpose_forward(x, w, b, groups: int, stride: Pair, dilation: Pair, pad_before: Pair,
+                                   pad_after: Pair, output_padding: Pair):
+    """x: (N, C, H, W), w: (C, F/G, KH, KW), b: (F,) or None -> y: (N, F, OH, OW)
+    Group g: channels g*C/G ... (g+1)*C/G - 1 spread over filters g*F/G ... (g+1)*F/G - 1 only."""
+    Cg = x.shape[1] // groups
+    y = np.concatenate([conv_transpose_forward(x[:, g * Cg:(g + 1) * Cg], w[g * Cg:(g + 1) * Cg], None, stride,
+                                               dilation, pad_before, pad_after, output_padding)
+                        for g in range(groups)], axis=1)
+    return y + b[:, None, None] if b is not None else y
+
+
+def grouped_conv_transpose_backward(dy, x, w, groups: int, stride: Pair, dilation: Pair, pad_before: Pair,
+                                    pad_after: Pair):
+    """dy: (N, F, OH, OW), x: (N, C, H, W), w: (C, F/G, KH, KW) -> dx: x's shape, dw: w's shape, db: (F,)"""
+    Cg, Fg = x.shape[1] // groups, dy.shape[1] // groups
+    parts = [conv_transpose_backward(dy[:, g * Fg:(g + 1) * Fg], x[:, g * Cg:(g + 1) * Cg], w[g * Cg:(g + 1) * Cg],
+                                     stride, dilation, pad_before, pad_after) for g in range(groups)]
+    return (np.concatenate([dx for dx, _, _ in parts], axis=1), np.concatenate([dw for _, dw, _ in parts]),
+            np.concatenate([db for _, _, db in parts]))
+
+
+# ---- across channels: local response normalisation, channel shuffle -------------------------------
+def channel_window_sum(a, before: int, after: int):
+    """a: (N, C, *spatial) -> s like a, s[:, c] = sum of a[:, c - before ... c + after] (channels outside 0..C-1
+    count as 0): a running sum over the zero-padded channel axis, differenced."""
+    C = a.shape[1]
+    widths = [(0, 0), (before + 1, after)] + [(0, 0)] * (a.ndim - 2)
+    running = np.cumsum(np.pad(a, widths), axis=1)  # (N, C + before + after + 1, *spatial)
+    return running[:, before + after + 1:] - running[:, :C]
+
+
+def lrn_forward(x, size: int, alpha: float, beta: float, k: float):
+    """x: (N, C, *spatial) -> y like x, and the divisor base d like x (PyTorch's LocalResponseNorm):
+    d[:, c] = k + alpha/size * sum of x[:, j]^2 for j in c - size//2 ... c + (size-1)//2;  y = x * d^-beta"""
+    d = k + alpha / size * channel_window_sum(x * x, size // 2, (size - 1) // 2)
+    return x * d ** -beta, d
+
+
+def lrn_backward(dy, x, d, size: int, alpha: float, beta: float):
+    """dy, x, d: (N, C, *spatial) -> dx like x.
+    y_c = x_c d_c^-beta, and d_j depends on x_c for every j whose window holds c (j in c - (size-1)//2 ...
+    c + size//2), through d(d_j)/d(x_c) = 2 alpha/size x_c:
+      dx_c = dy_c d_c^-beta - 2 beta alpha/size x_c * sum_j dy_j x_j d_j^(-beta-1)"""
+    g = dy * x * d ** (-beta - 1)
+    return dy * d ** -beta - 2 * beta * alpha / size * x * channel_window_sum(g, (size - 1) // 2, size // 2)
+
+
+def channel_shuffle_forward(x, groups: int):
+    """x: (N, C, *spatial) -> y like x: channels viewed as (groups, C/groups), transposed to (C/groups, groups):
+    y[:, i*groups + g] = x[:, g*(C/groups) + i]"""
+    N, C = x.shape[:2]
+    return x.reshape(N, groups, C // groups, *x.shape[2:]).swapaxes(1, 2).reshape(x.shape)
+
+
+def channel_shuffle_backward(dy, groups: int):
+    """dy: (N, C, *spatial) -> dx: the inverse permutation, (C/groups, groups) transposed back."""
+    N, C = dy.shape[:2]
+    return dy.reshape(N, C // groups, groups, *dy.shape[2:]).swapaxes(1, 2).reshape(dy.shape)
+
+
 # ---- batch norm ----------------------------------------------------------------------------------
 def batchnorm_axes(x) -> tuple[int, ...]:
     """The axes a channel's statistics run over: N and every spatial axis. x: (N, C, *spatial) or (N, D)."""
@@ -276,17 +370,39 @@ def maxpool_backward(dy, winner, x_hw: Pair, kernel: Pair, stride: Pair, pad_bef
     return unwindow(dwin, x_hw, stride, pad_before, pad_after)
 
 
-def avgpool_forward(x, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair):
-    """x: (N, C, H, W) -> y: (N, C, OH, OW)
-    y[n, c, i, j] = sum_{p, q} xp[n, c, i*sh + p, j*sw + q] / (KH*KW): padded zeros count in the area."""
-    return windows(pad(x, pad_before, pad_after), kernel, stride).mean(axis=(4, 5))
+def avgpool_forward(x, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair, divisor=None):
+    """x: (N, C, H, W), divisor: (OH, OW) (see pool_divisors; None: the window area KH*KW) -> y: (N, C, OH, OW)
+    y[n, c, i, j] = sum_{p, q} xp[n, c, i*sh + p, j*sw + q] / divisor[i, j] over the zero-padded input."""
+    divisor = kernel[0] * kernel[1] if divisor is None else divisor
+    return windows(pad(x, pad_before, pad_after), kernel, stride).sum(axis=(4, 5)) / divisor
 
 
-def avgpool_backward(dy, x_hw: Pair, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair):
-    """dy: (N, C, OH, OW) -> dx: (N, C, H, W): each dy is shared equally by the KH*KW cells of its window."""
+def avgpool_backward(dy, x_hw: Pair, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair, divisor=None):
+    """dy: (N, C, OH, OW) -> dx: (N, C, H, W): each dy / divisor goes to every cell of its window."""
     KH, KW = kernel
-    dwin = np.broadcast_to((dy / (KH * KW))[..., None, None], (*dy.shape, KH, KW))
+    divisor = KH * KW if divisor is None else divisor
+    dwin = np.broadcast_to((dy / divisor)[..., None, None], (*dy.shape, KH, KW))
     return unwindow(dwin, x_hw, stride, pad_before, pad_after)
+
+
+def ceil_pad_after(x_hw: Pair, out_hw: Pair, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair) -> Pair:
+    """The padding after each axis that the windows reach: pad_after, or more where ceil mode's last window runs
+    past the padded input: (out - 1)*stride + kernel - in - pad_before."""
+    return tuple(max(pa, (o - 1) * s + k - n - pb)
+                 for n, o, k, s, pb, pa in zip(x_hw, out_hw, kernel, stride, pad_before, pad_after))
+
+
+def pool_divisors(x_hw: Pair, out_hw: Pair, kernel: Pair, stride: Pair, pad_before: Pair, pad_after: Pair,
+                  count_pad: bool):
+    """-> (OH, OW): the cells average pooling divides each window's sum by (PyTorch's avg_pool2d): per axis, a
+    window [start, start + k) with start = i*s - pad_before is clipped to the padded input [-pad_before,
+    in + pad_after) (ceil mode's last window may run past it), or with count_pad False to the input [0, in)."""
+    counts = []
+    for n, o, k, s, pb, pa in zip(x_hw, out_hw, kernel, stride, pad_before, pad_after):
+        start = np.arange(o) * s - pb
+        end = np.minimum(start + k, n + pa)
+        counts.append(end - start if count_pad else np.minimum(end, n) - np.maximum(start, 0))
+    return np.multiply.outer(counts[0], counts[1]).astype(float)
 
 
 def global_avgpool_forward(x):
@@ -298,6 +414,21 @@ def global_avgpool_backward(dy, x_shape):
     """dy: (N, C) -> dx: x_shape = (N, C, *spatial), dy shared equally by the positions."""
     count = int(np.prod(x_shape[2:]))
     return np.broadcast_to((dy / count).reshape(*dy.shape, *(1,) * (len(x_shape) - 2)), x_shape).copy()
+
+
+def global_maxpool_forward(x):
+    """x: (N, C, *spatial) -> y: (N, C), the maximum over every spatial position, and winner: (N, C), its
+    flat position (the first on ties)."""
+    flat = x.reshape(*x.shape[:2], -1)
+    winner = flat.argmax(axis=2)
+    return np.take_along_axis(flat, winner[..., None], axis=2)[..., 0], winner
+
+
+def global_maxpool_backward(dy, winner, x_shape):
+    """dy: (N, C), winner: (N, C) -> dx: x_shape = (N, C, *spatial), each dy at its channel's maximum."""
+    dx = np.zeros((*x_shape[:2], int(np.prod(x_shape[2:]))), dy.dtype)
+    np.put_along_axis(dx, winner[..., None], dy[..., None], axis=2)
+    return dx.reshape(x_shape)
 
 
 # ---- activations: elementwise, except softmax over the feature axis --------------------------------
@@ -375,6 +506,48 @@ def hardswish_backward(dy, z, y, slope):
     return dy * np.where(z < -3, 0.0, np.where(z <= 3, z / 3 + 0.5, 1.0))
 
 
+def elu_forward(z, slope):
+    """z above 0, e^z - 1 below (alpha 1, PyTorch's default)"""
+    return np.where(z > 0, z, np.expm1(np.minimum(z, 0)))
+
+
+def elu_backward(dy, z, y, slope):
+    """1 above 0, e^z = y + 1 at and below"""
+    return dy * np.where(z > 0, 1.0, y + 1)
+
+
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+def selu_forward(z, slope):
+    """scale * (z above 0, alpha * (e^z - 1) below), PyTorch's constants"""
+    return SELU_SCALE * np.where(z > 0, z, SELU_ALPHA * np.expm1(np.minimum(z, 0)))
+
+
+def selu_backward(dy, z, y, slope):
+    return dy * SELU_SCALE * np.where(z > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(z, 0)))
+
+
+def hardsigmoid_forward(z, slope):
+    """relu6(z + 3) / 6 (PyTorch's, not ONNX's default slope 0.2)"""
+    return np.clip(z / 6 + 0.5, 0, 1)
+
+
+def hardsigmoid_backward(dy, z, y, slope):
+    return dy * ((z > -3) & (z < 3)) / 6  # 0 at both kinks, like PyTorch
+
+
+def log_softmax_forward(z, slope):
+    """z: (N, K) -> y: (N, K), y[n] = z[n] - log(sum(exp(z[n])))"""
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def log_softmax_backward(dy, z, y, slope):
+    """dz[n, k] = dy[n, k] - softmax(z)[n, k] * sum_j dy[n, j], softmax = exp(y)"""
+    return dy - np.exp(y) * dy.sum(axis=1, keepdims=True)
+
+
 ACTIVATION_FUNCTIONS = {
     "relu": (relu_forward, relu_backward),
     "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
@@ -384,6 +557,10 @@ ACTIVATION_FUNCTIONS = {
     "relu6": (relu6_forward, relu6_backward),
     "silu": (silu_forward, silu_backward),
     "hardswish": (hardswish_forward, hardswish_backward),
+    "elu": (elu_forward, elu_backward),
+    "selu": (selu_forward, selu_backward),
+    "hardsigmoid": (hardsigmoid_forward, hardsigmoid_backward),
+    "log_softmax": (log_softmax_forward, log_softmax_backward),
 }
 
 
@@ -392,8 +569,9 @@ class NumpyModel(Model):
     """Runs a Network layer by layer with the functions above.
 
     self.saved[layer.name] holds, after a forward pass, what that layer's backward reads:
-        conv: xp (padded input), z and y when an activation is fused;  dense: x, and z/y likewise
-        maxpool: winner;  activations: z, y;  dropout: mask (None when it was the identity)
+        conv: xp (padded input), z and y when an activation is fused;  dense, conv_transpose: x, and z/y likewise
+        maxpool, global_maxpool: winner;  lrn: x, d (the divisor base);  activations: z, y;
+        dropout: mask (None when it was the identity)
     """
 
     backend_name = "numpy"
@@ -493,19 +671,36 @@ class NumpyModel(Model):
                                          stride, dilation, pad_before, pad_after)
             z = z.reshape(N, *layer.out_shape)
             return self._activation_forward(layer, z, {"xp": xp})
+        if kind in CONV_TRANSPOSE_KINDS:
+            _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
+            output_padding = (0, *layer.output_padding) if layer.spatial_dims == 1 else layer.output_padding
+            w, b = self._weight_bias(layer)
+            x2 = as_2d(x, layer.spatial_dims)
+            z = grouped_conv_transpose_forward(x2, as_2d(w, layer.spatial_dims), b, layer.groups, stride, dilation,
+                                               pad_before, pad_after, output_padding)
+            return self._activation_forward(layer, z.reshape(N, *layer.out_shape), {"x": x2})
         if kind == "dense":
             w, b = self._weight_bias(layer)
             return self._activation_forward(layer, dense_forward(x, w, b), {"x": x})
-        if kind in ("maxpool1d", "maxpool2d"):
-            kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
+        if kind in MAXPOOL_KINDS:
+            kernel, stride, pad_before, pad_after = self._pool_geometry(layer)
             y, winner = maxpool_forward(as_2d(x, layer.spatial_dims), kernel, stride, pad_before, pad_after)
             return y.reshape(N, *layer.out_shape), {"winner": winner}
-        if kind in ("avgpool1d", "avgpool2d"):
-            kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
-            y = avgpool_forward(as_2d(x, layer.spatial_dims), kernel, stride, pad_before, pad_after)
+        if kind in AVGPOOL_KINDS:
+            kernel, stride, pad_before, pad_after = self._pool_geometry(layer)
+            y = avgpool_forward(as_2d(x, layer.spatial_dims), kernel, stride, pad_before, pad_after,
+                                self._pool_divisors(layer))
             return y.reshape(N, *layer.out_shape), {}
         if kind == "global_avgpool":
             return global_avgpool_forward(x), {}
+        if kind == "global_maxpool":
+            y, winner = global_maxpool_forward(x)
+            return y, {"winner": winner}
+        if kind == "lrn":
+            y, d = lrn_forward(x, layer.lrn_size, layer.alpha, layer.beta, layer.k)
+            return y, {"x": x, "d": d}
+        if kind == "channel_shuffle":
+            return channel_shuffle_forward(x, layer.groups), {}
         if kind == "flatten":
             return x.reshape(N, -1), {}
         if kind == "dropout":
@@ -515,6 +710,20 @@ class NumpyModel(Model):
             y = forward(x, layer.slope)
             return y, {"z": x, "y": y}
         raise AssertionError(f"numpy backend: unhandled layer kind {kind!r}")
+
+    @staticmethod
+    def _pool_geometry(layer: Layer):
+        """(kernel, stride, pad_before, pad_after) as (H, W) pairs, pad_after extended to where ceil mode's last
+        window reaches."""
+        kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
+        x_hw, out_hw = spatial_2d(layer.in_shape), spatial_2d(layer.out_shape)
+        return kernel, stride, pad_before, ceil_pad_after(x_hw, out_hw, kernel, stride, pad_before, pad_after)
+
+    @staticmethod
+    def _pool_divisors(layer: Layer):
+        kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
+        return pool_divisors(spatial_2d(layer.in_shape), spatial_2d(layer.out_shape), kernel, stride, pad_before,
+                             pad_after, layer.count_pad)
 
     def _activation_forward(self, layer: Layer, z, saved: dict):
         """The activation fused after a conv or dense layer's bias, if any."""
@@ -540,23 +749,37 @@ class NumpyModel(Model):
                                                stride, dilation, pad_before, pad_after)
             self._store_grads(layer, dw, db)
             return dx.reshape(x_shape)
+        if kind in CONV_TRANSPOSE_KINDS:
+            _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
+            w, _ = self._weight_bias(layer)
+            dx, dw, db = grouped_conv_transpose_backward(as_2d(dy, layer.spatial_dims), saved["x"],
+                                                         as_2d(w, layer.spatial_dims), layer.groups, stride,
+                                                         dilation, pad_before, pad_after)
+            self._store_grads(layer, dw, db)
+            return dx.reshape(x_shape)
         if kind == "dense":
             w, _ = self._weight_bias(layer)
             dx, dw, db = dense_backward(dy, saved["x"], w)
             self._store_grads(layer, dw, db)
             return dx
-        if kind in ("maxpool1d", "maxpool2d"):
-            kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
+        if kind in MAXPOOL_KINDS:
+            kernel, stride, pad_before, pad_after = self._pool_geometry(layer)
             dx = maxpool_backward(as_2d(dy, layer.spatial_dims), saved["winner"], spatial_2d(layer.in_shape),
                                   kernel, stride, pad_before, pad_after)
             return dx.reshape(x_shape)
-        if kind in ("avgpool1d", "avgpool2d"):
-            kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
+        if kind in AVGPOOL_KINDS:
+            kernel, stride, pad_before, pad_after = self._pool_geometry(layer)
             dx = avgpool_backward(as_2d(dy, layer.spatial_dims), spatial_2d(layer.in_shape),
-                                  kernel, stride, pad_before, pad_after)
+                                  kernel, stride, pad_before, pad_after, self._pool_divisors(layer))
             return dx.reshape(x_shape)
         if kind == "global_avgpool":
             return global_avgpool_backward(dy, x_shape)
+        if kind == "global_maxpool":
+            return global_maxpool_backward(dy, saved["winner"], x_shape)
+        if kind == "lrn":
+            return lrn_backward(dy, saved["x"], saved["d"], layer.lrn_size, layer.alpha, layer.beta)
+        if kind == "channel_shuffle":
+            return channel_shuffle_backward(dy, layer.groups)
         if kind == "flatten":
             return dy.reshape(x_shape)
         if kind == "dropout":

@@ -8,10 +8,12 @@
   `((,(regexp-opt '("model" "block" "input" "loss") 'symbols) . font-lock-keyword-face)
     (,(regexp-opt '("conv1d" "conv2d" "maxpool1d" "maxpool2d" "avgpool1d" "avgpool2d" "global_avgpool"
                     "flatten" "dense" "dropout" "relu" "sigmoid" "tanh" "leaky_relu" "softmax"
-                    "add" "concat" "batchnorm" "relu6" "silu" "hardswish") 'symbols)
+                    "add" "concat" "batchnorm" "relu6" "silu" "hardswish"
+                    "elu" "selu" "hardsigmoid" "log_softmax" "conv_transpose1d" "conv_transpose2d"
+                    "global_maxpool" "lrn" "channel_shuffle") 'symbols)
      . font-lock-builtin-face)
     ("\\_<\\([A-Za-z_][A-Za-z0-9_]*\\)\\s-*=" 1 font-lock-variable-name-face)
-    (,(regexp-opt '("true" "false" "same" "valid" "none" "cross_entropy" "mse") 'symbols)
+    (,(regexp-opt '("true" "false" "same" "valid" "none" "cross_entropy" "mse" "nll") 'symbols)
      . font-lock-constant-face)))
 
 (define-derived-mode cnn-mode prog-mode "cnn"
