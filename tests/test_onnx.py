@@ -206,17 +206,24 @@ def conv_then(node, extra_inits=None, out_shape=(2, 4, 4)):
 
 
 @pytest.mark.parametrize("model, phrase", [
-    (conv_then(helper.make_node("BatchNormalization", ["c", "s", "b", "s", "b"], ["y"], name="bn1"),
-               {"s": np.ones(2, np.float32), "b": np.zeros(2, np.float32)}),
-     "node 'bn1' (BatchNormalization): the operator BatchNormalization is not supported"),
-    (conv_then(helper.make_node("Add", ["c", "c"], ["y"], name="skip")), "node 'skip' (Add)"),
+    (conv_then(helper.make_node("LogSoftmax", ["c"], ["y"], name="logp", axis=1)),
+     "node 'logp' (LogSoftmax): the language has no log_softmax layer yet"),
+    (conv_then(helper.make_node("Add", ["c", "k"], ["y"], name="shift"), {"k": np.ones((4, 1), np.float32)}),
+     "node 'shift' (Add): the added constant has shape (4, 1)"),
     (conv_then(helper.make_node("Conv", ["c", "w2"], ["y"], name="lopsided", pads=[0, 0, 1, 1]),
                {"w2": np.ones((2, 2, 3, 3), np.float32)}, (2, 3, 3)),
      "node 'lopsided' (Conv): its padding (begin [0, 0], end [1, 1])"),
     (conv_then(helper.make_node("AveragePool", ["c"], ["y"], name="avg", kernel_shape=[3, 3], pads=[1, 1, 1, 1])),
      "count_include_pad=0"),
     (conv_then(helper.make_node("Conv", ["c", "w2"], ["y"], name="grouped", group=2),
-               {"w2": np.ones((2, 1, 1, 1), np.float32)}), "grouped convolution (group=2)"),
+               {"w2": np.ones((2, 2, 1, 1), np.float32)}), "expects 4 input channels (2 per group, group=2)"),
+    (conv_then(helper.make_node("HardSigmoid", ["c"], ["y"], name="hs")), "node 'hs' (HardSigmoid): cnnc has no "
+                                                                          "hardsigmoid layer"),
+    (conv_then(helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="clip"),
+               {"lo": np.array(-1, np.float32), "hi": np.array(1, np.float32)}), "it clips to [-1.0, 1.0]"),
+    (conv_then(helper.make_node("Mul", ["c", "c"], ["y"], name="square")), "node 'square' (Mul): cnnc imports Mul only"),
+    (conv_then(helper.make_node("LRN", ["c"], ["y"], name="norm", size=3)),
+     "node 'norm' (LRN): the operator LRN is not supported by cnnc import"),
 ])
 def test_unsupported_graphs_are_refused_naming_node_and_operator(model, phrase, tmp_path, capsys):
     onnx.save(model, str(tmp_path / "bad.onnx"))
