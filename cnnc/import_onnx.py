@@ -34,10 +34,11 @@ from .diagnostics import CnncError
 from .export_onnx import require_onnx
 from .fileio import atomic_path, atomic_write_text, check_distinct, describe_contents
 from .ir import LAYER_KINDS, Network
+from .shapes import KEYWORDS
 from .model import weight_mismatches
 
 SUPPORTED = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Add", "Sum",
-             "Concat", "BatchNormalization", "Pad", "Flatten", "Reshape", "Relu", "Clip", "Sigmoid", "HardSigmoid",
+             "Concat", "BatchNormalization", "Pad", "ReduceMean", "Flatten", "Reshape", "Relu", "Clip", "Sigmoid", "HardSigmoid",
              "HardSwish", "Mul", "Tanh", "LeakyRelu", "Softmax", "LogSoftmax", "Dropout", "Identity")
 MERGES = ("Add", "Sum", "Concat", "Mul")  # read several computed tensors (Add and Mul: or one and a constant)
 OPERATOR_HINTS = {  # why a common unsupported operator appears, and how to avoid it
@@ -49,7 +50,7 @@ OPERATOR_HINTS = {  # why a common unsupported operator appears, and how to avoi
 # may carry on (into a Reshape's target, where it means "the batch"); arithmetic on it is refused.
 BATCH = -(2 ** 62) + 12345
 SHAPE_MOVING = ("Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity", "Reshape", "Flatten")
-RESERVED = set(LAYER_KINDS) | {"model", "input", "loss"}
+RESERVED = set(LAYER_KINDS) | set(KEYWORDS)
 AUTO_NAME = re.compile(r"(%s)_[0-9]+\Z" % "|".join(LAYER_KINDS))  # names cnnc gives unnamed layers
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -198,7 +199,7 @@ class Importer:
         Parameterised layers always get one (their weights are keyed by it): `fallback` numbered, like
         conv1, when the node's name will not do; other layers stay unnamed then."""
         parts = [p for p in re.split(r"[/:]", node.name or "") if p]
-        if len(parts) > 1 and parts[-1] == node.op_type:  # PyTorch's "/module/Op"
+        if parts and re.fullmatch(re.escape(node.op_type) + r"(_[0-9]+)?", parts[-1]):  # PyTorch's "/module/Op_2"
             parts.pop()
         candidates = [parts[-1] if parts else ""]
         if fallback is not None:  # also the module's path, when its last name is taken: "layer1_0_conv1"
@@ -587,6 +588,22 @@ class Importer:
 
     def _GlobalMaxPool(self, node) -> None:
         self._global_pool(node, "maxpool")
+
+    def _ReduceMean(self, node) -> None:
+        """The mean over every spatial axis (x.mean((2, 3))): global average pooling."""
+        attrs = self.attributes(node)
+        dims = self._spatial_input(node, None)
+        axes = self.constant(node, 1, "axes") if self.opset >= 18 else None
+        axes = [int(a) for a in axes] if axes is not None else self.ints(node, attrs, "axes", None, [])
+        rank = 1 + len(self.shape)
+        if sorted(a % rank for a in axes) != list(range(2, rank)):
+            self.refuse(node, f"it averages over the axes {axes}; cnnc imports ReduceMean over every spatial axis "
+                              f"({list(range(2, rank))}) as global_avgpool")
+        if self.integer(node, attrs, "keepdims", 1, allowed=(0, 1)):
+            self._global_pool(node, "avgpool")
+            return
+        self.emit(node, "global_avgpool", self.layer_name(node, None), {}, (self.shape[0],))
+        del dims
 
     def _to_flat(self, node) -> Tensor:
         if self.unit_axes or len(self.shape) == 1:  # already flat for cnnc: the same tensor
