@@ -1000,10 +1000,45 @@ def _read_model(onnx, source: str):
     return proto
 
 
-def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None = None) -> tuple[Network, dict]:
+def compare_with_onnxruntime(proto, network: Network, arrays: dict, source: str, seed: int = 0) -> float | None:
+    """Run the ONNX model in onnxruntime and the imported network on the NumPy backend (float64) on the same
+    random batch of 2; a CnncError if they disagree by more than 1e-4 of the largest output. Returns the
+    relative difference, or None when onnxruntime is not installed or cannot run the model itself."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    from .backends.numpy_backend import NumpyModel
+
+    x = np.random.default_rng(seed).standard_normal((2, *network.input_shape))
+    try:
+        session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        feed = session.get_inputs()[0]
+        dtype = np.float64 if feed.type == "tensor(double)" else np.float32
+        expected = np.asarray(session.run(None, {feed.name: x.astype(dtype)})[0], np.float64)
+    except Exception:  # onnxruntime refuses the file (an operator it lacks...): nothing to compare with
+        return None
+    model = NumpyModel(network, dtype="float64")
+    model.load_weights({k: np.asarray(v, np.float64) for k, v in arrays.items()})
+    got = model.forward(x.astype(np.float64))
+    if got.shape != expected.shape:
+        raise CnncError(f"{source}: the imported model outputs {got.shape[1:]} per sample where onnxruntime gives "
+                        f"{expected.shape[1:]}; nothing was written")
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    difference = float(np.abs(got - expected).max()) / scale
+    if not difference <= 1e-4:
+        raise CnncError(f"{source}: the imported model computes something else than onnxruntime on a random input "
+                        f"(largest difference {difference:.1e} of the largest output); nothing was written. Please "
+                        f"report this: the importer should have refused the graph")
+    return difference
+
+
+def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None = None,
+                verify: bool = True) -> tuple[Network, dict]:
     """Read an ONNX model and write the .cnn file and its weights (.npz, by default beside the .cnn).
     Returns the shape-checked Network and the weights {name: array}. Refuses, with a CnncError naming the
-    node and operator, anything the language cannot express."""
+    node and operator, anything the language cannot express. With `verify` (and onnxruntime installed), the
+    imported model is run against onnxruntime on a random batch first (compare_with_onnxruntime)."""
     from ._version import __version__
     from .frontend import network_from_text
 
@@ -1028,6 +1063,8 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     problems = weight_mismatches(network, arrays)
     if problems:
         raise CnncError(f"{source}: the imported weights do not fit the written model:\n  " + "\n  ".join(problems))
+    if verify:
+        compare_with_onnxruntime(proto, network, arrays, source)
     atomic_write_text(cnn_path, text)
     with atomic_path(weights_path) as tmp:
         with open(tmp, "wb") as f:
@@ -1035,4 +1072,4 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     return network, arrays
 
 
-__all__ = ["import_onnx", "Importer", "cnn_text", "SUPPORTED"]
+__all__ = ["import_onnx", "compare_with_onnxruntime", "Importer", "cnn_text", "SUPPORTED"]
