@@ -150,6 +150,7 @@ class Importer:
         self.tensors: dict[str, Tensor] = {self.graph_input_tensor: Tensor(self.input_name, self.shape)}
         self.x = self.tensors[self.graph_input_tensor]  # the data input of the node being imported
         self.unit_axes = 0
+        self.output_unit_axes = 0
 
     # ---- errors ------------------------------------------------------------------------------------
     def refuse(self, node, message: str):
@@ -366,7 +367,8 @@ class Importer:
         if end is None or end.layer != last.layer_name:
             self.fail(f"the graph's output '{_comment_safe(output)}' is not computed by its last layer "
                       f"('{_comment_safe(last.output)}'); cnnc's model outputs its last statement's result")
-        if end.pad is not None or end.unit_axes:
+        self.output_unit_axes = end.unit_axes  # (N, C, 1, 1) after global pooling and softmax: written as (N, C)
+        if end.pad is not None:
             self.fail(f"the graph's output '{_comment_safe(output)}' is (N, "
                       f"{', '.join(map(str, end.shape + (1,) * end.unit_axes))}), which cnnc cannot write as a model "
                       f"output")
@@ -574,7 +576,7 @@ class Importer:
         dims = self._spatial_input(node, None)
         readers = self.readers.get(node.output[0], [])
         flattened = readers and node.output[0] not in self.outputs and all(
-            r.op_type in ("Flatten", "Reshape") for r in readers)
+            r.op_type in ("Flatten", "Reshape", "Softmax") for r in readers)
         if kind == "avgpool" and flattened:
             self.emit(node, "global_avgpool", self.layer_name(node, None), {}, (self.shape[0],))
             self.tensors[node.output[0]].unit_axes = dims  # ONNX keeps (N, C, 1, 1): the Flatten after is a no-op
@@ -624,6 +626,9 @@ class Importer:
         if target.dtype.kind not in "iu" or target.ndim != 1:
             self.refuse(node, f"its target shape must be a list of integers; it is a {target.dtype.name} array of "
                               f"shape {tuple(target.shape)}")
+        if len(target) == 5 and len(self.shape) == 3:
+            self.refuse(node, f"it reshapes {self._onnx_shape()} to five axes: a channel shuffle (Reshape, Transpose, "
+                              f"Reshape, as ShuffleNet's), which the language has no layer for yet")
         target = [int(t) for t in target[:3]]  # more than two entries is refused below whatever they are
         size = prod(self.shape)
         batch_ok = target[:1] in ([0], [-1], [BATCH]) or (self.batch is not None and target[:1] == [self.batch])
@@ -685,13 +690,14 @@ class Importer:
         padded = (1,) * (len(full) - len(shape)) + tuple(shape)
         return padded[0] == 1 and padded[1] in (1, full[1]) and all(s == 1 for s in padded[2:])
 
-    def _direct_producer(self, node, index: int, readers: int) -> Statement | None:
-        """The conv or dense statement whose own output is the node's index-th input, when that output is read by
-        `readers` nodes only and is not a graph output: an activation or a bias may go into it."""
+    def _direct_producer(self, node, index: int, readers: int,
+                         kinds=("conv1d", "conv2d", "dense")) -> Statement | None:
+        """The statement of one of `kinds` whose own output is the node's index-th input, when that output is read
+        by `readers` nodes only and is not a graph output: an activation, a bias or a scale may go into it."""
         name = node.input[index]
         tensor = self.tensors.get(name)
         statement = self.by_name.get(tensor.layer) if tensor else None
-        if (statement is None or statement.output != name or statement.kind not in ("conv1d", "conv2d", "dense")
+        if (statement is None or statement.output != name or statement.kind not in kinds
                 or len(self.readers.get(name, [])) != readers or name in self.outputs):
             return None
         return statement
@@ -738,8 +744,12 @@ class Importer:
         self.x = self.tensors[node.input[data]]
         self.shape, self.unit_axes = self.x.shape, self.x.unit_axes
         bias = self.constants[node.input[constant_side[0]]]
-        target = self._direct_producer(node, data, readers=1)
         full = self.shape + (1,) * self.unit_axes
+        norm = self._direct_producer(node, data, readers=1, kinds=("batchnorm",))
+        if norm is not None:  # batch norm then a per-channel shift (Caffe2's exports): into batch norm's bias
+            self._into_batch_norm(node, norm, bias, full, "bias", "added")
+            return
+        target = self._direct_producer(node, data, readers=1)
         if target is None or "bias" in target.weights or "activation" in target.args:
             self.refuse(node, f"it adds a constant to '{_comment_safe(node.input[data])}'; cnnc imports an Add of a "
                               f"constant only as the bias of the Conv, Gemm or MatMul right before it (one without "
@@ -807,7 +817,7 @@ class Importer:
 
     def _activation(self, node, kind: str, args: dict, readers: int = 1) -> None:
         target = self._direct_producer(node, 0, readers)
-        if kind == "softmax" and (self.unit_axes or len(self.shape) != 1):
+        if kind == "softmax" and len(self.shape) != 1:
             self.refuse(node, f"softmax normalises flat class scores; its input is {self._onnx_shape()}")
         if target is not None and "activation" not in target.args and not (kind == "softmax" and target.kind != "dense"):
             target.args["activation"] = kind
@@ -845,10 +855,37 @@ class Importer:
             self.refuse(node, f"cnnc has no hardsigmoid layer; it imports HardSigmoid only as the gate of hardswish, "
                               f"x * HardSigmoid(x, alpha=1/6, beta=0.5) (this one has alpha={alpha}, beta={beta})")
 
+    def _into_batch_norm(self, node, norm: Statement, value: np.ndarray, full, role: str, verb: str) -> None:
+        """Batch norm followed by a per-channel scale or shift: folded into its weight and bias (exact)."""
+        channels = norm.out_shape[0]
+        if value.dtype.kind not in "iuf" or not self._per_channel(value.shape, full):
+            self.refuse(node, f"the {verb} constant has shape {tuple(value.shape)}, which ONNX broadcasts against "
+                              f"(N, {', '.join(map(str, full))}) as something other than one value per channel "
+                              f"({channels}); cnnc cannot fold it into the batch norm before it")
+        per_channel = np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float64)
+        if role == "scale":
+            norm.weights["weight"] = norm.weights["weight"] * per_channel
+            norm.weights["bias"] = norm.weights["bias"] * per_channel
+        else:
+            norm.weights["bias"] = norm.weights["bias"] + per_channel
+        norm.output = node.output[0]
+        self.tensors[node.output[0]] = Tensor(norm.layer_name, norm.out_shape, self.tensors[node.input[0]].unit_axes
+                                              if node.input[0] in self.tensors else self.tensors[node.input[1]].unit_axes)
+
     def _Mul(self, node) -> None:
         gate = next((name for name in node.input if name in self.gates), None)
+        constant_side = [i for i, name in enumerate(node.input) if name in self.constants]
+        if gate is None and len(constant_side) == 1:
+            data = 1 - constant_side[0]
+            norm = self._direct_producer(node, data, readers=1, kinds=("batchnorm",))
+            if norm is not None:
+                tensor = self.tensors[node.input[data]]
+                self._into_batch_norm(node, norm, self.constants[node.input[constant_side[0]]],
+                                      tensor.shape + (1,) * tensor.unit_axes, "scale", "multiplying")
+                return
         if gate is None:
-            self.refuse(node, "cnnc imports Mul only as x * Sigmoid(x) (silu) or x * HardSigmoid(x) (hardswish)")
+            self.refuse(node, "cnnc imports Mul only as x * Sigmoid(x) (silu), x * HardSigmoid(x) (hardswish), or a "
+                              "per-channel scale right after a BatchNormalization (folded into it)")
         x_index = 0 if node.input[1] == gate else 1
         self.x = self.tensors[node.input[x_index]]
         self.shape, self.unit_axes = self.x.shape, self.x.unit_axes
@@ -913,6 +950,11 @@ class Importer:
 
     def _Softmax(self, node) -> None:
         axis = self.integer(node, self.attributes(node), "axis", -1 if self.opset >= 13 else 1)
+        if self.unit_axes:  # over (N, C, 1, 1) after global pooling: axis 1 is the same as over C
+            rank = 1 + len(self.shape) + self.unit_axes
+            if axis not in (1, 1 - rank):
+                self.refuse(node, f"Softmax(axis={axis}) of {self._onnx_shape()} is not over the channels (axis 1)")
+            axis = 1
         if axis not in (1, -1):
             self.refuse(node, f"Softmax(axis={axis}) is not over the class scores of a (batch, K) tensor")
         self._activation(node, "softmax", {})
@@ -1000,9 +1042,10 @@ def _read_model(onnx, source: str):
     return proto
 
 
-def compare_with_onnxruntime(proto, network: Network, arrays: dict, source: str, seed: int = 0) -> float | None:
+def compare_with_onnxruntime(proto, network: Network, arrays: dict, source: str, seed: int = 0,
+                             batch: int = 2) -> float | None:
     """Run the ONNX model in onnxruntime and the imported network on the NumPy backend (float64) on the same
-    random batch of 2; a CnncError if they disagree by more than 1e-4 of the largest output. Returns the
+    random batch (of `batch` samples: a graph may fix it); a CnncError if they disagree by more than 1e-4 of the largest output. Returns the
     relative difference, or None when onnxruntime is not installed or cannot run the model itself."""
     try:
         import onnxruntime
@@ -1010,7 +1053,7 @@ def compare_with_onnxruntime(proto, network: Network, arrays: dict, source: str,
         return None
     from .backends.numpy_backend import NumpyModel
 
-    x = np.random.default_rng(seed).standard_normal((2, *network.input_shape))
+    x = np.random.default_rng(seed).standard_normal((batch, *network.input_shape))
     try:
         session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         feed = session.get_inputs()[0]
@@ -1021,6 +1064,8 @@ def compare_with_onnxruntime(proto, network: Network, arrays: dict, source: str,
     model = NumpyModel(network, dtype="float64")
     model.load_weights({k: np.asarray(v, np.float64) for k, v in arrays.items()})
     got = model.forward(x.astype(np.float64))
+    if got.size == expected.size and expected.shape[:2] == got.shape[:2] and set(expected.shape[2:]) <= {1}:
+        got = got.reshape(expected.shape)  # (N, C) for ONNX's (N, C, 1, 1), which the .cnn's header states
     if got.shape != expected.shape:
         raise CnncError(f"{source}: the imported model outputs {got.shape[1:]} per sample where onnxruntime gives "
                         f"{expected.shape[1:]}; nothing was written")
@@ -1054,6 +1099,10 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     header = [f"Imported from {Path(source).name} (ONNX opset {importer.opset}, written by {producer}) by cnnc "
               f"{__version__}.",
               f"Weights: {weights_path.name}. No loss statement: add one (e.g. `loss cross_entropy`) to train it."]
+    if importer.output_unit_axes:
+        shape = ", ".join(map(str, importer.shape + (1,) * importer.output_unit_axes))
+        header.append(f"The ONNX graph's output is (N, {shape}); this model gives the same values as "
+                      f"(N, {', '.join(map(str, importer.shape))}).")
     text = cnn_text(name, input_name, importer.input_shape, statements, header)
     network = network_from_text(text, file=os.fspath(cnn_path))
     if network.output_shape != importer.shape:
@@ -1064,7 +1113,7 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     if problems:
         raise CnncError(f"{source}: the imported weights do not fit the written model:\n  " + "\n  ".join(problems))
     if verify:
-        compare_with_onnxruntime(proto, network, arrays, source)
+        compare_with_onnxruntime(proto, network, arrays, source, batch=importer.batch or 2)
     atomic_write_text(cnn_path, text)
     with atomic_path(weights_path) as tmp:
         with open(tmp, "wb") as f:
