@@ -810,8 +810,9 @@ class Importer:
         args = {}
         if np.float32(eps) != np.float32(1e-5):
             args["eps"] = _real(eps)
-        if np.float32(1 - momentum) != np.float32(0.1):
-            args["momentum"] = _real(1 - momentum)  # ONNX keeps `momentum` of the old value; PyTorch the new one's
+        momentum = float(f"{1 - momentum:.7g}")  # ONNX keeps `momentum` of the old value, PyTorch of the new one;
+        if momentum != 0.1:                          # 1 - float32(0.9) is 0.1 to float32's 7 digits
+            args["momentum"] = _real(momentum)
         self.emit(node, "batchnorm", self.layer_name(node, "bn"), args, self.shape, arrays)
         self.tensors[node.output[0]].unit_axes = self.unit_axes
 

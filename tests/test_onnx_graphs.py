@@ -109,6 +109,7 @@ def test_every_spec_round_trips_through_import(path, name, tmp_path):
     export_onnx(m, tmp_path / f"{name}.onnx")
     network, weights = import_onnx(tmp_path / f"{name}.onnx", tmp_path / f"{name}.cnn")
     assert main(["check", str(tmp_path / f"{name}.cnn")]) == 0
+    assert "momentum=" not in (tmp_path / f"{name}.cnn").read_text()  # ONNX's 0.9 is PyTorch's default 0.1
     back = cnnc.load(tmp_path / f"{name}.cnn")
     back.load_weights(tmp_path / f"{name}.npz")
     assert back.name == name and back.network.param_count == m.network.param_count
