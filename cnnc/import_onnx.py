@@ -2,23 +2,35 @@
 
     network, weights = import_onnx("model.onnx", "model.cnn")     # also writes model.npz
 
-The graph must be a simple chain (each tensor read by the next node only) of these operators:
+The graph may branch and merge. Its nodes are walked in order (ONNX lists them topologically), keeping
+for every tensor what it is in cnnc terms (`Tensor`: the layer whose output it is, its shape); a layer
+that does not read the previous statement's output gets `from=`, merges name their operands. Nodes
+whose inputs are all constants are evaluated at import time (onnx's reference implementation), and
+`Shape` gives the batch size as a marker that shape-moving nodes may carry into a Reshape target, so
+weight subgraphs, computed pads and x.view(x.size(0), -1) fold away. The operators:
 
-    Conv                  -> conv1d / conv2d (group 1); a Relu, Sigmoid, Tanh or LeakyRelu right after
-                             becomes its activation=
+    Conv                  -> conv1d / conv2d (groups=); a Relu, Sigmoid, Tanh, LeakyRelu, Clip(0, 6),
+                             x*Sigmoid(x), HardSwish... right after becomes its activation= when nothing
+                             else reads the convolution's output
     MaxPool, AveragePool  -> maxpool*/avgpool* (average pooling with padding must count the padded
-                             zeros, count_include_pad=1, as cnnc's does)
-    GlobalAveragePool     -> global_avgpool (with the Flatten/Reshape after it, which cnnc needs not)
-    Gemm, MatMul (+ Add)  -> dense (MatMul's Add of a constant becomes the bias)
+                             zeros, count_include_pad=1, as cnnc's does); a Pad of zeros before a Conv or
+                             AveragePool adds to its padding
+    GlobalAveragePool, ReduceMean over the spatial axes -> global_avgpool when flattened after, else an
+                             average pooling over the whole input ((C, 1, 1), as ONNX); GlobalMaxPool alike
+    Gemm, MatMul (+ Add)  -> dense (an Add of a per-unit constant becomes the bias; a conv's likewise)
+    BatchNormalization    -> batchnorm with its running statistics (a per-channel Mul/Add after it folds in)
+    Add, Sum, Concat      -> add, concat
     Flatten, Reshape      -> flatten (only to (batch, everything else))
-    Relu, Sigmoid, Tanh, LeakyRelu, Softmax -> the activation layers (Softmax on flat scores only)
+    Relu, Sigmoid, Tanh, LeakyRelu, Softmax, Clip(0, 6), Mul(x, Sigmoid(x)), HardSwish,
+    Mul(x, HardSigmoid(x)) -> the activation layers
     Dropout               -> dropout(rate=...);  Identity -> nothing
 
 Padding: ONNX gives a begin and an end per axis. Equal per axis -> padding=P or (PH, PW); otherwise,
 for a stride-1 convolution, `same` when it is exactly cnnc's split (the odd pixel at the end);
-anything else cannot be written in the language and is refused. Every refusal names the node and
-its operator. Weights keep their layouts (cnnc's are PyTorch's, the same as ONNX's Conv and
+anything else cannot be written in the language and is refused. Every refusal names the node, its
+operator and the reason. Weights keep their layouts (cnnc's are PyTorch's, the same as ONNX's Conv and
 Gemm(transB=1)); MatMul's and Gemm(transB=0)'s matrices are transposed, Gemm's alpha and beta folded in.
+Before anything is written, the imported model is compared with onnxruntime (compare_with_onnxruntime).
 """
 from __future__ import annotations
 
