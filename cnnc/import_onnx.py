@@ -61,6 +61,7 @@ OPERATOR_HINTS = {  # why a common unsupported operator appears, and how to avoi
 # Shape computations fold at import time: Shape gives the batch size as BATCH, which only these operators
 # may carry on (into a Reshape's target, where it means "the batch"); arithmetic on it is refused.
 BATCH = -(2 ** 62) + 12345
+MAX_FOLDED = 2 ** 31 - 1
 SHAPE_MOVING = ("Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity", "Reshape", "Flatten")
 RESERVED = set(LAYER_KINDS) | set(KEYWORDS)
 AUTO_NAME = re.compile(r"(%s)_[0-9]+\Z" % "|".join(LAYER_KINDS))  # names cnnc gives unnamed layers
@@ -338,7 +339,7 @@ class Importer:
                 self._constant_node(node)
                 continue
             inputs = [name for name in node.input if name]
-            if inputs and all(name in self.constants for name in inputs) or node.op_type == "ConstantOfShape":
+            if inputs and all(name in self.constants for name in inputs):
                 self._fold(node)  # weights and shapes computed from constants: evaluated now
                 continue
             if node.op_type == "Shape":
@@ -389,6 +390,17 @@ class Importer:
 
     def _constant_node(self, node) -> None:
         attributes = self.attributes(node)
+        simple = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+        for key, dtype in simple.items():  # opset 12's shorthands
+            if key in attributes and len(attributes) == 1:
+                value = attributes[key]
+                if not isinstance(value, (int, float, list)) or isinstance(value, list) and len(value) > 2 ** 20:
+                    self.refuse(node, f"attribute {key} must be a number or a list of numbers; got {_shown(value)}")
+                try:
+                    self.constants[node.output[0]] = np.array(value, dtype)
+                except (TypeError, ValueError, OverflowError):
+                    self.refuse(node, f"attribute {key} must be a number or a list of numbers; got {_shown(value)}")
+                return
         if "value" not in attributes:
             self.refuse(node, f"only Constant nodes holding a tensor ('value') are supported; got {sorted(attributes)}")
         if not isinstance(attributes["value"], self.onnx.TensorProto):
@@ -418,7 +430,11 @@ class Importer:
         if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                             "Bernoulli"):
             self.refuse(node, "it draws random numbers; cnnc imports a deterministic graph")
-        helper, TensorProto = self.onnx.helper, self.onnx.TensorProto
+        elements = self._folded_size(node, values)
+        if elements > MAX_FOLDED:
+            self.refuse(node, f"it would make a constant of {elements:,} elements; cnnc folds constants of at most "
+                              f"{MAX_FOLDED:,} (2^31 - 1, the language's limit for one tensor)")
+        helper = self.onnx.helper
         try:
             from onnx.reference import ReferenceEvaluator
 
@@ -431,9 +447,36 @@ class Importer:
         except Exception as e:  # an operator the reference implementation lacks, or inputs it rejects
             self.refuse(node, f"cnnc computes constant nodes at import time, and this one failed "
                               f"({type(e).__name__}: {_shown(str(e), 160)})")
-        del TensorProto
         for name, value in zip([n for n in node.output if n], results):
             self.constants[name] = np.asarray(value)
+
+    @staticmethod
+    def _folded_size(node, values: dict) -> int:
+        """An upper bound of the elements a constant node makes, for the operators that make more than they
+        read (the others make at most what they read, which is in the file already)."""
+        arrays = [values[name] if name in values else np.zeros(0) for name in node.input]
+
+        def product(array) -> int:
+            total = 1
+            for v in np.asarray(array).reshape(-1)[:64].tolist():
+                total *= max(int(v), 1) if isinstance(v, (int, float)) and np.isfinite(v) else 1
+            return total
+
+        largest = max([a.size for a in arrays] + [1])
+        if node.op_type == "ConstantOfShape" and arrays:
+            return product(arrays[0])
+        if node.op_type == "Expand" and len(arrays) > 1:
+            return max(largest, product(arrays[1]) * max(arrays[0].size, 1))
+        if node.op_type == "Tile" and len(arrays) > 1:
+            return arrays[0].size * product(arrays[1])
+        if node.op_type == "Range" and len(arrays) == 3 and all(a.size == 1 for a in arrays):
+            start, limit, delta = (float(a.reshape(-1)[0]) for a in arrays)
+            if delta == 0 or not all(np.isfinite([start, limit, delta])):
+                return MAX_FOLDED + 1
+            return int(max(0.0, np.ceil((limit - start) / delta)))
+        if node.op_type in ("MatMul", "Gemm", "Einsum", "Resize", "Upsample", "OneHot", "EyeLike", "Pad"):
+            return largest * max([a.size for a in arrays] + [1])  # generous; these are rare in weight subgraphs
+        return largest
 
     def tensor(self, node, index: int) -> Tensor:
         """The node's index-th input, a tensor computed in the graph (not a constant)."""
