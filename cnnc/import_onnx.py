@@ -162,6 +162,7 @@ class Importer:
         self.input_shape = self.shape
         self.tensors: dict[str, Tensor] = {self.graph_input_tensor: Tensor(self.input_name, self.shape)}
         self.x = self.tensors[self.graph_input_tensor]  # the data input of the node being imported
+        self.auto_pad = "NOTSET"
         self.unit_axes = 0
         self.output_unit_axes = 0
 
@@ -493,6 +494,7 @@ class Importer:
         if not isinstance(auto_pad, (bytes, str)):
             self.refuse(node, f"attribute auto_pad must be a string; got {_shown(auto_pad)}")
         auto_pad = auto_pad.decode("utf-8", "replace") if isinstance(auto_pad, bytes) else auto_pad
+        self.auto_pad = auto_pad  # for the refusal of padding the language cannot write
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             before, after = [], []
             for size, k, s, d in zip(self.shape[1:], kernel, stride, dilation):
@@ -516,9 +518,14 @@ class Importer:
         same_after = [d * (k - 1) - b for k, d, b in zip(kernel, dilation, same_before)]
         if conv and all(s == 1 for s in stride) and (before, after) == (same_before, same_after):
             return "same"
-        self.refuse(node, f"its padding (begin {before}, end {after}) differs between the two sides of an axis and is "
-                          f"not padding=same (begin {same_before}, end {same_after}"
-                          f"{', stride 1' if conv else ', and only convolutions take same'}); cnnc cannot write it")
+        source = (f"auto_pad={self.auto_pad} pads the input {list(self.shape[1:])} by begin {before}, end {after} at "
+                  f"stride {_window(stride)}, which" if self.auto_pad.startswith("SAME") else
+                  f"its padding (begin {before}, end {after})")
+        if not conv:
+            self.refuse(node, f"{source} differs between the two sides of an axis; cnnc's pooling pads both sides "
+                              f"alike (one-sided padding is not in the language yet), so cnnc cannot write it")
+        self.refuse(node, f"{source} differs between the two sides of an axis and is "
+                          f"not padding=same (begin {same_before}, end {same_after}, stride 1); cnnc cannot write it")
 
     def _output_size(self, node, attrs, before, after, kernel, stride, dilation) -> list[int]:
         out = []

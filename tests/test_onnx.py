@@ -318,3 +318,15 @@ def test_the_import_is_checked_against_onnxruntime_before_anything_is_written(tm
     assert not (tmp_path / "l.cnn").exists() and not (tmp_path / "l.npz").exists()
     import_onnx(tmp_path / "l.onnx", tmp_path / "l.cnn", verify=False)  # the check can be skipped
     assert (tmp_path / "l.cnn").exists()
+
+
+def test_a_same_upper_max_pool_refusal_says_where_the_padding_comes_from(tmp_path, capsys):
+    """The padding is auto_pad's, computed for this input size: the refusal says so, instead of quoting it back
+    as if the file had written it."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                              auto_pad="SAME_UPPER")]
+    onnx.save(make_graph(nodes, {}, (1, 8, 8), (1, 4, 4)), str(tmp_path / "su.onnx"))
+    assert main(["import", str(tmp_path / "su.onnx"), "-o", str(tmp_path / "su.cnn")]) == 1
+    err = capsys.readouterr().err
+    assert ("node 'pool' (MaxPool): auto_pad=SAME_UPPER pads the input [8, 8] by begin [0, 0], end [1, 1] at stride 2, "
+            "which differs between the two sides of an axis; cnnc's pooling pads both sides alike") in err
