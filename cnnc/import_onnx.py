@@ -50,7 +50,8 @@ from .shapes import KEYWORDS
 from .model import weight_mismatches
 
 SUPPORTED = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Add", "Sum",
-             "Concat", "BatchNormalization", "Pad", "ReduceMean", "Flatten", "Reshape", "Relu", "Clip", "Sigmoid", "HardSigmoid",
+             "Concat", "BatchNormalization", "Pad", "ReduceMean", "Flatten", "Reshape", "Relu", "Clip", "Sigmoid",
+             "HardSigmoid",
              "HardSwish", "Mul", "Tanh", "LeakyRelu", "Softmax", "LogSoftmax", "Dropout", "Identity")
 MERGES = ("Add", "Sum", "Concat", "Mul")  # read several computed tensors (Add and Mul: or one and a constant)
 OPERATOR_HINTS = {  # why a common unsupported operator appears, and how to avoid it
@@ -882,7 +883,8 @@ class Importer:
         target = self._direct_producer(node, 0, readers)
         if kind == "softmax" and len(self.shape) != 1:
             self.refuse(node, f"softmax normalises flat class scores; its input is {self._onnx_shape()}")
-        if target is not None and "activation" not in target.args and not (kind == "softmax" and target.kind != "dense"):
+        softmax_on_conv = kind == "softmax" and target is not None and target.kind != "dense"
+        if target is not None and "activation" not in target.args and not softmax_on_conv:
             target.args["activation"] = kind
             target.args.update(args)
             target.output = node.output[0] if readers == 1 else self._gate_output
@@ -932,8 +934,8 @@ class Importer:
         else:
             norm.weights["bias"] = norm.weights["bias"] + per_channel
         norm.output = node.output[0]
-        self.tensors[node.output[0]] = Tensor(norm.layer_name, norm.out_shape, self.tensors[node.input[0]].unit_axes
-                                              if node.input[0] in self.tensors else self.tensors[node.input[1]].unit_axes)
+        data = node.input[0] if node.input[0] in self.tensors else node.input[1]
+        self.tensors[node.output[0]] = Tensor(norm.layer_name, norm.out_shape, self.tensors[data].unit_axes)
 
     def _Mul(self, node) -> None:
         gate = next((name for name in node.input if name in self.gates), None)
@@ -1108,8 +1110,8 @@ def _read_model(onnx, source: str):
 def compare_with_onnxruntime(proto, network: Network, arrays: dict, source: str, seed: int = 0,
                              batch: int = 2) -> float | None:
     """Run the ONNX model in onnxruntime and the imported network on the NumPy backend (float64) on the same
-    random batch (of `batch` samples: a graph may fix it); a CnncError if they disagree by more than 1e-4 of the largest output. Returns the
-    relative difference, or None when onnxruntime is not installed or cannot run the model itself."""
+    random batch (of `batch` samples: a graph may fix it); a CnncError if they disagree by more than 1e-4 of the
+    largest output. Returns the relative difference, or None when onnxruntime is not installed or cannot run the model itself."""
     try:
         import onnxruntime
     except ImportError:

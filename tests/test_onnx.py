@@ -221,7 +221,8 @@ def conv_then(node, extra_inits=None, out_shape=(2, 4, 4)):
                                                                           "hardsigmoid layer"),
     (conv_then(helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="clip"),
                {"lo": np.array(-1, np.float32), "hi": np.array(1, np.float32)}), "it clips to [-1.0, 1.0]"),
-    (conv_then(helper.make_node("Mul", ["c", "c"], ["y"], name="square")), "node 'square' (Mul): cnnc imports Mul only"),
+    (conv_then(helper.make_node("Mul", ["c", "c"], ["y"], name="square")),
+     "node 'square' (Mul): cnnc imports Mul only"),
     (conv_then(helper.make_node("LRN", ["c"], ["y"], name="norm", size=3)),
      "node 'norm' (LRN): the operator LRN is not supported by cnnc import"),
 ])
@@ -272,7 +273,8 @@ def test_per_unit_and_per_channel_bias_adds_import_in_either_operand_order(bias_
     rng = np.random.default_rng(3)
     inits = {"w": rng.standard_normal((3, 2, 3, 3)).astype(np.float32),
              "cb": rng.standard_normal((1, 3, 1, 1) if bias_shape != (1,) else (1,)).astype(np.float32),
-             "m": rng.standard_normal((48, 3)).astype(np.float32), "b": rng.standard_normal(bias_shape).astype(np.float32),
+             "m": rng.standard_normal((48, 3)).astype(np.float32),
+             "b": rng.standard_normal(bias_shape).astype(np.float32),
              "shape": np.array([-1, 48], np.int64)}
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["cb", "c"] if bias_first else ["c", "cb"], ["cc"], name="conv_bias"),

@@ -109,7 +109,8 @@ class InvertedResidual(nn.Module):
         hidden = channels * expand
         self.conv = nn.Sequential(
             nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
             nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels))
 
     def forward(self, x):

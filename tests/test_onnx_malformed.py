@@ -209,11 +209,11 @@ def test_fuzzed_attributes_import_or_are_refused_as_cnnc_errors(tmp_path, crafte
 
 
 @pytest.mark.parametrize("node, phrase", [
-    (helper.make_node("ConstantOfShape", ["huge"], ["w"], name="fill"), "node 'fill' (ConstantOfShape): it would make a "
-                                                                        "constant of 1,000,000,000,000 elements"),
+    (helper.make_node("ConstantOfShape", ["huge"], ["w"], name="fill"),
+     "node 'fill' (ConstantOfShape): it would make a constant of 1,000,000,000,000 elements"),
     (helper.make_node("Range", ["zero", "big", "one"], ["w"], name="count"), "node 'count' (Range): it would make"),
-    (helper.make_node("ConstantOfShape", ["x"], ["w"], name="from_input"), "node 'from_input' (ConstantOfShape): the "
-                                                                           "operator ConstantOfShape is not supported"),
+    (helper.make_node("ConstantOfShape", ["x"], ["w"], name="from_input"),
+     "node 'from_input' (ConstantOfShape): the operator ConstantOfShape is not supported"),
 ])
 def test_constant_folding_refuses_what_would_exhaust_memory(node, phrase, tmp_path, capsys):
     """A crafted file may ask the import-time folding for a constant of any size: refused before it is made."""

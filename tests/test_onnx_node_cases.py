@@ -17,9 +17,9 @@ from onnx import numpy_helper  # noqa: E402
 
 from cnnc.import_onnx import import_onnx  # noqa: E402
 
-OPERATORS = ("Conv ConvTranspose MaxPool AveragePool GlobalAveragePool GlobalMaxPool Gemm MatMul BatchNormalization LRN "
-             "Add Sum Concat Pad Relu LeakyRelu Clip Sigmoid HardSigmoid HardSwish Tanh Elu Selu Softmax LogSoftmax "
-             "Flatten Reshape Dropout").split()
+OPERATORS = ("Conv ConvTranspose MaxPool AveragePool GlobalAveragePool GlobalMaxPool Gemm MatMul BatchNormalization "
+             "LRN Add Sum Concat Pad Relu LeakyRelu Clip Sigmoid HardSigmoid HardSwish Tanh Elu Selu Softmax "
+             "LogSoftmax Flatten Reshape Dropout").split()
 # Every refusal is for one of these reasons (the words its message contains).
 REASONS = {
     "integer tensors": "is not a float tensor",
