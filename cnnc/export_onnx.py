@@ -1,19 +1,27 @@
 """IR + weights -> an ONNX model: `cnnc export --format onnx`.
 
-    export_onnx(model, "lenet5.onnx")      # model: a cnnc Model with its weights loaded
+    export_onnx(model, "lenet5.onnx")      # model: a cnnc Model with its weights (and buffers) loaded
 
-One ONNX node per cnnc layer (plus one for a fused activation, and a Flatten after global average
+One ONNX node per cnnc layer (plus the nodes of a fused activation, and a Flatten after global average
 pooling, whose ONNX output keeps its 1x1 spatial axes), opset 17, float32, with a dynamic batch
-dimension "N". Parameters are initializers named like cnnc's parameters ("c1.weight"), in the same
-(PyTorch) layouts, so nothing is transposed:
+dimension "N". Graphs export as they are: each node reads the tensors its layer reads (`from=`,
+merges). Tensors and nodes are named after the layers, with a block instance's dots made underscores
+("s1.c1" -> "s1_c1"; a name already taken gets a number). Parameters and buffers are initializers
+named like cnnc's ("c1.weight", "s1.bn1.running_mean"), in the same (PyTorch) layouts, so nothing is
+transposed:
 
-    conv1d/conv2d    Conv(x, weight[, bias]), pads = [begin per axis..., end per axis...]
+    conv1d/conv2d    Conv(x, weight[, bias], group=groups), pads = [begin per axis..., end per axis...]
     maxpool*         MaxPool (padding never wins), avgpool* AveragePool(count_include_pad=1)
     global_avgpool   GlobalAveragePool then Flatten(axis=1)
     flatten          Flatten(axis=1): C, H, W order, the same as cnnc's
     dense            Gemm(x, weight, bias, transB=1): weight is (units, inputs)
+    batchnorm        BatchNormalization(x, weight, bias, running_mean, running_var), inference mode
+                     (epsilon=eps, momentum = 1 - cnnc's momentum, ONNX's convention)
+    add, concat      Add (two operands) or Sum (more), Concat(axis=1)
     dropout          Dropout(x, ratio): the identity at inference, kept so the rate survives a round trip
-    activations      Relu, Sigmoid, Tanh, LeakyRelu(alpha=slope), Softmax(axis=1)
+    activations      Relu, Sigmoid, Tanh, LeakyRelu(alpha=slope), Softmax(axis=1), relu6 as Clip(x, 0, 6),
+                     silu as Mul(x, Sigmoid(x)), hardswish as HardSwish (opset >= 14; below, the formula
+                     x * HardSigmoid(x, alpha=1/6, beta=1/2))
 
 onnx and onnxruntime are optional: without them these functions raise a CnncError that says how to
 install them.
@@ -21,18 +29,19 @@ install them.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
 from .diagnostics import CnncError
 from .fileio import atomic_write_bytes
-from .ir import AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network, chain_only_refusal
+from .ir import AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that goes with opset 17: readable by every onnxruntime since 1.11
 INSTALL_HINT = "pip install 'cnnc[onnx]'"
 ONNX_ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "leaky_relu": "LeakyRelu",
-                    "softmax": "Softmax"}
+                    "softmax": "Softmax", "relu6": "Clip", "silu": "Mul", "hardswish": "HardSwish"}
 
 
 def require_onnx(*modules: str):
@@ -48,60 +57,95 @@ def require_onnx(*modules: str):
 
 
 class _GraphBuilder:
-    """Collects nodes and initializers while the layers are walked in order."""
+    """Collects nodes and initializers while the layers are walked in order (a topological order)."""
 
-    def __init__(self, onnx, network: Network, params: dict[str, np.ndarray]):
+    def __init__(self, onnx, network: Network, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray],
+                 opset: int):
         self.onnx, self.helper = onnx, onnx.helper
-        self.network, self.params = network, params
+        self.network, self.params, self.buffers, self.opset = network, params, buffers, opset
         self.nodes, self.initializers = [], []
-        self.current = network.input_name  # the name of the tensor the next node reads
+        self.taken: set[str] = {network.input_name}
+        self.tensor = {network.input_name: network.input_name}  # cnnc tensor (layer) name -> ONNX tensor name
+
+    def fresh(self, name: str) -> str:
+        """An ONNX name from a cnnc name: dots (block instances) become underscores; unique."""
+        base = re.sub(r"[^A-Za-z0-9_]", "_", name)
+        candidate, k = base, 1
+        while candidate in self.taken:
+            k += 1
+            candidate = f"{base}_{k}"
+        self.taken.add(candidate)
+        return candidate
 
     def constant(self, name: str, value: np.ndarray) -> str:
         self.initializers.append(self.onnx.numpy_helper.from_array(np.array(value, dtype=np.float32, order="C"), name))
         return name
 
     def node(self, op: str, name: str, inputs: list[str], **attributes) -> str:
-        output = name
-        self.nodes.append(self.helper.make_node(op, [self.current, *inputs], [output], name=name, **attributes))
-        self.current = output
+        """A node named `name` (made unique) writing the tensor of the same name; returns that name."""
+        output = self.fresh(name)
+        self.nodes.append(self.helper.make_node(op, inputs, [output], name=output, **attributes))
         return output
 
     def layer(self, layer: Layer) -> None:
         kind, name = layer.kind, layer.name
+        x = [self.tensor[i] for i in layer.inputs]
+        fused = layer.activation is not None
         if kind in CONV_KINDS or kind == "dense":
-            inputs = [self.constant(f"{name}.weight", self.params[f"{name}.weight"])]
+            inputs = [x[0], self.constant(f"{name}.weight", self.params[f"{name}.weight"])]
             if layer.bias:
                 inputs.append(self.constant(f"{name}.bias", self.params[f"{name}.bias"]))
             if kind == "dense":
-                self.node("Gemm", name, inputs, transB=1)
+                out = self.node("Gemm", name, inputs, transB=1)
             else:
-                self.node("Conv", name, inputs, **_window_attributes(layer), dilations=list(layer.dilation), group=1)
-            if layer.activation:
-                self.activation(layer.activation, f"{name}.{layer.activation}", layer.slope)
+                out = self.node("Conv", name, inputs, **_window_attributes(layer), dilations=list(layer.dilation),
+                                group=int(layer.groups))
+            if fused:
+                out = self.activation(layer.activation, f"{name}.{layer.activation}", out, layer.slope)
         elif kind in MAXPOOL_KINDS:
-            self.node("MaxPool", name, [], **_window_attributes(layer))
+            out = self.node("MaxPool", name, x, **_window_attributes(layer))
         elif kind in AVGPOOL_KINDS:
-            self.node("AveragePool", name, [], **_window_attributes(layer), count_include_pad=1)
+            out = self.node("AveragePool", name, x, **_window_attributes(layer), count_include_pad=1)
         elif kind == "global_avgpool":
-            self.node("GlobalAveragePool", f"{name}.pool", [])
-            self.node("Flatten", name, [], axis=1)  # (N, C, 1, 1) -> (N, C), cnnc's shape
+            pooled = self.node("GlobalAveragePool", f"{name}.pool", x)
+            out = self.node("Flatten", name, [pooled], axis=1)  # (N, C, 1, 1) -> (N, C), cnnc's shape
         elif kind == "flatten":
-            self.node("Flatten", name, [], axis=1)
+            out = self.node("Flatten", name, x, axis=1)
         elif kind == "dropout":
             ratio = self.constant(f"{name}.ratio", np.array(layer.rate, np.float32))
-            self.node("Dropout", name, [ratio])
+            out = self.node("Dropout", name, [x[0], ratio])
+        elif kind == "batchnorm":
+            stats = [self.constant(f"{name}.{role}", self.params[f"{name}.{role}"]) for role in ("weight", "bias")]
+            stats += [self.constant(f"{name}.{role}", self.buffers[f"{name}.{role}"])
+                      for role in ("running_mean", "running_var")]
+            out = self.node("BatchNormalization", name, [x[0], *stats], epsilon=float(layer.eps),
+                            momentum=float(1.0 - layer.momentum))
+        elif kind == "add":
+            out = self.node("Add" if len(x) == 2 else "Sum", name, x)
+        elif kind == "concat":
+            out = self.node("Concat", name, x, axis=1)
         elif kind in ONNX_ACTIVATIONS:
-            self.activation(kind, name, layer.slope)
+            out = self.activation(kind, name, x[0], layer.slope)
         else:
             raise AssertionError(f"export_onnx: unhandled layer kind {kind!r}")
+        self.tensor[name] = out
 
-    def activation(self, kind: str, name: str, slope: float) -> None:
+    def activation(self, kind: str, name: str, x: str, slope: float) -> str:
         if kind == "leaky_relu":
-            self.node("LeakyRelu", name, [], alpha=float(slope))
-        elif kind == "softmax":
-            self.node("Softmax", name, [], axis=1)
-        else:
-            self.node(ONNX_ACTIVATIONS[kind], name, [])
+            return self.node("LeakyRelu", name, [x], alpha=float(slope))
+        if kind == "softmax":
+            return self.node("Softmax", name, [x], axis=1)
+        if kind == "relu6":
+            low = self.constant(self.fresh(f"{name}.min"), np.array(0.0, np.float32))
+            high = self.constant(self.fresh(f"{name}.max"), np.array(6.0, np.float32))
+            return self.node("Clip", name, [x, low, high])
+        if kind == "silu":
+            gate = self.node("Sigmoid", f"{name}.sigmoid", [x])
+            return self.node("Mul", name, [x, gate])
+        if kind == "hardswish" and self.opset < 14:  # HardSwish is opset 14's; before, its formula
+            gate = self.node("HardSigmoid", f"{name}.gate", [x], alpha=1.0 / 6.0, beta=0.5)
+            return self.node("Mul", name, [x, gate])
+        return self.node(ONNX_ACTIVATIONS[kind], name, [x])
 
 
 def _window_attributes(layer: Layer) -> dict:
@@ -109,24 +153,29 @@ def _window_attributes(layer: Layer) -> dict:
             "pads": list(layer.pad_before) + list(layer.pad_after)}
 
 
-def build_onnx(network: Network, params: dict[str, np.ndarray]):
-    """The ONNX ModelProto of a network with the given parameters ({name: array}, PyTorch layouts)."""
-    refusal = chain_only_refusal(network, "the ONNX export")
-    if refusal:  # graphs and the layer kinds of issue #14 are the next issue's
-        raise CnncError(f"model '{network.name}': {refusal}")
+def build_onnx(network: Network, params: dict[str, np.ndarray], buffers: dict[str, np.ndarray] | None = None,
+               opset: int = OPSET):
+    """The ONNX ModelProto of a network with the given parameters and buffers ({name: array}, PyTorch layouts;
+    batch norm's running statistics are buffers: without them, the initial 0 and 1)."""
     onnx = require_onnx("onnx")
-    g = _GraphBuilder(onnx, network, params)
+    if not 13 <= opset <= OPSET:
+        raise CnncError(f"the ONNX export writes opsets 13 to {OPSET}; got {opset}")
+    buffers = dict(buffers or {})
+    for spec in network.buffer_specs:
+        buffers.setdefault(spec.name, np.full(spec.shape, spec.fill, np.float32))
+    g = _GraphBuilder(onnx, network, params, buffers, opset)
     for layer in network.layers:  # every network has a layer, and every layer writes a node
         g.layer(layer)
+    output = g.tensor[network.layers[-1].name]
     FLOAT = onnx.TensorProto.FLOAT
     graph_input = onnx.helper.make_tensor_value_info(network.input_name, FLOAT, ["N", *network.input_shape])
-    graph_output = onnx.helper.make_tensor_value_info(g.current, FLOAT, ["N", *network.output_shape])
+    graph_output = onnx.helper.make_tensor_value_info(output, FLOAT, ["N", *network.output_shape])
     graph = onnx.helper.make_graph(g.nodes, network.name, [graph_input], [graph_output], g.initializers,
                                    doc_string=f"cnnc model {network.name}: input {list(network.input_shape)} -> "
                                               f"output {list(network.output_shape)} per sample")
     from ._version import __version__
 
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
                                    producer_name="cnnc", producer_version=__version__, ir_version=IR_VERSION)
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -141,7 +190,8 @@ def export_onnx(model, path) -> None:
         raise CnncError(f"{os.fspath(path)}: is a directory; the ONNX export writes one file, "
                         f"e.g. -o {network.name}.onnx")
 
-    atomic_write_bytes(path, build_onnx(network, params).SerializeToString())
+    buffers = dict(getattr(model, "buffers", None) or {})
+    atomic_write_bytes(path, build_onnx(network, params, buffers).SerializeToString())
 
 
 __all__ = ["export_onnx", "build_onnx", "require_onnx", "OPSET", "INSTALL_HINT"]

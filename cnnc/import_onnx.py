@@ -2,23 +2,35 @@
 
     network, weights = import_onnx("model.onnx", "model.cnn")     # also writes model.npz
 
-The graph must be a simple chain (each tensor read by the next node only) of these operators:
+The graph may branch and merge. Its nodes are walked in order (ONNX lists them topologically), keeping
+for every tensor what it is in cnnc terms (`Tensor`: the layer whose output it is, its shape); a layer
+that does not read the previous statement's output gets `from=`, merges name their operands. Nodes
+whose inputs are all constants are evaluated at import time (onnx's reference implementation), and
+`Shape` gives the batch size as a marker that shape-moving nodes may carry into a Reshape target, so
+weight subgraphs, computed pads and x.view(x.size(0), -1) fold away. The operators:
 
-    Conv                  -> conv1d / conv2d (group 1); a Relu, Sigmoid, Tanh or LeakyRelu right after
-                             becomes its activation=
+    Conv                  -> conv1d / conv2d (groups=); a Relu, Sigmoid, Tanh, LeakyRelu, Clip(0, 6),
+                             x*Sigmoid(x), HardSwish... right after becomes its activation= when nothing
+                             else reads the convolution's output
     MaxPool, AveragePool  -> maxpool*/avgpool* (average pooling with padding must count the padded
-                             zeros, count_include_pad=1, as cnnc's does)
-    GlobalAveragePool     -> global_avgpool (with the Flatten/Reshape after it, which cnnc needs not)
-    Gemm, MatMul (+ Add)  -> dense (MatMul's Add of a constant becomes the bias)
+                             zeros, count_include_pad=1, as cnnc's does); a Pad of zeros before a Conv or
+                             AveragePool adds to its padding
+    GlobalAveragePool, ReduceMean over the spatial axes -> global_avgpool when flattened after, else an
+                             average pooling over the whole input ((C, 1, 1), as ONNX); GlobalMaxPool alike
+    Gemm, MatMul (+ Add)  -> dense (an Add of a per-unit constant becomes the bias; a conv's likewise)
+    BatchNormalization    -> batchnorm with its running statistics (a per-channel Mul/Add after it folds in)
+    Add, Sum, Concat      -> add, concat
     Flatten, Reshape      -> flatten (only to (batch, everything else))
-    Relu, Sigmoid, Tanh, LeakyRelu, Softmax -> the activation layers (Softmax on flat scores only)
+    Relu, Sigmoid, Tanh, LeakyRelu, Softmax, Clip(0, 6), Mul(x, Sigmoid(x)), HardSwish,
+    Mul(x, HardSigmoid(x)) -> the activation layers
     Dropout               -> dropout(rate=...);  Identity -> nothing
 
 Padding: ONNX gives a begin and an end per axis. Equal per axis -> padding=P or (PH, PW); otherwise,
 for a stride-1 convolution, `same` when it is exactly cnnc's split (the odd pixel at the end);
-anything else cannot be written in the language and is refused. Every refusal names the node and
-its operator. Weights keep their layouts (cnnc's are PyTorch's, the same as ONNX's Conv and
+anything else cannot be written in the language and is refused. Every refusal names the node, its
+operator and the reason. Weights keep their layouts (cnnc's are PyTorch's, the same as ONNX's Conv and
 Gemm(transB=1)); MatMul's and Gemm(transB=0)'s matrices are transposed, Gemm's alpha and beta folded in.
+Before anything is written, the imported model is compared with onnxruntime (compare_with_onnxruntime).
 """
 from __future__ import annotations
 
@@ -34,18 +46,25 @@ from .diagnostics import CnncError
 from .export_onnx import require_onnx
 from .fileio import atomic_path, atomic_write_text, check_distinct, describe_contents
 from .ir import LAYER_KINDS, Network
+from .shapes import KEYWORDS
 from .model import weight_mismatches
 
-SUPPORTED = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul", "Add", "Flatten", "Reshape",
-             "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Softmax", "Dropout", "Identity")
+SUPPORTED = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Add", "Sum",
+             "Concat", "BatchNormalization", "Pad", "ReduceMean", "Flatten", "Reshape", "Relu", "Clip", "Sigmoid",
+             "HardSigmoid",
+             "HardSwish", "Mul", "Tanh", "LeakyRelu", "Softmax", "LogSoftmax", "Dropout", "Identity")
+MERGES = ("Add", "Sum", "Concat", "Mul")  # read several computed tensors (Add and Mul: or one and a constant)
 OPERATOR_HINTS = {  # why a common unsupported operator appears, and how to avoid it
-    "BatchNormalization": "PyTorch folds it into the convolution before it when it exports in eval mode with "
-                          "constant folding (the default)",
-    "Shape": "the graph computes a reshape from the input's shape (x.view(x.size(0), -1)); flatten with "
-             "torch.flatten(x, 1) or nn.Flatten() instead",
-    "Pad": "give the padding to the Conv or pooling node itself",
+    "LRN": "the language has no local response normalisation layer yet",
+    "ConvTranspose": "the language has no transposed convolution yet",
+    "Transpose": "cnnc layers keep the (N, C, H, W) layout; a channel shuffle is not in the language yet",
 }
-RESERVED = set(LAYER_KINDS) | {"model", "input", "loss"}
+# Shape computations fold at import time: Shape gives the batch size as BATCH, which only these operators
+# may carry on (into a Reshape's target, where it means "the batch"); arithmetic on it is refused.
+BATCH = -(2 ** 62) + 12345
+MAX_FOLDED = 2 ** 31 - 1
+SHAPE_MOVING = ("Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity", "Reshape", "Flatten")
+RESERVED = set(LAYER_KINDS) | set(KEYWORDS)
 AUTO_NAME = re.compile(r"(%s)_[0-9]+\Z" % "|".join(LAYER_KINDS))  # names cnnc gives unnamed layers
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -61,11 +80,18 @@ class Statement:
     out_shape: tuple[int, ...] = ()
     output: str = ""  # the ONNX tensor this layer's output stands for
     from_matmul: bool = False  # a dense layer whose bias may still come from an Add
+    layer_name: str = ""  # its name in the model: `name`, or the automatic one cnnc gives (relu_2)
+    inputs: list[str] = field(default_factory=list)  # the cnnc names of what it reads
 
-    def text(self) -> str:
+    def text(self, previous: str) -> str:
+        """The statement; `previous` is the name of the statement before it (or the input's)."""
         head = self.kind + (f" {self.name}" if self.name else "")
-        args = ", ".join(f"{k}={v}" for k, v in self.args.items())
-        return head + (f"({args})" if args else "")
+        args = [f"{k}={v}" for k, v in self.args.items()]
+        if self.kind in ("add", "concat"):
+            args = [*self.inputs, *args]
+        elif self.inputs and self.inputs[0] != previous:
+            args.append(f"from={self.inputs[0]}")
+        return head + (f"({', '.join(args)})" if args else "")
 
 
 def _real(value: float) -> str:
@@ -96,26 +122,50 @@ class _Refusal(CnncError):
     pass
 
 
+@dataclass
+class Tensor:
+    """What an ONNX tensor of the graph is in cnnc terms.
+
+    layer: the cnnc name (the layer's, automatic ones included, or the input's) whose output it is
+    shape: its cnnc per-sample shape; unit_axes: trailing size-1 axes ONNX has and cnnc dropped (after
+    GlobalAveragePool, whose Flatten or Reshape is then cnnc's no-op)
+    pad: (before, after) per spatial axis of a Pad node still to be folded into the Conv or pooling that
+    reads it (shape is then the unpadded one)"""
+
+    layer: str
+    shape: tuple[int, ...]
+    unit_axes: int = 0
+    pad: tuple[list[int], list[int]] | None = None
+
+
 class Importer:
-    """Walks the ONNX graph node by node, keeping the cnnc shape of the current tensor."""
+    """Walks the ONNX graph node by node (ONNX lists them in a topological order), keeping the cnnc meaning of
+    every tensor computed so far and folding every node whose inputs are all constants."""
 
     def __init__(self, onnx, proto, source: str):
         self.onnx, self.proto, self.graph, self.source = onnx, proto, proto.graph, source
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.constants = {t.name: self._tensor(t, f"the initializer '{_comment_safe(t.name)}'")
                           for t in self.graph.initializer}
-        self.consumers: dict[str, int] = {}
+        self.readers: dict[str, list] = {}  # ONNX tensor -> the nodes reading it
         for node in self.graph.node:
             for name in node.input:
                 if name:
-                    self.consumers[name] = self.consumers.get(name, 0) + 1
+                    self.readers.setdefault(name, []).append(node)
+        self.outputs = [v.name for v in self.graph.output]
         self.statements: list[Statement] = []
+        self.by_name: dict[str, Statement] = {}
         self.used_names: set[str] = set()
         self.counts: dict[str, int] = {}
-        self.unit_axes = 0  # trailing size-1 axes ONNX still has after GlobalAveragePool (cnnc drops them)
+        self.kind_counts: dict[str, int] = {}  # for cnnc's automatic names: relu_1, relu_2...
+        self.gates: dict[str, str] = {}  # Sigmoid/HardSigmoid output -> "silu"/"hardswish" (read by its Mul)
         self.input_name, self.shape, self.batch = self._graph_input()
         self.input_shape = self.shape
-        self.current = self.graph_input_tensor
+        self.tensors: dict[str, Tensor] = {self.graph_input_tensor: Tensor(self.input_name, self.shape)}
+        self.x = self.tensors[self.graph_input_tensor]  # the data input of the node being imported
+        self.auto_pad = "NOTSET"
+        self.unit_axes = 0
+        self.output_unit_axes = 0
 
     # ---- errors ------------------------------------------------------------------------------------
     def refuse(self, node, message: str):
@@ -165,14 +215,18 @@ class Importer:
         Parameterised layers always get one (their weights are keyed by it): `fallback` numbered, like
         conv1, when the node's name will not do; other layers stay unnamed then."""
         parts = [p for p in re.split(r"[/:]", node.name or "") if p]
-        if len(parts) > 1 and parts[-1] == node.op_type:  # PyTorch's "/module/Op"
+        if parts and re.fullmatch(re.escape(node.op_type) + r"(_[0-9]+)?", parts[-1]):  # PyTorch's "/module/Op_2"
             parts.pop()
-        candidate = parts[-1] if parts else ""
-        if fallback is not None:
-            candidate = re.sub(r"[^A-Za-z0-9_]", "_", candidate).strip("_")
-        if self._usable(candidate):
-            self.used_names.add(candidate)
-            return candidate
+        candidates = [parts[-1] if parts else ""]
+        if fallback is not None:  # also the module's path, when its last name is taken: "layer1_0_conv1"
+            dotted = [k for k in range(len(parts)) if "." in parts[k]]
+            start = dotted[-1] if dotted else max(0, len(parts) - 2)
+            candidates.append("_".join(parts[start:]))
+            candidates = [re.sub(r"[^A-Za-z0-9_]", "_", c).strip("_") for c in candidates]
+        for candidate in candidates:
+            if self._usable(candidate):
+                self.used_names.add(candidate)
+                return candidate
         if fallback is None:
             return None
         while True:
@@ -259,26 +313,25 @@ class Importer:
             self.refuse(node, f"its {what} '{name}' must be a constant (an initializer), not computed in the graph")
         return self.constants[name]
 
-    def emit(self, node, kind: str, name: str | None, args: dict, out_shape, weights=None, **extra) -> Statement:
-        statement = Statement(kind, name, args, weights or {}, tuple(out_shape), node.output[0], **extra)
+    def emit(self, node, kind: str, name: str | None, args: dict, out_shape, weights=None, inputs=None,
+             output=None, **extra) -> Statement:
+        """A new statement reading `inputs` (cnnc names; default: the node's data input) and standing for the
+        ONNX tensor `output` (default: the node's first output)."""
+        self.kind_counts[kind] = self.kind_counts.get(kind, 0) + 1
+        layer_name = name or f"{kind}_{self.kind_counts[kind]}"
+        output = output or node.output[0]
+        statement = Statement(kind, name, args, weights or {}, tuple(out_shape), output, layer_name=layer_name,
+                              inputs=list(inputs or [self.x.layer]), **extra)
         self.statements.append(statement)
+        self.by_name[layer_name] = statement
         self.shape = tuple(out_shape)
+        self.tensors[output] = Tensor(layer_name, tuple(out_shape))
         return statement
-
-    def last_fusable(self) -> Statement | None:
-        """The previous statement, when it is a conv/dense without an activation whose output is the current tensor."""
-        if self.statements:
-            last = self.statements[-1]
-            fusable = last.kind in ("conv1d", "conv2d", "dense") and "activation" not in last.args
-            if fusable and last.output == self.current:
-                return last
-        return None
 
     # ---- the walk ------------------------------------------------------------------------------------
     def run(self) -> tuple[str, list[Statement]]:
-        outputs = [v.name for v in self.graph.output]
-        if len(outputs) != 1:
-            self.fail(f"cnnc imports a graph with exactly one output; this one has {len(outputs)}")
+        if len(self.outputs) != 1:
+            self.fail(f"cnnc imports a graph with exactly one output; this one has {len(self.outputs)}")
         for node in self.graph.node:
             if node.domain not in ("", "ai.onnx"):
                 self.refuse(node, f"operators of the domain '{node.domain}' are not supported")
@@ -287,39 +340,152 @@ class Importer:
             if node.op_type == "Constant":
                 self._constant_node(node)
                 continue
-            if node.op_type == "Identity" and node.input and node.input[0] in self.constants:
-                self.constants[node.output[0]] = self.constants[node.input[0]]  # another name for a weight
+            inputs = [name for name in node.input if name]
+            if inputs and all(name in self.constants for name in inputs):
+                self._fold(node)  # weights and shapes computed from constants: evaluated now
+                continue
+            if node.op_type == "Shape":
+                self._shape(node)
                 continue
             if node.op_type not in SUPPORTED:
                 hint = f"; {OPERATOR_HINTS[node.op_type]}" if node.op_type in OPERATOR_HINTS else ""
                 self.refuse(node, f"the operator {node.op_type} is not supported by cnnc import (supported: "
                                   f"{', '.join(SUPPORTED)}){hint}")
-            if not node.input or node.input[0] != self.current:
-                reads = node.input[0] if node.input else "nothing"
-                self.refuse(node, f"it reads '{reads}', not the previous layer's output '{self.current}': cnnc imports "
-                                  f"only a simple chain of layers (no branches, no skip connections)")
-            if self.consumers.get(self.current, 0) > 1:
-                self.refuse(node, f"the tensor '{self.current}' feeds {self.consumers[self.current]} nodes; cnnc "
-                                  f"imports only a simple chain of layers")
+            for name in inputs:
+                if name not in self.constants and name not in self.tensors:
+                    self.refuse(node, f"it reads '{_comment_safe(name)}', which no earlier node computes (the graph is "
+                                      f"not in topological order, or the tensor does not exist)")
             for extra in node.output[1:]:
-                if extra and (self.consumers.get(extra) or extra in outputs):
+                if extra and (self.readers.get(extra) or extra in self.outputs):
                     self.refuse(node, f"its extra output '{extra}' is used; cnnc layers have one output")
-            getattr(self, "_" + node.op_type)(node)
-            self.current = node.output[0]
+            if node.op_type not in MERGES:
+                if not node.input or node.input[0] not in self.tensors:
+                    self.refuse(node, "its first input must be computed in the graph (from the model's input); cnnc "
+                                      "imports layers whose other inputs are constants")
+                self.x = self.tensors[node.input[0]]
+                self.shape, self.unit_axes = self.x.shape, self.x.unit_axes
+                if self.x.pad is not None and node.op_type not in ("Conv", "AveragePool", "MaxPool"):
+                    self.refuse(node, "it reads the output of a Pad node; cnnc imports Pad only right before a Conv "
+                                      "or pooling node, into whose padding it folds")
+            result = getattr(self, "_" + node.op_type)(node)
+            if node.output[0] not in self.tensors:
+                if result is None:
+                    raise AssertionError(f"import_onnx: the {node.op_type} handler left its output undefined")
+                self.tensors[node.output[0]] = result
         if not self.statements:
             self.fail("the graph has no layer cnnc can write (only Identity, Flatten or Reshape of the input)")
-        if self.current != outputs[0]:
-            self.fail(f"the graph's output '{outputs[0]}' is not the end of the chain of layers (which ends at "
-                      f"'{self.current}')")
+        output = self.outputs[0]
+        if output in self.constants:
+            self.fail(f"the graph's output '{_comment_safe(output)}' is a constant; it does not depend on the input")
+        last = self.statements[-1]
+        end = self.tensors.get(output)
+        if end is None or end.layer != last.layer_name:
+            self.fail(f"the graph's output '{_comment_safe(output)}' is not computed by its last layer "
+                      f"('{_comment_safe(last.output)}'); cnnc's model outputs its last statement's result")
+        self.output_unit_axes = end.unit_axes  # (N, C, 1, 1) after global pooling and softmax: written as (N, C)
+        if end.pad is not None:
+            self.fail(f"the graph's output '{_comment_safe(output)}' is (N, "
+                      f"{', '.join(map(str, end.shape + (1,) * end.unit_axes))}), which cnnc cannot write as a model "
+                      f"output")
+        self.shape = end.shape
         return self.input_name, self.statements
 
     def _constant_node(self, node) -> None:
         attributes = self.attributes(node)
+        simple = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+        for key, dtype in simple.items():  # opset 12's shorthands
+            if key in attributes and len(attributes) == 1:
+                value = attributes[key]
+                if not isinstance(value, (int, float, list)) or isinstance(value, list) and len(value) > 2 ** 20:
+                    self.refuse(node, f"attribute {key} must be a number or a list of numbers; got {_shown(value)}")
+                try:
+                    self.constants[node.output[0]] = np.array(value, dtype)
+                except (TypeError, ValueError, OverflowError):
+                    self.refuse(node, f"attribute {key} must be a number or a list of numbers; got {_shown(value)}")
+                return
         if "value" not in attributes:
             self.refuse(node, f"only Constant nodes holding a tensor ('value') are supported; got {sorted(attributes)}")
         if not isinstance(attributes["value"], self.onnx.TensorProto):
             self.refuse(node, f"attribute value must be a tensor; got {_shown(attributes['value'])}")
         self.constants[node.output[0]] = self._tensor(attributes["value"], "attribute value", node)
+
+    def _shape(self, node) -> None:
+        """Shape of a computed tensor: its sizes, the batch as BATCH (folded on only by shape-moving nodes)."""
+        tensor = self.tensors.get(node.input[0]) if node.input else None
+        if tensor is None:
+            self.refuse(node, "it reads no tensor of the graph")
+        if tensor.pad is not None:
+            self.refuse(node, "it reads the output of a Pad node")
+        attrs = self.attributes(node)
+        full = np.array([BATCH, *tensor.shape, *(1,) * tensor.unit_axes], np.int64)
+        start, end = self.integer(node, attrs, "start", 0), attrs.get("end")
+        end = self.integer(node, attrs, "end", 0) if end is not None else None
+        self.constants[node.output[0]] = full[start:end]
+
+    def _fold(self, node) -> None:
+        """Evaluate a node whose inputs are all constants with onnx's reference implementation."""
+        values = {name: self.constants[name] for name in node.input if name}
+        if any(v.dtype.kind in "iu" and (v == BATCH).any() for v in values.values()) and \
+                node.op_type not in SHAPE_MOVING:
+            self.refuse(node, f"it computes with the batch size (from a Shape node); cnnc folds only "
+                              f"{', '.join(SHAPE_MOVING)} of a shape")
+        if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                            "Bernoulli"):
+            self.refuse(node, "it draws random numbers; cnnc imports a deterministic graph")
+        elements = self._folded_size(node, values)
+        if elements > MAX_FOLDED:
+            self.refuse(node, f"it would make a constant of {elements:,} elements; cnnc folds constants of at most "
+                              f"{MAX_FOLDED:,} (2^31 - 1, the language's limit for one tensor)")
+        helper = self.onnx.helper
+        try:
+            from onnx.reference import ReferenceEvaluator
+
+            inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+                      for name, value in values.items()]
+            outputs = [helper.make_value_info(name, self.onnx.TypeProto()) for name in node.output if name]
+            graph = helper.make_graph([node], "fold", inputs, outputs)
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+            results = ReferenceEvaluator(model).run(None, values)
+        except Exception as e:  # an operator the reference implementation lacks, or inputs it rejects
+            self.refuse(node, f"cnnc computes constant nodes at import time, and this one failed "
+                              f"({type(e).__name__}: {_shown(str(e), 160)})")
+        for name, value in zip([n for n in node.output if n], results):
+            self.constants[name] = np.asarray(value)
+
+    @staticmethod
+    def _folded_size(node, values: dict) -> int:
+        """An upper bound of the elements a constant node makes, for the operators that make more than they
+        read (the others make at most what they read, which is in the file already)."""
+        arrays = [values[name] if name in values else np.zeros(0) for name in node.input]
+
+        def product(array) -> int:
+            total = 1
+            for v in np.asarray(array).reshape(-1)[:64].tolist():
+                total *= max(int(v), 1) if isinstance(v, (int, float)) and np.isfinite(v) else 1
+            return total
+
+        largest = max([a.size for a in arrays] + [1])
+        if node.op_type == "ConstantOfShape" and arrays:
+            return product(arrays[0])
+        if node.op_type == "Expand" and len(arrays) > 1:
+            return max(largest, product(arrays[1]) * max(arrays[0].size, 1))
+        if node.op_type == "Tile" and len(arrays) > 1:
+            return arrays[0].size * product(arrays[1])
+        if node.op_type == "Range" and len(arrays) == 3 and all(a.size == 1 for a in arrays):
+            start, limit, delta = (float(a.reshape(-1)[0]) for a in arrays)
+            if delta == 0 or not all(np.isfinite([start, limit, delta])):
+                return MAX_FOLDED + 1
+            return int(max(0.0, np.ceil((limit - start) / delta)))
+        if node.op_type in ("MatMul", "Gemm", "Einsum", "Resize", "Upsample", "OneHot", "EyeLike", "Pad"):
+            return largest * max([a.size for a in arrays] + [1])  # generous; these are rare in weight subgraphs
+        return largest
+
+    def tensor(self, node, index: int) -> Tensor:
+        """The node's index-th input, a tensor computed in the graph (not a constant)."""
+        name = node.input[index] if index < len(node.input) else ""
+        if name not in self.tensors:
+            self.refuse(node, f"its input {index + 1} '{_comment_safe(name)}' must be computed in the graph")
+        return self.tensors[name]
 
     # ---- geometry ------------------------------------------------------------------------------------
     def _pads(self, node, attrs, kernel, stride, dilation) -> tuple[list[int], list[int]]:
@@ -329,6 +495,7 @@ class Importer:
         if not isinstance(auto_pad, (bytes, str)):
             self.refuse(node, f"attribute auto_pad must be a string; got {_shown(auto_pad)}")
         auto_pad = auto_pad.decode("utf-8", "replace") if isinstance(auto_pad, bytes) else auto_pad
+        self.auto_pad = auto_pad  # for the refusal of padding the language cannot write
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             before, after = [], []
             for size, k, s, d in zip(self.shape[1:], kernel, stride, dilation):
@@ -352,9 +519,14 @@ class Importer:
         same_after = [d * (k - 1) - b for k, d, b in zip(kernel, dilation, same_before)]
         if conv and all(s == 1 for s in stride) and (before, after) == (same_before, same_after):
             return "same"
-        self.refuse(node, f"its padding (begin {before}, end {after}) differs between the two sides of an axis and is "
-                          f"not padding=same (begin {same_before}, end {same_after}"
-                          f"{', stride 1' if conv else ', and only convolutions take same'}); cnnc cannot write it")
+        source = (f"auto_pad={self.auto_pad} pads the input {list(self.shape[1:])} by begin {before}, end {after} at "
+                  f"stride {_window(stride)}, which" if self.auto_pad.startswith("SAME") else
+                  f"its padding (begin {before}, end {after})")
+        if not conv:
+            self.refuse(node, f"{source} differs between the two sides of an axis; cnnc's pooling pads both sides "
+                              f"alike (one-sided padding is not in the language yet), so cnnc cannot write it")
+        self.refuse(node, f"{source} differs between the two sides of an axis and is "
+                          f"not padding=same (begin {same_before}, end {same_after}, stride 1); cnnc cannot write it")
 
     def _output_size(self, node, attrs, before, after, kernel, stride, dilation) -> list[int]:
         out = []
@@ -380,25 +552,31 @@ class Importer:
         return "(N, " + ", ".join(str(s) for s in self.shape + (1,) * self.unit_axes) + ")"
 
     # ---- the operators --------------------------------------------------------------------------------
+    def _with_pad(self, node, before, after) -> tuple[list[int], list[int]]:
+        """The node's own padding plus that of a Pad node before it."""
+        if self.x.pad is None:
+            return before, after
+        return [a + b for a, b in zip(before, self.x.pad[0])], [a + b for a, b in zip(after, self.x.pad[1])]
+
     def _Conv(self, node) -> None:
         attrs = self.attributes(node)
         weight = self.matrix(node, 1, "weight", (3, 4))
         bias = self.constant(node, 2, "bias")
         dims = self._spatial_input(node, weight.ndim - 2)
         group = self.integer(node, attrs, "group", 1)
-        if group != 1:
-            self.refuse(node, f"grouped convolution (group={group}) is not supported; cnnc convolutions use group=1")
         filters, channels = weight.shape[:2]
-        if channels != self.shape[0]:
-            self.refuse(node, f"its weight {tuple(weight.shape)} expects {channels} input channels; the input has "
-                              f"{self.shape[0]}")
+        if group < 1 or self.shape[0] % group or filters % group:
+            self.refuse(node, f"group={group} does not divide its {self.shape[0]} input channels and {filters} filters")
+        if channels * group != self.shape[0]:
+            self.refuse(node, f"its weight {tuple(weight.shape)} expects {channels * group} input channels "
+                              f"({channels} per group, group={group}); the input has {self.shape[0]}")
         kernel = self.ints(node, attrs, "kernel_shape", None, weight.shape[2:])
         if kernel != list(weight.shape[2:]):
             self.refuse(node, f"attribute kernel_shape={_shown(kernel)} does not match the weight's "
                               f"{list(weight.shape[2:])}")
         stride = self.ints(node, attrs, "strides", dims, [1] * dims, minimum=1)
         dilation = self.ints(node, attrs, "dilations", dims, [1] * dims, minimum=1)
-        before, after = self._pads(node, attrs, kernel, stride, dilation)
+        before, after = self._with_pad(node, *self._pads(node, attrs, kernel, stride, dilation))
         padding = self._padding_arg(node, before, after, kernel, stride, dilation, conv=True)
         out = self._output_size(node, attrs, before, after, kernel, stride, dilation)
         args = {"filters": str(filters), "kernel": _window(kernel)}
@@ -408,6 +586,8 @@ class Importer:
             args["padding"] = padding
         if any(d != 1 for d in dilation):
             args["dilation"] = _window(dilation)
+        if group != 1:
+            args["groups"] = str(group)
         weights = {"weight": weight}
         if bias is None:
             args["bias"] = "false"
@@ -429,11 +609,15 @@ class Importer:
         if any(d != 1 for d in dilation):
             self.refuse(node, f"dilated pooling (dilations={_shown(dilation)}) is not supported")
         self.integer(node, attrs, "storage_order", 0, allowed=(0,))
-        before, after = self._pads(node, attrs, kernel, stride, [1] * dims)
+        own_before, own_after = self._pads(node, attrs, kernel, stride, [1] * dims)
         count_include_pad = self.integer(node, attrs, "count_include_pad", 0, allowed=(0, 1))
-        if kind == "avgpool" and any(before + after) and not count_include_pad:
+        if kind == "avgpool" and any(own_before + own_after) and not count_include_pad:
             self.refuse(node, "it averages only the real inputs at a padded border (count_include_pad=0); cnnc's "
                               "average pooling counts the padded zeros (count_include_pad=1)")
+        if kind == "maxpool" and self.x.pad is not None:
+            self.refuse(node, "it reads the output of a Pad node, whose zeros can win a max; cnnc's max pooling pads "
+                              "with minus infinity (give the padding to the MaxPool node itself)")
+        before, after = self._with_pad(node, own_before, own_after)
         if any(p > k // 2 for p, k in zip(before + after, kernel + kernel)):
             self.refuse(node, f"its padding (begin {before}, end {after}) is more than half the window {kernel}")
         padding = self._padding_arg(node, before, after, kernel, stride, [1] * dims, conv=False)
@@ -451,47 +635,77 @@ class Importer:
     def _AveragePool(self, node) -> None:
         self._pool(node, "avgpool")
 
-    def _GlobalAveragePool(self, node) -> None:
+    def _global_pool(self, node, kind: str) -> None:
         dims = self._spatial_input(node, None)
+        readers = self.readers.get(node.output[0], [])
+        flattened = readers and node.output[0] not in self.outputs and all(
+            r.op_type in ("Flatten", "Reshape", "Softmax") for r in readers)
+        if kind == "avgpool" and flattened:
+            self.emit(node, "global_avgpool", self.layer_name(node, None), {}, (self.shape[0],))
+            self.tensors[node.output[0]].unit_axes = dims  # ONNX keeps (N, C, 1, 1): the Flatten after is a no-op
+            return
+        # (N, C, 1, 1) is read as it is: a pooling window over the whole input gives exactly that
+        self.emit(node, f"{kind}{dims}d", self.layer_name(node, None), {"size": _window(self.shape[1:])},
+                  (self.shape[0], *(1,) * dims))
+
+    def _GlobalAveragePool(self, node) -> None:
+        self._global_pool(node, "avgpool")
+
+    def _GlobalMaxPool(self, node) -> None:
+        self._global_pool(node, "maxpool")
+
+    def _ReduceMean(self, node) -> None:
+        """The mean over every spatial axis (x.mean((2, 3))): global average pooling."""
+        attrs = self.attributes(node)
+        dims = self._spatial_input(node, None)
+        axes = self.constant(node, 1, "axes") if self.opset >= 18 else None
+        axes = [int(a) for a in axes] if axes is not None else self.ints(node, attrs, "axes", None, [])
+        rank = 1 + len(self.shape)
+        if sorted(a % rank for a in axes) != list(range(2, rank)):
+            self.refuse(node, f"it averages over the axes {axes}; cnnc imports ReduceMean over every spatial axis "
+                              f"({list(range(2, rank))}) as global_avgpool")
+        if self.integer(node, attrs, "keepdims", 1, allowed=(0, 1)):
+            self._global_pool(node, "avgpool")
+            return
         self.emit(node, "global_avgpool", self.layer_name(node, None), {}, (self.shape[0],))
-        self.unit_axes = dims  # ONNX keeps (N, C, 1, 1); the Flatten or Reshape after it is cnnc's no-op
+        del dims
 
-    def _to_flat(self, node) -> None:
-        if self.unit_axes:
-            self.unit_axes = 0
-            self.statements[-1].output = node.output[0]
-        elif len(self.shape) > 1:
-            self.emit(node, "flatten", self.layer_name(node, None), {}, (prod(self.shape),))
-        elif self.statements:
-            self.statements[-1].output = node.output[0]
+    def _to_flat(self, node) -> Tensor:
+        if self.unit_axes or len(self.shape) == 1:  # already flat for cnnc: the same tensor
+            return Tensor(self.x.layer, self.shape)
+        self.emit(node, "flatten", self.layer_name(node, None), {}, (prod(self.shape),))
 
-    def _Flatten(self, node) -> None:
+    def _Flatten(self, node):
         axis = self.integer(node, self.attributes(node), "axis", 1)
         rank = 1 + len(self.shape) + self.unit_axes
         if axis not in (1, 1 - rank):
             self.refuse(node, f"Flatten(axis={axis}) would not keep the batch axis alone; cnnc flattens with axis=1")
-        self._to_flat(node)
+        return self._to_flat(node)
 
-    def _Reshape(self, node) -> None:
+    def _Reshape(self, node):
         target = self.constant(node, 1, "target shape")
         if target is None:
             self.refuse(node, "it has no target shape")
         if target.dtype.kind not in "iu" or target.ndim != 1:
             self.refuse(node, f"its target shape must be a list of integers; it is a {target.dtype.name} array of "
                               f"shape {tuple(target.shape)}")
+        if len(target) == 5 and len(self.shape) == 3:
+            self.refuse(node, f"it reshapes {self._onnx_shape()} to five axes: a channel shuffle (Reshape, Transpose, "
+                              f"Reshape, as ShuffleNet's), which the language has no layer for yet")
         target = [int(t) for t in target[:3]]  # more than two entries is refused below whatever they are
         size = prod(self.shape)
-        batch_ok = target[:1] == [0] or target[:1] == [-1] or (self.batch is not None and target[:1] == [self.batch])
-        if len(target) != 2 or not batch_ok or target[1] not in (size, -1) or target == [-1, -1]:
-            self.refuse(node, f"it reshapes to {target}; cnnc imports only a reshape to (batch, {size}) such as "
-                              f"[-1, {size}] or [0, -1]")
+        batch_ok = target[:1] in ([0], [-1], [BATCH]) or (self.batch is not None and target[:1] == [self.batch])
+        if len(target) != 2 or not batch_ok or target[1] not in (size, -1) or target[1] == -1 == target[0]:
+            shown = ["N" if t == BATCH else t for t in target]
+            self.refuse(node, f"it reshapes to {shown}; cnnc imports only a reshape to (batch, {size}) such as "
+                              f"[-1, {size}], [0, -1] or x.view(x.size(0), -1)")
         if self.integer(node, self.attributes(node), "allowzero", 0, allowed=(0, 1)) and 0 in target:
             self.refuse(node, "allowzero=1 with a 0 in the target shape makes an empty tensor")
-        self._to_flat(node)
+        return self._to_flat(node)
 
     def _dense_input(self, node) -> int:
         if self.unit_axes or len(self.shape) != 1:
-            self.refuse(node, f"it needs a flat (batch, D) input; the previous layer outputs {self._onnx_shape()} "
+            self.refuse(node, f"it needs a flat (batch, D) input; its input is {self._onnx_shape()} "
                               f"(add a Flatten before it)")
         return self.shape[0]
 
@@ -510,16 +724,17 @@ class Importer:
         weights = {"weight": weight * np.asarray(alpha, weight.dtype)}
         bias = self.constant(node, 2, "bias")
         if bias is not None:
-            if (bias.size not in (1, units) or (bias.ndim == 2 and bias.shape[0] != 1) or bias.ndim > 2
-                    or bias.dtype.kind not in "iuf"):
+            if bias.dtype.kind not in "iuf" or not self._per_channel(bias.shape, (units,)):
                 self.refuse(node, f"its bias (a {bias.dtype.name} array of shape {tuple(bias.shape)}) is not one "
-                                  f"number per output ({units})")
+                                  f"number per output ({units}) the same for every sample")
             bias = np.broadcast_to(bias.reshape(-1), (units,)) * np.asarray(beta, bias.dtype)
             weights["bias"] = np.ascontiguousarray(bias)
         args = {"units": str(units)} if bias is not None else {"units": str(units), "bias": "false"}
         self.emit(node, "dense", self.layer_name(node, "fc"), args, (units,), weights)
 
     def _MatMul(self, node) -> None:
+        if len(node.input) > 1 and node.input[1] in self.tensors:
+            self.refuse(node, "it multiplies two computed tensors; cnnc imports MatMul by a constant weight only")
         inputs = self._dense_input(node)
         matrix = self.matrix(node, 1, "weight", (2,))
         if matrix.shape[0] != inputs:
@@ -528,35 +743,268 @@ class Importer:
         self.emit(node, "dense", self.layer_name(node, "fc"), {"units": str(units), "bias": "false"}, (units,),
                   {"weight": np.ascontiguousarray(matrix.T)}, from_matmul=True)
 
-    def _Add(self, node) -> None:
-        last = self.statements[-1] if self.statements else None
-        if not (last and last.from_matmul and last.output == self.current and "bias" not in last.weights):
-            self.refuse(node, "Add is supported only as the bias right after a MatMul")
-        bias = self.constant(node, 1, "bias")
-        units = last.out_shape[0]
-        if bias is None or bias.size not in (1, units) or bias.ndim > 2 or bias.dtype.kind not in "iuf":
-            self.refuse(node, f"the added value must be a constant with one value per output ({units})")
-        last.weights["bias"] = np.ascontiguousarray(np.broadcast_to(bias.reshape(-1), (units,)))
-        del last.args["bias"]
-        last.from_matmul = False
-        last.output = node.output[0]
+    @staticmethod
+    def _per_channel(shape, tensor_shape) -> bool:
+        """Whether a constant of `shape` broadcasts against (N, *tensor_shape) as one value per channel (or one
+        value): 1 on the batch axis and every axis after the channel's, the channel count or 1 on the channel's."""
+        full = (1, *tensor_shape)
+        if len(shape) > len(full):
+            return False
+        padded = (1,) * (len(full) - len(shape)) + tuple(shape)
+        return padded[0] == 1 and padded[1] in (1, full[1]) and all(s == 1 for s in padded[2:])
 
-    def _activation(self, node, kind: str, args: dict) -> None:
-        last = self.last_fusable()
-        if kind == "softmax" and (self.unit_axes or len(self.shape) != 1):
-            self.refuse(node, f"softmax normalises flat class scores; its input is {self._onnx_shape()}")
-        if last is not None and not (kind == "softmax" and last.kind != "dense"):
-            last.args["activation"] = kind
-            last.args.update(args)
-            last.output = node.output[0]
+    def _direct_producer(self, node, index: int, readers: int,
+                         kinds=("conv1d", "conv2d", "dense")) -> Statement | None:
+        """The statement of one of `kinds` whose own output is the node's index-th input, when that output is read
+        by `readers` nodes only and is not a graph output: an activation, a bias or a scale may go into it."""
+        name = node.input[index]
+        tensor = self.tensors.get(name)
+        statement = self.by_name.get(tensor.layer) if tensor else None
+        if (statement is None or statement.output != name or statement.kind not in kinds
+                or len(self.readers.get(name, [])) != readers or name in self.outputs):
+            return None
+        return statement
+
+    def _merge_inputs(self, node, what: str) -> list[Tensor]:
+        tensors = []
+        for index, name in enumerate(node.input):
+            if not name:
+                continue
+            if name not in self.tensors:
+                self.refuse(node, f"its input {index + 1} '{_comment_safe(name)}' is a constant; cnnc's {what} "
+                                  f"merges tensors computed from the input")
+            tensor = self.tensors[name]
+            if tensor.pad is not None:
+                self.refuse(node, "it reads the output of a Pad node; cnnc imports Pad only right before a Conv or "
+                                  "pooling node")
+            tensors.append(tensor)
+        return tensors
+
+    def _add(self, node, tensors: list[Tensor]) -> None:
+        shapes = {(t.shape, t.unit_axes) for t in tensors}
+        if len(shapes) != 1:
+            shown = " and ".join("(N, " + ", ".join(map(str, t.shape + (1,) * t.unit_axes)) + ")" for t in tensors)
+            self.refuse(node, f"it adds tensors of different shapes ({shown}); cnnc's add needs one shape "
+                              f"(no broadcasting)")
+        if len(tensors) == 1:
+            self.tensors[node.output[0]] = tensors[0]
             return
-        self.emit(node, kind, self.layer_name(node, None), args, self.shape)
+        self.shape, self.unit_axes = tensors[0].shape, tensors[0].unit_axes
+        self.emit(node, "add", self.layer_name(node, "add"), {}, tensors[0].shape,
+                  inputs=[t.layer for t in tensors])
+        self.tensors[node.output[0]].unit_axes = tensors[0].unit_axes
+
+    def _Add(self, node) -> None:
+        if len(node.input) != 2:
+            self.refuse(node, f"Add takes two inputs; it has {len(node.input)}")
+        constant_side = [i for i, name in enumerate(node.input) if name in self.constants]
+        if not constant_side:
+            self._add(node, self._merge_inputs(node, "add"))
+            return
+        if len(constant_side) == 2:
+            raise AssertionError("import_onnx: an Add of two constants is folded")
+        data = 1 - constant_side[0]
+        self.x = self.tensors[node.input[data]]
+        self.shape, self.unit_axes = self.x.shape, self.x.unit_axes
+        bias = self.constants[node.input[constant_side[0]]]
+        full = self.shape + (1,) * self.unit_axes
+        norm = self._direct_producer(node, data, readers=1, kinds=("batchnorm",))
+        if norm is not None:  # batch norm then a per-channel shift (Caffe2's exports): into batch norm's bias
+            self._into_batch_norm(node, norm, bias, full, "bias", "added")
+            return
+        target = self._direct_producer(node, data, readers=1)
+        if target is None or "bias" in target.weights or "activation" in target.args:
+            self.refuse(node, f"it adds a constant to '{_comment_safe(node.input[data])}'; cnnc imports an Add of a "
+                              f"constant only as the bias of the Conv, Gemm or MatMul right before it (one without "
+                              f"a bias, whose output nothing else reads)")
+        channels = target.out_shape[0]
+        if bias.dtype.kind not in "iuf" or not self._per_channel(bias.shape, full):
+            self.refuse(node, f"the added constant has shape {tuple(bias.shape)}, which ONNX broadcasts against "
+                              f"(N, {', '.join(map(str, full))}) as something other than one value per channel "
+                              f"({channels}); cnnc cannot import it as a bias")
+        target.weights["bias"] = np.ascontiguousarray(np.broadcast_to(bias.reshape(-1), (channels,)))
+        del target.args["bias"]
+        target.from_matmul = False
+        target.output = node.output[0]
+        self.tensors[node.output[0]] = Tensor(target.layer_name, self.x.shape, self.x.unit_axes)
+
+    def _Sum(self, node) -> None:
+        self._add(node, self._merge_inputs(node, "add"))
+
+    def _Concat(self, node) -> None:
+        tensors = self._merge_inputs(node, "concat")
+        axis = self.integer(node, self.attributes(node), "axis", 1)
+        first = tensors[0]
+        rank = 1 + len(first.shape) + first.unit_axes
+        if axis not in (1, 1 - rank):
+            self.refuse(node, f"Concat(axis={axis}) is not over the channel axis (axis 1); cnnc's concat joins "
+                              f"channels")
+        if len({(t.shape[1:], t.unit_axes) for t in tensors}) != 1 or len({len(t.shape) for t in tensors}) != 1:
+            shown = " and ".join("(N, " + ", ".join(map(str, t.shape + (1,) * t.unit_axes)) + ")" for t in tensors)
+            self.refuse(node, f"it joins tensors whose other axes differ ({shown})")
+        if len(tensors) == 1:
+            self.tensors[node.output[0]] = first
+            return
+        self.shape, self.unit_axes = first.shape, first.unit_axes
+        shape = (sum(t.shape[0] for t in tensors), *first.shape[1:])
+        self.emit(node, "concat", self.layer_name(node, "cat"), {}, shape, inputs=[t.layer for t in tensors])
+        self.tensors[node.output[0]].unit_axes = first.unit_axes
+
+    def _BatchNormalization(self, node) -> None:
+        attrs = self.attributes(node)
+        if self.integer(node, attrs, "training_mode", 0, allowed=(0, 1)):
+            self.refuse(node, "training_mode=1: this graph normalises with the batch's statistics at inference")
+        if len(self.shape) + self.unit_axes > 3:
+            self.refuse(node, f"its input {self._onnx_shape()} has more than two spatial axes")
+        channels = self.shape[0]
+        arrays = {}
+        for index, role in enumerate(("weight", "bias", "running_mean", "running_var"), start=1):
+            value = self.matrix(node, index, role.replace("_", " "), (0, 1, 2, 3))
+            if value.size != channels or value.dtype.kind not in "iuf":
+                self.refuse(node, f"its {role.replace('_', ' ')} '{node.input[index]}' has shape "
+                                  f"{tuple(value.shape)}; expected one number per channel ({channels})")
+            arrays[role] = value.reshape(-1)
+        if (arrays["running_var"] < 0).any():
+            self.refuse(node, "its running variance has negative entries")
+        eps = self.real(node, attrs, "epsilon", 1e-5)
+        momentum = self.real(node, attrs, "momentum", 0.9)
+        if not 0 < eps or not 0 <= momentum <= 1:
+            self.refuse(node, f"epsilon={eps} must be positive and momentum={momentum} in [0, 1]")
+        args = {}
+        if np.float32(eps) != np.float32(1e-5):
+            args["eps"] = _real(eps)
+        momentum = float(f"{1 - momentum:.7g}")  # ONNX keeps `momentum` of the old value, PyTorch of the new one;
+        if momentum != 0.1:                          # 1 - float32(0.9) is 0.1 to float32's 7 digits
+            args["momentum"] = _real(momentum)
+        self.emit(node, "batchnorm", self.layer_name(node, "bn"), args, self.shape, arrays)
+        self.tensors[node.output[0]].unit_axes = self.unit_axes
+
+    def _activation(self, node, kind: str, args: dict, readers: int = 1) -> None:
+        target = self._direct_producer(node, 0, readers)
+        if kind == "softmax" and len(self.shape) != 1:
+            self.refuse(node, f"softmax normalises flat class scores; its input is {self._onnx_shape()}")
+        softmax_on_conv = kind == "softmax" and target is not None and target.kind != "dense"
+        if target is not None and "activation" not in target.args and not softmax_on_conv:
+            target.args["activation"] = kind
+            target.args.update(args)
+            target.output = node.output[0] if readers == 1 else self._gate_output
+            self.tensors[target.output] = Tensor(target.layer_name, self.shape, self.unit_axes)
+            return
+        output = node.output[0] if readers == 1 else self._gate_output
+        self.emit(node, kind, self.layer_name(node, None), args, self.shape, output=output)
+        self.tensors[output].unit_axes = self.unit_axes
 
     def _Relu(self, node) -> None:
         self._activation(node, "relu", {})
 
+    def _gate(self, node, kind: str) -> bool:
+        """Whether this Sigmoid or HardSigmoid output is read only by a Mul with its own input: then it is the
+        gate of x * sigmoid(x) (silu) or x * hardsigmoid(x) (hardswish), imported at the Mul."""
+        readers = self.readers.get(node.output[0], [])
+        if len(readers) != 1 or readers[0].op_type != "Mul" or node.output[0] in self.outputs:
+            return False
+        if sorted(readers[0].input) != sorted([node.input[0], node.output[0]]):
+            return False
+        self.gates[node.output[0]] = kind
+        self.tensors[node.output[0]] = Tensor(self.x.layer, self.shape, self.unit_axes)  # read by the Mul only
+        return True
+
     def _Sigmoid(self, node) -> None:
-        self._activation(node, "sigmoid", {})
+        if not self._gate(node, "silu"):
+            self._activation(node, "sigmoid", {})
+
+    def _HardSigmoid(self, node) -> None:
+        attrs = self.attributes(node)
+        alpha, beta = self.real(node, attrs, "alpha", 0.2), self.real(node, attrs, "beta", 0.5)
+        if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6 or not self._gate(node, "hardswish"):
+            self.refuse(node, f"cnnc has no hardsigmoid layer; it imports HardSigmoid only as the gate of hardswish, "
+                              f"x * HardSigmoid(x, alpha=1/6, beta=0.5) (this one has alpha={alpha}, beta={beta})")
+
+    def _into_batch_norm(self, node, norm: Statement, value: np.ndarray, full, role: str, verb: str) -> None:
+        """Batch norm followed by a per-channel scale or shift: folded into its weight and bias (exact)."""
+        channels = norm.out_shape[0]
+        if value.dtype.kind not in "iuf" or not self._per_channel(value.shape, full):
+            self.refuse(node, f"the {verb} constant has shape {tuple(value.shape)}, which ONNX broadcasts against "
+                              f"(N, {', '.join(map(str, full))}) as something other than one value per channel "
+                              f"({channels}); cnnc cannot fold it into the batch norm before it")
+        per_channel = np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float64)
+        if role == "scale":
+            norm.weights["weight"] = norm.weights["weight"] * per_channel
+            norm.weights["bias"] = norm.weights["bias"] * per_channel
+        else:
+            norm.weights["bias"] = norm.weights["bias"] + per_channel
+        norm.output = node.output[0]
+        data = node.input[0] if node.input[0] in self.tensors else node.input[1]
+        self.tensors[node.output[0]] = Tensor(norm.layer_name, norm.out_shape, self.tensors[data].unit_axes)
+
+    def _Mul(self, node) -> None:
+        gate = next((name for name in node.input if name in self.gates), None)
+        constant_side = [i for i, name in enumerate(node.input) if name in self.constants]
+        if gate is None and len(constant_side) == 1:
+            data = 1 - constant_side[0]
+            norm = self._direct_producer(node, data, readers=1, kinds=("batchnorm",))
+            if norm is not None:
+                tensor = self.tensors[node.input[data]]
+                self._into_batch_norm(node, norm, self.constants[node.input[constant_side[0]]],
+                                      tensor.shape + (1,) * tensor.unit_axes, "scale", "multiplying")
+                return
+        if gate is None:
+            self.refuse(node, "cnnc imports Mul only as x * Sigmoid(x) (silu), x * HardSigmoid(x) (hardswish), or a "
+                              "per-channel scale right after a BatchNormalization (folded into it)")
+        x_index = 0 if node.input[1] == gate else 1
+        self.x = self.tensors[node.input[x_index]]
+        self.shape, self.unit_axes = self.x.shape, self.x.unit_axes
+        self._gate_output = node.output[0]
+        # the activation goes into the conv or dense layer before it when the gate and the Mul are its only readers
+        self._activation(_Reading(node.input[x_index], node), self.gates[gate], {}, readers=2)
+
+    def _HardSwish(self, node) -> None:
+        self._activation(node, "hardswish", {})
+
+    def _Clip(self, node) -> None:
+        attrs = self.attributes(node)
+        if self.opset < 11:
+            low, high = self.real(node, attrs, "min", -np.inf), self.real(node, attrs, "max", np.inf)
+        else:
+            low, high = self.scalar(node, 1, "min"), self.scalar(node, 2, "max")
+        low = -np.inf if low is None else low
+        high = np.inf if high is None else high
+        if low == 0 and high == 6:
+            self._activation(node, "relu6", {})
+        elif low == 0 and high == np.inf:
+            self._activation(node, "relu", {})
+        else:
+            self.refuse(node, f"it clips to [{low}, {high}]; cnnc imports Clip(0, 6) as relu6 and Clip(0) as relu")
+
+    def _Pad(self, node):
+        attrs = self.attributes(node)
+        mode = attrs.get("mode", b"constant")
+        mode = mode.decode("utf-8", "replace") if isinstance(mode, bytes) else str(mode)
+        if mode != "constant":
+            self.refuse(node, f"mode={_shown(mode)}: cnnc pads with zeros only (mode=constant)")
+        if self.opset < 11:
+            pads, value = self.ints(node, attrs, "pads", None, ()), self.real(node, attrs, "value", 0.0)
+        else:
+            pads = self.constant(node, 1, "pads")
+            if pads is None or pads.dtype.kind not in "iu" or pads.ndim != 1:
+                self.refuse(node, "its pads must be a constant list of integers")
+            pads = [int(p) for p in pads]
+            value = self.scalar(node, 2, "constant value") or 0.0
+            if len(node.input) > 3 and node.input[3]:
+                self.refuse(node, "it pads chosen axes (the axes input); cnnc imports a Pad of every axis")
+        rank = 1 + len(self.shape) + self.unit_axes
+        if value != 0:
+            self.refuse(node, f"it pads with {value}; cnnc pads with zeros only")
+        if len(pads) != 2 * rank or any(p < 0 for p in pads):
+            self.refuse(node, f"its pads {_shown(pads)} are not {2 * rank} non-negative numbers")
+        if self.unit_axes or len(self.shape) == 1 or any(pads[i] or pads[rank + i] for i in (0, 1)):
+            self.refuse(node, f"it pads {self._onnx_shape()} on the batch or channel axis, or a flat tensor; cnnc "
+                              f"pads only the spatial axes, as the Conv or pooling node after it")
+        before, after = pads[2:rank], pads[rank + 2:]
+        if self.x.pad is not None:
+            before = [a + b for a, b in zip(before, self.x.pad[0])]
+            after = [a + b for a, b in zip(after, self.x.pad[1])]
+        return Tensor(self.x.layer, self.shape, 0, (before, after))
 
     def _Tanh(self, node) -> None:
         self._activation(node, "tanh", {})
@@ -567,9 +1015,19 @@ class Importer:
 
     def _Softmax(self, node) -> None:
         axis = self.integer(node, self.attributes(node), "axis", -1 if self.opset >= 13 else 1)
+        if self.unit_axes:  # over (N, C, 1, 1) after global pooling: axis 1 is the same as over C
+            rank = 1 + len(self.shape) + self.unit_axes
+            if axis not in (1, 1 - rank):
+                self.refuse(node, f"Softmax(axis={axis}) of {self._onnx_shape()} is not over the channels (axis 1)")
+            axis = 1
         if axis not in (1, -1):
             self.refuse(node, f"Softmax(axis={axis}) is not over the class scores of a (batch, K) tensor")
         self._activation(node, "softmax", {})
+
+    def _LogSoftmax(self, node) -> None:
+        self.refuse(node, "the language has no log_softmax layer yet; a model trained with log_softmax and nll_loss "
+                          "gives the same predictions from its raw scores: export it without the LogSoftmax (its "
+                          "cross_entropy is cnnc's `loss cross_entropy`)")
 
     def _Dropout(self, node) -> None:
         attrs = self.attributes(node)
@@ -582,10 +1040,17 @@ class Importer:
         if not 0 <= ratio < 1:
             self.refuse(node, f"ratio {ratio} is outside [0, 1)")
         self.emit(node, "dropout", self.layer_name(node, None), {"rate": _real(ratio)}, self.shape)
+        self.tensors[node.output[0]].unit_axes = self.unit_axes
 
-    def _Identity(self, node) -> None:
-        if self.statements:
-            self.statements[-1].output = node.output[0]
+    def _Identity(self, node):
+        return self.x
+
+
+class _Reading:
+    """A node seen as reading one given input first: the Mul of x * gate(x), read as an activation of x."""
+
+    def __init__(self, name: str, node):
+        self.input, self.output, self.name, self.op_type = [name], list(node.output), node.name, node.op_type
 
 
 # ---- writing -----------------------------------------------------------------------------------------
@@ -605,7 +1070,10 @@ def _model_name(requested: str | None, graph_name: str, cnn_path: Path) -> str:
 def cnn_text(model_name: str, input_name: str, input_shape, statements: list[Statement], header: list[str]) -> str:
     """The .cnn file: one statement a line, each layer's output shape as a comment."""
     lines = [f"input {input_name}[{', '.join(map(str, input_shape))}]"]
-    lines += [s.text() for s in statements]
+    previous = input_name
+    for s in statements:
+        lines.append(s.text(previous))
+        previous = s.layer_name
     shapes = [""] + [f"# -> [{', '.join(map(str, s.out_shape))}]" for s in statements]
     width = max(len(line) for line in lines)
     body = [f"    {line.ljust(width)}   {shape}".rstrip() for line, shape in zip(lines, shapes)]
@@ -639,10 +1107,50 @@ def _read_model(onnx, source: str):
     return proto
 
 
-def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None = None) -> tuple[Network, dict]:
+def compare_with_onnxruntime(proto, network: Network, arrays: dict, source: str, seed: int = 0,
+                             batch: int = 2) -> float | None:
+    """Run the ONNX model in onnxruntime and the imported network on the NumPy backend (float64) on the same
+    random batch (of `batch` samples: a graph may fix it); a CnncError if they disagree by more than 1e-4 of the
+    largest output. Returns the relative difference, or None when onnxruntime is not installed or cannot run the model itself."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    from .backends.numpy_backend import NumpyModel
+
+    x = np.random.default_rng(seed).standard_normal((batch, *network.input_shape))
+    try:
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: not its notes on unused initializers
+        session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feed = session.get_inputs()[0]
+        dtype = np.float64 if feed.type == "tensor(double)" else np.float32
+        expected = np.asarray(session.run(None, {feed.name: x.astype(dtype)})[0], np.float64)
+    except Exception:  # onnxruntime refuses the file (an operator it lacks...): nothing to compare with
+        return None
+    model = NumpyModel(network, dtype="float64")
+    model.load_weights({k: np.asarray(v, np.float64) for k, v in arrays.items()})
+    got = model.forward(x.astype(np.float64))
+    if got.size == expected.size and expected.shape[:2] == got.shape[:2] and set(expected.shape[2:]) <= {1}:
+        got = got.reshape(expected.shape)  # (N, C) for ONNX's (N, C, 1, 1), which the .cnn's header states
+    if got.shape != expected.shape:
+        raise CnncError(f"{source}: the imported model outputs {got.shape[1:]} per sample where onnxruntime gives "
+                        f"{expected.shape[1:]}; nothing was written")
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    difference = float(np.abs(got - expected).max()) / scale
+    if not difference <= 1e-4:
+        raise CnncError(f"{source}: the imported model computes something else than onnxruntime on a random input "
+                        f"(largest difference {difference:.1e} of the largest output); nothing was written. Please "
+                        f"report this: the importer should have refused the graph")
+    return difference
+
+
+def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None = None,
+                verify: bool = True) -> tuple[Network, dict]:
     """Read an ONNX model and write the .cnn file and its weights (.npz, by default beside the .cnn).
     Returns the shape-checked Network and the weights {name: array}. Refuses, with a CnncError naming the
-    node and operator, anything the language cannot express."""
+    node and operator, anything the language cannot express. With `verify` (and onnxruntime installed), the
+    imported model is run against onnxruntime on a random batch first (compare_with_onnxruntime)."""
     from ._version import __version__
     from .frontend import network_from_text
 
@@ -658,6 +1166,10 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     header = [f"Imported from {Path(source).name} (ONNX opset {importer.opset}, written by {producer}) by cnnc "
               f"{__version__}.",
               f"Weights: {weights_path.name}. No loss statement: add one (e.g. `loss cross_entropy`) to train it."]
+    if importer.output_unit_axes:
+        shape = ", ".join(map(str, importer.shape + (1,) * importer.output_unit_axes))
+        header.append(f"The ONNX graph's output is (N, {shape}); this model gives the same values as "
+                      f"(N, {', '.join(map(str, importer.shape))}).")
     text = cnn_text(name, input_name, importer.input_shape, statements, header)
     network = network_from_text(text, file=os.fspath(cnn_path))
     if network.output_shape != importer.shape:
@@ -667,6 +1179,8 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     problems = weight_mismatches(network, arrays)
     if problems:
         raise CnncError(f"{source}: the imported weights do not fit the written model:\n  " + "\n  ".join(problems))
+    if verify:
+        compare_with_onnxruntime(proto, network, arrays, source, batch=importer.batch or 2)
     atomic_write_text(cnn_path, text)
     with atomic_path(weights_path) as tmp:
         with open(tmp, "wb") as f:
@@ -674,4 +1188,4 @@ def import_onnx(onnx_path, cnn_path, weights_path=None, model_name: str | None =
     return network, arrays
 
 
-__all__ = ["import_onnx", "Importer", "cnn_text", "SUPPORTED"]
+__all__ = ["import_onnx", "compare_with_onnxruntime", "Importer", "cnn_text", "SUPPORTED"]

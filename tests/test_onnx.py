@@ -206,17 +206,25 @@ def conv_then(node, extra_inits=None, out_shape=(2, 4, 4)):
 
 
 @pytest.mark.parametrize("model, phrase", [
-    (conv_then(helper.make_node("BatchNormalization", ["c", "s", "b", "s", "b"], ["y"], name="bn1"),
-               {"s": np.ones(2, np.float32), "b": np.zeros(2, np.float32)}),
-     "node 'bn1' (BatchNormalization): the operator BatchNormalization is not supported"),
-    (conv_then(helper.make_node("Add", ["c", "c"], ["y"], name="skip")), "node 'skip' (Add)"),
+    (conv_then(helper.make_node("LogSoftmax", ["c"], ["y"], name="logp", axis=1)),
+     "node 'logp' (LogSoftmax): the language has no log_softmax layer yet"),
+    (conv_then(helper.make_node("Add", ["c", "k"], ["y"], name="shift"), {"k": np.ones((4, 1), np.float32)}),
+     "node 'shift' (Add): the added constant has shape (4, 1)"),
     (conv_then(helper.make_node("Conv", ["c", "w2"], ["y"], name="lopsided", pads=[0, 0, 1, 1]),
                {"w2": np.ones((2, 2, 3, 3), np.float32)}, (2, 3, 3)),
      "node 'lopsided' (Conv): its padding (begin [0, 0], end [1, 1])"),
     (conv_then(helper.make_node("AveragePool", ["c"], ["y"], name="avg", kernel_shape=[3, 3], pads=[1, 1, 1, 1])),
      "count_include_pad=0"),
     (conv_then(helper.make_node("Conv", ["c", "w2"], ["y"], name="grouped", group=2),
-               {"w2": np.ones((2, 1, 1, 1), np.float32)}), "grouped convolution (group=2)"),
+               {"w2": np.ones((2, 2, 1, 1), np.float32)}), "expects 4 input channels (2 per group, group=2)"),
+    (conv_then(helper.make_node("HardSigmoid", ["c"], ["y"], name="hs")), "node 'hs' (HardSigmoid): cnnc has no "
+                                                                          "hardsigmoid layer"),
+    (conv_then(helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="clip"),
+               {"lo": np.array(-1, np.float32), "hi": np.array(1, np.float32)}), "it clips to [-1.0, 1.0]"),
+    (conv_then(helper.make_node("Mul", ["c", "c"], ["y"], name="square")),
+     "node 'square' (Mul): cnnc imports Mul only"),
+    (conv_then(helper.make_node("LRN", ["c"], ["y"], name="norm", size=3)),
+     "node 'norm' (LRN): the operator LRN is not supported by cnnc import"),
 ])
 def test_unsupported_graphs_are_refused_naming_node_and_operator(model, phrase, tmp_path, capsys):
     onnx.save(model, str(tmp_path / "bad.onnx"))
@@ -244,3 +252,83 @@ def test_missing_onnx_package_names_the_install_command(tmp_path, monkeypatch, c
                  "-o", str(tmp_path / "m.onnx")])
     assert code == 1 and "pip install 'cnnc[onnx]'" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ---- the two silent wrong results of issue 15 -------------------------------------------------------------
+def test_an_add_of_a_units_by_1_constant_after_matmul_is_refused_not_taken_for_a_bias(tmp_path, capsys):
+    """ONNX broadcasts (N, 3) + (3, 1) to (3, 3) (for N = 1 or 3): not a per-unit bias. It used to import as one."""
+    rng = np.random.default_rng(2)
+    inits = {"m": rng.standard_normal((4, 3)).astype(np.float32), "col": rng.standard_normal((3, 1)).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "m"], ["mm"], name="fc"),
+             helper.make_node("Add", ["mm", "col"], ["y"], name="plus")]
+    onnx.save(make_graph(nodes, inits, (4,), (3,)), str(tmp_path / "col.onnx"))
+    assert main(["import", str(tmp_path / "col.onnx"), "-o", str(tmp_path / "col.cnn")]) == 1
+    err = capsys.readouterr().err
+    assert "node 'plus' (Add): the added constant has shape (3, 1)" in err and "one value per channel (3)" in err
+    assert not (tmp_path / "col.cnn").exists()
+
+
+@pytest.mark.parametrize("bias_shape, bias_first", [((3,), False), ((1, 3), True), ((1,), False)])
+def test_per_unit_and_per_channel_bias_adds_import_in_either_operand_order(bias_shape, bias_first, tmp_path):
+    rng = np.random.default_rng(3)
+    inits = {"w": rng.standard_normal((3, 2, 3, 3)).astype(np.float32),
+             "cb": rng.standard_normal((1, 3, 1, 1) if bias_shape != (1,) else (1,)).astype(np.float32),
+             "m": rng.standard_normal((48, 3)).astype(np.float32),
+             "b": rng.standard_normal(bias_shape).astype(np.float32),
+             "shape": np.array([-1, 48], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["cb", "c"] if bias_first else ["c", "cb"], ["cc"], name="conv_bias"),
+             helper.make_node("Reshape", ["cc", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "m"], ["mm"], name="fc"),
+             helper.make_node("Add", ["b", "mm"] if bias_first else ["mm", "b"], ["y"], name="fc_bias")]
+    onnx.save(make_graph(nodes, inits, (2, 4, 4), (3,)), str(tmp_path / "bias.onnx"))
+    network, weights = import_onnx(tmp_path / "bias.onnx", tmp_path / "bias.cnn")
+    assert [layer.kind for layer in network.layers] == ["conv2d", "flatten", "dense"]
+    assert all(layer.bias for layer in network.layers if layer.params)
+    m = NumpyModel(network)
+    m.load_weights(weights)
+    x = rng.standard_normal((3, 2, 4, 4)).astype(np.float32)
+    assert rel_err(m.forward(x), run_onnx(tmp_path / "bias.onnx", x)) < 1e-5
+
+
+@pytest.mark.parametrize("last", ["GlobalAveragePool", "GlobalMaxPool"])
+def test_global_pooling_as_the_last_node_keeps_onnx_s_unit_axes(last, tmp_path):
+    """ONNX gives (N, C, 1, 1); cnnc's global_avgpool gives (N, C), which used to be imported as the output.
+    Now the pooling is a window over the whole input, whose output is exactly (C, 1, 1)."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node(last, ["c"], ["y"])]
+    model = make_graph(nodes, {"w": rng.standard_normal((3, 2, 3, 3)).astype(np.float32)}, (2, 7, 6), (3, 1, 1))
+    onnx.save(model, str(tmp_path / "gap.onnx"))
+    network, weights = import_onnx(tmp_path / "gap.onnx", tmp_path / "gap.cnn")
+    assert network.output_shape == (3, 1, 1)
+    m = NumpyModel(network)
+    m.load_weights(weights)
+    x = rng.standard_normal((2, 2, 7, 6)).astype(np.float32)
+    want = run_onnx(tmp_path / "gap.onnx", x)
+    assert want.shape == m.forward(x).shape == (2, 3, 1, 1) and rel_err(m.forward(x), want) < 1e-5
+
+
+def test_the_import_is_checked_against_onnxruntime_before_anything_is_written(tmp_path, monkeypatch):
+    """A wrong translation is caught by the comparison with onnxruntime: simulated by a Relu written as tanh."""
+    import cnnc.import_onnx as importer
+
+    m = cnnc.load(SPECS / "lenet5.cnn")
+    export_onnx(m, tmp_path / "l.onnx")
+    monkeypatch.setattr(importer.Importer, "_Relu", lambda self, node: self._activation(node, "tanh", {}))
+    with pytest.raises(CnncError, match="computes something else than onnxruntime"):
+        import_onnx(tmp_path / "l.onnx", tmp_path / "l.cnn")
+    assert not (tmp_path / "l.cnn").exists() and not (tmp_path / "l.npz").exists()
+    import_onnx(tmp_path / "l.onnx", tmp_path / "l.cnn", verify=False)  # the check can be skipped
+    assert (tmp_path / "l.cnn").exists()
+
+
+def test_a_same_upper_max_pool_refusal_says_where_the_padding_comes_from(tmp_path, capsys):
+    """The padding is auto_pad's, computed for this input size: the refusal says so, instead of quoting it back
+    as if the file had written it."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                              auto_pad="SAME_UPPER")]
+    onnx.save(make_graph(nodes, {}, (1, 8, 8), (1, 4, 4)), str(tmp_path / "su.onnx"))
+    assert main(["import", str(tmp_path / "su.onnx"), "-o", str(tmp_path / "su.cnn")]) == 1
+    err = capsys.readouterr().err
+    assert ("node 'pool' (MaxPool): auto_pad=SAME_UPPER pads the input [8, 8] by begin [0, 0], end [1, 1] at stride 2, "
+            "which differs between the two sides of an axis; cnnc's pooling pads both sides alike") in err

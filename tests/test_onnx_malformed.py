@@ -206,3 +206,38 @@ def test_fuzzed_attributes_import_or_are_refused_as_cnnc_errors(tmp_path, crafte
         message = str(e)
         assert message.startswith(f"error: {path}: "), message
         assert len(message) < 1000, message
+
+
+@pytest.mark.parametrize("node, phrase", [
+    (helper.make_node("ConstantOfShape", ["huge"], ["w"], name="fill"),
+     "node 'fill' (ConstantOfShape): it would make a constant of 1,000,000,000,000 elements"),
+    (helper.make_node("Range", ["zero", "big", "one"], ["w"], name="count"), "node 'count' (Range): it would make"),
+    (helper.make_node("ConstantOfShape", ["x"], ["w"], name="from_input"),
+     "node 'from_input' (ConstantOfShape): the operator ConstantOfShape is not supported"),
+])
+def test_constant_folding_refuses_what_would_exhaust_memory(node, phrase, tmp_path, capsys):
+    """A crafted file may ask the import-time folding for a constant of any size: refused before it is made."""
+    inits = {"huge": np.array([10 ** 6, 10 ** 6], np.int64), "zero": np.array(0, np.int64),
+             "big": np.array(10 ** 12, np.int64), "one": np.array(1, np.int64)}
+    nodes = [node, helper.make_node("Relu", ["x"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(tmp_path / "big.onnx"))
+    assert main(["import", str(tmp_path / "big.onnx"), "-o", str(tmp_path / "big.cnn")]) == 1
+    err = capsys.readouterr().err
+    assert phrase in err and "Traceback" not in err
+
+
+def test_constant_shorthand_attributes_are_read(tmp_path):
+    nodes = [helper.make_node("Constant", [], ["shape"], value_ints=[0, -1]),
+             helper.make_node("Constant", [], ["slope"], value_float=0.5),
+             helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+             helper.make_node("Relu", ["flat"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(tmp_path / "s.onnx"))
+    network, _ = import_onnx(tmp_path / "s.onnx", tmp_path / "s.cnn")
+    assert [layer.kind for layer in network.layers] == ["flatten", "relu"]

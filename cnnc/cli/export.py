@@ -32,9 +32,10 @@ def add_parsers(subparsers) -> None:
 
     q = subparsers.add_parser(
         "import", help="turn an ONNX model into a .cnn file and its weights",
-        description="Read an ONNX graph made of supported operators (Conv, MaxPool, AveragePool, GlobalAveragePool, "
-                    "Gemm, MatMul+Add, Flatten, Reshape, Relu, Sigmoid, Tanh, LeakyRelu, Softmax, Dropout) and write "
-                    "a readable .cnn file and its weights. Anything else is refused with the node and operator named.")
+        description="Read an ONNX graph (chains and graphs of Conv, pooling, Gemm/MatMul, BatchNormalization, Add, Sum, "
+                    "Concat, Pad, the activations...: docs/deploy.md lists them) and write a readable .cnn file and its "
+                    "weights, after checking them against onnxruntime. Anything else is refused with the node, the "
+                    "operator and the reason named.")
     q.add_argument("file", metavar="MODEL.onnx", help="the ONNX model")
     q.add_argument("-o", "--output", metavar="MODEL.cnn", required=True, help="the .cnn file to write")
     q.add_argument("--weights", metavar="W.npz", help="where to write the weights (default: beside the .cnn, .npz)")

@@ -1,0 +1,280 @@
+"""Networks written by PyTorch's ONNX exporter (the TorchScript one, `dynamo=False`: torch 2.13's default,
+the dynamo exporter, needs the onnxscript package) import and compute what PyTorch computes, on the NumPy
+backend in float64: residual blocks with projection shortcuts, MobileNetV2 and Inception blocks, ZeroPad2d,
+x.view(x.size(0), -1), BatchNorm1d after Linear, silu and hardswish, at opsets 13 and 17 with a dynamic
+batch, batch norm folded into the convolutions (the exporter's eval mode) or kept (TrainingMode.PRESERVE)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from cnnc.backends.numpy_backend import NumpyModel
+from cnnc.cli import main
+from cnnc.diagnostics import CnncError
+
+onnx = pytest.importorskip("onnx")
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = nn.functional
+
+from cnnc.import_onnx import import_onnx  # noqa: E402
+
+OPSETS = (13, 17)
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max(), 1e-30))
+
+
+def randomise_batch_norms(module: nn.Module, seed: int) -> nn.Module:
+    """Running statistics and affine parameters away from their initial values, as after training."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+    return module.eval()
+
+
+def export(module, shape, path, opset, keep_batch_norm=False):
+    training = torch.onnx.TrainingMode.PRESERVE if keep_batch_norm else torch.onnx.TrainingMode.EVAL
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(module, torch.randn(2, *shape), str(path), dynamo=False, opset_version=opset,
+                          training=training, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    return onnx.load(str(path))
+
+
+def import_and_compare(module, shape, tmp_path, name, opset, keep_batch_norm=False):
+    """Export, import (the written .cnn passes `cnnc check`), and compare with PyTorch in float64."""
+    proto = export(module, shape, tmp_path / f"{name}.onnx", opset, keep_batch_norm)
+    network, weights = import_onnx(tmp_path / f"{name}.onnx", tmp_path / f"{name}.cnn")
+    assert main(["check", str(tmp_path / f"{name}.cnn")]) == 0
+    m = NumpyModel(network, dtype="float64")
+    m.load_weights({k: np.asarray(v, np.float64) for k, v in weights.items()})
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(opset), dtype=torch.float64)
+    with torch.no_grad():
+        want = module.double()(x).numpy()
+    module.float()
+    got = m.forward(x.numpy())
+    assert got.shape == want.shape
+    assert rel_err(got, want) < 1e-5, f"{name}: relative error {rel_err(got, want):.1e}"
+    return network, proto, (tmp_path / f"{name}.cnn").read_text()
+
+
+# ---- the networks ----------------------------------------------------------------------------------------
+class BasicBlock(nn.Module):
+    """ResNet's basic block; with stride 2 its shortcut is a 1x1 projection with batch norm."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.layer1 = BasicBlock(8, 8, 1)
+        self.layer2 = BasicBlock(8, 16, 2)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, ReLU6, 3x3 depthwise, ReLU6, linear 1x1 projection, residual."""
+
+    def __init__(self, channels, expand):
+        super().__init__()
+        hidden = channels * expand
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+class MobileNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+        self.block = InvertedResidual(8, 4)
+        self.head = nn.Sequential(nn.Conv2d(8, 16, 1), nn.Hardswish(), nn.Conv2d(16, 16, 1), nn.SiLU())
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        y = self.head(self.block(self.stem(x)))
+        return self.fc(y.mean((2, 3)))
+
+
+class Inception(nn.Module):
+    def __init__(self, cin):
+        super().__init__()
+        self.b1 = nn.Sequential(nn.Conv2d(cin, 4, 1), nn.ReLU())
+        self.b3 = nn.Sequential(nn.Conv2d(cin, 4, 1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
+        self.b5 = nn.Sequential(nn.Conv2d(cin, 2, 1), nn.ReLU(), nn.Conv2d(2, 3, 5, padding=2), nn.ReLU())
+        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(cin, 3, 1), nn.ReLU())
+
+    def forward(self, x):
+        return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], 1)
+
+
+class InceptionNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.inc = Inception(8)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.inc(self.stem(x)), 1), 1))
+
+
+class ExamplesMnist(nn.Module):
+    """pytorch/examples' mnist/main.py network."""
+
+    def __init__(self, log_softmax=True):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 32, 3, 1), nn.Conv2d(32, 64, 3, 1)
+        self.dropout1, self.dropout2 = nn.Dropout(0.25), nn.Dropout(0.5)
+        self.fc1, self.fc2 = nn.Linear(9216, 128), nn.Linear(128, 10)
+        self.log_softmax = log_softmax
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        x = self.dropout2(F.relu(self.fc1(torch.flatten(self.dropout1(x), 1))))
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1) if self.log_softmax else x
+
+
+class Padded(nn.Module):
+    """ZeroPad2d before a convolution (symmetric per axis) and before average pooling, then x.view."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ZeroPad2d((1, 1, 2, 2))  # left, right, top, bottom
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.pool_pad = nn.ZeroPad2d(1)
+        self.fc = nn.Linear(4 * 6 * 4, 6)
+
+    def forward(self, x):
+        y = F.relu(self.conv(self.pad(x)))              # (4, 9 + 4 - 2, 7 + 2 - 2) = (4, 11, 7)
+        y = F.avg_pool2d(self.pool_pad(y), 3, 2)         # (4, 6, 4) ... with the zeros counted
+        return self.fc(y.view(y.size(0), -1))
+
+
+class ViewFlatten(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.fc = nn.Linear(3 * 6 * 6, 4)
+
+    def forward(self, x):
+        y = F.max_pool2d(F.relu(self.conv(x)), 2)
+        return self.fc(y.view(y.size(0), -1))
+
+
+class LinearBatchNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 8),
+                                 nn.BatchNorm1d(8), nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+# ---- the tests -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("keep_batch_norm", [False, True], ids=["bn-folded", "bn-kept"])
+@pytest.mark.parametrize("opset", OPSETS)
+def test_resnet_with_a_projection_shortcut(tmp_path, opset, keep_batch_norm):
+    torch.manual_seed(0)
+    network, proto, text = import_and_compare(randomise_batch_norms(ResNet(), 1), (3, 12, 12), tmp_path, "resnet",
+                                              opset, keep_batch_norm)
+    kinds = [layer.kind for layer in network.layers]
+    assert kinds.count("add") == 2 and ("batchnorm" in kinds) == keep_batch_norm
+    projection = next(layer for layer in network.layers if layer.kernel == (1, 1) and layer.stride == (2, 2))
+    assert network.layers[network.layers.index(projection) - 1].name != projection.inputs[0]  # from=
+    assert f"from={projection.inputs[0]}" in text
+
+
+@pytest.mark.parametrize("keep_batch_norm", [False, True], ids=["bn-folded", "bn-kept"])
+@pytest.mark.parametrize("opset", OPSETS)
+def test_mobilenet_v2_block_with_relu6_depthwise_hardswish_and_silu(tmp_path, opset, keep_batch_norm):
+    torch.manual_seed(1)
+    network, proto, text = import_and_compare(randomise_batch_norms(MobileNet(), 2), (1, 14, 14), tmp_path,
+                                              "mobilenet", opset, keep_batch_norm)
+    ops = {node.op_type for node in proto.graph.node}
+    assert "Clip" in ops and ("HardSwish" in ops) == (opset >= 14)
+    assert any(layer.groups == 32 for layer in network.layers)  # depthwise
+    activations = {layer.activation or layer.kind for layer in network.layers}
+    assert {"relu6", "hardswish", "silu"} <= activations and "add" in activations
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_inception_block(tmp_path, opset):
+    torch.manual_seed(2)
+    network, _, _ = import_and_compare(InceptionNet().eval(), (1, 10, 10), tmp_path, "inception", opset)
+    concat = next(layer for layer in network.layers if layer.kind == "concat")
+    assert len(concat.inputs) == 4 and concat.out_shape == (16, 5, 5)
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_pytorch_examples_mnist(tmp_path, opset, capsys):
+    """Its last node, LogSoftmax, is outside the language: refused naming the node; the same network without
+    it (the raw scores its nll_loss training saw through log_softmax) imports and matches."""
+    torch.manual_seed(3)
+    export(ExamplesMnist().eval(), (1, 28, 28), tmp_path / "mnist.onnx", opset)
+    with pytest.raises(CnncError, match=r"node '/LogSoftmax' \(LogSoftmax\): the language has no log_softmax"):
+        import_onnx(tmp_path / "mnist.onnx", tmp_path / "mnist.cnn")
+    assert not (tmp_path / "mnist.cnn").exists()
+    network, _, _ = import_and_compare(ExamplesMnist(log_softmax=False).eval(), (1, 28, 28), tmp_path,
+                                       "mnist_logits", opset)
+    # the exporter's eval mode drops the Dropout nodes
+    assert [layer.kind for layer in network.layers] == ["conv2d", "conv2d", "maxpool2d", "flatten", "dense", "dense"]
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_zero_pad_folds_into_the_convolution_and_pooling(tmp_path, opset):
+    torch.manual_seed(4)
+    network, proto, text = import_and_compare(Padded().eval(), (2, 9, 7), tmp_path, "padded", opset)
+    assert "Pad" in {node.op_type for node in proto.graph.node}
+    assert "padding=(2, 1)" in text and "avgpool2d(size=3, stride=2, padding=1)" in text
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_view_with_the_batch_size_flattens(tmp_path, opset):
+    torch.manual_seed(5)
+    network, proto, _ = import_and_compare(ViewFlatten().eval(), (1, 14, 14), tmp_path, "view", opset)
+    assert {"Shape", "Gather", "Unsqueeze", "Concat", "Reshape"} <= {node.op_type for node in proto.graph.node}
+    assert [layer.kind for layer in network.layers] == ["conv2d", "maxpool2d", "flatten", "dense"]
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_batch_norm_1d_after_linear(tmp_path, opset):
+    torch.manual_seed(6)
+    network, _, _ = import_and_compare(randomise_batch_norms(LinearBatchNorm(), 3), (12,), tmp_path, "mlp", opset)
+    assert [layer.kind for layer in network.layers] == ["dense", "batchnorm", "relu", "dense", "batchnorm", "dense"]

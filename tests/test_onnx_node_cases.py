@@ -1,0 +1,113 @@
+"""ONNX's own single-operator test cases (onnx.backend.test.case.node) for the operators of CNNs: each either
+imports and reproduces the expected outputs on the NumPy backend, or is refused with a CnncError that says
+why (docs/deploy.md lists the refusals). The cases pass their weights as graph inputs; here every input
+after the first becomes an initializer holding the case's values, as a trained model would hold them."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from cnnc.backends.numpy_backend import NumpyModel
+from cnnc.diagnostics import CnncError
+
+onnx = pytest.importorskip("onnx")
+from onnx import numpy_helper  # noqa: E402
+
+from cnnc.import_onnx import import_onnx  # noqa: E402
+
+OPERATORS = ("Conv ConvTranspose MaxPool AveragePool GlobalAveragePool GlobalMaxPool Gemm MatMul BatchNormalization "
+             "LRN Add Sum Concat Pad Relu LeakyRelu Clip Sigmoid HardSigmoid HardSwish Tanh Elu Selu Softmax "
+             "LogSoftmax Flatten Reshape Dropout").split()
+# Every refusal is for one of these reasons (the words its message contains).
+REASONS = {
+    "integer tensors": "is not a float tensor",
+    "no batch axis, or rank 5": "must be (batch, D), (batch, C, L) or (batch, C, H, W)",
+    "several graph outputs (masks, training statistics)": "exactly one output",
+    "operators without a layer": "is not supported by cnnc import",
+    "log_softmax": "the language has no log_softmax",
+    "hardsigmoid alone": "cnnc has no hardsigmoid layer",
+    "clip other than relu/relu6": "cnnc imports Clip(0, 6) as relu6",
+    "pooling geometry": ("count_include_pad=0", "more than half the window", "ceil_mode=1", "dilated pooling",
+                         "differs between the two sides"),
+    "axes other than channels/batch": ("Flatten(axis=", "Softmax(axis=", "softmax normalises flat", "reshapes to",
+                                       "needs a flat (batch, D) input"),
+    "constants computed with the input": ("it adds a constant", "is a constant; cnnc's", "is not one number per output",
+                                          "transA=1"),
+    "dropout in training mode": "training_mode is true",
+    "padding other than zeros of the spatial axes": ("cnnc pads with zeros only", "it pads chosen axes"),
+    "the Pad alone as the output": "reads the output of a Pad node",
+}
+
+
+def cases():
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # some generators of other operators' cases overflow on purpose
+        found = collect_testcases(None)
+    return [c for c in found if len(c.model.graph.node) == 1 and c.model.graph.node[0].op_type in OPERATORS]
+
+
+CASES = cases()
+
+
+def with_constant_weights(case):
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    inputs, _ = case.data_sets[0]
+    names = [i.name for i in model.graph.input]
+    for name, value in list(zip(names, inputs))[1:]:
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    first = [i for i in model.graph.input if i.name == names[0]]
+    del model.graph.input[:]
+    model.graph.input.extend(first)
+    return model
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("node_cases")
+    results = {}
+    for case in CASES:
+        path = folder / f"{case.name}.onnx"
+        onnx.save(with_constant_weights(case), str(path))
+        try:
+            network, weights = import_onnx(path, folder / f"{case.name}.cnn")
+        except CnncError as e:
+            results[case.name] = ("refused", str(e))
+            continue
+        inputs, outputs = case.data_sets[0]
+        m = NumpyModel(network, dtype="float64")
+        m.load_weights({k: np.asarray(v, np.float64) for k, v in weights.items()})
+        got = m.forward(np.asarray(inputs[0], np.float64))
+        want = np.asarray(outputs[0], np.float64)
+        matches = got.size == want.size and np.allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-6)
+        results[case.name] = ("imported", matches)
+    return results
+
+
+def test_the_cases_are_found():
+    assert len(CASES) > 150 and {c.model.graph.node[0].op_type for c in CASES} == set(OPERATORS)
+
+
+def test_every_imported_case_reproduces_its_expected_outputs(outcomes):
+    imported = {name: ok for name, (what, ok) in outcomes.items() if what == "imported"}
+    assert not [name for name, ok in imported.items() if not ok]
+    assert len(imported) >= 48
+    for name in ("test_basic_conv_with_padding", "test_conv_with_autopad_same", "test_batchnorm_example",
+                 "test_gemm_alpha", "test_globalmaxpool", "test_hardswish", "test_maxpool_2d_precomputed_same_upper",
+                 "test_matmul_2d", "test_softmax_large_number"):
+        assert name in imported
+
+
+def test_every_refused_case_says_why(outcomes):
+    unexplained = []
+    for name, (what, message) in outcomes.items():
+        if what != "refused":
+            continue
+        words = [w for reason in REASONS.values() for w in ((reason,) if isinstance(reason, str) else reason)]
+        if "Traceback" in message or not any(w in message for w in words):
+            unexplained.append(f"{name}: {message}")
+    assert not unexplained, "\n".join(unexplained)
