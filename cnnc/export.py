@@ -2,6 +2,7 @@
 
     cnnc export FILE --weights W.npz --format c -o DIR [--name PREFIX] [--dtype float32] [--model NAME]
     cnnc export FILE --format c --dry-run            # flash and RAM bytes, no weights needed
+    cnnc export FILE --weights W.npz --format c --quantize int8 --calibration DATA -o DIR   # int8 C (quantize.py)
     cnnc export FILE --weights W.npz --format onnx -o model.onnx
     cnnc import model.onnx -o model.cnn [--weights W.npz] [--model NAME]
 """
@@ -11,6 +12,7 @@ import os
 
 from .diagnostics import CnncError
 from .fileio import check_distinct
+from .quantize import add_quantize_arguments, check_quantize_arguments
 from .summary import human_bytes
 
 FORMATS = ("c", "onnx")
@@ -35,6 +37,7 @@ def add_export_parsers(subparsers) -> None:
                                                           "(arena) bytes the export needs")
     p.add_argument("--force", action="store_true", help="C: write into a folder that holds files an earlier export "
                                                         "did not write (they may be overwritten)")
+    add_quantize_arguments(p)
     p.set_defaults(func=run_export)
 
     q = subparsers.add_parser(
@@ -67,6 +70,12 @@ def _load_model(args):
 def run_export(args) -> int:
     if args.dtype != "float32":
         raise CnncError(f"--dtype {args.dtype}: the C and ONNX exports compute in float32 only")
+    if args.quantize is not None and args.format != "c":
+        raise CnncError(f"--quantize {args.quantize} applies to the standalone C export (--format c); the "
+                        f"{args.format} export is float32 only")
+    check_quantize_arguments(args)
+    if args.quantize is not None:
+        return _run_export_int8(args)
     network, model = _load_model(args)
     if args.format == "c":
         from .export_c import checked_prefix, export_c, memory_report
@@ -96,6 +105,31 @@ def run_export(args) -> int:
     export_onnx(model, args.output)
     print(f"wrote {args.output} (ONNX opset 17, {human_bytes(os.path.getsize(args.output))}, input "
           f"'{network.input_name}' (N, {', '.join(map(str, network.input_shape))}))")
+    return 0
+
+
+def _run_export_int8(args) -> int:
+    """--quantize int8: calibrate on --calibration, then write the int8 C (export_int8.py)."""
+    from .export_c import checked_prefix
+    from .export_int8 import export_int8_c, memory_report_int8
+    from .quantize import check_quantizable, quantized_from_args
+
+    network, model = _load_model(args)
+    prefix = checked_prefix(args.name if args.name is not None else network.name)
+    check_quantizable(network)
+    if args.dry_run:
+        print(memory_report_int8(network, prefix))
+        return 0
+    _require(args, model, "a directory, e.g. -o out/")
+    qmodel = quantized_from_args(args, model)
+    paths = export_int8_c(qmodel, args.output, prefix=prefix, force=args.force)
+    print(memory_report_int8(network, prefix))
+    print(f"calibrated on {qmodel.calibration['samples']} samples of {args.calibration} "
+          f"({qmodel.calibration['method']}); input scale {qmodel.input.scale:.6g}, zero point "
+          f"{qmodel.input.zero_point}; output scale {qmodel.output.scale:.6g}, zero point {qmodel.output.zero_point}")
+    print("wrote " + ", ".join(os.fspath(p) for p in paths))
+    out = os.fspath(args.output)
+    print(f"build and run the example: make -C {out} && {os.path.join(out, prefix)} INPUT.bin")
     return 0
 
 

@@ -508,9 +508,9 @@ def check_quantize_arguments(args) -> None:
                if value is not None]
     if args.quantize is None:
         if options:
-            raise CnncError(f"{', '.join(options)} only apply with --quantize int8")
+            raise CnncError(f"{', '.join(options)}: only used with --quantize int8")
         return
-    if args.calibration is None:
+    if args.calibration is None and not getattr(args, "dry_run", False):  # sizes need no calibration
         raise CnncError("--quantize int8 needs --calibration DATA: samples to observe the activation ranges on "
                         "(e.g. --calibration mnist-5k, an IDX folder or a .npz)")
 
@@ -522,7 +522,25 @@ def quantized_from_args(args, model) -> QuantizedModel:
     return calibrate(model, x, args.calibration_percentile)
 
 
+def evaluate_quantized(qmodel: QuantizedModel, float_model, x: np.ndarray, y: np.ndarray) -> dict:
+    """inference.evaluate of the int8 reference: accuracy, loss (the float model's, on the dequantised outputs)
+    and confusion matrix."""
+    from .inference import evaluate
+
+    class Int8Classifier:  # what evaluate reads of a Model
+        output_shape, dtype = float_model.output_shape, np.dtype(np.float32)
+
+        @staticmethod
+        def forward(xb, train=False):
+            return qmodel.forward(xb)
+
+        loss = staticmethod(float_model.loss)
+
+    return evaluate(Int8Classifier, x, y)
+
+
 __all__ = ["QParams", "QuantStep", "QuantizedModel", "calibrate", "choose_qparams", "quantize_multiplier",
            "multiply_by_quantized_multiplier", "saturating_rounding_doubling_high_mul", "rounding_divide_by_pot",
            "requantize", "rounding_divide", "quantize_weights", "int8_flash_bytes", "calibration_samples",
+           "evaluate_quantized", "add_quantize_arguments", "check_quantize_arguments", "quantized_from_args",
            "DEFAULT_CALIBRATION_SAMPLES"]
