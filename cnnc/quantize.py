@@ -116,8 +116,8 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
 
 
 def saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """gemmlowp's SaturatingRoundingDoublingHighMul on int32 values: round(a * b / 2^31), ties away from zero
-    (the nudge, then division truncating toward zero); INT32_MIN * INT32_MIN saturates to INT32_MAX."""
+    """gemmlowp's SaturatingRoundingDoublingHighMul on int32 values: round(a * b / 2^31), ties upward (the
+    nudge, then division truncating toward zero); INT32_MIN * INT32_MIN saturates to INT32_MAX."""
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     ab = a * b
     nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))

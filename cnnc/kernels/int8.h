@@ -46,7 +46,7 @@ typedef struct {
     int32_t in_zero_point, out_zero_point, act_min, act_max;
 } Int8Requant;
 
-// round(a * b / 2^31), ties away from zero; the one overflowing case, INT32_MIN * INT32_MIN, saturates.
+// round(a * b / 2^31), ties upward (gemmlowp's nudge); the one overflowing case, INT32_MIN * INT32_MIN, saturates.
 static inline int32_t int8_rounding_doubling_high_mul(int32_t a, int32_t b)
 {
     if (a == INT32_MIN && b == INT32_MIN) return INT32_MAX;
