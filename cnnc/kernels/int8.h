@@ -92,33 +92,49 @@ static inline int32_t int8_rounding_divide(int32_t total, int32_t count)
     return total >= 0 ? (total + count / 2) / count : -((-total + count / 2) / count);
 }
 
+// The convolution sums one block of at most this many output columns at a time, in int32 on the stack.
+#define INT8_CONV_OW_BLOCK 64
+
 // inp is (C, H, W), weight is (F, C, KH, KW), bias is (F) or NULL, multiplier and shift are (F) -> out is (F, OH, OW):
 //   acc = bias[f] + sum over c, p, q of weight[f][c][p][q] * (inp[c][ih][iw] - in_zero_point)
 //   with ih = oh*SH + p*DH - PH and iw = ow*SW + q*DW - PW; taps in the padding (real 0) add nothing;
 //   out[f][oh][ow] = int8_output(acc, multiplier[f], shift[f]). The export keeps |acc| below 2^31.
+// Loop order as conv.h's: for one output row, each weight is applied to a run of output columns (a block of
+// INT8_CONV_OW_BLOCK accumulators), so the innermost loop walks the input row.
 CNNC_KERNEL void int8_conv2d_forward(int8_t* restrict out, const int8_t* restrict inp, const int8_t* restrict weight,
                                      const int32_t* restrict bias, const int32_t* restrict multiplier,
                                      const int32_t* restrict shift, Int8Conv2d g, Int8Requant q)
 {
+    int32_t acc[INT8_CONV_OW_BLOCK];
     for (int f = 0; f < g.F; f++) {
         int8_t* out_f = out + f * g.OH * g.OW;
+        int32_t b = (bias != NULL) ? bias[f] : 0;
         for (int oh = 0; oh < g.OH; oh++) {
-            for (int ow = 0; ow < g.OW; ow++) {
-                int32_t acc = (bias != NULL) ? bias[f] : 0;
-                for (int c = 0; c < g.C; c++) {
-                    const int8_t* inp_c = inp + c * g.H * g.W;
-                    const int8_t* w_fc = weight + (f * g.C + c) * g.KH * g.KW;
-                    for (int p = 0; p < g.KH; p++) {
-                        int ih = oh * g.SH + p * g.DH - g.PH;
-                        if (ih < 0 || ih >= g.H) continue;
-                        for (int k = 0; k < g.KW; k++) {
-                            int iw = ow * g.SW + k * g.DW - g.PW;
-                            if (iw < 0 || iw >= g.W) continue;
-                            acc += (int32_t)w_fc[p * g.KW + k] * ((int32_t)inp_c[ih * g.W + iw] - q.in_zero_point);
+            Range rows = inside(oh * g.SH - g.PH, g.DH, g.H, g.KH);  // the kernel rows p inside the input
+            for (int ow0 = 0; ow0 < g.OW; ow0 += INT8_CONV_OW_BLOCK) {
+                int count = g.OW - ow0 < INT8_CONV_OW_BLOCK ? g.OW - ow0 : INT8_CONV_OW_BLOCK;
+                for (int o = 0; o < count; o++) {
+                    acc[o] = b;
+                }
+                for (int k = 0; k < g.KW; k++) {  // integer sums are exact: any order gives the same acc
+                    int iw0 = k * g.DW - g.PW;  // the input column read by output column 0
+                    Range cols = inside(iw0 + ow0 * g.SW, g.SW, g.W, count);  // the block's columns inside
+                    if (cols.begin >= cols.end) continue;
+                    int first = iw0 + (ow0 + cols.begin) * g.SW;  // the input column of the first of them
+                    for (int c = 0; c < g.C; c++) {
+                        const int8_t* w_fc = weight + (f * g.C + c) * g.KH * g.KW;
+                        for (int p = rows.begin; p < rows.end; p++) {
+                            int32_t w = w_fc[p * g.KW + k];
+                            const int8_t* x = inp + (c * g.H + oh * g.SH - g.PH + p * g.DH) * g.W + first;
+                            for (int o = cols.begin; o < cols.end; o++, x += g.SW) {
+                                acc[o] += w * ((int32_t)*x - q.in_zero_point);
+                            }
                         }
                     }
                 }
-                out_f[oh * g.OW + ow] = int8_output(acc, multiplier[f], shift[f], q);
+                for (int o = 0; o < count; o++) {
+                    out_f[oh * g.OW + ow0 + o] = int8_output(acc[o], multiplier[f], shift[f], q);
+                }
             }
         }
     }
