@@ -83,7 +83,7 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
     out, inp, layer = step.dst.c_expr(), step.src.c_expr(), step.layer
     label = comment_name(layer.name, "layer name")
     if q.op == "none":
-        return "/* folded into the layer before: its output is clamped at the zero point */"
+        return "/* done by the conv/dense layer's requantisation: its output is clamped at the zero point (real 0) */"
     if q.op == "clamp":
         return f"int8_clamp_forward({out}, {out}, {int(q.act_min)}, {step.size});"
     if q.op == "lookup":
