@@ -389,10 +389,17 @@ def observed_ranges(model, x: np.ndarray, percentile: float | None) -> tuple[tup
 
 
 def calibrate(model, x: np.ndarray, percentile: float | None = None) -> QuantizedModel:
-    """Quantise a float cnnc Model (NumPy backend, trained weights) with activation ranges observed on x
+    """Quantise a float cnnc Model (trained weights; any backend) with activation ranges observed on x
     (N, *input_shape): min/max, or the [100 - P, P] percentiles of each tensor's values."""
-    network, params = model.network, model.params
+    from .backends.numpy_backend import NumpyModel
+
+    network = model.network
     check_quantizable(network)
+    if not isinstance(model, NumpyModel):  # calibration reads every layer's output: the NumPy backend's
+        numpy_model = NumpyModel(network, "float32")
+        numpy_model.load_weights({name: np.asarray(value) for name, value in model.params.items()})
+        model = numpy_model
+    params = model.params
     x = np.asarray(x, np.float32)
     if x.ndim == 0 or x.shape[1:] != tuple(network.input_shape) or len(x) == 0:
         raise CnncError(f"calibration data has shape {list(x.shape)}; model '{network.name}' takes "

@@ -409,3 +409,17 @@ def test_lenet5_on_mnist_5k_keeps_its_accuracy_in_int8(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 1000 and result["float_accuracy"] > 0.9
     assert abs(result["accuracy"] - result["float_accuracy"]) <= 0.005, result
+
+
+def test_calibration_takes_a_model_of_any_backend_and_percentiles_narrow_the_ranges():
+    """A float64 model is calibrated through a float32 NumPy copy; percentile ranges lie inside min/max."""
+    m32 = randomized(SPECS / "lenet5.cnn", "lenet5", 3)
+    m64 = cnnc.load(SPECS / "lenet5.cnn", dtype="float64")
+    m64.load_weights({k: v.astype(np.float64) for k, v in m32.params.items()})
+    x = calibration_inputs(m32.input_shape, 3)
+    q32, q64 = calibrate(m32, x), calibrate(m64, x)
+    assert all(np.array_equal(a.weight, b.weight) for a, b in zip(q32.steps, q64.steps) if a.weight is not None)
+    narrow = calibrate(m32, x, percentile=99.0)
+    assert narrow.calibration["method"] == "percentile 99"
+    widths = [(s.out.scale, t.out.scale) for s, t in zip(q32.steps, narrow.steps) if s.op in ("conv", "dense")]
+    assert all(b <= a for a, b in widths) and any(b < 0.9 * a for a, b in widths)
