@@ -12,7 +12,7 @@ import os
 
 from .diagnostics import CnncError
 from .fileio import check_distinct
-from .quantize import add_quantize_arguments, check_quantize_arguments
+from .quantize_cli import add_quantize_arguments, quantize_requested, run_export_int8
 from .summary import human_bytes
 
 FORMATS = ("c", "onnx")
@@ -70,12 +70,8 @@ def _load_model(args):
 def run_export(args) -> int:
     if args.dtype != "float32":
         raise CnncError(f"--dtype {args.dtype}: the C and ONNX exports compute in float32 only")
-    if args.quantize is not None and args.format != "c":
-        raise CnncError(f"--quantize {args.quantize} applies to the standalone C export (--format c); the "
-                        f"{args.format} export is float32 only")
-    check_quantize_arguments(args)
-    if args.quantize is not None:
-        return _run_export_int8(args)
+    if quantize_requested(args):  # --quantize int8 and its options: cnnc/quantize_cli.py
+        return run_export_int8(args, _load_model, _require)
     network, model = _load_model(args)
     if args.format == "c":
         from .export_c import checked_prefix, export_c, memory_report
@@ -105,31 +101,6 @@ def run_export(args) -> int:
     export_onnx(model, args.output)
     print(f"wrote {args.output} (ONNX opset 17, {human_bytes(os.path.getsize(args.output))}, input "
           f"'{network.input_name}' (N, {', '.join(map(str, network.input_shape))}))")
-    return 0
-
-
-def _run_export_int8(args) -> int:
-    """--quantize int8: calibrate on --calibration, then write the int8 C (export_int8.py)."""
-    from .export_c import checked_prefix
-    from .export_int8 import export_int8_c, memory_report_int8
-    from .quantize import check_quantizable, quantized_from_args
-
-    network, model = _load_model(args)
-    prefix = checked_prefix(args.name if args.name is not None else network.name)
-    check_quantizable(network)
-    if args.dry_run:
-        print(memory_report_int8(network, prefix))
-        return 0
-    _require(args, model, "a directory, e.g. -o out/")
-    qmodel = quantized_from_args(args, model)
-    paths = export_int8_c(qmodel, args.output, prefix=prefix, force=args.force)
-    print(memory_report_int8(network, prefix))
-    print(f"calibrated on {qmodel.calibration['samples']} samples of {args.calibration} "
-          f"({qmodel.calibration['method']}); input scale {qmodel.input.scale:.6g}, zero point "
-          f"{qmodel.input.zero_point}; output scale {qmodel.output.scale:.6g}, zero point {qmodel.output.zero_point}")
-    print("wrote " + ", ".join(os.fspath(p) for p in paths))
-    out = os.fspath(args.output)
-    print(f"build and run the example: make -C {out} && {os.path.join(out, prefix)} INPUT.bin")
     return 0
 
 

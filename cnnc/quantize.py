@@ -53,7 +53,7 @@ DEFAULT_CALIBRATION_SAMPLES = 300
 SOFTMAX_EXP_ONE = 1 << 16  # T[0], exp(0), in the softmax table
 ALIAS_KINDS = ("flatten", "dropout")
 LOOKUP_KINDS = ("sigmoid", "tanh", "leaky_relu")
-SCHEMES = ("int8",)
+SCHEMES = ("int8",)  # --quantize
 
 
 # ---- quantisation parameters ----------------------------------------------------------------------
@@ -494,41 +494,6 @@ def calibration_samples(data: str, network: Network, samples: int = DEFAULT_CALI
     return np.ascontiguousarray(x, np.float32)
 
 
-# ---- the command line (cnnc export and cnnc eval share these options) --------------------------------------
-def add_quantize_arguments(p) -> None:
-    p.add_argument("--quantize", choices=SCHEMES, help="int8: per-channel int8 weights, int8 activations, int32 "
-                   "accumulation (docs/deploy.md); needs --calibration")
-    p.add_argument("--calibration", metavar="DATA", help="with --quantize: data to observe activation ranges on "
-                   "(anything --data of cnnc train accepts: digits, mnist-5k, an IDX folder, a .npz); the training split")
-    p.add_argument("--calibration-samples", type=int, metavar="N", default=None,
-                   help=f"with --quantize: calibrate on N samples (default {DEFAULT_CALIBRATION_SAMPLES})")
-    p.add_argument("--calibration-percentile", type=float, metavar="P", default=None,
-                   help="with --quantize: clip each tensor's range to the [100-P, P] percentiles of the observed "
-                        "values (e.g. 99.99) instead of min/max, limiting the effect of outliers")
-
-
-def check_quantize_arguments(args) -> None:
-    """Misuse of the options is the user's error, named."""
-    options = [name for name, value in (("--calibration", args.calibration),
-                                         ("--calibration-samples", args.calibration_samples),
-                                         ("--calibration-percentile", args.calibration_percentile))
-               if value is not None]
-    if args.quantize is None:
-        if options:
-            raise CnncError(f"{', '.join(options)}: only used with --quantize int8")
-        return
-    if args.calibration is None and not getattr(args, "dry_run", False):  # sizes need no calibration
-        raise CnncError("--quantize int8 needs --calibration DATA: samples to observe the activation ranges on "
-                        "(e.g. --calibration mnist-5k, an IDX folder or a .npz)")
-
-
-def quantized_from_args(args, model) -> QuantizedModel:
-    """The QuantizedModel the options ask for: calibration on --calibration-samples samples of --calibration."""
-    samples = args.calibration_samples if args.calibration_samples is not None else DEFAULT_CALIBRATION_SAMPLES
-    x = calibration_samples(args.calibration, model.network, samples)
-    return calibrate(model, x, args.calibration_percentile)
-
-
 def evaluate_quantized(qmodel: QuantizedModel, float_model, x: np.ndarray, y: np.ndarray) -> dict:
     """inference.evaluate of the int8 reference: accuracy, loss (the float model's, on the dequantised outputs)
     and confusion matrix."""
@@ -549,5 +514,4 @@ def evaluate_quantized(qmodel: QuantizedModel, float_model, x: np.ndarray, y: np
 __all__ = ["QParams", "QuantStep", "QuantizedModel", "calibrate", "choose_qparams", "quantize_multiplier",
            "multiply_by_quantized_multiplier", "saturating_rounding_doubling_high_mul", "rounding_divide_by_pot",
            "requantize", "rounding_divide", "quantize_weights", "int8_flash_bytes", "calibration_samples",
-           "evaluate_quantized", "add_quantize_arguments", "check_quantize_arguments", "quantized_from_args",
-           "DEFAULT_CALIBRATION_SAMPLES"]
+           "evaluate_quantized", "check_quantizable", "DEFAULT_CALIBRATION_SAMPLES"]

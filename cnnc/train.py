@@ -677,15 +677,14 @@ def final_summary(model: Model, trainer: Trainer, backend: str, timing: dict, ou
 
 # ---- cnnc eval ---------------------------------------------------------------------------------------
 def run_eval(args) -> int:
-    from .quantize import check_quantize_arguments
+    from .quantize_cli import quantize_requested, run_eval_int8
 
-    check_quantize_arguments(args)
-    model = load_classifier(args.file, args.model, "numpy" if args.quantize else args.backend)
+    if quantize_requested(args):  # --quantize int8 and its options: cnnc/quantize_cli.py
+        return run_eval_int8(args)
+    model = load_classifier(args.file, args.model, args.backend)
     load_weights_file(model, args.weights)
     ds = load_data_for(model, args.data)
     result = evaluate(model, ds.x_test, ds.y_test)
-    if args.quantize:
-        return _report_quantized_eval(args, model, ds, result)
     if args.json:
         print(json.dumps(dict(result, confusion=result["confusion"].tolist())))
         return 0
@@ -693,25 +692,6 @@ def run_eval(args) -> int:
     print(f"{model.name} on {ds.name} (test split, {result['n']} samples): accuracy {result['accuracy']:.2%} "
           f"({correct}/{result['n']}), mean loss {result['loss']:.4f}")
     print("confusion matrix (rows: true class, columns: predicted class):")
-    print(confusion_table(result["confusion"]))
-    return 0
-
-
-def _report_quantized_eval(args, model: Model, ds, float_result: dict) -> int:
-    """--quantize int8: the accuracy of the int8 NumPy reference (bit for bit the exported C) beside float32's."""
-    from .quantize import evaluate_quantized, quantized_from_args
-
-    qmodel = quantized_from_args(args, model)
-    result = evaluate_quantized(qmodel, model, ds.x_test, ds.y_test)
-    if args.json:
-        print(json.dumps(dict(result, confusion=result["confusion"].tolist(), quantize=args.quantize,
-                              float_accuracy=float_result["accuracy"], float_loss=float_result["loss"],
-                              calibration_samples=qmodel.calibration["samples"])))
-        return 0
-    print(f"{model.name} on {ds.name} (test split, {result['n']} samples): accuracy {result['accuracy']:.2%} int8, "
-          f"{float_result['accuracy']:.2%} float32 ({(result['accuracy'] - float_result['accuracy']) * 100:+.2f} points); "
-          f"calibrated on {qmodel.calibration['samples']} samples of {args.calibration} ({qmodel.calibration['method']})")
-    print("int8 confusion matrix (rows: true class, columns: predicted class):")
     print(confusion_table(result["confusion"]))
     return 0
 
@@ -802,7 +782,7 @@ def _add_eval(subparsers) -> None:
     _add_common(p, weights=True)
     p.add_argument("--data", required=True, metavar="DATA", help="digits, mnist, fashion-mnist, mnist-5k, a directory or a .npz")
     p.add_argument("--json", action="store_true", help='print {"accuracy", "loss", "n", "confusion"} as JSON')
-    from .quantize import add_quantize_arguments
+    from .quantize_cli import add_quantize_arguments
 
     add_quantize_arguments(p)
     p.set_defaults(func=run_eval)

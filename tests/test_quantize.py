@@ -33,8 +33,16 @@ CALIBRATION = 40  # random calibration samples per model
 BATCH = 6
 
 # Degenerate cases inside one model: a conv filter of zeros (per-channel scale of an all-zero channel) and
-# a dense layer whose output is always 0 (a zero range), then a softmax over it.
+# a dense layer whose output is always 0 (a zero range), then a softmax over it. And a 2-D convolution with
+# stride, dilation and padding in both directions whose 73 output columns span two of the int8 kernel's
+# column blocks (INT8_CONV_OW_BLOCK = 64).
 EDGE_SPECS = """
+model wide {
+    input x[2, 5, 150]
+    conv2d a(filters=3, kernel=(3, 5), stride=(1, 2), dilation=(2, 3), padding=4, activation=tanh)
+    avgpool2d(size=3, stride=2, padding=1)
+    global_avgpool
+}
 model zero_channel {
     input x[2, 6, 6]
     conv2d c(filters=3, kernel=3, padding=1, activation=relu)
@@ -136,7 +144,7 @@ def built(tmp_path_factory):
     extra.write_text(EXTRA_SPECS)
     edge.write_text(EDGE_SPECS)
     exports = {}  # prefix -> (export dir, float model, QuantizedModel)
-    for seed, (path, name) in enumerate(spec_models(extra) + [(edge, "zero_channel")]):
+    for seed, (path, name) in enumerate(spec_models(extra) + [(edge, "zero_channel"), (edge, "wide")]):
         m = randomized(path, name, seed)
         if name == "zero_channel":
             m.params["c.weight"][1] = 0.0
@@ -201,7 +209,8 @@ def test_every_export_agrees_with_the_numpy_int8_reference_bit_for_bit(built):
             if not np.array_equal(got_f.reshape(BATCH, -1).view(np.int32), want_f.view(np.int32)):
                 failures.append(f"{prefix} ({build}): predict differs from the reference")
     assert not failures, "\n".join(failures)
-    assert len(exports) == 14  # 8 models in specs/, 4 extra, the edge cases, lenet5 through the CLI
+    assert len(exports) == 15  # 8 models in specs/, 4 extra, 2 edge-case models, lenet5 through the CLI
+    assert exports["wide"][2].network.layers[0].out_shape == (3, 9, 73)
 
 
 def test_int8_outputs_track_the_float_model(built):
