@@ -432,3 +432,64 @@ def test_calibration_takes_a_model_of_any_backend_and_percentiles_narrow_the_ran
     assert narrow.calibration["method"] == "percentile 99"
     widths = [(s.out.scale, t.out.scale) for s, t in zip(q32.steps, narrow.steps) if s.op in ("conv", "dense")]
     assert all(b <= a for a, b in widths) and any(b < 0.9 * a for a, b in widths)
+
+
+# ---- PyTorch's quantized operators -------------------------------------------------------------------------
+def test_layers_agree_with_pytorch_quantized_operators(tmp_path):
+    """Each conv, dense and pooling step against torch.ao.nn.quantized.functional given the same encodings
+    (PyTorch's activations are uint8: q + 128): the int8 weights are identical, pooling is identical, and
+    conv and dense differ by at most 1 (PyTorch requantises in float, cnnc in fixed point) and rarely."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    functional = torch.ao.nn.quantized.functional
+    extra = tmp_path / "extra.cnn"
+    extra.write_text(EXTRA_SPECS)
+
+    def as_torch(xq, encoding):
+        u8 = torch.from_numpy(xq.astype(np.int32) + 128).to(torch.uint8)
+        return torch._make_per_tensor_quantized_tensor(u8, encoding.scale, encoding.zero_point + 128)
+
+    checked = {"conv": 0, "dense": 0, "maxpool": 0, "avgpool": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch deprecates its quantized tensors
+        for seed, (path, name) in enumerate([(SPECS / "lenet5.cnn", "lenet5"), (SPECS / "signal1d.cnn", "signal1d"),
+                                             (extra, "kitchen")]):
+            m = randomized(path, name, seed)
+            rng = np.random.default_rng(seed)
+            q = calibrate(m, calibration_inputs(m.input_shape, seed))
+            for s in q.steps:
+                layer = s.layer
+                if s.op not in checked or layer.pad_before != layer.pad_after:  # PyTorch pads symmetrically
+                    continue
+                xq = rng.integers(-128, 128, (4, *layer.in_shape)).astype(np.int8)
+                ours = s.forward(xq).astype(np.int64)
+                two_d = (lambda v, neutral: (neutral, *v)) if layer.spatial_dims == 1 else (lambda v, neutral: v)
+                x = as_torch(xq[:, :, None] if layer.spatial_dims == 1 else xq, s.inp)
+                if s.op in ("conv", "dense"):
+                    w = np.asarray(m.params[f"{layer.name}.weight"], np.float32)
+                    w = w[:, :, None] if layer.spatial_dims == 1 else w
+                    _, scales = quantize_weights(w)
+                    wq = torch.quantize_per_channel(torch.from_numpy(np.ascontiguousarray(w)), torch.from_numpy(scales),
+                                                    torch.zeros(len(scales), dtype=torch.long), 0, torch.qint8)
+                    assert np.array_equal(wq.int_repr().numpy().reshape(s.weight.shape), s.weight), layer.name
+                    b = torch.from_numpy(np.asarray(m.params[f"{layer.name}.bias"], np.float32)) if layer.bias else None
+                    out = (s.out.scale, s.out.zero_point + 128)
+                    if s.op == "dense":
+                        y = functional.linear(x, wq, b, *out)
+                    else:
+                        y = functional.conv2d(x, wq, b, stride=two_d(layer.stride, 1), padding=two_d(layer.pad_before, 0),
+                                              dilation=two_d(layer.dilation, 1), scale=out[0], zero_point=out[1])
+                    if s.act_min > -128:  # a fused relu: the clamp at the zero point
+                        y = torch.relu(y)
+                else:
+                    pool = functional.max_pool2d if s.op == "maxpool" else functional.avg_pool2d
+                    y = pool(x, two_d(layer.kernel, 1), two_d(layer.stride, 1), two_d(layer.pad_before, 0))
+                theirs = y.int_repr().numpy().astype(np.int64).reshape(ours.shape) - 128
+                difference = np.abs(theirs - ours)
+                if s.op in ("conv", "dense"):
+                    assert difference.max() <= 1 and (difference == 0).mean() > 0.99, (name, layer.name)
+                else:
+                    assert difference.max() == 0, (name, layer.name)
+                checked[s.op] += 1
+    assert checked == {"conv": 6, "dense": 6, "maxpool": 4, "avgpool": 1}, checked
