@@ -13,8 +13,10 @@ For each task: `cnnc train` (C backend, default settings but the epochs), then i
   time per image     both exports compiled with `cc -std=c99 -O2` and a small timing main that runs
                      PREFIX_predict (float in, float out, so int8 includes quantising the input) over
                      the first 1,000 test images, REPEATS passes after one warm-up pass, the two programs
-                     in turn ROUNDS times; the fastest pass counts. int8's PREFIX_predict_q (int8 in
-                     and out) is timed too. Single thread.
+                     in turn ROUNDS times; the fastest pass counts, in CPU time of the process (time
+                     spent descheduled by other processes does not count; sharing a core's caches or
+                     an SMT sibling still does). int8's PREFIX_predict_q (int8 in and out) is timed too.
+                     Single thread.
 The machine is shared: the cores' worth of CPU other processes used during the timing is recorded beside it.
 
 Writes bench/results/quantized-<date>.json and .md and prints the Markdown table.
@@ -53,9 +55,9 @@ TIMING_MAIN = r"""
 #include <time.h>
 #include "%(prefix)s.h"
 
-static double seconds(void) {
+static double seconds(void) { /* this process's CPU time: the time it was descheduled does not count */
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -224,7 +226,7 @@ def markdown(results: list[dict], machine_line: str, command: str) -> str:
               + "); int8 through the NumPy reference, which the exported C matches bit for bit "
               f"({', '.join(r['task'] + ': ' + ('yes' if r['c_int8_matches_reference'] else 'NO') for r in results)} on "
               f"the first {TIMED_IMAGES:,} test images). Time: the fastest of {results[0]['rounds'] * results[0]['repeats'] if results else 0} "
-              "passes over 1,000 test images, single thread, `cc -std=c99 -O2`; other processes' CPU during the "
+              "passes over 1,000 test images in process CPU time, single thread, `cc -std=c99 -O2`; other processes' CPU during the "
               "timed runs (cores, the largest seen): "
               + ", ".join(f"{r['task']} {max(r['others_cores_during_timing']['float'] + r['others_cores_during_timing']['int8'], default=None)}"
                           for r in results) + ".",
