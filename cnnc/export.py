@@ -3,6 +3,7 @@ export_onnx, import_onnx.
 
     cnnc export FILE --weights W.npz --format c -o DIR [--name PREFIX] [--dtype float32] [--model NAME]
     cnnc export FILE --format c --dry-run            # flash and RAM bytes, no weights needed
+    cnnc export FILE --weights W.npz --format c --quantize int8 --calibration DATA -o DIR   # int8 C (quantize.py)
     cnnc export FILE --weights W.npz --format onnx -o model.onnx
     cnnc import model.onnx -o model.cnn [--weights W.npz] [--model NAME]
 """
@@ -35,6 +36,10 @@ def _load_model(args):
 def run_export(args) -> int:
     if args.dtype != "float32":
         raise CnncError(f"--dtype {args.dtype}: the C and ONNX exports compute in float32 only")
+    from .cli.quantize import quantize_requested, run_export_int8
+
+    if quantize_requested(args):  # --quantize int8 and its options: cnnc/cli/quantize.py
+        return run_export_int8(args, _load_model, _require)
     network, model = _load_model(args)
     if args.format == "c":
         from .export_c import checked_prefix, export_c, memory_report

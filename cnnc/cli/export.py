@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .. import export
 from ..export import FORMATS
+from .quantize import add_quantize_arguments
 
 
 def add_parsers(subparsers) -> None:
@@ -28,6 +29,7 @@ def add_parsers(subparsers) -> None:
                                                           "(arena) bytes the export needs")
     p.add_argument("--force", action="store_true", help="C: write into a folder that holds files an earlier export "
                                                         "did not write (they may be overwritten)")
+    add_quantize_arguments(p)
     p.set_defaults(func=export.run_export)
 
     q = subparsers.add_parser(

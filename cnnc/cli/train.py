@@ -23,6 +23,7 @@ from ..fileio import check_distinct, check_writable
 from ..inference import confusion_table, evaluate, light_background, probabilities, read_inputs, top_k
 from ..model import Model
 from ..progress import Progress
+from .quantize import add_quantize_arguments
 from ..train import (INTERRUPTED, OPTIMIZERS, SCHEDULES, TrainConfig, Trainer, TrainingInterrupted, config_in_checkpoint,
                      load_classifier, load_data_for, load_weights_file, make_splits)
 
@@ -210,6 +211,10 @@ def final_summary(model: Model, trainer: Trainer, backend: str, timing: dict, ou
 
 # ---- cnnc eval ---------------------------------------------------------------------------------------
 def run_eval(args) -> int:
+    from .quantize import quantize_requested, run_eval_int8
+
+    if quantize_requested(args):  # --quantize int8 and its options: cnnc/cli/quantize.py
+        return run_eval_int8(args)
     model = load_classifier(args.file, args.model, args.backend)
     load_weights_file(model, args.weights)
     ds = load_data_for(model, args.data)
@@ -311,6 +316,7 @@ def _add_eval(subparsers) -> None:
     _add_common(p, weights=True)
     p.add_argument("--data", required=True, metavar="DATA", help="digits, mnist, fashion-mnist, mnist-5k, a directory or a .npz")
     p.add_argument("--json", action="store_true", help='print {"accuracy", "loss", "n", "confusion"} as JSON')
+    add_quantize_arguments(p)
     p.set_defaults(func=run_eval)
 
 

@@ -1,0 +1,194 @@
+"""A QuantizedModel -> int8 standalone C99: `cnnc export --format c --quantize int8`.
+
+    q = cnnc.quantize.calibrate(model, x_calibration)
+    paths = export_int8_c(q, "out/", prefix="lenet5")   # out/lenet5.h, lenet5.c, kernels/, main.c, Makefile
+
+The same folder as the float export (export_c.py), built the same way: the float export's memory plan
+(one byte per element instead of four), its step comments, prefix checks, example main.c and Makefile,
+and one kernel call per layer, here into kernels/int8.h. The API is
+
+    int PREFIX_predict(const float *input, float *output);     /* quantises, runs, dequantises */
+    int PREFIX_predict_q(const int8_t *input, int8_t *output); /* int8 in and out: PREFIX_INPUT_SCALE, ... */
+
+Nothing from the spec reaches the C but checked names in comments and numbers.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .c_names import c_int, comment_name
+from .diagnostics import CnncError
+from .export_c import (FLOAT_BYTES, Step, _environment, _layer_comment, _shape_text, _step_comment, c_float,
+                       checked_prefix, memory_plan)
+from .fileio import write_owned_folder
+from .ir import Network
+from .quantize import INT8_MAX, INT8_MIN, QuantizedModel, QuantStep, int8_flash_bytes
+from .summary import human_bytes
+
+INTS_PER_LINE = 16
+
+
+def int8_arena_bytes(network: Network) -> tuple[int, int]:
+    """(bytes predict_q needs, bytes predict needs: those plus the quantised input and output)."""
+    plan = memory_plan(network)
+    return plan.arena_floats, plan.arena_floats + plan.input_floats + plan.output_floats
+
+
+def memory_report_int8(network: Network, prefix: str | None = None) -> str:
+    """Flash and RAM of the float32 and the int8 export side by side (what `cnnc export --quantize int8` prints)."""
+    plan = memory_plan(network)
+    flash = int8_flash_bytes(network)
+    arena_q, arena = int8_arena_bytes(network)
+    p = (prefix or network.name).upper()
+    rows = [("flash: weights and biases", plan.weight_bytes, flash["weights"]),
+            ("flash: multipliers, shifts, tables", 0, flash["constants"]),
+            ("RAM: scratch arena", plan.arena_bytes, arena),
+            ("caller's input buffer", plan.input_floats * FLOAT_BYTES, plan.input_floats),
+            ("caller's output buffer", plan.output_floats * FLOAT_BYTES, plan.output_floats)]
+    lines = [f"model {network.name}: standalone C export, float32 vs int8 (bytes)",
+             f"  {'':36}{'float32':>12}{'int8':>12}{'int8/float':>12}"]
+    for name, float_bytes, int8_bytes in rows:
+        ratio = f"{int8_bytes / float_bytes:.2f}x" if float_bytes else "-"
+        lines.append(f"  {name:36}{float_bytes:>12,}{int8_bytes:>12,}{ratio:>12}")
+    lines.append(f"  int8: {human_bytes(flash['weights'] + flash['constants'])} flash in all, "
+                 f"{p}_ARENA_BYTES = {arena} ({arena_q} for {p.lower()}_predict_q alone)")
+    return "\n".join(lines)
+
+
+# ---- numbers as C -------------------------------------------------------------------------------------
+def c_int_lines(values: np.ndarray, indent: str = "    ") -> str:
+    """The initializer of an integer array, INTS_PER_LINE values a line."""
+    texts = [str(int(v)) for v in np.asarray(values).ravel().tolist()]
+    texts = [t if t != str(-(2**31)) else "INT32_MIN" for t in texts]  # -2147483648 is not an int literal
+    return ",\n".join(indent + ", ".join(texts[i:i + INTS_PER_LINE]) for i in range(0, len(texts), INTS_PER_LINE))
+
+
+def _array(ident: str, ctype: str, values: np.ndarray, comment: str, shape) -> dict:
+    return {"ident": ident, "ctype": ctype, "size": int(np.asarray(values).size), "shape": _shape_text(shape),
+            "comment": comment, "initializer": c_int_lines(values)}
+
+
+def _encoding(q) -> str:
+    return f"s = {float(q.scale):.6g}, zp = {int(q.zero_point)}"
+
+
+# ---- the statements ------------------------------------------------------------------------------------
+def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: list) -> str:
+    """The C statement of one step of run(), with the constants it needs appended to arrays and geometries."""
+    from .backends.c_codegen import c_initializer, conv_geometry, dense_geometry, global_avgpool_geometry, pool_geometry
+
+    out, inp, layer = step.dst.c_expr(), step.src.c_expr(), step.layer
+    label = comment_name(layer.name, "layer name")
+    if q.op == "none":
+        return "/* done by the conv/dense layer's requantisation: its output is clamped at the zero point (real 0) */"
+    if q.op == "clamp":
+        return f"int8_clamp_forward({out}, {out}, {int(q.act_min)}, {step.size});"
+    if q.op == "lookup":
+        arrays.append(_array(f"{name}_table", "int8_t", q.table, f"{label}: {step.op} lookup, out[i] = table[in[i] + 128]",
+                             (256,)))
+        return f"int8_lookup_forward({out}, {out}, {name}_table, {step.size});"
+    if q.op == "softmax":
+        arrays.append(_array(f"{name}_exp", "int32_t", q.table, f"{label}: softmax, round(2^16 exp(-d * s_in))", (256,)))
+        return f"int8_softmax_forward({out}, {out}, {name}_exp, {step.size});"
+    if q.op in ("conv", "dense"):
+        arrays.append(_array(f"{name}_weight", "int8_t", q.weight, f"{label}.weight, int8", q.weight.shape))
+        if q.bias is not None:
+            arrays.append(_array(f"{name}_bias", "int32_t", q.bias, f"{label}.bias, int32", q.bias.shape))
+        arrays.append(_array(f"{name}_multiplier", "int32_t", q.multiplier, f"{label}: requantisation multipliers",
+                             q.multiplier.shape))
+        arrays.append(_array(f"{name}_shift", "int32_t", q.shift, f"{label}: requantisation shifts", q.shift.shape))
+        struct, geometry = ("Int8Conv2d", conv_geometry(layer)) if q.op == "conv" else ("Int8Dense", dense_geometry(layer))
+        geometries.append({"struct": struct, "ident": name, "fields": c_initializer(geometry)})
+        requant = [("in_zero_point", q.inp.zero_point), ("out_zero_point", q.out.zero_point),
+                   ("act_min", q.act_min), ("act_max", q.act_max)]
+        fields = ", ".join(f".{field} = {c_int(int(value), field, INT8_MIN, INT8_MAX)}" for field, value in requant)
+        geometries.append({"struct": "Int8Requant", "ident": f"{name}_requant", "fields": "{" + fields + "}"})
+        bias = f"{name}_bias" if q.bias is not None else "NULL"
+        return (f"int8_{'conv2d' if q.op == 'conv' else 'dense'}_forward({out}, {inp}, {name}_weight, {bias}, "
+                f"{name}_multiplier, {name}_shift, {name}, {name}_requant);")
+    if q.op == "global_avgpool":
+        geometries.append({"struct": "Int8GlobalAvgPool", "ident": name,
+                           "fields": c_initializer(global_avgpool_geometry(layer))})
+        return f"int8_global_avgpool_forward({out}, {inp}, {name}, {int(q.inp.zero_point)});"
+    geometries.append({"struct": "Int8Pool2d", "ident": name, "fields": c_initializer(pool_geometry(layer))})
+    if q.op == "maxpool":
+        return f"int8_maxpool2d_forward({out}, {inp}, {name});"
+    return f"int8_avgpool2d_forward({out}, {inp}, {name}, {int(q.inp.zero_point)});"
+
+
+def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
+    """{file name: text} of PREFIX.h, PREFIX.c, kernels/int8.h and common.h, main.c and Makefile."""
+    from ._version import __version__
+    from .backends.c_codegen import header_closure
+    from .resources import kernel_header_texts
+
+    network = qmodel.network
+    prefix = checked_prefix(prefix)
+    plan = memory_plan(network)
+    arena_q, arena = int8_arena_bytes(network)
+    arrays, geometries, statements = [], [], []
+    for step in plan.steps:
+        if step.op == "copy":
+            code = f"memcpy({step.dst.c_expr()}, {step.src.c_expr()}, {step.size});"
+            statements.append({"comment": _step_comment(step), "code": code})
+            continue
+        q = qmodel.step((step.op, step.index))
+        code = _statement(step, q, f"layer{step.index}" + ("" if step.op == "compute" else f"_{step.op}"),
+                          arrays, geometries)
+        statements.append({"comment": f"{_step_comment(step)}; {_encoding(q.inp)} -> {_encoding(q.out)}",
+                           "code": code})
+    flash = int8_flash_bytes(network)
+    stored = sum(int(np.asarray(q_array).nbytes) for q_array in _constant_arrays(qmodel))
+    if stored != flash["weights"] + flash["constants"]:  # the report and the C must not disagree
+        raise AssertionError(f"export_int8: {stored} bytes of constants, {flash} reported")
+    kernel_files = [f"kernels/{name}" for name in header_closure({"int8.h"})]
+    context = {
+        "prefix": prefix, "PREFIX": prefix.upper(), "version": __version__,
+        "model": comment_name(network.name, "model name"),
+        "input_shape": _shape_text(network.input_shape), "output_shape": _shape_text(network.output_shape),
+        "input_size": plan.input_floats, "output_size": plan.output_floats,
+        "arena_bytes": arena, "arena_q_bytes": arena_q, "uses_arena": arena_q > 0,
+        "weight_bytes": flash["weights"], "constant_bytes": flash["constants"],
+        "input_scale": c_float(qmodel.input.scale), "input_zero_point": int(qmodel.input.zero_point),
+        "input_inverse_scale": c_float(qmodel.input.inverse_scale32()),
+        "output_scale": c_float(qmodel.output.scale), "output_zero_point": int(qmodel.output.zero_point),
+        "calibration": f"{int(qmodel.calibration.get('samples', 0))} samples, "
+                       f"{'min/max' if 'percentile' not in str(qmodel.calibration.get('method')) else 'percentile'} ranges",
+        "layers": [f"{i:>3}  {_layer_comment(layer)}" + (f" + {layer.activation}" if layer.activation else "")
+                   for i, layer in enumerate(network.layers, 1)],
+        "arrays": arrays, "geometries": geometries, "statements": statements, "kernel_files": kernel_files,
+    }
+    env = _environment()
+    texts = kernel_header_texts()
+    return {
+        f"{prefix}.h": env.get_template("int8_header.h.j2").render(context),
+        f"{prefix}.c": env.get_template("int8_source.c.j2").render(context),
+        **{name: texts[name.split("/", 1)[1]] for name in kernel_files},
+        "main.c": env.get_template("main.c.j2").render(context),
+        "Makefile": env.get_template("Makefile.j2").render(context),
+    }
+
+
+def _constant_arrays(qmodel: QuantizedModel):
+    for q in qmodel.steps:
+        for array in (q.weight, q.bias, q.multiplier, q.shift, q.table):
+            if array is not None:
+                yield array
+
+
+def export_int8_c(qmodel: QuantizedModel, out_dir, prefix: str | None = None, force: bool = False) -> list[Path]:
+    """Write the int8 export of qmodel into out_dir (see export_c.export_c for the folder rules)."""
+    if not isinstance(qmodel, QuantizedModel):
+        raise ValueError(f"export_int8_c needs a cnnc.quantize.QuantizedModel; got {type(qmodel).__name__}")
+    program = prefix or qmodel.network.name
+    files = render_int8_c(qmodel, program)
+    out = Path(os.fspath(out_dir))
+    if out.exists() and not out.is_dir():
+        raise CnncError(f"{out}: exists and is not a directory; the C export writes a directory of files")
+    return write_owned_folder(out, files, products=(program, f"{program}_external"), force=force)
+
+
+__all__ = ["export_int8_c", "render_int8_c", "memory_report_int8", "int8_arena_bytes"]

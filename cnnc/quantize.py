@@ -1,0 +1,517 @@
+"""int8 post-training quantisation and the NumPy int8 reference: `cnnc export --quantize int8`, `cnnc eval --quantize`.
+
+    q = calibrate(model, x_calibration)          # model: a float32 cnnc Model with trained weights
+    q.forward_q(x_int8) -> int8 outputs           # exactly the integer arithmetic of the exported C
+    q.forward(x_float) -> float32 outputs          # quantise the input, forward_q, dequantise the output
+
+The scheme is TensorFlow Lite's (and CMSIS-NN's):
+  weights      int8, symmetric (zero point 0), one scale per output channel (conv filter, dense unit):
+               s_w[f] = max|w[f]| / 127, w_q = round(w / s_w) in [-127, 127]; an all-zero channel gets s_w = 1.
+  biases       int32 at the scale of the product, s_x * s_w[f]: b_q = round(b / (s_x * s_w[f])).
+  activations  int8, per tensor, asymmetric: real = s * (q - zp). s and zp come from the range [lo, hi] seen
+               in calibration (min/max, or percentiles), widened to hold 0 so that 0 (the padding) is exact;
+               a zero range (a tensor that was always 0) gets s = 1.
+  conv, dense  int32 accumulation acc = b_q[f] + sum w_q * (x_q - zp_x), then requantisation by the real
+               factor M[f] = s_x * s_w[f] / s_y, held as an int32 multiplier m in [2^30, 2^31) and a shift e
+               (M = m * 2^(e - 31)): y_q = clamp(zp_y + RDBP(SRDHM(x * 2^max(e, 0), m), max(-e, 0))),
+               SRDHM the saturating rounding doubling high multiply, RDBP the rounding divide by a power of two
+               (gemmlowp's). One difference from TFLite: the left shift of a positive e saturates to int32
+               instead of overflowing (undefined behaviour in C).
+The layer kinds, each the same in the C (kernels/int8.h) and here:
+  relu (fused, or standalone right after a conv/dense)  folded into the layer: its output range is calibrated
+               after the relu, and the requantised value is clamped from below at zp_y (real 0).
+  relu (elsewhere)  a clamp at the tensor's zero point; the scale is kept.
+  maxpool      on int8 directly; the scale is kept.
+  avgpool, global_avgpool  the sum of (x_q - zp) over the window (padding counts as real 0, PyTorch's
+               convention) divided by the window area, rounded half away from zero; the scale is kept.
+  sigmoid, tanh, leaky_relu  a 256-entry int8 lookup table (computed here, in float64, at export time).
+               sigmoid's output has s = 1/256, zp = -128; tanh's s = 1/128, zp = 0; leaky_relu's is calibrated.
+  softmax      integer: e[i] = T[max_j x_q[j] - x_q[i]], a 256-entry int32 table T[d] = round(2^16 exp(-d s_x)),
+               then y_q[i] = min(255, (256 e[i] + S/2) / S) - 128 with S = sum e (int64, exact integer division);
+               the output has s = 1/256, zp = -128.
+  flatten, dropout  nothing (dropout is the identity at inference).
+Float arithmetic is used only at the boundary: PREFIX_predict's quantisation of the input
+(q = round_half_away(x * (1/s) + zp) in float32, clamped) and dequantisation of the output (s * (q - zp)).
+
+The NumPy reference computes the integer sums in float64 (every partial sum is an integer below 2^53, so
+exact in any order) and everything else in int64 with the C's rounding, so it is bit for bit the C.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import frexp, prod
+
+import numpy as np
+
+from .diagnostics import CnncError
+from .ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network, chain_only_refusal
+
+INT8_MIN, INT8_MAX = -128, 127
+WEIGHT_MAX = 127  # symmetric weights never use -128
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+DEFAULT_CALIBRATION_SAMPLES = 300
+SOFTMAX_EXP_ONE = 1 << 16  # T[0], exp(0), in the softmax table
+ALIAS_KINDS = ("flatten", "dropout")
+LOOKUP_KINDS = ("sigmoid", "tanh", "leaky_relu")
+SCHEMES = ("int8",)  # --quantize
+
+
+# ---- quantisation parameters ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class QParams:
+    """A tensor's int8 encoding: real = scale * (q - zero_point)."""
+
+    scale: float
+    zero_point: int
+
+    def inverse_scale32(self) -> np.float32:
+        return np.float32(1.0 / self.scale)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """float -> int8 exactly as kernels/int8.h's int8_quantize: float32 x * (1/s) + zp, clamped to
+        [-128, 127] (NaN -> -128), rounded half away from zero."""
+        scaled = np.asarray(x, np.float32) * self.inverse_scale32()
+        v = scaled + np.float32(self.zero_point)
+        v = np.where(v >= np.float32(INT8_MIN), v, np.float32(INT8_MIN))  # also NaN -> -128
+        v = np.minimum(v, np.float32(INT8_MAX))
+        half = np.float32(0.5)
+        rounded = np.where(v >= 0, np.trunc(v + half), np.trunc(v - half))
+        return rounded.astype(np.int8)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """int8 -> float32 as int8_dequantize: (float)(q - zp) * s."""
+        return (np.asarray(q, np.int32) - self.zero_point).astype(np.float32) * np.float32(self.scale)
+
+
+def choose_qparams(lo: float, hi: float) -> QParams:
+    """The per-tensor scale and zero point for values in [lo, hi], the range widened to hold 0."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise CnncError(f"calibration saw a non-finite value (range [{lo}, {hi}]); check the weights and the data")
+    if hi == lo:  # always 0: any scale represents it exactly
+        return QParams(1.0, 0)
+    scale = float(np.float32((hi - lo) / (INT8_MAX - INT8_MIN)))
+    if scale <= 0.0:  # a range so small that float32 rounds its scale to 0
+        return QParams(1.0, 0)
+    zero_point = int(np.clip(round(INT8_MIN - lo / scale), INT8_MIN, INT8_MAX))
+    return QParams(scale, zero_point)
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """real >= 0 -> (multiplier, shift) with real ~= multiplier * 2^(shift - 31), multiplier in [2^30, 2^31).
+    Factors below 2^-32 become (0, 0) (everything requantises to the zero point); factors of 2^30 or more
+    saturate to (2^31 - 1, 30)."""
+    if not real > 0.0:
+        return 0, 0
+    mantissa, exponent = frexp(real)  # real = mantissa * 2^exponent, mantissa in [0.5, 1)
+    multiplier = int(round(mantissa * (1 << 31)))
+    if multiplier == 1 << 31:
+        multiplier //= 2
+        exponent += 1
+    if exponent < -31:
+        return 0, 0
+    if exponent > 30:
+        return INT32_MAX, 30
+    return multiplier, exponent
+
+
+def saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """gemmlowp's SaturatingRoundingDoublingHighMul on int32 values: round(a * b / 2^31), ties upward (the
+    nudge, then division truncating toward zero); INT32_MIN * INT32_MIN saturates to INT32_MAX."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    ab = a * b
+    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    total = ab + nudge
+    high = np.where(total >= 0, total >> 31, -((-total) >> 31))  # C's truncating division by 2^31
+    return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
+
+
+def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """gemmlowp's RoundingDivideByPOT: x / 2^exponent rounded to nearest, ties away from zero (0 <= exponent <= 31)."""
+    x, exponent = np.asarray(x, np.int64), np.asarray(exponent, np.int64)
+    mask = (np.int64(1) << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> exponent) + (remainder > threshold)
+
+
+def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """x * multiplier * 2^(shift - 31), rounded, as int8_requantize in kernels/int8.h (int32 in, int32 out)."""
+    x = np.asarray(x, np.int64)
+    shift = np.asarray(shift, np.int64)
+    left = np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    shifted = np.clip(x * (np.int64(1) << left), INT32_MIN, INT32_MAX)
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, multiplier), right)
+
+
+def requantize(acc: np.ndarray, multiplier, shift, out: QParams, act_min: int, act_max: int = INT8_MAX) -> np.ndarray:
+    """int32 accumulators -> int8: zp_out + the scaled value, clamped to [act_min, act_max].
+    multiplier, shift broadcast against acc (per channel: shaped to acc's channel axis)."""
+    scaled = multiply_by_quantized_multiplier(acc, multiplier, shift)
+    return np.clip(scaled + out.zero_point, act_min, act_max).astype(np.int8)
+
+
+def rounding_divide(total: np.ndarray, count: int) -> np.ndarray:
+    """total / count rounded half away from zero, with C's truncating division (int8_rounding_divide)."""
+    total = np.asarray(total, np.int64)
+    magnitude = (np.abs(total) + count // 2) // count
+    return np.where(total >= 0, magnitude, -magnitude)
+
+
+# ---- the quantised network --------------------------------------------------------------------------
+@dataclass
+class QuantStep:
+    """One int8 operation, keyed like a statement of export_c's memory plan: key = (plan op, layer index),
+    plan op "compute" for conv/dense/pooling, else the activation's name (fused or standalone).
+
+    op: "conv", "dense", "maxpool", "avgpool", "global_avgpool", "clamp" (relu), "lookup" (sigmoid, tanh,
+        leaky_relu), "softmax", or "none" (a relu folded into the layer before it).
+    inp, out: the encodings of the tensor read and the tensor written.
+    weight (int8), bias (int32 or None), multiplier and shift (int32, one per output channel): conv and dense.
+    act_min, act_max: the clamp of conv/dense outputs (act_min = zp for a folded relu) and of "clamp".
+    table: int8 (256,) for "lookup", int32 (256,) for "softmax", indexed as kernels/int8.h does."""
+
+    op: str
+    key: tuple[str, int]
+    layer: Layer
+    inp: QParams
+    out: QParams
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    multiplier: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    act_min: int = INT8_MIN
+    act_max: int = INT8_MAX
+    table: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: (N, *layer.in_shape) int8 for compute ops, (N, *layer.out_shape) otherwise -> int8 (N, *out_shape)"""
+        N, layer = x.shape[0], self.layer
+        if self.op == "conv":
+            return conv_int8(x.reshape(N, *layer.in_shape), self).reshape(N, *layer.out_shape)
+        if self.op == "dense":
+            return dense_int8(x.reshape(N, *layer.in_shape), self)
+        if self.op in ("maxpool", "avgpool"):
+            return pool_int8(x.reshape(N, *layer.in_shape), self).reshape(N, *layer.out_shape)
+        if self.op == "global_avgpool":
+            total = (x.reshape(N, layer.in_shape[0], -1).astype(np.int64) - self.inp.zero_point).sum(axis=2)
+            count = prod(layer.in_shape[1:])
+            return np.clip(rounding_divide(total, count) + self.inp.zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
+        if self.op == "clamp":
+            return np.maximum(x, self.act_min).astype(np.int8)
+        if self.op == "lookup":
+            return self.table[x.astype(np.int64) - INT8_MIN]
+        if self.op == "softmax":
+            return softmax_int8(x, self.table)
+        if self.op == "none":
+            return x
+        raise AssertionError(f"quantize: unhandled op {self.op!r}")
+
+
+@dataclass
+class QuantizedModel:
+    """A network with int8 weights and the encodings of its input, output and every tensor between."""
+
+    network: Network
+    input: QParams
+    output: QParams
+    steps: list[QuantStep]
+    calibration: dict = field(default_factory=dict)  # samples, method
+
+    def forward_q(self, xq: np.ndarray) -> np.ndarray:
+        """xq: int8 (N, *input_shape) -> int8 (N, *output_shape), the exported PREFIX_predict_q."""
+        x = np.asarray(xq)
+        if x.dtype != np.int8:
+            raise ValueError(f"forward_q takes int8 inputs, got {x.dtype}")
+        x = x.reshape(x.shape[0], *self.network.input_shape)
+        for step in self.steps:
+            x = step.forward(x)
+        return x.reshape(x.shape[0], *self.network.output_shape)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: float (N, *input_shape) -> float32 (N, *output_shape), the exported PREFIX_predict."""
+        return self.output.dequantize(self.forward_q(self.input.quantize(x)))
+
+    def step(self, key: tuple[str, int]) -> QuantStep:
+        for s in self.steps:
+            if s.key == key:
+                return s
+        raise KeyError(key)
+
+
+def conv_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
+    """x: int8 (N, C, *spatial) -> y: int8 (N, F, *out_spatial); int8_conv2d_forward."""
+    from .backends.numpy_backend import as_2d, correlate, geometry_2d, pad
+
+    layer = s.layer
+    _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
+    centred = as_2d(x.astype(np.float64) - s.inp.zero_point, layer.spatial_dims)  # padding is real 0: x - zp = 0
+    w = as_2d(s.weight.astype(np.float64), layer.spatial_dims)
+    acc = correlate(pad(centred, pad_before, pad_after), w, stride, dilation)  # (N, F, OH, OW), exact integers
+    acc = acc.astype(np.int64)
+    if s.bias is not None:
+        acc += s.bias.astype(np.int64)[:, None, None]
+    channel = (slice(None), None, None)
+    return requantize(acc, s.multiplier[channel], s.shift[channel], s.out, s.act_min, s.act_max)
+
+
+def dense_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
+    """x: int8 (N, D) -> y: int8 (N, U); int8_dense_forward."""
+    acc = ((x.astype(np.float64) - s.inp.zero_point) @ s.weight.astype(np.float64).T).astype(np.int64)
+    if s.bias is not None:
+        acc += s.bias.astype(np.int64)
+    return requantize(acc, s.multiplier, s.shift, s.out, s.act_min, s.act_max)
+
+
+def pool_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
+    """x: int8 (N, C, *spatial) -> int8 (N, C, *out_spatial): max, or the rounded average of (x - zp) + zp."""
+    from .backends.numpy_backend import as_2d, geometry_2d, pad, windows
+
+    layer = s.layer
+    kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
+    x2 = as_2d(x, layer.spatial_dims).astype(np.int64)
+    if s.op == "maxpool":
+        return windows(pad(x2, pad_before, pad_after, INT8_MIN - 1), kernel, stride).max(axis=(4, 5)).astype(np.int8)
+    zp = s.inp.zero_point
+    total = windows(pad(x2 - zp, pad_before, pad_after, 0), kernel, stride).sum(axis=(4, 5))
+    return np.clip(rounding_divide(total, kernel[0] * kernel[1]) + zp, INT8_MIN, INT8_MAX).astype(np.int8)
+
+
+def softmax_int8(x: np.ndarray, exp_table: np.ndarray) -> np.ndarray:
+    """x: int8 (N, *shape) -> int8 (N, *shape), softmax over each sample's elements; int8_softmax_forward."""
+    flat = x.reshape(x.shape[0], -1).astype(np.int64)
+    e = exp_table.astype(np.int64)[flat.max(axis=1, keepdims=True) - flat]
+    total = e.sum(axis=1, keepdims=True)
+    y = np.minimum((e * 256 + total // 2) // total, 255) - 128
+    return y.astype(np.int8).reshape(x.shape)
+
+
+# ---- building it: weights and calibration ---------------------------------------------------------------
+def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """w: (F, ...) float -> (int8 (F, ...) in [-127, 127], float64 scales (F,)); an all-zero filter gets scale 1."""
+    flat = np.asarray(w, np.float64).reshape(w.shape[0], -1)
+    peak = np.abs(flat).max(axis=1)
+    scales = np.where(peak > 0, peak / WEIGHT_MAX, 1.0)
+    q = np.clip(np.round(flat / scales[:, None]), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
+    return q.reshape(w.shape), scales
+
+
+def accumulator_bound(layer: Layer) -> int:
+    """The largest |sum w_q * (x_q - zp)| of one output: terms per output * 127 * 255."""
+    terms = layer.in_size if layer.kind == "dense" else prod(layer.kernel) * layer.in_shape[0]
+    return terms * WEIGHT_MAX * (INT8_MAX - INT8_MIN)
+
+
+def linear_step(key, layer: Layer, params: dict, inp: QParams, out: QParams, relu: bool) -> QuantStep:
+    """conv or dense: per-channel int8 weights, int32 biases, multipliers and shifts."""
+    weight_q, w_scales = quantize_weights(params[f"{layer.name}.weight"])
+    headroom = INT32_MAX - accumulator_bound(layer)
+    if headroom < 0:
+        raise CnncError(f"layer '{layer.name}' sums {accumulator_bound(layer) // (WEIGHT_MAX * 255):,} products per "
+                        f"output: its int32 accumulator could overflow, so it cannot be quantised to int8")
+    bias_q = None
+    if layer.bias:
+        b = np.asarray(params[f"{layer.name}.bias"], np.float64)
+        bias_q = np.clip(np.round(b / (inp.scale * w_scales)), -headroom, headroom).astype(np.int32)
+    pairs = [quantize_multiplier(inp.scale * s / out.scale) for s in w_scales]
+    multiplier = np.array([m for m, _ in pairs], np.int32)
+    shift = np.array([e for _, e in pairs], np.int32)
+    act_min = max(INT8_MIN, out.zero_point) if relu else INT8_MIN
+    return QuantStep("conv" if layer.kind in CONV_KINDS else "dense", key, layer, inp, out, weight_q, bias_q,
+                     multiplier, shift, act_min)
+
+
+def lookup_step(key, layer: Layer, kind: str, inp: QParams, out_range: tuple[float, float] | None) -> QuantStep:
+    """sigmoid, tanh or leaky_relu as a 256-entry table over every int8 input."""
+    x = inp.scale * (np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.float64) - inp.zero_point)
+    if kind == "sigmoid":
+        out, y = QParams(1.0 / 256, -128), 1.0 / (1.0 + np.exp(-x))
+    elif kind == "tanh":
+        out, y = QParams(1.0 / 128, 0), np.tanh(x)
+    else:
+        out, y = choose_qparams(*out_range), np.where(x >= 0, x, layer.slope * x)
+    table = np.clip(np.floor(y / out.scale + 0.5) + out.zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
+    return QuantStep("lookup", key, layer, inp, out, table=table)
+
+
+def softmax_step(key, layer: Layer, inp: QParams) -> QuantStep:
+    d = np.arange(256, dtype=np.float64)
+    table = np.floor(SOFTMAX_EXP_ONE * np.exp(-d * inp.scale) + 0.5).astype(np.int32)
+    return QuantStep("softmax", key, layer, inp, QParams(1.0 / 256, -128), table=table)
+
+
+def check_quantizable(network: Network) -> None:
+    refusal = chain_only_refusal(network, "int8 quantisation")
+    if refusal:
+        raise CnncError(f"model '{network.name}': {refusal}")
+    supported = CONV_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS + ("global_avgpool", "dense") + ALIAS_KINDS + \
+        ("relu", "softmax") + LOOKUP_KINDS
+    for layer in network.layers:
+        for kind in (layer.kind, layer.activation):
+            if kind is not None and kind not in supported:
+                raise CnncError(f"model '{network.name}': layer '{layer.name}' ({kind}) cannot be quantised to int8")
+
+
+def _folded_relus(network: Network) -> set[int]:
+    """1-based indices of standalone relu layers whose nearest earlier non-alias layer is a conv or dense
+    layer without a fused activation: the relu becomes that layer's clamp."""
+    folded, previous = set(), None
+    for index, layer in enumerate(network.layers, 1):
+        if layer.kind in ALIAS_KINDS:
+            continue
+        if layer.kind == "relu" and previous is not None and previous.kind in CONV_KINDS + ("dense",) \
+                and previous.activation is None:
+            folded.add(index)
+        previous = layer
+    return folded
+
+
+def observed_ranges(model, x: np.ndarray, percentile: float | None) -> tuple[tuple[float, float], dict]:
+    """Run the float model on x layer by layer. -> (input range, {(layer index, "pre"|"post"): (lo, hi)}):
+    "pre" is a conv/dense output before its fused activation, "post" every layer's output."""
+    def value_range(v) -> tuple[float, float]:
+        v = np.asarray(v, np.float64).ravel()
+        if percentile is None:
+            return float(v.min()), float(v.max())
+        lo, hi = np.percentile(v, [100.0 - percentile, percentile])
+        return float(lo), float(hi)
+
+    ranges = {}
+    first = value_range(x)
+    for index, layer in enumerate(model.network.layers, 1):
+        y, saved = model._layer_forward(layer, x, None)
+        if layer.activation is not None:
+            ranges[(index, "pre")] = value_range(saved["z"])
+        ranges[(index, "post")] = value_range(y)
+        x = y
+    return first, ranges
+
+
+def calibrate(model, x: np.ndarray, percentile: float | None = None) -> QuantizedModel:
+    """Quantise a float cnnc Model (trained weights; any backend) with activation ranges observed on x
+    (N, *input_shape): min/max, or the [100 - P, P] percentiles of each tensor's values."""
+    from .backends.numpy_backend import NumpyModel
+
+    network = model.network
+    check_quantizable(network)
+    if not isinstance(model, NumpyModel):  # calibration reads every layer's output: the NumPy backend's
+        numpy_model = NumpyModel(network, "float32")
+        numpy_model.load_weights({name: np.asarray(value) for name, value in model.params.items()})
+        model = numpy_model
+    params = model.params
+    x = np.asarray(x, np.float32)
+    if x.ndim == 0 or x.shape[1:] != tuple(network.input_shape) or len(x) == 0:
+        raise CnncError(f"calibration data has shape {list(x.shape)}; model '{network.name}' takes "
+                        f"(N, {', '.join(map(str, network.input_shape))}) with N >= 1")
+    if percentile is not None and not 50.0 < percentile <= 100.0:
+        raise CnncError(f"--calibration-percentile {percentile:g}: must be above 50 and at most 100 (e.g. 99.99)")
+    input_range, ranges = observed_ranges(model, x, percentile)
+    folded = _folded_relus(network)
+    folded_into = {}  # conv/dense index -> the index of the relu folded into it
+    previous = None
+    for index, layer in enumerate(network.layers, 1):
+        if index in folded:
+            folded_into[previous] = index
+        if layer.kind not in ALIAS_KINDS:
+            previous = index
+    current = choose_qparams(*input_range)
+    first, steps = current, []
+    for index, layer in enumerate(network.layers, 1):
+        kind = layer.kind
+        if kind in ALIAS_KINDS:
+            continue
+        if kind in CONV_KINDS or kind == "dense":
+            fused = layer.activation
+            if fused == "relu" or fused is None and index in folded_into:
+                relu_index = index if fused == "relu" else folded_into[index]
+                out = choose_qparams(*ranges[(relu_index, "post")])
+                steps.append(linear_step(("compute", index), layer, params, current, out, relu=True))
+            else:
+                out = choose_qparams(*ranges[(index, "pre" if fused else "post")])
+                steps.append(linear_step(("compute", index), layer, params, current, out, relu=False))
+            current = out
+            if fused == "relu":
+                steps.append(QuantStep("none", ("relu", index), layer, current, current))
+            elif fused is not None:
+                steps.append(_activation_step((fused, index), layer, fused, current, ranges[(index, "post")]))
+                current = steps[-1].out
+        elif kind in MAXPOOL_KINDS or kind in AVGPOOL_KINDS or kind == "global_avgpool":
+            op = "maxpool" if kind in MAXPOOL_KINDS else "avgpool" if kind in AVGPOOL_KINDS else "global_avgpool"
+            steps.append(QuantStep(op, ("compute", index), layer, current, current))
+        elif kind == "relu":
+            if index in folded:
+                steps.append(QuantStep("none", (kind, index), layer, current, current))
+            else:
+                steps.append(QuantStep("clamp", (kind, index), layer, current, current,
+                                       act_min=max(INT8_MIN, current.zero_point)))
+        elif kind in ACTIVATIONS:
+            steps.append(_activation_step((kind, index), layer, kind, current, ranges[(index, "post")]))
+            current = steps[-1].out
+        else:
+            raise AssertionError(f"quantize: unhandled layer kind {kind!r}")
+    return QuantizedModel(network, first, current, steps,
+                          {"samples": len(x), "method": "min/max" if percentile is None else f"percentile {percentile:g}"})
+
+
+def _activation_step(key, layer, kind, inp: QParams, out_range) -> QuantStep:
+    if kind == "softmax":
+        return softmax_step(key, layer, inp)
+    return lookup_step(key, layer, kind, inp, out_range)
+
+
+# ---- sizes -------------------------------------------------------------------------------------------
+def int8_flash_bytes(network: Network) -> dict[str, int]:
+    """Flash of the int8 export, from the network alone: {"weights": int8 weights + int32 biases,
+    "constants": multipliers, shifts and lookup tables}."""
+    weights = constants = 0
+    for layer in network.layers:
+        for spec in layer.params:
+            weights += spec.size if spec.name.endswith(".weight") else 4 * spec.size
+        if layer.kind in CONV_KINDS or layer.kind == "dense":
+            constants += 8 * layer.out_shape[0]  # an int32 multiplier and shift per output channel
+        for kind in (layer.kind, layer.activation):
+            if kind in LOOKUP_KINDS:
+                constants += 256
+            elif kind == "softmax":
+                constants += 4 * 256
+    return {"weights": weights, "constants": constants}
+
+
+# ---- data --------------------------------------------------------------------------------------------
+def calibration_samples(data: str, network: Network, samples: int = DEFAULT_CALIBRATION_SAMPLES) -> np.ndarray:
+    """`samples` inputs from the training split of DATA (anything `cnnc train --data` accepts), a fixed
+    random choice (seed 0) when it holds more."""
+    from .datasets import load_dataset
+
+    if samples < 1:
+        raise CnncError(f"--calibration-samples {samples}: must be at least 1")
+    ds = load_dataset(data)
+    ds.check_fits(network.input_shape, ds.classes, network.name)  # the input shape; labels do not matter here
+    x = ds.x_train
+    if len(x) > samples:
+        x = x[np.sort(np.random.default_rng(0).choice(len(x), samples, replace=False))]
+    return np.ascontiguousarray(x, np.float32)
+
+
+def evaluate_quantized(qmodel: QuantizedModel, float_model, x: np.ndarray, y: np.ndarray) -> dict:
+    """inference.evaluate of the int8 reference: accuracy, loss (the float model's, on the dequantised outputs)
+    and confusion matrix."""
+    from .inference import evaluate
+
+    class Int8Classifier:  # what evaluate reads of a Model
+        output_shape, dtype = float_model.output_shape, np.dtype(np.float32)
+
+        @staticmethod
+        def forward(xb, train=False):
+            return qmodel.forward(xb)
+
+        loss = staticmethod(float_model.loss)
+
+    return evaluate(Int8Classifier, x, y)
+
+
+__all__ = ["QParams", "QuantStep", "QuantizedModel", "calibrate", "choose_qparams", "quantize_multiplier",
+           "multiply_by_quantized_multiplier", "saturating_rounding_doubling_high_mul", "rounding_divide_by_pot",
+           "requantize", "rounding_divide", "quantize_weights", "int8_flash_bytes", "calibration_samples",
+           "evaluate_quantized", "check_quantizable", "DEFAULT_CALIBRATION_SAMPLES"]
