@@ -35,7 +35,7 @@ import numpy as np
 
 from .diagnostics import CnncError
 from .fileio import atomic_write_bytes
-from .ir import AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network
+from .ir import AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network, numpy_only_refusal
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that goes with opset 17: readable by every onnxruntime since 1.11
@@ -160,6 +160,9 @@ def build_onnx(network: Network, params: dict[str, np.ndarray], buffers: dict[st
     onnx = require_onnx("onnx")
     if not 13 <= opset <= OPSET:
         raise CnncError(f"the ONNX export writes opsets 13 to {OPSET}; got {opset}")
+    reason = numpy_only_refusal(network, "the ONNX export")  # issue 15's NumPy-only additions
+    if reason is not None:
+        raise CnncError(reason)
     buffers = dict(buffers or {})
     for spec in network.buffer_specs:
         buffers.setdefault(spec.name, np.full(spec.shape, spec.fill, np.float32))

@@ -221,8 +221,9 @@ NUMPY_ONLY_KINDS = CONV_TRANSPOSE_KINDS + ("global_maxpool", "lrn", "channel_shu
                                            "log_softmax")
 
 
-def c_backend_refusal(network: Network, what: str = "the C backend") -> str | None:
-    """Why the C backend cannot run `network` yet, or None: it runs graphs of every kind but NUMPY_ONLY_KINDS,
+def numpy_only_refusal(network: Network, what: str = "the C backend") -> str | None:
+    """Why `what` (the C backend, the ONNX export) cannot run `network` yet, or None: they run graphs of every
+    kind but NUMPY_ONLY_KINDS,
     pooling with ceil=true or count_pad=false, and loss nll."""
     if network.loss not in (None, "cross_entropy", "mse"):
         return f"{what} does not support loss {network.loss} yet; the NumPy backend runs it"

@@ -33,7 +33,7 @@ from .._version import __version__
 from ..diagnostics import CnncError
 from ..fileio import atomic_write_bytes, atomic_write_text, check_distinct
 from ..frontend import read_network, read_source, select
-from ..ir import Network, c_backend_refusal
+from ..ir import Network, numpy_only_refusal
 from ..model import DTYPES, Model, check_dtype
 from . import c_build
 from .c_codegen import SIZE_CONSTANTS, VECTOR_BYTES, CSource, NetworkPlan, generate, plan_network
@@ -90,10 +90,10 @@ class CModule:
 
 
 def refuse_unsupported(networks: list[Network]) -> None:
-    """The C backend runs graphs of every layer kind but issue 15's NumPy-only additions (`c_backend_refusal`);
+    """The C backend runs graphs of every layer kind but issue 15's NumPy-only additions (`numpy_only_refusal`);
     an empty network is refused by check_safe."""
     for network in networks:
-        reason = c_backend_refusal(network)
+        reason = numpy_only_refusal(network)
         if reason is not None:
             raise CnncError(reason)
 
