@@ -209,14 +209,15 @@ async def test_completion_offers_layer_kinds_at_the_start_of_a_statement(editor:
 async def test_completion_offers_the_arguments_of_the_kind_being_written(editor: Editor):
     text = FIXED.replace("maxpool2d p1(size=2)", "maxpool2d p1(size=2, ")
     await editor.open(text)
-    assert await editor.completion_labels(position(text, "size=2, ", 8)) == ["stride", "padding", "from"]
+    assert await editor.completion_labels(position(text, "size=2, ", 8)) == ["stride", "padding", "ceil", "from"]
 
 
 async def test_completion_offers_the_values_an_argument_takes(editor: Editor):
     text = FIXED.replace("activation=relu", "activation=")
     await editor.open(text)
     found = await editor.completion_labels(position(text, "activation=", 11))
-    assert found == ["relu", "sigmoid", "tanh", "leaky_relu", "softmax", "relu6", "silu", "hardswish", "none"]
+    assert found == ["relu", "sigmoid", "tanh", "leaky_relu", "softmax", "relu6", "silu", "hardswish", "elu", "selu",
+                     "hardsigmoid", "log_softmax", "none"]
 
 
 async def test_completion_offers_earlier_layer_names_in_from_and_merges(editor: Editor):
