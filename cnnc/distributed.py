@@ -86,8 +86,16 @@ class Watchdog:
                       f"for {waiting[1]}; another rank has failed or was killed (see its message above); "
                       f"stopping all ranks", file=sys.stderr, flush=True)
                 if self.abort is not None:
-                    self.abort(1)
+                    abort_after_message(self.abort)
                 os._exit(1)
+
+
+def abort_after_message(abort) -> None:
+    """MPI Abort (error code 1) after a message just printed to stderr. The launcher kills every rank at
+    once on Abort and can do so before it has forwarded that line (about 1 run in 8 with MPICH's hydra),
+    so give it half a second first."""
+    time.sleep(0.5)
+    abort(1)
 
 
 def launched_size() -> int:
@@ -282,7 +290,7 @@ class MPIComm(Local):
         """This rank cannot go on: say so, naming the rank, and end every rank of the job."""
         print(f"cnnc: rank {self.rank} of {self.size} failed: {message}; stopping all ranks", file=sys.stderr,
               flush=True)
-        self.comm.Abort(1)
+        abort_after_message(self.comm.Abort)
 
 
 def _params_digest(model) -> str:

@@ -218,7 +218,7 @@ def test_a_hung_rank_is_given_up_on_by_the_watchdog(run_dir):
     out, err = proc.communicate(timeout=60)
     assert time.monotonic() - started < 30
     assert proc.returncode != 0
-    assert "cnnc: rank 0 of 2: no answer within 3 s while waiting for the other ranks'" in err
+    assert "cnnc: rank 0 of 2: no answer within 3 s while waiting for the other ranks'" in err, (proc.returncode, out, err)
     validate_run_meta(load_checkpoint(str(run_dir / "long.ckpt.npz")))
 
 
