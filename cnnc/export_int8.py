@@ -21,9 +21,8 @@ import numpy as np
 
 from .c_names import c_int, comment_name
 from .diagnostics import CnncError
-from .export_c import (FLOAT_BYTES, Step, _environment, _layer_comment, _shape_text, _step_comment, c_float,
-                       checked_prefix, memory_plan)
-from .fileio import write_owned_folder
+from .export_c import (FLOAT_BYTES, Step, c_float, checked_prefix, export_context, memory_plan, render_files,
+                       shape_text, step_comment, write_export)
 from .ir import Network
 from .quantize import INT8_MAX, INT8_MIN, QuantizedModel, QuantStep, int8_flash_bytes
 from .summary import human_bytes
@@ -67,7 +66,7 @@ def c_int_lines(values: np.ndarray, indent: str = "    ") -> str:
 
 
 def _array(ident: str, ctype: str, values: np.ndarray, comment: str, shape) -> dict:
-    return {"ident": ident, "ctype": ctype, "size": int(np.asarray(values).size), "shape": _shape_text(shape),
+    return {"ident": ident, "ctype": ctype, "size": int(np.asarray(values).size), "shape": shape_text(shape),
             "comment": comment, "initializer": c_int_lines(values)}
 
 
@@ -121,9 +120,7 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
 
 def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
     """{file name: text} of PREFIX.h, PREFIX.c, kernels/int8.h and common.h, main.c and Makefile."""
-    from ._version import __version__
     from .backends.c_codegen import header_closure
-    from .resources import kernel_header_texts
 
     network = qmodel.network
     prefix = checked_prefix(prefix)
@@ -133,12 +130,12 @@ def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
     for step in plan.steps:
         if step.op == "copy":
             code = f"memcpy({step.dst.c_expr()}, {step.src.c_expr()}, {step.size});"
-            statements.append({"comment": _step_comment(step), "code": code})
+            statements.append({"comment": step_comment(step), "code": code})
             continue
         q = qmodel.step((step.op, step.index))
         code = _statement(step, q, f"layer{step.index}" + ("" if step.op == "compute" else f"_{step.op}"),
                           arrays, geometries)
-        statements.append({"comment": f"{_step_comment(step)}; {_encoding(q.inp)} -> {_encoding(q.out)}",
+        statements.append({"comment": f"{step_comment(step)}; {_encoding(q.inp)} -> {_encoding(q.out)}",
                            "code": code})
     flash = int8_flash_bytes(network)
     stored = sum(int(np.asarray(q_array).nbytes) for q_array in _constant_arrays(qmodel))
@@ -146,10 +143,7 @@ def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
         raise AssertionError(f"export_int8: {stored} bytes of constants, {flash} reported")
     kernel_files = [f"kernels/{name}" for name in header_closure({"int8.h"})]
     context = {
-        "prefix": prefix, "PREFIX": prefix.upper(), "version": __version__,
-        "model": comment_name(network.name, "model name"),
-        "input_shape": _shape_text(network.input_shape), "output_shape": _shape_text(network.output_shape),
-        "input_size": plan.input_floats, "output_size": plan.output_floats,
+        **export_context(network, plan, prefix),
         "arena_bytes": arena, "arena_q_bytes": arena_q, "uses_arena": arena_q > 0,
         "weight_bytes": flash["weights"], "constant_bytes": flash["constants"],
         "input_scale": c_float(qmodel.input.scale), "input_zero_point": int(qmodel.input.zero_point),
@@ -157,19 +151,9 @@ def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
         "output_scale": c_float(qmodel.output.scale), "output_zero_point": int(qmodel.output.zero_point),
         "calibration": f"{int(qmodel.calibration.get('samples', 0))} samples, "
                        f"{'min/max' if 'percentile' not in str(qmodel.calibration.get('method')) else 'percentile'} ranges",
-        "layers": [f"{i:>3}  {_layer_comment(layer)}" + (f" + {layer.activation}" if layer.activation else "")
-                   for i, layer in enumerate(network.layers, 1)],
         "arrays": arrays, "geometries": geometries, "statements": statements, "kernel_files": kernel_files,
     }
-    env = _environment()
-    texts = kernel_header_texts()
-    return {
-        f"{prefix}.h": env.get_template("int8_header.h.j2").render(context),
-        f"{prefix}.c": env.get_template("int8_source.c.j2").render(context),
-        **{name: texts[name.split("/", 1)[1]] for name in kernel_files},
-        "main.c": env.get_template("main.c.j2").render(context),
-        "Makefile": env.get_template("Makefile.j2").render(context),
-    }
+    return render_files(prefix, context, ("int8_header.h.j2", "int8_source.c.j2"), kernel_files)
 
 
 def _constant_arrays(qmodel: QuantizedModel):
@@ -184,11 +168,7 @@ def export_int8_c(qmodel: QuantizedModel, out_dir, prefix: str | None = None, fo
     if not isinstance(qmodel, QuantizedModel):
         raise ValueError(f"export_int8_c needs a cnnc.quantize.QuantizedModel; got {type(qmodel).__name__}")
     program = prefix or qmodel.network.name
-    files = render_int8_c(qmodel, program)
-    out = Path(os.fspath(out_dir))
-    if out.exists() and not out.is_dir():
-        raise CnncError(f"{out}: exists and is not a directory; the C export writes a directory of files")
-    return write_owned_folder(out, files, products=(program, f"{program}_external"), force=force)
+    return write_export(render_int8_c(qmodel, program), out_dir, program, force)
 
 
 __all__ = ["export_int8_c", "render_int8_c", "memory_report_int8", "int8_arena_bytes"]
