@@ -15,6 +15,7 @@ Nothing from the spec reaches the C but checked names in comments and numbers.
 from __future__ import annotations
 
 import os
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,12 @@ def _encoding(q) -> str:
     return f"s = {float(q.scale):.6g}, zp = {int(q.zero_point)}"
 
 
+def _encoded_fields(pairs) -> str:
+    """A designated initializer of checked ints: zero points in [-128, 127], sizes in [0, 2^31)."""
+    return "{" + ", ".join(f".{field} = {c_int(int(value), field, INT8_MIN, INT8_MAX)}" if field.endswith("zero_point")
+                           else f".{field} = {c_int(int(value), field)}" for field, value in pairs) + "}"
+
+
 # ---- the statements ------------------------------------------------------------------------------------
 def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: list) -> str:
     """The C statement of one step of run(), with the constants it needs appended to arrays and geometries."""
@@ -92,6 +99,26 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
     if q.op == "softmax":
         arrays.append(_array(f"{name}_exp", "int32_t", q.table, f"{label}: softmax, round(2^16 exp(-d * s_in))", (256,)))
         return f"int8_softmax_forward({out}, {out}, {name}_exp, {step.size});"
+    if q.op in ("add", "concat"):
+        arrays.append(_array(f"{name}_multiplier", "int32_t", q.multiplier, f"{label}: rescaling multipliers",
+                             q.multiplier.shape))
+        arrays.append(_array(f"{name}_shift", "int32_t", q.shift, f"{label}: rescaling shifts", q.shift.shape))
+        sources = [b.c_expr() for b in step.srcs]
+        zero_points = [int(operand.zero_point) for operand in q.operands]
+        if q.op == "add":
+            fields = [("a_zero_point", zero_points[0]), ("b_zero_point", zero_points[1]),
+                      ("out_zero_point", int(q.out.zero_point)), ("n", step.size)]
+            geometries.append({"struct": "Int8Add", "ident": name, "fields": _encoded_fields(fields)})
+            return f"int8_add_forward({out}, {sources[0]}, {sources[1]}, {name}_multiplier, {name}_shift, {name});"
+        lines, offset = [], 0
+        for k, (source, shape) in enumerate(zip(sources, layer.in_shapes)):
+            size = prod(shape)
+            fields = [("OUT", step.size), ("OFFSET", offset), ("SIZE", size), ("in_zero_point", zero_points[k]),
+                      ("out_zero_point", int(q.out.zero_point))]
+            geometries.append({"struct": "Int8Concat", "ident": f"{name}_in{k}", "fields": _encoded_fields(fields)})
+            lines.append(f"int8_concat_forward({out}, {source}, {name}_multiplier[{k}], {name}_shift[{k}], {name}_in{k});")
+            offset += size
+        return "\n    ".join(lines)
     if q.op in ("conv", "dense"):
         arrays.append(_array(f"{name}_weight", "int8_t", q.weight, f"{label}.weight, int8", q.weight.shape))
         if q.bias is not None:
@@ -130,18 +157,19 @@ def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
     for step in plan.steps:
         if step.op == "copy":
             code = f"memcpy({step.dst.c_expr()}, {step.src.c_expr()}, {step.size});"
-            statements.append({"comment": step_comment(step), "code": code})
+            statements.append({"comment": step_comment(step, plan.folds), "code": code})
             continue
         q = qmodel.step((step.op, step.index))
         code = _statement(step, q, f"layer{step.index}" + ("" if step.op == "compute" else f"_{step.op}"),
                           arrays, geometries)
-        statements.append({"comment": f"{step_comment(step)}; {_encoding(q.inp)} -> {_encoding(q.out)}",
+        statements.append({"comment": f"{step_comment(step, plan.folds)}; {_encoding(q.inp)} -> {_encoding(q.out)}",
                            "code": code})
     flash = int8_flash_bytes(network)
     stored = sum(int(np.asarray(q_array).nbytes) for q_array in _constant_arrays(qmodel))
     if stored != flash["weights"] + flash["constants"]:  # the report and the C must not disagree
         raise AssertionError(f"export_int8: {stored} bytes of constants, {flash} reported")
-    kernel_files = [f"kernels/{name}" for name in header_closure({"int8.h"})]
+    includes = ["int8.h"] + (["int8_graph.h"] if any(q.op in ("add", "concat") for q in qmodel.steps) else [])
+    kernel_files = [f"kernels/{name}" for name in header_closure(includes)]
     context = {
         **export_context(network, plan, prefix),
         "arena_bytes": arena, "arena_q_bytes": arena_q, "uses_arena": arena_q > 0,
@@ -152,6 +180,7 @@ def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
         "calibration": f"{int(qmodel.calibration.get('samples', 0))} samples, "
                        f"{'min/max' if 'percentile' not in str(qmodel.calibration.get('method')) else 'percentile'} ranges",
         "arrays": arrays, "geometries": geometries, "statements": statements, "kernel_files": kernel_files,
+        "includes": includes,
     }
     return render_files(prefix, context, ("int8_header.h.j2", "int8_source.c.j2"), kernel_files)
 
