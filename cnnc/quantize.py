@@ -30,6 +30,12 @@ The layer kinds, each the same in the C (kernels/int8.h) and here:
                then y_q[i] = min(255, (256 e[i] + S/2) / S) - 128 with S = sum e (int64, exact integer division);
                the output has s = 1/256, zp = -128.
   flatten, dropout  nothing (dropout is the identity at inference).
+  batchnorm    folded into the convolution before it (float64, export_c.folded_conv_params) before quantising;
+               one that cannot fold is refused.
+  add          two operands: each (x_q - zp_i) * 2^20 rescaled by s_i / (2 max s), summed, the sum rescaled by
+               2 max s / (2^20 s_out) (TensorFlow Lite's); concat: each operand requantised by s_i / s_out.
+Graphs: every tensor has its own encoding (by name); flatten, dropout and a folded batch norm share their
+input's data and encoding.
 Float arithmetic is used only at the boundary: PREFIX_predict's quantisation of the input
 (q = round_half_away(x * (1/s) + zp) in float32, clamped) and dequantisation of the output (s * (q - zp)).
 
