@@ -90,6 +90,8 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
     label = comment_name(layer.name, "layer name")
     if q.op == "none":
         return "/* done by the conv/dense layer's requantisation: its output is clamped at the zero point (real 0) */"
+    if q.op == "clamp" and q.act_max < INT8_MAX:  # relu6
+        return f"int8_clamp_range_forward({out}, {out}, {int(q.act_min)}, {int(q.act_max)}, {step.size});"
     if q.op == "clamp":
         return f"int8_clamp_forward({out}, {out}, {int(q.act_min)}, {step.size});"
     if q.op == "lookup":
@@ -127,12 +129,17 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
                              q.multiplier.shape))
         arrays.append(_array(f"{name}_shift", "int32_t", q.shift, f"{label}: requantisation shifts", q.shift.shape))
         struct, geometry = ("Int8Conv2d", conv_geometry(layer)) if q.op == "conv" else ("Int8Dense", dense_geometry(layer))
+        if layer.groups != 1:  # one group's geometry: C/G channels, F/G filters
+            geometry = [(field, value // layer.groups if field in ("C", "F") else value) for field, value in geometry]
         geometries.append({"struct": struct, "ident": name, "fields": c_initializer(geometry)})
         requant = [("in_zero_point", q.inp.zero_point), ("out_zero_point", q.out.zero_point),
                    ("act_min", q.act_min), ("act_max", q.act_max)]
         fields = ", ".join(f".{field} = {c_int(int(value), field, INT8_MIN, INT8_MAX)}" for field, value in requant)
         geometries.append({"struct": "Int8Requant", "ident": f"{name}_requant", "fields": "{" + fields + "}"})
         bias = f"{name}_bias" if q.bias is not None else "NULL"
+        if layer.groups != 1:
+            return (f"int8_conv2d_grouped_forward({out}, {inp}, {name}_weight, {bias}, {name}_multiplier, "
+                    f"{name}_shift, {name}, {c_int(layer.groups, 'groups', 1)}, {name}_requant);")
         return (f"int8_{'conv2d' if q.op == 'conv' else 'dense'}_forward({out}, {inp}, {name}_weight, {bias}, "
                 f"{name}_multiplier, {name}_shift, {name}, {name}_requant);")
     if q.op == "global_avgpool":
@@ -168,7 +175,9 @@ def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
     stored = sum(int(np.asarray(q_array).nbytes) for q_array in _constant_arrays(qmodel))
     if stored != flash["weights"] + flash["constants"]:  # the report and the C must not disagree
         raise AssertionError(f"export_int8: {stored} bytes of constants, {flash} reported")
-    includes = ["int8.h"] + (["int8_graph.h"] if any(q.op in ("add", "concat") for q in qmodel.steps) else [])
+    graph_kernels = any(q.op in ("add", "concat") or q.op == "clamp" and q.act_max < INT8_MAX
+                        or q.op == "conv" and q.layer.groups != 1 for q in qmodel.steps)
+    includes = ["int8.h"] + (["int8_graph.h"] if graph_kernels else [])
     kernel_files = [f"kernels/{name}" for name in header_closure(includes)]
     context = {
         **export_context(network, plan, prefix),

@@ -24,8 +24,11 @@ The layer kinds, each the same in the C (kernels/int8.h) and here:
   maxpool      on int8 directly; the scale is kept.
   avgpool, global_avgpool  the sum of (x_q - zp) over the window (padding counts as real 0, PyTorch's
                convention) divided by the window area, rounded half away from zero; the scale is kept.
-  sigmoid, tanh, leaky_relu  a 256-entry int8 lookup table (computed here, in float64, at export time).
-               sigmoid's output has s = 1/256, zp = -128; tanh's s = 1/128, zp = 0; leaky_relu's is calibrated.
+  sigmoid, tanh, leaky_relu, silu, hardswish  a 256-entry int8 lookup table (computed here, in float64, at
+               export time). sigmoid's output has s = 1/256, zp = -128; tanh's s = 1/128, zp = 0; the others' are
+               calibrated.
+  relu6        like relu, also clamped at the int8 value of real 6.
+  grouped conv each group an ungrouped conv over its slice of channels and filters.
   softmax      integer: e[i] = T[max_j x_q[j] - x_q[i]], a 256-entry int32 table T[d] = round(2^16 exp(-d s_x)),
                then y_q[i] = min(255, (256 e[i] + S/2) / S) - 128 with S = sum e (int64, exact integer division);
                the output has s = 1/256, zp = -128.
@@ -58,8 +61,9 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 DEFAULT_CALIBRATION_SAMPLES = 300
 SOFTMAX_EXP_ONE = 1 << 16  # T[0], exp(0), in the softmax table
 ALIAS_KINDS = ("flatten", "dropout")
-LOOKUP_KINDS = ("sigmoid", "tanh", "leaky_relu")
+LOOKUP_KINDS = ("sigmoid", "tanh", "leaky_relu", "silu", "hardswish")
 SCHEMES = ("int8",)  # --quantize
+CLAMP_KINDS = ("relu", "relu6")  # activations that are a clamp of the int8 value
 ADD_LEFT_SHIFT = 20  # int8 add scales each operand's (x - zp) by 2^20 before rescaling (TensorFlow Lite's)
 
 
@@ -212,7 +216,7 @@ class QuantStep:
             count = prod(layer.in_shape[1:])
             return np.clip(rounding_divide(total, count) + self.inp.zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
         if self.op == "clamp":
-            return np.maximum(x, self.act_min).astype(np.int8)
+            return np.clip(x, self.act_min, self.act_max).astype(np.int8)
         if self.op == "lookup":
             return self.table[x.astype(np.int64) - INT8_MIN]
         if self.op == "softmax":
@@ -271,7 +275,10 @@ def conv_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
     _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
     centred = as_2d(x.astype(np.float64) - s.inp.zero_point, layer.spatial_dims)  # padding is real 0: x - zp = 0
     w = as_2d(s.weight.astype(np.float64), layer.spatial_dims)
-    acc = correlate(pad(centred, pad_before, pad_after), w, stride, dilation)  # (N, F, OH, OW), exact integers
+    padded = pad(centred, pad_before, pad_after)
+    G, CG, FG = layer.groups, layer.in_shape[0] // layer.groups, layer.out_shape[0] // layer.groups
+    acc = np.concatenate([correlate(padded[:, k * CG:(k + 1) * CG], w[k * FG:(k + 1) * FG], stride, dilation)
+                          for k in range(G)], axis=1)  # (N, F, OH, OW), exact integers; group k by group k
     acc = acc.astype(np.int64)
     if s.bias is not None:
         acc += s.bias.astype(np.int64)[:, None, None]
@@ -341,14 +348,15 @@ def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def accumulator_bound(layer: Layer) -> int:
     """The largest |sum w_q * (x_q - zp)| of one output: terms per output * 127 * 255."""
-    terms = layer.in_size if layer.kind == "dense" else prod(layer.kernel) * layer.in_shape[0]
+    terms = layer.in_size if layer.kind == "dense" else prod(layer.kernel) * layer.in_shape[0] // layer.groups
     return terms * WEIGHT_MAX * (INT8_MAX - INT8_MIN)
 
 
-def linear_step(key, layer: Layer, params: dict, inp: QParams, out: QParams, relu: bool,
+def linear_step(key, layer: Layer, params: dict, inp: QParams, out: QParams, relu: bool | str,
                 bias: bool | None = None) -> QuantStep:
-    """conv or dense: per-channel int8 weights, int32 biases, multipliers and shifts. bias: whether params
-    holds a bias for it (a convolution with a batch norm folded in has one); by default layer.bias."""
+    """conv or dense: per-channel int8 weights, int32 biases, multipliers and shifts. relu: True (or "relu")
+    clamps the output at real 0, "relu6" at real 0 and 6. bias: whether params holds a bias for it (a
+    convolution with a batch norm folded in has one); by default layer.bias."""
     weight_q, w_scales = quantize_weights(params[f"{layer.name}.weight"])
     headroom = INT32_MAX - accumulator_bound(layer)
     if headroom < 0:
@@ -362,8 +370,14 @@ def linear_step(key, layer: Layer, params: dict, inp: QParams, out: QParams, rel
     multiplier = np.array([m for m, _ in pairs], np.int32)
     shift = np.array([e for _, e in pairs], np.int32)
     act_min = max(INT8_MIN, out.zero_point) if relu else INT8_MIN
+    act_max = relu6_max(out) if relu == "relu6" else INT8_MAX
     return QuantStep("conv" if layer.kind in CONV_KINDS else "dense", key, layer, inp, out, weight_q, bias_q,
-                     multiplier, shift, act_min)
+                     multiplier, shift, act_min, act_max)
+
+
+def relu6_max(q: QParams) -> int:
+    """The int8 value of real 6 in encoding q (round half away from zero), clamped to the int8 range."""
+    return int(min(INT8_MAX, np.floor(6.0 / q.scale + 0.5) + q.zero_point))
 
 
 def lookup_step(key, layer: Layer, kind: str, inp: QParams, out_range: tuple[float, float] | None) -> QuantStep:
@@ -373,6 +387,10 @@ def lookup_step(key, layer: Layer, kind: str, inp: QParams, out_range: tuple[flo
         out, y = QParams(1.0 / 256, -128), 1.0 / (1.0 + np.exp(-x))
     elif kind == "tanh":
         out, y = QParams(1.0 / 128, 0), np.tanh(x)
+    elif kind == "silu":
+        out, y = choose_qparams(*out_range), x / (1.0 + np.exp(-x))
+    elif kind == "hardswish":
+        out, y = choose_qparams(*out_range), x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
     else:
         out, y = choose_qparams(*out_range), np.where(x >= 0, x, layer.slope * x)
     table = np.clip(np.floor(y / out.scale + 0.5) + out.zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
@@ -398,16 +416,13 @@ def check_quantizable(network: Network) -> None:
     if refusal:
         raise CnncError(f"model '{network.name}': {refusal}")
     supported = CONV_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS + ("global_avgpool", "dense", "add", "concat") + \
-        ALIAS_KINDS + ("relu", "softmax") + LOOKUP_KINDS
+        ALIAS_KINDS + ("relu", "relu6", "softmax") + LOOKUP_KINDS
     folds = batchnorm_folds(network)
     for layer in network.layers:
         if layer.kind == "batchnorm" and layer.name not in folds:
             raise CnncError(f"model '{network.name}': batch norm '{layer.name}' cannot be quantised to int8: only "
                             "a batch norm right after a convolution without an activation, which nothing else "
                             "reads, folds into its weights")
-        if layer.groups != 1:
-            raise CnncError(f"model '{network.name}': layer '{layer.name}' (groups={layer.groups}) cannot be "
-                            "quantised to int8 yet: the int8 convolution is ungrouped")
         if layer.kind == "add" and len(layer.inputs) > MERGE_OPERANDS_MAX:
             raise CnncError(f"model '{network.name}': add '{layer.name}' of {len(layer.inputs)} operands cannot be "
                             f"quantised to int8 yet: int8 add takes {MERGE_OPERANDS_MAX}")
@@ -443,7 +458,7 @@ def _folded_relus(network: Network) -> dict[int, int]:
                 readers[aliases.get(name, name)] = readers.get(aliases.get(name, name), 0) + 1
     folded = {}
     for i, layer in enumerate(network.layers, 1):
-        if layer.kind != "relu":
+        if layer.kind not in CLAMP_KINDS:
             continue
         source = aliases.get(layer.inputs[0], layer.inputs[0])
         if source == network.input_name:
@@ -560,17 +575,18 @@ def calibrate(model, x: np.ndarray, percentile: float | None = None) -> Quantize
         if kind in CONV_KINDS or kind == "dense":
             fused = layer.activation
             with_bias = layer.bias or layer.name in bn_of
-            if fused == "relu" or fused is None and index in folded_into:
-                relu_index = index if fused == "relu" else folded_into[index]
+            if fused in CLAMP_KINDS or fused is None and index in folded_into:
+                relu_index = index if fused in CLAMP_KINDS else folded_into[index]
+                clamp = fused or network.layers[relu_index - 1].kind
                 out = choose_qparams(*ranges[(relu_index, "post")])
-                steps.append(linear_step(("compute", index), layer, params, current, out, relu=True, bias=with_bias))
+                steps.append(linear_step(("compute", index), layer, params, current, out, relu=clamp, bias=with_bias))
             else:
                 out_index = bn_of.get(layer.name, index)  # a folded batch norm's output is what is stored
                 out = choose_qparams(*ranges[(index, "pre")] if fused else ranges[(out_index, "post")])
                 steps.append(linear_step(("compute", index), layer, params, current, out, relu=False, bias=with_bias))
             current = out
-            if fused == "relu":
-                steps.append(QuantStep("none", ("relu", index), layer, current, current))
+            if fused in CLAMP_KINDS:
+                steps.append(QuantStep("none", (fused, index), layer, current, current))
             elif fused is not None:
                 steps.append(_activation_step((fused, index), layer, fused, current, ranges[(index, "post")]))
                 current = steps[-1].out
@@ -581,12 +597,13 @@ def calibrate(model, x: np.ndarray, percentile: float | None = None) -> Quantize
             out = choose_qparams(*ranges[(index, "post")])
             steps.append((add_step if kind == "add" else concat_step)(("compute", index), layer, inputs, out))
             current = out
-        elif kind == "relu":
+        elif kind in CLAMP_KINDS:
             if index in folded:
                 steps.append(QuantStep("none", (kind, index), layer, current, current))
-            else:
+            else:  # relu6 keeps the encoding too: its clamp at real 6 is an int8 bound
                 steps.append(QuantStep("clamp", (kind, index), layer, current, current,
-                                       act_min=max(INT8_MIN, current.zero_point)))
+                                       act_min=max(INT8_MIN, current.zero_point),
+                                       act_max=relu6_max(current) if kind == "relu6" else INT8_MAX))
         elif kind in ACTIVATIONS:
             steps.append(_activation_step((kind, index), layer, kind, current, ranges[(index, "post")]))
             current = steps[-1].out

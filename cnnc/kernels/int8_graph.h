@@ -53,4 +53,27 @@ CNNC_KERNEL void int8_concat_forward(int8_t* restrict out, const int8_t* restric
     }
 }
 
+// A grouped (depthwise when G = C) convolution: the G groups are int8_conv2d_forward over consecutive slices.
+// g is ONE group's geometry (g.C = C/G input channels, g.F = F/G filters); inp is (G * g.C, H, W), weight is
+// (G * g.F, g.C, KH, KW), bias, multiplier and shift are (G * g.F) -> out is (G * g.F, OH, OW).
+CNNC_KERNEL void int8_conv2d_grouped_forward(int8_t* restrict out, const int8_t* restrict inp,
+                                             const int8_t* restrict weight, const int32_t* restrict bias,
+                                             const int32_t* restrict multiplier, const int32_t* restrict shift,
+                                             Int8Conv2d g, int G, Int8Requant q)
+{
+    for (int k = 0; k < G; k++) {
+        int8_conv2d_forward(out + k * g.F * g.OH * g.OW, inp + k * g.C * g.H * g.W, weight + k * g.F * g.C * g.KH * g.KW,
+                            bias != NULL ? bias + k * g.F : NULL, multiplier + k * g.F, shift + k * g.F, g, q);
+    }
+}
+
+// relu6 not folded into a layer: out[i] = inp[i] clamped to [lo, hi], the int8 values of real 0 and 6 (the
+// encoding is kept). May run in place.
+CNNC_KERNEL void int8_clamp_range_forward(int8_t* out, const int8_t* inp, int8_t lo, int8_t hi, int n)
+{
+    for (int i = 0; i < n; i++) {
+        out[i] = inp[i] < lo ? lo : inp[i] > hi ? hi : inp[i];
+    }
+}
+
 #endif
