@@ -9,21 +9,25 @@ in one scratch arena of `PREFIX_ARENA_BYTES` bytes. Its API is exactly
 
     int PREFIX_predict(const float *input, float *output);   /* one sample, C, H, W order; 0 = success */
 
-The arena plan. Layers fall into three groups:
-  compute  (conv, pooling, global_avgpool, dense) read one buffer and write another;
-  in place (relu, sigmoid, tanh, leaky_relu, softmax, and the activation fused into conv/dense)
-           rewrite the buffer the previous compute layer wrote;
-  alias    (flatten, dropout at inference) change nothing in memory: no code at all.
-The first compute layer reads the caller's input, the last writes the caller's output, and each
-tensor in between lives exactly from the layer that writes it to the layer that reads it. So at
-most two intermediates are alive at once, and the arena is the largest sum of two adjacent
-intermediates: the odd-numbered ones sit at the bottom of the arena, the even-numbered ones at the
-top, and adjacent pairs never overlap. No out-of-place plan needs less.
+The arena plan (memory_plan). Layers fall into three groups:
+  compute  (conv, grouped conv, pooling, global_avgpool, dense, batchnorm, add, concat) read one or more
+           tensors and write a new one;
+  in place (the activations, standalone or fused into conv/dense) rewrite the tensor they read, when no
+           later layer reads it (otherwise they rewrite a copy of it);
+  alias    (flatten, dropout at inference, and batch norm folded into the convolution before it) change
+           nothing in memory: no code at all.
+The input is the caller's (const), the last layer's tensor is written straight into the caller's output,
+and every tensor in between lives from the step that writes it to the last step that reads it. Tensors are
+placed in one arena greedily, largest first, each at the lowest offset clear of every tensor alive at the
+same time (plan_offsets); in a chain that is the largest sum of two adjacent tensors, which no out-of-place
+plan can beat. Batch norm whose convolution has no fused activation and no other reader is folded into its
+weights at export time (in float64); any other runs kernels/batchnorm.h in inference mode.
 
 The layers are computed by cnnc's kernel library (cnnc/kernels/*.h), the same C the C backend runs: the
-export copies the plain C99 reference headers it needs (conv.h, pool.h, dense.h, activations.h and
-common.h, never the vectorised ones) into kernels/ beside PREFIX.c, so the folder builds on its own, and
-PREFIX.c calls each kernel with one sample and a `static const` geometry per layer.
+export copies the plain C99 reference headers it needs (conv.h, conv_grouped.h, pool.h, dense.h,
+batchnorm.h, merge.h, activations.h and common.h, never the vectorised ones) into kernels/ beside PREFIX.c,
+so the folder builds on its own, and PREFIX.c calls each kernel with one sample and a `static const` geometry
+per layer.
 
 What this module deliberately is not: an optimiser. The kernels it uses are the plain reference loops,
 so that a reader can check them against the maths.
@@ -31,7 +35,7 @@ so that a reader can check them against the maths.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 
@@ -40,13 +44,11 @@ import numpy as np
 from .c_names import comment_name, is_c_symbol
 from .diagnostics import CnncError
 from .fileio import write_owned_folder
-from .ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network, chain_only_refusal
+from .ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, MERGE_KINDS, Layer, Network
 from .summary import human_bytes
 
 FLOAT_BYTES = 4  # the exported C computes in float32
 DTYPES = ("float32",)
-COMPUTE_KINDS = CONV_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS + ("global_avgpool", "dense")
-ALIAS_KINDS = ("flatten", "dropout")
 FLOATS_PER_LINE = 8
 is_identifier = is_c_symbol  # the name this module has always exported
 
@@ -63,6 +65,66 @@ def checked_prefix(prefix: str) -> str:
         raise CnncError(f"C prefix {prefix!r} is not usable: the export also writes main.c and a Makefile with the "
                         f"targets clean and external; choose another with --name PREFIX")
     return prefix
+
+
+# ---- what the export runs ------------------------------------------------------------------------------
+# Activations the kernel library has (kernels/activations.h), applied in place to the tensor they rewrite.
+EXPORT_ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "relu6", "silu", "hardswish")
+# Layers that read one or more tensors and write a new one.
+COMPUTE_KINDS = CONV_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS + ("global_avgpool", "dense", "batchnorm") + MERGE_KINDS
+ALIAS_KINDS = ("flatten", "dropout")  # no code: the same memory read another way (dropout is the identity)
+EXPORT_KINDS = COMPUTE_KINDS + EXPORT_ACTIVATIONS + ALIAS_KINDS
+
+
+def export_refusal(network: Network, what: str = "the standalone C export") -> str | None:
+    """Why the standalone C export cannot write `network`, naming the layer, or None."""
+    for layer in network.layers:
+        if layer.kind not in EXPORT_KINDS:
+            return f"{what} does not support '{layer.kind}' (layer '{layer.name}') yet; the NumPy backend runs it"
+        if layer.activation is not None and layer.activation not in EXPORT_ACTIVATIONS:
+            return (f"{what} does not support activation={layer.activation} (layer '{layer.name}') yet; "
+                    "the NumPy backend runs it")
+        if layer.ceil or not layer.count_pad:
+            option = "ceil=true" if layer.ceil else "count_pad=false"
+            return (f"{what} does not support pooling with {option} (layer '{layer.name}') yet; "
+                    "the NumPy backend runs it")
+    return None
+
+
+def checked_network(network: Network) -> Network:
+    refusal = export_refusal(network)
+    if refusal:
+        raise CnncError(f"model '{network.name}': {refusal}")
+    return network
+
+
+def batchnorm_folds(network: Network) -> dict[str, Layer]:
+    """{batch norm layer name: the convolution it folds into}: inference batch norm is an affine map per
+    channel, exact to fold into the weights and bias of a convolution right before it that has no fused
+    activation and no other reader. Any other batch norm runs batchnorm_forward with its running statistics."""
+    folds = {}
+    for layer in network.layers:
+        if layer.kind != "batchnorm" or layer.inputs[0] == network.input_name:
+            continue
+        conv = network.layer(layer.inputs[0])
+        if conv.kind in CONV_KINDS and conv.activation is None and network.consumers(conv.name) == (layer,):
+            folds[layer.name] = conv
+    return folds
+
+
+def exported_weight_floats(network: Network) -> int:
+    """Floats of the exported weights: folding a batch norm drops its parameters but gives the convolution a
+    bias; an unfolded one keeps its running statistics too."""
+    folds = batchnorm_folds(network)
+    folded_convs = {conv.name for conv in folds.values()}
+    total = 0
+    for layer in network.layers:
+        if layer.name in folds:
+            continue
+        total += layer.param_count + sum(b.size for b in layer.buffers)
+        if layer.name in folded_convs and not layer.bias:
+            total += layer.out_shape[0]
+    return total
 
 
 # ---- the memory plan ---------------------------------------------------------------------------------
@@ -83,16 +145,24 @@ class Buffer:
 class Step:
     """One statement of PREFIX_predict.
 
-    op: "compute" (the layer's own kind), "copy" (the input into a writable buffer), or an activation
-        applied in place to `dst` (standalone, or fused into `layer` when layer.kind is conv/dense).
-    index: the layer's 1-based position in the network (0 for the copy)."""
+    op: "compute" (the layer's own kind), "copy" (a tensor into a new buffer, for an activation that may not
+        rewrite it: the caller's input, or a tensor a later layer still reads), or an activation applied in
+        place to `dst` (standalone, or fused into `layer` when layer.kind is conv/dense).
+    index: the layer's 1-based position in the network (0 for a copy of the input in a chain).
+    srcs: the buffers read, in the layer's operand order (one but for add and concat).
+    scratch: batch norm's 2 * C floats for the mean and invstd batchnorm_forward writes, or None."""
 
     op: str
     layer: Layer | None
     index: int
-    src: Buffer
+    srcs: tuple[Buffer, ...]
     dst: Buffer
     size: int  # elements written to dst
+    scratch: Buffer | None = None
+
+    @property
+    def src(self) -> Buffer:
+        return self.srcs[0]
 
 
 @dataclass(frozen=True)
@@ -102,6 +172,8 @@ class MemoryPlan:
     weight_floats: int
     input_floats: int
     output_floats: int
+    folds: dict = field(default_factory=dict)  # batchnorm_folds(network)
+    tensor_floats: int = 0  # the naive plan: every tensor between input and output in a buffer of its own
 
     @property
     def arena_bytes(self) -> int:
@@ -111,57 +183,111 @@ class MemoryPlan:
     def weight_bytes(self) -> int:
         return self.weight_floats * FLOAT_BYTES
 
-
-def _operations(network: Network) -> list[tuple[str, Layer | None, int]]:
-    """(op, layer, 1-based layer index) per statement of predict(), in order; see Step.op."""
-    ops: list[tuple[str, Layer | None, int]] = []
-    for index, layer in enumerate(network.layers, 1):
-        if layer.kind in COMPUTE_KINDS:
-            ops.append(("compute", layer, index))
-            if layer.activation:
-                ops.append((layer.activation, layer, index))
-        elif layer.kind in ACTIVATIONS:
-            ops.append((layer.kind, layer, index))
-        elif layer.kind not in ALIAS_KINDS:
-            raise AssertionError(f"export_c: unhandled layer kind {layer.kind!r}")
-    if not ops or ops[0][0] != "compute":  # the input is const: in-place work needs a copy of it first
-        ops.insert(0, ("copy", None, 0))
-    return ops
+    @property
+    def tensor_bytes(self) -> int:
+        return self.tensor_floats * FLOAT_BYTES
 
 
-def _arena_floats(between: list[int]) -> int:
-    """The arena for the tensors written between the input and the output, in order: each is alive
-    only while it is written and while the next layer reads it, so the largest adjacent pair."""
-    if not between:
-        return 0
-    return max([between[0]] + [a + b for a, b in zip(between, between[1:])])
+def plan_offsets(tensors: list[tuple[int, int, int]]) -> tuple[list[int], int]:
+    """Offsets in one arena for tensors given as (size, first step, last step), live from the step that
+    writes them to the last step that reads them (inclusive): two tensors live at a common step never
+    overlap. Greedy by size (TensorFlow Lite's arena planner): the largest first, each at the lowest offset
+    clear of every placed tensor whose life overlaps its own. -> (offset per tensor, arena size)."""
+    offsets = [0] * len(tensors)
+    placed: list[int] = []
+    for i in sorted(range(len(tensors)), key=lambda i: (-tensors[i][0], tensors[i][1], i)):
+        size, first, last = tensors[i]
+        taken = sorted((offsets[j], offsets[j] + tensors[j][0]) for j in placed
+                       if tensors[j][1] <= last and first <= tensors[j][2])
+        offset = 0
+        for lo, hi in taken:
+            if offset + size <= lo:
+                break
+            offset = max(offset, hi)
+        offsets[i] = offset
+        placed.append(i)
+    return offsets, max((offsets[i] + tensors[i][0] for i in range(len(tensors))), default=0)
+
+
+INPUT = 0  # the value id of the caller's input
 
 
 def memory_plan(network: Network) -> MemoryPlan:
-    """Every statement of the generated predict() with its buffers, and the bytes it all needs."""
-    refusal = chain_only_refusal(network, "the standalone C export")
-    if refusal:
-        raise CnncError(f"model '{network.name}': {refusal}")
+    """Every statement of the generated predict() with its buffers, and the bytes it all needs.
+
+    Each tensor is a value: the caller's input, or a buffer some step writes. Aliases (flatten, dropout) and a
+    batch norm folded into its convolution name the value they read; an activation rewrites its value in place
+    when it is the value's last reader, and otherwise works on a copy. The value the last layer leaves is the
+    caller's output; every other one gets an arena slot for its life (plan_offsets)."""
+    checked_network(network)
+    folds = batchnorm_folds(network)
     input_floats = prod(network.input_shape)
-    ops = _operations(network)
-    sizes = [layer.out_size if layer else input_floats for op, layer, _ in ops if op in ("compute", "copy")]
-    arena = _arena_floats(sizes[:-1])  # the last computed tensor goes to the caller's output
-    steps, current, produced = [], Buffer("input"), 0
-    for op, layer, index in ops:
-        if op not in ("compute", "copy"):  # an activation, in place
-            steps.append(Step(op, layer, index, current, current, layer.out_size))
-            continue
-        size = sizes[produced]
-        produced += 1
-        if produced == len(sizes):
-            dst = Buffer("output")
-        elif produced % 2 == 1:
-            dst = Buffer("arena", 0)  # the 1st, 3rd, ... computed tensors at the bottom of the arena
+    layers = network.layers
+    position = {layer.name: i for i, layer in enumerate(layers)}
+    aliases: dict[str, list[str]] = {}  # tensor -> the tensors that are the same data (flatten, dropout, folds)
+    for layer in layers:
+        if layer.kind in ALIAS_KINDS or layer.name in folds:
+            aliases.setdefault(layer.inputs[0], []).append(layer.name)
+
+    def last_read(name: str, other_than: Layer) -> int:
+        """The position of the last layer but `other_than` that reads the data of tensor `name`."""
+        last, todo = -1, [name]
+        while todo:
+            tensor = todo.pop()
+            todo += aliases.get(tensor, [])
+            last = max([last] + [position[c.name] for c in network.consumers(tensor)
+                                 if c is not other_than and c.kind not in ALIAS_KINDS and c.name not in folds])
+        return last
+
+    value_of = {network.input_name: INPUT}
+    sizes = [input_floats]  # per value id
+    raw: list[tuple] = []  # (op, layer, index, source values, destination value, size, scratch value or None)
+    single = network.is_chain
+
+    def new_value(size: int) -> int:
+        sizes.append(size)
+        return len(sizes) - 1
+
+    def in_place(op: str, layer: Layer, index: int, tensor: str, pos: int) -> int:
+        value = value_of[tensor]
+        if value == INPUT or last_read(tensor, layer) > pos:
+            copy = new_value(sizes[value])
+            raw.append(("copy", None if single else layer, 0 if single else index, (value,), copy, sizes[value], None))
+            value = copy
+        raw.append((op, layer, index, (value,), value, layer.out_size, None))
+        return value
+
+    for pos, layer in enumerate(layers):
+        index = pos + 1
+        if layer.kind in ALIAS_KINDS or layer.name in folds:
+            value_of[layer.name] = value_of[layer.inputs[0]]
+        elif layer.kind in EXPORT_ACTIVATIONS:
+            value_of[layer.name] = in_place(layer.kind, layer, index, layer.inputs[0], pos)
         else:
-            dst = Buffer("arena", arena - size)  # the 2nd, 4th, ... at the top
-        steps.append(Step(op, layer, index, current, dst, size))
-        current = dst
-    return MemoryPlan(tuple(steps), arena, network.param_count, input_floats, prod(network.output_shape))
+            sources = tuple(value_of[name] for name in layer.inputs)
+            scratch = new_value(2 * layer.in_shape[0]) if layer.kind == "batchnorm" else None
+            value = new_value(layer.out_size)
+            raw.append(("compute", layer, index, sources, value, layer.out_size, scratch))
+            if layer.activation:
+                raw.append((layer.activation, layer, index, (value,), value, layer.out_size, None))
+            value_of[layer.name] = value
+    output = value_of[layers[-1].name] if layers else INPUT
+    if output == INPUT:  # nothing writes a new tensor: copy the input to the output
+        output = new_value(input_floats)
+        raw.append(("copy", None, 0, (INPUT,), output, input_floats, None))
+    life: dict[int, list[int]] = {}  # value -> [first step, last step]
+    for i, (_, _, _, sources, dst, _, scratch) in enumerate(raw):
+        for value in (*sources, dst, *([scratch] if scratch is not None else [])):
+            life.setdefault(value, [i, i])[1] = i
+    arena_values = [v for v in sorted(life) if v not in (INPUT, output)]
+    offsets, arena = plan_offsets([(sizes[v], *life[v]) for v in arena_values])
+    where = {INPUT: Buffer("input"), output: Buffer("output")}
+    where.update({v: Buffer("arena", offset) for v, offset in zip(arena_values, offsets)})
+    steps = tuple(Step(op, layer, index, tuple(where[v] for v in sources), where[dst], size,
+                       where[scratch] if scratch is not None else None)
+                  for op, layer, index, sources, dst, size, scratch in raw)
+    return MemoryPlan(steps, arena, exported_weight_floats(network), input_floats, prod(network.output_shape),
+                      folds, sum(sizes[v] for v in arena_values))
 
 
 def memory_report(network: Network, prefix: str | None = None) -> str:
@@ -178,6 +304,8 @@ def memory_report(network: Network, prefix: str | None = None) -> str:
         f"= {p}_ARENA_BYTES",
         f"  caller's buffers:              {input_bytes:>10,} bytes input ({p}_INPUT_SIZE = {plan.input_floats}), "
         f"{output_bytes:,} bytes output ({p}_OUTPUT_SIZE = {plan.output_floats})",
+        f"  peak memory, arena + weights:  {plan.arena_bytes + plan.weight_bytes:>10,} bytes "
+        f"({human_bytes(plan.arena_bytes + plan.weight_bytes)})",
         f"  (for comparison, one buffer per layer would need {one_buffer_per_layer:,} bytes of scratch)",
     ])
 
@@ -194,6 +322,15 @@ def c_float(value) -> str:
     return text + "f"
 
 
+def c_double(value) -> str:
+    """A finite number as a C double literal that converts back to exactly the same double."""
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"cannot write a non-finite number ({v}) as a C constant")
+    text = repr(v)
+    return text if any(ch in text for ch in ".e") else text + ".0"
+
+
 def c_float_lines(values: np.ndarray, indent: str = "    ") -> str:
     """The initializer of a float array, FLOATS_PER_LINE values a line."""
     flat = np.asarray(values, dtype=np.float32).ravel()
@@ -205,7 +342,8 @@ def c_float_lines(values: np.ndarray, indent: str = "    ") -> str:
 
 
 # ---- rendering -----------------------------------------------------------------------------------------
-def _environment():
+def template_environment():
+    """The Jinja environment of templates/export/ (the float and the int8 exports)."""
     import jinja2
 
     from .resources import template_loader
@@ -215,42 +353,113 @@ def _environment():
                               keep_trailing_newline=True, autoescape=False)
 
 
-def _shape_text(shape) -> str:
+def shape_text(shape) -> str:
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"
 
 
-def _layer_comment(layer: Layer) -> str:
+def layer_comment(layer: Layer) -> str:
     """Every part is a checked name (cnnc.c_names), a number or one of cnnc's own words."""
-    return (f"{comment_name(layer.name, 'layer name')}: {layer.kind} {_shape_text(layer.in_shape)} -> "
-            f"{_shape_text(layer.out_shape)}")
+    return (f"{comment_name(layer.name, 'layer name')}: {layer.kind} {shape_text(layer.in_shape)} -> "
+            f"{shape_text(layer.out_shape)}")
 
 
-def _weight_arrays(network: Network, params: dict[str, np.ndarray]) -> list[dict]:
+def layer_lines(network: Network, folds: dict | None = None) -> list[str]:
+    """The header comment's list of layers: number, name, kind, shapes, fused activation, what it reads."""
+    folds = folds or {}
+    index_of = {layer.name: i for i, layer in enumerate(network.layers, 1)}
+    lines = []
+    for i, layer in enumerate(network.layers, 1):
+        line = f"{i:>3}  {layer_comment(layer)}" + (f" + {layer.activation}" if layer.activation else "")
+        previous = network.layers[i - 2].name if i > 1 else network.input_name
+        if layer.inputs != (previous,):
+            line += ", reads " + ", ".join("the input" if name == network.input_name else f"layer {index_of[name]}"
+                                           for name in layer.inputs)
+        if layer.name in folds:
+            line += f", folded into layer {index_of[folds[layer.name].name]}"
+        lines.append(line)
+    return lines
+
+
+def folded_conv_params(conv: Layer, bn: Layer, params: dict, buffers: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The weight (F, C/groups, *kernel) and bias (F) of `conv` with inference batch norm `bn` applied, in
+    float64: scale = gamma / sqrt(running_var + eps); weight * scale per filter, (bias - mean) * scale + beta."""
+    gamma, beta = (np.asarray(params[f"{bn.name}.{role}"], np.float64) for role in ("weight", "bias"))
+    mean, var = (np.asarray(buffers[f"{bn.name}.running_{stat}"], np.float64) for stat in ("mean", "var"))
+    scale = gamma / np.sqrt(var + bn.eps)
+    weight = np.asarray(params[f"{conv.name}.weight"], np.float64)
+    bias = np.asarray(params[f"{conv.name}.bias"], np.float64) if conv.bias else np.zeros(conv.out_shape[0])
+    return weight * scale.reshape(-1, *([1] * (weight.ndim - 1))), (bias - mean) * scale + beta
+
+
+def _weight_arrays(network: Network, params: dict, buffers: dict, folds: dict) -> list[dict]:
+    """The static const arrays: every layer's parameters (a batch norm's running statistics too), named by
+    layer position; a convolution with a batch norm folded in has the folded weight and bias."""
+    folded_into = {conv.name: network.layer(bn) for bn, conv in folds.items()}
     arrays = []
+
+    def add(ident: str, comment: str, values) -> None:
+        values = np.asarray(values)
+        arrays.append({"ident": ident, "size": int(values.size), "shape": shape_text(values.shape),
+                       "comment": comment, "initializer": c_float_lines(values)})
+
     for index, layer in enumerate(network.layers, 1):
-        for spec in layer.params:
-            role = spec.name.rsplit(".", 1)[1]  # "weight" or "bias"
-            arrays.append({"ident": f"layer{index}_{role}", "size": spec.size, "shape": _shape_text(spec.shape),
-                           "comment": f"{comment_name(layer.name, 'layer name')}.{role}",
-                           "initializer": c_float_lines(params[spec.name])})
+        name = comment_name(layer.name, "layer name")
+        if layer.name in folds:
+            continue
+        if layer.name in folded_into:
+            bn = folded_into[layer.name]
+            weight, bias = folded_conv_params(layer, bn, params, buffers)
+            bn_name = comment_name(bn.name, "layer name")
+            add(f"layer{index}_weight", f"{name}.weight with batch norm {bn_name} folded in", weight)
+            add(f"layer{index}_bias", f"{name}.bias with batch norm {bn_name} folded in", bias)
+            continue
+        for spec in layer.params + layer.buffers:
+            role = spec.name.rsplit(".", 1)[1]  # weight, bias, running_mean, running_var
+            add(f"layer{index}_{role}", f"{name}.{role}", params[spec.name] if spec in layer.params else buffers[spec.name])
     return arrays
 
 
 # The kernel header and geometry struct of each computing layer kind (kernels/*.h).
 def _kernel(layer: Layer) -> tuple[str, str, list]:
-    from .backends.c_codegen import conv_geometry, dense_geometry, global_avgpool_geometry, pool_geometry
+    from .backends.c_codegen import (batchnorm_geometry, conv_geometry, dense_geometry, global_avgpool_geometry,
+                                     pool_geometry)
 
+    if layer.kind in CONV_KINDS and layer.groups != 1:
+        return "conv_grouped.h", "Conv2dGrouped", [("conv", conv_geometry(layer)), ("G", layer.groups)]
     if layer.kind in CONV_KINDS:
         return "conv.h", "Conv2d", conv_geometry(layer)
     if layer.kind == "dense":
         return "dense.h", "Dense", dense_geometry(layer)
+    if layer.kind == "batchnorm":
+        return "batchnorm.h", "BatchNorm", batchnorm_geometry(layer)
     if layer.kind == "global_avgpool":
         return "pool.h", "GlobalAvgPool", global_avgpool_geometry(layer)
     return "pool.h", "Pool2d", pool_geometry(layer)
 
 
-def _statement(step: Step, geometries: list[dict], headers: set[str]) -> str:
-    """The C statement of one step of predict(): a call of a kernel with one sample (N = 1)."""
+def _merge_statement(step: Step, name: str, geometries: list[dict], headers: set[str]) -> str:
+    """add: the first two operands summed into out, the others accumulated; concat: each operand copied to its
+    place in out (kernels/merge.h)."""
+    from .backends.c_codegen import c_initializer
+
+    headers.add("merge.h")
+    out, sources = step.dst.c_expr(), [b.c_expr() for b in step.srcs]
+    if step.layer.kind == "add":
+        lines = [f"add_forward({out}, {sources[0]}, {sources[1]}, {step.size});"]
+        return "\n".join(lines + [f"accumulate({out}, {source}, {step.size});" for source in sources[2:]])
+    lines, offset = [], 0
+    for k, (source, shape) in enumerate(zip(sources, step.layer.in_shapes)):
+        size = prod(shape)
+        geometries.append({"struct": "Concat", "ident": f"{name}_in{k}",
+                           "fields": c_initializer([("OUT", step.size), ("OFFSET", offset), ("SIZE", size)])})
+        lines.append(f"concat_forward({out}, {source}, 1, {name}_in{k});")
+        offset += size
+    return "\n".join(lines)
+
+
+def _statement(step: Step, folded: set[str], geometries: list[dict], headers: set[str]) -> str:
+    """The C statement(s) of one step of predict(): kernel calls with one sample (N = 1). folded: the names of
+    the convolutions a batch norm is folded into (they have a bias now)."""
     from .backends.c_codegen import c_initializer
 
     out, inp, layer = step.dst.c_expr(), step.src.c_expr(), step.layer
@@ -263,67 +472,104 @@ def _statement(step: Step, geometries: list[dict], headers: set[str]) -> str:
         if step.op == "softmax":
             return f"softmax_forward({out}, {out}, 1, {step.size});"
         return f"{step.op}_forward({out}, {out}, {step.size});"
+    name = f"layer{step.index}"
+    if layer.kind in MERGE_KINDS:
+        return _merge_statement(step, name, geometries, headers)
     header, struct, geometry = _kernel(layer)
     headers.add(header)
-    name = f"layer{step.index}"
     geometries.append({"struct": struct, "ident": name, "fields": c_initializer(geometry)})
-    params = f"{name}_weight, " + (f"{name}_bias" if layer.bias else "NULL")
+    params = f"{name}_weight, " + (f"{name}_bias" if layer.bias or layer.name in folded else "NULL")
     if layer.kind in CONV_KINDS:
-        return f"conv2d_forward({out}, {inp}, {params}, 1, {name});"
+        kernel = "conv2d_grouped_forward" if layer.groups != 1 else "conv2d_forward"
+        return f"{kernel}({out}, {inp}, {params}, 1, {name});"
     if layer.kind == "dense":
         return f"dense_forward({out}, {inp}, {params}, 1, {name});"
+    if layer.kind == "batchnorm":  # inference (train = 0): the running statistics are only read
+        channels = layer.in_shape[0]
+        mean = step.scratch.c_expr()
+        invstd = Buffer("arena", step.scratch.offset + channels).c_expr()
+        return (f"batchnorm_forward({out}, {mean}, {invstd}, (real *){name}_running_mean, (real *){name}_running_var, "
+                f"{inp}, {name}_weight, {name}_bias, 1, 0, {c_double(layer.eps)}, {c_double(layer.momentum)}, {name});")
     if layer.kind in MAXPOOL_KINDS:
         return f"maxpool2d_forward({out}, NULL, {inp}, 1, {name});"
     kind = "global_avgpool" if layer.kind == "global_avgpool" else "avgpool2d"
     return f"{kind}_forward({out}, {inp}, 1, {name});"
 
 
-def _step_comment(step: Step) -> str:
+def step_comment(step: Step, folds: dict | None = None) -> str:
+    """The comment above a step's statement: the layer, and what the plan did with it."""
     if step.op == "copy":
-        return "the input is const: copy it to a writable buffer for the in-place layers"
+        if step.src.where == "input":
+            return "the input is const: copy it to a writable buffer for the in-place layers"
+        return f"layer {step.index} rewrites a tensor that a later layer still reads: copy it first"
     if step.op == "compute":
-        return f"layer {step.index}, {_layer_comment(step.layer)}"
+        text = f"layer {step.index}, {layer_comment(step.layer)}"
+        if step.layer.kind == "batchnorm":
+            text += ", inference: batchnorm_forward only reads the running statistics"
+        for bn, conv in (folds or {}).items():
+            if conv is step.layer:
+                text += f", batch norm {comment_name(bn, 'layer name')} folded in"
+        return text
     if step.layer.kind in ACTIVATIONS:
-        return f"layer {step.index}, {_layer_comment(step.layer)}, in place"
+        return f"layer {step.index}, {layer_comment(step.layer)}, in place"
     return f"the activation of layer {step.index}, in place"
 
 
-def render_c(network: Network, params: dict[str, np.ndarray], prefix: str) -> dict[str, str]:
-    """{file name: text} of PREFIX.h, PREFIX.c, the kernel headers it includes (kernels/*.h), main.c and
-    Makefile."""
+def export_context(network: Network, plan: MemoryPlan, prefix: str) -> dict:
+    """What every export template reads, float and int8 alike: names, shapes, sizes and the layer list."""
     from ._version import __version__
-    from .backends.c_codegen import header_closure
+
+    return {"prefix": prefix, "PREFIX": prefix.upper(), "version": __version__,
+            "model": comment_name(network.name, "model name"),
+            "input_shape": shape_text(network.input_shape), "output_shape": shape_text(network.output_shape),
+            "input_size": plan.input_floats, "output_size": plan.output_floats,
+            "layers": layer_lines(network, plan.folds)}
+
+
+def render_files(prefix: str, context: dict, templates: tuple[str, str], kernel_files: list[str]) -> dict[str, str]:
+    """{file name: text} of an export: PREFIX.h and PREFIX.c from `templates` (header, source), the kernel
+    headers (kernels/*.h, copied), main.c and Makefile."""
     from .resources import kernel_header_texts
 
-    prefix = checked_prefix(prefix)
-    plan = memory_plan(network)
-    geometries: list[dict] = []
-    statements, headers = [], set()
-    for step in plan.steps:
-        statements.append({"comment": _step_comment(step), "code": _statement(step, geometries, headers)})
-    kernel_files = [f"kernels/{name}" for name in header_closure(headers)]
-    names = {"prefix": prefix, "PREFIX": prefix.upper(), "version": __version__,
-             "model": comment_name(network.name, "model name")}
-    context = {
-        **names,
-        "input_shape": _shape_text(network.input_shape), "output_shape": _shape_text(network.output_shape),
-        "input_size": plan.input_floats, "output_size": plan.output_floats,
-        "arena_floats": plan.arena_floats, "arena_bytes": plan.arena_bytes,
-        "weight_bytes": plan.weight_bytes, "weight_floats": plan.weight_floats,
-        "layers": [f"{i:>3}  {_layer_comment(layer)}" + (f" + {layer.activation}" if layer.activation else "")
-                   for i, layer in enumerate(network.layers, 1)],
-        "arrays": _weight_arrays(network, params), "geometries": geometries,
-        "includes": sorted(headers), "kernel_files": kernel_files, "statements": statements,
-    }
-    env = _environment()
+    env = template_environment()
     texts = kernel_header_texts()
     return {
-        f"{prefix}.h": env.get_template("header.h.j2").render(context),
-        f"{prefix}.c": env.get_template("source.c.j2").render(context),
+        f"{prefix}.h": env.get_template(templates[0]).render(context),
+        f"{prefix}.c": env.get_template(templates[1]).render(context),
         **{name: texts[name.split("/", 1)[1]] for name in kernel_files},
         "main.c": env.get_template("main.c.j2").render(context),
         "Makefile": env.get_template("Makefile.j2").render(context),
     }
+
+
+def render_c(network: Network, params: dict[str, np.ndarray], prefix: str,
+             buffers: dict[str, np.ndarray] | None = None) -> dict[str, str]:
+    """{file name: text} of PREFIX.h, PREFIX.c, the kernel headers it includes (kernels/*.h), main.c and
+    Makefile. buffers: batch norm's running statistics (a Model's .buffers), needed when the network has any."""
+    from .backends.c_codegen import header_closure
+
+    prefix = checked_prefix(prefix)
+    plan = memory_plan(network)
+    buffers = buffers if buffers is not None else {}
+    missing = [spec.name for spec in network.buffer_specs if spec.name not in buffers]
+    if missing:
+        raise ValueError(f"export of model '{network.name}' needs the running statistics {', '.join(missing)}")
+    folded = {conv.name for conv in plan.folds.values()}
+    geometries: list[dict] = []
+    statements, headers = [], set()
+    for step in plan.steps:
+        statements.append({"comment": step_comment(step, plan.folds),
+                           "code": _statement(step, folded, geometries, headers).replace("\n", "\n    ")})
+    kernel_files = [f"kernels/{name}" for name in header_closure(headers)]
+    context = {
+        **export_context(network, plan, prefix),
+        "arena_floats": plan.arena_floats, "arena_bytes": plan.arena_bytes,
+        "weight_bytes": plan.weight_bytes, "weight_floats": plan.weight_floats,
+        "tensor_bytes": plan.tensor_bytes, "folds": len(plan.folds),
+        "arrays": _weight_arrays(network, params, buffers, plan.folds), "geometries": geometries,
+        "includes": sorted(headers), "kernel_files": kernel_files, "statements": statements,
+    }
+    return render_files(prefix, context, ("header.h.j2", "source.c.j2"), kernel_files)
 
 
 def network_and_params(model) -> tuple[Network, dict[str, np.ndarray]]:
@@ -335,26 +581,31 @@ def network_and_params(model) -> tuple[Network, dict[str, np.ndarray]]:
     return network, params
 
 
+def write_export(files: dict[str, str], out_dir, program: str, force: bool = False) -> list[Path]:
+    """Write an export's files into out_dir (created if missing; see fileio.write_owned_folder for what may be
+    there already); `program` is what its Makefile builds. Returns the paths."""
+    out = Path(os.fspath(out_dir))
+    if out.exists() and not out.is_dir():
+        raise CnncError(f"{out}: exists and is not a directory; the C export writes a directory of files")
+    return write_owned_folder(out, files, products=(program, f"{program}_external"), force=force)
+
+
 def export_c(model, out_dir, prefix: str | None = None, dtype: str = "float32", force: bool = False) -> list[Path]:
     """Write PREFIX.h, PREFIX.c, kernels/*.h, main.c and Makefile into out_dir (created if missing); returns
     the paths.
 
-    model: a cnnc Model (its .network and .params: load the trained weights into it first).
+    model: a cnnc Model (its .network, .params and .buffers: load the trained weights into it first).
     prefix: the C identifier prefix, by default the model's name.
     force: write into a folder holding files an earlier export did not write (see fileio.write_owned_folder)."""
     if dtype not in DTYPES:
         raise CnncError(f"the standalone C export computes in float32 only; got --dtype {dtype}")
     network, params = network_and_params(model)
-    refusal = chain_only_refusal(network, "the standalone C export")
-    if refusal:  # graphs and the layer kinds of issue #14 come with the C backend's support for them
-        raise CnncError(f"model '{network.name}': {refusal}")
-    files = render_c(network, params, prefix or network.name)
-    out = Path(os.fspath(out_dir))
-    if out.exists() and not out.is_dir():
-        raise CnncError(f"{out}: exists and is not a directory; the C export writes a directory of files")
-    program = prefix or network.name
-    return write_owned_folder(out, files, products=(program, f"{program}_external"), force=force)
+    checked_network(network)
+    buffers = dict(getattr(model, "buffers", None) or {})
+    files = render_c(network, params, prefix or network.name, buffers)
+    return write_export(files, out_dir, prefix or network.name, force)
 
 
 __all__ = ["memory_plan", "memory_report", "render_c", "export_c", "is_identifier", "checked_prefix", "c_float",
-           "MemoryPlan", "Step", "Buffer"]
+           "MemoryPlan", "Step", "Buffer", "plan_offsets", "export_refusal", "batchnorm_folds", "write_export",
+           "render_files", "export_context", "step_comment", "layer_comment", "shape_text", "template_environment"]

@@ -15,15 +15,15 @@ Nothing from the spec reaches the C but checked names in comments and numbers.
 from __future__ import annotations
 
 import os
+from math import prod
 from pathlib import Path
 
 import numpy as np
 
 from .c_names import c_int, comment_name
 from .diagnostics import CnncError
-from .export_c import (FLOAT_BYTES, Step, _environment, _layer_comment, _shape_text, _step_comment, c_float,
-                       checked_prefix, memory_plan)
-from .fileio import write_owned_folder
+from .export_c import (FLOAT_BYTES, Step, c_float, checked_prefix, export_context, memory_plan, render_files,
+                       shape_text, step_comment, write_export)
 from .ir import Network
 from .quantize import INT8_MAX, INT8_MIN, QuantizedModel, QuantStep, int8_flash_bytes
 from .summary import human_bytes
@@ -67,12 +67,18 @@ def c_int_lines(values: np.ndarray, indent: str = "    ") -> str:
 
 
 def _array(ident: str, ctype: str, values: np.ndarray, comment: str, shape) -> dict:
-    return {"ident": ident, "ctype": ctype, "size": int(np.asarray(values).size), "shape": _shape_text(shape),
+    return {"ident": ident, "ctype": ctype, "size": int(np.asarray(values).size), "shape": shape_text(shape),
             "comment": comment, "initializer": c_int_lines(values)}
 
 
 def _encoding(q) -> str:
     return f"s = {float(q.scale):.6g}, zp = {int(q.zero_point)}"
+
+
+def _encoded_fields(pairs) -> str:
+    """A designated initializer of checked ints: zero points in [-128, 127], sizes in [0, 2^31)."""
+    return "{" + ", ".join(f".{field} = {c_int(int(value), field, INT8_MIN, INT8_MAX)}" if field.endswith("zero_point")
+                           else f".{field} = {c_int(int(value), field)}" for field, value in pairs) + "}"
 
 
 # ---- the statements ------------------------------------------------------------------------------------
@@ -84,6 +90,8 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
     label = comment_name(layer.name, "layer name")
     if q.op == "none":
         return "/* done by the conv/dense layer's requantisation: its output is clamped at the zero point (real 0) */"
+    if q.op == "clamp" and q.act_max < INT8_MAX:  # relu6
+        return f"int8_clamp_range_forward({out}, {out}, {int(q.act_min)}, {int(q.act_max)}, {step.size});"
     if q.op == "clamp":
         return f"int8_clamp_forward({out}, {out}, {int(q.act_min)}, {step.size});"
     if q.op == "lookup":
@@ -93,6 +101,26 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
     if q.op == "softmax":
         arrays.append(_array(f"{name}_exp", "int32_t", q.table, f"{label}: softmax, round(2^16 exp(-d * s_in))", (256,)))
         return f"int8_softmax_forward({out}, {out}, {name}_exp, {step.size});"
+    if q.op in ("add", "concat"):
+        arrays.append(_array(f"{name}_multiplier", "int32_t", q.multiplier, f"{label}: rescaling multipliers",
+                             q.multiplier.shape))
+        arrays.append(_array(f"{name}_shift", "int32_t", q.shift, f"{label}: rescaling shifts", q.shift.shape))
+        sources = [b.c_expr() for b in step.srcs]
+        zero_points = [int(operand.zero_point) for operand in q.operands]
+        if q.op == "add":
+            fields = [("a_zero_point", zero_points[0]), ("b_zero_point", zero_points[1]),
+                      ("out_zero_point", int(q.out.zero_point)), ("n", step.size)]
+            geometries.append({"struct": "Int8Add", "ident": name, "fields": _encoded_fields(fields)})
+            return f"int8_add_forward({out}, {sources[0]}, {sources[1]}, {name}_multiplier, {name}_shift, {name});"
+        lines, offset = [], 0
+        for k, (source, shape) in enumerate(zip(sources, layer.in_shapes)):
+            size = prod(shape)
+            fields = [("OUT", step.size), ("OFFSET", offset), ("SIZE", size), ("in_zero_point", zero_points[k]),
+                      ("out_zero_point", int(q.out.zero_point))]
+            geometries.append({"struct": "Int8Concat", "ident": f"{name}_in{k}", "fields": _encoded_fields(fields)})
+            lines.append(f"int8_concat_forward({out}, {source}, {name}_multiplier[{k}], {name}_shift[{k}], {name}_in{k});")
+            offset += size
+        return "\n    ".join(lines)
     if q.op in ("conv", "dense"):
         arrays.append(_array(f"{name}_weight", "int8_t", q.weight, f"{label}.weight, int8", q.weight.shape))
         if q.bias is not None:
@@ -101,12 +129,17 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
                              q.multiplier.shape))
         arrays.append(_array(f"{name}_shift", "int32_t", q.shift, f"{label}: requantisation shifts", q.shift.shape))
         struct, geometry = ("Int8Conv2d", conv_geometry(layer)) if q.op == "conv" else ("Int8Dense", dense_geometry(layer))
+        if layer.groups != 1:  # one group's geometry: C/G channels, F/G filters
+            geometry = [(field, value // layer.groups if field in ("C", "F") else value) for field, value in geometry]
         geometries.append({"struct": struct, "ident": name, "fields": c_initializer(geometry)})
         requant = [("in_zero_point", q.inp.zero_point), ("out_zero_point", q.out.zero_point),
                    ("act_min", q.act_min), ("act_max", q.act_max)]
         fields = ", ".join(f".{field} = {c_int(int(value), field, INT8_MIN, INT8_MAX)}" for field, value in requant)
         geometries.append({"struct": "Int8Requant", "ident": f"{name}_requant", "fields": "{" + fields + "}"})
         bias = f"{name}_bias" if q.bias is not None else "NULL"
+        if layer.groups != 1:
+            return (f"int8_conv2d_grouped_forward({out}, {inp}, {name}_weight, {bias}, {name}_multiplier, "
+                    f"{name}_shift, {name}, {c_int(layer.groups, 'groups', 1)}, {name}_requant);")
         return (f"int8_{'conv2d' if q.op == 'conv' else 'dense'}_forward({out}, {inp}, {name}_weight, {bias}, "
                 f"{name}_multiplier, {name}_shift, {name}, {name}_requant);")
     if q.op == "global_avgpool":
@@ -121,9 +154,7 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
 
 def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
     """{file name: text} of PREFIX.h, PREFIX.c, kernels/int8.h and common.h, main.c and Makefile."""
-    from ._version import __version__
     from .backends.c_codegen import header_closure
-    from .resources import kernel_header_texts
 
     network = qmodel.network
     prefix = checked_prefix(prefix)
@@ -133,23 +164,23 @@ def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
     for step in plan.steps:
         if step.op == "copy":
             code = f"memcpy({step.dst.c_expr()}, {step.src.c_expr()}, {step.size});"
-            statements.append({"comment": _step_comment(step), "code": code})
+            statements.append({"comment": step_comment(step, plan.folds), "code": code})
             continue
         q = qmodel.step((step.op, step.index))
         code = _statement(step, q, f"layer{step.index}" + ("" if step.op == "compute" else f"_{step.op}"),
                           arrays, geometries)
-        statements.append({"comment": f"{_step_comment(step)}; {_encoding(q.inp)} -> {_encoding(q.out)}",
+        statements.append({"comment": f"{step_comment(step, plan.folds)}; {_encoding(q.inp)} -> {_encoding(q.out)}",
                            "code": code})
     flash = int8_flash_bytes(network)
     stored = sum(int(np.asarray(q_array).nbytes) for q_array in _constant_arrays(qmodel))
     if stored != flash["weights"] + flash["constants"]:  # the report and the C must not disagree
         raise AssertionError(f"export_int8: {stored} bytes of constants, {flash} reported")
-    kernel_files = [f"kernels/{name}" for name in header_closure({"int8.h"})]
+    graph_kernels = any(q.op in ("add", "concat") or q.op == "clamp" and q.act_max < INT8_MAX
+                        or q.op == "conv" and q.layer.groups != 1 for q in qmodel.steps)
+    includes = ["int8.h"] + (["int8_graph.h"] if graph_kernels else [])
+    kernel_files = [f"kernels/{name}" for name in header_closure(includes)]
     context = {
-        "prefix": prefix, "PREFIX": prefix.upper(), "version": __version__,
-        "model": comment_name(network.name, "model name"),
-        "input_shape": _shape_text(network.input_shape), "output_shape": _shape_text(network.output_shape),
-        "input_size": plan.input_floats, "output_size": plan.output_floats,
+        **export_context(network, plan, prefix),
         "arena_bytes": arena, "arena_q_bytes": arena_q, "uses_arena": arena_q > 0,
         "weight_bytes": flash["weights"], "constant_bytes": flash["constants"],
         "input_scale": c_float(qmodel.input.scale), "input_zero_point": int(qmodel.input.zero_point),
@@ -157,19 +188,10 @@ def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
         "output_scale": c_float(qmodel.output.scale), "output_zero_point": int(qmodel.output.zero_point),
         "calibration": f"{int(qmodel.calibration.get('samples', 0))} samples, "
                        f"{'min/max' if 'percentile' not in str(qmodel.calibration.get('method')) else 'percentile'} ranges",
-        "layers": [f"{i:>3}  {_layer_comment(layer)}" + (f" + {layer.activation}" if layer.activation else "")
-                   for i, layer in enumerate(network.layers, 1)],
         "arrays": arrays, "geometries": geometries, "statements": statements, "kernel_files": kernel_files,
+        "includes": includes,
     }
-    env = _environment()
-    texts = kernel_header_texts()
-    return {
-        f"{prefix}.h": env.get_template("int8_header.h.j2").render(context),
-        f"{prefix}.c": env.get_template("int8_source.c.j2").render(context),
-        **{name: texts[name.split("/", 1)[1]] for name in kernel_files},
-        "main.c": env.get_template("main.c.j2").render(context),
-        "Makefile": env.get_template("Makefile.j2").render(context),
-    }
+    return render_files(prefix, context, ("int8_header.h.j2", "int8_source.c.j2"), kernel_files)
 
 
 def _constant_arrays(qmodel: QuantizedModel):
@@ -184,11 +206,7 @@ def export_int8_c(qmodel: QuantizedModel, out_dir, prefix: str | None = None, fo
     if not isinstance(qmodel, QuantizedModel):
         raise ValueError(f"export_int8_c needs a cnnc.quantize.QuantizedModel; got {type(qmodel).__name__}")
     program = prefix or qmodel.network.name
-    files = render_int8_c(qmodel, program)
-    out = Path(os.fspath(out_dir))
-    if out.exists() and not out.is_dir():
-        raise CnncError(f"{out}: exists and is not a directory; the C export writes a directory of files")
-    return write_owned_folder(out, files, products=(program, f"{program}_external"), force=force)
+    return write_export(render_int8_c(qmodel, program), out_dir, program, force)
 
 
 __all__ = ["export_int8_c", "render_int8_c", "memory_report_int8", "int8_arena_bytes"]

@@ -24,12 +24,21 @@ The layer kinds, each the same in the C (kernels/int8.h) and here:
   maxpool      on int8 directly; the scale is kept.
   avgpool, global_avgpool  the sum of (x_q - zp) over the window (padding counts as real 0, PyTorch's
                convention) divided by the window area, rounded half away from zero; the scale is kept.
-  sigmoid, tanh, leaky_relu  a 256-entry int8 lookup table (computed here, in float64, at export time).
-               sigmoid's output has s = 1/256, zp = -128; tanh's s = 1/128, zp = 0; leaky_relu's is calibrated.
+  sigmoid, tanh, leaky_relu, silu, hardswish  a 256-entry int8 lookup table (computed here, in float64, at
+               export time). sigmoid's output has s = 1/256, zp = -128; tanh's s = 1/128, zp = 0; the others' are
+               calibrated.
+  relu6        like relu, also clamped at the int8 value of real 6.
+  grouped conv each group an ungrouped conv over its slice of channels and filters.
   softmax      integer: e[i] = T[max_j x_q[j] - x_q[i]], a 256-entry int32 table T[d] = round(2^16 exp(-d s_x)),
                then y_q[i] = min(255, (256 e[i] + S/2) / S) - 128 with S = sum e (int64, exact integer division);
                the output has s = 1/256, zp = -128.
   flatten, dropout  nothing (dropout is the identity at inference).
+  batchnorm    folded into the convolution before it (float64, export_c.folded_conv_params) before quantising;
+               one that cannot fold is refused.
+  add          two operands: each (x_q - zp_i) * 2^20 rescaled by s_i / (2 max s), summed, the sum rescaled by
+               2 max s / (2^20 s_out) (TensorFlow Lite's); concat: each operand requantised by s_i / s_out.
+Graphs: every tensor has its own encoding (by name); flatten, dropout and a folded batch norm share their
+input's data and encoding.
 Float arithmetic is used only at the boundary: PREFIX_predict's quantisation of the input
 (q = round_half_away(x * (1/s) + zp) in float32, clamped) and dequantisation of the output (s * (q - zp)).
 
@@ -44,7 +53,7 @@ from math import frexp, prod
 import numpy as np
 
 from .diagnostics import CnncError
-from .ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network, chain_only_refusal
+from .ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network
 
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MAX = 127  # symmetric weights never use -128
@@ -52,8 +61,10 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 DEFAULT_CALIBRATION_SAMPLES = 300
 SOFTMAX_EXP_ONE = 1 << 16  # T[0], exp(0), in the softmax table
 ALIAS_KINDS = ("flatten", "dropout")
-LOOKUP_KINDS = ("sigmoid", "tanh", "leaky_relu")
+LOOKUP_KINDS = ("sigmoid", "tanh", "leaky_relu", "silu", "hardswish")
 SCHEMES = ("int8",)  # --quantize
+CLAMP_KINDS = ("relu", "relu6")  # activations that are a clamp of the int8 value
+ADD_LEFT_SHIFT = 20  # int8 add scales each operand's (x - zp) by 2^20 before rescaling (TensorFlow Lite's)
 
 
 # ---- quantisation parameters ----------------------------------------------------------------------
@@ -184,10 +195,16 @@ class QuantStep:
     act_min: int = INT8_MIN
     act_max: int = INT8_MAX
     table: np.ndarray | None = None
+    operands: tuple[QParams, ...] = ()  # add and concat: every operand's encoding (inp is the first's)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """x: (N, *layer.in_shape) int8 for compute ops, (N, *layer.out_shape) otherwise -> int8 (N, *out_shape)"""
+    def forward(self, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
+        """x: (N, *layer.in_shape) int8 for compute ops, (N, *layer.out_shape) otherwise -> int8 (N, *out_shape);
+        more: add's and concat's further operands."""
         N, layer = x.shape[0], self.layer
+        if self.op == "add":
+            return add_int8([x, *more], self).reshape(N, *layer.out_shape)
+        if self.op == "concat":
+            return concat_int8([x, *more], self).reshape(N, *layer.out_shape)
         if self.op == "conv":
             return conv_int8(x.reshape(N, *layer.in_shape), self).reshape(N, *layer.out_shape)
         if self.op == "dense":
@@ -199,7 +216,7 @@ class QuantStep:
             count = prod(layer.in_shape[1:])
             return np.clip(rounding_divide(total, count) + self.inp.zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
         if self.op == "clamp":
-            return np.maximum(x, self.act_min).astype(np.int8)
+            return np.clip(x, self.act_min, self.act_max).astype(np.int8)
         if self.op == "lookup":
             return self.table[x.astype(np.int64) - INT8_MIN]
         if self.op == "softmax":
@@ -224,10 +241,20 @@ class QuantizedModel:
         x = np.asarray(xq)
         if x.dtype != np.int8:
             raise ValueError(f"forward_q takes int8 inputs, got {x.dtype}")
-        x = x.reshape(x.shape[0], *self.network.input_shape)
+        network = self.network
+        aliases = tensor_aliases(network)
+        values = {network.input_name: x.reshape(x.shape[0], *network.input_shape)}  # by the tensor's data
         for step in self.steps:
-            x = step.forward(x)
-        return x.reshape(x.shape[0], *self.network.output_shape)
+            layer = step.layer
+            if step.key[0] == "compute":
+                y = step.forward(*(values[aliases.get(name, name)] for name in layer.inputs))
+            else:  # an activation: of the layer's own output (fused) or of its input (standalone)
+                source = layer.name if layer.kind not in ACTIVATIONS else layer.inputs[0]
+                y = step.forward(values[aliases.get(source, source)])
+            values[layer.name] = y
+        last = network.layers[-1].name if network.layers else network.input_name
+        y = values[aliases.get(last, last)]
+        return y.reshape(y.shape[0], *network.output_shape)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x: float (N, *input_shape) -> float32 (N, *output_shape), the exported PREFIX_predict."""
@@ -248,7 +275,10 @@ def conv_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
     _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
     centred = as_2d(x.astype(np.float64) - s.inp.zero_point, layer.spatial_dims)  # padding is real 0: x - zp = 0
     w = as_2d(s.weight.astype(np.float64), layer.spatial_dims)
-    acc = correlate(pad(centred, pad_before, pad_after), w, stride, dilation)  # (N, F, OH, OW), exact integers
+    padded = pad(centred, pad_before, pad_after)
+    G, CG, FG = layer.groups, layer.in_shape[0] // layer.groups, layer.out_shape[0] // layer.groups
+    acc = np.concatenate([correlate(padded[:, k * CG:(k + 1) * CG], w[k * FG:(k + 1) * FG], stride, dilation)
+                          for k in range(G)], axis=1)  # (N, F, OH, OW), exact integers; group k by group k
     acc = acc.astype(np.int64)
     if s.bias is not None:
         acc += s.bias.astype(np.int64)[:, None, None]
@@ -278,6 +308,25 @@ def pool_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
     return np.clip(rounding_divide(total, kernel[0] * kernel[1]) + zp, INT8_MIN, INT8_MAX).astype(np.int8)
 
 
+def add_int8(xs: list[np.ndarray], s: QuantStep) -> np.ndarray:
+    """xs: two int8 (N, ...) of one shape -> int8 (N, size); int8_add_forward (kernels/int8_graph.h):
+    y = zp_out + rescale(sum of rescale((x_i - zp_i) * 2^20, m_i, e_i), m_out, e_out), clamped."""
+    total = 0
+    for x, q, m, e in zip(xs, s.operands, s.multiplier, s.shift):
+        centred = (x.reshape(x.shape[0], -1).astype(np.int64) - q.zero_point) * (1 << ADD_LEFT_SHIFT)
+        total = total + multiply_by_quantized_multiplier(centred, m, e)
+    scaled = multiply_by_quantized_multiplier(total, s.multiplier[-1], s.shift[-1])
+    return np.clip(scaled + s.out.zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
+
+
+def concat_int8(xs: list[np.ndarray], s: QuantStep) -> np.ndarray:
+    """xs: int8 (N, C_i, ...) -> int8 (N, size), each operand requantised to the output's encoding:
+    zp_out + rescale(x - zp_i, m_i, e_i), clamped; int8_concat_forward."""
+    parts = [requantize(x.reshape(x.shape[0], -1).astype(np.int64) - q.zero_point, m, e, s.out, INT8_MIN)
+             for x, q, m, e in zip(xs, s.operands, s.multiplier, s.shift)]
+    return np.concatenate(parts, axis=1)
+
+
 def softmax_int8(x: np.ndarray, exp_table: np.ndarray) -> np.ndarray:
     """x: int8 (N, *shape) -> int8 (N, *shape), softmax over each sample's elements; int8_softmax_forward."""
     flat = x.reshape(x.shape[0], -1).astype(np.int64)
@@ -299,27 +348,36 @@ def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def accumulator_bound(layer: Layer) -> int:
     """The largest |sum w_q * (x_q - zp)| of one output: terms per output * 127 * 255."""
-    terms = layer.in_size if layer.kind == "dense" else prod(layer.kernel) * layer.in_shape[0]
+    terms = layer.in_size if layer.kind == "dense" else prod(layer.kernel) * layer.in_shape[0] // layer.groups
     return terms * WEIGHT_MAX * (INT8_MAX - INT8_MIN)
 
 
-def linear_step(key, layer: Layer, params: dict, inp: QParams, out: QParams, relu: bool) -> QuantStep:
-    """conv or dense: per-channel int8 weights, int32 biases, multipliers and shifts."""
+def linear_step(key, layer: Layer, params: dict, inp: QParams, out: QParams, relu: bool | str,
+                bias: bool | None = None) -> QuantStep:
+    """conv or dense: per-channel int8 weights, int32 biases, multipliers and shifts. relu: True (or "relu")
+    clamps the output at real 0, "relu6" at real 0 and 6. bias: whether params holds a bias for it (a
+    convolution with a batch norm folded in has one); by default layer.bias."""
     weight_q, w_scales = quantize_weights(params[f"{layer.name}.weight"])
     headroom = INT32_MAX - accumulator_bound(layer)
     if headroom < 0:
         raise CnncError(f"layer '{layer.name}' sums {accumulator_bound(layer) // (WEIGHT_MAX * 255):,} products per "
                         f"output: its int32 accumulator could overflow, so it cannot be quantised to int8")
     bias_q = None
-    if layer.bias:
+    if layer.bias if bias is None else bias:
         b = np.asarray(params[f"{layer.name}.bias"], np.float64)
         bias_q = np.clip(np.round(b / (inp.scale * w_scales)), -headroom, headroom).astype(np.int32)
     pairs = [quantize_multiplier(inp.scale * s / out.scale) for s in w_scales]
     multiplier = np.array([m for m, _ in pairs], np.int32)
     shift = np.array([e for _, e in pairs], np.int32)
     act_min = max(INT8_MIN, out.zero_point) if relu else INT8_MIN
+    act_max = relu6_max(out) if relu == "relu6" else INT8_MAX
     return QuantStep("conv" if layer.kind in CONV_KINDS else "dense", key, layer, inp, out, weight_q, bias_q,
-                     multiplier, shift, act_min)
+                     multiplier, shift, act_min, act_max)
+
+
+def relu6_max(q: QParams) -> int:
+    """The int8 value of real 6 in encoding q (round half away from zero), clamped to the int8 range."""
+    return int(min(INT8_MAX, np.floor(6.0 / q.scale + 0.5) + q.zero_point))
 
 
 def lookup_step(key, layer: Layer, kind: str, inp: QParams, out_range: tuple[float, float] | None) -> QuantStep:
@@ -329,6 +387,10 @@ def lookup_step(key, layer: Layer, kind: str, inp: QParams, out_range: tuple[flo
         out, y = QParams(1.0 / 256, -128), 1.0 / (1.0 + np.exp(-x))
     elif kind == "tanh":
         out, y = QParams(1.0 / 128, 0), np.tanh(x)
+    elif kind == "silu":
+        out, y = choose_qparams(*out_range), x / (1.0 + np.exp(-x))
+    elif kind == "hardswish":
+        out, y = choose_qparams(*out_range), x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
     else:
         out, y = choose_qparams(*out_range), np.where(x >= 0, x, layer.slope * x)
     table = np.clip(np.floor(y / out.scale + 0.5) + out.zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
@@ -341,35 +403,77 @@ def softmax_step(key, layer: Layer, inp: QParams) -> QuantStep:
     return QuantStep("softmax", key, layer, inp, QParams(1.0 / 256, -128), table=table)
 
 
+MERGE_OPERANDS_MAX = 2  # int8 add reads two operands (kernels/int8_graph.h)
+
+
 def check_quantizable(network: Network) -> None:
-    refusal = chain_only_refusal(network, "int8 quantisation")
+    """Refuse, naming the layer, what the int8 export cannot quantise: beyond the float export's own limits,
+    batch norm that does not fold into a convolution, grouped convolutions, add of more than two operands, and
+    the activations without an int8 form."""
+    from .export_c import batchnorm_folds, export_refusal
+
+    refusal = export_refusal(network, "int8 quantisation")
     if refusal:
         raise CnncError(f"model '{network.name}': {refusal}")
-    supported = CONV_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS + ("global_avgpool", "dense") + ALIAS_KINDS + \
-        ("relu", "softmax") + LOOKUP_KINDS
+    supported = CONV_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS + ("global_avgpool", "dense", "add", "concat") + \
+        ALIAS_KINDS + ("relu", "relu6", "softmax") + LOOKUP_KINDS
+    folds = batchnorm_folds(network)
     for layer in network.layers:
+        if layer.kind == "batchnorm" and layer.name not in folds:
+            raise CnncError(f"model '{network.name}': batch norm '{layer.name}' cannot be quantised to int8: only "
+                            "a batch norm right after a convolution without an activation, which nothing else "
+                            "reads, folds into its weights")
+        if layer.kind == "add" and len(layer.inputs) > MERGE_OPERANDS_MAX:
+            raise CnncError(f"model '{network.name}': add '{layer.name}' of {len(layer.inputs)} operands cannot be "
+                            f"quantised to int8 yet: int8 add takes {MERGE_OPERANDS_MAX}")
         for kind in (layer.kind, layer.activation):
-            if kind is not None and kind not in supported:
+            if kind is not None and kind not in supported and layer.name not in folds:
                 raise CnncError(f"model '{network.name}': layer '{layer.name}' ({kind}) cannot be quantised to int8")
 
 
-def _folded_relus(network: Network) -> set[int]:
-    """1-based indices of standalone relu layers whose nearest earlier non-alias layer is a conv or dense
-    layer without a fused activation: the relu becomes that layer's clamp."""
-    folded, previous = set(), None
-    for index, layer in enumerate(network.layers, 1):
-        if layer.kind in ALIAS_KINDS:
+def tensor_aliases(network: Network) -> dict[str, str]:
+    """{tensor: the tensor whose data it is}: flatten, dropout and a folded batch norm name their input's data
+    (followed to the end, so the value is a tensor some step writes, or the input)."""
+    from .export_c import batchnorm_folds
+
+    folds = batchnorm_folds(network)
+    aliases = {}
+    for layer in network.layers:
+        if layer.kind in ALIAS_KINDS or layer.name in folds:
+            source = layer.inputs[0]
+            aliases[layer.name] = aliases.get(source, source)
+    return aliases
+
+
+def _folded_relus(network: Network) -> dict[int, int]:
+    """{1-based index of a standalone relu: the index of the conv or dense layer it folds into}: the relu reads
+    (through flatten, dropout or a folded batch norm) the output of a conv or dense layer without a fused
+    activation, and is the only layer reading that data; the relu becomes that layer's clamp."""
+    aliases = tensor_aliases(network)
+    index = {layer.name: i for i, layer in enumerate(network.layers, 1)}
+    readers: dict[str, int] = {}  # data -> how many non-alias layers read it
+    for layer in network.layers:
+        if layer.name not in aliases:
+            for name in layer.inputs:
+                readers[aliases.get(name, name)] = readers.get(aliases.get(name, name), 0) + 1
+    folded = {}
+    for i, layer in enumerate(network.layers, 1):
+        if layer.kind not in CLAMP_KINDS:
             continue
-        if layer.kind == "relu" and previous is not None and previous.kind in CONV_KINDS + ("dense",) \
-                and previous.activation is None:
-            folded.add(index)
-        previous = layer
+        source = aliases.get(layer.inputs[0], layer.inputs[0])
+        if source == network.input_name:
+            continue
+        producer = network.layer(source)
+        if producer.kind in CONV_KINDS + ("dense",) and producer.activation is None and readers[source] == 1:
+            folded[i] = index[source]
     return folded
 
 
 def observed_ranges(model, x: np.ndarray, percentile: float | None) -> tuple[tuple[float, float], dict]:
-    """Run the float model on x layer by layer. -> (input range, {(layer index, "pre"|"post"): (lo, hi)}):
-    "pre" is a conv/dense output before its fused activation, "post" every layer's output."""
+    """Run the float model (inference) on x layer by layer. -> (input range, {(layer index, "pre"|"post"):
+    (lo, hi)}): "pre" is a conv/dense output before its fused activation, "post" every layer's output."""
+    from .backends.numpy_backend import add_forward, batchnorm_forward, concat_forward
+
     def value_range(v) -> tuple[float, float]:
         v = np.asarray(v, np.float64).ravel()
         if percentile is None:
@@ -377,80 +481,137 @@ def observed_ranges(model, x: np.ndarray, percentile: float | None) -> tuple[tup
         lo, hi = np.percentile(v, [100.0 - percentile, percentile])
         return float(lo), float(hi)
 
+    network = model.network
+    last_read = {name: i for i, layer in enumerate(network.layers) for name in layer.inputs}
+    values = {network.input_name: x}
     ranges = {}
     first = value_range(x)
-    for index, layer in enumerate(model.network.layers, 1):
-        y, saved = model._layer_forward(layer, x, None)
-        if layer.activation is not None:
-            ranges[(index, "pre")] = value_range(saved["z"])
-        ranges[(index, "post")] = value_range(y)
-        x = y
+    for i, layer in enumerate(network.layers):
+        xs = [values[name] for name in layer.inputs]
+        if layer.kind == "add":
+            y = add_forward(xs)
+        elif layer.kind == "concat":
+            y = concat_forward(xs)
+        elif layer.kind == "batchnorm":
+            y = batchnorm_forward(xs[0], *(model.params[f"{layer.name}.{p}"] for p in ("weight", "bias")),
+                                  *(model.buffers[f"{layer.name}.running_{s}"] for s in ("mean", "var")),
+                                  layer.eps, layer.momentum, False)[0]
+        else:
+            y, saved = model._layer_forward(layer, xs[0], None)
+            if layer.activation is not None:
+                ranges[(i + 1, "pre")] = value_range(saved["z"])
+        ranges[(i + 1, "post")] = value_range(y)
+        values[layer.name] = y
+        for name in set(layer.inputs):
+            if last_read[name] == i:
+                del values[name]
     return first, ranges
+
+
+def folded_params(network: Network, params: dict, buffers: dict) -> dict:
+    """The parameters with every foldable batch norm folded into its convolution (export_c's float64 fold)."""
+    from .export_c import batchnorm_folds, folded_conv_params
+
+    params = dict(params)
+    for bn, conv in batchnorm_folds(network).items():
+        params[f"{conv.name}.weight"], params[f"{conv.name}.bias"] = \
+            folded_conv_params(conv, network.layer(bn), params, buffers)
+    return params
+
+
+def add_step(key, layer: Layer, operands: list[QParams], out: QParams) -> QuantStep:
+    """int8 add, TensorFlow Lite's: each operand (x - zp) * 2^20 rescaled by s_i / (2 max s), summed, and the
+    sum rescaled by 2 max s / (2^20 s_out)."""
+    twice_max = 2.0 * max(q.scale for q in operands)
+    pairs = [quantize_multiplier(q.scale / twice_max) for q in operands] + \
+        [quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out.scale))]
+    return QuantStep("add", key, layer, operands[0], out, multiplier=np.array([m for m, _ in pairs], np.int32),
+                     shift=np.array([e for _, e in pairs], np.int32), operands=tuple(operands))
+
+
+def concat_step(key, layer: Layer, operands: list[QParams], out: QParams) -> QuantStep:
+    """int8 concat: each operand requantised to the output's encoding (factor s_i / s_out)."""
+    pairs = [quantize_multiplier(q.scale / out.scale) for q in operands]
+    return QuantStep("concat", key, layer, operands[0], out, multiplier=np.array([m for m, _ in pairs], np.int32),
+                     shift=np.array([e for _, e in pairs], np.int32), operands=tuple(operands))
 
 
 def calibrate(model, x: np.ndarray, percentile: float | None = None) -> QuantizedModel:
     """Quantise a float cnnc Model (trained weights; any backend) with activation ranges observed on x
-    (N, *input_shape): min/max, or the [100 - P, P] percentiles of each tensor's values."""
+    (N, *input_shape): min/max, or the [100 - P, P] percentiles of each tensor's values. Batch norm is folded
+    into its convolution before quantising; graphs (from=, add, concat) quantise tensor by tensor."""
     from .backends.numpy_backend import NumpyModel
+    from .export_c import batchnorm_folds
 
     network = model.network
     check_quantizable(network)
     if not isinstance(model, NumpyModel):  # calibration reads every layer's output: the NumPy backend's
         numpy_model = NumpyModel(network, "float32")
-        numpy_model.load_weights({name: np.asarray(value) for name, value in model.params.items()})
+        numpy_model.load_weights({name: np.asarray(value) for name, value in
+                                  {**model.params, **dict(getattr(model, "buffers", None) or {})}.items()})
         model = numpy_model
-    params = model.params
     x = np.asarray(x, np.float32)
     if x.ndim == 0 or x.shape[1:] != tuple(network.input_shape) or len(x) == 0:
         raise CnncError(f"calibration data has shape {list(x.shape)}; model '{network.name}' takes "
                         f"(N, {', '.join(map(str, network.input_shape))}) with N >= 1")
     if percentile is not None and not 50.0 < percentile <= 100.0:
         raise CnncError(f"--calibration-percentile {percentile:g}: must be above 50 and at most 100 (e.g. 99.99)")
+    folds = batchnorm_folds(network)
+    params = folded_params(network, model.params, model.buffers)
     input_range, ranges = observed_ranges(model, x, percentile)
     folded = _folded_relus(network)
-    folded_into = {}  # conv/dense index -> the index of the relu folded into it
-    previous = None
-    for index, layer in enumerate(network.layers, 1):
-        if index in folded:
-            folded_into[previous] = index
-        if layer.kind not in ALIAS_KINDS:
-            previous = index
-    current = choose_qparams(*input_range)
-    first, steps = current, []
+    folded_into = {conv: relu for relu, conv in folded.items()}  # conv/dense index -> the relu folded into it
+    index_of = {layer.name: i for i, layer in enumerate(network.layers, 1)}
+    bn_of = {conv.name: index_of[bn] for bn, conv in folds.items()}  # conv name -> its folded batch norm's index
+    encoding = {network.input_name: choose_qparams(*input_range)}
+    steps = []
     for index, layer in enumerate(network.layers, 1):
         kind = layer.kind
-        if kind in ALIAS_KINDS:
+        inputs = [encoding[name] for name in layer.inputs]
+        current = inputs[0]
+        if kind in ALIAS_KINDS or layer.name in folds:
+            encoding[layer.name] = current
             continue
         if kind in CONV_KINDS or kind == "dense":
             fused = layer.activation
-            if fused == "relu" or fused is None and index in folded_into:
-                relu_index = index if fused == "relu" else folded_into[index]
+            with_bias = layer.bias or layer.name in bn_of
+            if fused in CLAMP_KINDS or fused is None and index in folded_into:
+                relu_index = index if fused in CLAMP_KINDS else folded_into[index]
+                clamp = fused or network.layers[relu_index - 1].kind
                 out = choose_qparams(*ranges[(relu_index, "post")])
-                steps.append(linear_step(("compute", index), layer, params, current, out, relu=True))
+                steps.append(linear_step(("compute", index), layer, params, current, out, relu=clamp, bias=with_bias))
             else:
-                out = choose_qparams(*ranges[(index, "pre" if fused else "post")])
-                steps.append(linear_step(("compute", index), layer, params, current, out, relu=False))
+                out_index = bn_of.get(layer.name, index)  # a folded batch norm's output is what is stored
+                out = choose_qparams(*ranges[(index, "pre")] if fused else ranges[(out_index, "post")])
+                steps.append(linear_step(("compute", index), layer, params, current, out, relu=False, bias=with_bias))
             current = out
-            if fused == "relu":
-                steps.append(QuantStep("none", ("relu", index), layer, current, current))
+            if fused in CLAMP_KINDS:
+                steps.append(QuantStep("none", (fused, index), layer, current, current))
             elif fused is not None:
                 steps.append(_activation_step((fused, index), layer, fused, current, ranges[(index, "post")]))
                 current = steps[-1].out
         elif kind in MAXPOOL_KINDS or kind in AVGPOOL_KINDS or kind == "global_avgpool":
             op = "maxpool" if kind in MAXPOOL_KINDS else "avgpool" if kind in AVGPOOL_KINDS else "global_avgpool"
             steps.append(QuantStep(op, ("compute", index), layer, current, current))
-        elif kind == "relu":
+        elif kind in ("add", "concat"):
+            out = choose_qparams(*ranges[(index, "post")])
+            steps.append((add_step if kind == "add" else concat_step)(("compute", index), layer, inputs, out))
+            current = out
+        elif kind in CLAMP_KINDS:
             if index in folded:
                 steps.append(QuantStep("none", (kind, index), layer, current, current))
-            else:
+            else:  # relu6 keeps the encoding too: its clamp at real 6 is an int8 bound
                 steps.append(QuantStep("clamp", (kind, index), layer, current, current,
-                                       act_min=max(INT8_MIN, current.zero_point)))
+                                       act_min=max(INT8_MIN, current.zero_point),
+                                       act_max=relu6_max(current) if kind == "relu6" else INT8_MAX))
         elif kind in ACTIVATIONS:
             steps.append(_activation_step((kind, index), layer, kind, current, ranges[(index, "post")]))
             current = steps[-1].out
         else:
             raise AssertionError(f"quantize: unhandled layer kind {kind!r}")
-    return QuantizedModel(network, first, current, steps,
+        encoding[layer.name] = current
+    last = network.layers[-1].name if network.layers else network.input_name
+    return QuantizedModel(network, encoding[network.input_name], encoding[last], steps,
                           {"samples": len(x), "method": "min/max" if percentile is None else f"percentile {percentile:g}"})
 
 
@@ -464,12 +625,22 @@ def _activation_step(key, layer, kind, inp: QParams, out_range) -> QuantStep:
 def int8_flash_bytes(network: Network) -> dict[str, int]:
     """Flash of the int8 export, from the network alone: {"weights": int8 weights + int32 biases,
     "constants": multipliers, shifts and lookup tables}."""
+    from .export_c import batchnorm_folds
+
+    folds = batchnorm_folds(network)
+    folded_convs = {conv.name for conv in folds.values()}
     weights = constants = 0
     for layer in network.layers:
+        if layer.name in folds:  # folded into its convolution's weights and bias
+            continue
         for spec in layer.params:
             weights += spec.size if spec.name.endswith(".weight") else 4 * spec.size
+        if layer.name in folded_convs and not layer.bias:
+            weights += 4 * layer.out_shape[0]  # the bias the fold gives it
         if layer.kind in CONV_KINDS or layer.kind == "dense":
             constants += 8 * layer.out_shape[0]  # an int32 multiplier and shift per output channel
+        if layer.kind in ("add", "concat"):
+            constants += 8 * (len(layer.inputs) + (layer.kind == "add"))  # a multiplier and shift per operand (+ out)
         for kind in (layer.kind, layer.activation):
             if kind in LOOKUP_KINDS:
                 constants += 256
@@ -514,4 +685,5 @@ def evaluate_quantized(qmodel: QuantizedModel, float_model, x: np.ndarray, y: np
 __all__ = ["QParams", "QuantStep", "QuantizedModel", "calibrate", "choose_qparams", "quantize_multiplier",
            "multiply_by_quantized_multiplier", "saturating_rounding_doubling_high_mul", "rounding_divide_by_pot",
            "requantize", "rounding_divide", "quantize_weights", "int8_flash_bytes", "calibration_samples",
-           "evaluate_quantized", "check_quantizable", "DEFAULT_CALIBRATION_SAMPLES"]
+           "evaluate_quantized", "check_quantizable", "DEFAULT_CALIBRATION_SAMPLES", "add_step", "concat_step", "add_int8",
+           "concat_int8", "tensor_aliases", "ADD_LEFT_SHIFT"]

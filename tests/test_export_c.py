@@ -78,7 +78,7 @@ model activation_first {
 def spec_models(extra_file: Path) -> list[tuple[Path, str]]:
     files = sorted(SPECS.glob("*.cnn")) + [extra_file]
     return [(path, net.name) for path in files for net in networks_from_file(path)
-            if chain_only_refusal(net, "") is None]  # graphs are refused: tests/test_every_spec.py
+            if chain_only_refusal(net, "") is None]  # the graphs: tests/test_export_c_graphs.py
 
 
 def randomized(path: Path, name: str, seed: int):
