@@ -700,6 +700,16 @@ def test_a_buffer_past_2_to_the_31_elements_per_sample_is_refused_by_the_planner
     assert "C backend memory: too large" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("dtype", ["float16", "int8", np.float32, None])
+def test_a_dtype_the_code_generator_has_no_c_type_for_is_a_value_error_naming_the_choices(dtype):
+    """Only names of C types reach the generator: plan_network, and generate through it, refuse anything
+    else (even NumPy's float32 type: Model checks and names it first) with the choices, not a KeyError."""
+    network = cnnc.read_network(SPECS / "lenet5.cnn")
+    for call in (lambda: plan_network(network, "", dtype), lambda: generate(network, dtype)):
+        with pytest.raises(ValueError, match=r"dtype must be one of float32, float64; got "):
+            call()
+
+
 # ---- safety: nothing unchecked reaches the C -------------------------------------------------------
 HOSTILE = ['x); system("rm -rf /"); //', "a*/ evil(); /*", "c1\n#include <stdlib.h>", "", "1abc", "c-1", "näme"]
 
