@@ -323,6 +323,17 @@ def test_dry_run_prints_flash_and_ram_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_export_command_takes_typed_arguments(tmp_path, capsys):
+    """cnnc/export.py's run_export is called with the options as values (cnnc/cli/export.py unpacks them); a
+    format it does not know is API misuse, a ValueError naming the choices."""
+    from cnnc.export import run_export
+
+    assert run_export(str(SPECS / "lenet5.cnn"), "c", str(tmp_path / "out"), prefix="typed", dry_run=True) == 0
+    assert "TYPED_ARENA_BYTES" in capsys.readouterr().out and not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="export_format must be one of c, onnx; got 'tflite'"):
+        run_export(str(SPECS / "lenet5.cnn"), "tflite", str(tmp_path / "out"))
+
+
 SIZES_PROGRAM = r"""
 #include <stdio.h>
 #include "second_lenet.h"
