@@ -11,8 +11,6 @@ import re
 import shutil
 import subprocess
 import zlib
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,7 +37,7 @@ def torch_ref():
 
     return torch_reference
 
-from conftest import SPECS
+from conftest import SPECS, compile_bundles
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 
 # One model per configuration: strides 1-3, paddings 0/1/2 and asymmetric `same` with even kernels,
@@ -144,20 +142,12 @@ def case_network(name: str):
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cnnc-cache")
-
-
-@pytest.fixture(scope="session")
 def bundles(cache_dir):
     """{dtype: CModule}: every case and every shipped model, one module per dtype, built in parallel."""
     networks = [case_network(name) for name in CASES]
     networks += [n for path in sorted(SPECS.glob("*.cnn")) for n in cnnc.networks_from_file(path)
                  if chain_only_refusal(n, "") is None]
-    with ThreadPoolExecutor(2) as pool:
-        futures = {dtype: pool.submit(compile_networks, networks, dtype, cache_dir=cache_dir)
-                   for dtype in ("float64", "float32")}
-        return {dtype: future.result() for dtype, future in futures.items()}
+    return compile_bundles(networks, ("float64", "float32"), cache_dir)
 
 
 # ---- comparing -------------------------------------------------------------------------------------
