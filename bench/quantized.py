@@ -61,9 +61,32 @@ static double seconds(void) { /* this process's CPU time: the time it was desche
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* The entry points to time, with one signature: (one input, one output). */
+typedef void (*predict_one)(const void *input, void *output);
+
+static void predict_float(const void *input, void *output) { %(prefix)s_predict(input, output); }
+%(predict_q_adapter)s
+/* ns per image of the fastest of `repeats` passes over the n inputs (input_bytes apart); the fastest pass is
+   the one least disturbed by other processes. */
+static double fastest_pass_ns(predict_one predict, const char *inputs, size_t input_bytes, void *output, long n,
+                              long repeats) {
+    volatile unsigned char sink = 0;
+    double best = 1e300;
+    for (long r = 0; r < repeats; r++) {
+        double start = seconds();
+        for (long i = 0; i < n; i++) {
+            predict(inputs + (size_t)i * input_bytes, output);
+            sink ^= *(const unsigned char *)output;
+        }
+        double pass = seconds() - start;
+        best = pass < best ? pass : best;
+    }
+    (void)sink;
+    return 1e9 * best / (double)n;
+}
+
 int main(int argc, char **argv) {
     static float out[%(P)s_OUTPUT_SIZE];
-    volatile float sink = 0;
     if (argc != 5) return 2;
     long n = atol(argv[2]), repeats = atol(argv[3]);
     float *x = malloc(sizeof(float) * (size_t)n * %(P)s_INPUT_SIZE);
@@ -77,17 +100,7 @@ int main(int argc, char **argv) {
         for (int k = 1; k < %(P)s_OUTPUT_SIZE; k++) best = out[k] > out[best] ? k : best;
         predictions[i] = best;
     }
-    double best = 1e300;
-    for (long r = 0; r < repeats; r++) { /* the fastest pass: the one least disturbed by other processes */
-        double start = seconds();
-        for (long i = 0; i < n; i++) {
-            %(prefix)s_predict(x + i * %(P)s_INPUT_SIZE, out);
-            sink += out[0];
-        }
-        double pass = seconds() - start;
-        best = pass < best ? pass : best;
-    }
-    printf("%%.1f\n", 1e9 * best / (double)n);
+    printf("%%.1f\n", fastest_pass_ns(predict_float, (const char *)x, sizeof(float) * %(P)s_INPUT_SIZE, out, n, repeats));
 %(quantized)s
     f = fopen(argv[4], "wb");
     if (f == NULL) return 5;
@@ -97,6 +110,9 @@ int main(int argc, char **argv) {
 }
 """
 
+# int8 exports: PREFIX_predict_q timed on the inputs quantised as PREFIX_predict quantises them.
+PREDICT_Q_ADAPTER = """static void predict_int8(const void *input, void *output) { %(prefix)s_predict_q(input, output); }
+"""
 TIMING_Q = r"""
     {
         static int8_t qout[%(P)s_OUTPUT_SIZE];
@@ -105,17 +121,7 @@ TIMING_Q = r"""
             float v = x[i] / %(P)s_INPUT_SCALE + %(P)s_INPUT_ZERO_POINT;
             q[i] = (int8_t)(v < -128 ? -128 : v > 127 ? 127 : v);
         }
-        best = 1e300;
-        for (long r = 0; r < repeats; r++) {
-            double start = seconds();
-            for (long i = 0; i < n; i++) {
-                %(prefix)s_predict_q(q + i * %(P)s_INPUT_SIZE, qout);
-                sink += qout[0];
-            }
-            double pass = seconds() - start;
-            best = pass < best ? pass : best;
-        }
-        printf("%%.1f\n", 1e9 * best / (double)n);
+        printf("%%.1f\n", fastest_pass_ns(predict_int8, (const char *)q, %(P)s_INPUT_SIZE, qout, n, repeats));
         free(q);
     }
 """
@@ -133,8 +139,9 @@ def busy_cpu_seconds() -> float | None:
 def compile_timing(folder: Path, prefix: str, quantized: bool) -> Path:
     """The export in folder built with the timing main, `cc -std=c99 -O2`."""
     P = prefix.upper()
-    main = TIMING_MAIN % {"prefix": prefix, "P": P,
-                          "quantized": TIMING_Q % {"prefix": prefix, "P": P} if quantized else ""}
+    names = {"prefix": prefix, "P": P}
+    main = TIMING_MAIN % {**names, "predict_q_adapter": PREDICT_Q_ADAPTER % names if quantized else "",
+                          "quantized": TIMING_Q % names if quantized else ""}
     (folder / "timing.c").write_text(main)
     program = folder / "timing"
     subprocess.run([os.environ.get("CC", "cc"), "-std=c99", "-O2", "-o", str(program), str(folder / "timing.c"),

@@ -47,3 +47,24 @@ def no_ir_cache(monkeypatch) -> None:
     from cnnc import frontend
 
     monkeypatch.setattr(frontend, "IR_CACHE", False)
+
+
+# ---- the C backend's compiled bundles ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """The session's C module cache, shared by the compiled bundles of tests/test_c_*.py and the tests that
+    compile (or load through the cache) models of their own."""
+    return tmp_path_factory.mktemp("cnnc-cache")
+
+
+def compile_bundles(networks, dtypes, cache_dir: Path) -> dict:
+    """{dtype: CModule}: every network in ONE C module per dtype (compile time is what CI pays), the dtypes
+    compiled in parallel (each compiler runs in its own process). For session-scoped fixtures."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cnnc.backends.c_backend import compile_networks
+
+    networks = list(networks)
+    with ThreadPoolExecutor(len(dtypes)) as pool:
+        futures = {dtype: pool.submit(compile_networks, networks, dtype, cache_dir=cache_dir) for dtype in dtypes}
+        return {dtype: future.result() for dtype, future in futures.items()}

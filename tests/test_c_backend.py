@@ -11,8 +11,6 @@ import re
 import shutil
 import subprocess
 import zlib
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,7 +37,7 @@ def torch_ref():
 
     return torch_reference
 
-from conftest import SPECS
+from conftest import SPECS, compile_bundles
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 
 # One model per configuration: strides 1-3, paddings 0/1/2 and asymmetric `same` with even kernels,
@@ -144,20 +142,12 @@ def case_network(name: str):
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cnnc-cache")
-
-
-@pytest.fixture(scope="session")
 def bundles(cache_dir):
     """{dtype: CModule}: every case and every shipped model, one module per dtype, built in parallel."""
     networks = [case_network(name) for name in CASES]
     networks += [n for path in sorted(SPECS.glob("*.cnn")) for n in cnnc.networks_from_file(path)
                  if chain_only_refusal(n, "") is None]
-    with ThreadPoolExecutor(2) as pool:
-        futures = {dtype: pool.submit(compile_networks, networks, dtype, cache_dir=cache_dir)
-                   for dtype in ("float64", "float32")}
-        return {dtype: future.result() for dtype, future in futures.items()}
+    return compile_bundles(networks, ("float64", "float32"), cache_dir)
 
 
 # ---- comparing -------------------------------------------------------------------------------------
@@ -698,6 +688,16 @@ def test_a_buffer_past_2_to_the_31_elements_per_sample_is_refused_by_the_planner
         plan_network(cnnc.read_network(spec), "", "float32")
     assert main(["check", str(spec)]) == 0
     assert "C backend memory: too large" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8", np.float32, None])
+def test_a_dtype_the_code_generator_has_no_c_type_for_is_a_value_error_naming_the_choices(dtype):
+    """Only names of C types reach the generator: plan_network, and generate through it, refuse anything
+    else (even NumPy's float32 type: Model checks and names it first) with the choices, not a KeyError."""
+    network = cnnc.read_network(SPECS / "lenet5.cnn")
+    for call in (lambda: plan_network(network, "", dtype), lambda: generate(network, dtype)):
+        with pytest.raises(ValueError, match=r"dtype must be one of float32, float64; got "):
+            call()
 
 
 # ---- safety: nothing unchecked reaches the C -------------------------------------------------------

@@ -12,21 +12,19 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import cnnc
-from cnnc.backends.c_backend import compile_networks
 from cnnc.backends.c_codegen import generate
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
 from cnnc.diagnostics import CnncError
 from cnnc.gradcheck import THRESHOLD, gradcheck
+from conftest import SPECS, compile_bundles
 from test_graphs import GRADCHECK_BLOCK, GRADCHECK_CASES, ISSUE_EXAMPLE, REFERENCE_MODELS
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 SPEC_MODELS = ("resnet8", "mobilenet_small", "inception_small")
 
 # Graph corners beyond test_graphs' models: a branch the output does not depend on (zero gradients, its
@@ -62,9 +60,9 @@ COMPARED = [key for key in NETWORKS if not key.startswith("gc_")]
 
 
 @pytest.fixture(scope="session")
-def module(tmp_path_factory):
+def module(cache_dir):
     """The float64 C module of every network above (one compiler run)."""
-    return compile_networks(list(NETWORKS.values()), "float64", cache_dir=tmp_path_factory.mktemp("cnnc-cache"))
+    return compile_bundles(NETWORKS.values(), ("float64",), cache_dir)["float64"]
 
 
 def rel_err(a, b) -> float:

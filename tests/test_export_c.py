@@ -323,16 +323,46 @@ def test_dry_run_prints_flash_and_ram_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_header_macros_state_the_sizes(exported):
+def test_the_export_command_takes_typed_arguments(tmp_path, capsys):
+    """cnnc/export.py's run_export is called with the options as values (cnnc/cli/export.py unpacks them); a
+    format it does not know is API misuse, a ValueError naming the choices."""
+    from cnnc.export import run_export
+
+    assert run_export(str(SPECS / "lenet5.cnn"), "c", str(tmp_path / "out"), prefix="typed", dry_run=True) == 0
+    assert "TYPED_ARENA_BYTES" in capsys.readouterr().out and not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="export_format must be one of c, onnx; got 'tflite'"):
+        run_export(str(SPECS / "lenet5.cnn"), "tflite", str(tmp_path / "out"))
+
+
+SIZES_PROGRAM = r"""
+#include <stdio.h>
+#include "second_lenet.h"
+int main(void) {
+    int (*predict)(const float *, float *) = second_lenet_predict;  /* the prototype the header promises */
+    printf("%d %d %lu\n", (int)SECOND_LENET_INPUT_SIZE, (int)SECOND_LENET_OUTPUT_SIZE,
+           (unsigned long)SECOND_LENET_ARENA_BYTES);
+    return predict(NULL, NULL) == -1 ? 0 : 1;
+}
+"""
+
+
+def test_header_macros_state_the_sizes_of_the_memory_plan(exported, tmp_path):
+    """A program that includes the header (strict flags) reads the sizes cnnc planned: LeNet-5's 784 inputs,
+    10 outputs and 23,520 bytes of arena; and the export is written with the user's umask."""
     _, exports, _, _ = exported
-    header = (exports["second_lenet"][0] / "second_lenet.h").read_text()
-    assert "#define SECOND_LENET_INPUT_SIZE 784\n" in header
-    assert "#define SECOND_LENET_OUTPUT_SIZE 10\n" in header
-    assert "#define SECOND_LENET_ARENA_BYTES 23520\n" in header
-    assert "int second_lenet_predict(const float *input, float *output);" in header
+    out, m = exports["second_lenet"]
+    (tmp_path / "sizes.c").write_text(SIZES_PROGRAM)
+    build = subprocess.run([GCC, *STRICT, f"-I{out}", str(tmp_path / "sizes.c"), str(out / "second_lenet.c"), "-lm",
+                            "-o", str(tmp_path / "sizes")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(tmp_path / "sizes")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    plan = memory_plan(m.network)
+    assert (plan.input_floats, plan.output_floats, plan.arena_bytes) == (784, 10, 23520)
+    assert run.stdout.split() == [str(plan.input_floats), str(plan.output_floats), str(plan.arena_bytes)]
     mask = os.umask(0)
     os.umask(mask)
-    assert (exports["second_lenet"][0] / "second_lenet.c").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (out / "second_lenet.c").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 @pytest.mark.parametrize("prefix", ["int", "9lives", "my-model", "__x", "_Model", "", "a b", "static", "main"])
@@ -344,6 +374,8 @@ def test_unusable_prefixes_are_refused(prefix, tmp_path, capsys):
 
 
 def test_spec_text_reaches_the_c_only_as_checked_names_in_comments(tmp_path):
+    """A comment in the spec that tries to close a C comment, and layer names, never reach the C as code:
+    the export builds under the strict flags, and the names appear in comments only."""
     spec = tmp_path / "names.cnn"
     spec.write_text("# */ int evil(void) { return 1; } /*\n"
                     "model names {\n    input zzqinput[4]\n    dense zzqdense(units=3)  # */ evil\n    relu zzqrelu\n}\n")
@@ -355,7 +387,9 @@ def test_spec_text_reaches_the_c_only_as_checked_names_in_comments(tmp_path):
         assert "evil" not in text
         code = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
         assert "zzq" not in code, f"{file}: a layer name is used outside a comment"
-    assert "zzqdense" in (tmp_path / "c" / "names.c").read_text()  # but it does help the reader
+    build = subprocess.run([GCC, *STRICT, "-c", "names.c", "-o", str(tmp_path / "names.o")], cwd=tmp_path / "c",
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
 
 
 def test_floats_are_written_to_round_trip_exactly():

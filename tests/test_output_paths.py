@@ -187,7 +187,8 @@ def test_export_with_force_overwrites(tiny, tmp_path):
     (out / "main.c").write_text("mine")
     status, _, err = export(tiny, out, "--force")
     assert status == 0, err
-    assert "tiny_predict" in (out / "main.c").read_text()
+    assert export(tiny, tmp_path / "fresh")[0] == 0
+    assert (out / "main.c").read_text() == (tmp_path / "fresh" / "main.c").read_text()  # the user's main.c is replaced
 
 
 def test_export_again_over_its_own_files_and_build_products_is_allowed(tiny, tmp_path):

@@ -1142,7 +1142,9 @@ def c_initializer(pairs, indent: str = "    ", width: int = 110) -> str:
 
 
 def plan_network(network: Network, prefix: str = "", dtype: str = "float32") -> NetworkPlan:
-    """Plan the network's C. prefix: "" for a module of one network, "m<k>_" in a bundle."""
+    """Plan the network's C. prefix: "" for a module of one network, "m<k>_" in a bundle. dtype is a name of
+    C_TYPES; a Model checks it where it enters (model.check_dtype), and this is the code generator's one check,
+    for callers of plan_network or generate (which plans every network first) that pass anything else."""
     check_safe(network)
     if not re.fullmatch(r"(m[0-9]+_)?", prefix):
         raise ValueError(f"network symbol prefix must be '' or m<k>_; got {prefix!r}")
@@ -1180,8 +1182,6 @@ def generate(networks, dtype: str = "float32") -> CSource:
     networks = list(networks)
     if not networks:
         raise ValueError("generate needs at least one network")
-    if dtype not in C_TYPES:
-        raise ValueError(f"dtype must be one of {', '.join(C_TYPES)}; got {dtype!r}")
     single = len(networks) == 1
     plans = tuple(plan_network(n, "" if single else f"m{k}_", dtype) for k, n in enumerate(networks))
     includes = sorted(set(BASE_HEADERS).union(*(p.headers for p in plans)))

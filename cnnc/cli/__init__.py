@@ -13,8 +13,7 @@ This package is the only place in cnnc that imports argparse. One module per com
 
 Each module has an `add_parsers(subparsers)` function that sets `func`, a callable taking the parsed
 arguments and returning the exit status; the callables unpack the arguments into typed calls of the
-pipeline modules. (Exception, for now: `cnnc export` and `cnnc import` run cnnc/export.py's run_export
-and run_import, which read the parsed arguments themselves.)
+pipeline modules.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The options of `cnnc export` and `cnnc import`; the commands are cnnc/export.py's run_export and run_import.
+"""The options of `cnnc export` and `cnnc import`; the commands are cnnc/export.py's run_export and run_import,
+called with the parsed options as typed arguments (the int8 path: cnnc/cli/quantize.py).
 
     cnnc export FILE --weights W.npz --format c -o DIR [--name PREFIX] [--dtype float32] [--model NAME]
     cnnc import model.onnx -o model.cnn [--weights W.npz] [--model NAME]
@@ -6,8 +7,9 @@
 from __future__ import annotations
 
 from .. import export
+from ..diagnostics import CnncError
 from ..export import FORMATS
-from .quantize import add_quantize_arguments
+from .quantize import add_quantize_arguments, quantize_requested, run_export_int8
 
 
 def add_parsers(subparsers) -> None:
@@ -30,7 +32,7 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="C: write into a folder that holds files an earlier export "
                                                         "did not write (they may be overwritten)")
     add_quantize_arguments(p)
-    p.set_defaults(func=export.run_export)
+    p.set_defaults(func=run_export)
 
     q = subparsers.add_parser(
         "import", help="turn an ONNX model into a .cnn file and its weights",
@@ -42,4 +44,17 @@ def add_parsers(subparsers) -> None:
     q.add_argument("-o", "--output", metavar="MODEL.cnn", required=True, help="the .cnn file to write")
     q.add_argument("--weights", metavar="W.npz", help="where to write the weights (default: beside the .cnn, .npz)")
     q.add_argument("--model", metavar="NAME", help="the model's name in the .cnn (default: the graph's name)")
-    q.set_defaults(func=export.run_import)
+    q.set_defaults(func=run_import)
+
+
+def run_export(args) -> int:
+    if args.dtype != "float32":
+        raise CnncError(f"--dtype {args.dtype}: the C and ONNX exports compute in float32 only")
+    if quantize_requested(args):  # --quantize int8 and its options
+        return run_export_int8(args)
+    return export.run_export(args.file, args.format, args.output, weights_path=args.weights, model_name=args.model,
+                             prefix=args.name, dry_run=args.dry_run, force=args.force)
+
+
+def run_import(args) -> int:
+    return export.run_import(args.file, args.output, weights_path=args.weights, model_name=args.model)

@@ -56,9 +56,9 @@ def quantized_from_args(args, model):
 
 
 # ---- cnnc export --quantize int8 ---------------------------------------------------------------------------
-def run_export_int8(args, load_model, require) -> int:
-    """Calibrate on --calibration, then write the int8 C (export_int8.py). load_model and require are
-    export.py's: the network and float model from FILE and --weights, and the check of --weights and -o."""
+def run_export_int8(args) -> int:
+    """Calibrate on --calibration, then write the int8 C (export_int8.py)."""
+    from ..export import load_network_and_model, require_weights_and_output
     from ..export_c import checked_prefix
     from ..export_int8 import export_int8_c, memory_report_int8
     from ..quantize import check_quantizable
@@ -67,13 +67,13 @@ def run_export_int8(args, load_model, require) -> int:
         raise CnncError(f"--quantize {args.quantize} applies to the standalone C export (--format c); the "
                         f"{args.format} export is float32 only")
     check_quantize_arguments(args)
-    network, model = load_model(args)
+    network, model = load_network_and_model(args.file, args.model, args.weights)
     prefix = checked_prefix(args.name if args.name is not None else network.name)
     check_quantizable(network)
     if args.dry_run:
         print(memory_report_int8(network, prefix))
         return 0
-    require(args, model, "a directory, e.g. -o out/")
+    require_weights_and_output(model, args.output, "a directory, e.g. -o out/")
     qmodel = quantized_from_args(args, model)
     paths = export_int8_c(qmodel, args.output, prefix=prefix, force=args.force)
     print(memory_report_int8(network, prefix))

@@ -13,32 +13,17 @@
 #ifndef CNNC_KERNELS_INT8_H
 #define CNNC_KERNELS_INT8_H
 
-#include "common.h"
+// The layers' sizes are the float kernels' structs (Conv2d, Pool2d, Dense, GlobalAvgPool): the includer
+// defines `real` first, as for any kernel header (the int8 export's source: float; it calls no float kernel).
+#include "conv.h"
+#include "dense.h"
+#include "pool.h"
 
-typedef struct {
-    int C, H, W;     // input: channels, height, width
-    int F, OH, OW;   // output: filters, height, width
-    int KH, KW;      // kernel
-    int SH, SW;      // stride
-    int DH, DW;      // dilation
-    int PH, PW;      // zero rows above, columns left
-} Int8Conv2d;
-
-typedef struct {
-    int C, H, W;   // input: channels, height, width
-    int OH, OW;    // output: height, width (channels: C)
-    int KH, KW;    // window
-    int SH, SW;    // stride
-    int PH, PW;    // padding above, left
-} Int8Pool2d;
-
-typedef struct {
-    int D, U;  // inputs, units
-} Int8Dense;
-
-typedef struct {
-    int C, HW;  // channels, positions per channel
-} Int8GlobalAvgPool;
+// The names the int8 export's glue declares its sizes with: the float kernels' structs, not copies of them.
+typedef Conv2d Int8Conv2d;
+typedef Pool2d Int8Pool2d;
+typedef Dense Int8Dense;
+typedef GlobalAvgPool Int8GlobalAvgPool;
 
 // The encodings around a conv or dense layer: the input's zero point, the output's, and the clamp of the
 // output (act_min = the output zero point when a relu is fused: real 0).
@@ -103,7 +88,7 @@ static inline int32_t int8_rounding_divide(int32_t total, int32_t count)
 // INT8_CONV_OW_BLOCK accumulators), so the innermost loop walks the input row.
 CNNC_KERNEL void int8_conv2d_forward(int8_t* restrict out, const int8_t* restrict inp, const int8_t* restrict weight,
                                      const int32_t* restrict bias, const int32_t* restrict multiplier,
-                                     const int32_t* restrict shift, Int8Conv2d g, Int8Requant q)
+                                     const int32_t* restrict shift, Conv2d g, Int8Requant q)
 {
     int32_t acc[INT8_CONV_OW_BLOCK];
     for (int f = 0; f < g.F; f++) {
@@ -144,7 +129,7 @@ CNNC_KERNEL void int8_conv2d_forward(int8_t* restrict out, const int8_t* restric
 //   out[u] = int8_output(bias[u] + sum over d of weight[u][d] * (inp[d] - in_zero_point), multiplier[u], shift[u])
 CNNC_KERNEL void int8_dense_forward(int8_t* restrict out, const int8_t* restrict inp, const int8_t* restrict weight,
                                     const int32_t* restrict bias, const int32_t* restrict multiplier,
-                                    const int32_t* restrict shift, Int8Dense g, Int8Requant q)
+                                    const int32_t* restrict shift, Dense g, Int8Requant q)
 {
     for (int u = 0; u < g.U; u++) {
         const int8_t* w_u = weight + u * g.D;
@@ -158,7 +143,7 @@ CNNC_KERNEL void int8_dense_forward(int8_t* restrict out, const int8_t* restrict
 
 // inp is (C, H, W) -> out is (C, OH, OW): the largest value of each window (clipped to the input: padding
 // never wins). The encoding is kept.
-CNNC_KERNEL void int8_maxpool2d_forward(int8_t* restrict out, const int8_t* restrict inp, Int8Pool2d g)
+CNNC_KERNEL void int8_maxpool2d_forward(int8_t* restrict out, const int8_t* restrict inp, Pool2d g)
 {
     for (int c = 0; c < g.C; c++) {
         const int8_t* inp_c = inp + c * g.H * g.W;
@@ -182,7 +167,7 @@ CNNC_KERNEL void int8_maxpool2d_forward(int8_t* restrict out, const int8_t* rest
 
 // inp is (C, H, W) -> out is (C, OH, OW): zero_point + the sum of (inp - zero_point) over the window divided
 // by KH*KW (padded cells count, as real 0), rounded half away from zero. The encoding is kept.
-CNNC_KERNEL void int8_avgpool2d_forward(int8_t* restrict out, const int8_t* restrict inp, Int8Pool2d g,
+CNNC_KERNEL void int8_avgpool2d_forward(int8_t* restrict out, const int8_t* restrict inp, Pool2d g,
                                         int32_t zero_point)
 {
     for (int c = 0; c < g.C; c++) {
@@ -206,7 +191,7 @@ CNNC_KERNEL void int8_avgpool2d_forward(int8_t* restrict out, const int8_t* rest
 }
 
 // inp is (C, HW) -> out is (C): each channel's rounded mean, as int8_avgpool2d_forward over the whole plane.
-CNNC_KERNEL void int8_global_avgpool_forward(int8_t* restrict out, const int8_t* restrict inp, Int8GlobalAvgPool g,
+CNNC_KERNEL void int8_global_avgpool_forward(int8_t* restrict out, const int8_t* restrict inp, GlobalAvgPool g,
                                              int32_t zero_point)
 {
     for (int c = 0; c < g.C; c++) {
