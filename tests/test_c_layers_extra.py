@@ -2,8 +2,8 @@
 elu/selu/hardsigmoid/log_softmax (statements and activation=), loss nll, pooling with ceil=true and
 count_pad=false, asymmetric padding and `same` at any stride.
 
-Every case of tests/test_layers_extra.py (and a few more: graphs, the additions after other layers, nll) is
-compiled into ONE float64 module per session, then checked against the NumPy backend (outputs in training and
+Every case of tests/test_layers_extra.py (and more: graphs, the additions after other layers, nll, random
+conv_transpose2d geometries) is compiled into ONE float64 module per session, then checked against the NumPy backend (outputs in training and
 inference mode, dx, every parameter gradient, the loss and its gradient), against PyTorch in float64 and with
 finite differences through the C backend. One float32 module checks the float32 build.
 """
@@ -24,6 +24,7 @@ from cnnc.backends.c_backend import compile_networks
 from cnnc.backends.c_codegen import choose_kernel, generate
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
+from cnnc.diagnostics import SpecError
 from cnnc.gradcheck import gradcheck
 
 # Beyond test_layers_extra's cases: the additions after other layers (their input gradient is not the caller's
@@ -47,9 +48,34 @@ EXTRA_CASES = {
         "add m(a, s)\nlrn n(size=3)\nconcat k(n, x, m)\navgpool2d p(size=3, stride=2, padding=1, ceil=true, "
         "count_pad=false)\nglobal_maxpool\ndense d(units=3, activation=log_softmax)\nloss nll",
 }
-ALL_CASES = {**CASES, **GRADCHECK_ONLY, **EXTRA_CASES}
+
+
+def random_conv_transpose_cases(count: int = 20) -> dict[str, str]:
+    """conv_transpose2d over random geometries (kernel, stride, dilation, padding, output_padding, groups,
+    input size), those the language accepts: the tap ranges of the kernel at every edge."""
+    rng, cases = np.random.default_rng(11), {}
+    while len(cases) < count:
+        kh, kw, sh, sw, dh, dw = (int(v) for v in rng.integers(1, 4, size=6))
+        oph, opw = int(rng.integers(0, max(sh, dh))), int(rng.integers(0, max(sw, dw)))
+        groups = int(rng.choice([1, 2]))
+        ph, pw = (int(v) for v in rng.integers(0, 3, size=2))
+        h, w = (int(v) for v in rng.integers(1, 6, size=2))
+        body = (f"input x[{2 * groups}, {h}, {w}]\nconv_transpose2d t(filters={2 * groups}, kernel=({kh}, {kw}), "
+                f"stride=({sh}, {sw}), dilation=({dh}, {dw}), padding=({ph}, {pw}), output_padding=({oph}, {opw}), "
+                f"groups={groups})")
+        try:
+            cnnc.network_from_text("model m {\n" + body + "\n}")
+        except SpecError:
+            continue  # the padding crops the whole output
+        cases[f"random conv_transpose2d {len(cases)}"] = body
+    return cases
+
+
+ALL_CASES = {**CASES, **GRADCHECK_ONLY, **EXTRA_CASES, **random_conv_transpose_cases()}
 NAMES = {case: f"case{i}" for i, case in enumerate(ALL_CASES)}
 NETWORKS = {case: cnnc.network_from_text(f"model {NAMES[case]} {{\n{body}\n}}") for case, body in ALL_CASES.items()}
+# PyTorch runs the chains (torch_run), with every pooling option where the padding is symmetric
+TORCH_CASES = [case for case in ALL_CASES if NETWORKS[case].is_chain and case not in GRADCHECK_ONLY]
 FLOAT32_CASES = ("a decoder", "log_softmax and nll after the additions", "a graph of the additions",
                  "avgpool2d ceil, count_pad=false", "elu, selu, hardsigmoid fused and as statements")
 
@@ -141,7 +167,7 @@ def test_the_2x2_max_pooling_with_ceil_takes_the_general_kernel(module):
 
 
 # ==== against PyTorch, float64 =========================================================================
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", TORCH_CASES)
 def test_c_agrees_with_pytorch(module, case):
     c, _ = twin_models(module, case)
     rng = np.random.default_rng(5)
