@@ -3,9 +3,10 @@ elu/selu/hardsigmoid/log_softmax (statements and activation=), loss nll, pooling
 count_pad=false, asymmetric padding and `same` at any stride.
 
 Every case of tests/test_layers_extra.py (and more: graphs, the additions after other layers, nll, random
-conv_transpose2d geometries) is compiled into ONE float64 module per session, then checked against the NumPy backend (outputs in training and
-inference mode, dx, every parameter gradient, the loss and its gradient), against PyTorch in float64 and with
-finite differences through the C backend. One float32 module checks the float32 build.
+conv_transpose2d geometries) is compiled into ONE float64 module per session, then checked against the NumPy
+backend (outputs in training and inference mode, dx, every parameter gradient, the loss and its gradient),
+against PyTorch in float64 and with finite differences through the C backend. One float32 module checks the
+float32 build.
 """
 from __future__ import annotations
 

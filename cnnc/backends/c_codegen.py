@@ -910,7 +910,8 @@ def check_safe_additions(layer: Layer) -> None:
     """check_safe for the fields of issue 15's additions: the output padding, lrn's size and reals, a transposed
     convolution's or channel shuffle's groups dividing its channels."""
     if not isinstance(layer.output_padding, tuple):
-        raise ValueError(f"layer '{layer.name}': output_padding must be a tuple of integers; got {layer.output_padding!r}")
+        raise ValueError(f"layer '{layer.name}': output_padding must be a tuple of integers; "
+                         f"got {layer.output_padding!r}")
     for value in layer.output_padding:
         c_int(value, f"layer '{layer.name}': output_padding", 0)
     for what in ("alpha", "beta", "k"):
@@ -1065,7 +1066,8 @@ class _Planner:
                 common["notes"].append(f"{layer.kind} runs as a conv_transpose2d of height 1: (C, L) is (C, 1, L)")
             weight = self.param(f"{sym}_weight", layer.params[0])
             bias = self.param(f"{sym}_bias", layer.params[1]) if layer.bias else None
-            pre = self.buffer(f"{sym}_pre", layer.out_shape, f"'{layer.name}' before {layer.activation}") if layer.activation else None
+            pre = (self.buffer(f"{sym}_pre", layer.out_shape, f"'{layer.name}' before {layer.activation}")
+                   if layer.activation else None)
             out = self.buffer(f"{sym}_out", layer.out_shape, f"'{layer.name}'")
             return ConvTransposePlan(**{**common, "out": out, "pre": pre}, weight=weight, bias=bias)
         common["out"] = self.buffer(f"{sym}_out", layer.out_shape, f"'{layer.name}'")
@@ -1073,7 +1075,8 @@ class _Planner:
             argmax = self.buffer(f"{sym}_argmax", layer.out_shape, f"'{layer.name}' winners", "int32_t")
             return GlobalMaxPoolPlan(**common, argmax=argmax)
         if layer.kind == "lrn":
-            divisor = self.buffer(f"{sym}_divisor", layer.out_shape, f"'{layer.name}' divisor base k + alpha/size * sum of squares")
+            divisor = self.buffer(f"{sym}_divisor", layer.out_shape,
+                                  f"'{layer.name}' divisor base k + alpha/size * sum of squares: backward reads it")
             return LrnPlan(**common, divisor=divisor)
         if layer.kind == "channel_shuffle":
             return ChannelShufflePlan(**common)
