@@ -1317,6 +1317,11 @@ def plan_network(network: Network, prefix: str = "", dtype: str = "float32") -> 
     return _Planner(network, prefix, prefix.upper(), VECTOR_BYTES // ITEM_SIZE[dtype]).plan()
 
 
+def uses_nll(plans) -> bool:
+    """Whether a network of the module has loss nll: only then does the module export nll_loss."""
+    return any(plan.network.loss == "nll" for plan in plans)
+
+
 def cdef_for(plans, ctype: str) -> str:
     """What cffi binds: each network's entry points and sizes, then the shared loss and optimiser."""
     lines = []
@@ -1331,8 +1336,9 @@ def cdef_for(plans, ctype: str) -> str:
                   f"real* act_block, int32_t* argmax_block, int64_t N, int dropout, int input_grad, int train);"]
     lines += ["double cross_entropy_loss(real* dlogits, const real* logits, const int64_t* labels, int64_t N, int K);",
               "double mse_loss(real* dy, const real* y, const real* target, int64_t count);",
-              "double nll_loss(real* dy, const real* y, const int64_t* labels, int64_t N, int K);",
               "int all_finite(const real* x, int64_t count);",
+              *(["double nll_loss(real* dy, const real* y, const int64_t* labels, int64_t N, int K);"]
+                if uses_nll(plans) else []),
               "void sgd_step(real* param, real* momentum_buffer, const real* grad, int64_t count, double lr, "
               "double momentum, double weight_decay, int nesterov, int first_step);",
               "void adam_step(real* param, real* m, real* v, const real* grad, int64_t count, double lr, double beta1, "
@@ -1356,7 +1362,7 @@ def generate(networks, dtype: str = "float32") -> CSource:
              f"{len(plans)} models: " + ", ".join(f"'{p.network.name}'" for p in plans)) + f", {dtype}"
     text = _environment().get_template("module.c.j2").render(
         title=title, version=__version__, ctype=C_TYPES[dtype], dtype=dtype, networks=plans, includes=includes,
-        parallel_min_work=PARALLEL_MIN_WORK, vector_bytes=VECTOR_BYTES)
+        parallel_min_work=PARALLEL_MIN_WORK, vector_bytes=VECTOR_BYTES, uses_nll=uses_nll(plans))
     texts = kernel_headers()
     headers = tuple((f"kernels/{name}", texts[name]) for name in header_closure(includes))
     return CSource(text, cdef_for(plans, C_TYPES[dtype]), dtype, plans, headers)
