@@ -33,10 +33,13 @@ from .._version import __version__
 from ..diagnostics import CnncError
 from ..fileio import atomic_write_bytes, atomic_write_text, check_distinct
 from ..frontend import read_network, read_source, select
-from ..ir import Network, numpy_only_refusal
+from ..ir import Network
 from ..model import DTYPES, Model, check_dtype
 from . import c_build
 from .c_codegen import SIZE_CONSTANTS, VECTOR_BYTES, CSource, NetworkPlan, generate, plan_network
+
+# The losses the C module computes (kernels/loss.h).
+C_LOSSES = ("cross_entropy", "mse", "nll")
 
 BUILD_OPTIONS = ("cache_dir", "openmp", "native", "opt", "extra_cflags")
 
@@ -90,12 +93,12 @@ class CModule:
 
 
 def refuse_unsupported(networks: list[Network]) -> None:
-    """The C backend runs graphs of every layer kind but issue 15's NumPy-only additions (`numpy_only_refusal`);
-    an empty network is refused by check_safe."""
+    """The C backend runs graphs of every layer kind, issue 15's additions included (`numpy_only_refusal`, which
+    the ONNX export still applies, no longer concerns it); what is left to refuse is a loss it has no kernel for.
+    An empty network is refused by check_safe."""
     for network in networks:
-        reason = numpy_only_refusal(network)
-        if reason is not None:
-            raise CnncError(reason)
+        if network.loss not in (None, *C_LOSSES):
+            raise CnncError(f"the C backend does not support loss {network.loss} yet; the NumPy backend runs it")
 
 
 def plan_networks(networks: list[Network], dtype: str) -> tuple[NetworkPlan, ...]:
@@ -304,6 +307,10 @@ class CModel(Model):
             labels = np.ascontiguousarray(self._checked_labels(target, n), dtype=np.int64)
             value = self._lib.cross_entropy_loss(self._ptr(dy, writable=True), self._ptr(y),
                                                  self._ptr(labels, "int64_t[]"), n, self.output_shape[0])
+        elif self.loss_kind == "nll":
+            labels = np.ascontiguousarray(self._checked_labels(target, n), dtype=np.int64)
+            value = self._lib.nll_loss(self._ptr(dy, writable=True), self._ptr(y), self._ptr(labels, "int64_t[]"), n,
+                                       self.output_shape[0])
         else:
             target = self._checked_array(target, "target", y.shape)
             value = self._lib.mse_loss(self._ptr(dy, writable=True), self._ptr(y), self._ptr(target), y.size)

@@ -29,8 +29,8 @@ from typing import ClassVar
 from .._version import __version__
 from ..c_names import MAX_INT32, c_int, c_real, comment_name
 from ..diagnostics import CnncError
-from ..ir import (ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, LAYER_KINDS, MAXPOOL_KINDS, MERGE_KINDS, POOL_KINDS, Layer,
-                  Network)
+from ..ir import (ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, CONV_TRANSPOSE_KINDS, LAYER_KINDS, MAXPOOL_KINDS, MERGE_KINDS,
+                  POOL_KINDS, Layer, Network)
 from ..resources import kernel_header_texts, template_loader
 
 C_TYPES = {"float32": "float", "float64": "double"}
@@ -82,6 +82,8 @@ def kernel_family(layer: Layer) -> str | None:
         return "avgpool"
     if layer.kind in ("dense", "global_avgpool"):
         return layer.kind
+    if layer.kind in CONV_TRANSPOSE_KINDS:
+        return "conv_transpose"
     return None  # elementwise, or a view (flatten)
 
 
@@ -104,7 +106,7 @@ def choose_kernel(layer: Layer) -> str:
     if layer.kind == "dense" and layer.in_shape[0] >= BLOCKED_MIN_INPUTS:
         return "blocked"
     if (layer.kind == "maxpool2d" and layer.kernel == (2, 2) and layer.stride == (2, 2)
-            and not any(layer.pad_before + layer.pad_after)):
+            and not any(layer.pad_before + layer.pad_after) and not layer.ceil):  # ceil's last window is partial
         return "2x2"
     return "direct"
 
@@ -587,16 +589,132 @@ class GlobalAvgPoolPlan(LayerPlan):
         return [f"global_avgpool_backward({dinp}, {dout}, N, {self.K});"]
 
 
+# ---- issue 15's additions: transposed convolutions, pooling options, global max pooling, lrn, channel shuffle ----
+def conv_transpose_geometry(layer: Layer) -> list[tuple[str, int]]:
+    """kernels/conv_transpose.h's ConvTranspose2d (a 1-D layer has height 1; output_padding only makes OH, OW
+    larger)."""
+    (H, W), (OH, OW) = ((1, layer.in_shape[1]), (1, layer.out_shape[1])) if layer.spatial_dims == 1 else \
+        (layer.in_shape[1:], layer.out_shape[1:])
+    one = lambda values, neutral: (neutral, values[0]) if layer.spatial_dims == 1 else tuple(values)  # noqa: E731
+    (KH, KW), (SH, SW), (DH, DW), (PH, PW) = (one(layer.kernel, 1), one(layer.stride, 1), one(layer.dilation, 1),
+                                              one(layer.pad_before, 0))
+    return [("C", layer.in_shape[0]), ("H", H), ("W", W), ("F", layer.out_shape[0]), ("OH", OH), ("OW", OW),
+            ("KH", KH), ("KW", KW), ("SH", SH), ("SW", SW), ("DH", DH), ("DW", DW), ("PH", PH), ("PW", PW),
+            ("G", layer.groups)]
+
+
+def channels_and_positions(layer: Layer) -> list[tuple[str, int]]:
+    """(C, S): a sample's channels and the positions of each (H*W, L or 1)."""
+    return [("C", layer.in_shape[0]), ("S", prod(layer.in_shape[1:]))]
+
+
+@dataclass
+class ConvTransposePlan(ParamLayerPlan):
+    """conv_transpose1d/2d, groups included: the reference loops of kernels/conv_transpose.h. Backward reads the
+    layer's input (no padded copy: the kernel skips the taps that land in the cropped border)."""
+
+    header: ClassVar[str] = "conv_transpose.h"
+    struct: ClassVar[str] = "ConvTranspose2d"
+
+    def geometry(self):
+        return conv_transpose_geometry(self.layer)
+
+    def forward(self, target):
+        return [f"conv_transpose2d_forward({target}, {self.inp}, {self.param_args('p')}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        return [f"conv_transpose2d_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, N, "
+                f"{self.K});"]
+
+
+@dataclass
+class ClippedAvgPoolPlan(PoolPlan):
+    """Average pooling with ceil=true or count_pad=false: a divisor per window (kernels/pool.h's
+    avgpool2d_clipped_*)."""
+
+    struct: ClassVar[str] = "AvgPool2dClipped"
+
+    def geometry(self):
+        layer = self.layer
+        PHA, PWA = (0, layer.pad_after[0]) if layer.spatial_dims == 1 else layer.pad_after
+        return [("pool", pool_geometry(layer)), ("PHA", PHA), ("PWA", PWA), ("count_pad", int(layer.count_pad))]
+
+    def forward(self, target):
+        return [f"avgpool2d_clipped_forward({target}, {self.inp}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        return [f"avgpool2d_clipped_backward({dinp}, {dout}, N, {self.K});"]
+
+
+@dataclass
+class GlobalMaxPoolPlan(LayerPlan):
+    argmax: str = ""  # each channel's winner, saved for backward
+    header: ClassVar[str] = "pool.h"
+    struct: ClassVar[str] = "GlobalMaxPool"
+
+    def geometry(self):
+        return global_avgpool_geometry(self.layer)
+
+    def forward(self, target):
+        return [f"global_maxpool_forward({target}, {self.argmax}, {self.inp}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        return [f"global_maxpool_backward({dinp}, {dout}, {self.argmax}, N, {self.K});"]
+
+
+@dataclass
+class LrnPlan(LayerPlan):
+    """Local response normalisation (kernels/lrn.h): forward saves the divisor base d; backward reads the
+    input and d."""
+
+    divisor: str = ""
+    header: ClassVar[str] = "lrn.h"
+    struct: ClassVar[str] = "Lrn"
+    writes_whole_input_grad: ClassVar[bool] = True
+
+    def geometry(self):
+        return channels_and_positions(self.layer) + [("SIZE", self.layer.lrn_size)]
+
+    def forward(self, target):
+        layer = self.layer
+        return [f"lrn_forward({target}, {self.divisor}, {self.inp}, {c_real(layer.alpha, 'alpha')}, "
+                f"{c_real(layer.beta, 'beta')}, {c_real(layer.k, 'k')}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        layer = self.layer
+        return [f"lrn_backward({dinp}, {dout}, {self.inp}, {self.divisor}, {c_real(layer.alpha, 'alpha')}, "
+                f"{c_real(layer.beta, 'beta')}, N, {self.K});"]
+
+
+@dataclass
+class ChannelShufflePlan(LayerPlan):
+    header: ClassVar[str] = "channel_shuffle.h"
+    struct: ClassVar[str] = "ChannelShuffle"
+    writes_whole_input_grad: ClassVar[bool] = True
+
+    def geometry(self):
+        return channels_and_positions(self.layer) + [("G", self.layer.groups)]
+
+    def forward(self, target):
+        return [f"channel_shuffle_forward({target}, {self.inp}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        return [f"channel_shuffle_backward({dinp}, {dout}, N, {self.K});"]
+
+
 # Which tensor an activation's backward reads: its input ("pre") or its output.
 ACTIVATION_READS = {"relu": "pre", "leaky_relu": "pre", "sigmoid": "out", "tanh": "out", "softmax": "out",
-                    "relu6": "pre", "silu": "pre", "hardswish": "pre"}
+                    "relu6": "pre", "silu": "pre", "hardswish": "pre", "elu": "out", "selu": "pre", "hardsigmoid": "pre",
+                    "log_softmax": "out"}
+# The activations that work on whole rows (N, K) rather than elementwise.
+ROW_ACTIVATIONS = ("softmax", "log_softmax")
 
 
 def activation_call(kind: str, direction: str, dst: str, src: str, saved: str | None, K: str, slope: float) -> str:
     """A call of an elementwise kernel (kernels/activations.h), e.g. relu_forward(a.l1_out, a.l1_pre, N * L1_OUT_SIZE)."""
     args = [dst, src] if direction == "forward" else [dst, src, saved]
-    if kind == "softmax":
-        return f"softmax_{direction}({', '.join(args)}, N, {K}_OUT_SIZE);"
+    if kind in ROW_ACTIVATIONS:
+        return f"{kind}_{direction}({', '.join(args)}, N, {K}_OUT_SIZE);"
     if kind == "leaky_relu":
         args.append(c_real(slope, "slope"))
     return f"{kind}_{direction}({', '.join(args)}, N * {K}_OUT_SIZE);"
@@ -604,7 +722,8 @@ def activation_call(kind: str, direction: str, dst: str, src: str, saved: str | 
 
 @dataclass
 class ActivationPlan(LayerPlan):
-    """A standalone elementwise layer (relu, leaky_relu, sigmoid, tanh, softmax, relu6, silu, hardswish)."""
+    """A standalone elementwise layer (relu, leaky_relu, sigmoid, tanh, softmax, relu6, silu, hardswish, elu, selu,
+    hardsigmoid, log_softmax)."""
 
     header: ClassVar[str] = "activations.h"
     writes_whole_input_grad: ClassVar[bool] = True
@@ -771,7 +890,7 @@ def check_safe(network: Network) -> None:
         if layer.kind not in LAYER_KINDS:
             raise ValueError(f"layer '{layer.name}': unknown layer kind {layer.kind!r}")
         if layer.activation is not None and (layer.activation not in ACTIVATIONS
-                                             or layer.kind not in CONV_KINDS + ("dense",)):
+                                             or layer.kind not in CONV_KINDS + CONV_TRANSPOSE_KINDS + ("dense",)):
             raise ValueError(f"layer '{layer.name}': activation {layer.activation!r} is not a fused activation "
                              f"of a conv or dense layer")
         c_real(layer.slope, f"layer '{layer.name}': slope")
@@ -784,6 +903,24 @@ def check_safe(network: Network) -> None:
                 c_int(value, f"layer '{layer.name}': {what}", 1 if what.endswith(("shape", "kernel", "stride", "dilation")) else 0)
         c_int(layer.filters, f"layer '{layer.name}': filters")
         c_int(layer.units, f"layer '{layer.name}': units")
+        check_safe_additions(layer)
+
+
+def check_safe_additions(layer: Layer) -> None:
+    """check_safe for the fields of issue 15's additions: the output padding, lrn's size and reals, a transposed
+    convolution's or channel shuffle's groups dividing its channels."""
+    if not isinstance(layer.output_padding, tuple):
+        raise ValueError(f"layer '{layer.name}': output_padding must be a tuple of integers; "
+                         f"got {layer.output_padding!r}")
+    for value in layer.output_padding:
+        c_int(value, f"layer '{layer.name}': output_padding", 0)
+    for what in ("alpha", "beta", "k"):
+        c_real(getattr(layer, what), f"layer '{layer.name}': {what}")
+    if layer.kind == "lrn":
+        c_int(layer.lrn_size, f"layer '{layer.name}': size", 1)
+    if layer.kind in CONV_TRANSPOSE_KINDS + ("channel_shuffle",) and (
+            layer.in_shape[0] % layer.groups or layer.out_shape[0] % layer.groups):
+        raise ValueError(f"layer '{layer.name}': groups {layer.groups} must divide its channels")
 
 
 class _Planner:
@@ -890,6 +1027,9 @@ class _Planner:
         if layer.kind == "flatten" or (layer.kind == "dropout" and layer.rate == 0):
             notes.append("no code: the output is the input's memory" + (" viewed flat" if layer.kind == "flatten" else ""))
             return ViewPlan(**common)
+        if layer.kind in CONV_TRANSPOSE_KINDS + ("global_maxpool", "lrn", "channel_shuffle") or (
+                layer.kind in AVGPOOL_KINDS and (layer.ceil or not layer.count_pad)):
+            return self.plan_addition(layer, sym, common)
         choice = choose_kernel(layer)
         family = kernel_family(layer)
         if family in ("conv", "dense"):
@@ -918,6 +1058,32 @@ class _Planner:
             self.dropout_layers.append(layer.name)
             return DropoutPlan(**common, mask=mask, mask_index=len(self.dropout_layers) - 1)
         return ActivationPlan(**common)
+
+    def plan_addition(self, layer: Layer, sym: str, common: dict) -> LayerPlan:
+        """The plans of issue 15's additions (see their kernels)."""
+        if layer.kind in CONV_TRANSPOSE_KINDS:
+            if layer.spatial_dims == 1:
+                common["notes"].append(f"{layer.kind} runs as a conv_transpose2d of height 1: (C, L) is (C, 1, L)")
+            weight = self.param(f"{sym}_weight", layer.params[0])
+            bias = self.param(f"{sym}_bias", layer.params[1]) if layer.bias else None
+            pre = (self.buffer(f"{sym}_pre", layer.out_shape, f"'{layer.name}' before {layer.activation}")
+                   if layer.activation else None)
+            out = self.buffer(f"{sym}_out", layer.out_shape, f"'{layer.name}'")
+            return ConvTransposePlan(**{**common, "out": out, "pre": pre}, weight=weight, bias=bias)
+        common["out"] = self.buffer(f"{sym}_out", layer.out_shape, f"'{layer.name}'")
+        if layer.kind == "global_maxpool":
+            argmax = self.buffer(f"{sym}_argmax", layer.out_shape, f"'{layer.name}' winners", "int32_t")
+            return GlobalMaxPoolPlan(**common, argmax=argmax)
+        if layer.kind == "lrn":
+            divisor = self.buffer(f"{sym}_divisor", layer.out_shape,
+                                  f"'{layer.name}' divisor base k + alpha/size * sum of squares: backward reads it")
+            return LrnPlan(**common, divisor=divisor)
+        if layer.kind == "channel_shuffle":
+            return ChannelShufflePlan(**common)
+        common["notes"].append("divides each window by its own cell count (" + ("ceil=true" if layer.ceil else "")
+                               + (", " if layer.ceil and not layer.count_pad else "")
+                               + ("count_pad=false" if not layer.count_pad else "") + ")")
+        return ClippedAvgPoolPlan(**common)
 
     def fold_batchnorms(self, layers: list[LayerPlan]) -> None:
         """Mark each batch norm that inference folds into the convolution before it: the convolution has no
@@ -1153,6 +1319,11 @@ def plan_network(network: Network, prefix: str = "", dtype: str = "float32") -> 
     return _Planner(network, prefix, prefix.upper(), VECTOR_BYTES // ITEM_SIZE[dtype]).plan()
 
 
+def uses_nll(plans) -> bool:
+    """Whether a network of the module has loss nll: only then does the module export nll_loss."""
+    return any(plan.network.loss == "nll" for plan in plans)
+
+
 def cdef_for(plans, ctype: str) -> str:
     """What cffi binds: each network's entry points and sizes, then the shared loss and optimiser."""
     lines = []
@@ -1168,6 +1339,8 @@ def cdef_for(plans, ctype: str) -> str:
     lines += ["double cross_entropy_loss(real* dlogits, const real* logits, const int64_t* labels, int64_t N, int K);",
               "double mse_loss(real* dy, const real* y, const real* target, int64_t count);",
               "int all_finite(const real* x, int64_t count);",
+              *(["double nll_loss(real* dy, const real* y, const int64_t* labels, int64_t N, int K);"]
+                if uses_nll(plans) else []),
               "void sgd_step(real* param, real* momentum_buffer, const real* grad, int64_t count, double lr, "
               "double momentum, double weight_decay, int nesterov, int first_step);",
               "void adam_step(real* param, real* m, real* v, const real* grad, int64_t count, double lr, double beta1, "
@@ -1189,7 +1362,7 @@ def generate(networks, dtype: str = "float32") -> CSource:
              f"{len(plans)} models: " + ", ".join(f"'{p.network.name}'" for p in plans)) + f", {dtype}"
     text = _environment().get_template("module.c.j2").render(
         title=title, version=__version__, ctype=C_TYPES[dtype], dtype=dtype, networks=plans, includes=includes,
-        parallel_min_work=PARALLEL_MIN_WORK, vector_bytes=VECTOR_BYTES)
+        parallel_min_work=PARALLEL_MIN_WORK, vector_bytes=VECTOR_BYTES, uses_nll=uses_nll(plans))
     texts = kernel_headers()
     headers = tuple((f"kernels/{name}", texts[name]) for name in header_closure(includes))
     return CSource(text, cdef_for(plans, C_TYPES[dtype]), dtype, plans, headers)

@@ -2,8 +2,8 @@
 //
 // inp, out, dout and dinp are `count` elements (softmax: (N, K) rows). Forward may run in place
 // (out == inp); backward writes (=) every element of dinp, so its caller does not zero it first.
-// Backward reads what forward saved: relu, leaky_relu, relu6, silu and hardswish the input, sigmoid, tanh and
-// softmax the output.
+// Backward reads what forward saved: relu, leaky_relu, relu6, silu, hardswish, selu and hardsigmoid the input,
+// sigmoid, tanh, softmax, elu and log_softmax the output.
 #ifndef CNNC_KERNELS_ACTIVATIONS_H
 #define CNNC_KERNELS_ACTIVATIONS_H
 
@@ -159,6 +159,97 @@ CNNC_KERNEL void hardswish_backward(real* restrict dinp, const real* restrict do
     for (int64_t i = 0; i < count; i++) {
         real slope = inp[i] < -3 ? 0 : (inp[i] <= 3 ? inp[i] / 3 + (real)0.5 : 1);
         dinp[i] = dout[i] * slope;
+    }
+}
+
+// out = inp above 0, e^inp - 1 at and below (alpha 1, PyTorch's default); backward reads out (out > 0 exactly
+// where inp > 0): dinp = dout above 0, dout * (out + 1) = dout * e^inp at and below
+CNNC_KERNEL void elu_forward(real* out, const real* inp, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        out[i] = inp[i] > 0 ? inp[i] : expm1(inp[i] < 0 ? inp[i] : 0);
+    }
+}
+
+CNNC_KERNEL void elu_backward(real* restrict dinp, const real* restrict dout, const real* restrict out, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        dinp[i] = out[i] > 0 ? dout[i] : dout[i] * (out[i] + 1);
+    }
+}
+
+// SELU's constants (PyTorch's): out = SCALE * (inp above 0, ALPHA * (e^inp - 1) at and below)
+#define CNNC_SELU_ALPHA 1.6732632423543772848170429916717
+#define CNNC_SELU_SCALE 1.0507009873554804934193349852946
+
+// backward reads inp: dinp = dout * SCALE above 0, dout * SCALE * ALPHA * e^inp at and below
+CNNC_KERNEL void selu_forward(real* out, const real* inp, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        out[i] = (real)CNNC_SELU_SCALE * (inp[i] > 0 ? inp[i] : (real)CNNC_SELU_ALPHA * expm1(inp[i] < 0 ? inp[i] : 0));
+    }
+}
+
+CNNC_KERNEL void selu_backward(real* restrict dinp, const real* restrict dout, const real* restrict inp, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        dinp[i] = dout[i] * (real)CNNC_SELU_SCALE * (inp[i] > 0 ? 1 : (real)CNNC_SELU_ALPHA * exp(inp[i] < 0 ? inp[i] : 0));
+    }
+}
+
+// out = relu6(inp + 3) / 6 = clip(inp / 6 + 1/2, 0, 1) (PyTorch's); backward reads inp: dinp = dout / 6 strictly
+// between -3 and 3, 0 elsewhere (0 at both kinks, like PyTorch)
+CNNC_KERNEL void hardsigmoid_forward(real* out, const real* inp, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        real t = inp[i] / 6 + (real)0.5;
+        out[i] = t < 0 ? 0 : (t > 1 ? 1 : t);
+    }
+}
+
+CNNC_KERNEL void hardsigmoid_backward(real* restrict dinp, const real* restrict dout, const real* restrict inp,
+                                      int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        dinp[i] = (inp[i] > -3 && inp[i] < 3) ? dout[i] / 6 : 0;
+    }
+}
+
+// inp and out are (N, K): out[n] = inp[n] - max - log(sum(exp(inp[n] - max))), row by row
+CNNC_KERNEL void log_softmax_forward(real* out, const real* inp, int64_t N, int K)
+{
+    for (int64_t n = 0; n < N; n++) {
+        const real* inp_n = inp + n * K;
+        real* out_n = out + n * K;
+        real max = inp_n[0];
+        for (int k = 1; k < K; k++) {
+            max = inp_n[k] > max ? inp_n[k] : max;
+        }
+        real sum = 0;
+        for (int k = 0; k < K; k++) {
+            sum += exp(inp_n[k] - max);
+        }
+        real log_sum = log(sum);
+        for (int k = 0; k < K; k++) {
+            out_n[k] = inp_n[k] - max - log_sum;
+        }
+    }
+}
+
+// backward reads out: dinp[n][k] = dout[n][k] - exp(out[n][k]) * sum over j of dout[n][j] (softmax = exp(out))
+CNNC_KERNEL void log_softmax_backward(real* restrict dinp, const real* restrict dout, const real* restrict out,
+                                      int64_t N, int K)
+{
+    for (int64_t n = 0; n < N; n++) {
+        const real* dout_n = dout + n * K;
+        const real* out_n = out + n * K;
+        real sum = 0;
+        for (int k = 0; k < K; k++) {
+            sum += dout_n[k];
+        }
+        for (int k = 0; k < K; k++) {
+            dinp[n * K + k] = dout_n[k] - exp(out_n[k]) * sum;
+        }
     }
 }
 

@@ -32,6 +32,23 @@ CNNC_KERNEL double cross_entropy_forward_backward(real* restrict dlogits, const 
     return total / N;
 }
 
+// y is (N, K) log-probabilities (a log_softmax's output), labels is (N) with values in [0, K). Returns the mean
+// negative log-likelihood -mean(y[n][labels[n]]) (PyTorch's nll_loss) and writes dy: -1/N at each sample's
+// label, 0 elsewhere.
+CNNC_KERNEL double nll_forward_backward(real* restrict dy, const real* restrict y, const int64_t* restrict labels,
+                                        int64_t N, int K)
+{
+    double total = 0;
+    for (int64_t n = 0; n < N; n++) {
+        for (int k = 0; k < K; k++) {
+            dy[n * K + k] = 0;
+        }
+        dy[n * K + labels[n]] = (real)(-1.0 / N);
+        total -= y[n * K + labels[n]];
+    }
+    return total / N;
+}
+
 // y and target are (count): returns mean((y - target)^2) and writes dy = 2 (y - target) / count.
 CNNC_KERNEL double mse_forward_backward(real* restrict dy, const real* restrict y, const real* restrict target,
                                         int64_t count)

@@ -1,4 +1,5 @@
-// pool.h: max pooling, average pooling and global average pooling. A 1-D pooling layer is a 2-D one of
+// pool.h: max pooling, average pooling (also with ceil=true and count_pad=false), global average and global
+// max pooling. A 1-D pooling layer is a 2-D one of
 // height 1. Padding is at most half the window (cnnc checks), so every window holds an input cell.
 #ifndef CNNC_KERNELS_POOL_H
 #define CNNC_KERNELS_POOL_H
@@ -200,6 +201,82 @@ CNNC_KERNEL void avgpool2d_backward(real* restrict dinp, const real* restrict do
     }
 }
 
+// Average pooling whose divisor changes from window to window (ceil=true or count_pad=false): the pooling's
+// sizes, the padding below and right (PHA, PWA), and whether padded cells count in the divisor.
+typedef struct {
+    Pool2d pool;
+    int PHA, PWA;    // padding below, right
+    int count_pad;   // 1: divide by the window's cells inside the padded input; 0: inside the input only
+} AvgPool2dClipped;
+
+// The cells of the window [start, start + length) that count in the divisor: those inside the padded input
+// [-pad_before, size + pad_after) (ceil's last window may run past it), or inside [0, size) without count_pad.
+static inline int window_divisor(int start, int length, int size, int pad_after, int count_pad)
+{
+    int end = start + length < size + pad_after ? start + length : size + pad_after;
+    if (count_pad) {
+        return end - start;
+    }
+    return (end < size ? end : size) - (start > 0 ? start : 0);
+}
+
+// inp is (N, C, H, W) -> out is (N, C, OH, OW):
+//   out[n][c][oh][ow] = (sum of inp[n][c][ih][iw] over the window's cells inside the input) / divisor[oh][ow]
+// with the divisor of window_divisor per axis (PyTorch's avg_pool2d with ceil_mode and count_include_pad).
+CNNC_KERNEL void avgpool2d_clipped_forward(real* restrict out, const real* restrict inp, int64_t N, AvgPool2dClipped a)
+{
+    Pool2d g = a.pool;
+    for (int64_t n = 0; n < N; n++) {
+        for (int c = 0; c < g.C; c++) {
+            const real* inp_nc = inp + (n * g.C + c) * g.H * g.W;
+            real* out_nc = out + (n * g.C + c) * g.OH * g.OW;
+            for (int oh = 0; oh < g.OH; oh++) {
+                Range rows = window(oh * g.SH - g.PH, g.KH, g.H);
+                int row_cells = window_divisor(oh * g.SH - g.PH, g.KH, g.H, a.PHA, a.count_pad);
+                for (int ow = 0; ow < g.OW; ow++) {
+                    Range cols = window(ow * g.SW - g.PW, g.KW, g.W);
+                    int cells = row_cells * window_divisor(ow * g.SW - g.PW, g.KW, g.W, a.PWA, a.count_pad);
+                    real sum = 0;
+                    for (int ih = rows.begin; ih < rows.end; ih++) {
+                        for (int iw = cols.begin; iw < cols.end; iw++) {
+                            sum += inp_nc[ih * g.W + iw];
+                        }
+                    }
+                    out_nc[oh * g.OW + ow] = sum / cells;
+                }
+            }
+        }
+    }
+}
+
+// dout is (N, C, OH, OW); accumulates (+=) dinp (N, C, H, W): each output's gradient / its divisor goes to
+// every input cell of its window.
+CNNC_KERNEL void avgpool2d_clipped_backward(real* restrict dinp, const real* restrict dout, int64_t N,
+                                            AvgPool2dClipped a)
+{
+    Pool2d g = a.pool;
+    for (int64_t n = 0; n < N; n++) {
+        for (int c = 0; c < g.C; c++) {
+            real* dinp_nc = dinp + (n * g.C + c) * g.H * g.W;
+            const real* dout_nc = dout + (n * g.C + c) * g.OH * g.OW;
+            for (int oh = 0; oh < g.OH; oh++) {
+                Range rows = window(oh * g.SH - g.PH, g.KH, g.H);
+                int row_cells = window_divisor(oh * g.SH - g.PH, g.KH, g.H, a.PHA, a.count_pad);
+                for (int ow = 0; ow < g.OW; ow++) {
+                    Range cols = window(ow * g.SW - g.PW, g.KW, g.W);
+                    int cells = row_cells * window_divisor(ow * g.SW - g.PW, g.KW, g.W, a.PWA, a.count_pad);
+                    real share = dout_nc[oh * g.OW + ow] / cells;
+                    for (int ih = rows.begin; ih < rows.end; ih++) {
+                        for (int iw = cols.begin; iw < cols.end; iw++) {
+                            dinp_nc[ih * g.W + iw] += share;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 typedef struct {
     int C, HW;  // channels, positions per channel
 } GlobalAvgPool;
@@ -230,6 +307,41 @@ CNNC_KERNEL void global_avgpool_backward(real* restrict dinp, const real* restri
             for (int i = 0; i < g.HW; i++) {
                 dinp_nc[i] += share;
             }
+        }
+    }
+}
+
+typedef struct {
+    int C, HW;  // channels, positions per channel
+} GlobalMaxPool;
+
+// inp is (N, C, HW) -> out and argmax are (N, C): the largest of each channel's HW positions, and where it
+// was (the first on ties; a NaN beats every number and the first NaN wins, like np.argmax).
+CNNC_KERNEL void global_maxpool_forward(real* restrict out, int32_t* restrict argmax, const real* restrict inp,
+                                        int64_t N, GlobalMaxPool g)
+{
+    for (int64_t n = 0; n < N; n++) {
+        for (int c = 0; c < g.C; c++) {
+            const real* inp_nc = inp + (n * g.C + c) * g.HW;
+            int best = 0;
+            for (int i = 1; i < g.HW; i++) {
+                if (inp_nc[i] > inp_nc[best] || (inp_nc[i] != inp_nc[i] && inp_nc[best] == inp_nc[best])) {
+                    best = i;
+                }
+            }
+            out[n * g.C + c] = inp_nc[best];
+            argmax[n * g.C + c] = best;
+        }
+    }
+}
+
+// dout and argmax are (N, C); accumulates (+=) dinp (N, C, HW): each channel's gradient goes to its maximum.
+CNNC_KERNEL void global_maxpool_backward(real* restrict dinp, const real* restrict dout, const int32_t* restrict argmax,
+                                         int64_t N, GlobalMaxPool g)
+{
+    for (int64_t n = 0; n < N; n++) {
+        for (int c = 0; c < g.C; c++) {
+            dinp[(n * g.C + c) * g.HW + argmax[n * g.C + c]] += dout[n * g.C + c];
         }
     }
 }
