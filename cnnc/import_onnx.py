@@ -1069,7 +1069,7 @@ class Importer:
                 self.refuse(node, f"attribute output_shape={_shown(attrs['output_shape'])} does not give the "
                                   f"{dims} spatial sizes")
             totals = [f + e - w for f, e, w in zip(full, extra, wanted)]
-            upper = auto_pad != "SAME_LOWER"  # ONNX: SAME_UPPER puts the smaller half first, otherwise the larger
+            upper = auto_pad == "SAME_UPPER"  # ONNX: SAME_UPPER puts the smaller half first, otherwise the larger
             before = [max(t, 0) // 2 if upper else max(t, 0) - max(t, 0) // 2 for t in totals]
             after = [t - b for t, b in zip(totals, before)]  # negative: cells added at the end (output_padding)
         elif auto_pad == "VALID":

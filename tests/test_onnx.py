@@ -207,24 +207,34 @@ def conv_then(node, extra_inits=None, out_shape=(2, 4, 4)):
 
 @pytest.mark.parametrize("model, phrase", [
     (conv_then(helper.make_node("LogSoftmax", ["c"], ["y"], name="logp", axis=1)),
-     "node 'logp' (LogSoftmax): the language has no log_softmax layer yet"),
+     "node 'logp' (LogSoftmax): log_softmax normalises flat class scores; its input is (N, 2, 4, 4)"),
     (conv_then(helper.make_node("Add", ["c", "k"], ["y"], name="shift"), {"k": np.ones((4, 1), np.float32)}),
      "node 'shift' (Add): the added constant has shape (4, 1)"),
-    (conv_then(helper.make_node("Conv", ["c", "w2"], ["y"], name="lopsided", pads=[0, 0, 1, 1]),
-               {"w2": np.ones((2, 2, 3, 3), np.float32)}, (2, 3, 3)),
-     "node 'lopsided' (Conv): its padding (begin [0, 0], end [1, 1])"),
-    (conv_then(helper.make_node("AveragePool", ["c"], ["y"], name="avg", kernel_shape=[3, 3], pads=[1, 1, 1, 1])),
-     "count_include_pad=0"),
+    (conv_then(helper.make_node("ConvTranspose", ["c", "w2"], ["y"], name="up", pads=[0, 0, 1, 1]),
+               {"w2": np.ones((2, 2, 3, 3), np.float32)}, (2, 5, 5)),
+     "node 'up' (ConvTranspose): its padding (begin [0, 0], end [1, 1]) crops more at the end than at the start"),
+    (conv_then(helper.make_node("ConvTranspose", ["c", "w2"], ["y"], name="up2", strides=[2, 2],
+                                output_padding=[1, 1], pads=[2, 2, 0, 0]),
+               {"w2": np.ones((2, 2, 3, 3), np.float32)}, (2, 8, 8)),
+     "node 'up2' (ConvTranspose): it needs output_padding [3, 3]"),
+    (conv_then(helper.make_node("Transpose", ["c"], ["y"], name="nhwc", perm=[0, 2, 3, 1]), out_shape=(4, 4, 2)),
+     "node 'nhwc' (Transpose): it transposes (N, 2, 4, 4); cnnc layers keep the (N, C, H, W) layout"),
+    (conv_then(helper.make_node("Elu", ["c"], ["y"], name="elu2", alpha=2.0)),
+     "node 'elu2' (Elu): Elu(alpha=2.0): the language's elu has alpha 1"),
+    (conv_then(helper.make_node("LRN", ["c"], ["y"], name="even", size=2)),
+     "node 'even' (LRN): size=2: ONNX's LRN window for an even size"),
     (conv_then(helper.make_node("Conv", ["c", "w2"], ["y"], name="grouped", group=2),
                {"w2": np.ones((2, 2, 1, 1), np.float32)}), "expects 4 input channels (2 per group, group=2)"),
-    (conv_then(helper.make_node("HardSigmoid", ["c"], ["y"], name="hs")), "node 'hs' (HardSigmoid): cnnc has no "
-                                                                          "hardsigmoid layer"),
+    (conv_then(helper.make_node("HardSigmoid", ["c"], ["y"], name="hs")),
+     "node 'hs' (HardSigmoid): HardSigmoid(alpha=0.2, beta=0.5) is not PyTorch's hardsigmoid"),
     (conv_then(helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="clip"),
                {"lo": np.array(-1, np.float32), "hi": np.array(1, np.float32)}), "it clips to [-1.0, 1.0]"),
     (conv_then(helper.make_node("Mul", ["c", "c"], ["y"], name="square")),
      "node 'square' (Mul): cnnc imports Mul only"),
-    (conv_then(helper.make_node("LRN", ["c"], ["y"], name="norm", size=3)),
-     "node 'norm' (LRN): the operator LRN is not supported by cnnc import"),
+    (conv_then(helper.make_node("Reshape", ["c", "s"], ["y"], name="bad_shuffle"),
+               {"s": np.array([1, 2, 1, 4, 4], np.int64)}, (2, 1, 4, 4)),
+     "node 'bad_shuffle' (Reshape): it reshapes (N, 2, 4, 4) to [1, 2, 1, 4, 4]; cnnc imports a reshape to 5 axes "
+     "only as the start of a channel shuffle"),
 ])
 def test_unsupported_graphs_are_refused_naming_node_and_operator(model, phrase, tmp_path, capsys):
     onnx.save(model, str(tmp_path / "bad.onnx"))
@@ -322,13 +332,34 @@ def test_the_import_is_checked_against_onnxruntime_before_anything_is_written(tm
     assert (tmp_path / "l.cnn").exists()
 
 
-def test_a_same_upper_max_pool_refusal_says_where_the_padding_comes_from(tmp_path, capsys):
-    """The padding is auto_pad's, computed for this input size: the refusal says so, instead of quoting it back
-    as if the file had written it."""
-    nodes = [helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
-                              auto_pad="SAME_UPPER")]
-    onnx.save(make_graph(nodes, {}, (1, 8, 8), (1, 4, 4)), str(tmp_path / "su.onnx"))
-    assert main(["import", str(tmp_path / "su.onnx"), "-o", str(tmp_path / "su.cnn")]) == 1
-    err = capsys.readouterr().err
-    assert ("node 'pool' (MaxPool): auto_pad=SAME_UPPER pads the input [8, 8] by begin [0, 0], end [1, 1] at stride 2, "
-            "which differs between the two sides of an axis; cnnc's pooling pads both sides alike") in err
+@pytest.mark.parametrize("name, node, out_shape, written", [
+    ("same_upper_pool", helper.make_node("MaxPool", ["c"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                                         auto_pad="SAME_UPPER"), (2, 2, 2), "padding=((0, 1), (0, 1))"),
+    ("lopsided_conv", helper.make_node("Conv", ["c", "w2"], ["y"], name="lopsided", pads=[0, 2, 1, 1]),
+     (2, 3, 5), "padding=((0, 1), (2, 1))"),
+    ("avg_without_pad", helper.make_node("AveragePool", ["c"], ["y"], name="avg", kernel_shape=[3, 3],
+                                         pads=[1, 1, 1, 1]), (2, 4, 4), "count_pad=false"),
+    ("ceil_pool", helper.make_node("AveragePool", ["c"], ["y"], name="avg", kernel_shape=[3, 3], strides=[2, 2],
+                                   ceil_mode=1), (2, 2, 2), "ceil=true"),
+    ("lrn", helper.make_node("LRN", ["c"], ["y"], name="norm", size=3, alpha=0.02, beta=0.5, bias=2.0), (2, 4, 4),
+     "lrn norm(size=3, alpha=0.02, beta=0.5, k=2.0)"),
+    ("deconv", helper.make_node("ConvTranspose", ["c", "w2"], ["y"], name="up", strides=[2, 2], pads=[1, 1, 0, 0]),
+     (2, 8, 8), "conv_transpose2d up(filters=2, kernel=3, stride=2, padding=1, output_padding=1, bias=false)"),
+    ("deconv_output_shape", helper.make_node("ConvTranspose", ["c", "w2"], ["y"], name="up", strides=[2, 2],
+                                             output_shape=[8, 8]), (2, 8, 8), "output_padding=1"),
+    ("selu", helper.make_node("Selu", ["c"], ["y"], name="s"), (2, 4, 4), "activation=selu"),
+])
+def test_formerly_refused_nodes_import_and_agree_with_onnxruntime(name, node, out_shape, written, tmp_path):
+    """Asymmetric padding (auto_pad SAME at a stride, explicit), count_include_pad=0, ceil_mode, LRN, ConvTranspose
+    (pads begin > end, output_shape) and the new activations, each after a convolution."""
+    model = conv_then(node, {"w2": np.random.default_rng(5).standard_normal((2, 2, 3, 3)).astype(np.float32)},
+                      out_shape)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(tmp_path / f"{name}.onnx"))
+    network, weights = import_onnx(tmp_path / f"{name}.onnx", tmp_path / f"{name}.cnn")
+    assert written in (tmp_path / f"{name}.cnn").read_text()
+    m = NumpyModel(network)
+    m.load_weights(weights)
+    x = np.random.default_rng(6).standard_normal((3, 1, 4, 4)).astype(np.float32)
+    want = run_onnx(tmp_path / f"{name}.onnx", x)
+    assert m.forward(x).shape == want.shape and rel_err(m.forward(x), want) < 1e-5
