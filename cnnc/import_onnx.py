@@ -684,7 +684,7 @@ class Importer:
         del dims
 
     def _to_flat(self, node) -> Tensor:
-        if self.unit_axes or len(self.shape) == 1:  # already flat for cnnc: the same tensor
+        if len(self.shape) == 1:  # already flat for cnnc (unit axes after global pooling or not): the same tensor
             return Tensor(self.x.layer, self.shape)
         self.emit(node, "flatten", self.layer_name(node, None), {}, (prod(self.shape),))
 
@@ -702,6 +702,13 @@ class Importer:
         if target.dtype.kind not in "iu" or target.ndim != 1:
             self.refuse(node, f"its target shape must be a list of integers; it is a {target.dtype.name} array of "
                               f"shape {tuple(target.shape)}")
+        ints = [int(t) for t in target]
+        if len(self.shape) == 2 and len(ints) == 4 and not self.unit_axes and self._batch_entry(ints[0]) and \
+                ints[1:] in ([*self.shape, 1], [-1, self.shape[1], 1], [self.shape[0], -1, 1]):
+            return Tensor(self.x.layer, self.shape, 1)  # (N, C, L) -> (N, C, L, 1): a trailing unit axis (for LRN)
+        if len(self.shape) == 2 and self.unit_axes == 1 and len(ints) == 3 and self._batch_entry(ints[0]) and \
+                ints[1:] in ([*self.shape], [-1, self.shape[1]], [self.shape[0], -1]):
+            return Tensor(self.x.layer, self.shape, 0)  # and back
         if self.x.shuffle is not None or (len(target) == len(self.shape) + 2 and len(self.shape) in (2, 3)
                                           and not self.unit_axes):
             return self._shuffle_reshape(node, [int(t) for t in target])
@@ -1015,7 +1022,7 @@ class Importer:
         size = self.integer(node, attrs, "size", 1)
         alpha, beta = self.real(node, attrs, "alpha", 1e-4), self.real(node, attrs, "beta", 0.75)
         bias = self.real(node, attrs, "bias", 1.0)
-        if len(self.shape) not in (2, 3) or self.unit_axes:
+        if len(self.shape) + self.unit_axes not in (2, 3) or len(self.shape) == 1:
             self.refuse(node, f"it needs a (batch, C, L) or (batch, C, H, W) input; its input is {self._onnx_shape()}")
         if size < 1 or size % 2 == 0:
             self.refuse(node, f"size={size}: ONNX's LRN window for an even size reaches one channel further after "
@@ -1032,6 +1039,7 @@ class Importer:
         if np.float32(bias) != np.float32(1.0):
             args["k"] = _real(bias)
         self.emit(node, "lrn", self.layer_name(node, None), args, self.shape)
+        self.tensors[node.output[0]].unit_axes = self.unit_axes  # (N, C, L, 1): across channels all the same
 
     def _ConvTranspose(self, node) -> None:
         """ConvTranspose -> conv_transpose1d/2d: weight (C, filters/groups, *kernel), PyTorch's layout. ONNX pads

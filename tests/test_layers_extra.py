@@ -420,9 +420,10 @@ def test_the_c_backend_and_exports_refuse_cleanly(phrase, body, tmp_path, capsys
     weights = tmp_path / "w.npz"
     cnnc.load(spec).save(weights)
     for argv in (["compile", str(spec), "-o", str(tmp_path / "build")],
-                 ["export", str(spec), "--weights", str(weights), "--format", "c", "-o", str(tmp_path / "c")],
-                 ["export", str(spec), "--weights", str(weights), "--format", "onnx", "-o", str(tmp_path / "m.onnx")]):
+                 ["export", str(spec), "--weights", str(weights), "--format", "c", "-o", str(tmp_path / "c")]):
         assert main(argv) == 1, argv
         out, err = capsys.readouterr()
         assert "Traceback" not in err and "does not support " + phrase in err and "NumPy backend runs it" in err, err
-    assert not (tmp_path / "build").exists() and not (tmp_path / "c").exists() and not (tmp_path / "m.onnx").exists()
+    assert not (tmp_path / "build").exists() and not (tmp_path / "c").exists()
+    # the ONNX export writes every kind (tests/test_onnx.py round-trips them)
+    assert main(["export", str(spec), "--weights", str(weights), "--format", "onnx", "-o", str(tmp_path / "m.onnx")]) == 0

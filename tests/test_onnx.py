@@ -15,7 +15,6 @@ from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
 from cnnc.diagnostics import CnncError
 from cnnc.frontend import networks_from_file
-from cnnc.ir import chain_only_refusal
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -48,7 +47,35 @@ model kitchen1d {
     global_avgpool
     softmax
 }
+model newkinds2d {
+    input x[4, 12, 11]
+    conv2d a(filters=6, kernel=3, stride=2, padding=((0, 1), (1, 1)), activation=elu)
+    lrn(size=3, alpha=0.001, beta=0.6, k=2.0)
+    channel_shuffle(groups=3)
+    maxpool2d(size=3, stride=2, ceil=true)
+    conv_transpose2d t(filters=4, kernel=3, stride=2, padding=1, output_padding=1, groups=2, activation=selu)
+    avgpool2d(size=3, stride=2, padding=1, count_pad=false, ceil=true)
+    hardsigmoid
+    global_maxpool
+    dense d(units=5, activation=log_softmax)
+}
+model newkinds1d {
+    input s[3, 20]
+    conv_transpose1d t(filters=4, kernel=4, stride=2, padding=1, dilation=2, activation=hardsigmoid)
+    selu
+    avgpool1d(size=4, stride=3, padding=(2, 1), count_pad=false)
+    elu
+    maxpool1d(size=3, padding=(1, 0), ceil=true)
+    lrn(size=5)
+    global_avgpool
+    dense d(units=3)
+    log_softmax
+    loss nll
+}
 """
+# issue 15's kinds, each in the specs above: exported and imported back as themselves
+NEW_KINDS = {"conv_transpose1d", "conv_transpose2d", "lrn", "channel_shuffle", "global_maxpool", "elu", "selu",
+             "hardsigmoid", "log_softmax"}
 
 
 def rel_err(a, b) -> float:
@@ -64,8 +91,7 @@ def run_onnx(path, x: np.ndarray) -> np.ndarray:
 def all_models(tmp_path_factory) -> list[tuple[Path, str]]:
     extra = tmp_path_factory.getbasetemp() / "onnx_extra.cnn"
     extra.write_text(EXTRA_SPECS)
-    return [(path, net.name) for path in sorted(SPECS.glob("*.cnn")) + [extra] for net in networks_from_file(path)
-            if chain_only_refusal(net, "") is None]  # graphs are refused: tests/test_every_spec.py
+    return [(path, net.name) for path in sorted(SPECS.glob("*.cnn")) + [extra] for net in networks_from_file(path)]
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +99,19 @@ def models(tmp_path_factory):
     return all_models(tmp_path_factory)
 
 
+def layer_kinds(network) -> set[str]:
+    """The kinds and activations (a standalone activation after a dense layer imports as its activation=)."""
+    return {layer.kind for layer in network.layers} | {layer.activation for layer in network.layers} - {None}
+
+
+def window_geometry(network) -> list[tuple]:
+    return [(layer.kind, layer.kernel, layer.stride, layer.dilation, layer.pad_before, layer.pad_after, layer.ceil,
+             layer.count_pad, layer.output_padding, layer.groups) for layer in network.layers if layer.kernel]
+
+
 def test_every_spec_round_trips_through_onnx(models, tmp_path, capsys):
     """export (CLI) -> checker -> onnxruntime at two batch sizes -> import (CLI) -> cnnc check -> same outputs."""
-    failures = []
+    failures, seen = [], set()
     for seed, (path, name) in enumerate(models):
         m = cnnc.load(path, model=name, seed=seed)
         rng = np.random.default_rng(seed)
@@ -100,13 +136,20 @@ def test_every_spec_round_trips_through_onnx(models, tmp_path, capsys):
         assert main(["check", str(cnn_path)]) == 0
         back = cnnc.load(cnn_path)
         back.load_weights(tmp_path / f"{name}_imported.npz")
-        assert back.name == name and sorted(back.params) == sorted(m.params)
+        # a block instance's layer s1.c1 exports as s1_c1 (ONNX names), and imports back so
+        flat_names = sorted(key.rsplit(".", 1)[0].replace(".", "_") + "." + key.rsplit(".", 1)[1] for key in m.params)
+        assert back.name == name and sorted(back.params) == flat_names
         x = rng.standard_normal((3, *m.input_shape)).astype(np.float32)
         if back.output_shape != m.output_shape or rel_err(back.forward(x), m.forward(x)) > 1e-6:
             failures.append(f"{name}: the imported model computes something else")
+        kinds, geometry = layer_kinds(m.network), window_geometry(m.network)
+        if layer_kinds(back.network) != kinds or window_geometry(back.network) != geometry:
+            failures.append(f"{name}: the imported model has other layers or windows")
+        seen |= kinds
     capsys.readouterr()
     assert not failures, "\n".join(failures)
-    assert len(models) == 10
+    assert len(models) == 15 and NEW_KINDS <= seen
+    assert any(layer.ceil for path, name in models for layer in cnnc.load(path, model=name).network.layers)
 
 
 def test_imported_file_is_readable_cnn(tmp_path):
@@ -363,3 +406,19 @@ def test_formerly_refused_nodes_import_and_agree_with_onnxruntime(name, node, ou
     x = np.random.default_rng(6).standard_normal((3, 1, 4, 4)).astype(np.float32)
     want = run_onnx(tmp_path / f"{name}.onnx", x)
     assert m.forward(x).shape == want.shape and rel_err(m.forward(x), want) < 1e-5
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_an_even_size_lrn_exports_as_its_formula(size, tmp_path, capsys):
+    """ONNX's LRN window for an even size is one channel off PyTorch's (the language's): the export writes the
+    formula instead, which onnxruntime computes as cnnc does; the import refuses the formula's Mul of two tensors."""
+    spec = tmp_path / "even.cnn"
+    spec.write_text(f"model even {{\n    input x[5, 3, 4]\n    conv2d c(filters=6, kernel=1)\n    lrn(size={size}, "
+                    f"alpha=0.5, beta=0.8, k=1.5)\n}}\n")
+    m = cnnc.load(spec, seed=1)
+    export_onnx(m, tmp_path / "even.onnx")
+    assert "LRN" not in {node.op_type for node in onnx.load(str(tmp_path / "even.onnx")).graph.node}
+    x = np.random.default_rng(2).standard_normal((3, 5, 3, 4)).astype(np.float32) * 2
+    assert rel_err(run_onnx(tmp_path / "even.onnx", x), m.forward(x)) < 1e-5
+    with pytest.raises(CnncError, match=r"\(Mul\): cnnc imports Mul only"):
+        import_onnx(tmp_path / "even.onnx", tmp_path / "even_back.cnn")
