@@ -12,22 +12,26 @@ weight subgraphs, computed pads and x.view(x.size(0), -1) fold away. The operato
     Conv                  -> conv1d / conv2d (groups=); a Relu, Sigmoid, Tanh, LeakyRelu, Clip(0, 6),
                              x*Sigmoid(x), HardSwish... right after becomes its activation= when nothing
                              else reads the convolution's output
-    MaxPool, AveragePool  -> maxpool*/avgpool* (average pooling with padding must count the padded
-                             zeros, count_include_pad=1, as cnnc's does); a Pad of zeros before a Conv or
-                             AveragePool adds to its padding
+    ConvTranspose         -> conv_transpose1d / conv_transpose2d (pads begin >= end: padding=begin and the
+                             difference as more output_padding; output_shape and SAME_* turned into pads)
+    MaxPool, AveragePool  -> maxpool*/avgpool* (ceil_mode=1 -> ceil=true where it changes the size,
+                             count_include_pad=0 at a padded border -> count_pad=false); a Pad of zeros
+                             before a Conv or AveragePool adds to its padding
     GlobalAveragePool, ReduceMean over the spatial axes -> global_avgpool when flattened after, else an
                              average pooling over the whole input ((C, 1, 1), as ONNX); GlobalMaxPool alike
+    LRN (odd size)        -> lrn (PyTorch's LocalResponseNorm; an even size puts the window elsewhere)
+    Reshape (N, g, C/g, ...) -> Transpose(perm=[0, 2, 1, ...]) -> Reshape back -> channel_shuffle(groups=g)
     Gemm, MatMul (+ Add)  -> dense (an Add of a per-unit constant becomes the bias; a conv's likewise)
     BatchNormalization    -> batchnorm with its running statistics (a per-channel Mul/Add after it folds in)
     Add, Sum, Concat      -> add, concat
     Flatten, Reshape      -> flatten (only to (batch, everything else))
-    Relu, Sigmoid, Tanh, LeakyRelu, Softmax, Clip(0, 6), Mul(x, Sigmoid(x)), HardSwish,
-    Mul(x, HardSigmoid(x)) -> the activation layers
+    Relu, Sigmoid, Tanh, LeakyRelu, Softmax, LogSoftmax, Clip(0, 6), Mul(x, Sigmoid(x)), HardSwish,
+    Mul(x, HardSigmoid(x)), Elu(alpha 1), Selu, HardSigmoid(1/6, 1/2) -> the activation layers
     Dropout               -> dropout(rate=...);  Identity -> nothing
 
 Padding: ONNX gives a begin and an end per axis. Equal per axis -> padding=P or (PH, PW); otherwise,
-for a stride-1 convolution, `same` when it is exactly cnnc's split (the odd pixel at the end);
-anything else cannot be written in the language and is refused. Every refusal names the node, its
+for a stride-1 convolution, `same` when it is exactly cnnc's split (the odd pixel at the end), and
+anything else ((before, after), ...) per axis. Every refusal names the node, its
 operator and the reason. Weights keep their layouts (cnnc's are PyTorch's, the same as ONNX's Conv and
 Gemm(transB=1)); MatMul's and Gemm(transB=0)'s matrices are transposed, Gemm's alpha and beta folded in.
 Before anything is written, the imported model is compared with onnxruntime (compare_with_onnxruntime).
