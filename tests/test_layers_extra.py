@@ -426,4 +426,5 @@ def test_the_c_backend_and_exports_refuse_cleanly(phrase, body, tmp_path, capsys
         assert "Traceback" not in err and "does not support " + phrase in err and "NumPy backend runs it" in err, err
     assert not (tmp_path / "build").exists() and not (tmp_path / "c").exists()
     # the ONNX export writes every kind (tests/test_onnx.py round-trips them)
-    assert main(["export", str(spec), "--weights", str(weights), "--format", "onnx", "-o", str(tmp_path / "m.onnx")]) == 0
+    onnx_argv = ["export", str(spec), "--weights", str(weights), "--format", "onnx", "-o", str(tmp_path / "m.onnx")]
+    assert main(onnx_argv) == 0
