@@ -422,3 +422,24 @@ def test_an_even_size_lrn_exports_as_its_formula(size, tmp_path, capsys):
     assert rel_err(run_onnx(tmp_path / "even.onnx", x), m.forward(x)) < 1e-5
     with pytest.raises(CnncError, match=r"\(Mul\): cnnc imports Mul only"):
         import_onnx(tmp_path / "even.onnx", tmp_path / "even_back.cnn")
+
+
+@pytest.mark.parametrize("opset", [13, 15])
+def test_the_new_kinds_export_at_older_opsets(opset, tmp_path_factory, tmp_path):
+    """The specs using issue 15's kinds at opsets 13 and 15 too: checked, run in onnxruntime, imported back."""
+    from cnnc.export_onnx import build_onnx
+
+    extra = tmp_path_factory.getbasetemp() / "onnx_new_kinds.cnn"
+    extra.write_text(EXTRA_SPECS)
+    for name in ("newkinds2d", "newkinds1d"):
+        m = cnnc.load(extra, model=name, seed=opset)
+        proto = build_onnx(m.network, m.params, opset=opset)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp_path / f"{name}.onnx"))
+        x = np.random.default_rng(opset).standard_normal((2, *m.input_shape)).astype(np.float32)
+        assert rel_err(run_onnx(tmp_path / f"{name}.onnx", x), m.forward(x)) < 1e-5
+        network, weights = import_onnx(tmp_path / f"{name}.onnx", tmp_path / f"{name}.cnn")
+        assert window_geometry(network) == window_geometry(m.network)
+        back = NumpyModel(network)
+        back.load_weights(weights)
+        assert rel_err(back.forward(x), m.forward(x)) < 1e-5
