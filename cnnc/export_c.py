@@ -80,14 +80,14 @@ def export_refusal(network: Network, what: str = "the standalone C export") -> s
     """Why the standalone C export cannot write `network`, naming the layer, or None."""
     for layer in network.layers:
         if layer.kind not in EXPORT_KINDS:
-            return f"{what} does not support '{layer.kind}' (layer '{layer.name}') yet; the NumPy backend runs it"
+            return f"{what} does not support '{layer.kind}' (layer '{layer.name}') yet; the C and NumPy backends run it"
         if layer.activation is not None and layer.activation not in EXPORT_ACTIVATIONS:
             return (f"{what} does not support activation={layer.activation} (layer '{layer.name}') yet; "
-                    "the NumPy backend runs it")
+                    "the C and NumPy backends run it")
         if layer.ceil or not layer.count_pad:
             option = "ceil=true" if layer.ceil else "count_pad=false"
             return (f"{what} does not support pooling with {option} (layer '{layer.name}') yet; "
-                    "the NumPy backend runs it")
+                    "the C and NumPy backends run it")
     return None
 
 

@@ -12,22 +12,26 @@ weight subgraphs, computed pads and x.view(x.size(0), -1) fold away. The operato
     Conv                  -> conv1d / conv2d (groups=); a Relu, Sigmoid, Tanh, LeakyRelu, Clip(0, 6),
                              x*Sigmoid(x), HardSwish... right after becomes its activation= when nothing
                              else reads the convolution's output
-    MaxPool, AveragePool  -> maxpool*/avgpool* (average pooling with padding must count the padded
-                             zeros, count_include_pad=1, as cnnc's does); a Pad of zeros before a Conv or
-                             AveragePool adds to its padding
+    ConvTranspose         -> conv_transpose1d / conv_transpose2d (pads begin >= end: padding=begin and the
+                             difference as more output_padding; output_shape and SAME_* turned into pads)
+    MaxPool, AveragePool  -> maxpool*/avgpool* (ceil_mode=1 -> ceil=true where it changes the size,
+                             count_include_pad=0 at a padded border -> count_pad=false); a Pad of zeros
+                             before a Conv or AveragePool adds to its padding
     GlobalAveragePool, ReduceMean over the spatial axes -> global_avgpool when flattened after, else an
                              average pooling over the whole input ((C, 1, 1), as ONNX); GlobalMaxPool alike
+    LRN (odd size)        -> lrn (PyTorch's LocalResponseNorm; an even size puts the window elsewhere)
+    Reshape (N, g, C/g, ...) -> Transpose(perm=[0, 2, 1, ...]) -> Reshape back -> channel_shuffle(groups=g)
     Gemm, MatMul (+ Add)  -> dense (an Add of a per-unit constant becomes the bias; a conv's likewise)
     BatchNormalization    -> batchnorm with its running statistics (a per-channel Mul/Add after it folds in)
     Add, Sum, Concat      -> add, concat
     Flatten, Reshape      -> flatten (only to (batch, everything else))
-    Relu, Sigmoid, Tanh, LeakyRelu, Softmax, Clip(0, 6), Mul(x, Sigmoid(x)), HardSwish,
-    Mul(x, HardSigmoid(x)) -> the activation layers
+    Relu, Sigmoid, Tanh, LeakyRelu, Softmax, LogSoftmax, Clip(0, 6), Mul(x, Sigmoid(x)), HardSwish,
+    Mul(x, HardSigmoid(x)), Elu(alpha 1), Selu, HardSigmoid(1/6, 1/2) -> the activation layers
     Dropout               -> dropout(rate=...);  Identity -> nothing
 
 Padding: ONNX gives a begin and an end per axis. Equal per axis -> padding=P or (PH, PW); otherwise,
-for a stride-1 convolution, `same` when it is exactly cnnc's split (the odd pixel at the end);
-anything else cannot be written in the language and is refused. Every refusal names the node, its
+for a stride-1 convolution, `same` when it is exactly cnnc's split (the odd pixel at the end), and
+anything else ((before, after), ...) per axis. Every refusal names the node, its
 operator and the reason. Weights keep their layouts (cnnc's are PyTorch's, the same as ONNX's Conv and
 Gemm(transB=1)); MatMul's and Gemm(transB=0)'s matrices are transposed, Gemm's alpha and beta folded in.
 Before anything is written, the imported model is compared with onnxruntime (compare_with_onnxruntime).
@@ -49,16 +53,14 @@ from .ir import LAYER_KINDS, Network
 from .shapes import KEYWORDS
 from .model import weight_mismatches
 
-SUPPORTED = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Add", "Sum",
-             "Concat", "BatchNormalization", "Pad", "ReduceMean", "Flatten", "Reshape", "Relu", "Clip", "Sigmoid",
-             "HardSigmoid",
-             "HardSwish", "Mul", "Tanh", "LeakyRelu", "Softmax", "LogSoftmax", "Dropout", "Identity")
+SUPPORTED = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul",
+             "Add", "Sum", "Concat", "BatchNormalization", "LRN", "Pad", "ReduceMean", "Flatten", "Reshape",
+             "Transpose", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Mul", "Tanh", "LeakyRelu", "Elu",
+             "Selu", "Softmax", "LogSoftmax", "Dropout", "Identity")
 MERGES = ("Add", "Sum", "Concat", "Mul")  # read several computed tensors (Add and Mul: or one and a constant)
-OPERATOR_HINTS = {  # why a common unsupported operator appears, and how to avoid it
-    "LRN": "the language has no local response normalisation layer yet",
-    "ConvTranspose": "the language has no transposed convolution yet",
-    "Transpose": "cnnc layers keep the (N, C, H, W) layout; a channel shuffle is not in the language yet",
-}
+OPERATOR_HINTS: dict[str, str] = {}  # why a common unsupported operator appears, and how to avoid it
+# PyTorch's SELU constants (the language's selu), which are also ONNX's defaults
+SELU_ALPHA, SELU_GAMMA = 1.6732632423543772, 1.0507009873554805
 # Shape computations fold at import time: Shape gives the batch size as BATCH, which only these operators
 # may carry on (into a Reshape's target, where it means "the batch"); arithmetic on it is refused.
 BATCH = -(2 ** 62) + 12345
@@ -130,12 +132,15 @@ class Tensor:
     shape: its cnnc per-sample shape; unit_axes: trailing size-1 axes ONNX has and cnnc dropped (after
     GlobalAveragePool, whose Flatten or Reshape is then cnnc's no-op)
     pad: (before, after) per spatial axis of a Pad node still to be folded into the Conv or pooling that
-    reads it (shape is then the unpadded one)"""
+    reads it (shape is then the unpadded one)
+    shuffle: the middle of a channel shuffle, ("split", groups) after its first Reshape to (N, g, C/g, ...),
+    ("swapped", groups) after its Transpose; only the pattern's next node may read it (shape: the input's)"""
 
     layer: str
     shape: tuple[int, ...]
     unit_axes: int = 0
     pad: tuple[list[int], list[int]] | None = None
+    shuffle: tuple[str, int] | None = None
 
 
 class Importer:
@@ -364,9 +369,13 @@ class Importer:
                                       "imports layers whose other inputs are constants")
                 self.x = self.tensors[node.input[0]]
                 self.shape, self.unit_axes = self.x.shape, self.x.unit_axes
-                if self.x.pad is not None and node.op_type not in ("Conv", "AveragePool", "MaxPool"):
+                if self.x.pad is not None and node.op_type not in ("Conv", "AveragePool", "MaxPool", "Pad"):
                     self.refuse(node, "it reads the output of a Pad node; cnnc imports Pad only right before a Conv "
                                       "or pooling node, into whose padding it folds")
+                if self.x.shuffle is not None and node.op_type not in ("Transpose", "Reshape"):
+                    self.refuse(node, "it reads the middle of a channel shuffle (the Reshape to (N, groups, C/groups, "
+                                      "...) and its Transpose); cnnc imports the pattern Reshape -> Transpose -> "
+                                      "Reshape back only as a whole, each read by the next alone")
             result = getattr(self, "_" + node.op_type)(node)
             if node.output[0] not in self.tensors:
                 if result is None:
@@ -383,7 +392,7 @@ class Importer:
             self.fail(f"the graph's output '{_comment_safe(output)}' is not computed by its last layer "
                       f"('{_comment_safe(last.output)}'); cnnc's model outputs its last statement's result")
         self.output_unit_axes = end.unit_axes  # (N, C, 1, 1) after global pooling and softmax: written as (N, C)
-        if end.pad is not None:
+        if end.pad is not None or end.shuffle is not None:
             self.fail(f"the graph's output '{_comment_safe(output)}' is (N, "
                       f"{', '.join(map(str, end.shape + (1,) * end.unit_axes))}), which cnnc cannot write as a model "
                       f"output")
@@ -519,26 +528,28 @@ class Importer:
         same_after = [d * (k - 1) - b for k, d, b in zip(kernel, dilation, same_before)]
         if conv and all(s == 1 for s in stride) and (before, after) == (same_before, same_after):
             return "same"
-        source = (f"auto_pad={self.auto_pad} pads the input {list(self.shape[1:])} by begin {before}, end {after} at "
-                  f"stride {_window(stride)}, which" if self.auto_pad.startswith("SAME") else
-                  f"its padding (begin {before}, end {after})")
-        if not conv:
-            self.refuse(node, f"{source} differs between the two sides of an axis; cnnc's pooling pads both sides "
-                              f"alike (one-sided padding is not in the language yet), so cnnc cannot write it")
-        self.refuse(node, f"{source} differs between the two sides of an axis and is "
-                          f"not padding=same (begin {same_before}, end {same_after}, stride 1); cnnc cannot write it")
+        # asymmetric: (before, after) per axis, `padding=(1, 2)` in 1-D, `padding=((1, 2), (0, 1))` in 2-D
+        pairs = [f"({b}, {a})" for b, a in zip(before, after)]
+        return pairs[0] if len(pairs) == 1 else f"({', '.join(pairs)})"
 
-    def _output_size(self, node, attrs, before, after, kernel, stride, dilation) -> list[int]:
-        out = []
+    def _output_size(self, node, attrs, before, after, kernel, stride, dilation) -> tuple[list[int], bool]:
+        """The output size per axis, and whether ceil_mode=1 changed it (then the layer gets ceil=true: the
+        division rounds up, less a last window that would start in the right padding, PyTorch's rule)."""
+        out, ceil_changes = [], False
+        ceil = self.integer(node, attrs, "ceil_mode", 0, allowed=(0, 1))
         for size, b, a, k, s, d in zip(self.shape[1:], before, after, kernel, stride, dilation):
             span = d * (k - 1) + 1
-            if span > size + b + a:
+            if span > size + b + a + (s - 1 if ceil else 0):
                 self.refuse(node, f"its window {k} is larger than the padded input {size + b + a}")
-            if self.integer(node, attrs, "ceil_mode", 0, allowed=(0, 1)) and (size + b + a - span) % s:
-                self.refuse(node, "ceil_mode=1 changes the output size here; cnnc rounds the output size down "
-                                  "(ceil_mode=0)")
-            out.append((size + b + a - span) // s + 1)
-        return out
+            n = (size + b + a - span) // s + 1
+            if ceil:
+                up = -(-(size + b + a - span) // s) + 1
+                if (up - 1) * s >= size + b:
+                    up -= 1
+                ceil_changes |= up != n
+                n = up
+            out.append(n)
+        return out, ceil_changes
 
     def _spatial_input(self, node, dims_from) -> int:
         if self.unit_axes or len(self.shape) not in (2, 3):
@@ -578,7 +589,7 @@ class Importer:
         dilation = self.ints(node, attrs, "dilations", dims, [1] * dims, minimum=1)
         before, after = self._with_pad(node, *self._pads(node, attrs, kernel, stride, dilation))
         padding = self._padding_arg(node, before, after, kernel, stride, dilation, conv=True)
-        out = self._output_size(node, attrs, before, after, kernel, stride, dilation)
+        out, _ = self._output_size(node, attrs, before, after, kernel, stride, dilation)
         args = {"filters": str(filters), "kernel": _window(kernel)}
         if any(s != 1 for s in stride):
             args["stride"] = _window(stride)
@@ -611,9 +622,11 @@ class Importer:
         self.integer(node, attrs, "storage_order", 0, allowed=(0,))
         own_before, own_after = self._pads(node, attrs, kernel, stride, [1] * dims)
         count_include_pad = self.integer(node, attrs, "count_include_pad", 0, allowed=(0, 1))
-        if kind == "avgpool" and any(own_before + own_after) and not count_include_pad:
-            self.refuse(node, "it averages only the real inputs at a padded border (count_include_pad=0); cnnc's "
-                              "average pooling counts the padded zeros (count_include_pad=1)")
+        count_pad = not (kind == "avgpool" and any(own_before + own_after) and not count_include_pad)
+        if not count_pad and self.x.pad is not None:
+            self.refuse(node, "it averages only the real inputs at its own padded border (count_include_pad=0) "
+                              "but reads a Pad node's zeros, which count; cnnc's average pooling counts all of its "
+                              "padding or none of it")
         if kind == "maxpool" and self.x.pad is not None:
             self.refuse(node, "it reads the output of a Pad node, whose zeros can win a max; cnnc's max pooling pads "
                               "with minus infinity (give the padding to the MaxPool node itself)")
@@ -621,12 +634,16 @@ class Importer:
         if any(p > k // 2 for p, k in zip(before + after, kernel + kernel)):
             self.refuse(node, f"its padding (begin {before}, end {after}) is more than half the window {kernel}")
         padding = self._padding_arg(node, before, after, kernel, stride, [1] * dims, conv=False)
-        out = self._output_size(node, attrs, before, after, kernel, stride, [1] * dims)
+        out, ceil = self._output_size(node, attrs, before, after, kernel, stride, [1] * dims)
         args = {"size": _window(kernel)}
         if stride != kernel:  # cnnc's pooling stride defaults to the window size
             args["stride"] = _window(stride)
         if padding:
             args["padding"] = padding
+        if ceil:
+            args["ceil"] = "true"
+        if not count_pad:
+            args["count_pad"] = "false"
         self.emit(node, f"{kind}{dims}d", self.layer_name(node, None), args, (self.shape[0], *out))
 
     def _MaxPool(self, node) -> None:
@@ -639,9 +656,9 @@ class Importer:
         dims = self._spatial_input(node, None)
         readers = self.readers.get(node.output[0], [])
         flattened = readers and node.output[0] not in self.outputs and all(
-            r.op_type in ("Flatten", "Reshape", "Softmax") for r in readers)
-        if kind == "avgpool" and flattened:
-            self.emit(node, "global_avgpool", self.layer_name(node, None), {}, (self.shape[0],))
+            r.op_type in ("Flatten", "Reshape", "Softmax", "LogSoftmax") for r in readers)
+        if flattened:
+            self.emit(node, f"global_{kind}", self.layer_name(node, None), {}, (self.shape[0],))
             self.tensors[node.output[0]].unit_axes = dims  # ONNX keeps (N, C, 1, 1): the Flatten after is a no-op
             return
         # (N, C, 1, 1) is read as it is: a pooling window over the whole input gives exactly that
@@ -671,7 +688,7 @@ class Importer:
         del dims
 
     def _to_flat(self, node) -> Tensor:
-        if self.unit_axes or len(self.shape) == 1:  # already flat for cnnc: the same tensor
+        if len(self.shape) == 1:  # already flat for cnnc (unit axes after global pooling or not): the same tensor
             return Tensor(self.x.layer, self.shape)
         self.emit(node, "flatten", self.layer_name(node, None), {}, (prod(self.shape),))
 
@@ -689,9 +706,16 @@ class Importer:
         if target.dtype.kind not in "iu" or target.ndim != 1:
             self.refuse(node, f"its target shape must be a list of integers; it is a {target.dtype.name} array of "
                               f"shape {tuple(target.shape)}")
-        if len(target) == 5 and len(self.shape) == 3:
-            self.refuse(node, f"it reshapes {self._onnx_shape()} to five axes: a channel shuffle (Reshape, Transpose, "
-                              f"Reshape, as ShuffleNet's), which the language has no layer for yet")
+        ints = [int(t) for t in target]
+        if len(self.shape) == 2 and len(ints) == 4 and not self.unit_axes and self._batch_entry(ints[0]) and \
+                ints[1:] in ([*self.shape, 1], [-1, self.shape[1], 1], [self.shape[0], -1, 1]):
+            return Tensor(self.x.layer, self.shape, 1)  # (N, C, L) -> (N, C, L, 1): a trailing unit axis (for LRN)
+        if len(self.shape) == 2 and self.unit_axes == 1 and len(ints) == 3 and self._batch_entry(ints[0]) and \
+                ints[1:] in ([*self.shape], [-1, self.shape[1]], [self.shape[0], -1]):
+            return Tensor(self.x.layer, self.shape, 0)  # and back
+        if self.x.shuffle is not None or (len(target) == len(self.shape) + 2 and len(self.shape) in (2, 3)
+                                          and not self.unit_axes):
+            return self._shuffle_reshape(node, [int(t) for t in target])
         target = [int(t) for t in target[:3]]  # more than two entries is refused below whatever they are
         size = prod(self.shape)
         batch_ok = target[:1] in ([0], [-1], [BATCH]) or (self.batch is not None and target[:1] == [self.batch])
@@ -702,6 +726,61 @@ class Importer:
         if self.integer(node, self.attributes(node), "allowzero", 0, allowed=(0, 1)) and 0 in target:
             self.refuse(node, "allowzero=1 with a 0 in the target shape makes an empty tensor")
         return self._to_flat(node)
+
+    def _batch_entry(self, value: int) -> bool:
+        """Whether a Reshape target's first entry keeps the batch: 0, -1, the batch from a Shape node, or the
+        graph's fixed batch size."""
+        return value in (0, -1, BATCH) or (self.batch is not None and value == self.batch)
+
+    def _shuffle_reshape(self, node, target: list[int]):
+        """ShuffleNet's channel shuffle, Reshape (N, C, *S) -> (N, g, C/g, *S), Transpose(perm=[0, 2, 1, ...]),
+        Reshape back to (N, C, *S): the first and last Reshape (the Transpose is _Transpose)."""
+        shown = ["N" if t == BATCH else t for t in target]
+        channels, spatial = self.shape[0], list(self.shape[1:])
+        if self.x.shuffle is not None:  # the last Reshape of the pattern: back to (N, C, *S)
+            stage, groups = self.x.shuffle
+            rest = target[1:]
+            if stage != "swapped" or not self._batch_entry(target[0]) or len(target) != 2 + len(spatial) or \
+                    rest not in ([channels, *spatial], [-1, *spatial]) or (target[0] == -1 and rest[0] == -1):
+                what = ("the Transpose of a channel shuffle" if stage == "swapped" else
+                        "a Reshape of a channel shuffle, before its Transpose")
+                self.refuse(node, f"it reshapes {what} to {shown}; a channel shuffle (Reshape -> Transpose -> "
+                                  f"Reshape) ends with a Reshape back to (N, {', '.join(map(str, self.shape))})")
+            if self.integer(node, self.attributes(node), "allowzero", 0, allowed=(0, 1)) and 0 in target:
+                self.refuse(node, "allowzero=1 with a 0 in the target shape makes an empty tensor")
+            self.emit(node, "channel_shuffle", self.layer_name(node, None), {"groups": str(groups)}, self.shape)
+            return None
+        groups = target[1]
+        if not self._batch_entry(target[0]) or target[3:] != spatial or groups <= 0 or channels % groups or \
+                target[2] not in (channels // groups, -1):
+            self.refuse(node, f"it reshapes {self._onnx_shape()} to {shown}; cnnc imports a reshape to "
+                              f"{len(target)} axes only as the start of a channel shuffle, (N, groups, C/groups, "
+                              f"{', '.join(map(str, spatial))}) with groups dividing the {channels} channels")
+        if self.integer(node, self.attributes(node), "allowzero", 0, allowed=(0, 1)) and 0 in target:
+            self.refuse(node, "allowzero=1 with a 0 in the target shape makes an empty tensor")
+        readers = self.readers.get(node.output[0], [])
+        if len(readers) != 1 or readers[0].op_type != "Transpose" or node.output[0] in self.outputs:
+            self.refuse(node, f"it reshapes {self._onnx_shape()} to {shown} (a channel shuffle's first step), but "
+                              f"its output is not read by exactly one Transpose; cnnc imports the pattern Reshape "
+                              f"-> Transpose -> Reshape back as channel_shuffle")
+        return Tensor(self.x.layer, self.shape, 0, shuffle=("split", groups))
+
+    def _Transpose(self, node):
+        if self.x.shuffle is None or self.x.shuffle[0] != "split":
+            self.refuse(node, f"it transposes {self._onnx_shape()}; cnnc layers keep the (N, C, H, W) layout, and "
+                              f"import Transpose only inside a channel shuffle (Reshape to (N, groups, C/groups, "
+                              f"...) -> Transpose(perm=[0, 2, 1, ...]) -> Reshape back)")
+        rank = 3 + len(self.shape) - 1
+        expected = [0, 2, 1, *range(3, rank)]
+        perm = self.ints(node, self.attributes(node), "perm", None, list(reversed(range(rank))))
+        if perm != expected:
+            self.refuse(node, f"perm={_shown(perm)} is not a channel shuffle's {expected} (swap the groups and the "
+                              f"channels per group)")
+        readers = self.readers.get(node.output[0], [])
+        if len(readers) != 1 or readers[0].op_type != "Reshape" or node.output[0] in self.outputs:
+            self.refuse(node, "its output is not read by exactly one Reshape back to (N, C, ...); cnnc imports the "
+                              "pattern Reshape -> Transpose -> Reshape back as channel_shuffle")
+        return Tensor(self.x.layer, self.shape, 0, shuffle=("swapped", self.x.shuffle[1]))
 
     def _dense_input(self, node) -> int:
         if self.unit_axes or len(self.shape) != 1:
@@ -754,7 +833,8 @@ class Importer:
         return padded[0] == 1 and padded[1] in (1, full[1]) and all(s == 1 for s in padded[2:])
 
     def _direct_producer(self, node, index: int, readers: int,
-                         kinds=("conv1d", "conv2d", "dense")) -> Statement | None:
+                         kinds=("conv1d", "conv2d", "dense", "conv_transpose1d", "conv_transpose2d")
+                         ) -> Statement | None:
         """The statement of one of `kinds` whose own output is the node's index-th input, when that output is read
         by `readers` nodes only and is not a graph output: an activation, a bias or a scale may go into it."""
         name = node.input[index]
@@ -881,9 +961,9 @@ class Importer:
 
     def _activation(self, node, kind: str, args: dict, readers: int = 1) -> None:
         target = self._direct_producer(node, 0, readers)
-        if kind == "softmax" and len(self.shape) != 1:
-            self.refuse(node, f"softmax normalises flat class scores; its input is {self._onnx_shape()}")
-        softmax_on_conv = kind == "softmax" and target is not None and target.kind != "dense"
+        if kind in ("softmax", "log_softmax") and len(self.shape) != 1:
+            self.refuse(node, f"{kind} normalises flat class scores; its input is {self._onnx_shape()}")
+        softmax_on_conv = kind in ("softmax", "log_softmax") and target is not None and target.kind != "dense"
         if target is not None and "activation" not in target.args and not softmax_on_conv:
             target.args["activation"] = kind
             target.args.update(args)
@@ -916,9 +996,131 @@ class Importer:
     def _HardSigmoid(self, node) -> None:
         attrs = self.attributes(node)
         alpha, beta = self.real(node, attrs, "alpha", 0.2), self.real(node, attrs, "beta", 0.5)
-        if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6 or not self._gate(node, "hardswish"):
-            self.refuse(node, f"cnnc has no hardsigmoid layer; it imports HardSigmoid only as the gate of hardswish, "
-                              f"x * HardSigmoid(x, alpha=1/6, beta=0.5) (this one has alpha={alpha}, beta={beta})")
+        if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6:
+            self.refuse(node, f"HardSigmoid(alpha={alpha}, beta={beta}) is not PyTorch's hardsigmoid "
+                              f"(alpha=1/6, beta=0.5), the language's; cnnc's hardsigmoid has no other slope "
+                              f"(ONNX's default is alpha=0.2)")
+        if not self._gate(node, "hardswish"):
+            self._activation(node, "hardsigmoid", {})
+
+    def _Elu(self, node) -> None:
+        alpha = self.real(node, self.attributes(node), "alpha", 1.0)
+        if np.float32(alpha) != np.float32(1.0):
+            self.refuse(node, f"Elu(alpha={alpha}): the language's elu has alpha 1 (PyTorch's default) only")
+        self._activation(node, "elu", {})
+
+    def _Selu(self, node) -> None:
+        attrs = self.attributes(node)
+        alpha, gamma = self.real(node, attrs, "alpha", SELU_ALPHA), self.real(node, attrs, "gamma", SELU_GAMMA)
+        if abs(alpha - SELU_ALPHA) > 1e-6 * SELU_ALPHA or abs(gamma - SELU_GAMMA) > 1e-6 * SELU_GAMMA:
+            self.refuse(node, f"Selu(alpha={alpha}, gamma={gamma}): the language's selu has PyTorch's constants "
+                              f"(alpha {SELU_ALPHA:.6f}, gamma {SELU_GAMMA:.6f}) only")
+        self._activation(node, "selu", {})
+
+    def _LRN(self, node) -> None:
+        """Local response normalisation across channels: ONNX's LRN is PyTorch's LocalResponseNorm (the language's
+        lrn) for an odd size; for an even one the two put the window's extra channel on opposite sides."""
+        attrs = self.attributes(node)
+        if "size" not in attrs:
+            self.refuse(node, "it has no size")
+        size = self.integer(node, attrs, "size", 1)
+        alpha, beta = self.real(node, attrs, "alpha", 1e-4), self.real(node, attrs, "beta", 0.75)
+        bias = self.real(node, attrs, "bias", 1.0)
+        if len(self.shape) + self.unit_axes not in (2, 3) or len(self.shape) == 1:
+            self.refuse(node, f"it needs a (batch, C, L) or (batch, C, H, W) input; its input is {self._onnx_shape()}")
+        if size < 1 or size % 2 == 0:
+            self.refuse(node, f"size={size}: ONNX's LRN window for an even size reaches one channel further after "
+                              f"than before, PyTorch's LocalResponseNorm (the language's lrn) one further before; "
+                              f"cnnc imports odd sizes")
+        if alpha < 0 or bias <= 0:
+            self.refuse(node, f"alpha={alpha} must be at least 0 and bias={bias} positive (the language's lrn "
+                              f"alpha and k)")
+        args = {"size": str(size)}
+        if np.float32(alpha) != np.float32(1e-4):
+            args["alpha"] = _real(alpha)
+        if np.float32(beta) != np.float32(0.75):
+            args["beta"] = _real(beta)
+        if np.float32(bias) != np.float32(1.0):
+            args["k"] = _real(bias)
+        self.emit(node, "lrn", self.layer_name(node, None), args, self.shape)
+        self.tensors[node.output[0]].unit_axes = self.unit_axes  # (N, C, L, 1): across channels all the same
+
+    def _ConvTranspose(self, node) -> None:
+        """ConvTranspose -> conv_transpose1d/2d: weight (C, filters/groups, *kernel), PyTorch's layout. ONNX pads
+        crop the full output; padding (b, a) with b >= a is cnnc's padding=b with b - a more output_padding."""
+        attrs = self.attributes(node)
+        weight = self.matrix(node, 1, "weight", (3, 4))
+        bias = self.constant(node, 2, "bias")
+        dims = self._spatial_input(node, weight.ndim - 2)
+        group = self.integer(node, attrs, "group", 1)
+        channels, per_group = weight.shape[:2]
+        if group < 1 or self.shape[0] % group:
+            self.refuse(node, f"group={group} does not divide its {self.shape[0]} input channels")
+        if channels != self.shape[0]:
+            self.refuse(node, f"its weight {tuple(weight.shape)} expects {channels} input channels; the input has "
+                              f"{self.shape[0]}")
+        filters = per_group * group
+        kernel = self.ints(node, attrs, "kernel_shape", None, weight.shape[2:])
+        if kernel != list(weight.shape[2:]):
+            self.refuse(node, f"attribute kernel_shape={_shown(kernel)} does not match the weight's "
+                              f"{list(weight.shape[2:])}")
+        stride = self.ints(node, attrs, "strides", dims, [1] * dims, minimum=1)
+        dilation = self.ints(node, attrs, "dilations", dims, [1] * dims, minimum=1)
+        extra = self.ints(node, attrs, "output_padding", dims, [0] * dims, minimum=0)
+        full = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip(self.shape[1:], stride, dilation, kernel)]
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode("utf-8", "replace") if isinstance(auto_pad, bytes) else str(auto_pad)
+        if auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
+            self.refuse(node, f"attribute auto_pad={_shown(auto_pad)} is not an ONNX value cnnc knows")
+        if "output_shape" in attrs or auto_pad.startswith("SAME"):
+            # ONNX derives the pads: total = full + output_padding - output size, split by auto_pad
+            wanted = (self.ints(node, attrs, "output_shape", None, (), minimum=1) if "output_shape" in attrs
+                      else [n * s for n, s in zip(self.shape[1:], stride)])
+            wanted = wanted[-dims:]
+            if len(wanted) != dims:
+                self.refuse(node, f"attribute output_shape={_shown(attrs['output_shape'])} does not give the "
+                                  f"{dims} spatial sizes")
+            totals = [f + e - w for f, e, w in zip(full, extra, wanted)]
+            upper = auto_pad == "SAME_UPPER"  # ONNX: SAME_UPPER puts the smaller half first, otherwise the larger
+            before = [max(t, 0) // 2 if upper else max(t, 0) - max(t, 0) // 2 for t in totals]
+            after = [t - b for t, b in zip(totals, before)]  # negative: cells added at the end (output_padding)
+        elif auto_pad == "VALID":
+            before, after = [0] * dims, [0] * dims
+        else:
+            pads = self.ints(node, attrs, "pads", 2 * dims, [0] * (2 * dims), minimum=0)
+            before, after = pads[:dims], pads[dims:]
+        if any(b < a for b, a in zip(before, after)):
+            self.refuse(node, f"its padding (begin {before}, end {after}) crops more at the end than at the start "
+                              f"of an axis; cnnc's conv_transpose crops `padding` from both sides and can add "
+                              f"output_padding at the end, so it writes only begin >= end")
+        output_padding = [e + b - a for e, b, a in zip(extra, before, after)]
+        if any(o >= max(s, d) for o, s, d in zip(output_padding, stride, dilation)):
+            self.refuse(node, f"it needs output_padding {output_padding} (its own {extra} plus the begin-end "
+                              f"difference of its padding, begin {before}, end {after}), which must be smaller "
+                              f"than the stride {stride} or the dilation {dilation} in the language")
+        out = [f + o - 2 * b for f, o, b in zip(full, output_padding, before)]
+        if any(n < 1 for n in out):
+            self.refuse(node, f"its output would have size {out}: the padding crops everything")
+        args = {"filters": str(filters), "kernel": _window(kernel)}
+        if any(s != 1 for s in stride):
+            args["stride"] = _window(stride)
+        if any(before):
+            args["padding"] = _window(before)
+        if any(output_padding):
+            args["output_padding"] = _window(output_padding)
+        if any(d != 1 for d in dilation):
+            args["dilation"] = _window(dilation)
+        if group != 1:
+            args["groups"] = str(group)
+        weights = {"weight": weight}
+        if bias is None:
+            args["bias"] = "false"
+        else:
+            weights["bias"] = bias.reshape(-1)
+            if weights["bias"].shape != (filters,) or bias.dtype.kind not in "iuf":
+                self.refuse(node, f"its bias is a {bias.dtype.name} array of shape {tuple(bias.shape)}; expected "
+                                  f"({filters},) numbers")
+        self.emit(node, f"conv_transpose{dims}d", self.layer_name(node, "deconv"), args, (filters, *out), weights)
 
     def _into_batch_norm(self, node, norm: Statement, value: np.ndarray, full, role: str, verb: str) -> None:
         """Batch norm followed by a per-channel scale or shift: folded into its weight and bias (exact)."""
@@ -1013,21 +1215,20 @@ class Importer:
         alpha = self.real(node, self.attributes(node), "alpha", 0.01)
         self._activation(node, "leaky_relu", {} if np.float32(alpha) == np.float32(0.01) else {"slope": _real(alpha)})
 
-    def _Softmax(self, node) -> None:
+    def _Softmax(self, node, kind: str = "softmax") -> None:
         axis = self.integer(node, self.attributes(node), "axis", -1 if self.opset >= 13 else 1)
         if self.unit_axes:  # over (N, C, 1, 1) after global pooling: axis 1 is the same as over C
             rank = 1 + len(self.shape) + self.unit_axes
             if axis not in (1, 1 - rank):
-                self.refuse(node, f"Softmax(axis={axis}) of {self._onnx_shape()} is not over the channels (axis 1)")
+                self.refuse(node, f"{node.op_type}(axis={axis}) of {self._onnx_shape()} is not over the channels "
+                                  f"(axis 1)")
             axis = 1
         if axis not in (1, -1):
-            self.refuse(node, f"Softmax(axis={axis}) is not over the class scores of a (batch, K) tensor")
-        self._activation(node, "softmax", {})
+            self.refuse(node, f"{node.op_type}(axis={axis}) is not over the class scores of a (batch, K) tensor")
+        self._activation(node, kind, {})
 
     def _LogSoftmax(self, node) -> None:
-        self.refuse(node, "the language has no log_softmax layer yet; a model trained with log_softmax and nll_loss "
-                          "gives the same predictions from its raw scores: export it without the LogSoftmax (its "
-                          "cross_entropy is cnnc's `loss cross_entropy`)")
+        self._Softmax(node, "log_softmax")
 
     def _Dropout(self, node) -> None:
         attrs = self.attributes(node)

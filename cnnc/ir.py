@@ -9,9 +9,9 @@ Shapes are per sample; the batch dimension N is implicit everywhere:
 A network is a graph whose layers are listed in topological order (the statement order, with block
 instances expanded in place): every layer names the tensors it reads in `Layer.inputs`, each the name
 of an earlier layer or the network's input. In a chain every layer reads the one before it
-(`Network.is_chain`); code that only runs chains (the standalone C and ONNX exports) reads
-`in_shape`/`out_shape` in order, as before, and refuses anything else with `chain_only_refusal`. Both
-backends (NumPy and C) run graphs.
+(`Network.is_chain`). Both backends (NumPy and C) and the ONNX and standalone C exports run graphs;
+`chain_only_refusal` says why a network is not a plain chain of the original layer kinds (tests use it
+to tell the classic chain models from the rest).
 """
 from __future__ import annotations
 
@@ -216,33 +216,9 @@ class Network:
         raise KeyError(name)
 
 
-# The layer kinds of issue 15's language additions that only the NumPy backend runs so far.
-NUMPY_ONLY_KINDS = CONV_TRANSPOSE_KINDS + ("global_maxpool", "lrn", "channel_shuffle", "elu", "selu", "hardsigmoid",
-                                           "log_softmax")
-
-
-def numpy_only_refusal(network: Network, what: str = "the C backend") -> str | None:
-    """Why `what` (the C backend, the ONNX export) cannot run `network` yet, or None: they run graphs of every
-    kind but NUMPY_ONLY_KINDS,
-    pooling with ceil=true or count_pad=false, and loss nll."""
-    if network.loss not in (None, "cross_entropy", "mse"):
-        return f"{what} does not support loss {network.loss} yet; the NumPy backend runs it"
-    for layer in network.layers:
-        if layer.kind in NUMPY_ONLY_KINDS:
-            return f"{what} does not support '{layer.kind}' (layer '{layer.name}') yet; the NumPy backend runs it"
-        if layer.activation in NUMPY_ONLY_KINDS:
-            return (f"{what} does not support activation={layer.activation} (layer '{layer.name}') yet; "
-                    "the NumPy backend runs it")
-        if layer.ceil or not layer.count_pad:
-            option = "ceil=true" if layer.ceil else "count_pad=false"
-            return (f"{what} does not support pooling with {option} (layer '{layer.name}') yet; "
-                    "the NumPy backend runs it")
-    return None
-
-
 def chain_only_refusal(network: Network, what: str) -> str | None:
-    """Why `what` (e.g. "the C backend") cannot run `network` yet, or None: the chain-only consumers run
-    chains of CHAIN_KINDS (with ungrouped convolutions, pooling without ceil or count_pad=false) and nothing else."""
+    """Why `network` is not a plain chain of CHAIN_KINDS (ungrouped convolutions, pooling without ceil or
+    count_pad=false), phrased as what `what` cannot run, or None when it is one."""
     if network.loss not in (None, "cross_entropy", "mse"):
         return f"{what} does not support loss {network.loss} yet; the NumPy backend runs it"
     for layer in network.layers:

@@ -15,7 +15,6 @@ from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
 from cnnc.diagnostics import CnncError
 from cnnc.frontend import networks_from_file
-from cnnc.ir import chain_only_refusal
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -48,7 +47,35 @@ model kitchen1d {
     global_avgpool
     softmax
 }
+model newkinds2d {
+    input x[4, 12, 11]
+    conv2d a(filters=6, kernel=3, stride=2, padding=((0, 1), (1, 1)), activation=elu)
+    lrn(size=3, alpha=0.001, beta=0.6, k=2.0)
+    channel_shuffle(groups=3)
+    maxpool2d(size=3, stride=2, ceil=true)
+    conv_transpose2d t(filters=4, kernel=3, stride=2, padding=1, output_padding=1, groups=2, activation=selu)
+    avgpool2d(size=3, stride=2, padding=1, count_pad=false, ceil=true)
+    hardsigmoid
+    global_maxpool
+    dense d(units=5, activation=log_softmax)
+}
+model newkinds1d {
+    input s[3, 20]
+    conv_transpose1d t(filters=4, kernel=4, stride=2, padding=1, dilation=2, activation=hardsigmoid)
+    selu
+    avgpool1d(size=4, stride=3, padding=(2, 1), count_pad=false)
+    elu
+    maxpool1d(size=3, padding=(1, 0), ceil=true)
+    lrn(size=5)
+    global_avgpool
+    dense d(units=3)
+    log_softmax
+    loss nll
+}
 """
+# issue 15's kinds, each in the specs above: exported and imported back as themselves
+NEW_KINDS = {"conv_transpose1d", "conv_transpose2d", "lrn", "channel_shuffle", "global_maxpool", "elu", "selu",
+             "hardsigmoid", "log_softmax"}
 
 
 def rel_err(a, b) -> float:
@@ -64,8 +91,7 @@ def run_onnx(path, x: np.ndarray) -> np.ndarray:
 def all_models(tmp_path_factory) -> list[tuple[Path, str]]:
     extra = tmp_path_factory.getbasetemp() / "onnx_extra.cnn"
     extra.write_text(EXTRA_SPECS)
-    return [(path, net.name) for path in sorted(SPECS.glob("*.cnn")) + [extra] for net in networks_from_file(path)
-            if chain_only_refusal(net, "") is None]  # graphs are refused: tests/test_every_spec.py
+    return [(path, net.name) for path in sorted(SPECS.glob("*.cnn")) + [extra] for net in networks_from_file(path)]
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +99,19 @@ def models(tmp_path_factory):
     return all_models(tmp_path_factory)
 
 
+def layer_kinds(network) -> set[str]:
+    """The kinds and activations (a standalone activation after a dense layer imports as its activation=)."""
+    return {layer.kind for layer in network.layers} | {layer.activation for layer in network.layers} - {None}
+
+
+def window_geometry(network) -> list[tuple]:
+    return [(layer.kind, layer.kernel, layer.stride, layer.dilation, layer.pad_before, layer.pad_after, layer.ceil,
+             layer.count_pad, layer.output_padding, layer.groups) for layer in network.layers if layer.kernel]
+
+
 def test_every_spec_round_trips_through_onnx(models, tmp_path, capsys):
     """export (CLI) -> checker -> onnxruntime at two batch sizes -> import (CLI) -> cnnc check -> same outputs."""
-    failures = []
+    failures, seen = [], set()
     for seed, (path, name) in enumerate(models):
         m = cnnc.load(path, model=name, seed=seed)
         rng = np.random.default_rng(seed)
@@ -100,13 +136,20 @@ def test_every_spec_round_trips_through_onnx(models, tmp_path, capsys):
         assert main(["check", str(cnn_path)]) == 0
         back = cnnc.load(cnn_path)
         back.load_weights(tmp_path / f"{name}_imported.npz")
-        assert back.name == name and sorted(back.params) == sorted(m.params)
+        # a block instance's layer s1.c1 exports as s1_c1 (ONNX names), and imports back so
+        flat_names = sorted(key.rsplit(".", 1)[0].replace(".", "_") + "." + key.rsplit(".", 1)[1] for key in m.params)
+        assert back.name == name and sorted(back.params) == flat_names
         x = rng.standard_normal((3, *m.input_shape)).astype(np.float32)
         if back.output_shape != m.output_shape or rel_err(back.forward(x), m.forward(x)) > 1e-6:
             failures.append(f"{name}: the imported model computes something else")
+        kinds, geometry = layer_kinds(m.network), window_geometry(m.network)
+        if layer_kinds(back.network) != kinds or window_geometry(back.network) != geometry:
+            failures.append(f"{name}: the imported model has other layers or windows")
+        seen |= kinds
     capsys.readouterr()
     assert not failures, "\n".join(failures)
-    assert len(models) == 10
+    assert len(models) == 15 and NEW_KINDS <= seen
+    assert any(layer.ceil for path, name in models for layer in cnnc.load(path, model=name).network.layers)
 
 
 def test_imported_file_is_readable_cnn(tmp_path):
@@ -207,24 +250,34 @@ def conv_then(node, extra_inits=None, out_shape=(2, 4, 4)):
 
 @pytest.mark.parametrize("model, phrase", [
     (conv_then(helper.make_node("LogSoftmax", ["c"], ["y"], name="logp", axis=1)),
-     "node 'logp' (LogSoftmax): the language has no log_softmax layer yet"),
+     "node 'logp' (LogSoftmax): log_softmax normalises flat class scores; its input is (N, 2, 4, 4)"),
     (conv_then(helper.make_node("Add", ["c", "k"], ["y"], name="shift"), {"k": np.ones((4, 1), np.float32)}),
      "node 'shift' (Add): the added constant has shape (4, 1)"),
-    (conv_then(helper.make_node("Conv", ["c", "w2"], ["y"], name="lopsided", pads=[0, 0, 1, 1]),
-               {"w2": np.ones((2, 2, 3, 3), np.float32)}, (2, 3, 3)),
-     "node 'lopsided' (Conv): its padding (begin [0, 0], end [1, 1])"),
-    (conv_then(helper.make_node("AveragePool", ["c"], ["y"], name="avg", kernel_shape=[3, 3], pads=[1, 1, 1, 1])),
-     "count_include_pad=0"),
+    (conv_then(helper.make_node("ConvTranspose", ["c", "w2"], ["y"], name="up", pads=[0, 0, 1, 1]),
+               {"w2": np.ones((2, 2, 3, 3), np.float32)}, (2, 5, 5)),
+     "node 'up' (ConvTranspose): its padding (begin [0, 0], end [1, 1]) crops more at the end than at the start"),
+    (conv_then(helper.make_node("ConvTranspose", ["c", "w2"], ["y"], name="up2", strides=[2, 2],
+                                output_padding=[1, 1], pads=[2, 2, 0, 0]),
+               {"w2": np.ones((2, 2, 3, 3), np.float32)}, (2, 8, 8)),
+     "node 'up2' (ConvTranspose): it needs output_padding [3, 3]"),
+    (conv_then(helper.make_node("Transpose", ["c"], ["y"], name="nhwc", perm=[0, 2, 3, 1]), out_shape=(4, 4, 2)),
+     "node 'nhwc' (Transpose): it transposes (N, 2, 4, 4); cnnc layers keep the (N, C, H, W) layout"),
+    (conv_then(helper.make_node("Elu", ["c"], ["y"], name="elu2", alpha=2.0)),
+     "node 'elu2' (Elu): Elu(alpha=2.0): the language's elu has alpha 1"),
+    (conv_then(helper.make_node("LRN", ["c"], ["y"], name="even", size=2)),
+     "node 'even' (LRN): size=2: ONNX's LRN window for an even size"),
     (conv_then(helper.make_node("Conv", ["c", "w2"], ["y"], name="grouped", group=2),
                {"w2": np.ones((2, 2, 1, 1), np.float32)}), "expects 4 input channels (2 per group, group=2)"),
-    (conv_then(helper.make_node("HardSigmoid", ["c"], ["y"], name="hs")), "node 'hs' (HardSigmoid): cnnc has no "
-                                                                          "hardsigmoid layer"),
+    (conv_then(helper.make_node("HardSigmoid", ["c"], ["y"], name="hs")),
+     "node 'hs' (HardSigmoid): HardSigmoid(alpha=0.2, beta=0.5) is not PyTorch's hardsigmoid"),
     (conv_then(helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="clip"),
                {"lo": np.array(-1, np.float32), "hi": np.array(1, np.float32)}), "it clips to [-1.0, 1.0]"),
     (conv_then(helper.make_node("Mul", ["c", "c"], ["y"], name="square")),
      "node 'square' (Mul): cnnc imports Mul only"),
-    (conv_then(helper.make_node("LRN", ["c"], ["y"], name="norm", size=3)),
-     "node 'norm' (LRN): the operator LRN is not supported by cnnc import"),
+    (conv_then(helper.make_node("Reshape", ["c", "s"], ["y"], name="bad_shuffle"),
+               {"s": np.array([1, 2, 1, 4, 4], np.int64)}, (2, 1, 4, 4)),
+     "node 'bad_shuffle' (Reshape): it reshapes (N, 2, 4, 4) to [1, 2, 1, 4, 4]; cnnc imports a reshape to 5 axes "
+     "only as the start of a channel shuffle"),
 ])
 def test_unsupported_graphs_are_refused_naming_node_and_operator(model, phrase, tmp_path, capsys):
     onnx.save(model, str(tmp_path / "bad.onnx"))
@@ -322,13 +375,71 @@ def test_the_import_is_checked_against_onnxruntime_before_anything_is_written(tm
     assert (tmp_path / "l.cnn").exists()
 
 
-def test_a_same_upper_max_pool_refusal_says_where_the_padding_comes_from(tmp_path, capsys):
-    """The padding is auto_pad's, computed for this input size: the refusal says so, instead of quoting it back
-    as if the file had written it."""
-    nodes = [helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
-                              auto_pad="SAME_UPPER")]
-    onnx.save(make_graph(nodes, {}, (1, 8, 8), (1, 4, 4)), str(tmp_path / "su.onnx"))
-    assert main(["import", str(tmp_path / "su.onnx"), "-o", str(tmp_path / "su.cnn")]) == 1
-    err = capsys.readouterr().err
-    assert ("node 'pool' (MaxPool): auto_pad=SAME_UPPER pads the input [8, 8] by begin [0, 0], end [1, 1] at stride 2, "
-            "which differs between the two sides of an axis; cnnc's pooling pads both sides alike") in err
+@pytest.mark.parametrize("name, node, out_shape, written", [
+    ("same_upper_pool", helper.make_node("MaxPool", ["c"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                                         auto_pad="SAME_UPPER"), (2, 2, 2), "padding=((0, 1), (0, 1))"),
+    ("lopsided_conv", helper.make_node("Conv", ["c", "w2"], ["y"], name="lopsided", pads=[0, 2, 1, 1]),
+     (2, 3, 5), "padding=((0, 1), (2, 1))"),
+    ("avg_without_pad", helper.make_node("AveragePool", ["c"], ["y"], name="avg", kernel_shape=[3, 3],
+                                         pads=[1, 1, 1, 1]), (2, 4, 4), "count_pad=false"),
+    ("ceil_pool", helper.make_node("AveragePool", ["c"], ["y"], name="avg", kernel_shape=[3, 3], strides=[2, 2],
+                                   ceil_mode=1), (2, 2, 2), "ceil=true"),
+    ("lrn", helper.make_node("LRN", ["c"], ["y"], name="norm", size=3, alpha=0.02, beta=0.5, bias=2.0), (2, 4, 4),
+     "lrn norm(size=3, alpha=0.02, beta=0.5, k=2.0)"),
+    ("deconv", helper.make_node("ConvTranspose", ["c", "w2"], ["y"], name="up", strides=[2, 2], pads=[1, 1, 0, 0]),
+     (2, 8, 8), "conv_transpose2d up(filters=2, kernel=3, stride=2, padding=1, output_padding=1, bias=false)"),
+    ("deconv_output_shape", helper.make_node("ConvTranspose", ["c", "w2"], ["y"], name="up", strides=[2, 2],
+                                             output_shape=[8, 8]), (2, 8, 8), "output_padding=1"),
+    ("selu", helper.make_node("Selu", ["c"], ["y"], name="s"), (2, 4, 4), "activation=selu"),
+])
+def test_formerly_refused_nodes_import_and_agree_with_onnxruntime(name, node, out_shape, written, tmp_path):
+    """Asymmetric padding (auto_pad SAME at a stride, explicit), count_include_pad=0, ceil_mode, LRN, ConvTranspose
+    (pads begin > end, output_shape) and the new activations, each after a convolution."""
+    model = conv_then(node, {"w2": np.random.default_rng(5).standard_normal((2, 2, 3, 3)).astype(np.float32)},
+                      out_shape)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(tmp_path / f"{name}.onnx"))
+    network, weights = import_onnx(tmp_path / f"{name}.onnx", tmp_path / f"{name}.cnn")
+    assert written in (tmp_path / f"{name}.cnn").read_text()
+    m = NumpyModel(network)
+    m.load_weights(weights)
+    x = np.random.default_rng(6).standard_normal((3, 1, 4, 4)).astype(np.float32)
+    want = run_onnx(tmp_path / f"{name}.onnx", x)
+    assert m.forward(x).shape == want.shape and rel_err(m.forward(x), want) < 1e-5
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_an_even_size_lrn_exports_as_its_formula(size, tmp_path, capsys):
+    """ONNX's LRN window for an even size is one channel off PyTorch's (the language's): the export writes the
+    formula instead, which onnxruntime computes as cnnc does; the import refuses the formula's Mul of two tensors."""
+    spec = tmp_path / "even.cnn"
+    spec.write_text(f"model even {{\n    input x[5, 3, 4]\n    conv2d c(filters=6, kernel=1)\n    lrn(size={size}, "
+                    f"alpha=0.5, beta=0.8, k=1.5)\n}}\n")
+    m = cnnc.load(spec, seed=1)
+    export_onnx(m, tmp_path / "even.onnx")
+    assert "LRN" not in {node.op_type for node in onnx.load(str(tmp_path / "even.onnx")).graph.node}
+    x = np.random.default_rng(2).standard_normal((3, 5, 3, 4)).astype(np.float32) * 2
+    assert rel_err(run_onnx(tmp_path / "even.onnx", x), m.forward(x)) < 1e-5
+    with pytest.raises(CnncError, match=r"\(Mul\): cnnc imports Mul only"):
+        import_onnx(tmp_path / "even.onnx", tmp_path / "even_back.cnn")
+
+
+@pytest.mark.parametrize("opset", [13, 15])
+def test_the_new_kinds_export_at_older_opsets(opset, tmp_path_factory, tmp_path):
+    """The specs using issue 15's kinds at opsets 13 and 15 too: checked, run in onnxruntime, imported back."""
+    from cnnc.export_onnx import build_onnx
+
+    extra = tmp_path_factory.getbasetemp() / "onnx_new_kinds.cnn"
+    extra.write_text(EXTRA_SPECS)
+    for name in ("newkinds2d", "newkinds1d"):
+        m = cnnc.load(extra, model=name, seed=opset)
+        proto = build_onnx(m.network, m.params, opset=opset)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp_path / f"{name}.onnx"))
+        x = np.random.default_rng(opset).standard_normal((2, *m.input_shape)).astype(np.float32)
+        assert rel_err(run_onnx(tmp_path / f"{name}.onnx", x), m.forward(x)) < 1e-5
+        network, weights = import_onnx(tmp_path / f"{name}.onnx", tmp_path / f"{name}.cnn")
+        assert window_geometry(network) == window_geometry(m.network)
+        back = NumpyModel(network)
+        back.load_weights(weights)
+        assert rel_err(back.forward(x), m.forward(x)) < 1e-5

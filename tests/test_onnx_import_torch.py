@@ -207,6 +207,45 @@ class LinearBatchNorm(nn.Module):
         return self.net(x)
 
 
+class Autoencoder(nn.Module):
+    """A convolutional autoencoder: strided convolutions down, ConvTranspose2d up (output_padding, a grouped
+    and dilated one, one without bias), elu/selu/hardsigmoid activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc1 = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.enc2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.dec1 = nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1)
+        self.dec2 = nn.ConvTranspose2d(8, 4, (3, 2), stride=(1, 2), padding=(2, 0), dilation=(2, 1), groups=2)
+        self.dec3 = nn.ConvTranspose2d(4, 1, 3, stride=2, padding=1, output_padding=1, bias=False)
+
+    def forward(self, x):
+        y = F.elu(self.enc2(F.relu(self.enc1(x))))  # (16, 4, 4)
+        y = F.selu(self.dec1(y))                    # (8, 8, 8)
+        y = self.dec2(y)                            # (4, 8, 16)
+        return F.hardsigmoid(self.dec3(y))          # (1, 16, 32)
+
+
+class CeilPooling(nn.Module):
+    """Pooling whose ceil_mode changes the output size, average pooling without the padding in its divisor,
+    asymmetric ZeroPad2d before a strided convolution (TensorFlow's SAME), and global max pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))  # left, right, top, bottom
+        self.conv = nn.Conv2d(3, 6, 3, stride=2)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        y = F.relu(self.conv(self.pad(x)))                                    # (6, 7, 7)
+        y = F.max_pool2d(y, 2, 2, ceil_mode=True)                             # (6, 4, 4)
+        y = F.avg_pool2d(y, 3, 2, padding=1, ceil_mode=True, count_include_pad=False)  # (6, 3, 3)
+        n, c, h, w = y.size()  # ShuffleNet's channel shuffle (nn.ChannelShuffle does not export)
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+        y = F.adaptive_max_pool2d(y, 1)                                       # GlobalMaxPool: (6, 1, 1)
+        return self.fc(torch.flatten(y, 1))
+
+
 # ---- the tests -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("keep_batch_norm", [False, True], ids=["bn-folded", "bn-kept"])
 @pytest.mark.parametrize("opset", OPSETS)
@@ -243,18 +282,42 @@ def test_inception_block(tmp_path, opset):
 
 
 @pytest.mark.parametrize("opset", OPSETS)
-def test_pytorch_examples_mnist(tmp_path, opset, capsys):
-    """Its last node, LogSoftmax, is outside the language: refused naming the node; the same network without
-    it (the raw scores its nll_loss training saw through log_softmax) imports and matches."""
+def test_pytorch_examples_mnist(tmp_path, opset):
+    """pytorch/examples' MNIST network ends with LogSoftmax: the last dense layer's activation=log_softmax."""
     torch.manual_seed(3)
-    export(ExamplesMnist().eval(), (1, 28, 28), tmp_path / "mnist.onnx", opset)
-    with pytest.raises(CnncError, match=r"node '/LogSoftmax' \(LogSoftmax\): the language has no log_softmax"):
-        import_onnx(tmp_path / "mnist.onnx", tmp_path / "mnist.cnn")
-    assert not (tmp_path / "mnist.cnn").exists()
-    network, _, _ = import_and_compare(ExamplesMnist(log_softmax=False).eval(), (1, 28, 28), tmp_path,
-                                       "mnist_logits", opset)
+    network, _, text = import_and_compare(ExamplesMnist().eval(), (1, 28, 28), tmp_path, "mnist", opset)
     # the exporter's eval mode drops the Dropout nodes
     assert [layer.kind for layer in network.layers] == ["conv2d", "conv2d", "maxpool2d", "flatten", "dense", "dense"]
+    assert network.layers[-1].activation == "log_softmax"
+    # with `loss nll` (PyTorch's nll_loss after log_softmax) the imported spec trains as the original did
+    with_loss = text.replace("\n}", "\n    loss nll\n}")
+    (tmp_path / "mnist_nll.cnn").write_text(with_loss)
+    assert main(["check", str(tmp_path / "mnist_nll.cnn")]) == 0
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_conv_transpose_autoencoder(tmp_path, opset):
+    torch.manual_seed(7)
+    network, proto, _ = import_and_compare(Autoencoder().eval(), (1, 16, 16), tmp_path, "autoencoder", opset)
+    assert [node.op_type for node in proto.graph.node].count("ConvTranspose") == 3
+    transposed = [layer for layer in network.layers if layer.kind == "conv_transpose2d"]
+    assert [layer.out_shape for layer in transposed] == [(8, 8, 8), (4, 8, 16), (1, 16, 32)]
+    assert transposed[1].groups == 2 and transposed[1].dilation == (2, 1) and not transposed[2].bias
+    assert network.layers[-1].activation == "hardsigmoid"
+    assert {"elu", "selu"} <= {layer.activation or layer.kind for layer in network.layers}
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_ceil_mode_pooling_asymmetric_zero_pad_channel_shuffle_and_global_max_pool(tmp_path, opset):
+    torch.manual_seed(8)
+    network, proto, _ = import_and_compare(CeilPooling().eval(), (3, 14, 14), tmp_path, "ceil", opset)
+    layers = {layer.kind: layer for layer in network.layers}
+    assert layers["conv2d"].pad_before == (0, 0) and layers["conv2d"].pad_after == (1, 1)
+    assert layers["maxpool2d"].ceil and layers["maxpool2d"].out_shape == (6, 4, 4)
+    assert layers["avgpool2d"].ceil and not layers["avgpool2d"].count_pad
+    assert layers["avgpool2d"].out_shape == (6, 3, 3)
+    assert layers["channel_shuffle"].groups == 2
+    assert "global_maxpool" in layers
 
 
 @pytest.mark.parametrize("opset", OPSETS)

@@ -162,8 +162,16 @@ ATTRIBUTES = {
     "Dropout": ["ratio", "seed"],
     "Flatten": ["axis"],
     "Reshape": ["allowzero"],
+    "ConvTranspose": ["strides", "dilations", "pads", "kernel_shape", "group", "auto_pad", "output_padding",
+                      "output_shape"],
+    "LRN": ["size", "alpha", "beta", "bias"],
+    "Elu": ["alpha"],
+    "Selu": ["alpha", "gamma"],
+    "HardSigmoid": ["alpha", "beta"],
+    "LogSoftmax": ["axis"],
+    "Transpose": ["perm"],
 }
-SPATIAL = ("Conv", "MaxPool", "AveragePool")
+SPATIAL = ("Conv", "MaxPool", "AveragePool", "ConvTranspose", "LRN", "Transpose")
 
 
 def constants():
@@ -181,7 +189,7 @@ def crafted_graphs(draw):
     attrs = {k: v for k, v in attrs.items() if not (isinstance(v, list) and not v)}  # helper cannot type []
     in_shape = (1, 6, 6) if op in SPATIAL else (2, 3, 2) if op in ("Flatten", "Reshape") else (4,)
     default = {"Conv": np.ones((2, 1, 3, 3), F32), "Gemm": np.ones((4, 3), F32), "Dropout": np.array(0.5, F32),
-               "Reshape": np.array([0, -1], np.int64)}.get(op)
+               "Reshape": np.array([0, -1], np.int64), "ConvTranspose": np.ones((1, 2, 3, 3), F32)}.get(op)
     inputs, inits = ["x"], {}
     if default is not None and op not in ("MaxPool", "AveragePool"):
         value = draw(st.one_of(st.just(default), constants()))
@@ -190,6 +198,8 @@ def crafted_graphs(draw):
             inits["k"] = value
     if op == "MaxPool" and "kernel_shape" not in attrs:
         attrs["kernel_shape"] = [2, 2]
+    if op == "LRN" and "size" not in attrs:
+        attrs["size"] = 3
     node = helper.make_node(op, inputs, ["y"], name="n1", **attrs)
     return op, graph([node], inits, in_shape, opset=draw(st.sampled_from([9, 17])))
 

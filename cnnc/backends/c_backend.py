@@ -93,9 +93,8 @@ class CModule:
 
 
 def refuse_unsupported(networks: list[Network]) -> None:
-    """The C backend runs graphs of every layer kind, issue 15's additions included (`numpy_only_refusal`, which
-    the ONNX export still applies, no longer concerns it); what is left to refuse is a loss it has no kernel for.
-    An empty network is refused by check_safe."""
+    """The C backend runs graphs of every layer kind, issue 15's additions included; what is left to refuse is
+    a loss it has no kernel for. An empty network is refused by check_safe."""
     for network in networks:
         if network.loss not in (None, *C_LOSSES):
             raise CnncError(f"the C backend does not support loss {network.loss} yet; the NumPy backend runs it")
