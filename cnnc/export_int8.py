@@ -128,7 +128,7 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
         arrays.append(_array(f"{name}_multiplier", "int32_t", q.multiplier, f"{label}: requantisation multipliers",
                              q.multiplier.shape))
         arrays.append(_array(f"{name}_shift", "int32_t", q.shift, f"{label}: requantisation shifts", q.shift.shape))
-        struct, geometry = ("Int8Conv2d", conv_geometry(layer)) if q.op == "conv" else ("Int8Dense", dense_geometry(layer))
+        struct, geometry = ("Conv2d", conv_geometry(layer)) if q.op == "conv" else ("Dense", dense_geometry(layer))
         if layer.groups != 1:  # one group's geometry: C/G channels, F/G filters
             geometry = [(field, value // layer.groups if field in ("C", "F") else value) for field, value in geometry]
         geometries.append({"struct": struct, "ident": name, "fields": c_initializer(geometry)})
@@ -143,10 +143,10 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
         return (f"int8_{'conv2d' if q.op == 'conv' else 'dense'}_forward({out}, {inp}, {name}_weight, {bias}, "
                 f"{name}_multiplier, {name}_shift, {name}, {name}_requant);")
     if q.op == "global_avgpool":
-        geometries.append({"struct": "Int8GlobalAvgPool", "ident": name,
+        geometries.append({"struct": "GlobalAvgPool", "ident": name,
                            "fields": c_initializer(global_avgpool_geometry(layer))})
         return f"int8_global_avgpool_forward({out}, {inp}, {name}, {int(q.inp.zero_point)});"
-    geometries.append({"struct": "Int8Pool2d", "ident": name, "fields": c_initializer(pool_geometry(layer))})
+    geometries.append({"struct": "Pool2d", "ident": name, "fields": c_initializer(pool_geometry(layer))})
     if q.op == "maxpool":
         return f"int8_maxpool2d_forward({out}, {inp}, {name});"
     return f"int8_avgpool2d_forward({out}, {inp}, {name}, {int(q.inp.zero_point)});"

@@ -19,12 +19,6 @@
 #include "dense.h"
 #include "pool.h"
 
-// The names the int8 export's glue declares its sizes with: the float kernels' structs, not copies of them.
-typedef Conv2d Int8Conv2d;
-typedef Pool2d Int8Pool2d;
-typedef Dense Int8Dense;
-typedef GlobalAvgPool Int8GlobalAvgPool;
-
 // The encodings around a conv or dense layer: the input's zero point, the output's, and the clamp of the
 // output (act_min = the output zero point when a relu is fused: real 0).
 typedef struct {

@@ -59,7 +59,7 @@ CNNC_KERNEL void int8_concat_forward(int8_t* restrict out, const int8_t* restric
 CNNC_KERNEL void int8_conv2d_grouped_forward(int8_t* restrict out, const int8_t* restrict inp,
                                              const int8_t* restrict weight, const int32_t* restrict bias,
                                              const int32_t* restrict multiplier, const int32_t* restrict shift,
-                                             Int8Conv2d g, int G, Int8Requant q)
+                                             Conv2d g, int G, Int8Requant q)
 {
     for (int k = 0; k < G; k++) {
         int8_conv2d_forward(out + k * g.F * g.OH * g.OW, inp + k * g.C * g.H * g.W, weight + k * g.F * g.C * g.KH * g.KW,
