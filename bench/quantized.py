@@ -1,6 +1,6 @@
 """float32 vs int8 standalone C export: accuracy, flash, RAM and the exported program's time per image.
 
-    python bench/quantized.py                           # LeNet-5 on MNIST-5k and on Fashion-MNIST
+    python bench/quantized.py                           # LeNet-5 on MNIST-5k and on Fashion-MNIST, ResNet-8 on Fashion
     python bench/quantized.py --tasks mnist-5k --epochs 3
 
 For each task: `cnnc train` (C backend, default settings but the epochs), then in this process
@@ -42,6 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 TASKS = {
     "mnist-5k": {"spec": "specs/lenet5.cnn", "data": "mnist-5k", "epochs": 20, "label": "LeNet-5, MNIST-5k"},
     "fashion": {"spec": "specs/lenet5.cnn", "data": "fashion-mnist", "epochs": 5, "label": "LeNet-5, Fashion-MNIST"},
+    # a graph: projection shortcuts (int8 add rescales both operands), batch norm folded before quantising
+    "resnet8-fashion": {"spec": "specs/resnet8.cnn", "data": "fashion-mnist", "epochs": 5,
+                        "label": "ResNet-8, Fashion-MNIST"},
 }
 TIMED_IMAGES = 1000
 
