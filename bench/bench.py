@@ -43,6 +43,8 @@ MODELS = {  # key -> (spec relative to the repository, model name in the file)
     "lenet5": ("specs/lenet5.cnn", None),
     "mnist_cnn": ("specs/mnist_pair.cnn", "mnist_cnn"),
     "vgg_small": ("specs/vgg_small.cnn", None),
+    "resnet8": ("specs/resnet8.cnn", None),
+    "mobilenet_small": ("specs/mobilenet_small.cnn", None),
 }
 BACKENDS = ("c", "numpy", "torch")
 # glibc: serve blocks up to 1 GiB from the heap instead of fresh mmaps, and never give freed heap memory
@@ -65,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python bench/bench.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS),
-                   help=f"comma-separated: {', '.join(MODELS)}, or PATH.cnn[:MODEL] (default: all three)")
+                   help=f"comma-separated: {', '.join(MODELS)}, or PATH.cnn[:MODEL] (default: all)")
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of c,numpy,torch")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p.add_argument("--repeats", type=int, help="timed samples per measurement (default 30, 5 with --quick)")

@@ -99,10 +99,13 @@ class Target:
 
 
 SMALL = ("lenet5", "mnist_cnn")
+GRAPHS = ("resnet8", "mobilenet_small")  # issue 14's residual and depthwise-separable examples
 TARGETS = (
     Target("train_ratio", SMALL, ">=", 2.0, "training img/s (batch 64, 1 thread) >= 2x PyTorch"),
     Target("latency_ratio", SMALL, "<=", 0.2, "inference latency (batch 1, 1 thread) <= 1/5 of PyTorch"),
     Target("train_ratio", ("vgg_small",), ">=", 0.8, "training img/s (batch 64, 1 thread) >= 0.8x PyTorch"),
+    Target("train_ratio", GRAPHS, ">=", 1.5, "training img/s (batch 64, 1 thread) >= 1.5x PyTorch"),
+    Target("latency_ratio", GRAPHS, "<=", 0.3, "inference latency (batch 1, 1 thread) <= 0.3x PyTorch"),
     Target("train_scaling_vs_torch", (), ">=", 1.0, "2-thread speed-up of training (batch 64) >= PyTorch's"),
     Target("infer_scaling_vs_torch", (), ">=", 1.0, "2-thread speed-up of inference (batch 64) >= PyTorch's"),
     Target("cold_compile_s", ("lenet5",), "<=", 3.0, "cold `cnnc compile` (empty cache) < 3 s"),

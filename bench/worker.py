@@ -102,11 +102,14 @@ def thread_report() -> dict:
 
 
 def initial_params(network, seed: int) -> dict[str, np.ndarray]:
-    """The parameters cnnc.load(seed=seed) starts from, computed without any backend (so PyTorch gets them too)."""
+    """The parameters cnnc.load(seed=seed) starts from, computed without any backend (so PyTorch gets them too),
+    and the running statistics of batch norm layers at their initial values (mean 0, variance 1)."""
     from cnnc.model import initial_value
 
     rng = np.random.default_rng(seed)
-    return {spec.name: initial_value(spec, rng).astype(np.float32) for spec in network.param_specs}
+    params = {spec.name: initial_value(spec, rng).astype(np.float32) for spec in network.param_specs}
+    buffers = {spec.name: np.full(spec.shape, spec.fill, np.float32) for spec in network.buffer_specs}
+    return {**params, **buffers}
 
 
 def inputs(network, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

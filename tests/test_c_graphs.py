@@ -37,6 +37,23 @@ EXTRA_MODELS = {
     "input_everywhere": "model input_everywhere { input x[2, 5, 5]; conv2d c(filters=2, kernel=3, padding=1); "
                         "batchnorm bn(from=x); add s(c, x, bn); concat k(x, s); conv2d dw(filters=4, kernel=3, "
                         "groups=4, activation=hardswish); global_avgpool; dense out(units=3) }",
+    # the depthwise kernel's padded planes: two filters per channel, dilation, padding wider than the kernel's
+    # reach on one side ("same" with an even kernel), strides that leave input rows and columns unread, 1-D
+    "depthwise_corners": "model depthwise_corners { input x[3, 9, 8]; conv2d m(filters=6, kernel=3, padding=2, "
+                         "dilation=2, groups=3); conv2d e(filters=6, kernel=(2, 4), padding=same, groups=6); "
+                         "conv2d s(filters=6, kernel=2, stride=(3, 2), groups=6, bias=false); batchnorm bn; "
+                         "conv2d w(filters=12, kernel=3, stride=2, padding=(0, 3), groups=6); flatten; dense out(units=2) }",
+    # add + relu in one pass: an operand read twice, the fused relu as the network's output; a three-operand
+    # add and an add read by a second layer stay unfused
+    "add_relu": "model add_relu { input v[6]; dense a(units=6); add s(a, v); relu r; add t(r, r); relu u; "
+                "add w(u, a, v); relu x; add y(x, a); relu z(from=y); dense d(units=6, from=y); add o(z, d); relu out }",
+    # batch norm + activation in one pass: relu6 and relu (fused, also as the output's producer), silu and a
+    # batch norm with two readers (not fused)
+    "bn_act": "model bn_act { input x[3, 5, 5]; conv2d c(filters=4, kernel=3, padding=1); batchnorm b1; relu6 r1; "
+              "batchnorm b2; silu s2; conv2d d(filters=4, kernel=1, bias=false); batchnorm b4; relu r4; "
+              "add a(r4, b4); batchnorm b3; relu out }",
+    "depthwise_1d": "model depthwise_1d { input x[4, 11]; conv1d d(filters=4, kernel=5, stride=2, padding=2, groups=4); "
+                    "conv1d g(filters=4, kernel=3, groups=2); flatten; dense out(units=2) }",
 }
 
 
@@ -182,6 +199,27 @@ def test_inference_folds_batch_norm_where_the_convolution_feeds_only_it(module):
     assert folded(module, "densenet") == set() and folded(module, "input_everywhere") == set()
     assert folded(module, "1d") == {"bn"}  # after a grouped conv1d
     assert folded(module, "flat") == set()  # after a dense layer: not folded
+
+
+def fused_add_relu(module, key: str) -> set[str]:
+    return {lp.layer.name for lp in module.plans[NETWORKS[key].name].layers if getattr(lp, "relu", False)}
+
+
+def test_an_add_read_only_by_a_relu_computes_it_in_the_same_pass(module):
+    assert fused_add_relu(module, "resnet8") == {"s1.sum", "s2.sum", "s3.sum"}
+    assert fused_add_relu(module, "add_relu") == {"s", "t", "o"}  # w has three operands, y two readers
+    relu_views = {lp.layer.name for lp in module.plans["add_relu"].layers if lp.layer.kind == "relu" and lp.is_view}
+    assert relu_views == {"r", "u", "out"}
+
+
+def test_a_batch_norm_read_only_by_a_relu_or_relu6_applies_it_as_it_writes(module):
+    def fused(key):
+        return {lp.layer.name: lp.act for lp in module.plans[NETWORKS[key].name].layers if getattr(lp, "act", None)}
+
+    assert fused("resnet8") == {"stem_bn": "relu", "s1.bn1": "relu", "s2.bn1": "relu", "s3.bn1": "relu"}
+    mobilenet = NETWORKS["mobilenet_small"]
+    assert fused("mobilenet_small") == {layer.inputs[0]: layer.kind for layer in mobilenet.layers if layer.kind == "relu6"}
+    assert fused("bn_act") == {"b1": "relu6", "b3": "relu"}  # b2 feeds a silu, b4 two layers
 
 
 @pytest.mark.parametrize("key", ["resnet8", "mobilenet_small", "depthwise_separable", "gc_batchnorm_1d"])

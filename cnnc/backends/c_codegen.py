@@ -95,7 +95,7 @@ def choose_kernel(layer: Layer) -> str:
     most 2 (its input gradient correlates a stride-dilated output gradient, which wastes stride^2 of the
     work); "direct" (kernels/conv.h, the plain loops) otherwise. dense: "blocked" from BLOCKED_MIN_INPUTS
     inputs. maxpool2d: "2x2" (four fixed loads per window) for the 2x2 window, stride 2, no padding. A grouped
-    convolution (groups > 1, depthwise included): "grouped" (kernels/conv_grouped.h, the plain loops).
+    convolution (groups > 1, depthwise included): "grouped" (kernels/conv_grouped.h).
     Everything else: "direct"."""
     if kernel_family(layer) == "conv" and layer.groups != 1:
         return "grouped"
@@ -389,8 +389,10 @@ class BlockedConvPlan(ConvPlan):
 
 @dataclass
 class GroupedConvPlan(ParamLayerPlan):
-    """A grouped or depthwise convolution (groups > 1): the reference loops of kernels/conv_grouped.h."""
+    """A grouped or depthwise convolution (groups > 1), kernels/conv_grouped.h: conv.h's loops per group, or
+    for a depthwise one (one channel per group) the padded-plane loops over `scratch`."""
 
+    scratch: str = "NULL"  # depthwise: the padded plane, the spread output gradient and the padded input gradient
     header: ClassVar[str] = "conv_grouped.h"
     struct: ClassVar[str] = "Conv2dGrouped"
 
@@ -398,11 +400,26 @@ class GroupedConvPlan(ParamLayerPlan):
         return [("conv", conv_geometry(self.layer)), ("G", self.layer.groups)]
 
     def forward(self, target, weights: str | None = None):
-        return [f"conv2d_grouped_forward({target}, {self.inp}, {weights or self.param_args('p')}, N, {self.K});"]
+        weights = weights or self.param_args('p')
+        if self.scratch == "NULL":
+            return [f"conv2d_grouped_forward({target}, {self.inp}, {weights}, N, {self.K});"]
+        return [f"conv2d_depthwise_forward({target}, {self.inp}, {weights}, {self.scratch}, N, {self.K});"]
 
     def backward(self, dinp, dout):
-        return [f"conv2d_grouped_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, N, "
-                f"{self.K});"]
+        if self.scratch == "NULL":
+            return [f"conv2d_grouped_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, N, "
+                    f"{self.K});"]
+        return [f"conv2d_depthwise_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, "
+                f"{self.scratch}, N, {self.K});"]
+
+
+def depthwise_plane(layer: Layer) -> tuple[int, int] | None:
+    """(HP, WP): the zero-padded plane kernels/conv_grouped.h's depthwise path copies each channel into, or
+    None for a grouped convolution with several channels per group (conv.h's loops per group)."""
+    if layer.in_shape[0] != layer.groups:
+        return None
+    H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
+    return (OH - 1) * SH + (KH - 1) * DH + 1, (OW - 1) * SW + (KW - 1) * DW + 1
 
 
 @dataclass
@@ -421,6 +438,9 @@ class BatchNormPlan(ParamLayerPlan):
     fold: "ConvPlan | None" = None
     wfold: str = ""  # the folded weights and bias (per batch slice, recomputed at every inference pass)
     bfold: str = ""
+    # The relu or relu6 that is this batch norm's only reader, applied as the output is written (the
+    # activation is then a view of this output: fuse_batchnorm_activation); backward masks dout by it.
+    act: str | None = None
     header: ClassVar[str] = "batchnorm.h"
     struct: ClassVar[str] = "BatchNorm"
     writes_whole_input_grad: ClassVar[bool] = True
@@ -437,19 +457,29 @@ class BatchNormPlan(ParamLayerPlan):
         fold = (f"batchnorm_fold({self.wfold}, {self.bfold}, {self.mean}, {self.invstd}, "
                 f"{conv.param_args('p')}, s.{self.running_mean}, s.{self.running_var}, {self.param_args('p')}, "
                 f"{c_real(self.layer.eps, 'eps')}, {c_int(weight.size // weight.shape[0], 'weights per filter')}, {self.K});")
+        activation = [f"{self.act}_forward({target}, {target}, N * {self.K}_OUT_SIZE);"] if self.act else []
         return (["if (train) {"] + [f"    {line}" for line in lines]
                 + ["} else {  // folded into the convolution before it: one pass, no separate normalisation", f"    {fold}"]
-                + [f"    {line}" for line in conv.forward(target, f"{self.wfold}, {self.bfold}")] + ["}"])
+                + [f"    {line}" for line in conv.forward(target, f"{self.wfold}, {self.bfold}") + activation] + ["}"])
+
+    @property
+    def act_constant(self) -> str:
+        return {"relu": "BATCHNORM_RELU", "relu6": "BATCHNORM_RELU6"}[self.act]
 
     def unfolded_forward(self, target):
         layer = self.layer
-        return [f"batchnorm_forward({target}, {self.mean}, {self.invstd}, s.{self.running_mean}, s.{self.running_var}, "
+        kernel, act = ("batchnorm_act_forward", f"{self.act_constant}, ") if self.act else ("batchnorm_forward", "")
+        return [f"{kernel}({target}, {self.mean}, {self.invstd}, s.{self.running_mean}, s.{self.running_var}, "
                 f"{self.inp}, {self.param_args('p')}, N, train, {c_real(layer.eps, 'eps')}, "
-                f"{c_real(layer.momentum, 'momentum')}, {self.K});"]
+                f"{c_real(layer.momentum, 'momentum')}, {act}{self.K});"]
 
     def backward(self, dinp, dout):
-        lines = [f"batchnorm_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, {self.mean}, {self.invstd}, "
-                 f"p.{self.weight}, N, train, {self.K});"]
+        if self.act:
+            lines = [f"batchnorm_act_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, {self.out}, {self.mean}, "
+                     f"{self.invstd}, p.{self.weight}, N, train, {self.act_constant}, {self.K});"]
+        else:
+            lines = [f"batchnorm_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, {self.mean}, {self.invstd}, "
+                     f"p.{self.weight}, N, train, {self.K});"]
         if self.fold is None:
             return lines
         # an inference forward skipped the convolution's own output, which both backward passes read
@@ -475,12 +505,22 @@ class MergePlan(LayerPlan):
 
 @dataclass
 class AddPlan(MergePlan):
+    # An add of two operands whose only reader is a relu computes that relu too (merge.h's add_relu_*): one
+    # pass instead of two each way; the relu is then a view of this output (fuse_add_relu).
+    relu: bool = False
+
     def forward(self, target):
         count = f"N * {self.K}_OUT_SIZE"
+        if self.relu:
+            return [f"add_relu_forward({target}, {self.inputs[0]}, {self.inputs[1]}, {count});"]
         lines = [f"add_forward({target}, {self.inputs[0]}, {self.inputs[1]}, {count});"]
         return lines + [f"accumulate({target}, {operand}, {count});" for operand in self.inputs[2:]]
 
     def operand_backward(self, i, dinp, dout, accumulate):
+        """dout: the gradient of this layer's output (after the relu, if it computes one)."""
+        if self.relu:
+            kernel = "add_relu_backward_accumulate" if accumulate else "add_relu_backward"
+            return [f"{kernel}({dinp}, {dout}, {self.out}, N * {self.K}_OUT_SIZE);"]
         return [f"{'accumulate' if accumulate else 'add_backward'}({dinp}, {dout}, N * {self.K}_OUT_SIZE);"]
 
 
@@ -821,7 +861,7 @@ class NetworkPlan:
     @property
     def headers(self) -> set[str]:
         return {lp.header for lp in self.layers if lp.header and not lp.is_view} | (
-            {"activations.h"} if any(lp.layer.activation for lp in self.layers) else set())
+            {"activations.h"} if any(lp.layer.activation or getattr(lp, "act", None) for lp in self.layers) else set())
 
     @property
     def constants(self) -> list[LayerPlan]:
@@ -967,9 +1007,12 @@ class _Planner:
         layers = []
         # tensor name -> the buffer holding it (a view's name maps to its input's buffer)
         self.tensors = {self.network.input_name: "a.input"}
+        planned: dict[str, LayerPlan] = {}
         for index, layer in enumerate(self.network.layers, start=1):
-            lp = self.plan_layer(index, layer, [self.tensors[name] for name in layer.inputs])
+            lp = (self.fuse_add_relu(index, layer, planned) or self.fuse_batchnorm_activation(index, layer, planned)
+                  or self.plan_layer(index, layer, [self.tensors[name] for name in layer.inputs]))
             layers.append(lp)
+            planned[layer.name] = lp
             self.tensors[layer.name] = lp.out
         self.fold_batchnorms(layers)
         current = layers[-1].out
@@ -1041,7 +1084,10 @@ class _Planner:
             if family == "dense":
                 return BlockedDensePlan(**common, vl=self.vl) if choice == "blocked" else DensePlan(**common)
             if choice == "grouped":
-                return GroupedConvPlan(**common)
+                plane = depthwise_plane(layer)
+                scratch = (self.buffer(f"{sym}_planes", (3, *plane), f"'{layer.name}' padded planes (depthwise)",
+                                       fixed=True) if plane else "NULL")
+                return GroupedConvPlan(**common, scratch=scratch)
             if choice != "blocked":
                 return ConvPlan(**common)
             return self.plan_blocked_conv(BlockedConvPlan(**common, blocking=BlockedConv.of(layer, self.vl)), sym)
@@ -1084,6 +1130,37 @@ class _Planner:
                                + (", " if layer.ceil and not layer.count_pad else "")
                                + ("count_pad=false" if not layer.count_pad else "") + ")")
         return ClippedAvgPoolPlan(**common)
+
+    def fuse_add_relu(self, index: int, layer: Layer, planned: dict[str, LayerPlan]) -> ViewPlan | None:
+        """A relu whose input is an add of two operands read by nothing else: the add computes the relu in the
+        same pass (AddPlan.relu), and the relu becomes a view of the add's output, with no code of its own."""
+        if layer.kind != "relu":
+            return None
+        add = planned.get(layer.inputs[0])
+        if (not isinstance(add, AddPlan) or len(add.inputs) != 2 or add.relu
+                or self.network.consumers(add.layer.name) != (layer,)):
+            return None
+        add.relu = True
+        add.summary += " + relu"
+        add.notes.append(f"computes '{layer.name}' (relu) in the same pass")
+        summary = f"relu '{layer.name}': {shape_text(layer.in_shape)} -> {shape_text(layer.out_shape)}"
+        return ViewPlan(index=index, layer=layer, K=f"{self.K}L{index}", summary=summary,
+                        notes=[f"no code: '{add.layer.name}' computes it"], inp=add.out, out=add.out)
+
+    def fuse_batchnorm_activation(self, index: int, layer: Layer, planned: dict[str, LayerPlan]) -> ViewPlan | None:
+        """A relu or relu6 whose input is a batch norm read by nothing else: the batch norm applies it as it
+        writes its output (BatchNormPlan.act), and the activation becomes a view of that output, no code."""
+        if layer.kind not in ("relu", "relu6"):
+            return None
+        bn = planned.get(layer.inputs[0])
+        if not isinstance(bn, BatchNormPlan) or bn.act or self.network.consumers(bn.layer.name) != (layer,):
+            return None
+        bn.act = layer.kind
+        bn.summary += f" + {layer.kind}"
+        bn.notes.append(f"applies '{layer.name}' ({layer.kind}) as it writes its output")
+        summary = f"{layer.kind} '{layer.name}': {shape_text(layer.in_shape)} -> {shape_text(layer.out_shape)}"
+        return ViewPlan(index=index, layer=layer, K=f"{self.K}L{index}", summary=summary,
+                        notes=[f"no code: '{bn.layer.name}' computes it"], inp=bn.out, out=bn.out)
 
     def fold_batchnorms(self, layers: list[LayerPlan]) -> None:
         """Mark each batch norm that inference folds into the convolution before it: the convolution has no

@@ -8,17 +8,27 @@
 // batch, the variance unbiased (/ (N * S - 1)). Inference mode normalises with the running statistics.
 // Forward saves the mean and invstd it used (C each) for backward, which recomputes xhat from inp.
 // Sums: each sample's row of S values in `real` (vectorised where OpenMP's simd is on), the rows in double.
+// Training forward reads the input twice (both sums, then the normalisation), backward reads inp and dout twice.
 #ifndef CNNC_KERNELS_BATCHNORM_H
 #define CNNC_KERNELS_BATCHNORM_H
 
 #include "common.h"
 
-// `#pragma omp simd reduction(+:sum, sum_xhat)` where OpenMP is on: backward's two sums in one pass.
+// `#pragma omp simd reduction(+:sum, sum_xhat)` where OpenMP is on: backward's two sums in one pass; and
+// forward's, `sum, sum_sq`.
 #ifdef _OPENMP
 #define CNNC_SIMD_SUM2 _Pragma("omp simd reduction(+:sum, sum_xhat)")
+#define CNNC_SIMD_SUM_SQ _Pragma("omp simd reduction(+:sum, sum_sq)")
 #else
 #define CNNC_SIMD_SUM2
+#define CNNC_SIMD_SUM_SQ
 #endif
+
+// An activation batch norm may apply as it writes its output (when that activation is the batch norm's only
+// reader: the planner makes the activation a view of this output). Its derivative is read off the output:
+// relu passes the gradient where out > 0, relu6 where 0 < out < 6, as relu_backward and relu6_backward do
+// with their input.
+enum { BATCHNORM_NONE = 0, BATCHNORM_RELU = 1, BATCHNORM_RELU6 = 2 };
 
 // The sizes of one batch norm layer.
 typedef struct {
@@ -26,40 +36,49 @@ typedef struct {
     int S;  // values per channel in one sample: H * W, L, or 1
 } BatchNorm;
 
+// The gradient an activation act passes back, given its output value out and its output's gradient dout.
+static inline real batchnorm_act_pass(real dout, real out, int act)
+{
+    int passes = act == BATCHNORM_RELU ? out > 0 : (out > 0 && out < 6);
+    return passes ? dout : 0;
+}
+
 // inp is (N, C, S), weight and bias are (C) -> out is (N, C, S); saves mean and invstd (C).
 // train: the batch's statistics, and running_mean, running_var (C) updated in place;
 // otherwise the running statistics (read only).
-CNNC_KERNEL void batchnorm_forward(real* restrict out, real* restrict mean, real* restrict invstd,
-                                   real* restrict running_mean, real* restrict running_var, const real* restrict inp,
-                                   const real* restrict weight, const real* restrict bias, int64_t N, int train,
-                                   double eps, double momentum, BatchNorm g)
+// act: the activation applied in the normalising pass, BATCHNORM_NONE for none (see batchnorm_act_forward).
+CNNC_KERNEL void batchnorm_act_forward(real* restrict out, real* restrict mean, real* restrict invstd,
+                                       real* restrict running_mean, real* restrict running_var,
+                                       const real* restrict inp, const real* restrict weight,
+                                       const real* restrict bias, int64_t N, int train, double eps, double momentum,
+                                       int act, BatchNorm g)
 {
     for (int c = 0; c < g.C; c++) {
         double m, var;
         if (train) {
+            // One pass for both sums, of the values shifted by the channel's first value `pivot` (so the
+            // variance, sum of d^2 / count - mean(d)^2 with d = x - pivot, does not cancel as it would for
+            // x far from 0): the rows in `real`, the batch in double.
             double count = (double)N * g.S;  // values per channel
-            double total = 0;
+            real pivot = inp[c * g.S];
+            double total = 0, squares_about_shift = 0;
             for (int64_t n = 0; n < N; n++) {
                 const real* inp_nc = inp + (n * g.C + c) * g.S;
-                real sum = 0;
-                CNNC_SIMD_SUM
+                real sum = 0, sum_sq = 0;
+                CNNC_SIMD_SUM_SQ
                 for (int s = 0; s < g.S; s++) {
-                    sum += inp_nc[s];
+                    real d = inp_nc[s] - pivot;
+                    sum += d;
+                    sum_sq += d * d;
                 }
                 total += sum;
+                squares_about_shift += sum_sq;
             }
-            m = total / count;
-            real row_mean = (real)m;
-            double squares = 0;  // sum of (x - mean)^2: two passes, no cancellation
-            for (int64_t n = 0; n < N; n++) {
-                const real* inp_nc = inp + (n * g.C + c) * g.S;
-                real sum = 0;
-                CNNC_SIMD_SUM
-                for (int s = 0; s < g.S; s++) {
-                    real d = inp_nc[s] - row_mean;
-                    sum += d * d;
-                }
-                squares += sum;
+            double mean_shifted = total / count;
+            m = pivot + mean_shifted;
+            double squares = squares_about_shift - total * mean_shifted;  // sum of (x - mean)^2
+            if (squares < 0) {
+                squares = 0;  // rounding, for a channel of equal values
             }
             var = squares / count;
             running_mean[c] = (real)((1 - momentum) * running_mean[c] + momentum * m);
@@ -70,15 +89,31 @@ CNNC_KERNEL void batchnorm_forward(real* restrict out, real* restrict mean, real
         }
         mean[c] = (real)m;
         invstd[c] = (real)(1 / sqrt(var + eps));
-        real scale = invstd[c] * weight[c], shift = bias[c];
+        real mean_c = mean[c], scale = invstd[c] * weight[c], shift = bias[c];
         for (int64_t n = 0; n < N; n++) {
             const real* inp_nc = inp + (n * g.C + c) * g.S;
             real* out_nc = out + (n * g.C + c) * g.S;
             for (int s = 0; s < g.S; s++) {
-                out_nc[s] = (inp_nc[s] - mean[c]) * scale + shift;
+                real y = (inp_nc[s] - mean_c) * scale + shift;
+                if (act == BATCHNORM_RELU || act == BATCHNORM_RELU6) {
+                    y = y < 0 ? 0 : y;  // NaN kept, as relu_forward and relu6_forward do
+                }
+                if (act == BATCHNORM_RELU6) {
+                    y = y > 6 ? 6 : y;
+                }
+                out_nc[s] = y;
             }
         }
     }
+}
+
+CNNC_KERNEL void batchnorm_forward(real* restrict out, real* restrict mean, real* restrict invstd,
+                                   real* restrict running_mean, real* restrict running_var, const real* restrict inp,
+                                   const real* restrict weight, const real* restrict bias, int64_t N, int train,
+                                   double eps, double momentum, BatchNorm g)
+{
+    batchnorm_act_forward(out, mean, invstd, running_mean, running_var, inp, weight, bias, N, train, eps, momentum,
+                          BATCHNORM_NONE, g);
 }
 
 // dout and inp are (N, C, S), mean, invstd, weight (C) as forward used them; accumulates (+=) dweight and
@@ -88,10 +123,12 @@ CNNC_KERNEL void batchnorm_forward(real* restrict out, real* restrict mean, real
 //   train: the statistics depend on every value of the channel (count = N * S of them):
 //          dinp = weight * invstd * (dout - dbias_c / count - xhat * dweight_c / count)
 //          with dbias_c, dweight_c this batch's sums above.
-CNNC_KERNEL void batchnorm_backward(real* restrict dinp, real* restrict dweight, real* restrict dbias,
-                                    const real* restrict dout, const real* restrict inp, const real* restrict mean,
-                                    const real* restrict invstd, const real* restrict weight, int64_t N, int train,
-                                    BatchNorm g)
+// With an activation act (not BATCHNORM_NONE), dout is the gradient of the activation's output `out` (what
+// forward wrote), and the gradient of the normalised values is dout where the activation passes it, else 0.
+CNNC_KERNEL void batchnorm_act_backward(real* restrict dinp, real* restrict dweight, real* restrict dbias,
+                                        const real* restrict dout, const real* restrict inp, const real* restrict out,
+                                        const real* restrict mean, const real* restrict invstd,
+                                        const real* restrict weight, int64_t N, int train, int act, BatchNorm g)
 {
     for (int c = 0; c < g.C; c++) {
         double sum_dout = 0, sum_dout_xhat = 0;
@@ -99,34 +136,48 @@ CNNC_KERNEL void batchnorm_backward(real* restrict dinp, real* restrict dweight,
         for (int64_t n = 0; n < N; n++) {
             const real* inp_nc = inp + (n * g.C + c) * g.S;
             const real* dout_nc = dout + (n * g.C + c) * g.S;
+            const real* out_nc = act != BATCHNORM_NONE ? out + (n * g.C + c) * g.S : NULL;
             real sum = 0, sum_xhat = 0;
             CNNC_SIMD_SUM2
             for (int s = 0; s < g.S; s++) {
-                sum += dout_nc[s];
-                sum_xhat += dout_nc[s] * ((inp_nc[s] - mean_c) * invstd_c);
+                real d = act == BATCHNORM_NONE ? dout_nc[s] : batchnorm_act_pass(dout_nc[s], out_nc[s], act);
+                sum += d;
+                sum_xhat += d * (inp_nc[s] - mean_c);  // times invstd once, below
             }
             sum_dout += sum;
             sum_dout_xhat += sum_xhat;
         }
+        sum_dout_xhat *= invstd_c;
         dweight[c] += (real)sum_dout_xhat;
         dbias[c] += (real)sum_dout;
         if (dinp == NULL) {
             continue;
         }
-        real scale = weight[c] * invstd[c];
+        real scale = weight[c] * invstd_c;
         double count = (double)N * g.S;
         real dout_mean = train ? (real)(sum_dout / count) : 0;
         real xhat_coeff = train ? (real)(sum_dout_xhat / count) : 0;
+        // the same with the constants folded: dinp = scale * dout + x_coeff * (inp - mean) + offset
+        real x_coeff = -scale * invstd_c * xhat_coeff, offset = -scale * dout_mean;
         for (int64_t n = 0; n < N; n++) {
             const real* inp_nc = inp + (n * g.C + c) * g.S;
             const real* dout_nc = dout + (n * g.C + c) * g.S;
+            const real* out_nc = act != BATCHNORM_NONE ? out + (n * g.C + c) * g.S : NULL;
             real* dinp_nc = dinp + (n * g.C + c) * g.S;
             for (int s = 0; s < g.S; s++) {
-                real xhat = (inp_nc[s] - mean[c]) * invstd[c];
-                dinp_nc[s] = scale * (dout_nc[s] - dout_mean - xhat * xhat_coeff);
+                real d = act == BATCHNORM_NONE ? dout_nc[s] : batchnorm_act_pass(dout_nc[s], out_nc[s], act);
+                dinp_nc[s] = scale * d + x_coeff * (inp_nc[s] - mean_c) + offset;
             }
         }
     }
+}
+
+CNNC_KERNEL void batchnorm_backward(real* restrict dinp, real* restrict dweight, real* restrict dbias,
+                                    const real* restrict dout, const real* restrict inp, const real* restrict mean,
+                                    const real* restrict invstd, const real* restrict weight, int64_t N, int train,
+                                    BatchNorm g)
+{
+    batchnorm_act_backward(dinp, dweight, dbias, dout, inp, NULL, mean, invstd, weight, N, train, BATCHNORM_NONE, g);
 }
 
 // Inference-mode batch norm folded into the convolution before it, whose weight is (F, per_filter) and bias

@@ -16,6 +16,34 @@ CNNC_KERNEL void add_forward(real* restrict out, const real* restrict a, const r
     }
 }
 
+// An add of two operands whose only reader is a relu, in one pass: out = max(a + b, 0) (NaN kept, as
+// relu_forward does). The sum itself is not kept: relu's derivative is as well read off its output.
+CNNC_KERNEL void add_relu_forward(real* restrict out, const real* restrict a, const real* restrict b, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        real sum = a[i] + b[i];
+        out[i] = sum < 0 ? 0 : sum;
+    }
+}
+
+// add_relu_forward's backward for one operand, dout being the gradient of its output out: dinp = dout where
+// out > 0, else 0 (relu_backward's derivative: 0 at 0). Writes (=) dinp; _accumulate adds (+=) into it.
+CNNC_KERNEL void add_relu_backward(real* restrict dinp, const real* restrict dout, const real* restrict out,
+                                   int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        dinp[i] = out[i] > 0 ? dout[i] : 0;
+    }
+}
+
+CNNC_KERNEL void add_relu_backward_accumulate(real* restrict dinp, const real* restrict dout, const real* restrict out,
+                                              int64_t count)
+{
+    for (int64_t i = 0; i < count; i++) {
+        dinp[i] += out[i] > 0 ? dout[i] : 0;
+    }
+}
+
 // out += inp, `count` elements: add's further operands, and a gradient contribution added to a tensor's
 // gradient (add's backward for a tensor that already has one, and any layer's written into scratch)
 CNNC_KERNEL void accumulate(real* restrict out, const real* restrict inp, int64_t count)
