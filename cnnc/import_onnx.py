@@ -599,15 +599,20 @@ class Importer:
             args["dilation"] = _window(dilation)
         if group != 1:
             args["groups"] = str(group)
+        weights = self._weight_and_bias(node, args, weight, bias, filters)
+        self.emit(node, f"conv{dims}d", self.layer_name(node, "conv"), args, (filters, *out), weights)
+
+    def _weight_and_bias(self, node, args: dict, weight, bias, filters: int) -> dict:
+        """A convolution's weights; with no bias, `bias=false` goes into its arguments."""
         weights = {"weight": weight}
         if bias is None:
             args["bias"] = "false"
-        else:
-            weights["bias"] = bias.reshape(-1)
-            if weights["bias"].shape != (filters,) or bias.dtype.kind not in "iuf":
-                self.refuse(node, f"its bias is a {bias.dtype.name} array of shape {tuple(bias.shape)}; expected "
-                                  f"({filters},) numbers")
-        self.emit(node, f"conv{dims}d", self.layer_name(node, "conv"), args, (filters, *out), weights)
+            return weights
+        weights["bias"] = bias.reshape(-1)
+        if weights["bias"].shape != (filters,) or bias.dtype.kind not in "iuf":
+            self.refuse(node, f"its bias is a {bias.dtype.name} array of shape {tuple(bias.shape)}; expected "
+                              f"({filters},) numbers")
+        return weights
 
     def _pool(self, node, kind: str) -> None:
         attrs = self.attributes(node)
@@ -1112,14 +1117,7 @@ class Importer:
             args["dilation"] = _window(dilation)
         if group != 1:
             args["groups"] = str(group)
-        weights = {"weight": weight}
-        if bias is None:
-            args["bias"] = "false"
-        else:
-            weights["bias"] = bias.reshape(-1)
-            if weights["bias"].shape != (filters,) or bias.dtype.kind not in "iuf":
-                self.refuse(node, f"its bias is a {bias.dtype.name} array of shape {tuple(bias.shape)}; expected "
-                                  f"({filters},) numbers")
+        weights = self._weight_and_bias(node, args, weight, bias, filters)
         self.emit(node, f"conv_transpose{dims}d", self.layer_name(node, "deconv"), args, (filters, *out), weights)
 
     def _into_batch_norm(self, node, norm: Statement, value: np.ndarray, full, role: str, verb: str) -> None:
