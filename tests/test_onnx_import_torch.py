@@ -292,8 +292,10 @@ def imported(tmp_path_factory) -> dict[str, Imported]:
 
 @pytest.fixture(scope="session")
 def c_module(imported, cache_dir):
-    """The float64 C module of every imported network (one compiler run)."""
-    return compile_bundles([case.network for case in imported.values()], ("float64",), cache_dir)["float64"]
+    """The float64 C module of every imported network (one compiler run, at -O1: about 20 s of gcc on CI's
+    2-core machine where -O3 takes 36 s, and these small networks need no speed)."""
+    networks = [case.network for case in imported.values()]
+    return compile_bundles(networks, ("float64",), cache_dir, opt="-O1")["float64"]
 
 
 def import_and_compare(imported, c_module, name, opset, keep_batch_norm=False):
