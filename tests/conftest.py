@@ -67,5 +67,6 @@ def compile_bundles(networks, dtypes, cache_dir: Path, **options) -> dict:
 
     networks = list(networks)
     with ThreadPoolExecutor(len(dtypes)) as pool:
-        futures = {dtype: pool.submit(compile_networks, networks, dtype, cache_dir=cache_dir, **options) for dtype in dtypes}
+        futures = {dtype: pool.submit(compile_networks, networks, dtype, cache_dir=cache_dir, **options)
+                   for dtype in dtypes}
         return {dtype: future.result() for dtype, future in futures.items()}

@@ -130,7 +130,7 @@ def classics_on_c(tmp_path_factory, cache_dir):
     return module["float32"], imported
 
 
-NOT_ON_C = pytest.mark.skip(reason="compiled for C only with CNNC_ALL_CLASSICS_ON_C=1 (C_CLASSICS cover its layer kinds)")
+NOT_ON_C = pytest.mark.skip(reason="on C only with CNNC_ALL_CLASSICS_ON_C=1 (C_CLASSICS cover its layer kinds)")
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=() if name in ON_C else NOT_ON_C) for name in IMPORTED])
