@@ -57,14 +57,16 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cnnc-cache")
 
 
-def compile_bundles(networks, dtypes, cache_dir: Path) -> dict:
+def compile_bundles(networks, dtypes, cache_dir: Path, **options) -> dict:
     """{dtype: CModule}: every network in ONE C module per dtype (compile time is what CI pays), the dtypes
-    compiled in parallel (each compiler runs in its own process). For session-scoped fixtures."""
+    compiled in parallel (each compiler runs in its own process). For session-scoped fixtures. `options` are
+    the C backend's build options (e.g. opt="-O1" where compile time matters more than speed)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from cnnc.backends.c_backend import compile_networks
 
     networks = list(networks)
     with ThreadPoolExecutor(len(dtypes)) as pool:
-        futures = {dtype: pool.submit(compile_networks, networks, dtype, cache_dir=cache_dir) for dtype in dtypes}
+        futures = {dtype: pool.submit(compile_networks, networks, dtype, cache_dir=cache_dir, **options)
+                   for dtype in dtypes}
         return {dtype: future.result() for dtype, future in futures.items()}

@@ -1,6 +1,12 @@
 """The classic architectures as the onnx package ships them (onnx/backend/test/data/light/: full-size graphs
 whose weights are ConstantOfShape nodes, given random values here) import and agree with onnxruntime at
-224x224, or are refused naming the node and the layer the language lacks."""
+224x224, or are refused naming the node and the layer the language lacks; the C backend runs their forward
+passes and agrees with the NumPy backend.
+
+The C half compiles its classics into ONE module at -O1 (compile time, not speed, is what CI pays: -O3 takes
+about 2.5 times as long). All nine take about 100 s of gcc on CI's 2-core machine, so by default it runs the
+four that together cover every layer kind and attribute the classics import (C_CLASSICS: SqueezeNet, AlexNet,
+GoogLeNet, ShuffleNet; about 25 s of gcc). Set CNNC_ALL_CLASSICS_ON_C=1 to run all nine on C."""
 from __future__ import annotations
 
 import os
@@ -12,6 +18,7 @@ import pytest
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
 from cnnc.diagnostics import CnncError
+from conftest import compile_bundles
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -22,6 +29,12 @@ from cnnc.import_onnx import import_onnx  # noqa: E402
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 IMPORTED = ["resnet50", "vgg19", "squeezenet", "densenet121", "bvlc_alexnet", "zfnet512", "inception_v1",
             "inception_v2", "shufflenet"]
+# The cheapest classics to compile that between them use every layer kind and attribute the nine import: global
+# average pooling and a softmax layer (SqueezeNet); LRN, a grouped convolution and max pooling padded on one side
+# (AlexNet); average pooling padded on one side without the padding in its divisor (GoogLeNet); add, batch norm,
+# channel shuffle and grouped 1x1 convolutions (ShuffleNet); convolutions, dense, concat, dropout and flatten.
+C_CLASSICS = ["squeezenet", "bvlc_alexnet", "inception_v1", "shufflenet"]
+ON_C = IMPORTED if os.environ.get("CNNC_ALL_CLASSICS_ON_C", "") not in ("", "0") else C_CLASSICS
 # What of issue 15's additions they use: LRN (AlexNet, ZFNet, GoogLeNet), pooling padded on one side (Caffe2's
 # ceil mode as explicit pads: GoogLeNet, Inception v2), count_include_pad=0 (Inception v2), Reshape -> Transpose ->
 # Reshape (ShuffleNet).
@@ -102,3 +115,36 @@ def test_a_near_miss_of_the_channel_shuffle_is_refused_naming_the_transpose(tmp_
                                         r"\[0, 2, 1, 3, 4\]"):
         import_onnx(path, tmp_path / "near_miss.cnn")
     assert not (tmp_path / "near_miss.cnn").exists()
+
+
+# ---- the C backend -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def classics_on_c(tmp_path_factory, cache_dir):
+    """(the float32 C module of the classics in ON_C, {name: (network, weights .npz)})."""
+    directory = tmp_path_factory.mktemp("classics-on-c")
+    imported = {}
+    for name in ON_C:
+        network, _ = import_onnx(with_random_weights(name, directory), directory / f"{name}.cnn", verify=False)
+        imported[name] = (network, directory / f"{name}.npz")  # the weights stay on disk (VGG-19's are 0.5 GB)
+    module = compile_bundles([network for network, _ in imported.values()], ("float32",), cache_dir, opt="-O1")
+    return module["float32"], imported
+
+
+NOT_ON_C = pytest.mark.skip(reason="on C only with CNNC_ALL_CLASSICS_ON_C=1 (C_CLASSICS cover its layer kinds)")
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=() if name in ON_C else NOT_ON_C) for name in IMPORTED])
+def test_the_c_backend_runs_the_classic_and_agrees_with_numpy(name, classics_on_c):
+    module, imported = classics_on_c
+    network, weights_path = imported[name]
+    with np.load(weights_path) as npz:
+        weights = dict(npz)
+    x = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    outputs = {}
+    for backend, model in (("c", module.model(network.name)), ("numpy", NumpyModel(network))):
+        model.load_weights(weights)
+        outputs[backend] = model.forward(x)
+    got, want = outputs["c"], outputs["numpy"]
+    assert got.shape == want.shape == (1, *network.output_shape)
+    assert np.isfinite(want).all() and np.abs(want).max() > 0
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), f"{name}: the C backend differs from NumPy"

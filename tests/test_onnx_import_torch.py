@@ -1,18 +1,24 @@
 """Networks written by PyTorch's ONNX exporter (the TorchScript one, `dynamo=False`: torch 2.13's default,
 the dynamo exporter, needs the onnxscript package) import and compute what PyTorch computes, on the NumPy
-backend in float64: residual blocks with projection shortcuts, MobileNetV2 and Inception blocks, ZeroPad2d,
-x.view(x.size(0), -1), BatchNorm1d after Linear, silu and hardswish, at opsets 13 and 17 with a dynamic
-batch, batch norm folded into the convolutions (the exporter's eval mode) or kept (TrainingMode.PRESERVE)."""
+and the C backend in float64: residual blocks with projection shortcuts, MobileNetV2 and Inception blocks,
+ZeroPad2d, x.view(x.size(0), -1), BatchNorm1d after Linear, silu and hardswish, at opsets 13 and 17 with a
+dynamic batch, batch norm folded into the convolutions (the exporter's eval mode) or kept
+(TrainingMode.PRESERVE).
+
+Every case is exported and imported once per session (the `imported` fixture), and all the imported networks
+are compiled into ONE float64 C module (compile time is what CI pays)."""
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
-from cnnc.diagnostics import CnncError
+from conftest import compile_bundles
 
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
@@ -50,23 +56,6 @@ def export(module, shape, path, opset, keep_batch_norm=False):
                           training=training, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
     return onnx.load(str(path))
-
-
-def import_and_compare(module, shape, tmp_path, name, opset, keep_batch_norm=False):
-    """Export, import (the written .cnn passes `cnnc check`), and compare with PyTorch in float64."""
-    proto = export(module, shape, tmp_path / f"{name}.onnx", opset, keep_batch_norm)
-    network, weights = import_onnx(tmp_path / f"{name}.onnx", tmp_path / f"{name}.cnn")
-    assert main(["check", str(tmp_path / f"{name}.cnn")]) == 0
-    m = NumpyModel(network, dtype="float64")
-    m.load_weights({k: np.asarray(v, np.float64) for k, v in weights.items()})
-    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(opset), dtype=torch.float64)
-    with torch.no_grad():
-        want = module.double()(x).numpy()
-    module.float()
-    got = m.forward(x.numpy())
-    assert got.shape == want.shape
-    assert rel_err(got, want) < 1e-5, f"{name}: relative error {rel_err(got, want):.1e}"
-    return network, proto, (tmp_path / f"{name}.cnn").read_text()
 
 
 # ---- the networks ----------------------------------------------------------------------------------------
@@ -246,13 +235,93 @@ class CeilPooling(nn.Module):
         return self.fc(torch.flatten(y, 1))
 
 
+# ---- the cases: every network, exported and imported once per session --------------------------------------
+def seeded(seed: int, build):
+    """The module `build()` makes with PyTorch's generator at `seed` (its initial weights)."""
+    torch.manual_seed(seed)
+    return build()
+
+
+# {name: (a function making the module, in eval mode, with its weights; one sample's input shape; whether it
+# also has a case that keeps batch norm)}
+MODELS = {
+    "resnet": (lambda: randomise_batch_norms(seeded(0, ResNet), 1), (3, 12, 12), True),
+    "mobilenet": (lambda: randomise_batch_norms(seeded(1, MobileNet), 2), (1, 14, 14), True),
+    "inception": (lambda: seeded(2, InceptionNet).eval(), (1, 10, 10), False),
+    "mnist": (lambda: seeded(3, ExamplesMnist).eval(), (1, 28, 28), False),
+    "padded": (lambda: seeded(4, Padded).eval(), (2, 9, 7), False),
+    "view": (lambda: seeded(5, ViewFlatten).eval(), (1, 14, 14), False),
+    "mlp": (lambda: randomise_batch_norms(seeded(6, LinearBatchNorm), 3), (12,), False),
+    "autoencoder": (lambda: seeded(7, Autoencoder).eval(), (1, 16, 16), False),
+    "ceil": (lambda: seeded(8, CeilPooling).eval(), (3, 14, 14), False),
+}
+
+
+def case_key(name: str, opset: int, keep_batch_norm: bool = False) -> str:
+    """The case's key, which is also its imported model's name (distinct, as one C module needs)."""
+    return f"{name}_opset{opset}" + ("_bn_kept" if keep_batch_norm else "")
+
+
+CASES = {case_key(name, opset, keep): (name, opset, keep) for name, (_, _, with_kept) in MODELS.items()
+         for opset in OPSETS for keep in ((False, True) if with_kept else (False,))}
+
+
+@dataclass
+class Imported:
+    module: nn.Module  # the PyTorch original
+    shape: tuple       # one sample's input shape
+    proto: object      # the exported ONNX model
+    network: object    # the imported cnnc Network
+    weights: dict      # its weights
+    cnn_path: Path     # the written .cnn file
+
+
+@pytest.fixture(scope="session")
+def imported(tmp_path_factory) -> dict[str, Imported]:
+    """{case key: Imported}: every case exported by PyTorch and imported (which checks it against onnxruntime)."""
+    directory = tmp_path_factory.mktemp("torch-exports")
+    cases = {}
+    for key, (name, opset, keep_batch_norm) in CASES.items():
+        build, shape, _ = MODELS[name]
+        module = build()
+        proto = export(module, shape, directory / f"{key}.onnx", opset, keep_batch_norm)
+        network, weights = import_onnx(directory / f"{key}.onnx", directory / f"{key}.cnn")
+        cases[key] = Imported(module, shape, proto, network, weights, directory / f"{key}.cnn")
+    return cases
+
+
+@pytest.fixture(scope="session")
+def c_module(imported, cache_dir):
+    """The float64 C module of every imported network (one compiler run, at -O1: about 20 s of gcc on CI's
+    2-core machine where -O3 takes 36 s, and these small networks need no speed)."""
+    networks = [case.network for case in imported.values()]
+    return compile_bundles(networks, ("float64",), cache_dir, opt="-O1")["float64"]
+
+
+def import_and_compare(imported, c_module, name, opset, keep_batch_norm=False):
+    """The imported case (the written .cnn passes `cnnc check`), compared with PyTorch in float64 on the NumPy
+    and the C backend. Returns the network, the ONNX model and the .cnn text."""
+    key = case_key(name, opset, keep_batch_norm)
+    case = imported[key]
+    assert main(["check", str(case.cnn_path)]) == 0
+    x = torch.randn(5, *case.shape, generator=torch.Generator().manual_seed(opset), dtype=torch.float64)
+    with torch.no_grad():
+        want = case.module.double()(x).numpy()
+    case.module.float()
+    weights = {k: np.asarray(v, np.float64) for k, v in case.weights.items()}
+    for backend, model in (("numpy", NumpyModel(case.network, dtype="float64")), ("c", c_module.model(key))):
+        model.load_weights(weights)
+        got = model.forward(x.numpy())
+        assert got.shape == want.shape, f"{key} on {backend}: shape {got.shape}, PyTorch's {want.shape}"
+        assert rel_err(got, want) < 1e-5, f"{key} on {backend}: relative error {rel_err(got, want):.1e}"
+    return case.network, case.proto, case.cnn_path.read_text()
+
+
 # ---- the tests -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("keep_batch_norm", [False, True], ids=["bn-folded", "bn-kept"])
 @pytest.mark.parametrize("opset", OPSETS)
-def test_resnet_with_a_projection_shortcut(tmp_path, opset, keep_batch_norm):
-    torch.manual_seed(0)
-    network, proto, text = import_and_compare(randomise_batch_norms(ResNet(), 1), (3, 12, 12), tmp_path, "resnet",
-                                              opset, keep_batch_norm)
+def test_resnet_with_a_projection_shortcut(imported, c_module, opset, keep_batch_norm):
+    network, proto, text = import_and_compare(imported, c_module, "resnet", opset, keep_batch_norm)
     kinds = [layer.kind for layer in network.layers]
     assert kinds.count("add") == 2 and ("batchnorm" in kinds) == keep_batch_norm
     projection = next(layer for layer in network.layers if layer.kernel == (1, 1) and layer.stride == (2, 2))
@@ -262,10 +331,8 @@ def test_resnet_with_a_projection_shortcut(tmp_path, opset, keep_batch_norm):
 
 @pytest.mark.parametrize("keep_batch_norm", [False, True], ids=["bn-folded", "bn-kept"])
 @pytest.mark.parametrize("opset", OPSETS)
-def test_mobilenet_v2_block_with_relu6_depthwise_hardswish_and_silu(tmp_path, opset, keep_batch_norm):
-    torch.manual_seed(1)
-    network, proto, text = import_and_compare(randomise_batch_norms(MobileNet(), 2), (1, 14, 14), tmp_path,
-                                              "mobilenet", opset, keep_batch_norm)
+def test_mobilenet_v2_block_with_relu6_depthwise_hardswish_and_silu(imported, c_module, opset, keep_batch_norm):
+    network, proto, text = import_and_compare(imported, c_module, "mobilenet", opset, keep_batch_norm)
     ops = {node.op_type for node in proto.graph.node}
     assert "Clip" in ops and ("HardSwish" in ops) == (opset >= 14)
     assert any(layer.groups == 32 for layer in network.layers)  # depthwise
@@ -274,18 +341,16 @@ def test_mobilenet_v2_block_with_relu6_depthwise_hardswish_and_silu(tmp_path, op
 
 
 @pytest.mark.parametrize("opset", OPSETS)
-def test_inception_block(tmp_path, opset):
-    torch.manual_seed(2)
-    network, _, _ = import_and_compare(InceptionNet().eval(), (1, 10, 10), tmp_path, "inception", opset)
+def test_inception_block(imported, c_module, opset):
+    network, _, _ = import_and_compare(imported, c_module, "inception", opset)
     concat = next(layer for layer in network.layers if layer.kind == "concat")
     assert len(concat.inputs) == 4 and concat.out_shape == (16, 5, 5)
 
 
 @pytest.mark.parametrize("opset", OPSETS)
-def test_pytorch_examples_mnist(tmp_path, opset):
+def test_pytorch_examples_mnist(imported, c_module, tmp_path, opset):
     """pytorch/examples' MNIST network ends with LogSoftmax: the last dense layer's activation=log_softmax."""
-    torch.manual_seed(3)
-    network, _, text = import_and_compare(ExamplesMnist().eval(), (1, 28, 28), tmp_path, "mnist", opset)
+    network, _, text = import_and_compare(imported, c_module, "mnist", opset)
     # the exporter's eval mode drops the Dropout nodes
     assert [layer.kind for layer in network.layers] == ["conv2d", "conv2d", "maxpool2d", "flatten", "dense", "dense"]
     assert network.layers[-1].activation == "log_softmax"
@@ -296,9 +361,8 @@ def test_pytorch_examples_mnist(tmp_path, opset):
 
 
 @pytest.mark.parametrize("opset", OPSETS)
-def test_conv_transpose_autoencoder(tmp_path, opset):
-    torch.manual_seed(7)
-    network, proto, _ = import_and_compare(Autoencoder().eval(), (1, 16, 16), tmp_path, "autoencoder", opset)
+def test_conv_transpose_autoencoder(imported, c_module, opset):
+    network, proto, _ = import_and_compare(imported, c_module, "autoencoder", opset)
     assert [node.op_type for node in proto.graph.node].count("ConvTranspose") == 3
     transposed = [layer for layer in network.layers if layer.kind == "conv_transpose2d"]
     assert [layer.out_shape for layer in transposed] == [(8, 8, 8), (4, 8, 16), (1, 16, 32)]
@@ -308,9 +372,8 @@ def test_conv_transpose_autoencoder(tmp_path, opset):
 
 
 @pytest.mark.parametrize("opset", OPSETS)
-def test_ceil_mode_pooling_asymmetric_zero_pad_channel_shuffle_and_global_max_pool(tmp_path, opset):
-    torch.manual_seed(8)
-    network, proto, _ = import_and_compare(CeilPooling().eval(), (3, 14, 14), tmp_path, "ceil", opset)
+def test_ceil_mode_pooling_asymmetric_zero_pad_channel_shuffle_and_global_max_pool(imported, c_module, opset):
+    network, proto, _ = import_and_compare(imported, c_module, "ceil", opset)
     layers = {layer.kind: layer for layer in network.layers}
     assert layers["conv2d"].pad_before == (0, 0) and layers["conv2d"].pad_after == (1, 1)
     assert layers["maxpool2d"].ceil and layers["maxpool2d"].out_shape == (6, 4, 4)
@@ -321,23 +384,20 @@ def test_ceil_mode_pooling_asymmetric_zero_pad_channel_shuffle_and_global_max_po
 
 
 @pytest.mark.parametrize("opset", OPSETS)
-def test_zero_pad_folds_into_the_convolution_and_pooling(tmp_path, opset):
-    torch.manual_seed(4)
-    network, proto, text = import_and_compare(Padded().eval(), (2, 9, 7), tmp_path, "padded", opset)
+def test_zero_pad_folds_into_the_convolution_and_pooling(imported, c_module, opset):
+    network, proto, text = import_and_compare(imported, c_module, "padded", opset)
     assert "Pad" in {node.op_type for node in proto.graph.node}
     assert "padding=(2, 1)" in text and "avgpool2d(size=3, stride=2, padding=1)" in text
 
 
 @pytest.mark.parametrize("opset", OPSETS)
-def test_view_with_the_batch_size_flattens(tmp_path, opset):
-    torch.manual_seed(5)
-    network, proto, _ = import_and_compare(ViewFlatten().eval(), (1, 14, 14), tmp_path, "view", opset)
+def test_view_with_the_batch_size_flattens(imported, c_module, opset):
+    network, proto, _ = import_and_compare(imported, c_module, "view", opset)
     assert {"Shape", "Gather", "Unsqueeze", "Concat", "Reshape"} <= {node.op_type for node in proto.graph.node}
     assert [layer.kind for layer in network.layers] == ["conv2d", "maxpool2d", "flatten", "dense"]
 
 
 @pytest.mark.parametrize("opset", OPSETS)
-def test_batch_norm_1d_after_linear(tmp_path, opset):
-    torch.manual_seed(6)
-    network, _, _ = import_and_compare(randomise_batch_norms(LinearBatchNorm(), 3), (12,), tmp_path, "mlp", opset)
+def test_batch_norm_1d_after_linear(imported, c_module, opset):
+    network, _, _ = import_and_compare(imported, c_module, "mlp", opset)
     assert [layer.kind for layer in network.layers] == ["dense", "batchnorm", "relu", "dense", "batchnorm", "dense"]
