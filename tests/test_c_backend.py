@@ -558,6 +558,14 @@ def test_gradcheck_passes_on_a_c_model_in_float64(bundles):
     assert max(errors.values()) < 1e-6, errors
 
 
+@pytest.mark.parametrize("case", [case for case in CASES if case.startswith("blocked_phases")] + ["blocked_s2_d2_nonsquare"])
+def test_phase_by_phase_input_gradients_match_finite_differences(bundles, case):
+    """The strided blocked convolutions whose input gradient goes one phase of the stride at a time."""
+    errors = gradcheck(bundles["float64"].model(case), batch=2)
+    assert "input" in errors and "c.weight" in errors
+    assert max(errors.values()) < 1e-6, errors
+
+
 def test_gradcheck_command_accepts_the_c_backend(cache_dir, monkeypatch, capsys):
     monkeypatch.setenv("CNNC_CACHE_DIR", str(cache_dir))
     assert main(["gradcheck", str(SPECS / "worked_2d.cnn"), "--backend", "c"]) == 0
