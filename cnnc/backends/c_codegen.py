@@ -92,8 +92,8 @@ def choose_kernel(layer: Layer) -> str:
 
     conv: "blocked" (kernels/conv_blocked.h: register tiles of output columns x a vector of channels) when
     there are enough filters to fill some vector lanes and rows long enough for a tile, and the stride is at
-    most 2 (its input gradient correlates a stride-dilated output gradient, which wastes stride^2 of the
-    work); "direct" (kernels/conv.h, the plain loops) otherwise. dense: "blocked" from BLOCKED_MIN_INPUTS
+    most 2 (a strided input gradient goes phase by phase, but with few input channels, by columns, it
+    correlates the stride-dilated output gradient, which wastes stride^2 of the work); "direct" (kernels/conv.h, the plain loops) otherwise. dense: "blocked" from BLOCKED_MIN_INPUTS
     inputs. maxpool2d: "2x2" (four fixed loads per window) for the 2x2 window, stride 2, no padding. A grouped
     convolution (groups > 1, depthwise included): "grouped" (kernels/conv_grouped.h).
     Everything else: "direct"."""
