@@ -113,6 +113,14 @@ CASES = {
     # few filters on rows of at least a vector: the weight gradient by columns (a last, overlapping vector)
     "blocked_wgrad_columns_d2": "input x[2, 7, 37]\nconv2d c(filters=5, kernel=(2,3), padding=(1,2), dilation=(1,2), activation=relu)",
     "blocked_wgrad_columns_s21": "input x[3, 9, 20]\nconv2d c(filters=5, kernel=3, stride=(2,1), bias=false)",
+    # stride 2 with vectors over channels: the input gradient one phase of the stride at a time; phases
+    # that no tap reaches (1x1, and stride 2 with dilation 2), phases of different sizes (odd extents),
+    # phases wider than a register tile (20 columns: 8 + 8 + 4), 1-D (phases along the columns only)
+    "blocked_phases_1x1_s2": "input x[16, 9, 10]\nconv2d c(filters=24, kernel=1, stride=2, bias=false)",
+    "blocked_phases_k3_s2_odd": "input x[20, 7, 9]\nconv2d c(filters=16, kernel=3, stride=2, padding=1)",
+    "blocked_phases_s2_d2_untouched": "input x[16, 9, 12]\nconv2d c(filters=16, kernel=3, stride=2, padding=1, dilation=2)",
+    "blocked_phases_wide_tail": "input x[16, 5, 40]\nconv2d c(filters=16, kernel=3, stride=2, padding=1, activation=relu)",
+    "blocked_phases_conv1d": "input x[16, 41]\nconv1d c(filters=16, kernel=4, stride=2, padding=1)",
     "blocked_dense_odd": "input x[77]\ndense d(units=7, activation=relu)\ndense out(units=18)",
     "blocked_net": "input x[3, 12, 12]\nconv2d c1(filters=8, kernel=3, padding=1, activation=relu)\n"
                    "conv2d c2(filters=6, kernel=3, stride=2)\nflatten\ndense out(units=3)\nloss cross_entropy",
@@ -131,6 +139,11 @@ BLOCKED_VARIANTS = {
     ("blocked_wgrad_columns_s21", "c"): (True, True, True),
     ("blocked_net", "c1"): (True, True, False),
     ("blocked_net", "c2"): (False, True, False),
+    ("blocked_phases_1x1_s2", "c"): (False, False, False),
+    ("blocked_phases_k3_s2_odd", "c"): (False, False, False),
+    ("blocked_phases_s2_d2_untouched", "c"): (False, False, False),
+    ("blocked_phases_wide_tail", "c"): (False, False, False),
+    ("blocked_phases_conv1d", "c"): (False, False, False),
 }
 # the shipped specs the C backend runs so far (graphs and batch norm are refused: tests/test_every_spec.py)
 SPEC_MODELS = [(path.name, n.name) for path in sorted(SPECS.glob("*.cnn")) for n in cnnc.networks_from_file(path)
@@ -351,6 +364,14 @@ def test_kernel_choice_covers_every_blocked_variant_and_the_direct_fallback():
         assert (blocked.forward_by_columns, blocked.input_grad_by_columns, blocked.weight_grad_by_columns) == expected, case
         if expected[2]:  # in float64 too (8 lanes)
             assert BlockedConv.of(layer, 8).weight_grad_by_columns, case
+        # a strided input gradient vectorised over channels goes phase by phase, in float64 too
+        stride = layer.stride if layer.spatial_dims == 2 else (1, *layer.stride)
+        for vl in (16, 8):
+            b = BlockedConv.of(layer, vl)
+            assert b.input_grad_phases == (max(stride) > 1 and not b.input_grad_by_columns), (case, vl)
+    assert BlockedConv.of(case_network("blocked_s2_d2_nonsquare").layer("c"), 16).input_grad_phases
+    assert all(BlockedConv.of(case_network(case).layer("c"), vl).input_grad_phases
+               for case in CASES if case.startswith("blocked_phases") for vl in (16, 8))
     for case in ("conv2d_k3", "conv2d_k3_s3_p21_d2_nobias", "conv1d_k4_s3_p2"):  # 3 filters; stride 3
         assert choose_kernel(case_network(case).layer("c")) == "direct", case
     # dense: blocked from 16 inputs (tails of inputs, of units, of samples), direct below
@@ -534,6 +555,14 @@ def test_gradcheck_passes_on_a_c_model_in_float64(bundles):
     errors = gradcheck(bundles["float64"].model("net_2d"), batch=2)
     assert set(errors) == {"c1.weight", "c1.bias", "c2.weight", "c2.bias", "d1.weight", "d1.bias", "out.weight",
                            "out.bias", "input"}
+    assert max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if case.startswith("blocked_phases")] + ["blocked_s2_d2_nonsquare"])
+def test_phase_by_phase_input_gradients_match_finite_differences(bundles, case):
+    """The strided blocked convolutions whose input gradient goes one phase of the stride at a time."""
+    errors = gradcheck(bundles["float64"].model(case), batch=2)
+    assert "input" in errors and "c.weight" in errors
     assert max(errors.values()) < 1e-6, errors
 
 

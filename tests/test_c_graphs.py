@@ -373,3 +373,35 @@ def test_float32_resnet8_agrees_with_numpy_in_both_modes():
         x = rng.normal(size=(4, 1, 28, 28)).astype(np.float32)
         dy = rng.normal(size=(4, 10)).astype(np.float32)
         assert_close(run(c, x, dy, train), run(ref, x, dy, train), 1e-4, f"the NumPy backend (float32, train={train})")
+
+
+THREADS_SCRIPT = """
+import sys, numpy as np, cnnc
+m = cnnc.load(sys.argv[1], backend="c", dtype="float32", seed=0)
+rng = np.random.default_rng(1)
+x = rng.normal(size=(64, 1, 28, 28)).astype(np.float32)
+y = m.forward(x, train=True)
+loss, dy = m.loss(y, rng.integers(0, 10, 64))
+out = {"y": y, "dx": m.backward(dy), **{"grad " + k: v for k, v in m.grads.items()},
+       **{"buffer " + k: v for k, v in m.buffers.items()}}
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_resnet8_training_step_is_identical_on_one_and_two_threads(tmp_path):
+    """A float32 training step at batch 64 (the benchmark's; every parallel threshold passed): output, input
+    gradient, parameter gradients and running statistics bit for bit equal with OMP_NUM_THREADS=1 and 2."""
+    import os
+    import sys
+    results = {}
+    for threads in (1, 2):
+        path = tmp_path / f"threads{threads}.npz"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(SPECS / "resnet8.cnn"), str(path)], env=env,
+                       check=True, timeout=600)
+        with np.load(path) as data:
+            results[threads] = dict(data)
+    assert set(results[1]) == set(results[2]) and "grad s2.c1.weight" in results[1]
+    differ = [name for name in results[1] if not np.array_equal(results[1][name], results[2][name])]
+    assert not differ, f"1 and 2 threads differ in {differ}"
+    assert np.abs(results[1]["dx"]).max() > 0 and np.abs(results[1]["grad s3.proj.weight"]).max() > 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields
 from functools import cache
-from math import prod
+from math import gcd, prod
 from typing import ClassVar
 
 from .._version import __version__
@@ -92,8 +92,8 @@ def choose_kernel(layer: Layer) -> str:
 
     conv: "blocked" (kernels/conv_blocked.h: register tiles of output columns x a vector of channels) when
     there are enough filters to fill some vector lanes and rows long enough for a tile, and the stride is at
-    most 2 (its input gradient correlates a stride-dilated output gradient, which wastes stride^2 of the
-    work); "direct" (kernels/conv.h, the plain loops) otherwise. dense: "blocked" from BLOCKED_MIN_INPUTS
+    most 2 (a strided input gradient goes phase by phase, but with few input channels, by columns, it
+    correlates the stride-dilated output gradient, which wastes stride^2 of the work); "direct" (kernels/conv.h, the plain loops) otherwise. dense: "blocked" from BLOCKED_MIN_INPUTS
     inputs. maxpool2d: "2x2" (four fixed loads per window) for the 2x2 window, stride 2, no padding. A grouped
     convolution (groups > 1, depthwise included): "grouped" (kernels/conv_grouped.h).
     Everything else: "direct"."""
@@ -166,6 +166,27 @@ def geometry_2d(layer: Layer):
     return (H, W, OH, OW, *layer.kernel, *layer.stride, *layer.dilation, *layer.pad_before)
 
 
+def phase_taps(r: int, S: int, P: int, K: int, D: int) -> tuple[int, int]:
+    """(taps, first output-gradient position read) of phase r of a strided input gradient along one dimension
+    (kernels/conv_blocked.h's phase_taps): the taps p with r + P - p*D a multiple of S."""
+    taps = [p for p in range(K) if (r + P - p * D) % S == 0]
+    return len(taps), ((r + P - taps[-1] * D) // S if taps else 0)
+
+
+def phase_plane(extent: int, out_extent: int, K: int, S: int, D: int, P: int) -> int:
+    """Rows (or columns) of the padded output gradient the phase-by-phase input gradient reads: phase_top
+    before the output gradient, and room after it for every phase's last tap."""
+    top = ((K - 1) * D + S - 1) // S
+    reach = D // gcd(S, D)
+    end = out_extent
+    for r in range(min(S, extent)):
+        count, base = phase_taps(r, S, P, K, D)
+        size = -(-(extent - r) // S)
+        if count:
+            end = max(end, base + (count - 1) * reach + size)
+    return top + end
+
+
 @dataclass(frozen=True)
 class BlockedConv:
     """The sizes of a blocked convolution beyond its geometry (kernels/conv_blocked.h's Conv2dBlocked):
@@ -194,6 +215,9 @@ class BlockedConv:
     # The weight gradient vectorised over output columns (few filters): WMB filters x KW taps per tile.
     weight_grad_by_columns: bool
     WMB: int
+    # Stride > 1 and vectors over channels: the input gradient one phase of the stride at a time
+    # (conv2d_blocked_input_grad_phases); HD, WD are then the padded, not spread, output gradient's plane.
+    input_grad_phases: bool
 
     @classmethod
     def of(cls, layer: Layer, vl: int) -> "BlockedConv":
@@ -210,10 +234,13 @@ class BlockedConv:
         FMB, FRB = column_tile(F, OH) if fwd_cols else (0, 0)
         XMB, XRB = column_tile(C, H) if dx_cols else (0, 0)
         wgrad_cols = weight_grad_by_columns(F, OW, KW, SW, vl)
+        phases = max(SH, SW) > 1 and not dx_cols
+        if phases:
+            HD, WD = phase_plane(H, OH, KH, SH, DH, PH), phase_plane(W, OW, KW, SW, DW, PW)
         return cls(-(-F // vl), -(-C // vl), HP, WP, HD, WD, OB, OB_TAIL, XB, XB_TAIL, *weight_grad_block(C, KW),
                    padded=(HP, WP, PH, PW) != (H, W, 0, 0), forward_by_columns=fwd_cols, FMB=FMB, FRB=FRB,
                    input_grad_by_columns=dx_cols, XMB=XMB, XRB=XRB, weight_grad_by_columns=wgrad_cols,
-                   WMB=weight_grad_column_tile(F, KW) if wgrad_cols else 0)
+                   WMB=weight_grad_column_tile(F, KW) if wgrad_cols else 0, input_grad_phases=phases)
 
 
 # ---- buffers ---------------------------------------------------------------------------------------

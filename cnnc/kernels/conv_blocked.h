@@ -15,7 +15,8 @@ typedef struct {
     Conv2d conv;                 // the layer
     int FV, CV;                  // vectors of VL filters, of VL input channels
     int HP, WP;                  // input plane as forward reads it (a zero-padded copy when `padded`)
-    int HD, WD;                  // output-gradient plane, spread by the stride and padded by the kernel's reach
+    int HD, WD;                  // output-gradient plane, padded by the kernel's reach (and spread by the stride
+                                 // unless input_grad_phases)
     int OB, OB_TAIL;             // output columns per forward tile, in the last tile (0: none)
     int XB, XB_TAIL;             // input columns per input-gradient tile, in the last tile
     int CB, KB;                  // input channels, kernel columns per weight-gradient tile
@@ -26,20 +27,25 @@ typedef struct {
     int XMB, XRB;
     int weight_grad_by_columns;  // the weight gradient vectorised over output columns, WMB filters x KW taps
     int WMB;
+    int input_grad_phases;       // stride > 1: the input gradient one phase of the stride at a time (see below)
 } Conv2dBlocked;
 
-// One correlation: out (M, OH, OW) from inp (CIN, IH, IW) per sample, with the kernel, stride and dilation,
-// reading input rows from ROW0 and columns from COL0; input rows outside ROW_LO .. ROW_HI are zero padding.
-// Tiles: OB / OB_TAIL output columns x a vector of channels, or (by_columns) MB channels x RB rows x a vector.
+// One correlation: OH x OW outputs per channel from inp (CIN, IH, IW) per sample, with the kernel, stride and
+// dilation, reading input rows from ROW0 and columns from COL0; input rows outside ROW_LO .. ROW_HI are zero
+// padding. Tiles: OB / OB_TAIL output columns x a vector of channels, or (by_columns) MB channels x RB rows x a
+// vector. Output (oy, ox) of channel m lands at out[m][OROW0 + oy*OSH][OCOL0 + ox*OSW] of planes (M, OPH, OPW):
+// one phase of a strided input gradient (OSH, OSW > 1, vectors over channels only), else OPH, OPW = OH, OW.
 typedef struct {
     int CIN, M, MV, IH, IW, OH, OW, KH, KW, SH, SW, DH, DW, ROW0, COL0, ROW_LO, ROW_HI, OB, OB_TAIL, by_columns, MB, RB;
+    int OPH, OPW, OROW0, OCOL0, OSH, OSW;
 } Correlation;
 
 static inline Correlation conv2d_forward_correlation(Conv2dBlocked b)
 {
     Conv2d g = b.conv;
     Correlation c = {g.C, g.F, b.FV, b.HP, b.WP, g.OH, g.OW, g.KH, g.KW, g.SH, g.SW, g.DH, g.DW, 0, 0,
-                     g.PH, g.PH + g.H - 1, b.OB, b.OB_TAIL, b.forward_by_columns, b.FMB, b.FRB};
+                     g.PH, g.PH + g.H - 1, b.OB, b.OB_TAIL, b.forward_by_columns, b.FMB, b.FRB,
+                     g.OH, g.OW, 0, 0, 1, 1};
     return c;
 }
 
@@ -48,7 +54,7 @@ static inline Correlation conv2d_input_grad_correlation(Conv2dBlocked b)
     Conv2d g = b.conv;
     Correlation c = {g.F, g.C, b.CV, b.HD, b.WD, g.H, g.W, g.KH, g.KW, 1, 1, g.DH, g.DW, g.PH, g.PW,
                      (g.KH - 1) * g.DH, (g.KH - 1) * g.DH + (g.OH - 1) * g.SH, b.XB, b.XB_TAIL,
-                     b.input_grad_by_columns, b.XMB, b.XRB};
+                     b.input_grad_by_columns, b.XMB, b.XRB, g.H, g.W, 0, 0, 1, 1};
     return c;
 }
 
@@ -90,16 +96,16 @@ void correlation_tile(real* restrict out, const real* restrict inp, const vec* r
             }
         }
     }
-    // the transposed store: lane l of acc[j] is out[mv*VL + l][oy][ox0 + j]
+    // the transposed store: lane l of acc[j] is output (oy, ox0 + j) of channel mv*VL + l
     real lanes[MAX_TILE][VL];
     for (int j = 0; j < width; j++) {
         memcpy(lanes[j], &acc[j], sizeof(vec));
     }
     int count = g.M - mv * VL < VL ? g.M - mv * VL : VL;
     for (int l = 0; l < count; l++) {
-        real* out_row = out + ((int64_t)(mv * VL + l) * g.OH + oy) * g.OW + ox0;
+        real* out_row = out + ((int64_t)(mv * VL + l) * g.OPH + g.OROW0 + oy * g.OSH) * g.OPW + g.OCOL0 + ox0 * g.OSW;
         for (int j = 0; j < width; j++) {
-            out_row[j] = lanes[j][l];
+            out_row[j * g.OSW] = lanes[j][l];
         }
     }
 }
@@ -164,7 +170,7 @@ CNNC_KERNEL void correlation(real* restrict out, const real* restrict inp, const
                              const real* restrict bias, int64_t N, Correlation g)
 {
     for (int64_t n = 0; n < N; n++) {
-        real* out_n = out + n * g.M * g.OH * g.OW;
+        real* out_n = out + n * g.M * g.OPH * g.OPW;
         const real* inp_n = inp + n * g.CIN * g.IH * g.IW;
         if (g.by_columns) {
             for (int oy = 0; oy < g.OH; oy += g.RB) {
@@ -438,9 +444,120 @@ CNNC_KERNEL void conv2d_blocked_rotate(real* restrict wrot, const real* restrict
     }
 }
 
+// ---- the input gradient of a strided convolution, one phase of the stride at a time ----------------------
+// With stride S, the input positions r, r + S, r + 2S, ... (phase r, 0 <= r < S) receive gradient only from
+// the kernel taps p with (r + P - p*D) a multiple of S. Correlating the spread-out output gradient with the
+// whole kernel (the stride-1 scheme above) would multiply by the zeros between its values: for a 3x3 kernel
+// of stride 2, 3/4 of the multiply-adds. Instead each phase (ry, rx) is a dense, stride-1 correlation of the
+// (padded, not spread) output gradient with its own taps, written to every SH-th row and SW-th column of dinp.
+
+// The taps of phase r along one dimension (stride S, padding P, kernel K, dilation D, `extent` input
+// positions): from tap `first` down, `count` taps `step` apart; for input position r + i*S, tap k reads output
+// gradient position base + k*reach + i. `size` is the number of input positions in the phase.
+typedef struct {
+    int first, count, step, base, reach, size;
+} PhaseTaps;
+
+static inline __attribute__((always_inline)) PhaseTaps phase_taps(int r, int S, int P, int K, int D, int extent)
+{
+    int gcd = S, rest = D;
+    while (rest != 0) {
+        int t = gcd % rest;
+        gcd = rest;
+        rest = t;
+    }
+    PhaseTaps t = {0, 0, S / gcd, 0, D / gcd, extent > r ? (extent - r + S - 1) / S : 0};
+    for (int p = K - 1; p >= 0; p--) {
+        if ((r + P - p * D) % S == 0) {
+            t.first = p;
+            t.count = p / t.step + 1;
+            t.base = (r + P - p * D) / S;  // exact, possibly negative
+            break;
+        }
+    }
+    return t;
+}
+
+// Rows above, columns left of the output gradient in its padded plane: enough for every phase's first tap.
+static inline int phase_top(Conv2d g) { return ((g.KH - 1) * g.DH + g.SH - 1) / g.SH; }
+static inline int phase_left(Conv2d g) { return ((g.KW - 1) * g.DW + g.SW - 1) / g.SW; }
+
+// dout (N, F, OH, OW) -> dypad (N, F, HD, WD): dout at row phase_top, column phase_left, zeros around it
+CNNC_KERNEL void conv2d_blocked_pad_dout(real* restrict dypad, const real* restrict dout, int64_t N, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    int top = phase_top(g), left = phase_left(g);
+    for (int64_t n = 0; n < N; n++) {
+        real* dypad_n = dypad + n * g.F * b.HD * b.WD;
+        memset(dypad_n, 0, sizeof(real) * g.F * b.HD * b.WD);
+        for (int f = 0; f < g.F; f++) {
+            for (int oh = 0; oh < g.OH; oh++) {
+                memcpy(dypad_n + ((int64_t)f * b.HD + top + oh) * b.WD + left,
+                       dout + ((n * g.F + f) * g.OH + oh) * g.OW, sizeof(real) * g.OW);
+            }
+        }
+    }
+}
+
+// dout is (N, F, OH, OW), weight (F, C, KH, KW) -> dinp (N, C, H, W), written (=), as the stride-1 scheme:
+//   dinp[n][c][ry + i*SH][rx + j*SW] = sum over f, k, l of weight[f][c][py][qx] * dout[n][f][by + k*RY + i][bx + l*RX]
+//   with py = ty.first - k*ty.step, qx = tx.first - l*tx.step (ty, tx: phase_taps of rows ry, columns rx).
+// Scratch: dypad (N, F, HD, WD), the padded dout; wrot, each phase's taps packed (KHr, KWr, F, CV * VL) in turn.
+// Tiles over each phase's columns: all of them up to MAX_TILE, else 8 and a tail.
+CNNC_KERNEL void conv2d_blocked_input_grad_phases(real* restrict dinp, const real* restrict dout,
+                                                  const real* restrict weight, real* restrict dypad,
+                                                  real* restrict wrot, int64_t N, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    int top = phase_top(g), left = phase_left(g);
+    conv2d_blocked_pad_dout(dypad, dout, N, b);
+    real* w_phase = wrot;
+#pragma GCC unroll 4
+    for (int ry = 0; ry < g.SH; ry++) {
+#pragma GCC unroll 4
+        for (int rx = 0; rx < g.SW; rx++) {
+            PhaseTaps ty = phase_taps(ry, g.SH, g.PH, g.KH, g.DH, g.H);
+            PhaseTaps tx = phase_taps(rx, g.SW, g.PW, g.KW, g.DW, g.W);
+            if (ty.size == 0 || tx.size == 0) {
+                continue;
+            }
+            if (ty.count == 0 || tx.count == 0) {  // no tap reaches these inputs: their gradient is zero
+                for (int64_t nc = 0; nc < N * g.C; nc++) {
+                    for (int i = 0; i < ty.size; i++) {
+                        real* dinp_row = dinp + (nc * g.H + ry + i * g.SH) * g.W + rx;
+                        for (int j = 0; j < tx.size; j++) {
+                            dinp_row[j * g.SW] = 0;
+                        }
+                    }
+                }
+                continue;
+            }
+            for (int k = 0; k < ty.count; k++) {
+                for (int l = 0; l < tx.count; l++) {
+                    int tap = (ty.first - k * ty.step) * g.KW + tx.first - l * tx.step;
+                    for (int f = 0; f < g.F; f++) {
+                        real* w_klf = w_phase + ((k * tx.count + l) * g.F + f) * b.CV * VL;
+                        for (int c = 0; c < b.CV * VL; c++) {
+                            w_klf[c] = c < g.C ? weight[(f * g.C + c) * g.KH * g.KW + tap] : 0;
+                        }
+                    }
+                }
+            }
+            int ob = tx.size <= MAX_TILE ? tx.size : 8;
+            int ob_tail = tx.size <= MAX_TILE ? 0 : tx.size % 8;
+            Correlation phase = {g.F, g.C, b.CV, b.HD, b.WD, ty.size, tx.size, ty.count, tx.count, 1, 1,
+                                 ty.reach, tx.reach, top + ty.base, left + tx.base, top, top + g.OH - 1, ob, ob_tail,
+                                 0, 0, 0, g.H, g.W, ry, rx, g.SH, g.SW};
+            correlation(dinp, dypad, w_phase, NULL, N, phase);
+            w_phase += ty.count * tx.count * g.F * b.CV * VL;
+        }
+    }
+}
+
 // dout is (N, F, OH, OW), x the input as forward read it (xpad if b.padded, else inp), weight (F, C, KH, KW);
 // accumulates (+=) dweight (like weight) and dbias (F, or NULL), and writes (=) dinp (N, C, H, W) unless it
-// is NULL (the first layer of a training step needs no input gradient). dyt, dypad and wrot are scratch:
+// is NULL (the first layer of a training step needs no input gradient). dyt, dypad and wrot are scratch; with
+// b.input_grad_phases, conv2d_blocked_input_grad_phases computes dinp, otherwise
 //   dinp[n][c][h][w] = sum over f, p, q of wrot[f][p][q][c] * dypad[n][f][PH + h + p*DH][PW + w + q*DW]
 CNNC_KERNEL void conv2d_blocked_backward(real* restrict dinp, real* restrict dweight, real* restrict dbias,
                                          const real* restrict dout, const real* restrict x, const real* restrict weight,
@@ -468,7 +585,9 @@ CNNC_KERNEL void conv2d_blocked_backward(real* restrict dinp, real* restrict dwe
         conv2d_blocked_transpose(dyt, dout, N, b);
         conv2d_weight_grad(dweight, dyt, x, N, b);
     }
-    if (dinp != NULL) {
+    if (dinp != NULL && b.input_grad_phases) {
+        conv2d_blocked_input_grad_phases(dinp, dout, weight, dypad, wrot, N, b);
+    } else if (dinp != NULL) {
         conv2d_blocked_spread(dypad, dout, N, b);
         conv2d_blocked_rotate(wrot, weight, b);
         correlation(dinp, dypad, wrot, NULL, N, conv2d_input_grad_correlation(b));
