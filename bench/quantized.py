@@ -19,7 +19,7 @@ For each task: `cnnc train` (C backend, default settings but the epochs), then i
                      Single thread.
 The machine is shared: the cores' worth of CPU other processes used during the timing is recorded beside it.
 
-Writes bench/results/quantized-<date>.json and .md and prints the Markdown table.
+Writes bench/results/quantized-<date>[-<tasks>].json and .md and prints the Markdown table.
 """
 from __future__ import annotations
 
@@ -264,6 +264,8 @@ def main(argv=None) -> int:
     command = "python bench/quantized.py " + " ".join(argv if argv is not None else sys.argv[1:])
     table = markdown(results, machine_summary(machine), command.strip())
     stem = args.out / f"quantized-{datetime.date.today().isoformat()}"
+    if args.tasks != list(TASKS):  # a subset does not overwrite the day's full record
+        stem = stem.with_name(stem.name + "-" + "-".join(args.tasks))
     args.out.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps({"results": results, "machine": machine}, indent=2, default=str))
     stem.with_suffix(".md").write_text(table + "\n")
