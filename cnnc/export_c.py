@@ -44,7 +44,8 @@ import numpy as np
 from .c_names import comment_name, is_c_symbol
 from .diagnostics import CnncError
 from .fileio import write_owned_folder
-from .ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, MERGE_KINDS, Layer, Network
+from .ir import (ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, CONV_TRANSPOSE_KINDS, MAXPOOL_KINDS, MERGE_KINDS, Layer,
+                 Network)
 from .summary import human_bytes
 
 FLOAT_BYTES = 4  # the exported C computes in float32
@@ -69,22 +70,33 @@ def checked_prefix(prefix: str) -> str:
 
 # ---- what the export runs ------------------------------------------------------------------------------
 # Activations the kernel library has (kernels/activations.h), applied in place to the tensor they rewrite.
-EXPORT_ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "relu6", "silu", "hardswish")
+EXPORT_ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "relu6", "silu", "hardswish", "elu", "selu",
+                      "hardsigmoid", "log_softmax")
+ROW_ACTIVATIONS = ("softmax", "log_softmax")  # over the whole tensor as one row; the others elementwise
 # Layers that read one or more tensors and write a new one.
-COMPUTE_KINDS = CONV_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS + ("global_avgpool", "dense", "batchnorm") + MERGE_KINDS
+COMPUTE_KINDS = (CONV_KINDS + CONV_TRANSPOSE_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS
+                 + ("global_avgpool", "global_maxpool", "dense", "batchnorm", "lrn", "channel_shuffle") + MERGE_KINDS)
 ALIAS_KINDS = ("flatten", "dropout")  # no code: the same memory read another way (dropout is the identity)
 EXPORT_KINDS = COMPUTE_KINDS + EXPORT_ACTIVATIONS + ALIAS_KINDS
 
 
-def export_refusal(network: Network, what: str = "the standalone C export") -> str | None:
-    """Why the standalone C export cannot write `network`, naming the layer, or None."""
+# What the int8 export (cnnc/quantize.py) still refuses among the float export's kinds: issue 15's additions.
+ISSUE15_KINDS = CONV_TRANSPOSE_KINDS + ("global_maxpool", "lrn", "channel_shuffle", "elu", "selu", "hardsigmoid",
+                                        "log_softmax")
+
+
+def export_refusal(network: Network, what: str = "the standalone C export", issue15: bool = True) -> str | None:
+    """Why the standalone C export cannot write `network`, naming the layer, or None. issue15=False: refuse
+    issue 15's additions too (ISSUE15_KINDS, as layers or activation=, and pooling with ceil=true or
+    count_pad=false), which the int8 export cannot run yet."""
     for layer in network.layers:
-        if layer.kind not in EXPORT_KINDS:
+        if layer.kind not in EXPORT_KINDS or (not issue15 and layer.kind in ISSUE15_KINDS):
             return f"{what} does not support '{layer.kind}' (layer '{layer.name}') yet; the C and NumPy backends run it"
-        if layer.activation is not None and layer.activation not in EXPORT_ACTIVATIONS:
+        if layer.activation is not None and (layer.activation not in EXPORT_ACTIVATIONS
+                                             or (not issue15 and layer.activation in ISSUE15_KINDS)):
             return (f"{what} does not support activation={layer.activation} (layer '{layer.name}') yet; "
                     "the C and NumPy backends run it")
-        if layer.ceil or not layer.count_pad:
+        if not issue15 and (layer.ceil or not layer.count_pad):
             option = "ceil=true" if layer.ceil else "count_pad=false"
             return (f"{what} does not support pooling with {option} (layer '{layer.name}') yet; "
                     "the C and NumPy backends run it")
@@ -150,7 +162,9 @@ class Step:
         place to `dst` (standalone, or fused into `layer` when layer.kind is conv/dense).
     index: the layer's 1-based position in the network (0 for a copy of the input in a chain).
     srcs: the buffers read, in the layer's operand order (one but for add and concat).
-    scratch: batch norm's 2 * C floats for the mean and invstd batchnorm_forward writes, or None."""
+    scratch: batch norm's 2 * C floats for the mean and invstd batchnorm_forward writes, lrn's divisor base
+        (one float per output element, which lrn_forward writes for a backward pass inference never runs),
+        or None."""
 
     op: str
     layer: Layer | None
@@ -265,7 +279,8 @@ def memory_plan(network: Network) -> MemoryPlan:
             value_of[layer.name] = in_place(layer.kind, layer, index, layer.inputs[0], pos)
         else:
             sources = tuple(value_of[name] for name in layer.inputs)
-            scratch = new_value(2 * layer.in_shape[0]) if layer.kind == "batchnorm" else None
+            scratch = (new_value(2 * layer.in_shape[0]) if layer.kind == "batchnorm"
+                       else new_value(layer.out_size) if layer.kind == "lrn" else None)
             value = new_value(layer.out_size)
             raw.append(("compute", layer, index, sources, value, layer.out_size, scratch))
             if layer.activation:
@@ -421,8 +436,8 @@ def _weight_arrays(network: Network, params: dict, buffers: dict, folds: dict) -
 
 # The kernel header and geometry struct of each computing layer kind (kernels/*.h).
 def _kernel(layer: Layer) -> tuple[str, str, list]:
-    from .backends.c_codegen import (batchnorm_geometry, conv_geometry, dense_geometry, global_avgpool_geometry,
-                                     pool_geometry)
+    from .backends.c_codegen import (batchnorm_geometry, channels_and_positions, conv_geometry,
+                                     conv_transpose_geometry, dense_geometry, global_avgpool_geometry, pool_geometry)
 
     if layer.kind in CONV_KINDS and layer.groups != 1:
         return "conv_grouped.h", "Conv2dGrouped", [("conv", conv_geometry(layer)), ("G", layer.groups)]
@@ -434,6 +449,18 @@ def _kernel(layer: Layer) -> tuple[str, str, list]:
         return "batchnorm.h", "BatchNorm", batchnorm_geometry(layer)
     if layer.kind == "global_avgpool":
         return "pool.h", "GlobalAvgPool", global_avgpool_geometry(layer)
+    if layer.kind == "global_maxpool":
+        return "pool.h", "GlobalMaxPool", global_avgpool_geometry(layer)
+    if layer.kind in CONV_TRANSPOSE_KINDS:
+        return "conv_transpose.h", "ConvTranspose2d", conv_transpose_geometry(layer)
+    if layer.kind == "lrn":
+        return "lrn.h", "Lrn", channels_and_positions(layer) + [("SIZE", layer.lrn_size)]
+    if layer.kind == "channel_shuffle":
+        return "channel_shuffle.h", "ChannelShuffle", channels_and_positions(layer) + [("G", layer.groups)]
+    if layer.kind in AVGPOOL_KINDS and (layer.ceil or not layer.count_pad):  # a divisor per window
+        PHA, PWA = (0, layer.pad_after[0]) if layer.spatial_dims == 1 else layer.pad_after
+        return "pool.h", "AvgPool2dClipped", [("pool", pool_geometry(layer)), ("PHA", PHA), ("PWA", PWA),
+                                              ("count_pad", int(layer.count_pad))]
     return "pool.h", "Pool2d", pool_geometry(layer)
 
 
@@ -457,9 +484,11 @@ def _merge_statement(step: Step, name: str, geometries: list[dict], headers: set
     return "\n".join(lines)
 
 
-def _statement(step: Step, folded: set[str], geometries: list[dict], headers: set[str]) -> str:
+def _statement(step: Step, folded: set[str], geometries: list[dict], headers: set[str],
+               winners: list[dict] | None = None) -> str:
     """The C statement(s) of one step of predict(): kernel calls with one sample (N = 1). folded: the names of
-    the convolutions a batch norm is folded into (they have a bias now)."""
+    the convolutions a batch norm is folded into (they have a bias now). winners: gets the static int32_t
+    array each global max pooling writes its winners to (global_maxpool_forward's argmax, unread here)."""
     from .backends.c_codegen import c_initializer
 
     out, inp, layer = step.dst.c_expr(), step.src.c_expr(), step.layer
@@ -469,8 +498,8 @@ def _statement(step: Step, folded: set[str], geometries: list[dict], headers: se
         headers.add("activations.h")
         if step.op == "leaky_relu":
             return f"leaky_relu_forward({out}, {out}, {c_float(layer.slope)}, {step.size});"
-        if step.op == "softmax":
-            return f"softmax_forward({out}, {out}, 1, {step.size});"
+        if step.op in ROW_ACTIVATIONS:
+            return f"{step.op}_forward({out}, {out}, 1, {step.size});"
         return f"{step.op}_forward({out}, {out}, {step.size});"
     name = f"layer{step.index}"
     if layer.kind in MERGE_KINDS:
@@ -479,6 +508,8 @@ def _statement(step: Step, folded: set[str], geometries: list[dict], headers: se
     headers.add(header)
     geometries.append({"struct": struct, "ident": name, "fields": c_initializer(geometry)})
     params = f"{name}_weight, " + (f"{name}_bias" if layer.bias or layer.name in folded else "NULL")
+    if layer.kind in CONV_TRANSPOSE_KINDS:  # a 1-D one runs as a 2-D one of height 1
+        return f"conv_transpose2d_forward({out}, {inp}, {params}, 1, {name});"
     if layer.kind in CONV_KINDS:
         kernel = "conv2d_grouped_forward" if layer.groups != 1 else "conv2d_forward"
         return f"{kernel}({out}, {inp}, {params}, 1, {name});"
@@ -490,8 +521,20 @@ def _statement(step: Step, folded: set[str], geometries: list[dict], headers: se
         invstd = Buffer("arena", step.scratch.offset + channels).c_expr()
         return (f"batchnorm_forward({out}, {mean}, {invstd}, (real *){name}_running_mean, (real *){name}_running_var, "
                 f"{inp}, {name}_weight, {name}_bias, 1, 0, {c_double(layer.eps)}, {c_double(layer.momentum)}, {name});")
+    if layer.kind == "lrn":  # the divisor base goes to arena scratch: only backward would read it
+        return (f"lrn_forward({out}, {step.scratch.c_expr()}, {inp}, {c_float(layer.alpha)}, {c_float(layer.beta)}, "
+                f"{c_float(layer.k)}, 1, {name});")
+    if layer.kind == "channel_shuffle":
+        return f"channel_shuffle_forward({out}, {inp}, 1, {name});"
+    if layer.kind == "global_maxpool":
+        if winners is None:
+            raise ValueError("global_maxpool needs the winners list to declare its argmax array")
+        winners.append({"ident": f"{name}_winners", "size": layer.out_size})
+        return f"global_maxpool_forward({out}, {name}_winners, {inp}, 1, {name});"
     if layer.kind in MAXPOOL_KINDS:
         return f"maxpool2d_forward({out}, NULL, {inp}, 1, {name});"
+    if struct == "AvgPool2dClipped":
+        return f"avgpool2d_clipped_forward({out}, {inp}, 1, {name});"
     kind = "global_avgpool" if layer.kind == "global_avgpool" else "avgpool2d"
     return f"{kind}_forward({out}, {inp}, 1, {name});"
 
@@ -556,10 +599,10 @@ def render_c(network: Network, params: dict[str, np.ndarray], prefix: str,
         raise ValueError(f"export of model '{network.name}' needs the running statistics {', '.join(missing)}")
     folded = {conv.name for conv in plan.folds.values()}
     geometries: list[dict] = []
-    statements, headers = [], set()
+    statements, headers, winners = [], set(), []
     for step in plan.steps:
         statements.append({"comment": step_comment(step, plan.folds),
-                           "code": _statement(step, folded, geometries, headers).replace("\n", "\n    ")})
+                           "code": _statement(step, folded, geometries, headers, winners).replace("\n", "\n    ")})
     kernel_files = [f"kernels/{name}" for name in header_closure(headers)]
     context = {
         **export_context(network, plan, prefix),
@@ -567,6 +610,7 @@ def render_c(network: Network, params: dict[str, np.ndarray], prefix: str,
         "weight_bytes": plan.weight_bytes, "weight_floats": plan.weight_floats,
         "tensor_bytes": plan.tensor_bytes, "folds": len(plan.folds),
         "arrays": _weight_arrays(network, params, buffers, plan.folds), "geometries": geometries,
+        "winners": winners,
         "includes": sorted(headers), "kernel_files": kernel_files, "statements": statements,
     }
     return render_files(prefix, context, ("header.h.j2", "source.c.j2"), kernel_files)

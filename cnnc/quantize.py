@@ -412,7 +412,7 @@ def check_quantizable(network: Network) -> None:
     the activations without an int8 form."""
     from .export_c import batchnorm_folds, export_refusal
 
-    refusal = export_refusal(network, "int8 quantisation")
+    refusal = export_refusal(network, "int8 quantisation", issue15=False)
     if refusal:
         raise CnncError(f"model '{network.name}': {refusal}")
     supported = CONV_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS + ("global_avgpool", "dense", "add", "concat") + \
