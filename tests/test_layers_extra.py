@@ -415,16 +415,21 @@ REFUSED = {
 
 
 @pytest.mark.parametrize("phrase, body", REFUSED.items(), ids=REFUSED.keys())
-def test_only_the_standalone_c_export_refuses_them(phrase, body, tmp_path, capsys):
-    """Both backends run every addition (tests/test_c_layers_extra.py) and the ONNX export writes them
-    (tests/test_onnx.py round-trips them); the standalone C export refuses each by name, writing nothing."""
+def test_every_export_writes_them_and_only_int8_refuses(phrase, body, tmp_path, capsys):
+    """Both backends run every addition (tests/test_c_layers_extra.py), the ONNX export writes them
+    (tests/test_onnx.py round-trips them) and so does the standalone C export (tests/test_export_c_extra.py
+    compares its outputs); only int8 quantisation refuses each by name."""
+    from cnnc.export_c import export_refusal
+
     spec = tmp_path / "m.cnn"
     spec.write_text("model m {\n" + body + "\n}\n")
     weights = tmp_path / "w.npz"
     cnnc.load(spec).save(weights)
-    assert main(["export", str(spec), "--weights", str(weights), "--format", "c", "-o", str(tmp_path / "c")]) == 1
+    assert main(["export", str(spec), "--weights", str(weights), "--format", "c", "-o", str(tmp_path / "c")]) == 0
     out, err = capsys.readouterr()
-    assert "Traceback" not in err and "does not support " + phrase in err, err
-    assert "the C and NumPy backends run it" in err and not (tmp_path / "c").exists()
+    assert "Traceback" not in err and (tmp_path / "c" / "m.c").stat().st_size > 0, err
+    assert export_refusal(network(body)) is None
+    refusal = export_refusal(network(body), "int8 quantisation", issue15=False)
+    assert refusal is not None and "does not support " + phrase in refusal
     onnx_argv = ["export", str(spec), "--weights", str(weights), "--format", "onnx", "-o", str(tmp_path / "m.onnx")]
     assert main(onnx_argv) == 0 and (tmp_path / "m.onnx").stat().st_size > 0
