@@ -24,8 +24,8 @@ plan can beat. Batch norm whose convolution has no fused activation and no other
 weights at export time (in float64); any other runs kernels/batchnorm.h in inference mode.
 
 The layers are computed by cnnc's kernel library (cnnc/kernels/*.h), the same C the C backend runs: the
-export copies the plain C99 reference headers it needs (conv.h, conv_grouped.h, pool.h, dense.h,
-batchnorm.h, merge.h, activations.h and common.h, never the vectorised ones) into kernels/ beside PREFIX.c,
+export copies the plain C99 reference headers it needs (conv.h, conv_grouped.h, conv_transpose.h, pool.h,
+dense.h, batchnorm.h, lrn.h, channel_shuffle.h, merge.h, activations.h and common.h, never the vectorised ones) into kernels/ beside PREFIX.c,
 so the folder builds on its own, and PREFIX.c calls each kernel with one sample and a `static const` geometry
 per layer.
 
