@@ -198,7 +198,10 @@ def test_a_killed_rank_ends_every_rank_and_the_checkpoint_stays_loadable(run_dir
     out, err = proc.communicate(timeout=60)
     assert time.monotonic() - started < 60
     assert proc.returncode != 0
-    assert f"1:{pid}@" in err and f"PID {pid}" in out + err  # mpiexec names the pid; rank 0's start-up line its rank
+    # rank 0's start-up line maps every rank to its pid, and mpiexec reports the bad termination; which pid
+    # hydra's report names depends on which process it reaps first (CI once saw it name another), so the
+    # test asserts the report, and the mapping that lets a user find the killed rank in it
+    assert f"1:{pid}@" in err and "BAD TERMINATION" in out + err, out + err
     ckpt = load_checkpoint(str(run_dir / "long.ckpt.npz"))
     validate_run_meta(ckpt)
     assert ckpt.meta["position"]["epoch"] >= 1
