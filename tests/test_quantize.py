@@ -4,7 +4,7 @@ The exported C and the NumPy int8 reference must agree bit for bit: every export
 float export test's extra specs, which use every layer kind) is calibrated on random data, exported, and
 linked into ONE test program, built twice in parallel: strict -O2 with static arenas, and with
 -fsanitize=address,undefined and caller-owned arenas malloc'd to exactly PREFIX_ARENA_BYTES. The same
-program also runs kernels/int8.h's requantisation on edge values, so those are compared with the NumPy
+program (tests/int8_build.py) also runs kernels/int8.h's requantisation on edge values, so those are compared with the NumPy
 reference too. The accuracy test trains LeNet-5 briefly on MNIST-5k.
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ from cnnc.export_int8 import export_int8_c, int8_arena_bytes, memory_report_int8
 from cnnc.quantize import (INT32_MAX, INT32_MIN, QParams, calibrate, choose_qparams, int8_flash_bytes,
                            multiply_by_quantized_multiplier, quantize_multiplier, quantize_weights, requantize,
                            saturating_rounding_doubling_high_mul)
-from test_export_c import EXTRA_SPECS, GCC, SANITIZE, SPECS, STRICT, randomized, spec_models
+from int8_build import build_int8_programs, calibration_inputs, mismatches, run
+from test_export_c import EXTRA_SPECS, GCC, SPECS, STRICT, randomized, spec_models
 
 pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is needed to build the exported C")
 
-CALIBRATION = 40  # random calibration samples per model
 BATCH = 6
 
 # Degenerate cases inside one model: a conv filter of zeros (per-channel scale of an all-zero channel) and
@@ -52,89 +52,6 @@ model zero_channel {
     dense out(units=3, activation=softmax)
 }
 """
-
-DRIVER = r"""
-/* Test driver: every int8 export in one program.
-   MODEL N q: N int8 inputs on stdin -> PREFIX_predict_q's int8 outputs;  MODEL N f: float32 -> PREFIX_predict.
-   requant N: N (x, multiplier, shift) int32 triples -> int8_requantize's int32 results. */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-typedef float real; /* as before any kernel header: int8.h takes its size structs from the float kernels' */
-#include "kernels/int8.h"
-%(includes)s
-
-typedef struct {
-    const char *name;
-    int (*predict)(const float *, float *);
-    int (*predict_q)(const int8_t *, int8_t *);
-    int input_size, output_size;
-    size_t arena_bytes;
-#ifdef EXTERNAL
-    void (*set_arena)(void *);
-#endif
-} entry;
-
-static const entry models[] = {
-%(entries)s
-};
-
-static int requant(int n) {
-    for (int i = 0; i < n; i++) {
-        int32_t v[3], r;
-        if (fread(v, sizeof(int32_t), 3, stdin) != 3) return 3;
-        r = int8_requantize(v[0], v[1], v[2]);
-        fwrite(&r, sizeof r, 1, stdout);
-    }
-    return 0;
-}
-
-int main(int argc, char **argv) {
-    const entry *m = NULL;
-    int samples, quantized;
-    if (argc == 3 && strcmp(argv[1], "requant") == 0) return requant(atoi(argv[2]));
-    if (argc != 4) return 2;
-    samples = atoi(argv[2]);
-    quantized = strcmp(argv[3], "q") == 0;
-    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
-        if (strcmp(models[i].name, argv[1]) == 0) m = &models[i];
-    }
-    if (m == NULL) return 2;
-    size_t element = quantized ? 1 : sizeof(float);
-    void *input = malloc(element * (size_t)m->input_size);
-    void *output = malloc(element * (size_t)m->output_size);
-    if (m->predict(NULL, output) != -1 || m->predict_q(input, NULL) != -1) return 4;
-#ifdef EXTERNAL
-    void *arena = malloc(m->arena_bytes); /* exactly the planned size: ASan reports any access beyond it */
-    if (m->predict_q(input, output) != 1) return 5; /* no arena yet */
-    m->set_arena(arena);
-#endif
-    for (int s = 0; s < samples; s++) {
-        if (fread(input, element, (size_t)m->input_size, stdin) != (size_t)m->input_size) return 3;
-        if ((quantized ? m->predict_q(input, output) : m->predict(input, output)) != 0) return 6;
-        fwrite(output, element, (size_t)m->output_size, stdout);
-    }
-#ifdef EXTERNAL
-    free(arena);
-#endif
-    free(input);
-    free(output);
-    return 0;
-}
-"""
-
-
-def driver_source(prefixes: list[str]) -> str:
-    entries = []
-    for p in prefixes:
-        P = p.upper()
-        entries.append(f'    {{"{p}", {p}_predict, {p}_predict_q, {P}_INPUT_SIZE, {P}_OUTPUT_SIZE, {P}_ARENA_BYTES\n'
-                       f'#ifdef EXTERNAL\n     , {p}_set_arena\n#endif\n    }},')
-    return DRIVER % {"includes": "\n".join(f'#include "{p}.h"' for p in prefixes), "entries": "\n".join(entries)}
-
-
-def calibration_inputs(shape, seed: int) -> np.ndarray:
-    return np.random.default_rng(1000 + seed).standard_normal((CALIBRATION, *shape)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -164,51 +81,14 @@ def built(tmp_path_factory):
                  "--quantize", "int8", "--calibration", str(root / "calib.npz"), "--calibration-samples", "50",
                  "--name", "cli_lenet", "-o", str(root / "cli_lenet")]) == 0
     exports["cli_lenet"] = (root / "cli_lenet", m, None)
-    (root / "driver.c").write_text(driver_source(list(exports)))
-    sources = [str(root / "driver.c")] + [str(out / f"{p}.c") for p, (out, _, _) in exports.items()]
-    includes = [f"-I{out}" for out, _, _ in exports.values()]
-    external = ["-DEXTERNAL"] + [f"-D{p.upper()}_EXTERNAL_ARENA" for p in exports]
-    builds = {
-        "strict": [GCC, *STRICT, "-O2", *includes, *sources, "-o", str(root / "strict")],
-        "sanitized": [GCC, *STRICT, "-O1", *SANITIZE, *external, *includes, *sources, "-o", str(root / "sanitized")],
-    }
-    running = {name: subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for name, cmd in builds.items()}
-    for name, proc in running.items():
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, f"the {name} build failed:\n{err}"
-    return root, exports, list(builds)
-
-
-def run(program: Path, args: list[str], data: bytes) -> bytes:
-    result = subprocess.run([str(program), *args], input=data, capture_output=True, timeout=120)
-    assert result.returncode == 0, f"{program.name} {' '.join(args)} exited {result.returncode}: {result.stderr.decode()}"
-    return result.stdout
+    return root, exports, build_int8_programs(root, exports)
 
 
 def test_every_export_agrees_with_the_numpy_int8_reference_bit_for_bit(built):
     """predict_q on int8 inputs over the whole range, and predict on float inputs (with values beyond the
     input's range and non-finite ones), in the strict and the sanitized build."""
     root, exports, builds = built
-    failures = []
-    for seed, (prefix, (out, m, q)) in enumerate(exports.items()):
-        if q is None:
-            continue
-        rng = np.random.default_rng(seed)
-        xq = rng.integers(-128, 128, (BATCH, *m.input_shape)).astype(np.int8)
-        xq[0] = -128
-        xq[1] = 127
-        xf = rng.standard_normal((BATCH, *m.input_shape)).astype(np.float32) * 2
-        xf.reshape(BATCH, -1)[0, :3] = [np.nan, np.inf, -1e30]
-        want_q = q.forward_q(xq).reshape(BATCH, -1)
-        want_f = q.forward(xf).reshape(BATCH, -1)
-        for build in builds:
-            got_q = np.frombuffer(run(root / build, [prefix, str(BATCH), "q"], xq.tobytes()), np.int8)
-            got_f = np.frombuffer(run(root / build, [prefix, str(BATCH), "f"], xf.tobytes()), np.float32)
-            if not np.array_equal(got_q.reshape(BATCH, -1), want_q):
-                failures.append(f"{prefix} ({build}): predict_q differs in {(got_q.reshape(BATCH, -1) != want_q).sum()} "
-                                f"of {want_q.size} outputs")
-            if not np.array_equal(got_f.reshape(BATCH, -1).view(np.int32), want_f.view(np.int32)):
-                failures.append(f"{prefix} ({build}): predict differs from the reference")
+    failures = mismatches(root, exports, builds, BATCH, float_extremes=True)
     assert not failures, "\n".join(failures)
     assert len(exports) == 15  # 8 models in specs/, 4 extra, 2 edge-case models, lenet5 through the CLI
     assert exports["wide"][2].network.layers[0].out_shape == (3, 9, 73)

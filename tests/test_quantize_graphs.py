@@ -2,13 +2,11 @@
 encoding), concat (each operand requantised), batch norm folded into its convolution before quantising, from=.
 
 ResNet-8, the Inception-style spec and two small graphs are calibrated with random weights and running
-statistics, exported, linked into one program with tests/test_quantize.py's driver and built twice (strict,
+statistics, exported, linked into one program with tests/int8_build.py's driver and built twice (strict,
 and ASan/UBSan with caller-owned arenas of exactly PREFIX_ARENA_BYTES); the C must agree with the NumPy int8
 reference (cnnc.quantize) bit for bit on both entry points.
 """
 from __future__ import annotations
-
-import subprocess
 
 import numpy as np
 import pytest
@@ -20,9 +18,9 @@ from cnnc.quantize import (ADD_LEFT_SHIFT, QParams, add_step, calibrate, concat_
                            int8_flash_bytes)
 
 from conftest import SPECS
-from test_export_c import GCC, SANITIZE, STRICT
+from int8_build import build_int8_programs, calibration_inputs, mismatches
+from test_export_c import GCC
 from test_export_c_graphs import randomized
-from test_quantize import calibration_inputs, driver_source, run
 
 BATCH = 4
 
@@ -90,19 +88,7 @@ def built(tmp_path_factory):
         q = calibrate(m, calibration_inputs(m.input_shape, seed))
         export_int8_c(q, root / name, prefix=name)
         exports[name] = (root / name, m, q)
-    (root / "driver.c").write_text(driver_source(list(exports)))
-    sources = [str(root / "driver.c")] + [str(out / f"{p}.c") for p, (out, _, _) in exports.items()]
-    includes = [f"-I{out}" for out, _, _ in exports.values()]
-    external = ["-DEXTERNAL"] + [f"-D{p.upper()}_EXTERNAL_ARENA" for p in exports]
-    builds = {
-        "strict": [GCC, *STRICT, "-O2", *includes, *sources, "-o", str(root / "strict")],
-        "sanitized": [GCC, *STRICT, "-O1", *SANITIZE, *external, *includes, *sources, "-o", str(root / "sanitized")],
-    }
-    running = {name: subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for name, cmd in builds.items()}
-    for name, proc in running.items():
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, f"the {name} build failed:\n{err}"
-    return root, exports, list(builds)
+    return root, exports, build_int8_programs(root, exports)
 
 
 pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is needed to build the exported C")
@@ -112,22 +98,12 @@ def test_graph_exports_agree_with_the_numpy_int8_reference_bit_for_bit(built):
     root, exports, builds = built
     relu6 = next(q for q in exports["q_mobile"][2].steps if q.layer.name == "big")
     assert relu6.op == "clamp" and -128 < relu6.act_max < 127  # the clamp at real 6 is really exercised
-    failures = []
-    for seed, (prefix, (out, m, q)) in enumerate(exports.items()):
+    failures = mismatches(root, exports, builds, BATCH)
+    for seed, (prefix, (_, m, q)) in enumerate(exports.items()):
         rng = np.random.default_rng(seed)
         xq = rng.integers(-128, 128, (BATCH, *m.input_shape)).astype(np.int8)
         xq[0], xq[1] = -128, 127
-        xf = rng.standard_normal((BATCH, *m.input_shape)).astype(np.float32)
-        want_q = q.forward_q(xq).reshape(BATCH, -1)
-        want_f = q.forward(xf).reshape(BATCH, -1)
-        for build in builds:
-            got_q = np.frombuffer(run(root / build, [prefix, str(BATCH), "q"], xq.tobytes()), np.int8)
-            got_f = np.frombuffer(run(root / build, [prefix, str(BATCH), "f"], xf.tobytes()), np.float32)
-            if not np.array_equal(got_q.reshape(BATCH, -1), want_q):
-                failures.append(f"{prefix} ({build}): predict_q differs in {(got_q.reshape(BATCH, -1) != want_q).sum()} "
-                                f"of {want_q.size} outputs")
-            if not np.array_equal(got_f.reshape(BATCH, -1).view(np.int32), want_f.view(np.int32)):
-                failures.append(f"{prefix} ({build}): predict differs from the reference")
+        want_q = q.forward_q(xq)
         if len(np.unique(want_q)) < 3:
             failures.append(f"{prefix}: degenerate outputs {np.unique(want_q)}")
     assert not failures, "\n".join(failures)
