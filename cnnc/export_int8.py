@@ -22,13 +22,14 @@ import numpy as np
 
 from .c_names import c_int, comment_name
 from .diagnostics import CnncError
-from .export_c import (FLOAT_BYTES, Step, c_float, checked_prefix, export_context, memory_plan, render_files,
-                       shape_text, step_comment, write_export)
+from .export_c import (FLOAT_BYTES, Step, _kernel, c_double, c_float, checked_prefix, export_context, memory_plan,
+                       render_files, shape_text, step_comment, write_export)
 from .ir import Network
 from .quantize import INT8_MAX, INT8_MIN, QuantizedModel, QuantStep, int8_flash_bytes
 from .summary import human_bytes
 
 INTS_PER_LINE = 16
+EXTRA_OPS = ("conv_transpose", "global_maxpool", "channel_shuffle", "lrn", "log_softmax")  # kernels/int8_extra.h
 
 
 def int8_arena_bytes(network: Network) -> tuple[int, int]:
@@ -101,6 +102,16 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
     if q.op == "softmax":
         arrays.append(_array(f"{name}_exp", "int32_t", q.table, f"{label}: softmax, round(2^16 exp(-d * s_in))", (256,)))
         return f"int8_softmax_forward({out}, {out}, {name}_exp, {step.size});"
+    if q.op == "log_softmax":
+        arrays.append(_array(f"{name}_exp", "int32_t", q.table, f"{label}: log_softmax, round(2^16 exp(-d * s_in))",
+                             (256,)))
+        fields = ", ".join([f".step = {c_int(int(q.constants['step']), 'step')}",
+                            f".multiplier = {c_int(int(q.constants['multiplier']), 'multiplier')}",
+                            f".shift = {c_int(int(q.constants['shift']), 'shift', -31, 30)}",
+                            f".out_zero_point = {c_int(int(q.out.zero_point), 'out_zero_point', INT8_MIN, INT8_MAX)}",
+                            f".n = {c_int(step.size, 'n', 1)}"])
+        geometries.append({"struct": "Int8LogSoftmax", "ident": name, "fields": "{" + fields + "}"})
+        return f"int8_log_softmax_forward({out}, {out}, {name}_exp, {name});"
     if q.op in ("add", "concat"):
         arrays.append(_array(f"{name}_multiplier", "int32_t", q.multiplier, f"{label}: rescaling multipliers",
                              q.multiplier.shape))
@@ -121,7 +132,7 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
             lines.append(f"int8_concat_forward({out}, {source}, {name}_multiplier[{k}], {name}_shift[{k}], {name}_in{k});")
             offset += size
         return "\n    ".join(lines)
-    if q.op in ("conv", "dense"):
+    if q.op in ("conv", "conv_transpose", "dense"):
         arrays.append(_array(f"{name}_weight", "int8_t", q.weight, f"{label}.weight, int8", q.weight.shape))
         if q.bias is not None:
             arrays.append(_array(f"{name}_bias", "int32_t", q.bias, f"{label}.bias, int32", q.bias.shape))
@@ -129,7 +140,9 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
                              q.multiplier.shape))
         arrays.append(_array(f"{name}_shift", "int32_t", q.shift, f"{label}: requantisation shifts", q.shift.shape))
         struct, geometry = ("Conv2d", conv_geometry(layer)) if q.op == "conv" else ("Dense", dense_geometry(layer))
-        if layer.groups != 1:  # one group's geometry: C/G channels, F/G filters
+        if q.op == "conv_transpose":  # groups included; a 1-D one is a 2-D one of height 1
+            struct, geometry = _kernel(layer)[1:]
+        elif layer.groups != 1:  # one group's geometry: C/G channels, F/G filters
             geometry = [(field, value // layer.groups if field in ("C", "F") else value) for field, value in geometry]
         geometries.append({"struct": struct, "ident": name, "fields": c_initializer(geometry)})
         requant = [("in_zero_point", q.inp.zero_point), ("out_zero_point", q.out.zero_point),
@@ -137,6 +150,9 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
         fields = ", ".join(f".{field} = {c_int(int(value), field, INT8_MIN, INT8_MAX)}" for field, value in requant)
         geometries.append({"struct": "Int8Requant", "ident": f"{name}_requant", "fields": "{" + fields + "}"})
         bias = f"{name}_bias" if q.bias is not None else "NULL"
+        if q.op == "conv_transpose":
+            return (f"int8_conv_transpose2d_forward({out}, {inp}, {name}_weight, {bias}, {name}_multiplier, "
+                    f"{name}_shift, {name}, {name}_requant);")
         if layer.groups != 1:
             return (f"int8_conv2d_grouped_forward({out}, {inp}, {name}_weight, {bias}, {name}_multiplier, "
                     f"{name}_shift, {name}, {c_int(layer.groups, 'groups', 1)}, {name}_requant);")
@@ -146,6 +162,20 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
         geometries.append({"struct": "GlobalAvgPool", "ident": name,
                            "fields": c_initializer(global_avgpool_geometry(layer))})
         return f"int8_global_avgpool_forward({out}, {inp}, {name}, {int(q.inp.zero_point)});"
+    if q.op in ("global_maxpool", "channel_shuffle", "lrn") or q.op == "avgpool" and (layer.ceil or not layer.count_pad):
+        struct, geometry = _kernel(layer)[1:]  # the float export's struct: GlobalMaxPool, ChannelShuffle, Lrn,
+        geometries.append({"struct": struct, "ident": name, "fields": c_initializer(geometry)})  # AvgPool2dClipped
+        if q.op == "lrn":
+            constants = ", ".join(f".{field} = {c_double(q.constants[field])}"
+                                  for field in ("k", "scaled_alpha", "beta", "rescale"))
+            zero_points = [("in_zero_point", q.inp.zero_point), ("out_zero_point", q.out.zero_point)]
+            fields = ", ".join(f".{field} = {c_int(int(value), field, INT8_MIN, INT8_MAX)}"
+                               for field, value in zero_points)
+            geometries.append({"struct": "Int8Lrn", "ident": f"{name}_q", "fields": "{" + constants + ", " + fields + "}"})
+            return f"int8_lrn_forward({out}, {inp}, {name}, {name}_q);"
+        if q.op == "avgpool":
+            return f"int8_avgpool2d_clipped_forward({out}, {inp}, {name}, {int(q.inp.zero_point)});"
+        return f"int8_{q.op}_forward({out}, {inp}, {name});"
     geometries.append({"struct": "Pool2d", "ident": name, "fields": c_initializer(pool_geometry(layer))})
     if q.op == "maxpool":
         return f"int8_maxpool2d_forward({out}, {inp}, {name});"
@@ -177,7 +207,9 @@ def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
         raise AssertionError(f"export_int8: {stored} bytes of constants, {flash} reported")
     graph_kernels = any(q.op in ("add", "concat") or q.op == "clamp" and q.act_max < INT8_MAX
                         or q.op == "conv" and q.layer.groups != 1 for q in qmodel.steps)
-    includes = ["int8.h"] + (["int8_graph.h"] if graph_kernels else [])
+    extra_kernels = any(q.op in EXTRA_OPS or q.op == "avgpool" and (q.layer.ceil or not q.layer.count_pad)
+                        for q in qmodel.steps)
+    includes = ["int8.h"] + (["int8_graph.h"] if graph_kernels else []) + (["int8_extra.h"] if extra_kernels else [])
     kernel_files = [f"kernels/{name}" for name in header_closure(includes)]
     context = {
         **export_context(network, plan, prefix),

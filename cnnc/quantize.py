@@ -53,15 +53,18 @@ from math import frexp, prod
 import numpy as np
 
 from .diagnostics import CnncError
-from .ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, MAXPOOL_KINDS, Layer, Network
+from .ir import ACTIVATIONS, AVGPOOL_KINDS, CONV_KINDS, CONV_TRANSPOSE_KINDS, MAXPOOL_KINDS, Layer, Network
 
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MAX = 127  # symmetric weights never use -128
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 DEFAULT_CALIBRATION_SAMPLES = 300
-SOFTMAX_EXP_ONE = 1 << 16  # T[0], exp(0), in the softmax table
+SOFTMAX_EXP_ONE_BITS = 16
+SOFTMAX_EXP_ONE = 1 << SOFTMAX_EXP_ONE_BITS  # T[0], exp(0), in the softmax table (and log_softmax's)
 ALIAS_KINDS = ("flatten", "dropout")
-LOOKUP_KINDS = ("sigmoid", "tanh", "leaky_relu", "silu", "hardswish")
+LOOKUP_KINDS = ("sigmoid", "tanh", "leaky_relu", "silu", "hardswish", "elu", "selu", "hardsigmoid")
+LINEAR_KINDS = CONV_KINDS + CONV_TRANSPOSE_KINDS + ("dense",)  # int8 weights, int32 sums, requantised
+LOG2_FRACTION = 20  # log_softmax's fixed-point log2 has 20 binary digits after the point (kernels/int8_extra.h)
 SCHEMES = ("int8",)  # --quantize
 CLAMP_KINDS = ("relu", "relu6")  # activations that are a clamp of the int8 value
 ADD_LEFT_SHIFT = 20  # int8 add scales each operand's (x - zp) by 2^20 before rescaling (TensorFlow Lite's)
@@ -163,8 +166,9 @@ def requantize(acc: np.ndarray, multiplier, shift, out: QParams, act_min: int, a
     return np.clip(scaled + out.zero_point, act_min, act_max).astype(np.int8)
 
 
-def rounding_divide(total: np.ndarray, count: int) -> np.ndarray:
-    """total / count rounded half away from zero, with C's truncating division (int8_rounding_divide)."""
+def rounding_divide(total: np.ndarray, count) -> np.ndarray:
+    """total / count (count > 0, a number or an array broadcasting against total) rounded half away from zero,
+    with C's truncating division (int8_rounding_divide)."""
     total = np.asarray(total, np.int64)
     magnitude = (np.abs(total) + count // 2) // count
     return np.where(total >= 0, magnitude, -magnitude)
@@ -176,12 +180,14 @@ class QuantStep:
     """One int8 operation, keyed like a statement of export_c's memory plan: key = (plan op, layer index),
     plan op "compute" for conv/dense/pooling, else the activation's name (fused or standalone).
 
-    op: "conv", "dense", "maxpool", "avgpool", "global_avgpool", "clamp" (relu), "lookup" (sigmoid, tanh,
-        leaky_relu), "softmax", or "none" (a relu folded into the layer before it).
+    op: "conv", "conv_transpose", "dense", "maxpool", "avgpool", "global_avgpool", "global_maxpool",
+        "channel_shuffle", "lrn", "clamp" (relu), "lookup" (sigmoid, tanh, leaky_relu, silu, hardswish, elu, selu,
+        hardsigmoid), "softmax", "log_softmax", "add", "concat", or "none" (a relu folded into the layer before it).
     inp, out: the encodings of the tensor read and the tensor written.
     weight (int8), bias (int32 or None), multiplier and shift (int32, one per output channel): conv and dense.
     act_min, act_max: the clamp of conv/dense outputs (act_min = zp for a folded relu) and of "clamp".
-    table: int8 (256,) for "lookup", int32 (256,) for "softmax", indexed as kernels/int8.h does."""
+    table: int8 (256,) for "lookup", int32 (256,) for "softmax" and "log_softmax", indexed as kernels/int8.h does.
+    constants: the scalars of lrn's and log_softmax's kernel structs (Int8Lrn, Int8LogSoftmax), by field name."""
 
     op: str
     key: tuple[str, int]
@@ -196,6 +202,7 @@ class QuantStep:
     act_max: int = INT8_MAX
     table: np.ndarray | None = None
     operands: tuple[QParams, ...] = ()  # add and concat: every operand's encoding (inp is the first's)
+    constants: dict = field(default_factory=dict)
 
     def forward(self, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
         """x: (N, *layer.in_shape) int8 for compute ops, (N, *layer.out_shape) otherwise -> int8 (N, *out_shape);
@@ -207,6 +214,8 @@ class QuantStep:
             return concat_int8([x, *more], self).reshape(N, *layer.out_shape)
         if self.op == "conv":
             return conv_int8(x.reshape(N, *layer.in_shape), self).reshape(N, *layer.out_shape)
+        if self.op == "conv_transpose":
+            return conv_transpose_int8(x.reshape(N, *layer.in_shape), self).reshape(N, *layer.out_shape)
         if self.op == "dense":
             return dense_int8(x.reshape(N, *layer.in_shape), self)
         if self.op in ("maxpool", "avgpool"):
@@ -215,12 +224,22 @@ class QuantStep:
             total = (x.reshape(N, layer.in_shape[0], -1).astype(np.int64) - self.inp.zero_point).sum(axis=2)
             count = prod(layer.in_shape[1:])
             return np.clip(rounding_divide(total, count) + self.inp.zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
+        if self.op == "global_maxpool":
+            return x.reshape(N, layer.in_shape[0], -1).max(axis=2)
+        if self.op == "channel_shuffle":
+            from .backends.numpy_backend import channel_shuffle_forward
+
+            return channel_shuffle_forward(x.reshape(N, *layer.in_shape), layer.groups)
+        if self.op == "lrn":
+            return lrn_int8(x.reshape(N, *layer.in_shape), self)
         if self.op == "clamp":
             return np.clip(x, self.act_min, self.act_max).astype(np.int8)
         if self.op == "lookup":
             return self.table[x.astype(np.int64) - INT8_MIN]
         if self.op == "softmax":
             return softmax_int8(x, self.table)
+        if self.op == "log_softmax":
+            return log_softmax_int8(x, self.table, self.constants, self.out)
         if self.op == "none":
             return x
         raise AssertionError(f"quantize: unhandled op {self.op!r}")
@@ -294,18 +313,40 @@ def dense_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
     return requantize(acc, s.multiplier, s.shift, s.out, s.act_min, s.act_max)
 
 
-def pool_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
-    """x: int8 (N, C, *spatial) -> int8 (N, C, *out_spatial): max, or the rounded average of (x - zp) + zp."""
-    from .backends.numpy_backend import as_2d, geometry_2d, pad, windows
+def conv_transpose_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
+    """x: int8 (N, C, *spatial) -> y: int8 (N, F, *out_spatial); int8_conv_transpose2d_forward (kernels/int8_extra.h):
+    the float backend's transposed convolution of x - zp with the int8 weights (exact integers in float64), plus
+    the int32 bias, requantised per output channel."""
+    from .backends.numpy_backend import as_2d, geometry_2d, grouped_conv_transpose_forward
 
     layer = s.layer
-    kernel, stride, _, pad_before, pad_after = geometry_2d(layer)
+    _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
+    output_padding = (0, *layer.output_padding) if layer.spatial_dims == 1 else layer.output_padding
+    centred = as_2d(x.astype(np.float64) - s.inp.zero_point, layer.spatial_dims)
+    w = as_2d(s.weight.astype(np.float64), layer.spatial_dims)
+    acc = grouped_conv_transpose_forward(centred, w, None, layer.groups, stride, dilation, pad_before, pad_after,
+                                         output_padding).astype(np.int64)  # (N, F, OH, OW)
+    if s.bias is not None:
+        acc += s.bias.astype(np.int64)[:, None, None]
+    channel = (slice(None), None, None)
+    return requantize(acc, s.multiplier[channel], s.shift[channel], s.out, s.act_min, s.act_max)
+
+
+def pool_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
+    """x: int8 (N, C, *spatial) -> int8 (N, C, *out_spatial): max, or the rounded average of (x - zp) + zp with
+    the float backend's divisor per window (the window area, or fewer cells with ceil=true or count_pad=false:
+    int8_avgpool2d_forward and int8_avgpool2d_clipped_forward)."""
+    from .backends.numpy_backend import NumpyModel, as_2d, pad, windows
+
+    layer = s.layer
+    kernel, stride, pad_before, pad_after = NumpyModel._pool_geometry(layer)  # pad_after reaches ceil's windows
     x2 = as_2d(x, layer.spatial_dims).astype(np.int64)
     if s.op == "maxpool":
         return windows(pad(x2, pad_before, pad_after, INT8_MIN - 1), kernel, stride).max(axis=(4, 5)).astype(np.int8)
     zp = s.inp.zero_point
     total = windows(pad(x2 - zp, pad_before, pad_after, 0), kernel, stride).sum(axis=(4, 5))
-    return np.clip(rounding_divide(total, kernel[0] * kernel[1]) + zp, INT8_MIN, INT8_MAX).astype(np.int8)
+    divisors = NumpyModel._pool_divisors(layer).astype(np.int64)  # (OH, OW)
+    return np.clip(rounding_divide(total, divisors) + zp, INT8_MIN, INT8_MAX).astype(np.int8)
 
 
 def add_int8(xs: list[np.ndarray], s: QuantStep) -> np.ndarray:
@@ -336,6 +377,62 @@ def softmax_int8(x: np.ndarray, exp_table: np.ndarray) -> np.ndarray:
     return y.astype(np.int8).reshape(x.shape)
 
 
+def log2_fixed(total: np.ndarray) -> np.ndarray:
+    """log2(total) * 2^LOG2_FRACTION rounded down, total >= 1 (int64, below 2^53), as int8_log2 computes it in
+    integers: the highest set bit, then a binary digit per squaring of the Q30 mantissa."""
+    total = np.asarray(total, np.int64)
+    exponent = (np.frexp(total.astype(np.float64))[1] - 1).astype(np.int64)  # exact: total < 2^53
+    mantissa = np.where(exponent >= 30, total >> np.maximum(exponent - 30, 0), total << np.maximum(30 - exponent, 0))
+    log2 = exponent << LOG2_FRACTION
+    for bit in range(LOG2_FRACTION - 1, -1, -1):
+        mantissa = (mantissa * mantissa) >> 30
+        reached_two = mantissa >= (1 << 31)
+        mantissa = np.where(reached_two, mantissa >> 1, mantissa)
+        log2 = log2 + np.where(reached_two, np.int64(1) << bit, 0)
+    return log2
+
+
+def log_softmax_int8(x: np.ndarray, exp_table: np.ndarray, constants: dict, out: QParams) -> np.ndarray:
+    """x: int8 (N, *shape) -> int8 (N, *shape), log_softmax over each sample's elements; int8_log_softmax_forward:
+    distance = (max - x) * step + log2_fixed(sum of exp_table[max - x]) - 16 * 2^20, saturated at INT32_MAX,
+    y = zp_out - requantised distance, clamped."""
+    flat = x.reshape(x.shape[0], -1).astype(np.int64)
+    d = flat.max(axis=1, keepdims=True) - flat
+    total = exp_table.astype(np.int64)[d].sum(axis=1, keepdims=True)
+    log_total = log2_fixed(total) - (SOFTMAX_EXP_ONE_BITS << LOG2_FRACTION)
+    distance = np.minimum(d * constants["step"] + log_total, INT32_MAX)
+    scaled = multiply_by_quantized_multiplier(distance, constants["multiplier"], constants["shift"])
+    return np.clip(out.zero_point - scaled, INT8_MIN, INT8_MAX).astype(np.int8).reshape(x.shape)
+
+
+def lrn_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
+    """x: int8 (N, C, *spatial) -> int8 like x; int8_lrn_forward (kernels/int8_extra.h), in float64 between int8
+    tensors: v = (x - zp_in) * rescale * pow(k + scaled_alpha * sum of squares, -beta), rounded half away from
+    zero (v clamped to [-256, 256], NaN to -256) + zp_out, clamped. pow is the C library's (math.pow), as in C."""
+    from math import pow as c_pow
+
+    from .backends.numpy_backend import channel_window_sum
+
+    c, size = s.constants, s.layer.lrn_size
+    centred = x.astype(np.int64) - s.inp.zero_point
+    squares = channel_window_sum(centred * centred, size // 2, (size - 1) // 2)  # exact int64
+    base = c["k"] + c["scaled_alpha"] * squares.astype(np.float64)
+    values, where = np.unique(base, return_inverse=True)  # base >= k > 0
+
+    def pow_or_inf(value: float) -> float:
+        try:
+            return c_pow(value, -c["beta"])
+        except OverflowError:  # C's pow returns HUGE_VAL
+            return float("inf")
+
+    factor = np.array([pow_or_inf(v) for v in values.tolist()], np.float64)[where.reshape(base.shape)]
+    v = centred.astype(np.float64) * c["rescale"] * factor
+    v = np.where(v >= -256.0, v, -256.0)  # also NaN -> -256
+    v = np.minimum(v, 256.0)
+    rounded = np.trunc(np.where(v >= 0.0, v + 0.5, v - 0.5)).astype(np.int64)
+    return np.clip(rounded + s.out.zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
+
+
 # ---- building it: weights and calibration ---------------------------------------------------------------
 def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """w: (F, ...) float -> (int8 (F, ...) in [-127, 127], float64 scales (F,)); an all-zero filter gets scale 1."""
@@ -346,18 +443,34 @@ def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q.reshape(w.shape), scales
 
 
+def quantize_transposed_weights(w: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """A transposed convolution's w: (C, F/G, *kernel), PyTorch's layout -> (int8 in that layout, float64 scales
+    (F,)): one symmetric scale per output channel f = g*F/G + j, over the weights w[c, j] of the channels c of
+    group g, as quantize_weights gives a convolution's filters."""
+    w = np.asarray(w, np.float64)
+    C, Fg, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    Cg = C // groups
+    by_output = w.reshape(groups, Cg, Fg, *kernel).swapaxes(1, 2).reshape(groups * Fg, Cg, *kernel)  # (F, C/G, ...)
+    q, scales = quantize_weights(by_output)
+    return q.reshape(groups, Fg, Cg, *kernel).swapaxes(1, 2).reshape(w.shape), scales
+
+
 def accumulator_bound(layer: Layer) -> int:
-    """The largest |sum w_q * (x_q - zp)| of one output: terms per output * 127 * 255."""
+    """The largest |sum w_q * (x_q - zp)| of one output: terms per output (at most C/G * the kernel's taps,
+    transposed convolutions included) * 127 * 255."""
     terms = layer.in_size if layer.kind == "dense" else prod(layer.kernel) * layer.in_shape[0] // layer.groups
     return terms * WEIGHT_MAX * (INT8_MAX - INT8_MIN)
 
 
 def linear_step(key, layer: Layer, params: dict, inp: QParams, out: QParams, relu: bool | str,
                 bias: bool | None = None) -> QuantStep:
-    """conv or dense: per-channel int8 weights, int32 biases, multipliers and shifts. relu: True (or "relu")
-    clamps the output at real 0, "relu6" at real 0 and 6. bias: whether params holds a bias for it (a
+    """conv, transposed conv or dense: per-channel int8 weights, int32 biases, multipliers and shifts. relu: True
+    (or "relu") clamps the output at real 0, "relu6" at real 0 and 6. bias: whether params holds a bias for it (a
     convolution with a batch norm folded in has one); by default layer.bias."""
-    weight_q, w_scales = quantize_weights(params[f"{layer.name}.weight"])
+    if layer.kind in CONV_TRANSPOSE_KINDS:
+        weight_q, w_scales = quantize_transposed_weights(params[f"{layer.name}.weight"], layer.groups)
+    else:
+        weight_q, w_scales = quantize_weights(params[f"{layer.name}.weight"])
     headroom = INT32_MAX - accumulator_bound(layer)
     if headroom < 0:
         raise CnncError(f"layer '{layer.name}' sums {accumulator_bound(layer) // (WEIGHT_MAX * 255):,} products per "
@@ -371,8 +484,8 @@ def linear_step(key, layer: Layer, params: dict, inp: QParams, out: QParams, rel
     shift = np.array([e for _, e in pairs], np.int32)
     act_min = max(INT8_MIN, out.zero_point) if relu else INT8_MIN
     act_max = relu6_max(out) if relu == "relu6" else INT8_MAX
-    return QuantStep("conv" if layer.kind in CONV_KINDS else "dense", key, layer, inp, out, weight_q, bias_q,
-                     multiplier, shift, act_min, act_max)
+    op = "conv" if layer.kind in CONV_KINDS else "conv_transpose" if layer.kind in CONV_TRANSPOSE_KINDS else "dense"
+    return QuantStep(op, key, layer, inp, out, weight_q, bias_q, multiplier, shift, act_min, act_max)
 
 
 def relu6_max(q: QParams) -> int:
@@ -381,7 +494,8 @@ def relu6_max(q: QParams) -> int:
 
 
 def lookup_step(key, layer: Layer, kind: str, inp: QParams, out_range: tuple[float, float] | None) -> QuantStep:
-    """sigmoid, tanh or leaky_relu as a 256-entry table over every int8 input."""
+    """An elementwise activation as a 256-entry table over every int8 input, in float64. sigmoid, tanh and
+    hardsigmoid have fixed output encodings (their ranges are known), the others' are calibrated."""
     x = inp.scale * (np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.float64) - inp.zero_point)
     if kind == "sigmoid":
         out, y = QParams(1.0 / 256, -128), 1.0 / (1.0 + np.exp(-x))
@@ -391,16 +505,48 @@ def lookup_step(key, layer: Layer, kind: str, inp: QParams, out_range: tuple[flo
         out, y = choose_qparams(*out_range), x / (1.0 + np.exp(-x))
     elif kind == "hardswish":
         out, y = choose_qparams(*out_range), x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
-    else:
+    elif kind == "hardsigmoid":  # [0, 1], 1 included (it saturates there): 255 steps
+        out, y = QParams(float(np.float32(1.0 / 255)), -128), np.clip(x / 6.0 + 0.5, 0.0, 1.0)
+    elif kind in ("elu", "selu"):
+        from .backends.numpy_backend import SELU_ALPHA, SELU_SCALE
+
+        elu = np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
+        selu = SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0.0)))
+        out, y = choose_qparams(*out_range), elu if kind == "elu" else selu
+    elif kind == "leaky_relu":
         out, y = choose_qparams(*out_range), np.where(x >= 0, x, layer.slope * x)
+    else:
+        raise AssertionError(f"quantize: no lookup table for {kind!r}")
     table = np.clip(np.floor(y / out.scale + 0.5) + out.zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
     return QuantStep("lookup", key, layer, inp, out, table=table)
 
 
-def softmax_step(key, layer: Layer, inp: QParams) -> QuantStep:
+def softmax_exp_table(inp: QParams) -> np.ndarray:
+    """int32 (256,): T[d] = round(2^16 exp(-d s_in)), exp of a distance of d input steps below the maximum."""
     d = np.arange(256, dtype=np.float64)
-    table = np.floor(SOFTMAX_EXP_ONE * np.exp(-d * inp.scale) + 0.5).astype(np.int32)
-    return QuantStep("softmax", key, layer, inp, QParams(1.0 / 256, -128), table=table)
+    return np.floor(SOFTMAX_EXP_ONE * np.exp(-d * inp.scale) + 0.5).astype(np.int32)
+
+
+def softmax_step(key, layer: Layer, inp: QParams) -> QuantStep:
+    return QuantStep("softmax", key, layer, inp, QParams(1.0 / 256, -128), table=softmax_exp_table(inp))
+
+
+def log_softmax_step(key, layer: Layer, inp: QParams, out_range: tuple[float, float]) -> QuantStep:
+    """log_softmax in integers (int8_log_softmax_forward): softmax's exp table for the sum, a fixed-point log2
+    of it, and one requantisation from log2 units (2^-20) to output steps; the output range is calibrated."""
+    out = choose_qparams(*out_range)
+    step = int(np.clip(round((1 << LOG2_FRACTION) * inp.scale / np.log(2.0)), 0, INT32_MAX))
+    multiplier, shift = quantize_multiplier(np.log(2.0) / ((1 << LOG2_FRACTION) * out.scale))
+    return QuantStep("log_softmax", key, layer, inp, out, table=softmax_exp_table(inp),
+                     constants={"step": step, "multiplier": multiplier, "shift": shift})
+
+
+def lrn_step(key, layer: Layer, inp: QParams, out_range: tuple[float, float]) -> QuantStep:
+    """lrn in float64 between int8 tensors (int8_lrn_forward); the output range is calibrated."""
+    out = choose_qparams(*out_range)
+    constants = {"k": float(layer.k), "scaled_alpha": float(layer.alpha) / layer.lrn_size * inp.scale ** 2,
+                 "beta": float(layer.beta), "rescale": inp.scale / out.scale}
+    return QuantStep("lrn", key, layer, inp, out, constants=constants)
 
 
 MERGE_OPERANDS_MAX = 2  # int8 add reads two operands (kernels/int8_graph.h)
@@ -408,15 +554,15 @@ MERGE_OPERANDS_MAX = 2  # int8 add reads two operands (kernels/int8_graph.h)
 
 def check_quantizable(network: Network) -> None:
     """Refuse, naming the layer, what the int8 export cannot quantise: beyond the float export's own limits,
-    batch norm that does not fold into a convolution, grouped convolutions, add of more than two operands, and
-    the activations without an int8 form."""
+    batch norm that does not fold into a convolution and add of more than two operands."""
     from .export_c import batchnorm_folds, export_refusal
 
-    refusal = export_refusal(network, "int8 quantisation", issue15=False)
+    refusal = export_refusal(network, "int8 quantisation")
     if refusal:
         raise CnncError(f"model '{network.name}': {refusal}")
-    supported = CONV_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS + ("global_avgpool", "dense", "add", "concat") + \
-        ALIAS_KINDS + ("relu", "relu6", "softmax") + LOOKUP_KINDS
+    supported = LINEAR_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS + ALIAS_KINDS + LOOKUP_KINDS + \
+        ("global_avgpool", "global_maxpool", "add", "concat", "lrn", "channel_shuffle", "relu", "relu6", "softmax",
+         "log_softmax")
     folds = batchnorm_folds(network)
     for layer in network.layers:
         if layer.kind == "batchnorm" and layer.name not in folds:
@@ -446,7 +592,7 @@ def tensor_aliases(network: Network) -> dict[str, str]:
 
 
 def _folded_relus(network: Network) -> dict[int, int]:
-    """{1-based index of a standalone relu: the index of the conv or dense layer it folds into}: the relu reads
+    """{1-based index of a standalone relu: the index of the conv (transposed too) or dense layer it folds into}: the relu reads
     (through flatten, dropout or a folded batch norm) the output of a conv or dense layer without a fused
     activation, and is the only layer reading that data; the relu becomes that layer's clamp."""
     aliases = tensor_aliases(network)
@@ -464,7 +610,7 @@ def _folded_relus(network: Network) -> dict[int, int]:
         if source == network.input_name:
             continue
         producer = network.layer(source)
-        if producer.kind in CONV_KINDS + ("dense",) and producer.activation is None and readers[source] == 1:
+        if producer.kind in LINEAR_KINDS and producer.activation is None and readers[source] == 1:
             folded[i] = index[source]
     return folded
 
@@ -572,7 +718,7 @@ def calibrate(model, x: np.ndarray, percentile: float | None = None) -> Quantize
         if kind in ALIAS_KINDS or layer.name in folds:
             encoding[layer.name] = current
             continue
-        if kind in CONV_KINDS or kind == "dense":
+        if kind in LINEAR_KINDS:
             fused = layer.activation
             with_bias = layer.bias or layer.name in bn_of
             if fused in CLAMP_KINDS or fused is None and index in folded_into:
@@ -590,9 +736,12 @@ def calibrate(model, x: np.ndarray, percentile: float | None = None) -> Quantize
             elif fused is not None:
                 steps.append(_activation_step((fused, index), layer, fused, current, ranges[(index, "post")]))
                 current = steps[-1].out
-        elif kind in MAXPOOL_KINDS or kind in AVGPOOL_KINDS or kind == "global_avgpool":
-            op = "maxpool" if kind in MAXPOOL_KINDS else "avgpool" if kind in AVGPOOL_KINDS else "global_avgpool"
-            steps.append(QuantStep(op, ("compute", index), layer, current, current))
+        elif kind in MAXPOOL_KINDS + AVGPOOL_KINDS + ("global_avgpool", "global_maxpool", "channel_shuffle"):
+            op = "maxpool" if kind in MAXPOOL_KINDS else "avgpool" if kind in AVGPOOL_KINDS else kind
+            steps.append(QuantStep(op, ("compute", index), layer, current, current))  # the encoding is kept
+        elif kind == "lrn":
+            steps.append(lrn_step(("compute", index), layer, current, ranges[(index, "post")]))
+            current = steps[-1].out
         elif kind in ("add", "concat"):
             out = choose_qparams(*ranges[(index, "post")])
             steps.append((add_step if kind == "add" else concat_step)(("compute", index), layer, inputs, out))
@@ -618,6 +767,8 @@ def calibrate(model, x: np.ndarray, percentile: float | None = None) -> Quantize
 def _activation_step(key, layer, kind, inp: QParams, out_range) -> QuantStep:
     if kind == "softmax":
         return softmax_step(key, layer, inp)
+    if kind == "log_softmax":
+        return log_softmax_step(key, layer, inp, out_range)
     return lookup_step(key, layer, kind, inp, out_range)
 
 
@@ -637,14 +788,14 @@ def int8_flash_bytes(network: Network) -> dict[str, int]:
             weights += spec.size if spec.name.endswith(".weight") else 4 * spec.size
         if layer.name in folded_convs and not layer.bias:
             weights += 4 * layer.out_shape[0]  # the bias the fold gives it
-        if layer.kind in CONV_KINDS or layer.kind == "dense":
+        if layer.kind in LINEAR_KINDS:
             constants += 8 * layer.out_shape[0]  # an int32 multiplier and shift per output channel
         if layer.kind in ("add", "concat"):
             constants += 8 * (len(layer.inputs) + (layer.kind == "add"))  # a multiplier and shift per operand (+ out)
         for kind in (layer.kind, layer.activation):
             if kind in LOOKUP_KINDS:
                 constants += 256
-            elif kind == "softmax":
+            elif kind in ("softmax", "log_softmax"):
                 constants += 4 * 256
     return {"weights": weights, "constants": constants}
 
