@@ -80,25 +80,19 @@ ALIAS_KINDS = ("flatten", "dropout")  # no code: the same memory read another wa
 EXPORT_KINDS = COMPUTE_KINDS + EXPORT_ACTIVATIONS + ALIAS_KINDS
 
 
-# What the int8 export (cnnc/quantize.py) still refuses among the float export's kinds: issue 15's additions.
+# Issue 15's additions to the export (both exports take them; the tests pick the models using them by these).
 ISSUE15_KINDS = CONV_TRANSPOSE_KINDS + ("global_maxpool", "lrn", "channel_shuffle", "elu", "selu", "hardsigmoid",
                                         "log_softmax")
 
 
-def export_refusal(network: Network, what: str = "the standalone C export", issue15: bool = True) -> str | None:
-    """Why the standalone C export cannot write `network`, naming the layer, or None. issue15=False: refuse
-    issue 15's additions too (ISSUE15_KINDS, as layers or activation=, and pooling with ceil=true or
-    count_pad=false), which the int8 export cannot run yet."""
+def export_refusal(network: Network, what: str = "the standalone C export") -> str | None:
+    """Why the standalone C export (float or int8: `what` says which) cannot write `network`, naming the layer,
+    or None."""
     for layer in network.layers:
-        if layer.kind not in EXPORT_KINDS or (not issue15 and layer.kind in ISSUE15_KINDS):
+        if layer.kind not in EXPORT_KINDS:
             return f"{what} does not support '{layer.kind}' (layer '{layer.name}') yet; the C and NumPy backends run it"
-        if layer.activation is not None and (layer.activation not in EXPORT_ACTIVATIONS
-                                             or (not issue15 and layer.activation in ISSUE15_KINDS)):
+        if layer.activation is not None and layer.activation not in EXPORT_ACTIVATIONS:
             return (f"{what} does not support activation={layer.activation} (layer '{layer.name}') yet; "
-                    "the C and NumPy backends run it")
-        if not issue15 and (layer.ceil or not layer.count_pad):
-            option = "ceil=true" if layer.ceil else "count_pad=false"
-            return (f"{what} does not support pooling with {option} (layer '{layer.name}') yet; "
                     "the C and NumPy backends run it")
     return None
 

@@ -267,17 +267,20 @@ def test_batchnorm_folds_only_where_exact():
     assert folds["graph_shared"] == {}  # c is read by d and r too; e has a fused tanh
 
 
-@pytest.mark.parametrize("text,phrase", [
-    ("model m { input x[2, 8]; conv_transpose1d t(filters=2, kernel=2) }", "'conv_transpose1d' (layer 't')"),
-    ("model m { input v[4]; dense a(units=2, activation=elu) }", "activation=elu (layer 'a')"),
-    ("model m { input x[1, 5, 5]; maxpool2d p(size=2, ceil=true) }", "pooling with ceil=true (layer 'p')"),
+@pytest.mark.parametrize("text", [
+    "model m { input x[2, 8]; conv_transpose1d t(filters=2, kernel=2) }",
+    "model m { input v[4]; dense a(units=2, activation=elu) }",
+    "model m { input x[1, 5, 5]; maxpool2d p(size=2, ceil=true) }",
 ])
-def test_issue15_kinds_plan_for_the_float_export_and_int8_refuses_them_naming_the_layer(text, phrase, tmp_path,
-                                                                                         capsys):
-    """The float export plans them (tests/test_export_c_extra.py builds and runs them); int8 names the layer."""
+def test_issue15_kinds_plan_for_the_float_export_and_int8_takes_them(text, tmp_path, capsys):
+    """The float export plans them (tests/test_export_c_extra.py builds and runs them); so does int8
+    (tests/test_quantize_extra.py)."""
+    from cnnc.quantize import check_quantizable
+
     network = cnnc.network_from_text(text)
     assert memory_plan(network).steps
-    assert "int8 quantisation does not support " + phrase in export_refusal(network, "int8 quantisation", issue15=False)
+    assert export_refusal(network, "int8 quantisation") is None
+    check_quantizable(network)
     spec = tmp_path / "m.cnn"
     spec.write_text(text)
     assert main(["export", str(spec), "--format", "c", "--dry-run"]) == 0

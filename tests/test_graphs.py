@@ -608,9 +608,10 @@ def test_the_cli_exports_a_graph_and_refuses_what_it_cannot_with_exit_status_1_a
     numpy_model(ISSUE_EXAMPLE, dtype="float32").save(weights)
     assert main(["export", str(spec), "--weights", str(weights), "--format", "c", "-o", str(tmp_path / "c")]) == 0
     assert "RESNET_ARENA_BYTES" in capsys.readouterr().out
-    # the float export writes every kind; int8 quantisation refuses issue 15's additions by name
+    # the float export writes every kind; int8 quantisation takes global_maxpool too, but refuses a batch norm
+    # that cannot fold into a convolution, by name
     maxpool = tmp_path / "maxpool.cnn"
-    maxpool.write_text("model m { input x[1, 6, 6]; conv2d c(filters=2, kernel=3); global_maxpool g }")
+    maxpool.write_text("model m { input x[1, 6, 6]; conv2d c(filters=2, kernel=3); global_maxpool g; batchnorm n }")
     assert main(["export", str(maxpool), "--format", "c", "--dry-run"]) == 0
     capsys.readouterr()
     numpy_model(maxpool.read_text(), dtype="float32").save(tmp_path / "m.npz")
@@ -621,5 +622,5 @@ def test_the_cli_exports_a_graph_and_refuses_what_it_cannot_with_exit_status_1_a
             "--calibration", str(tmp_path / "data.npz"), "-o", str(tmp_path / "q")]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "does not support 'global_maxpool' (layer 'g')" in err, err
+    assert "Traceback" not in err and "batch norm 'n' cannot be quantised" in err, err
     assert not (tmp_path / "q").exists()

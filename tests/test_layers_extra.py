@@ -399,7 +399,7 @@ def test_check_json_shows_the_new_layers(tmp_path, capsys):
     assert "conv_transpose2d+selu" in table and "C backend memory (float32, with saved state and scratch)" in table
 
 
-REFUSED = {
+ADDITIONS = {  # how `cnnc export` named each when the int8 export still refused it
     "pooling with ceil=true": "input x[1, 7, 7]\nmaxpool2d p(size=2, ceil=true)",
     "pooling with count_pad=false": "input x[1, 8, 8]\navgpool2d p(size=3, padding=1, count_pad=false)",
     "'conv_transpose2d'": "input x[1, 4, 4]\nconv_transpose2d t(filters=2, kernel=2, stride=2)",
@@ -414,11 +414,12 @@ REFUSED = {
 }
 
 
-@pytest.mark.parametrize("phrase, body", REFUSED.items(), ids=REFUSED.keys())
-def test_every_export_writes_them_and_only_int8_refuses(phrase, body, tmp_path, capsys):
+@pytest.mark.parametrize("phrase, body", ADDITIONS.items(), ids=ADDITIONS.keys())
+def test_every_export_writes_them_int8_included(phrase, body, tmp_path, capsys):
     """Both backends run every addition (tests/test_c_layers_extra.py), the ONNX export writes them
-    (tests/test_onnx.py round-trips them) and so does the standalone C export (tests/test_export_c_extra.py
-    compares its outputs); only int8 quantisation refuses each by name."""
+    (tests/test_onnx.py round-trips them) and so do the standalone C export (tests/test_export_c_extra.py
+    compares its outputs) and its int8 quantisation (tests/test_quantize_extra.py compares the C with the NumPy
+    int8 reference bit for bit)."""
     from cnnc.export_c import export_refusal
 
     spec = tmp_path / "m.cnn"
@@ -429,7 +430,22 @@ def test_every_export_writes_them_and_only_int8_refuses(phrase, body, tmp_path, 
     out, err = capsys.readouterr()
     assert "Traceback" not in err and (tmp_path / "c" / "m.c").stat().st_size > 0, err
     assert export_refusal(network(body)) is None
-    refusal = export_refusal(network(body), "int8 quantisation", issue15=False)
-    assert refusal is not None and "does not support " + phrase in refusal
+    net = network(body)
+    x = np.random.default_rng(0).standard_normal((12, *net.input_shape)).astype(np.float32)
+    if len(net.input_shape) == 1:  # a data file holds images or signals: calibrate through the API
+        from cnnc.export_int8 import export_int8_c
+        from cnnc.quantize import calibrate
+
+        export_int8_c(calibrate(cnnc.load(spec), x), tmp_path / "q")  # the weights saved above (seed 0)
+    else:
+        layout = {"layout": "NCL"} if len(net.input_shape) == 2 else {}  # (N, C, L) signals, not (N, H, W) images
+        np.savez(tmp_path / "data.npz", x_train=x, y_train=np.arange(12) % 2, x_test=x[:4], y_test=np.arange(4) % 2,
+                 **layout)
+        int8_argv = ["export", str(spec), "--weights", str(weights), "--format", "c", "--quantize", "int8",
+                     "--calibration", str(tmp_path / "data.npz"), "-o", str(tmp_path / "q")]
+        assert main(int8_argv) == 0, (phrase, capsys.readouterr().err)
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err and "int8" in out, err
+    assert (tmp_path / "q" / "m.c").stat().st_size > 0
     onnx_argv = ["export", str(spec), "--weights", str(weights), "--format", "onnx", "-o", str(tmp_path / "m.onnx")]
     assert main(onnx_argv) == 0 and (tmp_path / "m.onnx").stat().st_size > 0
