@@ -5,7 +5,8 @@
 
 The same folder as the float export (export_c.py), built the same way: the float export's memory plan
 (one byte per element instead of four), its step comments, prefix checks, example main.c and Makefile,
-and one kernel call per layer, here into kernels/int8.h. The API is
+and one kernel call per layer, here into kernels/int8.h (graphs: int8_graph.h; issue 15's kinds:
+int8_extra.h). The API is
 
     int PREFIX_predict(const float *input, float *output);     /* quantises, runs, dequantises */
     int PREFIX_predict_q(const int8_t *input, int8_t *output); /* int8 in and out: PREFIX_INPUT_SCALE, ... */

@@ -21,17 +21,27 @@ The layer kinds, each the same in the C (kernels/int8.h) and here:
   relu (fused, or standalone right after a conv/dense)  folded into the layer: its output range is calibrated
                after the relu, and the requantised value is clamped from below at zp_y (real 0).
   relu (elsewhere)  a clamp at the tensor's zero point; the scale is kept.
-  maxpool      on int8 directly; the scale is kept.
+  maxpool (ceil too), global_maxpool, channel_shuffle  on int8 directly; the scale is kept.
   avgpool, global_avgpool  the sum of (x_q - zp) over the window (padding counts as real 0, PyTorch's
-               convention) divided by the window area, rounded half away from zero; the scale is kept.
-  sigmoid, tanh, leaky_relu, silu, hardswish  a 256-entry int8 lookup table (computed here, in float64, at
-               export time). sigmoid's output has s = 1/256, zp = -128; tanh's s = 1/128, zp = 0; the others' are
-               calibrated.
+               convention) divided by the window area (with ceil=true or count_pad=false: the float kernel's
+               divisor of each window), rounded half away from zero; the scale is kept.
+  sigmoid, tanh, leaky_relu, silu, hardswish, elu, selu, hardsigmoid  a 256-entry int8 lookup table (computed
+               here, in float64, at export time). sigmoid's output has s = 1/256, zp = -128; hardsigmoid's
+               s = 1/255, zp = -128; tanh's s = 1/128, zp = 0; the others' are calibrated.
+  conv_transpose1d/2d  like conv: per-output-channel int8 weights (PyTorch's (C, F/G, *kernel) layout), int32
+               sums (each output gathering its taps), the same requantisation.
   relu6        like relu, also clamped at the int8 value of real 6.
   grouped conv each group an ungrouped conv over its slice of channels and filters.
   softmax      integer: e[i] = T[max_j x_q[j] - x_q[i]], a 256-entry int32 table T[d] = round(2^16 exp(-d s_x)),
                then y_q[i] = min(255, (256 e[i] + S/2) / S) - 128 with S = sum e (int64, exact integer division);
                the output has s = 1/256, zp = -128.
+  log_softmax  integer: softmax's table T for S = sum T[max - x_q], a fixed-point log2(S) (20 fraction bits,
+               by repeated squaring), distance = (max - x_q) * round(2^20 s_x / ln 2) + log2(S) - 16 * 2^20,
+               y_q = zp_y - the distance requantised by ln 2 / (2^20 s_y); the output range is calibrated.
+  lrn          float64 between int8 tensors (the one layer that is not integer): the exact int32 sum of
+               squares of (x_q - zp) over the channel window, v = (x_q - zp) * (s_x / s_y) *
+               pow(k + alpha/size * s_x^2 * sum, -beta), rounded half away from zero, + zp_y; pow is the C
+               library's here too (math.pow), so the reference stays bit for bit the C.
   flatten, dropout  nothing (dropout is the identity at inference).
   batchnorm    folded into the convolution before it (float64, export_c.folded_conv_params) before quantising;
                one that cannot fold is refused.
@@ -39,7 +49,7 @@ The layer kinds, each the same in the C (kernels/int8.h) and here:
                2 max s / (2^20 s_out) (TensorFlow Lite's); concat: each operand requantised by s_i / s_out.
 Graphs: every tensor has its own encoding (by name); flatten, dropout and a folded batch norm share their
 input's data and encoding.
-Float arithmetic is used only at the boundary: PREFIX_predict's quantisation of the input
+Float arithmetic is used, beyond lrn, only at the boundary: PREFIX_predict's quantisation of the input
 (q = round_half_away(x * (1/s) + zp) in float32, clamped) and dequantisation of the output (s * (q - zp)).
 
 The NumPy reference computes the integer sums in float64 (every partial sum is an integer below 2^53, so

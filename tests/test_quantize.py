@@ -251,13 +251,15 @@ def test_flash_and_ram_of_lenet5(capsys):
     assert memory_report_int8(network) in printed
 
 
-def test_kernels_use_float_only_at_the_boundary():
-    text = (Path(cnnc.__file__).parent / "kernels" / "int8.h").read_text()
-    code = re.sub(r"//[^\n]*", "", text)
-    functions = re.findall(r"\n(?:CNNC_KERNEL|static inline) [^\n]*? (int8_\w+)\((.*?)\n}\n", code, flags=re.S)
-    assert len(functions) >= 14
-    with_float = sorted(name for name, body in functions if re.search(r"\bfloat\b|\bdouble\b", body))
-    assert with_float == ["int8_dequantize", "int8_quantize"]
+def test_kernels_use_float_only_at_the_boundary_and_in_lrn():
+    for header, count, floating in [("int8.h", 14, ["int8_dequantize", "int8_quantize"]), ("int8_graph.h", 4, []),
+                                    ("int8_extra.h", 7, ["int8_lrn_forward"])]:
+        text = (Path(cnnc.__file__).parent / "kernels" / header).read_text()
+        code = re.sub(r"//[^\n]*", "", text)
+        functions = re.findall(r"\n(?:CNNC_KERNEL|static inline) [^\n]*? (int8_\w+)\((.*?)\n}\n", code, flags=re.S)
+        assert len(functions) >= count, header
+        with_float = sorted(name for name, body in functions if re.search(r"\bfloat\b|\bdouble\b|\bpow\b", body))
+        assert with_float == floating, header
 
 
 # ---- the command line ------------------------------------------------------------------------------------
