@@ -1,15 +1,20 @@
 """The NumPy reference backend: the ground truth every other backend is checked against.
 
 Each layer kind is a pair of plain functions, `X_forward` and `X_backward`, side by side. The first
-lines of each say every tensor's shape. Forward returns whatever backward needs (the padded input,
-the max-pool winners, the pre-activation), and the model keeps it in `self.saved[layer.name]`.
+lines of each say every tensor's shape. Forward returns whatever backward needs (the max-pool winners,
+the pre-activation), and the model keeps it in `self.saved[layer.name]`.
 
 The convolution follows the textbook derivation (see the lecture notes' "Summary of backprop
-equations"). All three of its computations use one primitive, `correlate`:
-    forward  y  = b + correlate(x_padded, w)                          (stride s, dilation d)
-    weights  dw = correlate(x_padded, dy dilated by s)                (stride d: the kernel taps)
-    input    dx = correlate(dy dilated by s and zero-padded to full size, w rotated 180 degrees),
-                  cropped by the padding: the "full convolution" of dy with the kernel.
+equations"), with x read as zero outside itself (the padding):
+    forward  y[n, f, i, j] = b[f] + sum_{c, p, q} w[f, c, p, q] * x[n, c, i*s + p*d - pad, j*s + q*d - pad]
+    bias     db = dy summed over the batch and every position
+    weights  dw = the input correlated with dy (kernel taps d apart, outputs s apart)
+    input    dx = the full convolution of the stride-dilated, zero-padded dy with w rotated 180 degrees
+Each is one GEMM with the im2col `columns` of the input (each kernel tap's inputs, 0 where the tap reads
+padding); the input gradient scatters each tap's share back to the input it read (`uncolumns`, col2im),
+which is the full convolution written tap by tap. The padding is implied, never stored, so a large
+padding or dilation costs no memory: a training step holds at most one layer's columns at a time.
+A transposed convolution is a convolution's adjoint: the same two primitives with their roles swapped.
 
 1-D layers run as 2-D layers of height 1: (N, C, L) is viewed as (N, C, 1, L), a kernel K as (1, K).
 A grouped convolution runs each group as its own convolution on its slice of the channels.
@@ -17,10 +22,9 @@ A grouped convolution runs each group as its own convolution on its slice of the
 Graphs: the model keeps every layer's output by name until its last reader has run; backward walks the
 layers in reverse, and a tensor read by several layers (a residual's shortcut) sums their gradients.
 
-What this file deliberately is not: fast. It is vectorised (windows are strided views, the
-contractions are im2col + BLAS GEMMs, there is no Python loop over pixels), so a LeNet-5 training step
-at batch 64 takes milliseconds, but where clarity and speed disagree it chooses clarity: the
-stride-dilated dy multiplies zeros, and pooling's backward loops over the kernel offsets.
+What this file deliberately is not: fast. It is vectorised (pooling windows are strided views, the
+contractions are im2col + BLAS GEMMs, the only Python loops are over kernel taps), so a LeNet-5 training
+step at batch 64 takes milliseconds, but where clarity and speed disagree it chooses clarity.
 """
 from __future__ import annotations
 
@@ -64,15 +68,6 @@ def crop(xp: np.ndarray, before: Pair, after: Pair) -> np.ndarray:
     return xp[:, :, before[0]:HP - after[0], before[1]:WP - after[1]]
 
 
-def dilate(dy: np.ndarray, stride: Pair) -> np.ndarray:
-    """Insert stride-1 zeros between neighbours: dy: (N, F, OH, OW) -> (N, F, (OH-1)*sh + 1, (OW-1)*sw + 1).
-    Output (i, j) was computed at input offset (i*sh, j*sw); the dilated dy sits where its outputs were."""
-    (sh, sw), (N, F, OH, OW) = stride, dy.shape
-    out = np.zeros((N, F, (OH - 1) * sh + 1, (OW - 1) * sw + 1), dy.dtype)
-    out[:, :, ::sh, ::sw] = dy
-    return out
-
-
 def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair = (1, 1)) -> np.ndarray:
     """Every window of the (already padded) input, as a view: no copy.
     xp: (N, C, HP, WP) -> (N, C, OH, OW, KH, KW), with [n, c, i, j, p, q] = xp[n, c, i*sh + p*dh, j*sw + q*dw]"""
@@ -95,7 +90,7 @@ def unwindow(dwin: np.ndarray, x_hw: Pair, stride: Pair, pad_before: Pair, pad_a
 
 
 def correlate(x: np.ndarray, k: np.ndarray, stride: Pair, dilation: Pair) -> np.ndarray:
-    """Valid cross-correlation, the one primitive behind the convolution and both of its gradients.
+    """Valid cross-correlation of an already padded input (the int8 reference in quantize.py runs on it).
     x: (N, C, H, W), k: (F, C, KH, KW) -> out: (N, F, OH, OW), OH = (H - dh*(KH-1) - 1) // sh + 1
     out[n, f, i, j] = sum_{c, p, q} k[f, c, p, q] * x[n, c, i*sh + p*dh, j*sw + q*dw]"""
     F, C, KH, KW = k.shape
@@ -106,69 +101,117 @@ def correlate(x: np.ndarray, k: np.ndarray, stride: Pair, dilation: Pair) -> np.
 
 
 # ---- convolution ---------------------------------------------------------------------------------
+# The padding is implied, never stored: `columns` gathers each kernel tap's inputs (0 where the tap reads
+# padding) and `uncolumns` adds each tap's gradient back where it read. A large padding or dilation costs
+# no memory; the columns hold C*KH*KW*OH*OW values per sample, the multiply-adds per filter.
+def tap_span(offset: int, step: int, count: int, extent: int) -> tuple[slice, slice] | None:
+    """Grid points i = 0 .. count-1 sit at offset + i*step; of those inside 0 .. extent-1: (their slice
+    of the grid, the slice of the extent they sit on), or None if there are none."""
+    first = max(0, -(offset // step))  # the smallest i with offset + i*step >= 0
+    last = min(count - 1, (extent - 1 - offset) // step)
+    if last < first:
+        return None
+    return slice(first, last + 1), slice(offset + first * step, offset + last * step + 1, step)
+
+
+def kernel_taps(kernel: Pair, stride: Pair, dilation: Pair, pad_before: Pair, out_hw: Pair, x_hw: Pair):
+    """For each tap (p, q) of a convolution from x_hw to out_hw: (p, q, output rows and columns, input rows and
+    columns), the outputs whose tap (p, q) reads an input rather than padding and the inputs it reads:
+    output (i, j) reads x[i*sh + p*dh - pb_h, j*sw + q*dw - pb_w]."""
+    for p in range(kernel[0]):
+        rows = tap_span(p * dilation[0] - pad_before[0], stride[0], out_hw[0], x_hw[0])
+        for q in range(kernel[1]):
+            cols = tap_span(q * dilation[1] - pad_before[1], stride[1], out_hw[1], x_hw[1])
+            if rows and cols:
+                yield p, q, (rows[0], cols[0]), (rows[1], cols[1])
+
+
+def columns(x, kernel: Pair, stride: Pair, dilation: Pair, pad_before: Pair, out_hw: Pair) -> np.ndarray:
+    """im2col: x: (N, C, H, W) -> cols: (N, C*KH*KW, OH*OW),
+    cols[n, (c, p, q), (i, j)] = x[n, c, i*sh + p*dh - pb_h, j*sw + q*dw - pb_w], or 0 where that is padding."""
+    (N, C, H, W), (KH, KW), (OH, OW) = x.shape, kernel, out_hw
+    cols = np.zeros((N, C, KH, KW, OH, OW), x.dtype)
+    for p, q, outputs, inputs in kernel_taps(kernel, stride, dilation, pad_before, out_hw, (H, W)):
+        cols[(slice(None), slice(None), p, q, *outputs)] = x[(slice(None), slice(None), *inputs)]
+    return cols.reshape(N, C * KH * KW, OH * OW)
+
+
+def uncolumns(dcols, x_shape, kernel: Pair, stride: Pair, dilation: Pair, pad_before: Pair, out_hw: Pair):
+    """col2im, the adjoint of `columns`: dcols: (N, C*KH*KW, OH*OW) -> dx: x_shape (N, C, H, W), each tap's
+    gradient added to the input it read; what fell on padding is dropped."""
+    (N, C, H, W), (KH, KW), (OH, OW) = x_shape, kernel, out_hw
+    dcols = dcols.reshape(N, C, KH, KW, OH, OW)
+    dx = np.zeros(x_shape, dcols.dtype)
+    for p, q, outputs, inputs in kernel_taps(kernel, stride, dilation, pad_before, out_hw, (H, W)):
+        dx[(slice(None), slice(None), *inputs)] += dcols[(slice(None), slice(None), p, q, *outputs)]
+    return dx
+
+
+def conv_output_hw(x_hw: Pair, kernel: Pair, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair) -> Pair:
+    """out = floor((in + pad_before + pad_after - dilation*(kernel-1) - 1) / stride) + 1, per axis"""
+    return tuple((x_hw[a] + pad_before[a] + pad_after[a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1
+                 for a in (0, 1))
+
+
 def conv_forward(x, w, b, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair):
-    """x: (N, C, H, W), w: (F, C, KH, KW), b: (F,) or None -> y: (N, F, OH, OW), xp: (N, C, HP, WP)
-    y[n, f, i, j] = b[f] + sum_{c, p, q} w[f, c, p, q] * xp[n, c, i*sh + p*dh, j*sw + q*dw]
-    xp is x zero-padded: backward needs it for dw."""
-    xp = pad(x, pad_before, pad_after)
-    y = correlate(xp, w, stride, dilation)
-    if b is not None:
-        y = y + b[:, None, None]
-    return y, xp
+    """x: (N, C, H, W), w: (F, C, KH, KW), b: (F,) or None -> y: (N, F, OH, OW)
+    y[n, f, i, j] = b[f] + sum_{c, p, q} w[f, c, p, q] * x[n, c, i*sh + p*dh - pb_h, j*sw + q*dw - pb_w],
+    x read as zero outside itself (the padding): one GEMM of the weights with the columns."""
+    (N, C, H, W), (F, _, KH, KW) = x.shape, w.shape
+    out_hw = conv_output_hw((H, W), (KH, KW), stride, dilation, pad_before, pad_after)
+    cols = columns(x, (KH, KW), stride, dilation, pad_before, out_hw)  # (N, C*KH*KW, OH*OW)
+    y = (w.reshape(F, C * KH * KW) @ cols).reshape(N, F, *out_hw)
+    return y + b[:, None, None] if b is not None else y
 
 
-def conv_backward(dy, xp, w, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair):
-    """dy: (N, F, OH, OW), xp: (N, C, HP, WP) the padded input, w: (F, C, KH, KW)
+def conv_backward(dy, x, w, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair):
+    """dy: (N, F, OH, OW), x: (N, C, H, W) the layer's input, w: (F, C, KH, KW)
     -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,)"""
-    F, C, KH, KW = w.shape
-    HP, WP = xp.shape[2:]
-    span = (dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1)  # the dilated kernel's extent
+    (N, F, OH, OW), (_, C, KH, KW) = dy.shape, w.shape
+    dy_rows = dy.reshape(N, F, OH * OW)
     # db[f] = sum_{n, i, j} dy[n, f, i, j]: the bias is added once at every output position.
     db = dy.sum(axis=(0, 2, 3))
-    # dy dilated by the stride, dyd: (N, F, DH, DW). Then every formula below has stride 1 in dy.
-    dyd = dilate(dy, stride)
-    DH, DW = dyd.shape[2:]
-    # dw[f, c, p, q] = sum_{n, t, u} dyd[n, f, t, u] * xp[n, c, p*dh + t, q*dw + u]:
-    # the padded input correlated with dyd, the batch summed as the "channel" axis, kernel taps d apart.
-    # (HP - DH) // dh + 1 >= KH taps fit; the extra ones (input rows no window reached) are cut off.
-    dw = correlate(xp.transpose(1, 0, 2, 3), dyd.transpose(1, 0, 2, 3), dilation, (1, 1))  # (C, F, >=KH, >=KW)
-    dw = dw[:, :, :KH, :KW].transpose(1, 0, 2, 3)
-    # dxp[n, c, m, l] = sum_{f, p, q} w[f, c, p, q] * dyd[n, f, m - p*dh, l - q*dw]: a full convolution.
-    # Zero-pad dyd by span-1 on each side (and on the far side also by the rows/columns of xp no window
-    # reached), then correlate with the kernel rotated 180 degrees and its channel axes swapped.
-    dyd_full = pad(dyd, (span[0] - 1, span[1] - 1), (HP - DH, WP - DW))  # (N, F, HP + span_h - 1, WP + span_w - 1)
-    w_rot = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, KH, KW)
-    dxp = correlate(dyd_full, w_rot, (1, 1), dilation)  # (N, C, HP, WP)
-    return crop(dxp, pad_before, pad_after), dw, db
+    # dw[f, c, p, q] = sum_{n, i, j} dy[n, f, i, j] * x[n, c, i*sh + p*dh - pb_h, j*sw + q*dw - pb_w]:
+    # the (zero-padded) input correlated with the output gradient, the columns summed over batch and positions.
+    cols = columns(x, (KH, KW), stride, dilation, pad_before, (OH, OW))  # (N, C*KH*KW, OH*OW), as forward
+    dw = np.tensordot(dy_rows, cols, axes=([0, 2], [0, 2])).reshape(F, C, KH, KW)
+    # dx[n, c, m, l] = sum_{f, p, q} w[f, c, p, q] * dy[n, f, i, j] over the outputs (i, j) whose tap (p, q)
+    # read x[m, l] (m = i*sh + p*dh - pb_h): the full convolution of the stride-dilated, zero-padded dy with
+    # the kernel rotated 180 degrees, written as each tap's share scattered back (col2im). The padding's
+    # share is dropped, never computed.
+    dcols = w.reshape(F, C * KH * KW).T @ dy_rows  # (N, C*KH*KW, OH*OW)
+    dx = uncolumns(dcols, x.shape, (KH, KW), stride, dilation, pad_before, (OH, OW))
+    return dx, dw, db
 
 
 def grouped_conv_forward(x, w, b, groups: int, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair):
-    """x: (N, C, H, W), w: (F, C/G, KH, KW), b: (F,) or None -> y: (N, F, OH, OW), xp: (N, C, HP, WP)
+    """x: (N, C, H, W), w: (F, C/G, KH, KW), b: (F,) or None -> y: (N, F, OH, OW)
     Group g: filters g*F/G ... (g+1)*F/G - 1 read channels g*C/G ... (g+1)*C/G - 1 only."""
     if groups == 1:
         return conv_forward(x, w, b, stride, dilation, pad_before, pad_after)
-    xp = pad(x, pad_before, pad_after)
     C, F = x.shape[1], w.shape[0]
     Cg, Fg = C // groups, F // groups
-    y = np.concatenate([correlate(xp[:, g * Cg:(g + 1) * Cg], w[g * Fg:(g + 1) * Fg], stride, dilation)
-                        for g in range(groups)], axis=1)
-    return (y + b[:, None, None] if b is not None else y), xp
+    y = np.concatenate([conv_forward(x[:, g * Cg:(g + 1) * Cg], w[g * Fg:(g + 1) * Fg], None, stride, dilation,
+                                     pad_before, pad_after) for g in range(groups)], axis=1)
+    return y + b[:, None, None] if b is not None else y
 
 
-def grouped_conv_backward(dy, xp, w, groups: int, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair):
-    """dy: (N, F, OH, OW), xp: (N, C, HP, WP), w: (F, C/G, KH, KW) -> dx: (N, C, H, W), dw: w's shape, db: (F,)
+def grouped_conv_backward(dy, x, w, groups: int, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair):
+    """dy: (N, F, OH, OW), x: (N, C, H, W), w: (F, C/G, KH, KW) -> dx: (N, C, H, W), dw: w's shape, db: (F,)
     Each group's gradients are its own convolution's."""
     if groups == 1:
-        return conv_backward(dy, xp, w, stride, dilation, pad_before, pad_after)
-    C, F = xp.shape[1], w.shape[0]
+        return conv_backward(dy, x, w, stride, dilation, pad_before, pad_after)
+    C, F = x.shape[1], w.shape[0]
     Cg, Fg = C // groups, F // groups
-    parts = [conv_backward(dy[:, g * Fg:(g + 1) * Fg], xp[:, g * Cg:(g + 1) * Cg], w[g * Fg:(g + 1) * Fg],
+    parts = [conv_backward(dy[:, g * Fg:(g + 1) * Fg], x[:, g * Cg:(g + 1) * Cg], w[g * Fg:(g + 1) * Fg],
                            stride, dilation, pad_before, pad_after) for g in range(groups)]
     return (np.concatenate([dx for dx, _, _ in parts], axis=1), np.concatenate([dw for _, dw, _ in parts]),
             np.concatenate([db for _, _, db in parts]))
 
 
 # ---- transposed convolution ---------------------------------------------------------------------
+# The adjoint of a convolution: its forward pass is a convolution's input gradient (uncolumns), its input
+# gradient a convolution's forward pass (columns), over the same taps.
 def conv_transpose_forward(x, w, b, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair,
                            output_padding: Pair):
     """x: (N, C, H, W), w: (C, F, KH, KW), b: (F,) or None -> y: (N, F, OH, OW)
@@ -176,30 +219,26 @@ def conv_transpose_forward(x, w, b, stride: Pair, dilation: Pair, pad_before: Pa
         y_full[n, f, i*sh + p*dh, j*sw + q*dw] += x[n, c, i, j] * w[c, f, p, q]
     y_full: (N, F, (H-1)*sh + span_h, ...), extended by output_padding zeros after, cropped by the padding:
         OH = (H-1)*sh + dh*(KH-1) + 1 + output_padding_h - pad_before_h - pad_after_h.
-    Computed as the convolution's input gradient: x dilated by the stride, zero-padded by span-1 on each
-    side (and output_padding more after), correlated with the kernel rotated 180 degrees."""
-    C, F, KH, KW = w.shape
-    span = (dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1)
-    x_full = pad(dilate(x, stride), (span[0] - 1, span[1] - 1),
-                 (span[0] - 1 + output_padding[0], span[1] - 1 + output_padding[1]))
-    w_rot = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (F, C, KH, KW)
-    y = crop(correlate(x_full, w_rot, (1, 1), dilation), pad_before, pad_after)
+    Only the kept outputs are computed (what lands on the cropped rows is dropped): y_full is never built."""
+    (N, C, H, W), (_, F, KH, KW) = x.shape, w.shape
+    OH, OW = ((x.shape[2 + a] - 1) * stride[a] + dilation[a] * (w.shape[2 + a] - 1) + 1 + output_padding[a]
+              - pad_before[a] - pad_after[a] for a in (0, 1))
+    spread = w.reshape(C, F * KH * KW).T @ x.reshape(N, C, H * W)  # (N, F*KH*KW, H*W): each input's kernel
+    y = uncolumns(spread, (N, F, OH, OW), (KH, KW), stride, dilation, pad_before, (H, W))
     return y + b[:, None, None] if b is not None else y
 
 
 def conv_transpose_backward(dy, x, w, stride: Pair, dilation: Pair, pad_before: Pair, pad_after: Pair):
     """dy: (N, F, OH, OW), x: (N, C, H, W), w: (C, F, KH, KW) -> dx: (N, C, H, W), dw: (C, F, KH, KW), db: (F,)
-    dy_ext = dy zero-padded back to y_full's extent (the cropped rows had no effect: their gradient is 0):
-      dx[n, c, i, j] = sum_{f, p, q} w[c, f, p, q] * dy_ext[n, f, i*sh + p*dh, j*sw + q*dw]: a convolution;
-      dw[c, f, p, q] = sum_{n, i, j} x[n, c, i, j] * dy_ext[n, f, i*sh + p*dh, j*sw + q*dw]."""
-    C, F, KH, KW = w.shape
-    H, W = x.shape[2:]
+    With dy read as zero outside the output (the cropped rows had no effect: their gradient is 0):
+      dx[n, c, i, j] = sum_{f, p, q} w[c, f, p, q] * dy[n, f, i*sh + p*dh - pb_h, j*sw + q*dw - pb_w]: a convolution;
+      dw[c, f, p, q] = sum_{n, i, j} x[n, c, i, j] * dy[n, f, i*sh + p*dh - pb_h, j*sw + q*dw - pb_w]."""
+    (N, C, H, W), (_, F, KH, KW) = x.shape, w.shape
     db = dy.sum(axis=(0, 2, 3))
-    dy_ext = pad(dy, pad_before, pad_after)
-    dx = correlate(dy_ext, w, stride, dilation)[:, :, :H, :W]  # output_padding >= stride adds a row: cut
-    # dy_ext correlated with x: the batch summed as the "channel" axis, stride and dilation swapping roles
-    dw = correlate(dy_ext.transpose(1, 0, 2, 3), x.transpose(1, 0, 2, 3), dilation, stride)  # (F, C, >=KH, >=KW)
-    return dx, dw[:, :, :KH, :KW].transpose(1, 0, 2, 3), db
+    cols = columns(dy, (KH, KW), stride, dilation, pad_before, (H, W))  # (N, F*KH*KW, H*W)
+    dx = (w.reshape(C, F * KH * KW) @ cols).reshape(N, C, H, W)
+    dw = np.tensordot(x.reshape(N, C, H * W), cols, axes=([0, 2], [0, 2])).reshape(C, F, KH, KW)
+    return dx, dw, db
 
 
 def grouped_conv_transpose_forward(x, w, b, groups: int, stride: Pair, dilation: Pair, pad_before: Pair,
@@ -569,7 +608,7 @@ class NumpyModel(Model):
     """Runs a Network layer by layer with the functions above.
 
     self.saved[layer.name] holds, after a forward pass, what that layer's backward reads:
-        conv: xp (padded input), z and y when an activation is fused;  dense, conv_transpose: x, and z/y likewise
+        conv, conv_transpose, dense: x (the input, no copy), and z and y when an activation is fused
         maxpool, global_maxpool: winner;  lrn: x, d (the divisor base);  activations: z, y;
         dropout: mask (None when it was the identity)
     """
@@ -667,10 +706,10 @@ class NumpyModel(Model):
         if kind in CONV_KINDS:
             _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
             w, b = self._weight_bias(layer)
-            z, xp = grouped_conv_forward(as_2d(x, layer.spatial_dims), as_2d(w, layer.spatial_dims), b, layer.groups,
-                                         stride, dilation, pad_before, pad_after)
-            z = z.reshape(N, *layer.out_shape)
-            return self._activation_forward(layer, z, {"xp": xp})
+            x2 = as_2d(x, layer.spatial_dims)
+            z = grouped_conv_forward(x2, as_2d(w, layer.spatial_dims), b, layer.groups, stride, dilation, pad_before,
+                                     pad_after)
+            return self._activation_forward(layer, z.reshape(N, *layer.out_shape), {"x": x2})
         if kind in CONV_TRANSPOSE_KINDS:
             _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
             output_padding = (0, *layer.output_padding) if layer.spatial_dims == 1 else layer.output_padding
@@ -744,7 +783,7 @@ class NumpyModel(Model):
         if kind in CONV_KINDS:
             _, stride, dilation, pad_before, pad_after = geometry_2d(layer)
             w, _ = self._weight_bias(layer)
-            dx, dw, db = grouped_conv_backward(as_2d(dy, layer.spatial_dims), saved["xp"],
+            dx, dw, db = grouped_conv_backward(as_2d(dy, layer.spatial_dims), saved["x"],
                                                as_2d(w, layer.spatial_dims), layer.groups,
                                                stride, dilation, pad_before, pad_after)
             self._store_grads(layer, dw, db)
