@@ -163,7 +163,8 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
         geometries.append({"struct": "GlobalAvgPool", "ident": name,
                            "fields": c_initializer(global_avgpool_geometry(layer))})
         return f"int8_global_avgpool_forward({out}, {inp}, {name}, {int(q.inp.zero_point)});"
-    if q.op in ("global_maxpool", "channel_shuffle", "lrn") or q.op == "avgpool" and (layer.ceil or not layer.count_pad):
+    clipped_avgpool = q.op == "avgpool" and (layer.ceil or not layer.count_pad)  # a divisor per window
+    if q.op in ("global_maxpool", "channel_shuffle", "lrn") or clipped_avgpool:
         struct, geometry = _kernel(layer)[1:]  # the float export's struct: GlobalMaxPool, ChannelShuffle, Lrn,
         geometries.append({"struct": struct, "ident": name, "fields": c_initializer(geometry)})  # AvgPool2dClipped
         if q.op == "lrn":
@@ -172,7 +173,8 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
             zero_points = [("in_zero_point", q.inp.zero_point), ("out_zero_point", q.out.zero_point)]
             fields = ", ".join(f".{field} = {c_int(int(value), field, INT8_MIN, INT8_MAX)}"
                                for field, value in zero_points)
-            geometries.append({"struct": "Int8Lrn", "ident": f"{name}_q", "fields": "{" + constants + ", " + fields + "}"})
+            geometries.append({"struct": "Int8Lrn", "ident": f"{name}_q",
+                               "fields": "{" + constants + ", " + fields + "}"})
             return f"int8_lrn_forward({out}, {inp}, {name}, {name}_q);"
         if q.op == "avgpool":
             return f"int8_avgpool2d_clipped_forward({out}, {inp}, {name}, {int(q.inp.zero_point)});"

@@ -602,8 +602,8 @@ def tensor_aliases(network: Network) -> dict[str, str]:
 
 
 def _folded_relus(network: Network) -> dict[int, int]:
-    """{1-based index of a standalone relu: the index of the conv (transposed too) or dense layer it folds into}: the relu reads
-    (through flatten, dropout or a folded batch norm) the output of a conv or dense layer without a fused
+    """{1-based index of a standalone relu: the index of the conv (transposed too) or dense layer it folds into}:
+    the relu reads (through flatten, dropout or a folded batch norm) the output of such a layer without a fused
     activation, and is the only layer reading that data; the relu becomes that layer's clamp."""
     aliases = tensor_aliases(network)
     index = {layer.name: i for i, layer in enumerate(network.layers, 1)}
