@@ -57,4 +57,23 @@ static inline Range window(int start, int length, int size)
     return r;
 }
 
+// dout is (N, F, S), S positions per filter (OH * OW for a convolution); accumulates (+=) dbias (F):
+//   dbias[f] += sum over n and s of dout[n][f][s]
+// The bias gradient of conv.h's, conv_transpose.h's and conv_blocked.h's backward (in `real`, which the
+// includer defines before any kernel header). A CNNC_KERNEL, so the backend inlines it like its callers.
+CNNC_KERNEL void bias_grad(real* restrict dbias, const real* restrict dout, int64_t N, int F, int S)
+{
+    for (int f = 0; f < F; f++) {
+        real sum = 0;
+        for (int64_t n = 0; n < N; n++) {
+            const real* dout_nf = dout + (n * F + f) * S;
+            CNNC_SIMD_SUM
+            for (int s = 0; s < S; s++) {
+                sum += dout_nf[s];
+            }
+        }
+        dbias[f] += sum;
+    }
+}
+
 #endif
