@@ -76,4 +76,31 @@ CNNC_KERNEL void bias_grad(real* restrict dbias, const real* restrict dout, int6
     }
 }
 
+// The pieces of a row's softmax, shifted by the row's maximum so that no exp overflows.
+typedef struct {
+    real max;  // the largest entry of the row
+    real sum;  // sum over k of exp(row[k] - max), at least 1
+} ShiftedExpSum;
+
+// row is (K) -> its maximum and sum over k of exp(row[k] - max); also writes exp(row[k] - max) to exps (K)
+// unless exps is NULL (exps may be row itself). Then softmax(row) = exps / sum and
+// log_softmax(row) = row - max - log(sum): activations.h's softmax and log_softmax, and loss.h's cross-entropy.
+CNNC_KERNEL ShiftedExpSum shifted_exp_sum(real* exps, const real* row, int K)
+{
+    ShiftedExpSum s;
+    s.max = row[0];
+    for (int k = 1; k < K; k++) {
+        s.max = row[k] > s.max ? row[k] : s.max;
+    }
+    s.sum = 0;
+    for (int k = 0; k < K; k++) {
+        real e = exp(row[k] - s.max);
+        if (exps != NULL) {
+            exps[k] = e;
+        }
+        s.sum += e;
+    }
+    return s;
+}
+
 #endif
