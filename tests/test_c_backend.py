@@ -37,6 +37,7 @@ def torch_ref():
 
     return torch_reference
 
+from c_model_checks import assert_compiles_without_warnings
 from conftest import SPECS, compile_bundles
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 
@@ -668,16 +669,7 @@ def test_a_model_and_a_module_of_another_dtype_do_not_mix(bundles):
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_generated_c_compiles_without_warnings_under_wall_wextra(bundles, tmp_path, dtype):
-    path = tmp_path / "bundle.c"
-    source = bundles[dtype].source
-    path.write_text(source.text)
-    for name, text in source.headers:
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text(text)
-    for flags in (["-fopenmp"], ["-std=c99", "-Wpedantic", "-Wno-unknown-pragmas"]):
-        result = subprocess.run(["gcc", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", *flags, str(path)],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[:3000]
+    assert_compiles_without_warnings(bundles[dtype].source, tmp_path)
 
 
 def test_lenet5_glue_is_short_and_every_kernel_comes_from_the_library():
