@@ -23,7 +23,6 @@ from cnnc.backends.c_optim import FusedAdam, FusedSGD
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
 from cnnc.gradcheck import gradcheck
-from cnnc.ir import chain_only_refusal
 from cnnc.optim import SGD, Adam
 from cnnc.summary import c_backend_memory, summary_table
 
@@ -38,7 +37,7 @@ def torch_ref():
     return torch_reference
 
 from c_model_checks import assert_compiles_without_warnings
-from conftest import SPECS, compile_bundles
+from conftest import SPECS, compile_bundles, is_classic_chain
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 
 # One model per configuration: strides 1-3, paddings 0/1/2 and asymmetric `same` with even kernels,
@@ -146,9 +145,9 @@ BLOCKED_VARIANTS = {
     ("blocked_phases_wide_tail", "c"): (False, False, False),
     ("blocked_phases_conv1d", "c"): (False, False, False),
 }
-# the shipped specs the C backend runs so far (graphs and batch norm are refused: tests/test_every_spec.py)
+# the shipped specs that are classic chains (conftest.is_classic_chain); tests/test_c_graphs.py runs the graphs
 SPEC_MODELS = [(path.name, n.name) for path in sorted(SPECS.glob("*.cnn")) for n in cnnc.networks_from_file(path)
-               if chain_only_refusal(n, "") is None]
+               if is_classic_chain(n)]
 
 
 def case_network(name: str):
@@ -160,7 +159,7 @@ def bundles(cache_dir):
     """{dtype: CModule}: every case and every shipped model, one module per dtype, built in parallel."""
     networks = [case_network(name) for name in CASES]
     networks += [n for path in sorted(SPECS.glob("*.cnn")) for n in cnnc.networks_from_file(path)
-                 if chain_only_refusal(n, "") is None]
+                 if is_classic_chain(n)]
     return compile_bundles(networks, ("float64", "float32"), cache_dir)
 
 

@@ -25,12 +25,11 @@ from cnnc.cli import main
 from cnnc.diagnostics import CnncError
 from cnnc.export_c import c_float, checked_prefix, memory_plan
 from cnnc.frontend import networks_from_file
-from cnnc.ir import chain_only_refusal
 
 # SANITIZE: tests/test_quantize.py and test_quantize_graphs.py import it (and GCC, STRICT) from here
 from c_export_builds import (CLANG, GCC, SANITIZE, STRICT, export_models, finish_builds, rel_err,  # noqa: F401
                              run_driver, start_builds)
-from conftest import SPECS
+from conftest import SPECS, is_classic_chain
 BATCH = 3
 
 pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is needed to build the exported C")
@@ -77,7 +76,7 @@ model activation_first {
 def spec_models(extra_file: Path) -> list[tuple[Path, str]]:
     files = sorted(SPECS.glob("*.cnn")) + [extra_file]
     return [(path, net.name) for path in files for net in networks_from_file(path)
-            if chain_only_refusal(net, "") is None]  # the graphs: tests/test_export_c_graphs.py
+            if is_classic_chain(net)]  # the graphs: tests/test_export_c_graphs.py
 
 
 def randomized(path: Path, name: str, seed: int):

@@ -20,10 +20,9 @@ import cnnc
 from cnnc.cli import main
 from cnnc.export_c import batchnorm_folds, export_c, export_refusal, memory_plan, memory_report, plan_offsets
 from cnnc.frontend import network_list_from_text, networks_from_file
-from cnnc.ir import chain_only_refusal
 
 from c_export_builds import GCC, export_models, finish_builds, rel_err, run_driver, start_builds
-from conftest import SPECS
+from conftest import SPECS, is_classic_chain
 
 BATCH = 3
 
@@ -87,7 +86,7 @@ def graph_models(extra_file: Path) -> list[tuple[Path, str]]:
     standalone C export runs; the chains are exported by tests/test_export_c.py."""
     files = sorted(SPECS.glob("*.cnn")) + [extra_file]
     return [(path, net.name) for path in files for net in networks_from_file(path)
-            if chain_only_refusal(net, "") is not None and export_refusal(net) is None]
+            if not is_classic_chain(net) and export_refusal(net) is None]
 
 
 def randomized(path: Path, name: str, seed: int):
@@ -151,7 +150,7 @@ def test_every_exportable_spec_has_a_round_trip_test(tmp_path):
     extra = tmp_path / "extra.cnn"
     extra.write_text(EXTRA_GRAPHS)
     chains = {net.name for path in sorted(SPECS.glob("*.cnn")) for net in networks_from_file(path)
-              if chain_only_refusal(net, "") is None}  # what tests/test_export_c.py exports
+              if is_classic_chain(net)}  # what tests/test_export_c.py exports
     graphs = {name for path, name in graph_models(extra) if path != extra}
     every = {net.name for path in sorted(SPECS.glob("*.cnn")) for net in networks_from_file(path)}
     assert chains | graphs == every and not chains & graphs
