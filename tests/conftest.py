@@ -48,6 +48,18 @@ def torch():
 
 
 @pytest.fixture
+def tiny(tmp_path, monkeypatch) -> Path:
+    """tmp/tiny.cnn (TINY) and its freshly initialised weights tmp/tiny.npz; the current directory is tmp."""
+    import cnnc
+
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "tiny.cnn"
+    spec.write_text(TINY)
+    cnnc.load(spec).save(tmp_path / "tiny.npz")
+    return spec
+
+
+@pytest.fixture
 def private_cache(tmp_path, monkeypatch) -> Path:
     """A private, empty cnnc cache directory (IR entries, parser tables, C modules) for this test."""
     monkeypatch.setenv("CNNC_CACHE_DIR", str(tmp_path / "cache"))
