@@ -26,7 +26,7 @@ from cnnc.diagnostics import CnncError
 from cnnc.export_c import c_float, checked_prefix, memory_plan
 from cnnc.frontend import networks_from_file
 
-# SANITIZE: tests/test_quantize.py and test_quantize_graphs.py import it (and GCC, STRICT) from here
+# the int8 export's tests import GCC, STRICT and SANITIZE from here
 from c_export_builds import (CLANG, GCC, SANITIZE, STRICT, export_models, finish_builds, rel_err,  # noqa: F401
                              run_driver, start_builds)
 from conftest import SPECS, is_classic_chain
