@@ -9,9 +9,7 @@ Shapes are per sample; the batch dimension N is implicit everywhere:
 A network is a graph whose layers are listed in topological order (the statement order, with block
 instances expanded in place): every layer names the tensors it reads in `Layer.inputs`, each the name
 of an earlier layer or the network's input. In a chain every layer reads the one before it
-(`Network.is_chain`). Both backends (NumPy and C) and the ONNX and standalone C exports run graphs;
-`chain_only_refusal` says why a network is not a plain chain of the original layer kinds (tests use it
-to tell the classic chain models from the rest).
+(`Network.is_chain`). Both backends (NumPy and C) and the ONNX and standalone C exports run graphs.
 """
 from __future__ import annotations
 
@@ -31,9 +29,6 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "relu6", "sil
 MERGE_KINDS = ("add", "concat")  # layers reading two or more tensors
 LAYER_KINDS = (WINDOW_KINDS + ("global_avgpool", "flatten", "dense", "dropout", "batchnorm") + ACTIVATIONS
                + MERGE_KINDS + CONV_TRANSPOSE_KINDS + ("global_maxpool", "lrn", "channel_shuffle"))
-# What the chain-only consumers (the standalone C and ONNX exports) run so far.
-CHAIN_KINDS = WINDOW_KINDS + ("global_avgpool", "flatten", "dense", "dropout", "relu", "sigmoid", "tanh",
-                              "leaky_relu", "softmax")
 LOSSES = ("cross_entropy", "mse", "nll")  # nll: PyTorch's nll_loss, on log-probabilities (after log_softmax)
 
 
@@ -214,32 +209,3 @@ class Network:
             if layer.name == name:
                 return layer
         raise KeyError(name)
-
-
-def chain_only_refusal(network: Network, what: str) -> str | None:
-    """Why `network` is not a plain chain of CHAIN_KINDS (ungrouped convolutions, pooling without ceil or
-    count_pad=false), phrased as what `what` cannot run, or None when it is one."""
-    if network.loss not in (None, "cross_entropy", "mse"):
-        return f"{what} does not support loss {network.loss} yet; the NumPy backend runs it"
-    for layer in network.layers:
-        if layer.kind not in CHAIN_KINDS:
-            return f"{what} does not support '{layer.kind}' (layer '{layer.name}') yet; the NumPy backend runs it"
-        if layer.activation is not None and layer.activation not in CHAIN_KINDS:
-            return (f"{what} does not support activation={layer.activation} (layer '{layer.name}') yet; "
-                    "the NumPy backend runs it")
-        if layer.ceil or not layer.count_pad:
-            option = "ceil=true" if layer.ceil else "count_pad=false"
-            return (f"{what} does not support pooling with {option} (layer '{layer.name}') yet; "
-                    "the NumPy backend runs it")
-        if layer.groups != 1:
-            return (f"{what} does not support grouped convolutions (layer '{layer.name}', groups={layer.groups}) "
-                    "yet; the NumPy backend runs it")
-    if not network.is_chain:
-        previous = network.input_name
-        for layer in network.layers:
-            if layer.inputs != (previous,):
-                reads = ", ".join(f"'{name}'" for name in layer.inputs)
-                return (f"{what} runs chains of layers only so far: layer '{layer.name}' reads {reads}, not the "
-                        f"previous layer's output; the NumPy backend runs graphs")
-            previous = layer.name
-    return None

@@ -26,11 +26,37 @@ model tiny {
 """
 
 
+# The layer kinds of the classic chain models (the first specs/ files): some tests keep those models apart from
+# the graphs and the later kinds (tests/test_export_c.py exports the chains, test_export_c_graphs.py the rest).
+CLASSIC_KINDS = ("conv1d", "conv2d", "maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d", "global_avgpool", "flatten",
+                 "dense", "dropout", "relu", "sigmoid", "tanh", "leaky_relu", "softmax")
+
+
+def is_classic_chain(network) -> bool:
+    """A plain chain (every layer reads the one before it) of CLASSIC_KINDS, as layers and as activation=:
+    ungrouped convolutions, pooling without ceil=true or count_pad=false, and no loss but cross_entropy or mse."""
+    return (network.is_chain and network.loss in (None, "cross_entropy", "mse")
+            and all(layer.kind in CLASSIC_KINDS and layer.activation in (None, *CLASSIC_KINDS) and layer.groups == 1
+                    and not layer.ceil and layer.count_pad for layer in network.layers))
+
+
 @pytest.fixture
 def torch():
     """PyTorch, the independent reference; a test that takes this fixture is skipped without it (and only
     such a test is)."""
     return pytest.importorskip("torch")
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch) -> Path:
+    """tmp/tiny.cnn (TINY) and its freshly initialised weights tmp/tiny.npz; the current directory is tmp."""
+    import cnnc
+
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "tiny.cnn"
+    spec.write_text(TINY)
+    cnnc.load(spec).save(tmp_path / "tiny.npz")
+    return spec
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from cnnc.backends.c_optim import FusedAdam, FusedSGD
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
 from cnnc.gradcheck import gradcheck
-from cnnc.ir import chain_only_refusal
 from cnnc.optim import SGD, Adam
 from cnnc.summary import c_backend_memory, summary_table
 
@@ -37,7 +36,8 @@ def torch_ref():
 
     return torch_reference
 
-from conftest import SPECS, compile_bundles
+from c_model_checks import assert_compiles_without_warnings
+from conftest import SPECS, compile_bundles, is_classic_chain
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 
 # One model per configuration: strides 1-3, paddings 0/1/2 and asymmetric `same` with even kernels,
@@ -145,9 +145,9 @@ BLOCKED_VARIANTS = {
     ("blocked_phases_wide_tail", "c"): (False, False, False),
     ("blocked_phases_conv1d", "c"): (False, False, False),
 }
-# the shipped specs the C backend runs so far (graphs and batch norm are refused: tests/test_every_spec.py)
+# the shipped specs that are classic chains (conftest.is_classic_chain); tests/test_c_graphs.py runs the graphs
 SPEC_MODELS = [(path.name, n.name) for path in sorted(SPECS.glob("*.cnn")) for n in cnnc.networks_from_file(path)
-               if chain_only_refusal(n, "") is None]
+               if is_classic_chain(n)]
 
 
 def case_network(name: str):
@@ -159,7 +159,7 @@ def bundles(cache_dir):
     """{dtype: CModule}: every case and every shipped model, one module per dtype, built in parallel."""
     networks = [case_network(name) for name in CASES]
     networks += [n for path in sorted(SPECS.glob("*.cnn")) for n in cnnc.networks_from_file(path)
-                 if chain_only_refusal(n, "") is None]
+                 if is_classic_chain(n)]
     return compile_bundles(networks, ("float64", "float32"), cache_dir)
 
 
@@ -668,16 +668,7 @@ def test_a_model_and_a_module_of_another_dtype_do_not_mix(bundles):
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_generated_c_compiles_without_warnings_under_wall_wextra(bundles, tmp_path, dtype):
-    path = tmp_path / "bundle.c"
-    source = bundles[dtype].source
-    path.write_text(source.text)
-    for name, text in source.headers:
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text(text)
-    for flags in (["-fopenmp"], ["-std=c99", "-Wpedantic", "-Wno-unknown-pragmas"]):
-        result = subprocess.run(["gcc", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", *flags, str(path)],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[:3000]
+    assert_compiles_without_warnings(bundles[dtype].source, tmp_path)
 
 
 def test_lenet5_glue_is_short_and_every_kernel_comes_from_the_library():

@@ -21,7 +21,11 @@ from cnnc.backends.c_codegen import generate
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
 from cnnc.diagnostics import CnncError
-from cnnc.gradcheck import THRESHOLD, gradcheck
+from cnnc.gradcheck import THRESHOLD
+
+import c_model_checks
+from c_model_checks import (assert_close, assert_compiles_without_warnings, assert_gradients_match_finite_differences,
+                            rel_err, run)
 from conftest import SPECS, compile_bundles
 from test_graphs import GRADCHECK_BLOCK, GRADCHECK_CASES, ISSUE_EXAMPLE, REFERENCE_MODELS
 
@@ -82,43 +86,9 @@ def module(cache_dir):
     return compile_bundles(NETWORKS.values(), ("float64",), cache_dir)["float64"]
 
 
-def rel_err(a, b) -> float:
-    """max |a - b| relative to the reference's largest entry, or to 1e-3 when every entry is smaller: a
-    convolution's bias before training-mode batch norm has a gradient of exactly 0 (the batch mean removes it),
-    which both backends compute as rounding noise."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
-    return float(np.abs(a - b).max(initial=0.0) / max(np.abs(b).max(initial=0.0), 1e-3))
-
-
 def twin_models(module, key: str, seed: int = 3):
-    """The C model and a NumPy model with the same random parameters and running statistics (random, so
-    that inference mode is not the identity)."""
-    network = NETWORKS[key]
-    c = module.model(network.name, seed=0)
-    rng = np.random.default_rng(seed)
-    for p in c.params.values():
-        p[...] = rng.normal(0, 0.5, p.shape)
-    for name, b in c.buffers.items():
-        b[...] = rng.uniform(0.5, 1.5, b.shape) if name.endswith("running_var") else rng.normal(0, 0.3, b.shape)
-    ref = NumpyModel(network, "float64", 0)
-    ref.load_weights(c.state_dict())
-    return c, ref
-
-
-def run(m, x, dy, train: bool) -> dict[str, np.ndarray]:
-    """Forward, backward of dy: every output, gradient and (after forward) running statistic."""
-    y = m.forward(x, train=train)
-    dx = m.backward(dy)
-    return {"y": y, "dx": dx, **{f"grad {k}": v.copy() for k, v in m.grads.items()},
-            **{f"buffer {k}": v.copy() for k, v in m.buffers.items()}}
-
-
-def assert_close(got: dict, expected: dict, tol: float, against: str) -> None:
-    assert set(got) == set(expected)
-    bad = {name: f"{rel_err(got[name], expected[name]):.1e}" for name in expected
-           if not rel_err(got[name], expected[name]) <= tol}
-    assert not bad, f"differs from {against}: {bad}"
+    """The C model and a NumPy model with the same random parameters and running statistics."""
+    return c_model_checks.twin_models(module, NETWORKS[key], 0.5, seed)
 
 
 # ==== against the NumPy backend, float64 =================================================================
@@ -268,10 +238,7 @@ def test_c_gradients_match_finite_differences(module, case, train):
     for name, b in m.buffers.items():
         b[...] = rng.uniform(0.5, 2.0, b.shape) if name.endswith("var") else rng.normal(size=b.shape)
     buffers = {k: v.copy() for k, v in m.buffers.items()}
-    errors = gradcheck(m, batch=3, seed=1, train=train)
-    assert set(errors) == {p.name for p in m.network.param_specs} | {"input"}
-    worst = max(errors, key=errors.get)
-    assert errors[worst] < THRESHOLD, f"{case}: {worst} has relative error {errors[worst]:.2e}"
+    assert_gradients_match_finite_differences(m, case, THRESHOLD, batch=3, seed=1, train=train)
     assert all(np.array_equal(buffers[k], m.buffers[k]) for k in buffers)
 
 
@@ -282,15 +249,7 @@ def test_graph_glue_and_kernels_compile_without_warnings(tmp_path):
     (the session's module is float64), under -Wall -Wextra -Werror, with OpenMP and as plain C99."""
     source = generate(list(NETWORKS.values()), "float32")
     assert {"kernels/batchnorm.h", "kernels/merge.h", "kernels/conv_grouped.h"} <= dict(source.headers).keys()
-    path = tmp_path / "bundle.c"
-    path.write_text(source.text)
-    for name, text in source.headers:
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text(text)
-    for flags in (["-fopenmp"], ["-std=c99", "-Wpedantic", "-Wno-unknown-pragmas"]):
-        result = subprocess.run(["gcc", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", *flags, str(path)],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[:3000]
+    assert_compiles_without_warnings(source, tmp_path)
 
 
 @pytest.mark.parametrize("change,message", [

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -26,7 +25,10 @@ from cnnc.backends.c_codegen import choose_kernel, generate
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
 from cnnc.diagnostics import SpecError
-from cnnc.gradcheck import gradcheck
+
+import c_model_checks
+from c_model_checks import (assert_close, assert_compiles_without_warnings, assert_gradients_match_finite_differences,
+                            rel_err, run)
 
 # Beyond test_layers_extra's cases: the additions after other layers (their input gradient is not the caller's
 # dx), in graphs (gradients summed over readers), the 2x2 max pooling with ceil (not the fixed 2x2 kernel: its
@@ -87,35 +89,9 @@ def module(tmp_path_factory):
     return compile_networks(list(NETWORKS.values()), "float64", cache_dir=tmp_path_factory.mktemp("cnnc-cache"))
 
 
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
-    return float(np.abs(a - b).max(initial=0.0) / max(np.abs(b).max(initial=0.0), 1e-3))
-
-
 def twin_models(module, case: str, seed: int = 3):
     """The C model and a NumPy model with the same random parameters (biases included)."""
-    network = NETWORKS[case]
-    c = module.model(network.name, seed=0)
-    rng = np.random.default_rng(seed)
-    for p in c.params.values():
-        p[...] = rng.normal(0, 0.7, p.shape)
-    ref = NumpyModel(network, "float64", 0)
-    ref.load_weights(c.state_dict())
-    return c, ref
-
-
-def run(m, x, dy, train: bool) -> dict[str, np.ndarray]:
-    y = m.forward(x, train=train)
-    dx = m.backward(dy)
-    return {"y": y, "dx": dx, **{f"grad {k}": v.copy() for k, v in m.grads.items()}}
-
-
-def assert_close(got: dict, expected: dict, tol: float, against: str) -> None:
-    assert set(got) == set(expected)
-    bad = {name: f"{rel_err(got[name], expected[name]):.1e}" for name in expected
-           if not rel_err(got[name], expected[name]) <= tol}
-    assert not bad, f"differs from {against}: {bad}"
+    return c_model_checks.twin_models(module, NETWORKS[case], 0.7, seed)
 
 
 def loss_target(m, rng, n: int):
@@ -199,11 +175,7 @@ def test_log_softmax_and_nll_agree_with_pytorch(module):
 # ==== finite differences through the C backend ==========================================================
 @pytest.mark.parametrize("case", ALL_CASES)
 def test_c_gradients_match_finite_differences(module, case):
-    m = module.model(NAMES[case], seed=0)
-    errors = gradcheck(m, batch=2, seed=3)
-    assert set(errors) == {p.name for p in m.network.param_specs} | {"input"}
-    worst = max(errors, key=errors.get)
-    assert errors[worst] < 1e-6, f"{case}: {worst} has relative error {errors[worst]:.2e}"
+    assert_gradients_match_finite_differences(module.model(NAMES[case], seed=0), case, 1e-6, batch=2, seed=3)
 
 
 # ==== float32 ===========================================================================================
@@ -230,15 +202,7 @@ def test_glue_and_new_kernels_compile_without_warnings(tmp_path):
     pool.h, activations.h and loss.h), in float32, under -Wall -Wextra -Werror, with OpenMP and as plain C99."""
     source = generate(list(NETWORKS.values()), "float32")
     assert {"kernels/conv_transpose.h", "kernels/lrn.h", "kernels/channel_shuffle.h"} <= dict(source.headers).keys()
-    path = tmp_path / "bundle.c"
-    path.write_text(source.text)
-    for name, text in source.headers:
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text(text)
-    for flags in (["-fopenmp"], ["-std=c99", "-Wpedantic", "-Wno-unknown-pragmas"]):
-        result = subprocess.run(["gcc", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", *flags, str(path)],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[:3000]
+    assert_compiles_without_warnings(source, tmp_path)
 
 
 @pytest.mark.parametrize("case,layer_index,change,message", [

@@ -12,11 +12,10 @@ import pytest
 import cnnc
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.gradcheck import THRESHOLD, gradcheck
-from cnnc.ir import chain_only_refusal
 
-from conftest import SPECS
+from conftest import SPECS, is_classic_chain
 MODELS = [(path, net.name) for path in sorted(SPECS.glob("*.cnn")) for net in cnnc.networks_from_file(path)]
-GRAPH_MODELS = [(path, name) for path, name in MODELS if chain_only_refusal(cnnc.read_network(path, name), "") is not None]
+GRAPH_MODELS = [(path, name) for path, name in MODELS if not is_classic_chain(cnnc.read_network(path, name))]
 CHAIN_MODELS = [model for model in MODELS if model not in GRAPH_MODELS]
 
 

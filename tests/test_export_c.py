@@ -25,13 +25,11 @@ from cnnc.cli import main
 from cnnc.diagnostics import CnncError
 from cnnc.export_c import c_float, checked_prefix, memory_plan
 from cnnc.frontend import networks_from_file
-from cnnc.ir import chain_only_refusal
 
-from conftest import SPECS
-GCC = shutil.which("gcc")
-CLANG = shutil.which("clang")
-STRICT = ["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror"]
-SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+# the int8 export's tests import GCC, STRICT and SANITIZE from here
+from c_export_builds import (CLANG, GCC, SANITIZE, STRICT, export_models, finish_builds, rel_err,  # noqa: F401
+                             run_driver, start_builds)
+from conftest import SPECS, is_classic_chain
 BATCH = 3
 
 pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is needed to build the exported C")
@@ -78,7 +76,7 @@ model activation_first {
 def spec_models(extra_file: Path) -> list[tuple[Path, str]]:
     files = sorted(SPECS.glob("*.cnn")) + [extra_file]
     return [(path, net.name) for path in files for net in networks_from_file(path)
-            if chain_only_refusal(net, "") is None]  # the graphs: tests/test_export_c_graphs.py
+            if is_classic_chain(net)]  # the graphs: tests/test_export_c_graphs.py
 
 
 def randomized(path: Path, name: str, seed: int):
@@ -91,109 +89,18 @@ def randomized(path: Path, name: str, seed: int):
     return m
 
 
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max(), 1e-30))
-
-
-DRIVER = r"""
-/* Test driver: every exported model in one program. argv: MODEL SAMPLES; reads SAMPLES inputs of raw
-   float32 from stdin and writes the outputs, raw float32, to stdout. */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-%(includes)s
-
-typedef struct {
-    const char *name;
-    int (*predict)(const float *, float *);
-    int input_size, output_size;
-    size_t arena_bytes;
-#ifdef EXTERNAL
-    void (*set_arena)(void *);
-#endif
-} entry;
-
-static const entry models[] = {
-%(entries)s
-};
-
-int main(int argc, char **argv) {
-    const entry *m = NULL;
-    int samples;
-    if (argc != 3) return 2;
-    samples = atoi(argv[2]);
-    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
-        if (strcmp(models[i].name, argv[1]) == 0) m = &models[i];
-    }
-    if (m == NULL) return 2;
-    float *input = malloc(sizeof(float) * (size_t)m->input_size);
-    float *output = malloc(sizeof(float) * (size_t)m->output_size);
-    if (m->predict(NULL, output) != -1) return 4; /* a NULL pointer is an error, not a crash */
-#ifdef EXTERNAL
-    /* exactly the planned size: AddressSanitizer reports any access beyond it */
-    void *arena = malloc(m->arena_bytes ? m->arena_bytes : 1);
-    if (m->arena_bytes && m->predict(input, output) != 1) return 5; /* no arena yet */
-    m->set_arena(arena);
-#endif
-    for (int s = 0; s < samples; s++) {
-        if (fread(input, sizeof(float), (size_t)m->input_size, stdin) != (size_t)m->input_size) return 3;
-        if (m->predict(input, output) != 0) return 6;
-        fwrite(output, sizeof(float), (size_t)m->output_size, stdout);
-    }
-#ifdef EXTERNAL
-    free(arena);
-#endif
-    free(input);
-    free(output);
-    return 0;
-}
-"""
-
-
-def driver_source(prefixes: list[str]) -> str:
-    includes = "\n".join(f'#include "{p}.h"' for p in prefixes)
-    entries = []
-    for p in prefixes:
-        P = p.upper()
-        entries.append(f'    {{"{p}", {p}_predict, {P}_INPUT_SIZE, {P}_OUTPUT_SIZE, {P}_ARENA_BYTES\n'
-                       f'#ifdef EXTERNAL\n     , {p}_set_arena\n#endif\n    }},')
-    return DRIVER % {"includes": includes, "entries": "\n".join(entries)}
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Export every model through `cnnc export`, then build the strict and the sanitizer programs."""
     root = tmp_path_factory.mktemp("export_c")
     extra = root / "extra.cnn"
     extra.write_text(EXTRA_SPECS)
-    exports = {}  # prefix -> (export dir, the NumPy model with the same weights)
     jobs = [(path, name, name) for path, name in spec_models(extra)]
     jobs.append((SPECS / "lenet5.cnn", "lenet5", "second_lenet"))  # the same spec again, other weights and prefix
-    for seed, (path, name, prefix) in enumerate(jobs):
-        m = randomized(path, name, seed)
-        weights = root / f"{prefix}.npz"
-        m.save(weights)
-        out = root / prefix
-        args = ["export", str(path), "--weights", str(weights), "--format", "c", "-o", str(out), "--model", name]
-        assert main(args + (["--name", prefix] if prefix != name else [])) == 0
-        exports[prefix] = (out, m)
-    (root / "driver.c").write_text(driver_source(list(exports)))
-    sources = [str(root / "driver.c")] + [str(out / f"{p}.c") for p, (out, _) in exports.items()]
-    includes = [f"-I{out}" for out, _ in exports.values()]
-    external = ["-DEXTERNAL"] + [f"-D{p.upper()}_EXTERNAL_ARENA" for p in exports]
-    builds = {
-        "strict": [GCC, *STRICT, "-O2", *includes, *sources, "-lm", "-o", str(root / "strict")],
-        "sanitized": [GCC, *STRICT, "-O1", *SANITIZE, *external, *includes, *sources, "-lm", "-o", str(root / "sanitized")],
-    }
-    if CLANG:
-        builds["clang"] = [CLANG, *STRICT, "-O2", *includes, *sources, "-lm", "-o", str(root / "clang")]
-    running = {name: subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for name, cmd in builds.items()}
+    exports = export_models(root, jobs, randomized)  # prefix -> (export dir, the NumPy model with the same weights)
+    running = start_builds(root, exports, ["strict", "sanitized", *(["clang"] if CLANG else [])])
     c_models = c_backend_models([m for p, (_, m) in exports.items() if p == m.name])  # meanwhile, in this process
-    for name, proc in running.items():
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"the {name} build failed:\n{err}"
-    return root, exports, list(builds), c_models
+    return root, exports, finish_builds(running, timeout=300), c_models
 
 
 def c_backend_models(numpy_models) -> dict:
@@ -208,13 +115,6 @@ def c_backend_models(numpy_models) -> dict:
         models[m.name] = module.model(m.name)
         models[m.name].load_weights(m.params)
     return models
-
-
-def run_driver(program: Path, prefix: str, x: np.ndarray, output_size: int) -> np.ndarray:
-    result = subprocess.run([str(program), prefix, str(len(x))], input=np.ascontiguousarray(x, np.float32).tobytes(),
-                            capture_output=True, timeout=60)
-    assert result.returncode == 0, f"{program.name} {prefix} exited {result.returncode}: {result.stderr.decode()}"
-    return np.frombuffer(result.stdout, np.float32).reshape(len(x), output_size)
 
 
 def test_every_export_matches_the_backends_in_every_build(exported):

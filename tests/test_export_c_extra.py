@@ -8,19 +8,18 @@ inference mode and PyTorch to 1e-5 relative.
 """
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import cnnc
-from cnnc.cli import main
 from cnnc.export_c import ISSUE15_KINDS, export_refusal
 from cnnc.frontend import networks_from_file
 
+from c_export_builds import GCC, export_models, finish_builds, rel_err, run_driver, start_builds
 from conftest import SPECS
-from test_export_c import GCC, STRICT, driver_source, rel_err, run_driver
+from test_export_c import randomized
 
 BATCH = 3
 
@@ -85,15 +84,6 @@ def extra_models(extra_file: Path) -> list[tuple[Path, str]]:
     return [(path, net.name) for path in files for net in networks_from_file(path) if uses_issue15(net)]
 
 
-def randomized(path: Path, name: str, seed: int):
-    m = cnnc.load(path, model=name, seed=seed)
-    rng = np.random.default_rng(seed)
-    for key, p in m.params.items():
-        if key.endswith(".bias"):
-            p[...] = rng.normal(0.0, 0.5, p.shape)
-    return m
-
-
 pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is needed to build the exported C")
 
 
@@ -103,21 +93,8 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export_c_extra")
     extra = root / "extra.cnn"
     extra.write_text(EXTRA_MODELS)
-    exports = {}
-    for seed, (path, name) in enumerate(extra_models(extra)):
-        m = randomized(path, name, seed)
-        weights = root / f"{name}.npz"
-        m.save(weights)
-        out = root / name
-        assert main(["export", str(path), "--weights", str(weights), "--format", "c", "-o", str(out),
-                     "--model", name]) == 0
-        exports[name] = (out, m)
-    (root / "driver.c").write_text(driver_source(list(exports)))
-    sources = [str(root / "driver.c")] + [str(out / f"{p}.c") for p, (out, _) in exports.items()]
-    includes = [f"-I{out}" for out, _ in exports.values()]
-    build = subprocess.run([GCC, *STRICT, "-O2", *includes, *sources, "-lm", "-o", str(root / "strict")],
-                           capture_output=True, text=True, timeout=600)
-    assert build.returncode == 0, f"the strict build failed:\n{build.stderr}"
+    exports = export_models(root, [(path, name, name) for path, name in extra_models(extra)], randomized)
+    finish_builds(start_builds(root, exports, ["strict"]))
     return root, exports
 
 

@@ -10,7 +10,6 @@ inference mode (and PyTorch) to 1e-5 relative. The planner is tested as a pure f
 """
 from __future__ import annotations
 
-import subprocess
 from itertools import combinations
 from pathlib import Path
 
@@ -21,10 +20,9 @@ import cnnc
 from cnnc.cli import main
 from cnnc.export_c import batchnorm_folds, export_c, export_refusal, memory_plan, memory_report, plan_offsets
 from cnnc.frontend import network_list_from_text, networks_from_file
-from cnnc.ir import chain_only_refusal
 
-from conftest import SPECS
-from test_export_c import GCC, SANITIZE, STRICT, driver_source, rel_err, run_driver
+from c_export_builds import GCC, export_models, finish_builds, rel_err, run_driver, start_builds
+from conftest import SPECS, is_classic_chain
 
 BATCH = 3
 
@@ -88,7 +86,7 @@ def graph_models(extra_file: Path) -> list[tuple[Path, str]]:
     standalone C export runs; the chains are exported by tests/test_export_c.py."""
     files = sorted(SPECS.glob("*.cnn")) + [extra_file]
     return [(path, net.name) for path in files for net in networks_from_file(path)
-            if chain_only_refusal(net, "") is not None and export_refusal(net) is None]
+            if not is_classic_chain(net) and export_refusal(net) is None]
 
 
 def randomized(path: Path, name: str, seed: int):
@@ -111,28 +109,8 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export_c_graphs")
     extra = root / "extra.cnn"
     extra.write_text(EXTRA_GRAPHS)
-    exports = {}  # prefix -> (export dir, the NumPy model with the same weights)
-    for seed, (path, name) in enumerate(graph_models(extra)):
-        m = randomized(path, name, seed)
-        weights = root / f"{name}.npz"
-        m.save(weights)
-        out = root / name
-        assert main(["export", str(path), "--weights", str(weights), "--format", "c", "-o", str(out),
-                     "--model", name]) == 0
-        exports[name] = (out, m)
-    (root / "driver.c").write_text(driver_source(list(exports)))
-    sources = [str(root / "driver.c")] + [str(out / f"{p}.c") for p, (out, _) in exports.items()]
-    includes = [f"-I{out}" for out, _ in exports.values()]
-    external = ["-DEXTERNAL"] + [f"-D{p.upper()}_EXTERNAL_ARENA" for p in exports]
-    builds = {
-        "strict": [GCC, *STRICT, "-O2", *includes, *sources, "-lm", "-o", str(root / "strict")],
-        "sanitized": [GCC, *STRICT, "-O1", *SANITIZE, *external, *includes, *sources, "-lm", "-o", str(root / "sanitized")],
-    }
-    running = {name: subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for name, cmd in builds.items()}
-    for name, proc in running.items():
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, f"the {name} build failed:\n{err}"
-    return root, exports, list(builds)
+    exports = export_models(root, [(path, name, name) for path, name in graph_models(extra)], randomized)
+    return root, exports, finish_builds(start_builds(root, exports, ["strict", "sanitized"]))
 
 
 pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is needed to build the exported C")
@@ -172,7 +150,7 @@ def test_every_exportable_spec_has_a_round_trip_test(tmp_path):
     extra = tmp_path / "extra.cnn"
     extra.write_text(EXTRA_GRAPHS)
     chains = {net.name for path in sorted(SPECS.glob("*.cnn")) for net in networks_from_file(path)
-              if chain_only_refusal(net, "") is None}  # what tests/test_export_c.py exports
+              if is_classic_chain(net)}  # what tests/test_export_c.py exports
     graphs = {name for path, name in graph_models(extra) if path != extra}
     every = {net.name for path in sorted(SPECS.glob("*.cnn")) for net in networks_from_file(path)}
     assert chains | graphs == every and not chains & graphs

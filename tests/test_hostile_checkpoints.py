@@ -15,19 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 from cli_runner import run_cli
+from conftest import TINY
 
-TINY = """
-model tiny {
-    input image[1, 8, 8]
-    conv2d c1(filters=4, kernel=3, activation=relu)
-    maxpool2d p1(size=2)
-    flatten
-    dense out(units=10)
-    loss cross_entropy
-}
-"""
 TRAIN = ["train", "tiny.cnn", "--data", "digits", "--backend", "numpy", "--epochs", "2", "-q"]
 
 

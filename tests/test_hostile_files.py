@@ -26,34 +26,13 @@ from cnnc.diagnostics import CnncError
 from cnnc.frontend import MAX_SPEC_BYTES
 
 from cli_runner import run_cli
-
-TINY = """
-model tiny {
-    input image[1, 8, 8]
-    conv2d c1(filters=4, kernel=3, activation=relu)
-    maxpool2d p1(size=2)
-    flatten
-    dense out(units=10)
-    loss cross_entropy
-}
-"""
-
+from conftest import TINY
 
 
 def run_process(*args, timeout: float = 60) -> subprocess.CompletedProcess:
     """The CLI in a child process, for inputs that could block a reader (the timeout is the hang check)."""
     return subprocess.run([sys.executable, "-m", "cnnc.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
-
-
-@pytest.fixture
-def tiny(tmp_path, monkeypatch) -> Path:
-    """tmp/tiny.cnn and its freshly initialised weights tmp/tiny.npz; the current directory is tmp."""
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "tiny.cnn"
-    spec.write_text(TINY)
-    cnnc.load(spec).save(tmp_path / "tiny.npz")
-    return spec
 
 
 def npy_bytes_declaring(shape, descr: str = "<f4", data: bytes = b"\0" * 16) -> bytes:

@@ -26,15 +26,6 @@ from cli_runner import run_cli
 from conftest import SPECS, TINY
 
 
-@pytest.fixture
-def tiny(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "tiny.cnn"
-    spec.write_text(TINY)
-    cnnc.load(spec).save(tmp_path / "tiny.npz")
-    return spec
-
-
 # ---- item 2: devices, FIFOs and symlinks -----------------------------------------------------------------
 @pytest.fixture
 def char_device(tmp_path) -> Path:

@@ -77,17 +77,9 @@ CNNC_KERNEL void softmax_forward(real* out, const real* inp, int64_t N, int K)
     for (int64_t n = 0; n < N; n++) {
         const real* inp_n = inp + n * K;
         real* out_n = out + n * K;
-        real max = inp_n[0];
-        for (int k = 1; k < K; k++) {
-            max = inp_n[k] > max ? inp_n[k] : max;
-        }
-        real sum = 0;
+        ShiftedExpSum row = shifted_exp_sum(out_n, inp_n, K);
         for (int k = 0; k < K; k++) {
-            out_n[k] = exp(inp_n[k] - max);
-            sum += out_n[k];
-        }
-        for (int k = 0; k < K; k++) {
-            out_n[k] /= sum;
+            out_n[k] /= row.sum;
         }
     }
 }
@@ -221,17 +213,10 @@ CNNC_KERNEL void log_softmax_forward(real* out, const real* inp, int64_t N, int 
     for (int64_t n = 0; n < N; n++) {
         const real* inp_n = inp + n * K;
         real* out_n = out + n * K;
-        real max = inp_n[0];
-        for (int k = 1; k < K; k++) {
-            max = inp_n[k] > max ? inp_n[k] : max;
-        }
-        real sum = 0;
+        ShiftedExpSum row = shifted_exp_sum(NULL, inp_n, K);
+        real log_sum = log(row.sum);
         for (int k = 0; k < K; k++) {
-            sum += exp(inp_n[k] - max);
-        }
-        real log_sum = log(sum);
-        for (int k = 0; k < K; k++) {
-            out_n[k] = inp_n[k] - max - log_sum;
+            out_n[k] = inp_n[k] - row.max - log_sum;
         }
     }
 }

@@ -57,4 +57,50 @@ static inline Range window(int start, int length, int size)
     return r;
 }
 
+// dout is (N, F, S), S positions per filter (OH * OW for a convolution); accumulates (+=) dbias (F):
+//   dbias[f] += sum over n and s of dout[n][f][s]
+// The bias gradient of conv.h's, conv_transpose.h's and conv_blocked.h's backward (in `real`, which the
+// includer defines before any kernel header). A CNNC_KERNEL, so the backend inlines it like its callers.
+CNNC_KERNEL void bias_grad(real* restrict dbias, const real* restrict dout, int64_t N, int F, int S)
+{
+    for (int f = 0; f < F; f++) {
+        real sum = 0;
+        for (int64_t n = 0; n < N; n++) {
+            const real* dout_nf = dout + (n * F + f) * S;
+            CNNC_SIMD_SUM
+            for (int s = 0; s < S; s++) {
+                sum += dout_nf[s];
+            }
+        }
+        dbias[f] += sum;
+    }
+}
+
+// The pieces of a row's softmax, shifted by the row's maximum so that no exp overflows.
+typedef struct {
+    real max;  // the largest entry of the row
+    real sum;  // sum over k of exp(row[k] - max), at least 1
+} ShiftedExpSum;
+
+// row is (K) -> its maximum and sum over k of exp(row[k] - max); also writes exp(row[k] - max) to exps (K)
+// unless exps is NULL (exps may be row itself). Then softmax(row) = exps / sum and
+// log_softmax(row) = row - max - log(sum): activations.h's softmax and log_softmax, and loss.h's cross-entropy.
+CNNC_KERNEL ShiftedExpSum shifted_exp_sum(real* exps, const real* row, int K)
+{
+    ShiftedExpSum s;
+    s.max = row[0];
+    for (int k = 1; k < K; k++) {
+        s.max = row[k] > s.max ? row[k] : s.max;
+    }
+    s.sum = 0;
+    for (int k = 0; k < K; k++) {
+        real e = exp(row[k] - s.max);
+        if (exps != NULL) {
+            exps[k] = e;
+        }
+        s.sum += e;
+    }
+    return s;
+}
+
 #endif

@@ -566,18 +566,7 @@ CNNC_KERNEL void conv2d_blocked_backward(real* restrict dinp, real* restrict dwe
 {
     Conv2d g = b.conv;
     if (dbias != NULL) {
-        // dbias[f] += sum over n, oh, ow of dout[n][f][oh][ow]
-        for (int f = 0; f < g.F; f++) {
-            real sum = 0;
-            for (int64_t n = 0; n < N; n++) {
-                const real* dout_nf = dout + (n * g.F + f) * g.OH * g.OW;
-                CNNC_SIMD_SUM
-                for (int o = 0; o < g.OH * g.OW; o++) {
-                    sum += dout_nf[o];
-                }
-            }
-            dbias[f] += sum;
-        }
+        bias_grad(dbias, dout, N, g.F, g.OH * g.OW);  // dbias[f] += sum over n, oh, ow of dout[n][f][oh][ow]
     }
     if (b.weight_grad_by_columns) {
         conv2d_weight_grad_by_columns(dweight, dout, x, N, b);

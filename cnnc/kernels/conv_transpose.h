@@ -74,17 +74,7 @@ CNNC_KERNEL void conv_transpose2d_backward(real* restrict dinp, real* restrict d
 {
     const int Cg = g.C / g.G, Fg = g.F / g.G;
     if (dbias != NULL) {
-        for (int f = 0; f < g.F; f++) {
-            real sum = 0;
-            for (int64_t n = 0; n < N; n++) {
-                const real* dout_nf = dout + (n * g.F + f) * g.OH * g.OW;
-                CNNC_SIMD_SUM
-                for (int o = 0; o < g.OH * g.OW; o++) {
-                    sum += dout_nf[o];
-                }
-            }
-            dbias[f] += sum;
-        }
+        bias_grad(dbias, dout, N, g.F, g.OH * g.OW);  // dbias[f] += sum over n, oh, ow of dout[n][f][oh][ow]
     }
     for (int c = 0; c < g.C; c++) {
         int group = c / Cg;

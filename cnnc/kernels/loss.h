@@ -14,20 +14,13 @@ CNNC_KERNEL double cross_entropy_forward_backward(real* restrict dlogits, const 
     for (int64_t n = 0; n < N; n++) {
         const real* logits_n = logits + n * K;
         real* dlogits_n = dlogits + n * K;
-        real max = logits_n[0];
-        for (int k = 1; k < K; k++) {
-            max = logits_n[k] > max ? logits_n[k] : max;
-        }
-        real sum = 0;
+        ShiftedExpSum row = shifted_exp_sum(NULL, logits_n, K);
+        real log_sum = log(row.sum);
         for (int k = 0; k < K; k++) {
-            sum += exp(logits_n[k] - max);
-        }
-        real log_sum = log(sum);
-        for (int k = 0; k < K; k++) {
-            dlogits_n[k] = exp(logits_n[k] - max - log_sum) / N;  // softmax / N
+            dlogits_n[k] = exp(logits_n[k] - row.max - log_sum) / N;  // softmax / N
         }
         dlogits_n[labels[n]] -= (real)1 / N;
-        total -= logits_n[labels[n]] - max - log_sum;
+        total -= logits_n[labels[n]] - row.max - log_sum;
     }
     return total / N;
 }
