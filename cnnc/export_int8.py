@@ -23,8 +23,8 @@ import numpy as np
 
 from .c_names import c_int, comment_name
 from .diagnostics import CnncError
-from .export_c import (FLOAT_BYTES, Step, _kernel, c_double, c_float, checked_prefix, export_context, memory_plan,
-                       render_files, shape_text, step_comment, write_export)
+from .export_c import (FLOAT_BYTES, MemoryPlan, Step, _kernel, c_double, c_float, checked_prefix, export_context,
+                       memory_plan, render_files, shape_text, step_comment, write_export)
 from .ir import Network
 from .quantize import INT8_MAX, INT8_MIN, QuantizedModel, QuantStep, int8_batchnorm_folds, int8_flash_bytes
 from .summary import human_bytes
@@ -33,7 +33,7 @@ INTS_PER_LINE = 16
 EXTRA_OPS = ("conv_transpose", "global_maxpool", "channel_shuffle", "lrn", "log_softmax")  # kernels/int8_extra.h
 
 
-def int8_memory_plan(network: Network):
+def int8_memory_plan(network: Network) -> MemoryPlan:
     """The float export's memory plan with the int8 export's batch norm folds (into transposed convolutions and
     dense layers too) and no float scratch for an unfolded batch norm; one byte per element."""
     return memory_plan(network, folds=int8_batchnorm_folds(network), batchnorm_scratch=False)

@@ -198,7 +198,8 @@ class QuantStep:
 
     op: "conv", "conv_transpose", "dense", "affine" (an unfolded batch norm), "maxpool", "avgpool", "global_avgpool",
         "global_maxpool", "channel_shuffle", "lrn", "clamp" (relu), "lookup" (sigmoid, tanh, leaky_relu, silu,
-        hardswish, elu, selu, hardsigmoid), "softmax", "log_softmax", "add", "concat", or "none" (a relu folded into the layer before it).
+        hardswish, elu, selu, hardsigmoid), "softmax", "log_softmax", "add", "concat", or "none" (a relu folded
+        into the layer before it).
     inp, out: the encodings of the tensor read and the tensor written.
     weight (int8), bias (int32 or None), multiplier and shift (int32, one per output channel): conv and dense;
     affine: multiplier, shift and bias (the offset, in 2^-AFFINE_FRACTION output steps) per channel, no weight.
@@ -630,12 +631,12 @@ def folded_linear_params(layer: Layer, bn: Layer, params: dict, buffers: dict) -
 
     if layer.kind not in CONV_TRANSPOSE_KINDS:
         return folded_conv_params(layer, bn, params, buffers)
-    scale, shift = batchnorm_affine(bn, params, buffers)
+    scale, offset = batchnorm_affine(bn, params, buffers)  # a_f and beta_f - mean_f a_f
     weight = np.asarray(params[f"{layer.name}.weight"], np.float64)
     C, Fg, kernel, G = weight.shape[0], weight.shape[1], weight.shape[2:], layer.groups
     by_group = weight.reshape(G, C // G, Fg, *kernel) * scale.reshape(G, 1, Fg, *[1] * len(kernel))
     bias = np.asarray(params[f"{layer.name}.bias"], np.float64) if layer.bias else np.zeros(layer.out_shape[0])
-    return by_group.reshape(weight.shape), bias * scale + shift
+    return by_group.reshape(weight.shape), bias * scale + offset
 
 
 def batchnorm_affine(bn: Layer, params: dict, buffers: dict) -> tuple[np.ndarray, np.ndarray]:

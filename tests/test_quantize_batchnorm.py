@@ -99,10 +99,10 @@ FOLDED_RELUS = {"bn_input": {"relu_1": "pooled", "relu6_1": "averaged"}, "bn_tra
 pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is needed to build the exported C")
 
 
-def randomized(text: str, name: str, seed: int):
+def randomized(path: str, name: str, seed: int):
     """A NumPy model with non-zero biases and batch norms far from the identity: gammas of both signs (one
     channel's 0 where there are three or more), means and variances per channel."""
-    m = cnnc.load(text, model=name, seed=seed)
+    m = cnnc.load(path, model=name, seed=seed)
     rng = np.random.default_rng(seed)
     norms = [layer.name for layer in m.network.layers if layer.kind == "batchnorm"]
     for key, p in m.params.items():
@@ -127,7 +127,7 @@ def built(tmp_path_factory):
     for seed, name in enumerate(FOLDED):
         m = randomized(str(spec), name, seed)
         for relu, into in FOLDED_RELUS[name].items():
-            if relu.startswith("relu6"):  # reach well past 6, so that the clamp at real 6 is below int8's 127
+            if relu.startswith("relu6"):  # reach well past 6, so that the folded relu6 really clamps
                 m.params[f"{into}.weight"][...] *= 10.0
         q = calibrate(m, calibration_inputs(m.input_shape, seed))
         export_int8_c(q, root / name, prefix=name)
@@ -136,6 +136,8 @@ def built(tmp_path_factory):
 
 
 def test_every_placement_of_batch_norm_exports_and_agrees_with_the_numpy_int8_reference_bit_for_bit(built):
+    """predict_q and predict of both builds (strict, ASan/UBSan) against the reference, on int8 inputs over the
+    whole range and float inputs with NaN, infinity and -1e30."""
     root, exports, builds = built
     failures = mismatches(root, exports, builds, BATCH, float_extremes=True)
     for seed, (prefix, (_, m, q)) in enumerate(exports.items()):
@@ -178,12 +180,13 @@ def test_each_batch_norm_folds_or_becomes_an_affine_step_and_relus_fold_into_it(
 
 
 def test_int8_tracks_the_float_model(built):
+    """On the calibration inputs, every output within 5% of the largest float output (a few output steps)."""
     _, exports, _ = built
     for seed, (prefix, (_, m, q)) in enumerate(exports.items()):
         x = calibration_inputs(m.input_shape, seed)
         want, got = m.forward(x).reshape(len(x), -1), q.forward(x).reshape(len(x), -1)
         err = np.abs(got - want).max() / np.abs(want).max()
-        assert err < 0.1, f"{prefix}: int8 is {err:.3f} (relative) from float"
+        assert err < 0.05, f"{prefix}: int8 is {err:.3f} (relative) from float"
 
 
 def torch_layer(F, layer, x, w, b):
