@@ -220,15 +220,18 @@ def plan_offsets(tensors: list[tuple[int, int, int]]) -> tuple[list[int], int]:
 INPUT = 0  # the value id of the caller's input
 
 
-def memory_plan(network: Network) -> MemoryPlan:
+def memory_plan(network: Network, folds: dict[str, Layer] | None = None,
+                batchnorm_scratch: bool = True) -> MemoryPlan:
     """Every statement of the generated predict() with its buffers, and the bytes it all needs.
 
     Each tensor is a value: the caller's input, or a buffer some step writes. Aliases (flatten, dropout) and a
     batch norm folded into its convolution name the value they read; an activation rewrites its value in place
     when it is the value's last reader, and otherwise works on a copy. The value the last layer leaves is the
-    caller's output; every other one gets an arena slot for its life (plan_offsets)."""
+    caller's output; every other one gets an arena slot for its life (plan_offsets).
+    folds: {batch norm: the layer it folds into}, by default batchnorm_folds(network) (the int8 export folds
+    more); batchnorm_scratch: whether an unfolded batch norm gets the float kernel's scratch (2C values)."""
     checked_network(network)
-    folds = batchnorm_folds(network)
+    folds = batchnorm_folds(network) if folds is None else folds
     input_floats = prod(network.input_shape)
     layers = network.layers
     position = {layer.name: i for i, layer in enumerate(layers)}
@@ -273,7 +276,7 @@ def memory_plan(network: Network) -> MemoryPlan:
             value_of[layer.name] = in_place(layer.kind, layer, index, layer.inputs[0], pos)
         else:
             sources = tuple(value_of[name] for name in layer.inputs)
-            scratch = (new_value(2 * layer.in_shape[0]) if layer.kind == "batchnorm"
+            scratch = (new_value(2 * layer.in_shape[0]) if layer.kind == "batchnorm" and batchnorm_scratch
                        else new_value(layer.out_size) if layer.kind == "lrn" else None)
             value = new_value(layer.out_size)
             raw.append(("compute", layer, index, sources, value, layer.out_size, scratch))

@@ -23,19 +23,25 @@ import numpy as np
 
 from .c_names import c_int, comment_name
 from .diagnostics import CnncError
-from .export_c import (FLOAT_BYTES, Step, _kernel, c_double, c_float, checked_prefix, export_context, memory_plan,
-                       render_files, shape_text, step_comment, write_export)
+from .export_c import (FLOAT_BYTES, MemoryPlan, Step, _kernel, c_double, c_float, checked_prefix, export_context,
+                       memory_plan, render_files, shape_text, step_comment, write_export)
 from .ir import Network
-from .quantize import INT8_MAX, INT8_MIN, QuantizedModel, QuantStep, int8_flash_bytes
+from .quantize import INT8_MAX, INT8_MIN, QuantizedModel, QuantStep, int8_batchnorm_folds, int8_flash_bytes
 from .summary import human_bytes
 
 INTS_PER_LINE = 16
 EXTRA_OPS = ("conv_transpose", "global_maxpool", "channel_shuffle", "lrn", "log_softmax")  # kernels/int8_extra.h
 
 
+def int8_memory_plan(network: Network) -> MemoryPlan:
+    """The float export's memory plan with the int8 export's batch norm folds (into transposed convolutions and
+    dense layers too) and no float scratch for an unfolded batch norm; one byte per element."""
+    return memory_plan(network, folds=int8_batchnorm_folds(network), batchnorm_scratch=False)
+
+
 def int8_arena_bytes(network: Network) -> tuple[int, int]:
     """(bytes predict_q needs, bytes predict needs: those plus the quantised input and output)."""
-    plan = memory_plan(network)
+    plan = int8_memory_plan(network)
     return plan.arena_floats, plan.arena_floats + plan.input_floats + plan.output_floats
 
 
@@ -83,6 +89,14 @@ def _encoded_fields(pairs) -> str:
                            else f".{field} = {c_int(int(value), field)}" for field, value in pairs) + "}"
 
 
+def _requant_fields(q: QuantStep) -> str:
+    """The Int8Requant initializer of a step: the zero points and the clamp, each checked to be int8."""
+    requant = [("in_zero_point", q.inp.zero_point), ("out_zero_point", q.out.zero_point),
+               ("act_min", q.act_min), ("act_max", q.act_max)]
+    fields = [f".{field} = {c_int(int(value), field, INT8_MIN, INT8_MAX)}" for field, value in requant]
+    return "{" + ", ".join(fields) + "}"
+
+
 # ---- the statements ------------------------------------------------------------------------------------
 def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: list) -> str:
     """The C statement of one step of run(), with the constants it needs appended to arrays and geometries."""
@@ -91,7 +105,8 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
     out, inp, layer = step.dst.c_expr(), step.src.c_expr(), step.layer
     label = comment_name(layer.name, "layer name")
     if q.op == "none":
-        return "/* done by the conv/dense layer's requantisation: its output is clamped at the zero point (real 0) */"
+        return ("/* done by the conv/dense/batch norm layer's requantisation: its output is clamped at the zero point "
+                "(real 0) */")
     if q.op == "clamp" and q.act_max < INT8_MAX:  # relu6
         return f"int8_clamp_range_forward({out}, {out}, {int(q.act_min)}, {int(q.act_max)}, {step.size});"
     if q.op == "clamp":
@@ -146,10 +161,7 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
         elif layer.groups != 1:  # one group's geometry: C/G channels, F/G filters
             geometry = [(field, value // layer.groups if field in ("C", "F") else value) for field, value in geometry]
         geometries.append({"struct": struct, "ident": name, "fields": c_initializer(geometry)})
-        requant = [("in_zero_point", q.inp.zero_point), ("out_zero_point", q.out.zero_point),
-                   ("act_min", q.act_min), ("act_max", q.act_max)]
-        fields = ", ".join(f".{field} = {c_int(int(value), field, INT8_MIN, INT8_MAX)}" for field, value in requant)
-        geometries.append({"struct": "Int8Requant", "ident": f"{name}_requant", "fields": "{" + fields + "}"})
+        geometries.append({"struct": "Int8Requant", "ident": f"{name}_requant", "fields": _requant_fields(q)})
         bias = f"{name}_bias" if q.bias is not None else "NULL"
         if q.op == "conv_transpose":
             return (f"int8_conv_transpose2d_forward({out}, {inp}, {name}_weight, {bias}, {name}_multiplier, "
@@ -159,6 +171,17 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
                     f"{name}_shift, {name}, {c_int(layer.groups, 'groups', 1)}, {name}_requant);")
         return (f"int8_{'conv2d' if q.op == 'conv' else 'dense'}_forward({out}, {inp}, {name}_weight, {bias}, "
                 f"{name}_multiplier, {name}_shift, {name}, {name}_requant);")
+    if q.op == "affine":  # an unfolded batch norm: (C, S) with S the values per channel
+        arrays.append(_array(f"{name}_multiplier", "int32_t", q.multiplier,
+                             f"{label}: multipliers, a_c s_in / s_out * 2^8", q.multiplier.shape))
+        arrays.append(_array(f"{name}_shift", "int32_t", q.shift, f"{label}: shifts", q.shift.shape))
+        arrays.append(_array(f"{name}_offset", "int32_t", q.bias, f"{label}: offsets, b_c / s_out * 2^8", q.bias.shape))
+        channels = layer.in_shape[0]
+        geometries.append({"struct": "Int8Affine", "ident": name,
+                           "fields": _encoded_fields([("C", channels), ("S", step.size // channels)])})
+        geometries.append({"struct": "Int8Requant", "ident": f"{name}_requant", "fields": _requant_fields(q)})
+        return (f"int8_affine_forward({out}, {inp}, {name}_multiplier, {name}_shift, {name}_offset, {name}, "
+                f"{name}_requant);")
     if q.op == "global_avgpool":
         geometries.append({"struct": "GlobalAvgPool", "ident": name,
                            "fields": c_initializer(global_avgpool_geometry(layer))})
@@ -191,7 +214,7 @@ def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
 
     network = qmodel.network
     prefix = checked_prefix(prefix)
-    plan = memory_plan(network)
+    plan = int8_memory_plan(network)
     arena_q, arena = int8_arena_bytes(network)
     arrays, geometries, statements = [], [], []
     for step in plan.steps:
@@ -244,4 +267,4 @@ def export_int8_c(qmodel: QuantizedModel, out_dir, prefix: str | None = None, fo
     return write_export(render_int8_c(qmodel, program), out_dir, program, force)
 
 
-__all__ = ["export_int8_c", "render_int8_c", "memory_report_int8", "int8_arena_bytes"]
+__all__ = ["export_int8_c", "render_int8_c", "memory_report_int8", "int8_arena_bytes", "int8_memory_plan"]

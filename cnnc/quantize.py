@@ -43,8 +43,13 @@ The layer kinds, each the same in the C (kernels/int8.h) and here:
                pow(k + alpha/size * s_x^2 * sum, -beta), rounded half away from zero, + zp_y; pow is the C
                library's here too (math.pow), so the reference stays bit for bit the C.
   flatten, dropout  nothing (dropout is the identity at inference).
-  batchnorm    folded into the convolution before it (float64, export_c.folded_conv_params) before quantising;
-               one that cannot fold is refused.
+  batchnorm    folded before quantising (float64, folded_linear_params) into the convolution, transposed
+               convolution or dense layer before it, when that has no fused activation and nothing else reads it.
+               Any other (on the input, after pooling, add, concat, an activation, ...) is a per-channel affine
+               map y = a_c x + b_c (a_c = gamma / sqrt(var + eps), b_c = beta - mean a_c) in integers, in units
+               of 2^-8 output steps: v = requantize(x_q - zp_x, m_c, e_c) + offset_c (int32, saturated), the
+               factor a_c s_x / s_y * 2^8 a multiplier (negated when a_c < 0) and a shift, the offset
+               round(b_c / s_y * 2^8); y_q = clamp(zp_y + RDBP(v, 8)); a relu/relu6 after it folds into the clamp.
   add          two operands: each (x_q - zp_i) * 2^20 rescaled by s_i / (2 max s), summed, the sum rescaled by
                2 max s / (2^20 s_out) (TensorFlow Lite's); concat: each operand requantised by s_i / s_out.
 Graphs: every tensor has its own encoding (by name); flatten, dropout and a folded batch norm share their
@@ -78,6 +83,7 @@ LOG2_FRACTION = 20  # log_softmax's fixed-point log2 has 20 binary digits after 
 SCHEMES = ("int8",)  # --quantize
 CLAMP_KINDS = ("relu", "relu6")  # activations that are a clamp of the int8 value
 ADD_LEFT_SHIFT = 20  # int8 add scales each operand's (x - zp) by 2^20 before rescaling (TensorFlow Lite's)
+AFFINE_FRACTION = 8  # an unfolded batch norm sums in units of 2^-8 output steps (INT8_AFFINE_FRACTION, kernels/int8.h)
 
 
 # ---- quantisation parameters ----------------------------------------------------------------------
@@ -190,11 +196,13 @@ class QuantStep:
     """One int8 operation, keyed like a statement of export_c's memory plan: key = (plan op, layer index),
     plan op "compute" for conv/dense/pooling, else the activation's name (fused or standalone).
 
-    op: "conv", "conv_transpose", "dense", "maxpool", "avgpool", "global_avgpool", "global_maxpool",
-        "channel_shuffle", "lrn", "clamp" (relu), "lookup" (sigmoid, tanh, leaky_relu, silu, hardswish, elu, selu,
-        hardsigmoid), "softmax", "log_softmax", "add", "concat", or "none" (a relu folded into the layer before it).
+    op: "conv", "conv_transpose", "dense", "affine" (an unfolded batch norm), "maxpool", "avgpool", "global_avgpool",
+        "global_maxpool", "channel_shuffle", "lrn", "clamp" (relu), "lookup" (sigmoid, tanh, leaky_relu, silu,
+        hardswish, elu, selu, hardsigmoid), "softmax", "log_softmax", "add", "concat", or "none" (a relu folded
+        into the layer before it).
     inp, out: the encodings of the tensor read and the tensor written.
-    weight (int8), bias (int32 or None), multiplier and shift (int32, one per output channel): conv and dense.
+    weight (int8), bias (int32 or None), multiplier and shift (int32, one per output channel): conv and dense;
+    affine: multiplier, shift and bias (the offset, in 2^-AFFINE_FRACTION output steps) per channel, no weight.
     act_min, act_max: the clamp of conv/dense outputs (act_min = zp for a folded relu) and of "clamp".
     table: int8 (256,) for "lookup", int32 (256,) for "softmax" and "log_softmax", indexed as kernels/int8.h does.
     constants: the scalars of lrn's and log_softmax's kernel structs (Int8Lrn, Int8LogSoftmax), by field name."""
@@ -228,6 +236,8 @@ class QuantStep:
             return conv_transpose_int8(x.reshape(N, *layer.in_shape), self).reshape(N, *layer.out_shape)
         if self.op == "dense":
             return dense_int8(x.reshape(N, *layer.in_shape), self)
+        if self.op == "affine":
+            return affine_int8(x.reshape(N, *layer.in_shape), self)
         if self.op in ("maxpool", "avgpool"):
             return pool_int8(x.reshape(N, *layer.in_shape), self).reshape(N, *layer.out_shape)
         if self.op == "global_avgpool":
@@ -340,6 +350,19 @@ def conv_transpose_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
         acc += s.bias.astype(np.int64)[:, None, None]
     channel = (slice(None), None, None)
     return requantize(acc, s.multiplier[channel], s.shift[channel], s.out, s.act_min, s.act_max)
+
+
+def affine_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
+    """x: int8 (N, C, *spatial) or (N, C) -> int8 like x; int8_affine_forward (kernels/int8.h), a batch norm that
+    folds into no layer. In units of 2^-AFFINE_FRACTION output steps, per channel c:
+    v = requantize(x - zp_in, m_c, e_c) + offset_c, saturated to int32; y = zp_out + RDBP(v, AFFINE_FRACTION),
+    clamped to [act_min, act_max]."""
+    N, C = x.shape[0], x.shape[1]
+    centred = x.reshape(N, C, -1).astype(np.int64) - s.inp.zero_point  # (N, C, S)
+    scaled = multiply_by_quantized_multiplier(centred, s.multiplier[:, None], s.shift[:, None])
+    total = np.clip(scaled + s.bias.astype(np.int64)[:, None], INT32_MIN, INT32_MAX)
+    v = rounding_divide_by_pot(total, AFFINE_FRACTION) + s.out.zero_point
+    return np.clip(v, s.act_min, s.act_max).astype(np.int8).reshape(x.shape)
 
 
 def pool_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
@@ -498,6 +521,24 @@ def linear_step(key, layer: Layer, params: dict, inp: QParams, out: QParams, rel
     return QuantStep(op, key, layer, inp, out, weight_q, bias_q, multiplier, shift, act_min, act_max)
 
 
+def affine_step(key, layer: Layer, params: dict, buffers: dict, inp: QParams, out: QParams,
+                relu: bool | str = False) -> QuantStep:
+    """A batch norm that folds into no layer (on the input, after pooling, add, concat, an activation, a layer
+    read twice): y = a_c x + b_c per channel (batchnorm_affine), as int8_affine_forward computes it in units of
+    2^-AFFINE_FRACTION output steps: the factor a_c s_in / s_out * 2^AFFINE_FRACTION as a multiplier and a shift
+    (the multiplier negated when a_c < 0), and the offset round(b_c / s_out * 2^AFFINE_FRACTION) as an int32
+    (in `bias`). relu: as linear_step's, a relu or relu6 after it folded into the clamp."""
+    a, b = batchnorm_affine(layer, params, buffers)
+    pairs = [quantize_multiplier(abs(float(a_c)) * inp.scale / out.scale * (1 << AFFINE_FRACTION)) for a_c in a]
+    multiplier = np.array([-m if a_c < 0 else m for (m, _), a_c in zip(pairs, a)], np.int32)
+    shift = np.array([e for _, e in pairs], np.int32)
+    offset = np.clip(np.round(b / out.scale * (1 << AFFINE_FRACTION)), -INT32_MAX, INT32_MAX).astype(np.int32)
+    act_min = max(INT8_MIN, out.zero_point) if relu else INT8_MIN
+    act_max = relu6_max(out) if relu == "relu6" else INT8_MAX
+    return QuantStep("affine", key, layer, inp, out, bias=offset, multiplier=multiplier, shift=shift,
+                     act_min=act_min, act_max=act_max)
+
+
 def relu6_max(q: QParams) -> int:
     """The int8 value of real 6 in encoding q (round half away from zero), clamped to the int8 range."""
     return int(min(INT8_MAX, np.floor(6.0 / q.scale + 0.5) + q.zero_point))
@@ -562,37 +603,80 @@ def lrn_step(key, layer: Layer, inp: QParams, out_range: tuple[float, float]) ->
 MERGE_OPERANDS_MAX = 2  # int8 add reads two operands (kernels/int8_graph.h)
 
 
+def int8_batchnorm_folds(network: Network) -> dict[str, Layer]:
+    """{batch norm layer name: the layer it folds into} for the int8 export: the float export's folds into a
+    convolution (export_c.batchnorm_folds) and, under the same conditions (no fused activation, nothing else
+    reads the layer's output), into a transposed convolution or a dense layer (batchnorm1d after dense). Every
+    other batch norm is a per-channel affine step (affine_step)."""
+    from .export_c import batchnorm_folds
+
+    folds = batchnorm_folds(network)
+    for layer in network.layers:
+        if layer.kind != "batchnorm" or layer.name in folds or layer.inputs[0] == network.input_name:
+            continue
+        producer = network.layer(layer.inputs[0])
+        if (producer.kind in CONV_TRANSPOSE_KINDS + ("dense",) and producer.activation is None
+                and network.consumers(producer.name) == (layer,)):
+            folds[layer.name] = producer
+    return folds
+
+
+def folded_linear_params(layer: Layer, bn: Layer, params: dict, buffers: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The weight and bias of conv, transposed conv or dense `layer` with inference batch norm `bn` applied, in
+    float64 (exact up to rounding): per output channel f, a_f = gamma_f / sqrt(var_f + eps), the weights of f
+    times a_f and bias (b_f - mean_f) a_f + beta_f. A convolution's (F, C/G, *kernel) and a dense layer's (U, D)
+    weights scale by row (export_c.folded_conv_params, the float export's fold); a transposed convolution's
+    (C, F/G, *kernel) by column: output channel f = g F/G + j is w[g C/G : (g+1) C/G, j]."""
+    from .export_c import folded_conv_params
+
+    if layer.kind not in CONV_TRANSPOSE_KINDS:
+        return folded_conv_params(layer, bn, params, buffers)
+    scale, offset = batchnorm_affine(bn, params, buffers)  # a_f and beta_f - mean_f a_f
+    weight = np.asarray(params[f"{layer.name}.weight"], np.float64)
+    C, Fg, kernel, G = weight.shape[0], weight.shape[1], weight.shape[2:], layer.groups
+    by_group = weight.reshape(G, C // G, Fg, *kernel) * scale.reshape(G, 1, Fg, *[1] * len(kernel))
+    bias = np.asarray(params[f"{layer.name}.bias"], np.float64) if layer.bias else np.zeros(layer.out_shape[0])
+    return by_group.reshape(weight.shape), bias * scale + offset
+
+
+def batchnorm_affine(bn: Layer, params: dict, buffers: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Inference batch norm as y = a_c x + b_c per channel, in float64: a = gamma / sqrt(var + eps),
+    b = beta - mean * a. -> (a, b), each (C,)."""
+    gamma, beta = (np.asarray(params[f"{bn.name}.{role}"], np.float64) for role in ("weight", "bias"))
+    mean, var = (np.asarray(buffers[f"{bn.name}.running_{stat}"], np.float64) for stat in ("mean", "var"))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = gamma / np.sqrt(var + bn.eps)
+        b = beta - mean * a
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise CnncError(f"batch norm '{bn.name}': its weights or running statistics give a non-finite scale or "
+                        "offset (a negative running_var?); it cannot be quantised")
+    return a, b
+
+
 def check_quantizable(network: Network) -> None:
     """Refuse, naming the layer, what the int8 export cannot quantise: beyond the float export's own limits,
-    batch norm that does not fold into a convolution and add of more than two operands."""
-    from .export_c import batchnorm_folds, export_refusal
+    add of more than two operands."""
+    from .export_c import export_refusal
 
     refusal = export_refusal(network, "int8 quantisation")
     if refusal:
         raise CnncError(f"model '{network.name}': {refusal}")
     supported = LINEAR_KINDS + MAXPOOL_KINDS + AVGPOOL_KINDS + ALIAS_KINDS + LOOKUP_KINDS + \
         ("global_avgpool", "global_maxpool", "add", "concat", "lrn", "channel_shuffle", "relu", "relu6", "softmax",
-         "log_softmax")
-    folds = batchnorm_folds(network)
+         "log_softmax", "batchnorm")
     for layer in network.layers:
-        if layer.kind == "batchnorm" and layer.name not in folds:
-            raise CnncError(f"model '{network.name}': batch norm '{layer.name}' cannot be quantised to int8: only "
-                            "a batch norm right after a convolution without an activation, which nothing else "
-                            "reads, folds into its weights")
         if layer.kind == "add" and len(layer.inputs) > MERGE_OPERANDS_MAX:
             raise CnncError(f"model '{network.name}': add '{layer.name}' of {len(layer.inputs)} operands cannot be "
                             f"quantised to int8 yet: int8 add takes {MERGE_OPERANDS_MAX}")
         for kind in (layer.kind, layer.activation):
-            if kind is not None and kind not in supported and layer.name not in folds:
+            if kind is not None and kind not in supported:
                 raise CnncError(f"model '{network.name}': layer '{layer.name}' ({kind}) cannot be quantised to int8")
 
 
 def tensor_aliases(network: Network) -> dict[str, str]:
     """{tensor: the tensor whose data it is}: flatten, dropout and a folded batch norm name their input's data
     (followed to the end, so the value is a tensor some step writes, or the input)."""
-    from .export_c import batchnorm_folds
-
-    folds = batchnorm_folds(network)
+    folds = int8_batchnorm_folds(network)
     aliases = {}
     for layer in network.layers:
         if layer.kind in ALIAS_KINDS or layer.name in folds:
@@ -602,9 +686,10 @@ def tensor_aliases(network: Network) -> dict[str, str]:
 
 
 def _folded_relus(network: Network) -> dict[int, int]:
-    """{1-based index of a standalone relu: the index of the conv (transposed too) or dense layer it folds into}:
-    the relu reads (through flatten, dropout or a folded batch norm) the output of such a layer without a fused
-    activation, and is the only layer reading that data; the relu becomes that layer's clamp."""
+    """{1-based index of a standalone relu: the index of the conv (transposed too), dense or unfolded batch norm
+    layer it folds into}: the relu reads (through flatten, dropout or a folded batch norm) the output of such a
+    layer without a fused activation, and is the only layer reading that data; the relu becomes that layer's
+    clamp."""
     aliases = tensor_aliases(network)
     index = {layer.name: i for i, layer in enumerate(network.layers, 1)}
     readers: dict[str, int] = {}  # data -> how many non-alias layers read it
@@ -620,7 +705,7 @@ def _folded_relus(network: Network) -> dict[int, int]:
         if source == network.input_name:
             continue
         producer = network.layer(source)
-        if producer.kind in LINEAR_KINDS and producer.activation is None and readers[source] == 1:
+        if producer.kind in LINEAR_KINDS + ("batchnorm",) and producer.activation is None and readers[source] == 1:
             folded[i] = index[source]
     return folded
 
@@ -665,13 +750,12 @@ def observed_ranges(model, x: np.ndarray, percentile: float | None) -> tuple[tup
 
 
 def folded_params(network: Network, params: dict, buffers: dict) -> dict:
-    """The parameters with every foldable batch norm folded into its convolution (export_c's float64 fold)."""
-    from .export_c import batchnorm_folds, folded_conv_params
-
+    """The parameters with every foldable batch norm folded into the convolution, transposed convolution or
+    dense layer before it (int8_batchnorm_folds, folded_linear_params: float64)."""
     params = dict(params)
-    for bn, conv in batchnorm_folds(network).items():
-        params[f"{conv.name}.weight"], params[f"{conv.name}.bias"] = \
-            folded_conv_params(conv, network.layer(bn), params, buffers)
+    for bn, layer in int8_batchnorm_folds(network).items():
+        params[f"{layer.name}.weight"], params[f"{layer.name}.bias"] = \
+            folded_linear_params(layer, network.layer(bn), params, buffers)
     return params
 
 
@@ -697,7 +781,6 @@ def calibrate(model, x: np.ndarray, percentile: float | None = None) -> Quantize
     (N, *input_shape): min/max, or the [100 - P, P] percentiles of each tensor's values. Batch norm is folded
     into its convolution before quantising; graphs (from=, add, concat) quantise tensor by tensor."""
     from .backends.numpy_backend import NumpyModel
-    from .export_c import batchnorm_folds
 
     network = model.network
     check_quantizable(network)
@@ -712,11 +795,11 @@ def calibrate(model, x: np.ndarray, percentile: float | None = None) -> Quantize
                         f"(N, {', '.join(map(str, network.input_shape))}) with N >= 1")
     if percentile is not None and not 50.0 < percentile <= 100.0:
         raise CnncError(f"--calibration-percentile {percentile:g}: must be above 50 and at most 100 (e.g. 99.99)")
-    folds = batchnorm_folds(network)
+    folds = int8_batchnorm_folds(network)
     params = folded_params(network, model.params, model.buffers)
     input_range, ranges = observed_ranges(model, x, percentile)
     folded = _folded_relus(network)
-    folded_into = {conv: relu for relu, conv in folded.items()}  # conv/dense index -> the relu folded into it
+    folded_into = {conv: relu for relu, conv in folded.items()}  # conv/dense/batchnorm index -> its folded relu
     index_of = {layer.name: i for i, layer in enumerate(network.layers, 1)}
     bn_of = {conv.name: index_of[bn] for bn, conv in folds.items()}  # conv name -> its folded batch norm's index
     encoding = {network.input_name: choose_qparams(*input_range)}
@@ -749,6 +832,12 @@ def calibrate(model, x: np.ndarray, percentile: float | None = None) -> Quantize
         elif kind in MAXPOOL_KINDS + AVGPOOL_KINDS + ("global_avgpool", "global_maxpool", "channel_shuffle"):
             op = "maxpool" if kind in MAXPOOL_KINDS else "avgpool" if kind in AVGPOOL_KINDS else kind
             steps.append(QuantStep(op, ("compute", index), layer, current, current))  # the encoding is kept
+        elif kind == "batchnorm":  # folds into no layer: a per-channel affine map
+            relu_index = folded_into.get(index)
+            out = choose_qparams(*ranges[(relu_index or index, "post")])
+            clamp = network.layers[relu_index - 1].kind if relu_index else False
+            steps.append(affine_step(("compute", index), layer, model.params, model.buffers, current, out, relu=clamp))
+            current = out
         elif kind == "lrn":
             steps.append(lrn_step(("compute", index), layer, current, ranges[(index, "post")]))
             current = steps[-1].out
@@ -786,13 +875,15 @@ def _activation_step(key, layer, kind, inp: QParams, out_range) -> QuantStep:
 def int8_flash_bytes(network: Network) -> dict[str, int]:
     """Flash of the int8 export, from the network alone: {"weights": int8 weights + int32 biases,
     "constants": multipliers, shifts and lookup tables}."""
-    from .export_c import batchnorm_folds
-
-    folds = batchnorm_folds(network)
+    folds = int8_batchnorm_folds(network)
     folded_convs = {conv.name for conv in folds.values()}
     weights = constants = 0
     for layer in network.layers:
-        if layer.name in folds:  # folded into its convolution's weights and bias
+        if layer.name in folds:  # folded into the weights and bias of the layer before it
+            continue
+        if layer.kind == "batchnorm":  # an affine step: an int32 offset, multiplier and shift per channel
+            weights += 4 * layer.in_shape[0]
+            constants += 8 * layer.in_shape[0]
             continue
         for spec in layer.params:
             weights += spec.size if spec.name.endswith(".weight") else 4 * spec.size
@@ -847,4 +938,5 @@ __all__ = ["QParams", "QuantStep", "QuantizedModel", "calibrate", "choose_qparam
            "multiply_by_quantized_multiplier", "saturating_rounding_doubling_high_mul", "rounding_divide_by_pot",
            "requantize", "rounding_divide", "quantize_weights", "int8_flash_bytes", "calibration_samples",
            "evaluate_quantized", "check_quantizable", "DEFAULT_CALIBRATION_SAMPLES", "add_step", "concat_step", "add_int8",
-           "concat_int8", "tensor_aliases", "ADD_LEFT_SHIFT"]
+           "concat_int8", "tensor_aliases", "ADD_LEFT_SHIFT", "AFFINE_FRACTION", "affine_step", "affine_int8",
+           "batchnorm_affine", "folded_linear_params", "int8_batchnorm_folds"]

@@ -608,8 +608,8 @@ def test_the_cli_exports_a_graph_and_refuses_what_it_cannot_with_exit_status_1_a
     numpy_model(ISSUE_EXAMPLE, dtype="float32").save(weights)
     assert main(["export", str(spec), "--weights", str(weights), "--format", "c", "-o", str(tmp_path / "c")]) == 0
     assert "RESNET_ARENA_BYTES" in capsys.readouterr().out
-    # the float export writes every kind; int8 quantisation takes global_maxpool too, but refuses a batch norm
-    # that cannot fold into a convolution, by name
+    # the float export writes every kind, and int8 quantisation takes them too: global_maxpool, and a batch norm
+    # that folds into no layer (an int8 affine step, tests/test_quantize_batchnorm.py)
     maxpool = tmp_path / "maxpool.cnn"
     maxpool.write_text("model m { input x[1, 6, 6]; conv2d c(filters=2, kernel=3); global_maxpool g; batchnorm n }")
     assert main(["export", str(maxpool), "--format", "c", "--dry-run"]) == 0
@@ -620,7 +620,19 @@ def test_the_cli_exports_a_graph_and_refuses_what_it_cannot_with_exit_status_1_a
              x_test=rng.random((4, 1, 6, 6), dtype=np.float32), y_test=np.arange(4) % 2)
     argv = ["export", str(maxpool), "--weights", str(tmp_path / "m.npz"), "--format", "c", "--quantize", "int8",
             "--calibration", str(tmp_path / "data.npz"), "-o", str(tmp_path / "q")]
+    assert main(argv) == 0
+    assert "calibrated on 20 samples" in capsys.readouterr().out
+    assert {"m.c", "m.h", "main.c", "Makefile"} <= {p.name for p in (tmp_path / "q").iterdir()}
+    # what int8 still refuses, by name: an add of three operands (the float export writes it)
+    three = tmp_path / "three.cnn"
+    three.write_text("model m { input x[1, 6, 6]; conv2d c(filters=1, kernel=1); conv2d d(filters=1, kernel=1, "
+                     "from=x); add s(c, d, x) }")
+    numpy_model(three.read_text(), dtype="float32").save(tmp_path / "three.npz")
+    assert main(["export", str(three), "--format", "c", "--dry-run"]) == 0
+    capsys.readouterr()
+    argv = ["export", str(three), "--weights", str(tmp_path / "three.npz"), "--format", "c", "--quantize", "int8",
+            "--calibration", str(tmp_path / "data.npz"), "-o", str(tmp_path / "q3")]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "batch norm 'n' cannot be quantised" in err, err
-    assert not (tmp_path / "q").exists()
+    assert "Traceback" not in err and "add 's' of 3 operands" in err, err
+    assert not (tmp_path / "q3").exists()

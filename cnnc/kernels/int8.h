@@ -135,6 +135,42 @@ CNNC_KERNEL void int8_dense_forward(int8_t* restrict out, const int8_t* restrict
     }
 }
 
+// An unfolded batch norm sums in units of 2^-INT8_AFFINE_FRACTION output steps (AFFINE_FRACTION in cnnc/quantize.py).
+#define INT8_AFFINE_FRACTION 8
+
+// The sizes of a per-channel affine map: C channels of S values each (S = 1 after a dense layer).
+typedef struct {
+    int C, S;
+} Int8Affine;
+
+// inp is (C, S), multiplier, shift and offset are (C) -> out is (C, S): y = a[c] x + b[c] per channel, inference
+// batch norm that folds into no layer (a = gamma / sqrt(var + eps), b = beta - mean a). In units of
+// 2^-INT8_AFFINE_FRACTION output steps,
+//   v = int8_requantize(inp[c][s] - in_zero_point, multiplier[c], shift[c]) + offset[c], saturated to int32
+//   (the factor a[c] s_in / s_out 2^INT8_AFFINE_FRACTION, the multiplier negative when a[c] is; the offset
+//   b[c] / s_out 2^INT8_AFFINE_FRACTION, rounded);
+//   out[c][s] = clamp(out_zero_point + int8_rounding_divide_by_pot(v, INT8_AFFINE_FRACTION), act_min, act_max),
+// act_min and act_max the clamp of a relu or relu6 folded into it.
+CNNC_KERNEL void int8_affine_forward(int8_t* restrict out, const int8_t* restrict inp,
+                                     const int32_t* restrict multiplier, const int32_t* restrict shift,
+                                     const int32_t* restrict offset, Int8Affine g, Int8Requant q)
+{
+    for (int c = 0; c < g.C; c++) {
+        const int8_t* inp_c = inp + c * g.S;
+        int8_t* out_c = out + c * g.S;
+        for (int s = 0; s < g.S; s++) {
+            int64_t v = (int64_t)int8_requantize((int32_t)inp_c[s] - q.in_zero_point, multiplier[c], shift[c]);
+            v += offset[c];
+            if (v > INT32_MAX) v = INT32_MAX;
+            if (v < INT32_MIN) v = INT32_MIN;
+            int64_t y = (int64_t)int8_rounding_divide_by_pot((int32_t)v, INT8_AFFINE_FRACTION) + q.out_zero_point;
+            if (y < q.act_min) y = q.act_min;
+            if (y > q.act_max) y = q.act_max;
+            out_c[s] = (int8_t)y;
+        }
+    }
+}
+
 // inp is (C, H, W) -> out is (C, OH, OW): the largest value of each window (clipped to the input: padding
 // never wins). The encoding is kept.
 CNNC_KERNEL void int8_maxpool2d_forward(int8_t* restrict out, const int8_t* restrict inp, Pool2d g)
