@@ -26,7 +26,8 @@ from .diagnostics import CnncError
 from .export_c import (FLOAT_BYTES, MemoryPlan, Step, _kernel, c_double, c_float, checked_prefix, export_context,
                        memory_plan, render_files, shape_text, step_comment, write_export)
 from .ir import Network
-from .quantize import INT8_MAX, INT8_MIN, QuantizedModel, QuantStep, int8_batchnorm_folds, int8_flash_bytes
+from .quantize import (ADD_LEFT_SHIFT, INT8_MAX, INT8_MIN, QuantizedModel, QuantStep, int8_batchnorm_folds,
+                       int8_flash_bytes)
 from .summary import human_bytes
 
 INTS_PER_LINE = 16
@@ -134,11 +135,16 @@ def _statement(step: Step, q: QuantStep, name: str, arrays: list, geometries: li
         arrays.append(_array(f"{name}_shift", "int32_t", q.shift, f"{label}: rescaling shifts", q.shift.shape))
         sources = [b.c_expr() for b in step.srcs]
         zero_points = [int(operand.zero_point) for operand in q.operands]
-        if q.op == "add":
-            fields = [("a_zero_point", zero_points[0]), ("b_zero_point", zero_points[1]),
-                      ("out_zero_point", int(q.out.zero_point)), ("n", step.size)]
+        if q.op == "add":  # the operands (data and zero point) as a local array of run(): arena addresses
+            fields = [("out_zero_point", int(q.out.zero_point)),
+                      ("left_shift", c_int(int(q.constants["left_shift"]), "left_shift", 0, ADD_LEFT_SHIFT)),
+                      ("count", len(sources)), ("n", step.size)]
             geometries.append({"struct": "Int8Add", "ident": name, "fields": _encoded_fields(fields)})
-            return f"int8_add_forward({out}, {sources[0]}, {sources[1]}, {name}_multiplier, {name}_shift, {name});"
+            operands = ", ".join(f"{{{source}, {c_int(zp, 'zero_point', INT8_MIN, INT8_MAX)}}}"
+                                 for source, zp in zip(sources, zero_points))
+            return "\n    ".join(["{", f"    const Int8AddOperand {name}_operands[{len(sources)}] = {{{operands}}};",
+                                   f"    int8_add_forward({out}, {name}_operands, {name}_multiplier, {name}_shift, "
+                                   f"{name});", "}"])
         lines, offset = [], 0
         for k, (source, shape) in enumerate(zip(sources, layer.in_shapes)):
             size = prod(shape)

@@ -50,8 +50,9 @@ The layer kinds, each the same in the C (kernels/int8.h) and here:
                of 2^-8 output steps: v = requantize(x_q - zp_x, m_c, e_c) + offset_c (int32, saturated), the
                factor a_c s_x / s_y * 2^8 a multiplier (negated when a_c < 0) and a shift, the offset
                round(b_c / s_y * 2^8); y_q = clamp(zp_y + RDBP(v, 8)); a relu/relu6 after it folds into the clamp.
-  add          two operands: each (x_q - zp_i) * 2^20 rescaled by s_i / (2 max s), summed, the sum rescaled by
-               2 max s / (2^20 s_out) (TensorFlow Lite's); concat: each operand requantised by s_i / s_out.
+  add          n operands: each (x_q - zp_i) * 2^L rescaled by s_i / (2 max s), summed in int32, the sum rescaled
+               by 2 max s / (2^L s_out) (TensorFlow Lite's, L = 20, for up to 16 operands; more shift less, so
+               that the int32 sum cannot overflow: add_left_shift); concat: each operand requantised by s_i / s_out.
 Graphs: every tensor has its own encoding (by name); flatten, dropout and a folded batch norm share their
 input's data and encoding.
 Float arithmetic is used, beyond lrn, only at the boundary: PREFIX_predict's quantisation of the input
@@ -82,7 +83,7 @@ LINEAR_KINDS = CONV_KINDS + CONV_TRANSPOSE_KINDS + ("dense",)  # int8 weights, i
 LOG2_FRACTION = 20  # log_softmax's fixed-point log2 has 20 binary digits after the point (kernels/int8_extra.h)
 SCHEMES = ("int8",)  # --quantize
 CLAMP_KINDS = ("relu", "relu6")  # activations that are a clamp of the int8 value
-ADD_LEFT_SHIFT = 20  # int8 add scales each operand's (x - zp) by 2^20 before rescaling (TensorFlow Lite's)
+ADD_LEFT_SHIFT = 20  # int8 add scales each operand's (x - zp) by 2^20 before rescaling (TensorFlow Lite's), or less
 AFFINE_FRACTION = 8  # an unfolded batch norm sums in units of 2^-8 output steps (INT8_AFFINE_FRACTION, kernels/int8.h)
 
 
@@ -205,7 +206,8 @@ class QuantStep:
     affine: multiplier, shift and bias (the offset, in 2^-AFFINE_FRACTION output steps) per channel, no weight.
     act_min, act_max: the clamp of conv/dense outputs (act_min = zp for a folded relu) and of "clamp".
     table: int8 (256,) for "lookup", int32 (256,) for "softmax" and "log_softmax", indexed as kernels/int8.h does.
-    constants: the scalars of lrn's and log_softmax's kernel structs (Int8Lrn, Int8LogSoftmax), by field name."""
+    constants: the scalars of lrn's and log_softmax's kernel structs (Int8Lrn, Int8LogSoftmax), by field name;
+    add's left shift ("left_shift", Int8Add)."""
 
     op: str
     key: tuple[str, int]
@@ -383,11 +385,12 @@ def pool_int8(x: np.ndarray, s: QuantStep) -> np.ndarray:
 
 
 def add_int8(xs: list[np.ndarray], s: QuantStep) -> np.ndarray:
-    """xs: two int8 (N, ...) of one shape -> int8 (N, size); int8_add_forward (kernels/int8_graph.h):
-    y = zp_out + rescale(sum of rescale((x_i - zp_i) * 2^20, m_i, e_i), m_out, e_out), clamped."""
+    """xs: n int8 (N, ...) of one shape -> int8 (N, size); int8_add_forward (kernels/int8_graph.h), L = the
+    step's left shift: y = zp_out + rescale(sum of rescale((x_i - zp_i) * 2^L, m_i, e_i), m_out, e_out), clamped.
+    The sum is int64 here and int32 in the C: add_left_shift's bound keeps it inside int32, so they agree."""
     total = 0
     for x, q, m, e in zip(xs, s.operands, s.multiplier, s.shift):
-        centred = (x.reshape(x.shape[0], -1).astype(np.int64) - q.zero_point) * (1 << ADD_LEFT_SHIFT)
+        centred = (x.reshape(x.shape[0], -1).astype(np.int64) - q.zero_point) * (1 << s.constants["left_shift"])
         total = total + multiply_by_quantized_multiplier(centred, m, e)
     scaled = multiply_by_quantized_multiplier(total, s.multiplier[-1], s.shift[-1])
     return np.clip(scaled + s.out.zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
@@ -600,9 +603,6 @@ def lrn_step(key, layer: Layer, inp: QParams, out_range: tuple[float, float]) ->
     return QuantStep("lrn", key, layer, inp, out, constants=constants)
 
 
-MERGE_OPERANDS_MAX = 2  # int8 add reads two operands (kernels/int8_graph.h)
-
-
 def int8_batchnorm_folds(network: Network) -> dict[str, Layer]:
     """{batch norm layer name: the layer it folds into} for the int8 export: the float export's folds into a
     convolution (export_c.batchnorm_folds) and, under the same conditions (no fused activation, nothing else
@@ -655,7 +655,7 @@ def batchnorm_affine(bn: Layer, params: dict, buffers: dict) -> tuple[np.ndarray
 
 def check_quantizable(network: Network) -> None:
     """Refuse, naming the layer, what the int8 export cannot quantise: beyond the float export's own limits,
-    add of more than two operands."""
+    an add of more than ADD_OPERANDS_MAX operands (whose int32 sum could overflow)."""
     from .export_c import export_refusal
 
     refusal = export_refusal(network, "int8 quantisation")
@@ -665,9 +665,9 @@ def check_quantizable(network: Network) -> None:
         ("global_avgpool", "global_maxpool", "add", "concat", "lrn", "channel_shuffle", "relu", "relu6", "softmax",
          "log_softmax", "batchnorm")
     for layer in network.layers:
-        if layer.kind == "add" and len(layer.inputs) > MERGE_OPERANDS_MAX:
+        if layer.kind == "add" and len(layer.inputs) > ADD_OPERANDS_MAX:
             raise CnncError(f"model '{network.name}': add '{layer.name}' of {len(layer.inputs)} operands cannot be "
-                            f"quantised to int8 yet: int8 add takes {MERGE_OPERANDS_MAX}")
+                            f"quantised to int8: its int32 sum could overflow past {ADD_OPERANDS_MAX} operands")
         for kind in (layer.kind, layer.activation):
             if kind is not None and kind not in supported:
                 raise CnncError(f"model '{network.name}': layer '{layer.name}' ({kind}) cannot be quantised to int8")
@@ -759,14 +759,49 @@ def folded_params(network: Network, params: dict, buffers: dict) -> dict:
     return params
 
 
+def add_operand_bound(left_shift: int) -> int:
+    """The largest |rescaled operand| of an int8 add with this left shift L (0 <= L <= 20):
+    floor(255 * 2^L / 2) + 1.
+
+    Proof. An operand's int8 value and zero point are in [-128, 127], so |x - zp| <= 255 and v = (x - zp) * 2^L
+    has |v| <= 255 * 2^20 < 2^31 (exact in int32). Its factor f = s_i / (2 max s) is at most 1/2, held as
+    F = m * 2^(e - 31) with m in [2^30, 2^31) the rounded mantissa: F <= f (1 + 2^-31) <= (1 + 2^-31) / 2, and
+    e <= 0, so int8_requantize shifts nothing left (nothing saturates). It computes SRDHM(v, m), within 1/2 of
+    v m / 2^31, then the rounding divide by 2^-e, within 1/2 of its input / 2^-e: the result r has
+    |r| <= |v| F + 1/2 + 1/2 <= 255 * 2^(L-1) + 255 * 2^(L-32) + 1 < 255 * 2^(L-1) + 1 + 1/16 (L <= 20). r is
+    an integer, so |r| <= floor(255 * 2^(L-1) + 1/16) + 1 = floor(255 * 2^L / 2) + 1. A factor below 2^-32
+    ((0, 0)) gives r = 0."""
+    return (255 << left_shift) // 2 + 1
+
+
+def add_left_shift(operands: int) -> int | None:
+    """The left shift L of an int8 add of this many operands: the largest L <= ADD_LEFT_SHIFT (20, TensorFlow
+    Lite's) for which the int32 sum of the rescaled operands, and so every partial sum, cannot overflow:
+    operands * add_operand_bound(L) <= INT32_MAX. 20 up to 16 operands (16 * (255 * 2^19 + 1) = 2139095056),
+    19 up to 32, ...; None past ADD_OPERANDS_MAX, where even L = 0 could overflow."""
+    for left_shift in range(ADD_LEFT_SHIFT, -1, -1):
+        if operands * add_operand_bound(left_shift) <= INT32_MAX:
+            return left_shift
+    return None
+
+
+ADD_OPERANDS_MAX = INT32_MAX // add_operand_bound(0)  # 16777215: the most operands an int8 add sums in int32
+
+
 def add_step(key, layer: Layer, operands: list[QParams], out: QParams) -> QuantStep:
-    """int8 add, TensorFlow Lite's: each operand (x - zp) * 2^20 rescaled by s_i / (2 max s), summed, and the
-    sum rescaled by 2 max s / (2^20 s_out)."""
+    """int8 add of n operands, TensorFlow Lite's: each operand (x - zp) * 2^L rescaled by s_i / (2 max s),
+    summed, and the sum rescaled by 2 max s / (2^L s_out); L = add_left_shift(n) (20 for n <= 16). Two
+    operands give TensorFlow Lite's add exactly."""
+    left_shift = add_left_shift(len(operands))
+    if left_shift is None:
+        raise CnncError(f"add '{layer.name}' of {len(operands)} operands cannot be quantised to int8: its int32 "
+                        f"sum could overflow past {ADD_OPERANDS_MAX} operands")
     twice_max = 2.0 * max(q.scale for q in operands)
     pairs = [quantize_multiplier(q.scale / twice_max) for q in operands] + \
-        [quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out.scale))]
+        [quantize_multiplier(twice_max / ((1 << left_shift) * out.scale))]
     return QuantStep("add", key, layer, operands[0], out, multiplier=np.array([m for m, _ in pairs], np.int32),
-                     shift=np.array([e for _, e in pairs], np.int32), operands=tuple(operands))
+                     shift=np.array([e for _, e in pairs], np.int32), operands=tuple(operands),
+                     constants={"left_shift": left_shift})
 
 
 def concat_step(key, layer: Layer, operands: list[QParams], out: QParams) -> QuantStep:
@@ -938,5 +973,6 @@ __all__ = ["QParams", "QuantStep", "QuantizedModel", "calibrate", "choose_qparam
            "multiply_by_quantized_multiplier", "saturating_rounding_doubling_high_mul", "rounding_divide_by_pot",
            "requantize", "rounding_divide", "quantize_weights", "int8_flash_bytes", "calibration_samples",
            "evaluate_quantized", "check_quantizable", "DEFAULT_CALIBRATION_SAMPLES", "add_step", "concat_step", "add_int8",
-           "concat_int8", "tensor_aliases", "ADD_LEFT_SHIFT", "AFFINE_FRACTION", "affine_step", "affine_int8",
+           "concat_int8", "tensor_aliases", "ADD_LEFT_SHIFT", "ADD_OPERANDS_MAX", "add_left_shift",
+           "add_operand_bound", "AFFINE_FRACTION", "affine_step", "affine_int8",
            "batchnorm_affine", "folded_linear_params", "int8_batchnorm_folds"]

@@ -1,7 +1,8 @@
-"""int8 export of graph models (issue 19 on top of issue 15): add (both operands rescaled to the output's
-encoding), concat (each operand requantised), batch norm folded into its convolution before quantising, from=.
+"""int8 export of graph models (issue 19 on top of issue 15): add of two or more operands (each rescaled, summed
+in int32, the sum rescaled to the output's encoding), concat (each operand requantised), batch norm folded into
+its convolution before quantising, from=.
 
-ResNet-8, the Inception-style spec and two small graphs are calibrated with random weights and running
+ResNet-8, the Inception-style spec and five small graphs are calibrated with random weights and running
 statistics, exported, linked into one program with tests/int8_build.py's driver and built twice (strict,
 and ASan/UBSan with caller-owned arenas of exactly PREFIX_ARENA_BYTES); the C must agree with the NumPy int8
 reference (cnnc.quantize) bit for bit on both entry points.
@@ -14,8 +15,10 @@ import pytest
 import cnnc
 from cnnc.diagnostics import CnncError
 from cnnc.export_int8 import export_int8_c
-from cnnc.quantize import (ADD_LEFT_SHIFT, QParams, add_step, calibrate, concat_step, check_quantizable,
-                           int8_flash_bytes)
+import cnnc.quantize
+from cnnc.quantize import (ADD_LEFT_SHIFT, ADD_OPERANDS_MAX, INT32_MAX, QParams, add_left_shift, add_operand_bound,
+                           add_step, calibrate, check_quantizable, concat_step, int8_flash_bytes,
+                           multiply_by_quantized_multiplier, quantize_multiplier)
 
 from conftest import SPECS
 from int8_build import build_int8_programs, calibration_inputs, mismatches
@@ -66,11 +69,36 @@ model q_mobile {
     silu
     global_avgpool
 }
+model q_sum3 {
+    input x[3, 6, 6]
+    conv2d a(filters=4, kernel=3, padding=1)
+    conv2d b(filters=4, kernel=1, from=x)
+    conv2d c(filters=4, kernel=3, padding=1, activation=relu, from=x)
+    add s(a, b, c)
+    relu s_act
+    conv2d d(filters=4, kernel=1)
+    add t(d, s_act, d, c)
+    global_avgpool
+    dense out(units=5)
+}
+model q_sum_many {
+    input v[6]
+    dense a(units=6)
+    dense b(units=6, activation=relu, from=v)
+    add s(a, b, v, a)
+    relu s_act
+    dense c(units=6)
+    add wide(c, s_act, c, c, c, c, c, c, c, c, c, c, c, c, c, c, v)
+    dense out(units=4)
+}
 """
+# q_sum3: an add of three operands of very different scales (b's weights scaled by 40, c's by 0.02) with a relu
+# after it, then one of four (d twice). q_sum_many: four operands, one of them the input, one twice, with a relu
+# after; then seventeen, past the sixteen that a left shift of 20 allows: the shift drops to 19.
 
 GRAPHS = [(SPECS / "resnet8.cnn", "resnet8"), (SPECS / "inception_small.cnn", "inception_small"),
           (SPECS / "mobilenet_small.cnn", "mobilenet_small"), ("extra", "q_residual"), ("extra", "q_branches1d"),
-          ("extra", "q_mobile")]
+          ("extra", "q_mobile"), ("extra", "q_sum3"), ("extra", "q_sum_many")]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +113,9 @@ def built(tmp_path_factory):
             m.params["b.weight"][...] *= 20.0
         if name == "q_mobile":  # the sum goes well past 6: the unfolded relu6 clamps at real 6 below int8's 127
             m.params["wide.weight"][...] *= 30.0
+        if name == "q_sum3":
+            m.params["b.weight"][...] *= 40.0
+            m.params["c.weight"][...] *= 0.02
         q = calibrate(m, calibration_inputs(m.input_shape, seed))
         export_int8_c(q, root / name, prefix=name)
         exports[name] = (root / name, m, q)
@@ -98,6 +129,13 @@ def test_graph_exports_agree_with_the_numpy_int8_reference_bit_for_bit(built):
     root, exports, builds = built
     relu6 = next(q for q in exports["q_mobile"][2].steps if q.layer.name == "big")
     assert relu6.op == "clamp" and -128 < relu6.act_max < 127  # the clamp at real 6 is really exercised
+    adds = {(prefix, q.layer.name): q for prefix in ("q_sum3", "q_sum_many") for q in exports[prefix][2].steps
+            if q.op == "add"}
+    assert {key: (len(q.operands), q.constants["left_shift"]) for key, q in adds.items()} == {
+        ("q_sum3", "s"): (3, 20), ("q_sum3", "t"): (4, 20), ("q_sum_many", "s"): (4, 20),
+        ("q_sum_many", "wide"): (17, 19)}
+    scales = [q.scale for q in adds[("q_sum3", "s")].operands]
+    assert max(scales) > 100 * min(scales)  # operands of very different scales
     failures = mismatches(root, exports, builds, BATCH)
     for seed, (prefix, (_, m, q)) in enumerate(exports.items()):
         rng = np.random.default_rng(seed)
@@ -147,7 +185,8 @@ def test_int8_add_is_the_real_sum_within_rounding():
     inside = (real > out.dequantize(np.int8(-128))) & (real < out.dequantize(np.int8(127)))
     assert inside.mean() > 0.5 and (~inside).any()
     assert np.abs(out.dequantize(y) - real)[inside].max() <= 0.5 * out.scale * (1 + 1e-4)
-    assert ADD_LEFT_SHIFT == 20 and (y[~inside] == np.where(real[~inside] > 0, 127, -128)).all()
+    assert ADD_LEFT_SHIFT == 20 == step.constants["left_shift"]
+    assert (y[~inside] == np.where(real[~inside] > 0, 127, -128)).all()
     # concat requantises (x - zp) directly: a factor below 1/2 (a right shift e < 0) rounds twice, as in
     # TensorFlow Lite, which costs up to half a step of 2^e on top of the final rounding
     step = concat_step(("compute", 3), concat, [a_enc, b_enc], out)
@@ -158,12 +197,67 @@ def test_int8_add_is_the_real_sum_within_rounding():
         assert np.abs(out.dequantize(part) - real)[ok].max() <= 0.5 * out.scale * (1 + 2.0 ** min(shift, 0) + 1e-4)
 
 
-@pytest.mark.parametrize("text,phrase", [
-    ("model m { input v[4]; dense a(units=4); dense b(units=4, from=v); add s(a, b, v) }", "add 's' of 3 operands"),
+@pytest.mark.parametrize("encodings,out", [
+    ([QParams(0.02, -5), QParams(0.7, 30), QParams(0.003, -128)], QParams(0.75, 3)),
+    ([QParams(0.05, 0), QParams(0.05, 0), QParams(1.3, -100), QParams(0.0001, 7)], QParams(0.9, -20)),
+    ([QParams(0.01, 10)] * 17, QParams(0.02, 0)),  # a left shift of 19
 ])
-def test_what_int8_cannot_quantise_is_refused_naming_the_layer(text, phrase):
-    """Batch norm is no longer refused anywhere (tests/test_quantize_batchnorm.py); add of three operands is."""
-    with pytest.raises(CnncError, match=__import__("re").escape(phrase)):
+def test_int8_add_of_more_operands_is_the_real_sum_within_rounding(encodings, out):
+    """add of n operands, scales far apart: the real sum to within half a step of the output encoding (plus the
+    operands' rescaling, each within 2 max s / 2^L, far below a step), or saturated at the right end."""
+    n = len(encodings)
+    text = f"model m {{ input v[8]; add s({', '.join(['v'] * n)}) }}"
+    layer = cnnc.network_from_text(text).layers[0]
+    step = add_step(("compute", 1), layer, encodings, out)
+    left_shift = step.constants["left_shift"]
+    assert left_shift == (20 if n <= 16 else 19)
+    rng = np.random.default_rng(n)
+    xs = [rng.integers(-128, 128, (4000, 8)).astype(np.int8) for _ in encodings]
+    for x in xs[:n - 1]:  # the extremes of every operand at once
+        x[0], x[1] = 127, -128
+    y = step.forward(*xs)
+    real = sum(enc.dequantize(x).astype(np.float64) for enc, x in zip(encodings, xs))
+    lo, hi = out.dequantize(np.int8(-128)), out.dequantize(np.int8(127))
+    inside = (real > lo) & (real < hi)
+    assert inside.mean() > 0.3 and (~inside).any()
+    rescaling = n * 2 * max(enc.scale for enc in encodings) / 2**left_shift
+    assert np.abs(out.dequantize(y) - real)[inside].max() <= 0.5 * out.scale * (1 + 1e-4) + rescaling
+    assert (y[~inside] == np.where(real[~inside] > 0, 127, -128)).all()
+
+
+def test_the_int8_add_sum_stays_inside_int32():
+    """add_operand_bound(L) bounds every rescaled operand (x - zp) * 2^L * f, f <= 1/2 (the reference computes it
+    in int64, so nothing wraps here), and add_left_shift keeps n of them inside int32: with 16 operands a shift of
+    20 just fits; 17 at the extremes would pass 2^31 - 1, so they shift by 19."""
+    rng = np.random.default_rng(0)
+    factors = np.concatenate([[0.5, 0.5 * (1 - 1e-12), 0.5 * (1 - 2.0**-33), 0.25, 2.0**-33],
+                              0.5 * rng.random(200)])
+    for left_shift in (0, 1, 7, 19, 20):
+        worst = 0
+        for f in factors:
+            m, e = quantize_multiplier(float(f))
+            assert e <= 0  # no left shift inside the rescaling, so nothing saturates
+            r = multiply_by_quantized_multiplier(np.array([255, -255]) * 2**left_shift, m, e)
+            worst = max(worst, int(np.abs(r).max()))
+        assert worst <= add_operand_bound(left_shift) <= worst + 1
+    assert [add_left_shift(n) for n in (2, 3, 4, 16, 17, 32, 33, 10**6)] == [20, 20, 20, 20, 19, 19, 18, 4]
+    # equal scales (factor 1/2 exactly) and every operand at 127 - (-128): the largest sum there is
+    m, e = quantize_multiplier(0.5)
+    extreme = int(multiply_by_quantized_multiplier(np.array(255 << 20), m, e))
+    assert 16 * extreme <= INT32_MAX < 17 * extreme
+    assert add_left_shift(ADD_OPERANDS_MAX) == 0 and add_left_shift(ADD_OPERANDS_MAX + 1) is None
+    assert ADD_OPERANDS_MAX * add_operand_bound(0) <= INT32_MAX
+
+
+def test_what_int8_cannot_quantise_is_refused_naming_the_layer(monkeypatch):
+    """Every batch norm (tests/test_quantize_batchnorm.py) and an add of any number of operands quantise; only an
+    add of more than ADD_OPERANDS_MAX (16777215) operands, whose int32 sum could overflow, is refused. That limit
+    is lowered here to see the message."""
+    text = "model m { input v[4]; dense a(units=4); dense b(units=4, from=v); add s(a, b, v, a) }"
+    check_quantizable(cnnc.network_from_text(text))
+    monkeypatch.setattr(cnnc.quantize, "ADD_OPERANDS_MAX", 3)
+    with pytest.raises(CnncError, match="add 's' of 4 operands cannot be quantised to int8: its int32 sum could "
+                                        "overflow past 3 operands"):
         check_quantizable(cnnc.network_from_text(text))
     for placement in ("dense a(units=3); batchnorm n", "batchnorm n; dense a(units=3)", "dense a(units=3, "
                       "activation=relu); batchnorm n"):

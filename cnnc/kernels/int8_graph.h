@@ -1,36 +1,44 @@
 // int8_graph.h: the int8 kernels of graph models (add, concat) for cnnc's quantised standalone C export.
 //
-// Operands of a merge come with encodings of their own (real = s_i * (q - zp_i)), so each is rescaled to the
-// output's encoding with int8.h's fixed-point requantisation (a multiplier and a shift per factor, gemmlowp's
-// rounding). cnnc/quantize.py (add_int8, concat_int8) is the NumPy twin, bit for bit, and derives the constants.
+// Operands of a merge (any number) come with encodings of their own (real = s_i * (q - zp_i)), so each is
+// rescaled to the output's encoding with int8.h's fixed-point requantisation (a multiplier and a shift per
+// factor, gemmlowp's rounding). cnnc/quantize.py (add_int8, concat_int8) is the NumPy twin, bit for bit, and
+// derives the constants.
 #ifndef CNNC_KERNELS_INT8_GRAPH_H
 #define CNNC_KERNELS_INT8_GRAPH_H
 
 #include "int8.h"
 
-// The left shift that keeps add's rescaled operands precise: |(q - zp) * 2^20| < 2^28 fits int32 with room
-// for the sum (TensorFlow Lite's choice).
-#define INT8_ADD_LEFT_SHIFT 20
-
-// The encodings of an add: both operands' zero points and the output's, and the element count.
+// One operand of an add: its data, (n) int8, and its encoding's zero point.
 typedef struct {
-    int32_t a_zero_point, b_zero_point, out_zero_point;
-    int n;
+    const int8_t* data;
+    int32_t zero_point;
+} Int8AddOperand;
+
+// An add of `count` operands of n elements each: the output's zero point, and the left shift L that keeps the
+// rescaled operands precise: 20 (TensorFlow Lite's) up to 16 operands, less beyond, so that the int32 sum
+// cannot overflow (cnnc/quantize.py's add_operand_bound proves |rescaled operand| <= floor(255 * 2^L / 2) + 1,
+// and add_left_shift picks the largest L <= 20 with count times that <= INT32_MAX).
+typedef struct {
+    int32_t out_zero_point;
+    int left_shift, count, n;
 } Int8Add;
 
-// a and b are (n) int8 -> out is (n) int8, out = a + b in real terms. multiplier and shift are (3): the factors
-// s_a / (2 max(s_a, s_b)), s_b / (2 max(s_a, s_b)) and 2 max(s_a, s_b) / (2^20 s_out):
-//   sum = rescale((a[i] - zp_a) * 2^20, 0) + rescale((b[i] - zp_b) * 2^20, 1)
-//   out[i] = clamp(zp_out + rescale(sum, 2), -128, 127)
-CNNC_KERNEL void int8_add_forward(int8_t* restrict out, const int8_t* restrict a, const int8_t* restrict b,
+// operands is (g.count), each (g.n) int8 -> out is (g.n) int8, out = the sum of the operands in real terms.
+// multiplier and shift are (g.count + 1): the factors s_k / (2 max s) of each operand, then 2 max s / (2^L s_out):
+//   sum = rescale((x_0[i] - zp_0) * 2^L, 0) + ... + rescale((x_{count-1}[i] - zp_{count-1}) * 2^L, count - 1)
+//   out[i] = clamp(zp_out + rescale(sum, count), -128, 127)
+CNNC_KERNEL void int8_add_forward(int8_t* restrict out, const Int8AddOperand* restrict operands,
                                   const int32_t* restrict multiplier, const int32_t* restrict shift, Int8Add g)
 {
     for (int i = 0; i < g.n; i++) {
-        int32_t a_scaled = int8_requantize(((int32_t)a[i] - g.a_zero_point) * (1 << INT8_ADD_LEFT_SHIFT),
-                                           multiplier[0], shift[0]);
-        int32_t b_scaled = int8_requantize(((int32_t)b[i] - g.b_zero_point) * (1 << INT8_ADD_LEFT_SHIFT),
-                                           multiplier[1], shift[1]);
-        int64_t v = (int64_t)int8_requantize(a_scaled + b_scaled, multiplier[2], shift[2]) + g.out_zero_point;
+        int32_t sum = 0;
+        for (int k = 0; k < g.count; k++) {
+            const Int8AddOperand* x = &operands[k];
+            int32_t centred = ((int32_t)x->data[i] - x->zero_point) * (1 << g.left_shift); // |.| <= 255 * 2^20
+            sum += int8_requantize(centred, multiplier[k], shift[k]);
+        }
+        int64_t v = (int64_t)int8_requantize(sum, multiplier[g.count], shift[g.count]) + g.out_zero_point;
         out[i] = (int8_t)(v < INT8_MIN ? INT8_MIN : v > INT8_MAX ? INT8_MAX : v);
     }
 }
