@@ -623,7 +623,7 @@ def test_the_cli_exports_a_graph_and_refuses_what_it_cannot_with_exit_status_1_a
     assert main(argv) == 0
     assert "calibrated on 20 samples" in capsys.readouterr().out
     assert {"m.c", "m.h", "main.c", "Makefile"} <= {p.name for p in (tmp_path / "q").iterdir()}
-    # what int8 still refuses, by name: an add of three operands (the float export writes it)
+    # an add of three operands quantises too (int8 adds of any number: tests/test_quantize_graphs.py)
     three = tmp_path / "three.cnn"
     three.write_text("model m { input x[1, 6, 6]; conv2d c(filters=1, kernel=1); conv2d d(filters=1, kernel=1, "
                      "from=x); add s(c, d, x) }")
@@ -632,7 +632,6 @@ def test_the_cli_exports_a_graph_and_refuses_what_it_cannot_with_exit_status_1_a
     capsys.readouterr()
     argv = ["export", str(three), "--weights", str(tmp_path / "three.npz"), "--format", "c", "--quantize", "int8",
             "--calibration", str(tmp_path / "data.npz"), "-o", str(tmp_path / "q3")]
-    assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "add 's' of 3 operands" in err, err
-    assert not (tmp_path / "q3").exists()
+    assert main(argv) == 0
+    assert "calibrated on 20 samples" in capsys.readouterr().out
+    assert {"m.c", "m.h", "main.c", "Makefile"} <= {p.name for p in (tmp_path / "q3").iterdir()}

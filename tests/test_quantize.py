@@ -267,8 +267,6 @@ def test_misuse_is_a_clear_error(tmp_path, capsys):
     lenet = str(SPECS / "lenet5.cnn")
     cnnc.load(lenet).save(tmp_path / "w.npz")
     base = ["export", lenet, "--weights", str(tmp_path / "w.npz"), "-o", str(tmp_path / "out")]
-    three_operands = tmp_path / "three_operands.cnn"
-    three_operands.write_text("model m { input v[4]; dense a(units=4); dense b(units=4, from=v); add s(a, b, v) }")
     cases = [
         (base + ["--format", "c", "--quantize", "int8"], "needs --calibration DATA"),
         (base + ["--format", "onnx", "--quantize", "int8", "--calibration", "digits"], "float32 only"),
@@ -279,8 +277,6 @@ def test_misuse_is_a_clear_error(tmp_path, capsys):
          "at least 1"),
         (base + ["--format", "c", "--quantize", "int8", "--calibration", "mnist-5k", "--calibration-percentile", "30"],
          "above 50"),
-        (["export", str(three_operands), "--format", "c", "--quantize", "int8", "--dry-run"],
-         "add 's' of 3 operands"),  # graphs and every batch norm quantise (test_quantize_graphs, _batchnorm)
         (["eval", lenet, "--weights", str(tmp_path / "w.npz"), "--data", "mnist-5k", "--quantize", "int8"],
          "needs --calibration DATA"),
     ]
