@@ -121,6 +121,20 @@ CASES = {
     "blocked_phases_s2_d2_untouched": "input x[16, 9, 12]\nconv2d c(filters=16, kernel=3, stride=2, padding=1, dilation=2)",
     "blocked_phases_wide_tail": "input x[16, 5, 40]\nconv2d c(filters=16, kernel=3, stride=2, padding=1, activation=relu)",
     "blocked_phases_conv1d": "input x[16, 41]\nconv1d c(filters=16, kernel=4, stride=2, padding=1)",
+    # 1x1, no padding: GEMMs over the flat planes (pointwise). Planes of whole vectors (32), with a last
+    # overlapping vector (49 = 3 x 16 + 1; 8 + 4 in float64), shorter than a vector in float32 (12), 1-D;
+    # filters and channels that the tiles do not divide; several in a row at MobileNet's 14 x 14; strides
+    # (odd extents: the last row and column are read, 1-D), and blocked_phases_1x1_s2 below
+    "blocked_pointwise_tails": "input x[10, 7, 7]\nconv2d c(filters=13, kernel=1)",
+    "blocked_pointwise_whole_vectors": "input x[8, 4, 8]\nconv2d c(filters=24, kernel=1, bias=false, activation=relu)",
+    "blocked_pointwise_short_plane": "input x[6, 3, 4]\nconv2d c(filters=5, kernel=1)",
+    "blocked_pointwise_conv1d": "input x[7, 40]\nconv1d c(filters=9, kernel=1, bias=false)",
+    "blocked_pointwise_net": "input x[3, 14, 14]\nconv2d c1(filters=24, kernel=1, activation=relu)\n"
+                             "conv2d c2(filters=96, kernel=1, bias=false, activation=relu)\nconv2d c3(filters=16, kernel=1, stride=2)\n"
+                             "global_avgpool\ndense out(units=4)\nloss cross_entropy",
+    "blocked_pointwise_s2_odd": "input x[12, 7, 9]\nconv2d c(filters=20, kernel=1, stride=2)",
+    "blocked_pointwise_s21": "input x[5, 6, 20]\nconv2d c(filters=8, kernel=1, stride=(2,1), bias=false)",
+    "blocked_pointwise_conv1d_s2": "input x[6, 37]\nconv1d c(filters=10, kernel=1, stride=2)",
     "blocked_dense_odd": "input x[77]\ndense d(units=7, activation=relu)\ndense out(units=18)",
     "blocked_net": "input x[3, 12, 12]\nconv2d c1(filters=8, kernel=3, padding=1, activation=relu)\n"
                    "conv2d c2(filters=6, kernel=3, stride=2)\nflatten\ndense out(units=3)\nloss cross_entropy",
@@ -372,6 +386,17 @@ def test_kernel_choice_covers_every_blocked_variant_and_the_direct_fallback():
     assert BlockedConv.of(case_network("blocked_s2_d2_nonsquare").layer("c"), 16).input_grad_phases
     assert all(BlockedConv.of(case_network(case).layer("c"), vl).input_grad_phases
                for case in CASES if case.startswith("blocked_phases") for vl in (16, 8))
+    # 1x1 with no padding, and only that, runs as pointwise GEMMs (in float64 too), whatever the stride
+    for case in CASES:
+        for layer in case_network(case).layers:
+            if choose_kernel(layer) == "blocked" and layer.kind.startswith("conv"):
+                expected = case.startswith("blocked_pointwise") or case == "blocked_phases_1x1_s2"
+                strided = max(layer.stride) > 1
+                for vl in (16, 8):  # backward as GEMMs with a stride only
+                    b = BlockedConv.of(layer, vl)
+                    assert (b.pointwise, b.pointwise_weight_grad, b.pointwise_input_grad) == (
+                        expected, expected and strided, expected and strided), (case, layer.name, vl)
+    assert sum(case.startswith("blocked_pointwise") for case in CASES) == 8
     for case in ("conv2d_k3", "conv2d_k3_s3_p21_d2_nobias", "conv1d_k4_s3_p2"):  # 3 filters; stride 3
         assert choose_kernel(case_network(case).layer("c")) == "direct", case
     # dense: blocked from 16 inputs (tails of inputs, of units, of samples), direct below
@@ -556,6 +581,44 @@ def test_gradcheck_passes_on_a_c_model_in_float64(bundles):
     assert set(errors) == {"c1.weight", "c1.bias", "c2.weight", "c2.bias", "d1.weight", "d1.bias", "out.weight",
                            "out.bias", "input"}
     assert max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if case.startswith("blocked_pointwise")])
+def test_pointwise_convolutions_match_finite_differences(bundles, case):
+    """The 1x1 convolutions that run as GEMMs over the planes: input and every parameter gradient."""
+    errors = gradcheck(bundles["float64"].model(case), batch=3)
+    assert "input" in errors and any(name.endswith(".weight") for name in errors)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_pointwise_convolutions_give_identical_results_on_one_and_two_threads(cache_dir, tmp_path):
+    """A training step of the pointwise net at batch 64 (two slices; the strided layer's weight gradient in
+    blocks of several samples): the same bits on one thread and on two."""
+    import os
+    import sys
+    script = (
+        "import sys, numpy as np, cnnc\n"
+        "from cnnc.backends.c_backend import compile_networks\n"
+        "network = cnnc.network_from_text(sys.argv[2])\n"
+        "m = compile_networks([network], 'float32', cache_dir=sys.argv[1]).model(network.name, seed=0)\n"
+        "rng = np.random.default_rng(1)\n"
+        "x = rng.normal(size=(64, *m.input_shape)).astype(np.float32)\n"
+        "y = m.forward(x, train=True)\n"
+        "loss, dy = m.loss(y, rng.integers(0, 4, 64))\n"
+        "np.savez(sys.argv[3], y=y, dx=m.backward(dy), **m.grads)\n")
+    text = f"model pointwise_threads {{\n{CASES['blocked_pointwise_net']}\n}}"
+    results = {}
+    for threads in (1, 2):
+        path = tmp_path / f"threads{threads}.npz"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        subprocess.run([sys.executable, "-c", script, str(cache_dir), text, str(path)], env=env, check=True, timeout=300)
+        with np.load(path) as data:
+            results[threads] = dict(data)
+    assert set(results[1]) == {"y", "dx", "c1.weight", "c1.bias", "c2.weight", "c3.weight", "c3.bias", "out.weight",
+                               "out.bias"} == set(results[2])
+    differ = [name for name in results[1] if not np.array_equal(results[1][name], results[2][name])]
+    assert not differ, f"1 and 2 threads differ in {differ}"
+    assert all(np.abs(v).max() > 0 for v in results[1].values())
 
 
 @pytest.mark.parametrize("case", [case for case in CASES if case.startswith("blocked_phases")] + ["blocked_s2_d2_nonsquare"])

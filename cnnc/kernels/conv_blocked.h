@@ -28,6 +28,11 @@ typedef struct {
     int weight_grad_by_columns;  // the weight gradient vectorised over output columns, WMB filters x KW taps
     int WMB;
     int input_grad_phases;       // stride > 1: the input gradient one phase of the stride at a time (see below)
+    int pointwise;               // 1x1, no padding: forward a GEMM over the flat planes (see below), and
+    int pointwise_weight_grad;   // the weight gradient, the input gradient likewise (always with a stride; with
+    int pointwise_input_grad;    // stride 1 where the planner finds it faster than the general path)
+    int PMB, PSB;                // pointwise forward and input gradient: outputs x vectors of positions per tile
+    int PFB, PCB, PNB;           // pointwise weight gradient: filters x channels per tile, samples per cache block
 } Conv2dBlocked;
 
 // One correlation: OH x OW outputs per channel from inp (CIN, IH, IW) per sample, with the kernel, stride and
@@ -71,6 +76,9 @@ void correlation_tile(real* restrict out, const real* restrict inp, const vec* r
     if (bias != NULL) {
         memcpy(&b, bias + mv * VL, sizeof(vec));
     }
+    // every loop over the tile unrolled fully, however large the function it is inlined into: otherwise
+    // the accumulators live in memory (measured: a 28x28 input gradient 40% slower)
+    #pragma GCC unroll 16
     for (int j = 0; j < width; j++) {
         acc[j] = b;
     }
@@ -90,6 +98,7 @@ void correlation_tile(real* restrict out, const real* restrict inp, const vec* r
             for (int c = 0; c < g.CIN; c++) {
                 vec wv = w_pq[c * g.MV];
                 const real* x = tap + (int64_t)c * g.IH * g.IW;
+                #pragma GCC unroll 16
                 for (int j = 0; j < width; j++) {
                     acc[j] += wv * x[j * g.SW];
                 }
@@ -98,6 +107,7 @@ void correlation_tile(real* restrict out, const real* restrict inp, const vec* r
     }
     // the transposed store: lane l of acc[j] is output (oy, ox0 + j) of channel mv*VL + l
     real lanes[MAX_TILE][VL];
+    #pragma GCC unroll 16
     for (int j = 0; j < width; j++) {
         memcpy(lanes[j], &acc[j], sizeof(vec));
     }
@@ -219,18 +229,325 @@ CNNC_KERNEL void conv2d_blocked_pack(real* restrict wpack, real* restrict bpack,
     }
 }
 
+// src (H, W) -> dst (HP, WP): src at row top, column left, zeros around it. Only the frame is zeroed (not
+// the whole plane first): each value of dst is written once.
+static inline __attribute__((always_inline))
+void copy_into_frame(real* restrict dst, const real* restrict src, const int H, const int W, const int HP,
+                     const int WP, const int top, const int left)
+{
+    memset(dst, 0, sizeof(real) * top * WP);
+    for (int h = 0; h < H; h++) {
+        real* row = dst + (int64_t)(top + h) * WP;
+        memset(row, 0, sizeof(real) * left);
+        memcpy(row + left, src + (int64_t)h * W, sizeof(real) * W);
+        memset(row + left + W, 0, sizeof(real) * (WP - left - W));
+    }
+    memset(dst + (int64_t)(top + H) * WP, 0, sizeof(real) * (HP - top - H) * WP);
+}
+
 // inp is (N, C, H, W) -> xpad (N, C, HP, WP): inp at row PH, column PW, zeros around it
 CNNC_KERNEL void conv2d_blocked_pad(real* restrict xpad, const real* restrict inp, int64_t N, Conv2dBlocked b)
 {
     Conv2d g = b.conv;
-    for (int64_t n = 0; n < N; n++) {
-        real* xpad_n = xpad + n * g.C * b.HP * b.WP;
-        memset(xpad_n, 0, sizeof(real) * g.C * b.HP * b.WP);
-        for (int c = 0; c < g.C; c++) {
-            for (int h = 0; h < g.H; h++) {
-                memcpy(xpad_n + ((int64_t)c * b.HP + g.PH + h) * b.WP + g.PW,
-                       inp + ((n * g.C + c) * g.H + h) * g.W, sizeof(real) * g.W);
+    for (int64_t nc = 0; nc < N * g.C; nc++) {
+        copy_into_frame(xpad + nc * b.HP * b.WP, inp + nc * g.H * g.W, g.H, g.W, b.HP, b.WP, g.PH, g.PW);
+    }
+}
+
+// ---- pointwise convolutions (1x1, no padding): GEMMs over the flat planes --------------------------------
+// With a 1x1 kernel of stride 1 and no padding, each sample's planes are matrices of S = H*W positions:
+//   forward         out[n][f][s]  = bias[f] + sum over c of w[f][c] * x[n][c][s]       (F x C) . (C x S)
+//   input gradient  dinp[n][c][s] = sum over f of w[f][c] * dout[n][f][s]              (C x F) . (F x S)
+//   weight gradient dw[f][c]     += sum over n, s of dout[n][f][s] * x[n][c][s]        (F x NS) . (NS x C)
+// All three are vectorised over positions, which are contiguous in NCHW: no packing, no transposed stores.
+// (The vectors-of-filters tiles of the general path store each output value on its own, which costs as
+// much as the arithmetic when a 1x1 kernel has few input channels.) With a stride, forward first copies the
+// inputs it reads into xsub (N, C, OH, OW), which backward reads as x; the input gradient is computed on
+// that grid (into a scratch dsub) and spread back, zeros between (conv2d_pointwise_spread).
+// S = OH*OW in all of them.
+
+// The first `count` reals from p in lanes 0 .. count-1, zeros after them; and the first `count` lanes of v
+// stored to p. Lane by lane (a memcpy into a vector on the stack makes the next full load of it wait for the
+// partial store). Only for planes shorter than a vector: longer planes end in a whole vector that overlaps
+// the one before it.
+static inline __attribute__((always_inline)) void load_partial(vec* v, const real* restrict p, const int count)
+{
+    *v = (vec){0};
+    for (int l = 0; l < count; l++) {
+        (*v)[l] = p[l];
+    }
+}
+
+static inline __attribute__((always_inline)) void store_partial(real* restrict p, const vec* v, const int count)
+{
+    for (int l = 0; l < count; l++) {
+        p[l] = (*v)[l];
+    }
+}
+
+// Every loop over a tile's accumulators or operands below is unrolled fully (`#pragma GCC unroll`), so that
+// they stay in registers however large the function the kernel is inlined into.
+
+// One GEMM of the forward or input-gradient kind: out (M, S) = w . in (K, S) per sample, w[m][k] at
+// w[m*WM + k*WK] (forward: the weight as it is, input gradient: transposed by the strides).
+typedef struct {
+    int M, K, S, MB, SB, WM, WK;
+} PointwiseGemm;
+
+// One register tile: outputs m0 .. m0+mb-1 x `full` whole vectors of positions from s0, then, if tail > 0,
+// one vector for the plane's last `tail` positions: when the plane holds a whole vector, the one that ends
+// at the plane's end (overlapping positions the tile before computed: it writes the same values again),
+// else a partial one. Nothing is read or written past a plane.
+//   out[m][s] = bias[m] + sum over k of w[m][k] * in[k][s]
+static inline __attribute__((always_inline))
+void pointwise_tile(real* restrict out, const real* restrict in, const real* restrict w, const real* restrict bias,
+                    int m0, int s0, const int mb, const int full, const int tail, PointwiseGemm g)
+{
+    const int nv = full + (tail > 0);
+    vec acc[32];  // acc[i * nv + r]: output m0 + i, vector r (the planner keeps mb * nv <= 24)
+    #pragma GCC unroll 32
+    for (int i = 0; i < mb; i++) {
+        vec b = {0};
+        b += (bias != NULL) ? bias[m0 + i] : 0;
+        #pragma GCC unroll 32
+        for (int r = 0; r < nv; r++) {
+            acc[i * nv + r] = b;
+        }
+    }
+    for (int k = 0; k < g.K; k++) {
+        const real* in_k = in + (int64_t)k * g.S + s0;
+        vec x[32];
+        #pragma GCC unroll 32
+        for (int r = 0; r < full; r++) {
+            memcpy(&x[r], in_k + r * VL, sizeof(vec));
+        }
+        if (tail > 0 && g.S >= VL) {
+            memcpy(&x[full], in_k + full * VL + tail - VL, sizeof(vec));
+        } else if (tail > 0) {
+            load_partial(&x[full], in_k + full * VL, tail);
+        }
+        #pragma GCC unroll 32
+        for (int i = 0; i < mb; i++) {
+            real wv = w[(m0 + i) * g.WM + k * g.WK];
+            #pragma GCC unroll 32
+            for (int r = 0; r < nv; r++) {
+                acc[i * nv + r] += wv * x[r];
             }
+        }
+    }
+    #pragma GCC unroll 32
+    for (int i = 0; i < mb; i++) {
+        real* out_m = out + (int64_t)(m0 + i) * g.S + s0;
+        #pragma GCC unroll 32
+        for (int r = 0; r < full; r++) {
+            memcpy(out_m + r * VL, &acc[i * nv + r], sizeof(vec));
+        }
+        if (tail > 0 && g.S >= VL) {
+            memcpy(out_m + full * VL + tail - VL, &acc[i * nv + full], sizeof(vec));
+        } else if (tail > 0) {
+            store_partial(out_m + full * VL, &acc[i * nv + full], tail);
+        }
+    }
+}
+
+// The tiles of outputs m0 .. m0+mb-1 over a whole plane: blocks of SB vectors, then the remaining whole
+// vectors and the partial one in a last tile.
+static inline __attribute__((always_inline))
+void pointwise_row(real* restrict out, const real* restrict in, const real* restrict w, const real* restrict bias,
+                   int m0, const int mb, PointwiseGemm g)
+{
+    const int vectors = g.S / VL, tail = g.S % VL;
+    int s0 = 0;
+    for (int v = 0; v + g.SB <= vectors; v += g.SB, s0 += g.SB * VL) {
+        pointwise_tile(out, in, w, bias, m0, s0, mb, g.SB, 0, g);
+    }
+    if (vectors % g.SB != 0 || tail != 0) {
+        pointwise_tile(out, in, w, bias, m0, s0, mb, vectors % g.SB, tail, g);
+    }
+}
+
+// out is (N, M, S), in (N, K, S), w as PointwiseGemm says, bias (M) or NULL: out = w . in (+ bias), written (=).
+CNNC_KERNEL void pointwise_gemm(real* restrict out, const real* restrict in, const real* restrict w,
+                                const real* restrict bias, int64_t N, PointwiseGemm g)
+{
+    for (int64_t n = 0; n < N; n++) {
+        real* out_n = out + n * g.M * g.S;
+        const real* in_n = in + n * g.K * g.S;
+        int m0 = 0;
+        for (; m0 + g.MB <= g.M; m0 += g.MB) {
+            pointwise_row(out_n, in_n, w, bias, m0, g.MB, g);
+        }
+        if (g.M % g.MB != 0) {
+            pointwise_row(out_n, in_n, w, bias, m0, g.M % g.MB, g);
+        }
+    }
+}
+
+// One step of a weight-gradient tile: the vector of positions from s0, its lanes weighted by `keep`
+// (masked: a plane's last vector, which ends at the plane's end and overlaps the one before it, counts only
+// the lanes that one did not), or, with count < VL (a plane shorter than a vector), its first `count`
+// positions and zeros. acc[i * cb + j] += dout_f0+i[s] * x_c0+j[s] per lane.
+static inline __attribute__((always_inline))
+void pointwise_weight_grad_step(vec* acc, const real* restrict dout_n, const real* restrict x_n, int s0,
+                                const int count, const int masked, vec keep, const int fb, const int cb, const int S)
+{
+    vec dy[32];
+    #pragma GCC unroll 32
+    for (int i = 0; i < fb; i++) {
+        if (count < VL) {
+            load_partial(&dy[i], dout_n + (int64_t)i * S + s0, count);
+        } else {
+            memcpy(&dy[i], dout_n + (int64_t)i * S + s0, sizeof(vec));
+        }
+        if (masked) {
+            dy[i] *= keep;
+        }
+    }
+    #pragma GCC unroll 32
+    for (int j = 0; j < cb; j++) {
+        vec xv;
+        if (count < VL) {
+            load_partial(&xv, x_n + (int64_t)j * S + s0, count);
+        } else {
+            memcpy(&xv, x_n + (int64_t)j * S + s0, sizeof(vec));
+        }
+        #pragma GCC unroll 32
+        for (int i = 0; i < fb; i++) {
+            acc[i * cb + j] += dy[i] * xv;
+        }
+    }
+}
+
+// One weight-gradient tile: filters f0 .. f0+fb-1 x channels c0 .. c0+cb-1, over samples n0 .. n1-1. Each
+// accumulator is a vector of per-position partial sums, added across its lanes into dweight at the end:
+//   dweight[f][c] += sum over n in n0..n1-1, s of dout[n][f][s] * x[n][c][s]
+static inline __attribute__((always_inline))
+void pointwise_weight_grad_tile(real* restrict dweight, const real* restrict dout, const real* restrict x,
+                                int64_t n0, int64_t n1, int f0, int c0, const int fb, const int cb, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    const int S = g.OH * g.OW, vectors = S / VL, tail = S % VL;
+    vec acc[32];  // acc[i * cb + j]: filter f0 + i, channel c0 + j (the planner keeps fb * cb <= 24)
+    #pragma GCC unroll 32
+    for (int i = 0; i < fb * cb; i++) {
+        acc[i] = (vec){0};
+    }
+    vec keep;  // the last, overlapping vector of a plane counts only its last `tail` positions
+    for (int l = 0; l < VL; l++) {
+        keep[l] = l >= VL - tail;
+    }
+    for (int64_t n = n0; n < n1; n++) {
+        const real* dout_n = dout + (n * g.F + f0) * S;
+        const real* x_n = x + (n * g.C + c0) * S;
+        for (int v = 0; v < vectors; v++) {
+            pointwise_weight_grad_step(acc, dout_n, x_n, v * VL, VL, 0, keep, fb, cb, S);
+        }
+        if (tail != 0 && S >= VL) {
+            pointwise_weight_grad_step(acc, dout_n, x_n, S - VL, VL, 1, keep, fb, cb, S);
+        } else if (tail != 0) {
+            pointwise_weight_grad_step(acc, dout_n, x_n, 0, tail, 0, keep, fb, cb, S);
+        }
+    }
+    #pragma GCC unroll 32
+    for (int i = 0; i < fb; i++) {
+        #pragma GCC unroll 32
+        for (int j = 0; j < cb; j++) {
+            real lanes[VL];
+            memcpy(lanes, &acc[i * cb + j], sizeof(vec));
+            real sum = 0;
+            for (int l = 0; l < VL; l++) {
+                sum += lanes[l];
+            }
+            dweight[(f0 + i) * g.C + c0 + j] += sum;
+        }
+    }
+}
+
+// The filters f0 .. f0+fb-1 against every channel, over samples n0 .. n1-1.
+static inline __attribute__((always_inline))
+void pointwise_weight_grad_row(real* restrict dweight, const real* restrict dout, const real* restrict x,
+                               int64_t n0, int64_t n1, int f0, const int fb, Conv2dBlocked b)
+{
+    int c0 = 0;
+    for (; c0 + b.PCB <= b.conv.C; c0 += b.PCB) {
+        pointwise_weight_grad_tile(dweight, dout, x, n0, n1, f0, c0, fb, b.PCB, b);
+    }
+    if (b.conv.C % b.PCB != 0) {
+        pointwise_weight_grad_tile(dweight, dout, x, n0, n1, f0, c0, fb, b.conv.C % b.PCB, b);
+    }
+}
+
+// dout (N, F, H, W), x (N, C, H, W) -> dweight (F, C, 1, 1), accumulated (+=). The batch goes in blocks of
+// PNB samples whose dout and x fit in L2 together; every tile runs over one block before the next.
+CNNC_KERNEL void conv2d_pointwise_weight_grad(real* restrict dweight, const real* restrict dout,
+                                              const real* restrict x, int64_t N, Conv2dBlocked b)
+{
+    for (int64_t n0 = 0; n0 < N; n0 += b.PNB) {
+        int64_t n1 = n0 + b.PNB < N ? n0 + b.PNB : N;
+        int f0 = 0;
+        for (; f0 + b.PFB <= b.conv.F; f0 += b.PFB) {
+            pointwise_weight_grad_row(dweight, dout, x, n0, n1, f0, b.PFB, b);
+        }
+        if (b.conv.F % b.PFB != 0) {
+            pointwise_weight_grad_row(dweight, dout, x, n0, n1, f0, b.conv.F % b.PFB, b);
+        }
+    }
+}
+
+// inp (N, C, H, W) -> xsub (N, C, OH, OW): xsub[n][c][oh][ow] = inp[n][c][oh*SH][ow*SW]
+CNNC_KERNEL void conv2d_pointwise_subsample(real* restrict xsub, const real* restrict inp, int64_t N, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    for (int64_t nc = 0; nc < N * g.C; nc++) {
+        for (int oh = 0; oh < g.OH; oh++) {
+            const real* row = inp + (nc * g.H + oh * g.SH) * g.W;
+            real* sub_row = xsub + (nc * g.OH + oh) * g.OW;
+            for (int ow = 0; ow < g.OW; ow++) {
+                sub_row[ow] = row[ow * g.SW];
+            }
+        }
+    }
+}
+
+// dsub (N, C, OH, OW) -> dinp (N, C, H, W), written (=): dinp[n][c][oh*SH][ow*SW] = dsub[n][c][oh][ow], zero
+// at every other input (a 1x1 kernel with a stride reads none of them)
+CNNC_KERNEL void conv2d_pointwise_spread(real* restrict dinp, const real* restrict dsub, int64_t N, Conv2dBlocked b)
+{
+    Conv2d g = b.conv;
+    for (int64_t nc = 0; nc < N * g.C; nc++) {
+        real* plane = dinp + nc * g.H * g.W;
+        memset(plane, 0, sizeof(real) * g.H * g.W);
+        for (int oh = 0; oh < g.OH; oh++) {
+            real* row = plane + (int64_t)oh * g.SH * g.W;
+            const real* sub_row = dsub + (nc * g.OH + oh) * g.OW;
+            for (int ow = 0; ow < g.OW; ow++) {
+                row[ow * g.SW] = sub_row[ow];
+            }
+        }
+    }
+}
+
+static inline PointwiseGemm conv2d_pointwise_forward_gemm(Conv2dBlocked b)
+{
+    PointwiseGemm p = {b.conv.F, b.conv.C, b.conv.OH * b.conv.OW, b.PMB, b.PSB, b.conv.C, 1};
+    return p;
+}
+
+// The input gradient reads the weights transposed, wt (C, F): with w (F, C) as it is, a tile's outputs would
+// read neighbouring weights, which gcc gathers into one vector and shuffles out lane by lane (measured: the
+// 24 -> 96 layer's input gradient twice as slow).
+static inline PointwiseGemm conv2d_pointwise_input_grad_gemm(Conv2dBlocked b)
+{
+    PointwiseGemm p = {b.conv.C, b.conv.F, b.conv.OH * b.conv.OW, b.PMB, b.PSB, b.conv.F, 1};
+    return p;
+}
+
+// weight (F, C, 1, 1) -> wt (C, F)
+CNNC_KERNEL void conv2d_pointwise_transpose(real* restrict wt, const real* restrict weight, Conv2dBlocked b)
+{
+    for (int f = 0; f < b.conv.F; f++) {
+        for (int c = 0; c < b.conv.C; c++) {
+            wt[c * b.conv.F + f] = weight[f * b.conv.C + c];
         }
     }
 }
@@ -242,6 +559,15 @@ CNNC_KERNEL void conv2d_blocked_forward(real* restrict out, const real* restrict
                                         const real* restrict bias, real* restrict xpad, real* restrict wpack,
                                         real* restrict bpack, int64_t N, Conv2dBlocked b)
 {
+    if (b.pointwise) {  // xpad holds the subsampled input (xsub) when there is a stride
+        const real* x = inp;
+        if (b.conv.SH > 1 || b.conv.SW > 1) {
+            conv2d_pointwise_subsample(xpad, inp, N, b);
+            x = xpad;
+        }
+        pointwise_gemm(out, x, weight, bias, N, conv2d_pointwise_forward_gemm(b));
+        return;
+    }
     const real* x = inp;
     if (b.padded) {
         conv2d_blocked_pad(xpad, inp, N, b);
@@ -344,44 +670,55 @@ CNNC_KERNEL void conv2d_blocked_transpose(real* restrict dyt, const real* restri
     }
 }
 
+// Bytes of the output gradient and input that one block of samples of the weight gradient reads (half of
+// this CPU's 1 MiB L2): every task runs over one block before the next, so the block is read from memory
+// once rather than once per task.
+#define WEIGHT_GRAD_BLOCK_BYTES (512 * 1024)
+
 // The same weight gradient as conv2d_weight_grad_by_columns, vectorised over filters: dyt is dout with the
-// filters last (conv2d_blocked_transpose). One task per (filter vector, block of CB channels, kernel row,
-// block of KB kernel columns) keeps CB x KB vectors of VL filter sums in registers over the whole batch.
+// filters last (conv2d_blocked_transpose). The batch goes in blocks of samples that fit L2; for each block,
+// one task per (filter vector, block of CB channels, kernel row, block of KB kernel columns) keeps CB x KB
+// vectors of VL filter sums in registers over the block's samples and adds them into dweight.
 CNNC_KERNEL void conv2d_weight_grad(real* restrict dweight, const real* restrict dyt, const real* restrict x,
                                     int64_t N, Conv2dBlocked b)
 {
     Conv2d g = b.conv;
-    for (int fv = 0; fv < b.FV; fv++) {
-        for (int c0 = 0; c0 < g.C; c0 += b.CB) {
-            for (int p = 0; p < g.KH; p++) {
-                for (int q0 = 0; q0 < g.KW; q0 += b.KB) {
-                    vec acc[MAX_TILE];  // acc[i * KB + k]: channel c0 + i, kernel column q0 + k
-                    for (int i = 0; i < b.CB * b.KB; i++) {
-                        acc[i] = (vec){0};
-                    }
-                    for (int64_t n = 0; n < N; n++) {
-                        const vec* dyt_n = (const vec*)(dyt + n * g.OH * g.OW * b.FV * VL) + fv;
-                        const real* x_n = x + (n * g.C + c0) * b.HP * b.WP + p * g.DH * b.WP + q0 * g.DW;
-                        for (int oh = 0; oh < g.OH; oh++) {
-                            for (int ow = 0; ow < g.OW; ow++) {
-                                vec dy = dyt_n[(oh * g.OW + ow) * b.FV];
-                                const real* x_o = x_n + oh * g.SH * b.WP + ow * g.SW;
-                                for (int i = 0; i < b.CB; i++) {
-                                    for (int k = 0; k < b.KB; k++) {
-                                        acc[i * b.KB + k] += dy * x_o[(int64_t)i * b.HP * b.WP + k * g.DW];
+    const int64_t sample_bytes = (int64_t)sizeof(real) * (g.OH * g.OW * b.FV * VL + g.C * b.HP * b.WP);
+    const int64_t block = WEIGHT_GRAD_BLOCK_BYTES / sample_bytes > 1 ? WEIGHT_GRAD_BLOCK_BYTES / sample_bytes : 1;
+    for (int64_t n0 = 0; n0 < N; n0 += block) {
+        int64_t n1 = n0 + block < N ? n0 + block : N;
+        for (int fv = 0; fv < b.FV; fv++) {
+            for (int c0 = 0; c0 < g.C; c0 += b.CB) {
+                for (int p = 0; p < g.KH; p++) {
+                    for (int q0 = 0; q0 < g.KW; q0 += b.KB) {
+                        vec acc[MAX_TILE];  // acc[i * KB + k]: channel c0 + i, kernel column q0 + k
+                        for (int i = 0; i < b.CB * b.KB; i++) {
+                            acc[i] = (vec){0};
+                        }
+                        for (int64_t n = n0; n < n1; n++) {
+                            const vec* dyt_n = (const vec*)(dyt + n * g.OH * g.OW * b.FV * VL) + fv;
+                            const real* x_n = x + (n * g.C + c0) * b.HP * b.WP + p * g.DH * b.WP + q0 * g.DW;
+                            for (int oh = 0; oh < g.OH; oh++) {
+                                for (int ow = 0; ow < g.OW; ow++) {
+                                    vec dy = dyt_n[(oh * g.OW + ow) * b.FV];
+                                    const real* x_o = x_n + oh * g.SH * b.WP + ow * g.SW;
+                                    for (int i = 0; i < b.CB; i++) {
+                                        for (int k = 0; k < b.KB; k++) {
+                                            acc[i * b.KB + k] += dy * x_o[(int64_t)i * b.HP * b.WP + k * g.DW];
+                                        }
                                     }
                                 }
                             }
                         }
-                    }
-                    int count = g.F - fv * VL < VL ? g.F - fv * VL : VL;
-                    for (int i = 0; i < b.CB; i++) {
-                        for (int k = 0; k < b.KB; k++) {
-                            real lanes[VL];
-                            memcpy(lanes, &acc[i * b.KB + k], sizeof(vec));
-                            for (int l = 0; l < count; l++) {
-                                int f = fv * VL + l;
-                                dweight[((f * g.C + c0 + i) * g.KH + p) * g.KW + q0 + k] += lanes[l];
+                        int count = g.F - fv * VL < VL ? g.F - fv * VL : VL;
+                        for (int i = 0; i < b.CB; i++) {
+                            for (int k = 0; k < b.KB; k++) {
+                                real lanes[VL];
+                                memcpy(lanes, &acc[i * b.KB + k], sizeof(vec));
+                                for (int l = 0; l < count; l++) {
+                                    int f = fv * VL + l;
+                                    dweight[((f * g.C + c0 + i) * g.KH + p) * g.KW + q0 + k] += lanes[l];
+                                }
                             }
                         }
                     }
@@ -396,6 +733,13 @@ CNNC_KERNEL void conv2d_weight_grad(real* restrict dweight, const real* restrict
 CNNC_KERNEL void conv2d_blocked_spread(real* restrict dypad, const real* restrict dout, int64_t N, Conv2dBlocked b)
 {
     Conv2d g = b.conv;
+    if (g.SH == 1 && g.SW == 1) {  // nothing to spread: dout's rows, in a frame of zeros
+        for (int64_t nf = 0; nf < N * g.F; nf++) {
+            copy_into_frame(dypad + nf * b.HD * b.WD, dout + nf * g.OH * g.OW, g.OH, g.OW, b.HD, b.WD,
+                            (g.KH - 1) * g.DH, (g.KW - 1) * g.DW);
+        }
+        return;
+    }
     for (int64_t n = 0; n < N; n++) {
         real* dypad_n = dypad + n * g.F * b.HD * b.WD;
         memset(dypad_n, 0, sizeof(real) * g.F * b.HD * b.WD);
@@ -487,15 +831,8 @@ CNNC_KERNEL void conv2d_blocked_pad_dout(real* restrict dypad, const real* restr
 {
     Conv2d g = b.conv;
     int top = phase_top(g), left = phase_left(g);
-    for (int64_t n = 0; n < N; n++) {
-        real* dypad_n = dypad + n * g.F * b.HD * b.WD;
-        memset(dypad_n, 0, sizeof(real) * g.F * b.HD * b.WD);
-        for (int f = 0; f < g.F; f++) {
-            for (int oh = 0; oh < g.OH; oh++) {
-                memcpy(dypad_n + ((int64_t)f * b.HD + top + oh) * b.WD + left,
-                       dout + ((n * g.F + f) * g.OH + oh) * g.OW, sizeof(real) * g.OW);
-            }
-        }
+    for (int64_t nf = 0; nf < N * g.F; nf++) {
+        copy_into_frame(dypad + nf * b.HD * b.WD, dout + nf * g.OH * g.OW, g.OH, g.OW, b.HD, b.WD, top, left);
     }
 }
 
@@ -570,11 +907,21 @@ CNNC_KERNEL void conv2d_blocked_backward(real* restrict dinp, real* restrict dwe
     }
     if (b.weight_grad_by_columns) {
         conv2d_weight_grad_by_columns(dweight, dout, x, N, b);
+    } else if (b.pointwise_weight_grad) {
+        conv2d_pointwise_weight_grad(dweight, dout, x, N, b);
     } else {
         conv2d_blocked_transpose(dyt, dout, N, b);
         conv2d_weight_grad(dweight, dyt, x, N, b);
     }
-    if (dinp != NULL && b.input_grad_phases) {
+    if (dinp != NULL && b.pointwise_input_grad) {  // wrot holds the transposed weights
+        conv2d_pointwise_transpose(wrot, weight, b);
+        if (g.SH > 1 || g.SW > 1) {  // on the strided grid in dypad (dsub), then spread
+            pointwise_gemm(dypad, dout, wrot, NULL, N, conv2d_pointwise_input_grad_gemm(b));
+            conv2d_pointwise_spread(dinp, dypad, N, b);
+        } else {
+            pointwise_gemm(dinp, dout, wrot, NULL, N, conv2d_pointwise_input_grad_gemm(b));
+        }
+    } else if (dinp != NULL && b.input_grad_phases) {
         conv2d_blocked_input_grad_phases(dinp, dout, weight, dypad, wrot, N, b);
     } else if (dinp != NULL) {
         conv2d_blocked_spread(dypad, dout, N, b);
