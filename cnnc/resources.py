@@ -30,9 +30,9 @@ def read_resource(kind: str, name: str) -> str:
     return resource(kind, name).read_text(encoding="utf-8")
 
 
-def resource_names(kind: str) -> list[str]:
-    """Every file of a kind, as sorted '/'-separated names (no Python files, no caches)."""
-    names: list[str] = []
+def _files(kind: str) -> list[tuple[str, Traversable]]:
+    """Every file of a kind with its '/'-separated name, sorted by name (no Python files, no caches)."""
+    files: list[tuple[str, Traversable]] = []
 
     def walk(node: Traversable, prefix: str) -> None:
         for child in node.iterdir():
@@ -40,10 +40,20 @@ def resource_names(kind: str) -> list[str]:
                 if child.name != "__pycache__":
                     walk(child, f"{prefix}{child.name}/")
             elif not child.name.endswith((".py", ".pyc")):
-                names.append(prefix + child.name)
+                files.append((prefix + child.name, child))
 
     walk(_root(kind), "")
-    return sorted(names)
+    return sorted(files, key=lambda item: item[0])
+
+
+def resource_names(kind: str) -> list[str]:
+    """Every file of a kind, as sorted '/'-separated names (no Python files, no caches)."""
+    return [name for name, _ in _files(kind)]
+
+
+def resource_files(kind: str) -> list[tuple[str, bytes]]:
+    """(name, contents) of every file of a kind, in resource_names order: one walk, no lookup per file."""
+    return [(name, file.read_bytes()) for name, file in _files(kind)]
 
 
 def template_loader(subfolder: str = ""):

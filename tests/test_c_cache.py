@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc.backends import c_backend, c_build
+from cnnc.backends import c_backend, c_build, c_codegen
 from cnnc.backends.c_codegen import generate
 from cnnc.diagnostics import CnncError
 
@@ -79,7 +79,7 @@ def test_a_new_process_loads_the_cached_module_without_jinja_a_compiler_or_any_c
         import json, subprocess, sys, time
         import numpy as np
         import cnnc
-        from cnnc.backends import c_backend, c_build
+        from cnnc.backends import c_backend, c_build, c_codegen
         def refuse(*args, **kwargs):
             raise AssertionError("a cache hit spawned a process, compiled or rendered C")
         subprocess.Popen = c_build.compile_module = c_backend.generate = refuse
@@ -274,10 +274,32 @@ def test_specs_with_the_same_layers_share_an_entry_wherever_and_however_they_are
 def test_a_hit_plans_the_networks_exactly_as_the_code_generator_does():
     tiny = cnnc.network_from_text(SPEC.format(filters=2))
     lenet = cnnc.read_network(SPECS / "lenet5.cnn")
-    for networks in ([tiny], [tiny, lenet], [lenet, tiny]):
+    # graphs: batch norms folded into convolutions (plans that name each other), merges, grouped convolutions
+    graphs = [cnnc.read_network(SPECS / name) for name in ("mobilenet_small.cnn", "inception_small.cnn")]
+    for networks in ([tiny], [tiny, lenet], [lenet, tiny], graphs):
         assert c_backend.plan_networks(networks, "float64") == generate(networks, "float64").plans
     with pytest.raises(ValueError, match="at least one network"):
         c_backend.compile_networks([])
+
+
+def test_plans_compare_and_print_every_field_and_each_plan_kind_with_fields_is_a_dataclass():
+    """LayerPlan's __eq__ and __repr__ serve every plan kind (c_codegen.LayerPlan says why). They go by the
+    dataclass fields, so a kind that declares fields of its own must be a dataclass itself."""
+    lenet = cnnc.read_network(SPECS / "lenet5.cnn")
+    [plan], [other] = c_backend.plan_networks([lenet], "float32"), c_backend.plan_networks([lenet], "float32")
+    pool = next(i for i, lp in enumerate(plan.layers) if isinstance(lp, c_codegen.MaxPoolPlan))
+    assert plan.layers[pool].variant == "2x2" and repr(plan.layers[pool]).startswith("MaxPoolPlan(index=")
+    assert "variant='2x2'" in repr(plan.layers[pool]) and plan == other
+    other.layers[pool].variant = "direct"
+    assert plan.layers[pool] != other.layers[pool] and plan != other
+    assert plan.layers[pool] != c_codegen.PoolPlan(**{f.name: getattr(plan.layers[pool], f.name)
+                                                     for f in dataclasses.fields(c_codegen.PoolPlan)})
+    kinds = [k for k in vars(c_codegen).values() if isinstance(k, type) and issubclass(k, c_codegen.LayerPlan)]
+    assert len(kinds) >= 20
+    for kind in kinds:
+        declared = {name for name, annotation in vars(kind).get("__annotations__", {}).items()
+                    if not str(annotation).startswith("ClassVar")}
+        assert declared <= {f.name for f in dataclasses.fields(kind)}, f"{kind.__name__}: add @dataclass(eq=False, repr=False)"
 
 
 def test_the_compiler_version_is_remembered_on_disk_until_the_executable_changes(tmp_path, monkeypatch):

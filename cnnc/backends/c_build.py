@@ -51,13 +51,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-import cffi
+# The version of cffi's runtime, which every built module imports; the cffi package itself only builds them.
+from _cffi_backend import __version__ as cffi_version
 
 from .. import ir
 from .._version import __version__
 from ..diagnostics import CnncError
 from ..fileio import atomic_write_text, cache_home, private_cache_dir
-from ..resources import read_resource, resource_names
+from ..resources import resource_files
 from . import c_codegen
 from .c_codegen import CSource
 
@@ -305,8 +306,8 @@ def codegen_texts() -> list[tuple[str, bytes]]:
 
     texts = [(f"cnnc/{name}", resources.files(package).joinpath(name.split("/")[-1]).read_bytes())
              for package, name in (("cnnc.backends", "backends/c_codegen.py"), ("cnnc", "ir.py"))]
-    texts += [(name, read_resource("templates", name).encode()) for name in resource_names("templates")]
-    texts += [(f"kernels/{name}", read_resource("kernels", name).encode()) for name in resource_names("kernels")]
+    texts += resource_files("templates")
+    texts += [(f"kernels/{name}", data) for name, data in resource_files("kernels")]
     return texts
 
 
@@ -333,7 +334,7 @@ def cache_key(source_id: str, compiler: Compiler, options: BuildOptions) -> str:
     """The entry for the C that `source_id` (a `source_key`) names, built by this compiler, with these
     flags, for this Python."""
     identity = {
-        "format": FORMAT, "source": source_id, "cffi": cffi.__version__,
+        "format": FORMAT, "source": source_id, "cffi": cffi_version,
         "python": sys.implementation.cache_tag, "abi": sysconfig.get_config_var("EXT_SUFFIX"),
         "compiler": [compiler.name, compiler.path, compiler.version], "flags": requested_flags(options),
         "cpu": cpu_signature() if options.native else platform.machine(),
@@ -558,6 +559,7 @@ def link_command(compiler: Compiler) -> list[str]:
 def write_parts(work: Path, name: str, source: CSource) -> None:
     """The two translation units: PART_ONE is cffi's wrapper (the module's Python bindings) around the C
     with CNNC_PART 1, PART_TWO the C with CNNC_PART 2."""
+    import cffi
     from cffi.recompiler import make_c_source  # what ffi.emit_c_code runs, without its "generating" line
 
     ffi = cffi.FFI()

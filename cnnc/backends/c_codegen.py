@@ -325,6 +325,8 @@ class Buffer:
 
 @dataclass
 class ParamBuffer:
+    """One tensor of the parameter block (or of the buffer block: batch norm's running statistics)."""
+
     field: str
     offset: int  # in reals, from the start of the parameter block (the Python views use it)
     shape: tuple[int, ...]
@@ -336,9 +338,15 @@ class ParamBuffer:
 
 
 # ---- typed plans: one per layer kind and variant ---------------------------------------------------
-@dataclass
+@dataclass(eq=False, repr=False)
 class LayerPlan:
-    """What every layer's plan holds: where it is, what it reads and writes, and how it prints."""
+    """What every layer's plan holds: where it is, what it reads and writes, and how it prints.
+
+    Plans compare and print field by field, as dataclasses do, through the __eq__ and __repr__ below rather
+    than ones @dataclass would write for every kind: each class it writes them for costs ~0.5 ms when this
+    module is imported, and every cached load imports it (docs/performance.md, "2026-12-03: cached load").
+    So a plan kind that adds fields is a @dataclass(eq=False, repr=False); one that adds only methods and
+    class constants is a plain subclass (it inherits __init__ and the fields)."""
 
     index: int
     layer: Layer
@@ -369,8 +377,17 @@ class LayerPlan:
     def is_view(self) -> bool:
         return self.out == self.inp
 
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        compared = [f.name for f in fields(self) if f.compare]
+        return [getattr(self, name) for name in compared] == [getattr(other, name) for name in compared]
 
-@dataclass
+    def __repr__(self):
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        return f"{type(self).__qualname__}({shown})"
+
+
 class ViewPlan(LayerPlan):
     """flatten, or dropout that never drops: the output is the input's memory, no code."""
 
@@ -381,13 +398,15 @@ class ViewPlan(LayerPlan):
         return []
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class ParamLayerPlan(LayerPlan):
     """A layer with a weight and maybe a bias (fields of the parameter structs p and g)."""
 
     weight: str = ""
     bias: str | None = None
-    folded_into: "LayerPlan | None" = None  # a convolution's batch norm, when inference folds it in
+    # A convolution's batch norm, when inference folds it in. That plan's `fold` names this one: the link is
+    # neither compared nor printed, which would go round in circles.
+    folded_into: "LayerPlan | None" = field(default=None, compare=False, repr=False)
     has_params: ClassVar[bool] = True
 
     def param_args(self, block: str) -> str:
@@ -424,7 +443,6 @@ def global_avgpool_geometry(layer: Layer) -> list[tuple[str, int]]:
     return [("C", layer.in_shape[0]), ("HW", prod(layer.in_shape[1:]))]
 
 
-@dataclass
 class ConvPlan(ParamLayerPlan):
     header: ClassVar[str] = "conv.h"
     struct: ClassVar[str] = "Conv2d"
@@ -440,8 +458,10 @@ class ConvPlan(ParamLayerPlan):
         return [f"conv2d_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, N, {self.K});"]
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class BlockedConvPlan(ConvPlan):
+    """A convolution on register tiles (kernels/conv_blocked.h): its sizes, packed weights and scratch."""
+
     blocking: BlockedConv | None = None
     xpad: str = "NULL"  # the zero-padded input (kept for backward) when blocking.padded; a strided pointwise one's xsub
     wpack: str = ""
@@ -469,7 +489,7 @@ class BlockedConvPlan(ConvPlan):
                 f"{self.dypad}, {self.wrot}, N, {self.K});"]
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class GroupedConvPlan(ParamLayerPlan):
     """A grouped or depthwise convolution (groups > 1), kernels/conv_grouped.h: conv.h's loops per group, or
     for a depthwise one (one channel per group) the padded-plane loops over `scratch`."""
@@ -504,7 +524,7 @@ def depthwise_plane(layer: Layer) -> tuple[int, int] | None:
     return (OH - 1) * SH + (KH - 1) * DH + 1, (OW - 1) * SW + (KW - 1) * DW + 1
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class BatchNormPlan(ParamLayerPlan):
     """Batch norm (kernels/batchnorm.h): the running statistics are fields of the buffer struct `s`; forward
     saves the mean and invstd it used (per batch slice) for backward. In training mode the pass runs the whole
@@ -570,7 +590,7 @@ class BatchNormPlan(ParamLayerPlan):
             recompute + ["}"] + lines
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class MergePlan(LayerPlan):
     """A layer reading two or more tensors (kernels/merge.h): inputs holds each operand's buffer, in order.
     Backward goes operand by operand (`operand_backward`), writing or accumulating into its gradient."""
@@ -585,8 +605,10 @@ class MergePlan(LayerPlan):
         raise NotImplementedError
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class AddPlan(MergePlan):
+    """The sum of its operands (kernels/merge.h)."""
+
     # An add of two operands whose only reader is a relu computes that relu too (merge.h's add_relu_*): one
     # pass instead of two each way; the relu is then a view of this output (fuse_add_relu).
     relu: bool = False
@@ -606,7 +628,6 @@ class AddPlan(MergePlan):
         return [f"{'accumulate' if accumulate else 'add_backward'}({dinp}, {dout}, N * {self.K}_OUT_SIZE);"]
 
 
-@dataclass
 class ConcatPlan(MergePlan):
     def placement(self, i: int) -> str:
         """Operand i's Concat {OUT, OFFSET, SIZE}, a compound literal of constants."""
@@ -621,7 +642,6 @@ class ConcatPlan(MergePlan):
         return [f"{kernel}({dinp}, {dout}, N, {self.placement(i)});"]
 
 
-@dataclass
 class DensePlan(ParamLayerPlan):
     header: ClassVar[str] = "dense.h"
     struct: ClassVar[str] = "Dense"
@@ -636,8 +656,10 @@ class DensePlan(ParamLayerPlan):
         return [f"dense_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, N, {self.K});"]
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class BlockedDensePlan(DensePlan):
+    """A dense layer on vectors of vl inputs (kernels/dense_blocked.h)."""
+
     vl: int = 16
     header: ClassVar[str] = "dense_blocked.h"
     struct: ClassVar[str] = "DenseBlocked"
@@ -658,7 +680,6 @@ class BlockedDensePlan(DensePlan):
                 f"{self.K});"]
 
 
-@dataclass
 class PoolPlan(LayerPlan):
     header: ClassVar[str] = "pool.h"
     struct: ClassVar[str] = "Pool2d"
@@ -667,8 +688,10 @@ class PoolPlan(LayerPlan):
         return pool_geometry(self.layer)
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class MaxPoolPlan(PoolPlan):
+    """Max pooling (kernels/pool.h); forward saves each window's winner in argmax for backward."""
+
     argmax: str = ""  # the winners, saved for backward
     variant: str = "direct"  # or "2x2"
 
@@ -687,7 +710,6 @@ class MaxPoolPlan(PoolPlan):
         return [f"{self.kernel}_backward({dinp}, {dout}, {self.argmax}, N, {self.K});"]
 
 
-@dataclass
 class AvgPoolPlan(PoolPlan):
     def forward(self, target):
         return [f"avgpool2d_forward({target}, {self.inp}, N, {self.K});"]
@@ -696,7 +718,6 @@ class AvgPoolPlan(PoolPlan):
         return [f"avgpool2d_backward({dinp}, {dout}, N, {self.K});"]
 
 
-@dataclass
 class GlobalAvgPoolPlan(LayerPlan):
     header: ClassVar[str] = "pool.h"
     struct: ClassVar[str] = "GlobalAvgPool"
@@ -730,7 +751,6 @@ def channels_and_positions(layer: Layer) -> list[tuple[str, int]]:
     return [("C", layer.in_shape[0]), ("S", prod(layer.in_shape[1:]))]
 
 
-@dataclass
 class ConvTransposePlan(ParamLayerPlan):
     """conv_transpose1d/2d, groups included: the reference loops of kernels/conv_transpose.h. Backward reads the
     layer's input (no padded copy: the kernel skips the taps that land in the cropped border)."""
@@ -749,7 +769,6 @@ class ConvTransposePlan(ParamLayerPlan):
                 f"{self.K});"]
 
 
-@dataclass
 class ClippedAvgPoolPlan(PoolPlan):
     """Average pooling with ceil=true or count_pad=false: a divisor per window (kernels/pool.h's
     avgpool2d_clipped_*)."""
@@ -768,8 +787,10 @@ class ClippedAvgPoolPlan(PoolPlan):
         return [f"avgpool2d_clipped_backward({dinp}, {dout}, N, {self.K});"]
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class GlobalMaxPoolPlan(LayerPlan):
+    """The maximum of each channel (kernels/pool.h); forward saves its position in argmax for backward."""
+
     argmax: str = ""  # each channel's winner, saved for backward
     header: ClassVar[str] = "pool.h"
     struct: ClassVar[str] = "GlobalMaxPool"
@@ -784,7 +805,7 @@ class GlobalMaxPoolPlan(LayerPlan):
         return [f"global_maxpool_backward({dinp}, {dout}, {self.argmax}, N, {self.K});"]
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class LrnPlan(LayerPlan):
     """Local response normalisation (kernels/lrn.h): forward saves the divisor base d; backward reads the
     input and d."""
@@ -808,7 +829,6 @@ class LrnPlan(LayerPlan):
                 f"{c_real(layer.beta, 'beta')}, N, {self.K});"]
 
 
-@dataclass
 class ChannelShufflePlan(LayerPlan):
     header: ClassVar[str] = "channel_shuffle.h"
     struct: ClassVar[str] = "ChannelShuffle"
@@ -842,7 +862,6 @@ def activation_call(kind: str, direction: str, dst: str, src: str, saved: str | 
     return f"{kind}_{direction}({', '.join(args)}, N * {K}_OUT_SIZE);"
 
 
-@dataclass
 class ActivationPlan(LayerPlan):
     """A standalone elementwise layer (relu, leaky_relu, sigmoid, tanh, softmax, relu6, silu, hardswish, elu, selu,
     hardsigmoid, log_softmax)."""
@@ -858,8 +877,10 @@ class ActivationPlan(LayerPlan):
         return [activation_call(self.layer.kind, "backward", dinp, dout, saved, self.K, self.layer.slope)]
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class DropoutPlan(LayerPlan):
+    """Dropout by the caller's masks[mask_index], kept in mask for backward (no masks: the identity)."""
+
     mask: str = ""  # the mask forward applied, saved for backward
     mask_index: int = 0  # which of the caller's masks it takes
     header: ClassVar[str] = "activations.h"
@@ -893,6 +914,8 @@ class Step:
 
 @dataclass
 class NetworkPlan:
+    """A network's plan: the layer plans, the blocks' layout (what the Python views read) and the passes' steps."""
+
     network: Network
     P: str  # symbol prefix: "" alone, "m2_" in a bundle
     K: str  # constant prefix: "" alone, "M2_" in a bundle
@@ -1436,6 +1459,8 @@ class _Planner:
 # ---- rendering -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CSource:
+    """A module's generated C: the glue, its cffi declarations and the kernel headers, with the plans."""
+
     text: str  # the glue: one C translation unit that includes the kernel headers below
     cdef: str  # its exported declarations, for cffi
     dtype: str
