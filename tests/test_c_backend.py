@@ -18,7 +18,8 @@ import pytest
 import cnnc
 from cnnc.backends import c_build
 from cnnc.backends.c_backend import CModel, compile_networks
-from cnnc.backends.c_codegen import VECTOR_BYTES, BlockedConv, BlockedConvPlan, choose_kernel, generate, plan_network
+from cnnc.backends.c_codegen import (VECTOR_BYTES, BlockedConv, BlockedConvPlan, choose_kernel, depthwise_plane,
+                                     generate, plan_network)
 from cnnc.backends.c_optim import FusedAdam, FusedSGD
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
@@ -135,6 +136,9 @@ CASES = {
     "blocked_pointwise_s2_odd": "input x[12, 7, 9]\nconv2d c(filters=20, kernel=1, stride=2)",
     "blocked_pointwise_s21": "input x[5, 6, 20]\nconv2d c(filters=8, kernel=1, stride=(2,1), bias=false)",
     "blocked_pointwise_conv1d_s2": "input x[6, 37]\nconv1d c(filters=10, kernel=1, stride=2)",
+    # padding out of proportion to the input: the direct loops (blocked: no padded copies), depthwise per group
+    "direct_huge_padding_dilation": "input x[2, 8, 8]\nconv2d c(filters=4, kernel=3, dilation=40, padding=40, activation=relu)",
+    "grouped_huge_padding_depthwise": "input x[4, 6, 6]\nconv2d c(filters=8, kernel=3, groups=4, dilation=30, padding=31)",
     "blocked_dense_odd": "input x[77]\ndense d(units=7, activation=relu)\ndense out(units=18)",
     "blocked_net": "input x[3, 12, 12]\nconv2d c1(filters=8, kernel=3, padding=1, activation=relu)\n"
                    "conv2d c2(filters=6, kernel=3, stride=2)\nflatten\ndense out(units=3)\nloss cross_entropy",
@@ -399,6 +403,9 @@ def test_kernel_choice_covers_every_blocked_variant_and_the_direct_fallback():
     assert sum(case.startswith("blocked_pointwise") for case in CASES) == 8
     for case in ("conv2d_k3", "conv2d_k3_s3_p21_d2_nobias", "conv1d_k4_s3_p2"):  # 3 filters; stride 3
         assert choose_kernel(case_network(case).layer("c")) == "direct", case
+    # windows reaching over more than 4x the input's area: no padded copies (depthwise: conv.h per group)
+    assert choose_kernel(case_network("direct_huge_padding_dilation").layer("c")) == "direct"
+    assert depthwise_plane(case_network("grouped_huge_padding_depthwise").layer("c")) is None
     # dense: blocked from 16 inputs (tails of inputs, of units, of samples), direct below
     assert [choose_kernel(layer) for layer in case_network("blocked_dense_odd").layers] == ["blocked", "direct"]
     assert choose_kernel(case_network("flatten_dense").layer("d")) == "blocked"

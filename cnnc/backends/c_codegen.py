@@ -67,6 +67,10 @@ def header_closure(names) -> list[str]:
 # A blocked convolution needs this many filters (vector lanes to fill) and output and input columns (a tile).
 BLOCKED_MIN_CHANNELS = 4
 BLOCKED_MIN_WIDTH = 4
+# The blocked convolutions copy their input zero-padded (and spread the output gradient over that extent);
+# where the windows reach over more than this many times the input's area, the direct loops, which skip
+# taps in the padding and copy nothing, are chosen: a huge padding or dilation must not cost memory.
+BLOCKED_MAX_PADDED_GROWTH = 4
 # A blocked dense layer needs this many inputs (a vector's worth, in float32).
 BLOCKED_MIN_INPUTS = 16
 # Register budget of one tile: at most this many vector accumulators (MAX_TILE in kernels/vector.h).
@@ -101,7 +105,9 @@ def choose_kernel(layer: Layer) -> str:
         return "grouped"
     if kernel_family(layer) == "conv":
         H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
-        if layer.out_shape[0] >= BLOCKED_MIN_CHANNELS and OW >= BLOCKED_MIN_WIDTH and W >= BLOCKED_MIN_WIDTH and max(SH, SW) <= 2:
+        reach = ((OH - 1) * SH + DH * (KH - 1) + 1) * ((OW - 1) * SW + DW * (KW - 1) + 1)  # the windows' extent
+        if (layer.out_shape[0] >= BLOCKED_MIN_CHANNELS and OW >= BLOCKED_MIN_WIDTH and W >= BLOCKED_MIN_WIDTH
+                and max(SH, SW) <= 2 and reach <= BLOCKED_MAX_PADDED_GROWTH * H * W):
             return "blocked"
     if layer.kind == "dense" and layer.in_shape[0] >= BLOCKED_MIN_INPUTS:
         return "blocked"
@@ -517,11 +523,13 @@ class GroupedConvPlan(ParamLayerPlan):
 
 def depthwise_plane(layer: Layer) -> tuple[int, int] | None:
     """(HP, WP): the zero-padded plane kernels/conv_grouped.h's depthwise path copies each channel into, or
-    None for a grouped convolution with several channels per group (conv.h's loops per group)."""
+    None for conv.h's loops per group: a grouped convolution with several channels per group, or a plane out
+    of proportion to the input (BLOCKED_MAX_PADDED_GROWTH)."""
     if layer.in_shape[0] != layer.groups:
         return None
     H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
-    return (OH - 1) * SH + (KH - 1) * DH + 1, (OW - 1) * SW + (KW - 1) * DW + 1
+    plane = (OH - 1) * SH + (KH - 1) * DH + 1, (OW - 1) * SW + (KW - 1) * DW + 1
+    return plane if plane[0] * plane[1] <= BLOCKED_MAX_PADDED_GROWTH * H * W else None
 
 
 @dataclass(eq=False, repr=False)
