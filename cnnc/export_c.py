@@ -556,26 +556,27 @@ def step_comment(step: Step, folds: dict | None = None) -> str:
 
 
 def export_context(network: Network, plan: MemoryPlan, prefix: str) -> dict:
-    """What every export template reads, float and int8 alike: names, shapes, sizes and the layer list."""
+    """What every export template reads, float and int8 alike: names, shapes, sizes and the layer list; int8
+    is False here (the int8 export sets it: header.h.j2 and source.c.j2 serve both exports)."""
     from ._version import __version__
 
-    return {"prefix": prefix, "PREFIX": prefix.upper(), "version": __version__,
+    return {"prefix": prefix, "PREFIX": prefix.upper(), "version": __version__, "int8": False,
             "model": comment_name(network.name, "model name"),
             "input_shape": shape_text(network.input_shape), "output_shape": shape_text(network.output_shape),
             "input_size": plan.input_floats, "output_size": plan.output_floats,
             "layers": layer_lines(network, plan.folds)}
 
 
-def render_files(prefix: str, context: dict, templates: tuple[str, str], kernel_files: list[str]) -> dict[str, str]:
-    """{file name: text} of an export: PREFIX.h and PREFIX.c from `templates` (header, source), the kernel
+def render_files(prefix: str, context: dict, kernel_files: list[str]) -> dict[str, str]:
+    """{file name: text} of an export, float or int8 (context["int8"]): PREFIX.h and PREFIX.c, the kernel
     headers (kernels/*.h, copied), main.c and Makefile."""
     from .resources import kernel_header_texts
 
     env = template_environment()
     texts = kernel_header_texts()
     return {
-        f"{prefix}.h": env.get_template(templates[0]).render(context),
-        f"{prefix}.c": env.get_template(templates[1]).render(context),
+        f"{prefix}.h": env.get_template("header.h.j2").render(context),
+        f"{prefix}.c": env.get_template("source.c.j2").render(context),
         **{name: texts[name.split("/", 1)[1]] for name in kernel_files},
         "main.c": env.get_template("main.c.j2").render(context),
         "Makefile": env.get_template("Makefile.j2").render(context),
@@ -610,7 +611,7 @@ def render_c(network: Network, params: dict[str, np.ndarray], prefix: str,
         "winners": winners,
         "includes": sorted(headers), "kernel_files": kernel_files, "statements": statements,
     }
-    return render_files(prefix, context, ("header.h.j2", "source.c.j2"), kernel_files)
+    return render_files(prefix, context, kernel_files)
 
 
 def network_and_params(model) -> tuple[Network, dict[str, np.ndarray]]:

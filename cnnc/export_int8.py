@@ -244,7 +244,7 @@ def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
     includes = ["int8.h"] + (["int8_graph.h"] if graph_kernels else []) + (["int8_extra.h"] if extra_kernels else [])
     kernel_files = [f"kernels/{name}" for name in header_closure(includes)]
     context = {
-        **export_context(network, plan, prefix),
+        **export_context(network, plan, prefix), "int8": True,
         "arena_bytes": arena, "arena_q_bytes": arena_q, "uses_arena": arena_q > 0,
         "weight_bytes": flash["weights"], "constant_bytes": flash["constants"],
         "input_scale": c_float(qmodel.input.scale), "input_zero_point": int(qmodel.input.zero_point),
@@ -255,7 +255,7 @@ def render_int8_c(qmodel: QuantizedModel, prefix: str) -> dict[str, str]:
         "arrays": arrays, "geometries": geometries, "statements": statements, "kernel_files": kernel_files,
         "includes": includes,
     }
-    return render_files(prefix, context, ("int8_header.h.j2", "int8_source.c.j2"), kernel_files)
+    return render_files(prefix, context, kernel_files)
 
 
 def _constant_arrays(qmodel: QuantizedModel):
