@@ -741,6 +741,16 @@ def test_generated_c_compiles_without_warnings_under_wall_wextra(bundles, tmp_pa
     assert_compiles_without_warnings(bundles[dtype].source, tmp_path)
 
 
+def test_code_generation_has_at_most_five_templates():
+    """The C is the kernel library plus thin glue: one template for the backend's module and four for the
+    standalone export (its header, source, example main and Makefile), shared by the float and int8 exports."""
+    from conftest import ROOT
+
+    templates = sorted(p.relative_to(ROOT / "templates").as_posix() for p in (ROOT / "templates").rglob("*.j2"))
+    assert templates == ["export/Makefile.j2", "export/header.h.j2", "export/main.c.j2", "export/source.c.j2",
+                         "module.c.j2"]
+
+
 def test_lenet5_glue_is_short_and_every_kernel_comes_from_the_library():
     """The generated file only lays out the blocks and calls the kernels: LeNet-5's glue is at most 500 lines,
     defines no function of the kernel library, and includes only headers that exist in it."""
