@@ -285,9 +285,9 @@ def pointwise_blocking(C, H, W, F, OH, OW, KH, KW, SH, SW, PH, PW, vl) -> dict:
         mb = most
 
     def loads(fb: int, cb: int) -> int:  # vector loads per position of the weight gradient, over all tiles
-        f_tiles = [fb] * (F // fb) + ([F % fb] if F % fb else [])
-        c_tiles = [cb] * (C // cb) + ([C % cb] if C % cb else [])
-        return sum(f + c for f in f_tiles for c in c_tiles)
+        # each (filter tile, channel tile) pair loads its f + c vectors: summed over the -(-F // fb) filter
+        # tiles (the last one narrower if fb does not divide F) and the -(-C // cb) channel tiles
+        return F * -(-C // cb) + C * -(-F // fb)
 
     fb, cb = min(((f, c) for f in range(1, 7) for c in range(1, 9) if f * c <= POINTWISE_TILE),
                  key=lambda t: (loads(*t), -t[0] * t[1]))
