@@ -298,7 +298,7 @@ def pointwise_blocking(C, H, W, F, OH, OW, KH, KW, SH, SW, PH, PW, vl) -> dict:
                  key=lambda t: (loads(*t), -t[0] * t[1]))
     itemsize = 64 // vl  # VECTOR_BYTES (64) / VL
     nb = max(1, POINTWISE_BLOCK_BYTES // ((F + C) * S * itemsize))
-    # Backward as GEMMs too, with or without a stride (MobileNet-style training 35.9 against 40.1 CPU ms per
+    # Backward as GEMMs too, with or without a stride (MobileNet-style training 35.7 against 39.3 CPU ms per
     # step with the stride-1 ones on; docs/performance.md, round 4). The fields stay so that a shape where
     # the general backward wins can be left to it.
     return {"pointwise": True, "pointwise_weight_grad": True, "pointwise_input_grad": True,
