@@ -261,9 +261,11 @@ class BlockedConv:
 
 
 # Accumulators in one pointwise tile (kernels/conv_blocked.h keeps up to 32 vectors; 24 leave registers for
-# the operands on AVX-512), and the bytes of dout and x one weight-gradient block of samples may take (half
-# of this CPU's 1 MiB L2).
+# the operands on AVX-512), the vector registers a tile may use in all (30 of AVX-512's 32: one or two
+# spare for gcc), and the bytes of dout and x one weight-gradient block of samples may take (half of this
+# CPU's 1 MiB L2).
 POINTWISE_TILE = 24
+POINTWISE_REGISTERS = 30
 POINTWISE_BLOCK_BYTES = 512 * 1024
 
 
@@ -289,16 +291,17 @@ def pointwise_blocking(C, H, W, F, OH, OW, KH, KW, SH, SW, PH, PW, vl) -> dict:
         # tiles (the last one narrower if fb does not divide F) and the -(-C // cb) channel tiles
         return F * -(-C // cb) + C * -(-F // fb)
 
-    fb, cb = min(((f, c) for f in range(1, 7) for c in range(1, 9) if f * c <= POINTWISE_TILE),
+    # weight-gradient tiles: fb * cb accumulators, and beside them the fb output-gradient vectors a step holds,
+    # one input vector and the mask of a plane's last vector, within 30 registers (6 x 4 spilled, 4 x 6 did not)
+    fb, cb = min(((f, c) for f in range(1, 7) for c in range(1, 9)
+                  if f * c <= POINTWISE_TILE and f * c + f + 2 <= POINTWISE_REGISTERS),
                  key=lambda t: (loads(*t), -t[0] * t[1]))
     itemsize = 64 // vl  # VECTOR_BYTES (64) / VL
     nb = max(1, POINTWISE_BLOCK_BYTES // ((F + C) * S * itemsize))
-    # The backward GEMMs only with a stride: with stride 1 the general backward (vectors of filters, of
-    # channels) measured faster on MobileNet's shapes (24 -> 96 -> 24 at 14x14: 15-19 against 21-22 ms per
-    # training step of four 1x1 layers; 32 -> 128 -> 32 at 7x7: 6.2-7.0 against 8.7-10.3 ms, alternating runs).
-    # With a stride the general path correlates a spread-out gradient and stores value by value: slower.
-    strided = (OH, OW) != (H, W)
-    return {"pointwise": True, "pointwise_weight_grad": strided, "pointwise_input_grad": strided,
+    # Backward as GEMMs too, with or without a stride (MobileNet-style training 35.7 against 39.3 CPU ms per
+    # step with the stride-1 ones on; docs/performance.md, round 4). The fields stay so that a shape where
+    # the general backward wins can be left to it.
+    return {"pointwise": True, "pointwise_weight_grad": True, "pointwise_input_grad": True,
             "PMB": mb, "PSB": sb, "PFB": fb, "PCB": cb, "PNB": nb}
 
 

@@ -399,9 +399,6 @@ void pointwise_weight_grad_step(vec* acc, const real* restrict dout_n, const rea
         } else {
             memcpy(&dy[i], dout_n + (int64_t)i * S + s0, sizeof(vec));
         }
-        if (masked) {
-            dy[i] *= keep;
-        }
     }
     #pragma GCC unroll 32
     for (int j = 0; j < cb; j++) {
@@ -410,6 +407,9 @@ void pointwise_weight_grad_step(vec* acc, const real* restrict dout_n, const rea
             load_partial(&xv, x_n + (int64_t)j * S + s0, count);
         } else {
             memcpy(&xv, x_n + (int64_t)j * S + s0, sizeof(vec));
+        }
+        if (masked) {  // here, not on dy: fb masked dy vectors would stay live beside the fb * cb accumulators
+            xv *= keep;
         }
         #pragma GCC unroll 32
         for (int i = 0; i < fb; i++) {
@@ -527,7 +527,7 @@ CNNC_KERNEL void conv2d_pointwise_spread(real* restrict dinp, const real* restri
     }
 }
 
-static inline PointwiseGemm conv2d_pointwise_forward_gemm(Conv2dBlocked b)
+static inline __attribute__((always_inline)) PointwiseGemm conv2d_pointwise_forward_gemm(Conv2dBlocked b)
 {
     PointwiseGemm p = {b.conv.F, b.conv.C, b.conv.OH * b.conv.OW, b.PMB, b.PSB, b.conv.C, 1};
     return p;
@@ -536,7 +536,7 @@ static inline PointwiseGemm conv2d_pointwise_forward_gemm(Conv2dBlocked b)
 // The input gradient reads the weights transposed, wt (C, F): with w (F, C) as it is, a tile's outputs would
 // read neighbouring weights, which gcc gathers into one vector and shuffles out lane by lane (measured: the
 // 24 -> 96 layer's input gradient twice as slow).
-static inline PointwiseGemm conv2d_pointwise_input_grad_gemm(Conv2dBlocked b)
+static inline __attribute__((always_inline)) PointwiseGemm conv2d_pointwise_input_grad_gemm(Conv2dBlocked b)
 {
     PointwiseGemm p = {b.conv.C, b.conv.F, b.conv.OH * b.conv.OW, b.PMB, b.PSB, b.conv.F, 1};
     return p;
