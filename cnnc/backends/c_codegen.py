@@ -126,6 +126,11 @@ def choose_kernel(layer: Layer) -> str:
     return "direct"
 
 
+def codegen_switches() -> dict[str, bool]:
+    """The switches that change the generated C for the same IR (part of the C module cache's key)."""
+    return {"winograd": WINOGRAD}
+
+
 def winograd_fits(layer: Layer) -> bool:
     """Whether a convolution that choose_kernel made "blocked" runs its forward pass and input gradient by
     Winograd F(2x2, 3x3) (kernels/winograd.h): 3x3, stride 1, dilation 1, one group, padding 0-2 on every
