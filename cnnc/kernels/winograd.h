@@ -34,7 +34,7 @@ typedef struct {
 } Conv2dWinograd;
 
 // Reals of scratch one pass needs per call (the plan sizes `wino` as the larger of the two passes'):
-// plane (2*TH + 2, 2*TW + 2, CP), V (16, TH*TW, CP), M (16, TH*TW, MV*VL).
+// plane (2*TH + 2, 2*TW + 2, CP) (later the output rows (2, 2*TW, VL)), V (16, TH*TW, CP), M (16, TH*TW, MV*VL).
 static inline int64_t winograd_scratch_size(WinogradPass w)
 {
     int64_t T = (int64_t)w.TH * w.TW;
@@ -169,21 +169,23 @@ void winograd_gemm_tile(real* restrict mk, const real* restrict v_k, const real*
 }
 
 // mbuf (16, T, MV * VL) -> out_n (M, OH, OW): each tile's 2x2 outputs A^T m A (+ bias), a vector of output
-// channels at a time, stored value by value (a tile past the last row or column stores only what is inside).
+// channels at a time, one row of tiles into rows (2, 2*TW, VL) (whole vector stores), then each channel's two
+// output rows copied out of it (strided loads, contiguous stores: cheaper than storing lane by lane).
 static inline __attribute__((always_inline))
 void winograd_output_transform(real* restrict out_n, const real* restrict mbuf, const real* restrict bias,
-                               WinogradPass w)
+                               real* restrict rows, WinogradPass w)
 {
-    const int T = w.TH * w.TW, MP = w.MV * VL;
+    const int T = w.TH * w.TW, MP = w.MV * VL, RW = 2 * w.TW;
     for (int ty = 0; ty < w.TH; ty++) {
-        for (int tx = 0; tx < w.TW; tx++) {
-            const int t = ty * w.TW + tx;
-            for (int fv = 0; fv < w.MV; fv++) {
-                vec m[16], r[2][4], y[2][2];
-                vec b = {0};
-                if (bias != NULL) {
-                    memcpy(&b, bias + fv * VL, sizeof(vec));
-                }
+        for (int fv = 0; fv < w.MV; fv++) {
+            vec b = {0};
+            if (bias != NULL) {
+                memcpy(&b, bias + fv * VL, sizeof(vec));
+            }
+            vec* rows_v = (vec*)rows;
+            for (int tx = 0; tx < w.TW; tx++) {
+                const int t = ty * w.TW + tx;
+                vec m[16], r[2][4];
 #pragma GCC unroll 16
                 for (int k = 0; k < 16; k++) {
                     m[k] = ((const vec*)(mbuf + ((int64_t)k * T + t) * MP))[fv];
@@ -195,17 +197,18 @@ void winograd_output_transform(real* restrict out_n, const real* restrict mbuf, 
                 }
 #pragma GCC unroll 2
                 for (int i = 0; i < 2; i++) {  // (A^T m) A
-                    y[i][0] = r[i][0] + r[i][1] + r[i][2] + b;
-                    y[i][1] = r[i][1] - r[i][2] - r[i][3] + b;
+                    rows_v[i * RW + 2 * tx] = r[i][0] + r[i][1] + r[i][2] + b;
+                    rows_v[i * RW + 2 * tx + 1] = r[i][1] - r[i][2] - r[i][3] + b;
                 }
-                const int count = w.M - fv * VL < VL ? w.M - fv * VL : VL;
-                const int rows = 2 * ty + 1 < w.OH ? 2 : 1, cols = 2 * tx + 1 < w.OW ? 2 : 1;
-                for (int l = 0; l < count; l++) {
-                    real* out_m = out_n + ((int64_t)(fv * VL + l) * w.OH + 2 * ty) * w.OW + 2 * tx;
-                    for (int i = 0; i < rows; i++) {
-                        for (int j = 0; j < cols; j++) {
-                            out_m[i * w.OW + j] = y[i][j][l];
-                        }
+            }
+            const int count = w.M - fv * VL < VL ? w.M - fv * VL : VL;
+            const int height = 2 * ty + 1 < w.OH ? 2 : 1;  // the last row of tiles may be half outside
+            for (int l = 0; l < count; l++) {
+                for (int i = 0; i < height; i++) {
+                    real* out_row = out_n + ((int64_t)(fv * VL + l) * w.OH + 2 * ty + i) * w.OW;
+                    const real* lane = rows + (int64_t)i * RW * VL + l;
+                    for (int x = 0; x < w.OW; x++) {
+                        out_row[x] = lane[x * VL];
                     }
                 }
             }
@@ -241,7 +244,7 @@ CNNC_KERNEL void winograd_correlation(real* restrict out, const real* restrict i
                 }
             }
         }
-        winograd_output_transform(out + n * w.M * w.OH * w.OW, mbuf, bias, w);
+        winograd_output_transform(out + n * w.M * w.OH * w.OW, mbuf, bias, plane, w);  // (plane is free now)
     }
 }
 
