@@ -18,8 +18,9 @@ import pytest
 import cnnc
 from cnnc.backends import c_build
 from cnnc.backends.c_backend import CModel, compile_networks
-from cnnc.backends.c_codegen import (VECTOR_BYTES, BlockedConv, BlockedConvPlan, choose_kernel, depthwise_plane,
-                                     generate, plan_network)
+from cnnc.backends import c_codegen
+from cnnc.backends.c_codegen import (VECTOR_BYTES, BlockedConv, BlockedConvPlan, WinogradConvPlan, choose_kernel,
+                                     depthwise_plane, generate, plan_network, winograd_fits)
 from cnnc.backends.c_optim import FusedAdam, FusedSGD
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
@@ -139,6 +140,18 @@ CASES = {
     # padding out of proportion to the input: the direct loops (blocked: no padded copies), depthwise per group
     "direct_huge_padding_dilation": "input x[2, 8, 8]\nconv2d c(filters=4, kernel=3, dilation=40, padding=40, activation=relu)",
     "grouped_huge_padding_depthwise": "input x[4, 6, 6]\nconv2d c(filters=8, kernel=3, groups=4, dilation=30, padding=31)",
+    # Winograd F(2x2, 3x3) (kernels/winograd.h): 3x3, stride 1, >= 16 channels in and out, planes >= 8x8.
+    # Whole tiles (8x8), odd planes (9x9, 9x8: a last row of tiles half outside), filters and channels that
+    # are not whole vectors (17, 20, 24 in float32), no padding, padding 2 (the input gradient's own padding
+    # 0) and 1, padding=same on a non-square plane, fused activations, and a net of two in a row
+    "winograd_whole_tiles": "input x[16, 8, 8]\nconv2d c(filters=16, kernel=3, padding=1, bias=false)",
+    "winograd_odd_9x9": "input x[20, 9, 9]\nconv2d c(filters=17, kernel=3, padding=1, activation=relu)",
+    "winograd_p0_nonsquare": "input x[16, 11, 10]\nconv2d c(filters=32, kernel=3)",
+    "winograd_p2_p1": "input x[24, 8, 9]\nconv2d c(filters=16, kernel=3, padding=(2,1))",
+    "winograd_same_nonsquare": "input x[16, 9, 12]\nconv2d c(filters=24, kernel=(3,3), padding=same, activation=tanh)",
+    "winograd_net": "input x[3, 14, 14]\nconv2d c1(filters=16, kernel=3, padding=1, activation=relu)\n"
+                    "conv2d c2(filters=32, kernel=3, padding=1, activation=relu)\n"
+                    "conv2d c3(filters=16, kernel=3, padding=1)\nglobal_avgpool\ndense out(units=4)\nloss cross_entropy",
     "blocked_dense_odd": "input x[77]\ndense d(units=7, activation=relu)\ndense out(units=18)",
     "blocked_net": "input x[3, 12, 12]\nconv2d c1(filters=8, kernel=3, padding=1, activation=relu)\n"
                    "conv2d c2(filters=6, kernel=3, stride=2)\nflatten\ndense out(units=3)\nloss cross_entropy",
@@ -624,6 +637,82 @@ def test_pointwise_convolutions_give_identical_results_on_one_and_two_threads(ca
             results[threads] = dict(data)
     assert set(results[1]) == {"y", "dx", "c1.weight", "c1.bias", "c2.weight", "c3.weight", "c3.bias", "out.weight",
                                "out.bias"} == set(results[2])
+    differ = [name for name in results[1] if not np.array_equal(results[1][name], results[2][name])]
+    assert not differ, f"1 and 2 threads differ in {differ}"
+    assert all(np.abs(v).max() > 0 for v in results[1].values())
+
+
+WINOGRAD_CASES = [case for case in CASES if case.startswith("winograd")]
+
+
+def test_winograd_is_chosen_for_3x3_stride_1_with_enough_channels_and_only_there(monkeypatch):
+    for case in WINOGRAD_CASES:
+        plan = plan_network(case_network(case), "", "float32")
+        chosen = {lp.layer.name: isinstance(lp, WinogradConvPlan) for lp in plan.layers if lp.layer.kind == "conv2d"}
+        assert chosen == ({"c1": False, "c2": True, "c3": True} if case == "winograd_net" else {"c": True}), case
+    for case in CASES:
+        if case in WINOGRAD_CASES:
+            continue
+        for layer in case_network(case).layers:
+            assert not winograd_fits(layer), (case, layer.name)
+    layer = case_network("winograd_odd_9x9").layer("c")
+    for change in ({"stride": (2, 2)}, {"dilation": (2, 2)}, {"kernel": (3, 2)}, {"groups": 2},
+                   {"in_shape": (15, 9, 9)}, {"out_shape": (15, 9, 9)}, {"in_shape": (20, 7, 9)},
+                   {"out_shape": (17, 9, 7)}, {"pad_before": (3, 1)}):
+        assert not winograd_fits(dataclasses.replace(layer, **change)), change
+    monkeypatch.setattr(c_codegen, "WINOGRAD", False)  # the switch for A/B runs: blocked instead
+    assert not winograd_fits(layer)
+    plan = plan_network(case_network("winograd_odd_9x9"), "", "float32")
+    assert type(plan.layers[0]) is BlockedConvPlan
+    key_off = c_build.source_key([case_network("winograd_odd_9x9")], "float32")
+    monkeypatch.setattr(c_codegen, "WINOGRAD", True)
+    assert c_build.source_key([case_network("winograd_odd_9x9")], "float32") != key_off  # another cache entry
+
+
+def test_winograd_is_exact_in_float64(bundles):
+    """F(2x2, 3x3)'s transforms are exact but for rounding: in float64 the forward pass, input and weight
+    gradients agree with the NumPy backend's direct sums to about 1e-15 relative."""
+    for case in WINOGRAD_CASES:
+        network = case_network(case)
+        c, ref = c_and_numpy_models(bundles, network, "float64", 3)
+        rng = np.random.default_rng(4)
+        x = rng.normal(size=(3, *network.input_shape))
+        dy = rng.normal(size=(3, *network.output_shape))
+        assert_close(forward_backward(c, x, dy, True), forward_backward(ref, x, dy, True), 1e-12, f"NumPy ({case})")
+
+
+@pytest.mark.parametrize("case", ["winograd_odd_9x9", "winograd_p0_nonsquare", "winograd_p2_p1", "winograd_net"])
+def test_winograd_convolutions_match_finite_differences(bundles, case):
+    errors = gradcheck(bundles["float64"].model(case), batch=2)
+    assert "input" in errors and any(name.endswith(".weight") for name in errors)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_winograd_gives_identical_results_on_one_and_two_threads(cache_dir, tmp_path):
+    """A training step of winograd_net at batch 64 (two slices, each with its own transformed weights and
+    tile scratch): the same bits on one thread and on two."""
+    import os
+    import sys
+    script = (
+        "import sys, numpy as np, cnnc\n"
+        "from cnnc.backends.c_backend import compile_networks\n"
+        "network = cnnc.network_from_text(sys.argv[2])\n"
+        "m = compile_networks([network], 'float32', cache_dir=sys.argv[1]).model(network.name, seed=0)\n"
+        "rng = np.random.default_rng(1)\n"
+        "x = rng.normal(size=(64, *m.input_shape)).astype(np.float32)\n"
+        "y = m.forward(x, train=True)\n"
+        "loss, dy = m.loss(y, rng.integers(0, 4, 64))\n"
+        "np.savez(sys.argv[3], y=y, dx=m.backward(dy), **m.grads)\n")
+    text = f"model winograd_threads {{\n{CASES['winograd_net']}\n}}"
+    results = {}
+    for threads in (1, 2):
+        path = tmp_path / f"threads{threads}.npz"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        subprocess.run([sys.executable, "-c", script, str(cache_dir), text, str(path)], env=env, check=True, timeout=300)
+        with np.load(path) as data:
+            results[threads] = dict(data)
+    assert set(results[1]) == {"y", "dx", "c1.weight", "c1.bias", "c2.weight", "c2.bias", "c3.weight", "c3.bias",
+                               "out.weight", "out.bias"} == set(results[2])
     differ = [name for name in results[1] if not np.array_equal(results[1][name], results[2][name])]
     assert not differ, f"1 and 2 threads differ in {differ}"
     assert all(np.abs(v).max() > 0 for v in results[1].values())

@@ -321,12 +321,20 @@ def codegen_fingerprint() -> str:
     return digest.hexdigest()
 
 
+DEFAULT_SWITCHES = {"winograd": True}
+
+
 def source_key(networks, dtype: str) -> str:
     """What the generated C and its cffi declarations are a function of: the networks (in order, as
     IR), the dtype, the code generator's files and the cnnc version. Equal keys, equal C (up to the
-    Jinja version, which is left out: asking it means importing Jinja)."""
+    Jinja version, which is left out: asking it means importing Jinja), and the code generator's switches
+    (c_codegen.codegen_switches: the same files generate other C with Winograd off)."""
+    from .c_codegen import codegen_switches
+
     identity = {"format": FORMAT, "cnnc": __version__, "codegen": codegen_fingerprint(), "dtype": dtype,
                 "networks": [ir_data(n) for n in networks]}
+    if codegen_switches() != DEFAULT_SWITCHES:  # (the default keys as before: caches stay valid)
+        identity["switches"] = codegen_switches()
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 

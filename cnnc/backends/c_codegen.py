@@ -20,6 +20,7 @@ The kernels themselves are hand-written C in cnnc/kernels/*.h, written once; the
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, fields
 from functools import cache
@@ -75,6 +76,17 @@ BLOCKED_MAX_PADDED_GROWTH = 4
 BLOCKED_MIN_INPUTS = 16
 # Register budget of one tile: at most this many vector accumulators (MAX_TILE in kernels/vector.h).
 MAX_TILE = 16
+# Winograd F(2x2, 3x3) (kernels/winograd.h) for the forward pass and input gradient of a blocked 3x3
+# convolution of stride 1 with at least this many channels in and out and planes of at least this many rows
+# and columns. CNNC_WINOGRAD=0 in the environment (read at import) or WINOGRAD = False turns it off (A/B runs).
+# Measured at ResNet-8's shapes (batch 64, one thread, calls alternating in one process): 16 channels at
+# 28x28 forward -9 to -14%, input gradient -27 to -31%; 32 at 14x14 -6 to -16% and -10 to -18%; 64 at 7x7
+# forward +5 to +7% (the tiles cover 8x8: 30% wasted), input gradient even. Hence planes of at least 8.
+WINOGRAD = os.environ.get("CNNC_WINOGRAD", "1") != "0"
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_PLANE = 8
+# Accumulators of one Winograd GEMM tile (the size of winograd_gemm_tile's array).
+WINOGRAD_TILE = 24
 
 
 def kernel_family(layer: Layer) -> str | None:
@@ -115,6 +127,43 @@ def choose_kernel(layer: Layer) -> str:
             and not any(layer.pad_before + layer.pad_after) and not layer.ceil):  # ceil's last window is partial
         return "2x2"
     return "direct"
+
+
+def codegen_switches() -> dict[str, bool]:
+    """The switches that change the generated C for the same IR (part of the C module cache's key)."""
+    return {"winograd": WINOGRAD}
+
+
+def winograd_fits(layer: Layer) -> bool:
+    """Whether a convolution that choose_kernel made "blocked" runs its forward pass and input gradient by
+    Winograd F(2x2, 3x3) (kernels/winograd.h): 3x3, stride 1, dilation 1, one group, padding 0-2 on every
+    side, WINOGRAD_MIN_CHANNELS in and out and both planes at least WINOGRAD_MIN_PLANE rows and columns."""
+    if not WINOGRAD or kernel_family(layer) != "conv" or layer.groups != 1 or layer.spatial_dims != 2:
+        return False
+    H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
+    pads = (*layer.pad_before, *layer.pad_after)
+    return ((KH, KW, SH, SW, DH, DW) == (3, 3, 1, 1, 1, 1) and min(pads) >= 0 and max(pads) <= 2
+            and min(layer.in_shape[0], layer.out_shape[0]) >= WINOGRAD_MIN_CHANNELS
+            and min(H, W, OH, OW) >= WINOGRAD_MIN_PLANE)
+
+
+def winograd_pass(CIN: int, M: int, IH: int, IW: int, OH: int, OW: int, TOP: int, LEFT: int,
+                  vl: int) -> list[tuple[str, int]]:
+    """kernels/winograd.h's WinogradPass: M planes (OH, OW) from CIN planes (IH, IW) at (TOP, LEFT) of the
+    tile plane; the GEMM tile is FB vectors of outputs (a divisor of them up to 4) x as many tiles as fit
+    WINOGRAD_TILE accumulators."""
+    MV = -(-M // vl)
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    FB = max(d for d in (1, 2, 3, 4) if MV % d == 0)
+    TB = min(TH * TW, WINOGRAD_TILE // FB)
+    return [("CIN", CIN), ("M", M), ("MV", MV), ("IH", IH), ("IW", IW), ("OH", OH), ("OW", OW), ("TOP", TOP),
+            ("LEFT", LEFT), ("TH", TH), ("TW", TW), ("CP", -(-CIN // vl) * vl), ("TB", TB), ("FB", FB)]
+
+
+def winograd_scratch(p: dict, vl: int) -> int:
+    """Reals of scratch one pass needs (winograd_scratch_size): tile plane, V and M."""
+    T = p["TH"] * p["TW"]
+    return (2 * p["TH"] + 2) * (2 * p["TW"] + 2) * p["CP"] + 16 * T * p["CP"] + 16 * T * p["MV"] * vl
 
 
 def column_block(width: int) -> tuple[int, int]:
@@ -496,6 +545,31 @@ class BlockedConvPlan(ConvPlan):
         x = self.xpad if self.xpad != "NULL" else self.inp  # padded, or subsampled by a pointwise stride
         return [f"conv2d_blocked_backward({dinp}, {self.param_args('g')}, {dout}, {x}, p.{self.weight}, {self.dyt}, "
                 f"{self.dypad}, {self.wrot}, N, {self.K});"]
+
+
+@dataclass(eq=False, repr=False)
+class WinogradConvPlan(BlockedConvPlan):
+    """A blocked convolution whose forward pass and input gradient run by Winograd F(2x2, 3x3)
+    (kernels/winograd.h); its weight gradient stays on conv_blocked.h's path."""
+
+    passes: tuple = ()  # (forward, input gradient): winograd_pass fields
+    u: str = ""  # the transformed weights of the pass running
+    wino: str = ""  # the tile plane, V and M of the pass running
+    header: ClassVar[str] = "winograd.h"
+    struct: ClassVar[str] = "Conv2dWinograd"
+
+    def geometry(self):
+        return [("blocked", super().geometry()), ("forward", list(self.passes[0])),
+                ("input_grad", list(self.passes[1]))]
+
+    def forward(self, target, weights: str | None = None):
+        return [f"conv2d_winograd_forward({target}, {self.inp}, {weights or self.param_args('p')}, {self.xpad}, "
+                f"{self.u}, {self.bpack}, {self.wino}, N, {self.K});"]
+
+    def backward(self, dinp, dout):
+        x = self.xpad if self.xpad != "NULL" else self.inp
+        return [f"conv2d_winograd_backward({dinp}, {self.param_args('g')}, {dout}, {x}, p.{self.weight}, "
+                f"{self.dyt}, {self.u}, {self.wino}, N, {self.K});"]
 
 
 @dataclass(eq=False, repr=False)
@@ -1206,6 +1280,8 @@ class _Planner:
                 return GroupedConvPlan(**common, scratch=scratch)
             if choice != "blocked":
                 return ConvPlan(**common)
+            if winograd_fits(layer):
+                return self.plan_winograd_conv(layer, sym, common)
             return self.plan_blocked_conv(BlockedConvPlan(**common, blocking=BlockedConv.of(layer, self.vl)), sym)
         common["out"] = self.buffer(f"{sym}_out", layer.out_shape, f"'{layer.name}'")
         if family == "maxpool":
@@ -1295,6 +1371,30 @@ class _Planner:
                 lp.bfold = self.buffer(f"{sym}_bfold", (conv.layer.out_shape[0],),
                                        f"'{conv.layer.name}' bias with '{lp.layer.name}' folded in", fixed=True)
                 lp.notes.append(f"inference folds it into '{conv.layer.name}'")
+
+    def plan_winograd_conv(self, layer: Layer, sym: str, common: dict) -> WinogradConvPlan:
+        """A Winograd convolution's passes and scratch: the padded input (the weight gradient reads it), the
+        bias padded to whole vectors, the output gradient with filters last (unless the weight gradient
+        goes by columns), the transformed weights and the tile scratch, each the larger of the two passes'."""
+        vl, b = self.vl, BlockedConv.of(layer, self.vl)
+        C, F = layer.in_shape[0], layer.out_shape[0]
+        H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
+        forward = winograd_pass(C, F, H, W, OH, OW, PH, PW, vl)
+        input_grad = winograd_pass(F, C, OH, OW, H, W, 2 - PH, 2 - PW, vl)
+        common["notes"].append("forward and input gradient by Winograd F(2x2, 3x3); weight gradient blocked")
+        lp = WinogradConvPlan(**common, blocking=b, passes=(tuple(forward), tuple(input_grad)))
+        name = layer.name
+        if b.padded:
+            lp.xpad = self.buffer(f"{sym}_xpad", (C, b.HP, b.WP), f"'{name}' input, zero-padded: backward reads it")
+        lp.bpack = self.buffer(f"{sym}_bpack", (b.FV * vl,), f"'{name}' bias, padded to whole vectors", fixed=True)
+        if not b.weight_grad_by_columns:
+            lp.dyt = self.buffer(f"{sym}_dyt", (OH, OW, b.FV * vl), f"'{name}' output gradient, filters last")
+        lp.u = self.buffer(f"{sym}_u", (16, max(C * b.FV, F * b.CV) * vl),
+                           f"'{name}' weights transformed (G g G^T), forward or turned for the input gradient",
+                           fixed=True)
+        size = max(winograd_scratch(dict(forward), vl), winograd_scratch(dict(input_grad), vl))
+        lp.wino = self.buffer(f"{sym}_wino", (size,), f"'{name}' Winograd tile plane, V and M", fixed=True)
+        return lp
 
     def plan_blocked_conv(self, lp: BlockedConvPlan, sym: str) -> BlockedConvPlan:
         """The scratch a blocked convolution needs: the padded input (kept for backward), the packed
