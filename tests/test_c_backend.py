@@ -612,34 +612,48 @@ def test_pointwise_convolutions_match_finite_differences(bundles, case):
     assert max(errors.values()) < 1e-6, errors
 
 
-def test_pointwise_convolutions_give_identical_results_on_one_and_two_threads(cache_dir, tmp_path):
-    """A training step of the pointwise net at batch 64 (two slices; the strided layer's weight gradient in
-    blocks of several samples): the same bits on one thread and on two."""
+ONE_STEP_SCRIPT = (
+    "import sys, numpy as np, cnnc\n"
+    "from cnnc.backends.c_backend import compile_networks\n"
+    "network = cnnc.network_from_text(sys.argv[2])\n"
+    "m = compile_networks([network], 'float32', cache_dir=sys.argv[1]).model(network.name, seed=0)\n"
+    "rng = np.random.default_rng(1)\n"
+    "x = rng.normal(size=(64, *m.input_shape)).astype(np.float32)\n"
+    "y = m.forward(x, train=True)\n"
+    "loss, dy = m.loss(y, rng.integers(0, 4, 64))\n"
+    "np.savez(sys.argv[3], y=y, dx=m.backward(dy), **m.grads)\n")
+
+
+def training_step_on_one_and_two_threads(case: str, cache_dir, tmp_path) -> dict[int, dict]:
+    """A float32 training step of CASES[case] at batch 64 (two batch slices) in a fresh process with
+    OMP_NUM_THREADS 1 and 2: {threads: {"y", "dx", every gradient: array}}."""
     import os
     import sys
-    script = (
-        "import sys, numpy as np, cnnc\n"
-        "from cnnc.backends.c_backend import compile_networks\n"
-        "network = cnnc.network_from_text(sys.argv[2])\n"
-        "m = compile_networks([network], 'float32', cache_dir=sys.argv[1]).model(network.name, seed=0)\n"
-        "rng = np.random.default_rng(1)\n"
-        "x = rng.normal(size=(64, *m.input_shape)).astype(np.float32)\n"
-        "y = m.forward(x, train=True)\n"
-        "loss, dy = m.loss(y, rng.integers(0, 4, 64))\n"
-        "np.savez(sys.argv[3], y=y, dx=m.backward(dy), **m.grads)\n")
-    text = f"model pointwise_threads {{\n{CASES['blocked_pointwise_net']}\n}}"
+    text = f"model {case}_threads {{\n{CASES[case]}\n}}"
     results = {}
     for threads in (1, 2):
         path = tmp_path / f"threads{threads}.npz"
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        subprocess.run([sys.executable, "-c", script, str(cache_dir), text, str(path)], env=env, check=True, timeout=300)
+        subprocess.run([sys.executable, "-c", ONE_STEP_SCRIPT, str(cache_dir), text, str(path)], env=env, check=True,
+                       timeout=300)
         with np.load(path) as data:
             results[threads] = dict(data)
-    assert set(results[1]) == {"y", "dx", "c1.weight", "c1.bias", "c2.weight", "c3.weight", "c3.bias", "out.weight",
-                               "out.bias"} == set(results[2])
+    return results
+
+
+def assert_same_bits(results: dict[int, dict], names: set[str]) -> None:
+    assert set(results[1]) == names == set(results[2])
     differ = [name for name in results[1] if not np.array_equal(results[1][name], results[2][name])]
     assert not differ, f"1 and 2 threads differ in {differ}"
     assert all(np.abs(v).max() > 0 for v in results[1].values())
+
+
+def test_pointwise_convolutions_give_identical_results_on_one_and_two_threads(cache_dir, tmp_path):
+    """A training step of the pointwise net at batch 64 (two slices; the strided layer's weight gradient in
+    blocks of several samples): the same bits on one thread and on two."""
+    results = training_step_on_one_and_two_threads("blocked_pointwise_net", cache_dir, tmp_path)
+    assert_same_bits(results, {"y", "dx", "c1.weight", "c1.bias", "c2.weight", "c3.weight", "c3.bias", "out.weight",
+                               "out.bias"})
 
 
 WINOGRAD_CASES = [case for case in CASES if case.startswith("winograd")]
@@ -691,31 +705,9 @@ def test_winograd_convolutions_match_finite_differences(bundles, case):
 def test_winograd_gives_identical_results_on_one_and_two_threads(cache_dir, tmp_path):
     """A training step of winograd_net at batch 64 (two slices, each with its own transformed weights and
     tile scratch): the same bits on one thread and on two."""
-    import os
-    import sys
-    script = (
-        "import sys, numpy as np, cnnc\n"
-        "from cnnc.backends.c_backend import compile_networks\n"
-        "network = cnnc.network_from_text(sys.argv[2])\n"
-        "m = compile_networks([network], 'float32', cache_dir=sys.argv[1]).model(network.name, seed=0)\n"
-        "rng = np.random.default_rng(1)\n"
-        "x = rng.normal(size=(64, *m.input_shape)).astype(np.float32)\n"
-        "y = m.forward(x, train=True)\n"
-        "loss, dy = m.loss(y, rng.integers(0, 4, 64))\n"
-        "np.savez(sys.argv[3], y=y, dx=m.backward(dy), **m.grads)\n")
-    text = f"model winograd_threads {{\n{CASES['winograd_net']}\n}}"
-    results = {}
-    for threads in (1, 2):
-        path = tmp_path / f"threads{threads}.npz"
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        subprocess.run([sys.executable, "-c", script, str(cache_dir), text, str(path)], env=env, check=True, timeout=300)
-        with np.load(path) as data:
-            results[threads] = dict(data)
-    assert set(results[1]) == {"y", "dx", "c1.weight", "c1.bias", "c2.weight", "c2.bias", "c3.weight", "c3.bias",
-                               "out.weight", "out.bias"} == set(results[2])
-    differ = [name for name in results[1] if not np.array_equal(results[1][name], results[2][name])]
-    assert not differ, f"1 and 2 threads differ in {differ}"
-    assert all(np.abs(v).max() > 0 for v in results[1].values())
+    results = training_step_on_one_and_two_threads("winograd_net", cache_dir, tmp_path)
+    assert_same_bits(results, {"y", "dx", "c1.weight", "c1.bias", "c2.weight", "c2.bias", "c3.weight", "c3.bias",
+                               "out.weight", "out.bias"})
 
 
 @pytest.mark.parametrize("case", [case for case in CASES if case.startswith("blocked_phases")] + ["blocked_s2_d2_nonsquare"])
