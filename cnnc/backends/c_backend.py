@@ -189,12 +189,15 @@ class CModel(Model):
 
     def _reserve(self, n: int) -> None:
         """Activation and argmax blocks for a batch of n: allocated when n exceeds every batch before.
-        Every forward writes what it later reads, so the memory is not cleared."""
+        Every forward writes what it later reads, so the memory is not cleared; only the flags saying which
+        slices hold prepared weights (the generated model_forget_weights) are."""
         if n <= self._capacity:
             return
         # the fixed buffers, n samples' buffers, and slack (see _act_reals)
         self._acts = self._uncleared("real[]", self._act_reals(n))
         self._argmax = self._uncleared("int32_t[]", max(n * self.plan.argmax_count, 1))
+        if self.plan.prepared:  # no slice of the new block holds prepared weights yet
+            getattr(self._lib, f"{self.plan.P}model_forget_weights")(self._acts)
         self._capacity = n
         self._last_batch = None  # the saved state is gone with the old block
 
