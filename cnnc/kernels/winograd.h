@@ -86,6 +86,28 @@ void winograd_plane(real* restrict plane, const real* restrict inp_n, WinogradPa
     for (int h = 0; h < rows; h++) {  // (gathering loads, contiguous stores: faster than the other way round)
         real* plane_row = plane + ((int64_t)(w.TOP + h) * WT + w.LEFT) * w.CP;
         const real* in_row = inp_n + (int64_t)h * w.IW;
+        if (TRANSPOSE_IN_REGISTERS) {  // 16 channels x 16 columns at a time, transposed in registers; the
+            for (int cv = 0; cv < w.CP / VL; cv++) {  // last block of a row ends at its end (overlapping)
+                for (int x0 = 0; x0 < cols; x0 += 16) {
+                    const int x = x0 + 16 <= cols ? x0 : (cols >= 16 ? cols - 16 : 0);
+                    const int width = cols < 16 ? cols : 16;
+                    vec16f r[16];  // r[c]: channel cv*16 + c at columns x .. x+15, then the reverse
+#pragma GCC unroll 16
+                    for (int c = 0; c < 16; c++) {
+                        r[c] = (vec16f){0};
+                        if (cv * 16 + c < w.CIN) {
+                            load16_first(&r[c], in_row + (int64_t)(cv * 16 + c) * w.IH * w.IW + x, width);
+                        }
+                    }
+                    transpose_16x16(r);
+#pragma GCC unroll 16
+                    for (int j = 0; j < width; j++) {
+                        memcpy(plane_row + (int64_t)(x + j) * w.CP + cv * 16, &r[j], sizeof(vec16f));
+                    }
+                }
+            }
+            continue;
+        }
         for (int x = 0; x < cols; x++) {
             for (int c = 0; c < w.CIN; c++) {
                 plane_row[(int64_t)x * w.CP + c] = in_row[(int64_t)c * w.IH * w.IW + x];
@@ -203,6 +225,28 @@ void winograd_output_transform(real* restrict out_n, const real* restrict mbuf, 
             }
             const int count = w.M - fv * VL < VL ? w.M - fv * VL : VL;
             const int height = 2 * ty + 1 < w.OH ? 2 : 1;  // the last row of tiles may be half outside
+            if (TRANSPOSE_IN_REGISTERS) {  // 16 columns x 16 channels at a time, transposed in registers;
+                for (int i = 0; i < height; i++) {  // the last block of a row ends at its end (overlapping)
+                    for (int x0 = 0; x0 < w.OW; x0 += 16) {
+                        const int x = x0 + 16 <= w.OW ? x0 : (w.OW >= 16 ? w.OW - 16 : 0);
+                        const int width = w.OW < 16 ? w.OW : 16;
+                        vec16f r[16];  // r[j]: the channels of column x + j, then r[l]: channel l's columns
+#pragma GCC unroll 16
+                        for (int j = 0; j < 16; j++) {
+                            r[j] = (vec16f){0};
+                            if (j < width) {
+                                memcpy(&r[j], rows + ((int64_t)i * RW + x + j) * VL, sizeof(vec16f));
+                            }
+                        }
+                        transpose_16x16(r);
+#pragma GCC unroll 16
+                        for (int l = 0; l < count; l++) {
+                            store16_first(out_n + ((int64_t)(fv * VL + l) * w.OH + 2 * ty + i) * w.OW + x, &r[l], width);
+                        }
+                    }
+                }
+                continue;
+            }
             for (int l = 0; l < count; l++) {
                 for (int i = 0; i < height; i++) {
                     real* out_row = out_n + ((int64_t)(fv * VL + l) * w.OH + 2 * ty + i) * w.OW;
