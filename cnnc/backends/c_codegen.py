@@ -549,8 +549,8 @@ class BlockedConvPlan(ConvPlan):
 
 @dataclass(eq=False, repr=False)
 class WinogradConvPlan(BlockedConvPlan):
-    """A blocked convolution whose forward pass and input gradient run by Winograd F(2x2, 3x3)
-    (kernels/winograd.h); its weight gradient stays on conv_blocked.h's path."""
+    """A blocked convolution whose forward pass, input gradient and weight gradient run by Winograd F(2x2, 3x3)
+    (kernels/winograd.h)."""
 
     passes: tuple = ()  # (forward, input gradient): winograd_pass fields
     u: str = ""  # the transformed weights of the pass running
@@ -569,7 +569,7 @@ class WinogradConvPlan(BlockedConvPlan):
     def backward(self, dinp, dout):
         x = self.xpad if self.xpad != "NULL" else self.inp
         return [f"conv2d_winograd_backward({dinp}, {self.param_args('g')}, {dout}, {x}, p.{self.weight}, "
-                f"{self.dyt}, {self.u}, {self.wino}, N, {self.K});"]
+                f"{self.u}, {self.wino}, N, {self.K});"]
 
 
 @dataclass(eq=False, repr=False)
@@ -1374,23 +1374,22 @@ class _Planner:
 
     def plan_winograd_conv(self, layer: Layer, sym: str, common: dict) -> WinogradConvPlan:
         """A Winograd convolution's passes and scratch: the padded input (the weight gradient reads it), the
-        bias padded to whole vectors, the output gradient with filters last (unless the weight gradient
-        goes by columns), the transformed weights and the tile scratch, each the larger of the two passes'."""
+        bias padded to whole vectors, the transformed weights (and the weight gradient's sums) and the tile
+        scratch, each the larger of the two passes'."""
         vl, b = self.vl, BlockedConv.of(layer, self.vl)
         C, F = layer.in_shape[0], layer.out_shape[0]
         H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
         forward = winograd_pass(C, F, H, W, OH, OW, PH, PW, vl)
         input_grad = winograd_pass(F, C, OH, OW, H, W, 2 - PH, 2 - PW, vl)
-        common["notes"].append("forward and input gradient by Winograd F(2x2, 3x3); weight gradient blocked")
+        common["notes"].append("forward, input and weight gradients by Winograd F(2x2, 3x3)")
         lp = WinogradConvPlan(**common, blocking=b, passes=(tuple(forward), tuple(input_grad)))
         name = layer.name
         if b.padded:
             lp.xpad = self.buffer(f"{sym}_xpad", (C, b.HP, b.WP), f"'{name}' input, zero-padded: backward reads it")
         lp.bpack = self.buffer(f"{sym}_bpack", (b.FV * vl,), f"'{name}' bias, padded to whole vectors", fixed=True)
-        if not b.weight_grad_by_columns:
-            lp.dyt = self.buffer(f"{sym}_dyt", (OH, OW, b.FV * vl), f"'{name}' output gradient, filters last")
         lp.u = self.buffer(f"{sym}_u", (16, max(C * b.FV, F * b.CV) * vl),
-                           f"'{name}' weights transformed (G g G^T), forward or turned for the input gradient",
+                           f"'{name}' weights transformed (G g G^T), forward or turned for the input gradient; "
+                           f"the weight gradient's sums",
                            fixed=True)
         size = max(winograd_scratch(dict(forward), vl), winograd_scratch(dict(input_grad), vl))
         lp.wino = self.buffer(f"{sym}_wino", (size,), f"'{name}' Winograd tile plane, V and M", fixed=True)
