@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cache
 from math import gcd, prod
 from typing import ClassVar
@@ -1373,10 +1373,10 @@ class _Planner:
                 lp.notes.append(f"inference folds it into '{conv.layer.name}'")
 
     def plan_winograd_conv(self, layer: Layer, sym: str, common: dict) -> WinogradConvPlan:
-        """A Winograd convolution's passes and scratch: the padded input (the weight gradient reads it), the
-        bias padded to whole vectors, the transformed weights (and the weight gradient's sums) and the tile
-        scratch, each the larger of the two passes'."""
-        vl, b = self.vl, BlockedConv.of(layer, self.vl)
+        """A Winograd convolution's passes and scratch: the bias padded to whole vectors, the transformed
+        weights (and the weight gradient's sums) and the tile scratch, each the larger of the two passes'. No
+        padded copy of the input: every pass places its input in the zero tile plane itself."""
+        vl, b = self.vl, replace(BlockedConv.of(layer, self.vl), padded=False)
         C, F = layer.in_shape[0], layer.out_shape[0]
         H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
         forward = winograd_pass(C, F, H, W, OH, OW, PH, PW, vl)
@@ -1384,8 +1384,6 @@ class _Planner:
         common["notes"].append("forward, input and weight gradients by Winograd F(2x2, 3x3)")
         lp = WinogradConvPlan(**common, blocking=b, passes=(tuple(forward), tuple(input_grad)))
         name = layer.name
-        if b.padded:
-            lp.xpad = self.buffer(f"{sym}_xpad", (C, b.HP, b.WP), f"'{name}' input, zero-padded: backward reads it")
         lp.bpack = self.buffer(f"{sym}_bpack", (b.FV * vl,), f"'{name}' bias, padded to whole vectors", fixed=True)
         lp.u = self.buffer(f"{sym}_u", (16, max(C * b.FV, F * b.CV) * vl),
                            f"'{name}' weights transformed (G g G^T), forward or turned for the input gradient; "

@@ -10,7 +10,7 @@
 // stride-1 convolution is the same correlation over the zero-padded output gradient, with each kernel turned
 // 180 degrees and the channels exchanged: one kernel (winograd_correlation) serves both. The weight gradient
 // is Winograd's too (winograd_weight_grad: 16 GEMMs per sample reducing over the tiles), over the forward
-// pass's tiles of the padded input that forward keeps (xpad).
+// pass's tiles of the input (cnnc's planner keeps no padded copy: every pass pads in its tile plane).
 // Chosen by cnnc's planner (c_codegen.winograd_fits) for 3x3 kernels, stride 1, dilation 1, padding 0-2.
 #ifndef CNNC_KERNELS_WINOGRAD_H
 #define CNNC_KERNELS_WINOGRAD_H
