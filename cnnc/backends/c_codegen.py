@@ -81,10 +81,12 @@ MAX_TILE = 16
 # and columns. CNNC_WINOGRAD=0 in the environment (read at import) or WINOGRAD = False turns it off (A/B runs).
 # Measured at ResNet-8's shapes (batch 64, one thread, calls alternating in one process): 16 channels at
 # 28x28 forward -9 to -14%, input gradient -27 to -31%; 32 at 14x14 -6 to -16% and -10 to -18%; 64 at 7x7
-# forward +5 to +7% (the tiles cover 8x8: 30% wasted), input gradient even. Hence planes of at least 8.
+# forward +5 to +7% (the tiles cover 8x8: 30% wasted), input gradient even. With the weight gradient by
+# Winograd too and the register transposes (kernels/winograd.h), 64 channels at 7x7 win as well: ResNet-8's
+# `s3.c2` backward step 23% fewer perf samples, its forward 20% fewer. Hence planes of at least 7.
 WINOGRAD = os.environ.get("CNNC_WINOGRAD", "1") != "0"
 WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_PLANE = 8
+WINOGRAD_MIN_PLANE = 7
 # Accumulators of one Winograd GEMM tile (the size of winograd_gemm_tile's array).
 WINOGRAD_TILE = 24
 
