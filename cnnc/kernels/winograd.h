@@ -81,9 +81,20 @@ static inline __attribute__((always_inline))
 void winograd_plane(real* restrict plane, const real* restrict inp_n, WinogradPass w)
 {
     const int HT = 2 * w.TH + 2, WT = 2 * w.TW + 2;
-    memset(plane, 0, sizeof(real) * HT * WT * w.CP);
     const int rows = w.IH < HT - w.TOP ? w.IH : HT - w.TOP;
     const int cols = w.IW < WT - w.LEFT ? w.IW : WT - w.LEFT;
+    if (TRANSPOSE_IN_REGISTERS) {  // the copy below writes every channel (zeros past CIN) of the input's
+        const int64_t row_size = (int64_t)WT * w.CP;  // rectangle: only the frame around it is zeroed
+        memset(plane, 0, sizeof(real) * w.TOP * row_size);
+        for (int h = 0; h < rows; h++) {
+            real* plane_row = plane + (w.TOP + h) * row_size;
+            memset(plane_row, 0, sizeof(real) * w.LEFT * w.CP);
+            memset(plane_row + (int64_t)(w.LEFT + cols) * w.CP, 0, sizeof(real) * (WT - w.LEFT - cols) * w.CP);
+        }
+        memset(plane + (w.TOP + rows) * row_size, 0, sizeof(real) * (HT - w.TOP - rows) * row_size);
+    } else {
+        memset(plane, 0, sizeof(real) * HT * WT * w.CP);
+    }
     for (int h = 0; h < rows; h++) {  // (gathering loads, contiguous stores: faster than the other way round)
         real* plane_row = plane + ((int64_t)(w.TOP + h) * WT + w.LEFT) * w.CP;
         const real* in_row = inp_n + (int64_t)h * w.IW;
