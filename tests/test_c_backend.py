@@ -140,15 +140,20 @@ CASES = {
     # padding out of proportion to the input: the direct loops (blocked: no padded copies), depthwise per group
     "direct_huge_padding_dilation": "input x[2, 8, 8]\nconv2d c(filters=4, kernel=3, dilation=40, padding=40, activation=relu)",
     "grouped_huge_padding_depthwise": "input x[4, 6, 6]\nconv2d c(filters=8, kernel=3, groups=4, dilation=30, padding=31)",
-    # Winograd F(2x2, 3x3) (kernels/winograd.h): 3x3, stride 1, >= 16 channels in and out, planes >= 8x8.
+    # Winograd F(2x2, 3x3) (kernels/winograd.h): 3x3, stride 1, >= 16 channels in and out, planes >= 7x7.
     # Whole tiles (8x8), odd planes (9x9, 9x8: a last row of tiles half outside), filters and channels that
     # are not whole vectors (17, 20, 24 in float32), no padding, padding 2 (the input gradient's own padding
-    # 0) and 1, padding=same on a non-square plane, fused activations, and a net of two in a row
+    # 0) and 1, padding=same on a non-square plane, fused activations, rows of 16 columns and more (the 16 x 16
+    # register transposes: two whole blocks; a last block overlapping the one before), 64 channels at 7x7, and a
+    # net of two in a row
     "winograd_whole_tiles": "input x[16, 8, 8]\nconv2d c(filters=16, kernel=3, padding=1, bias=false)",
     "winograd_odd_9x9": "input x[20, 9, 9]\nconv2d c(filters=17, kernel=3, padding=1, activation=relu)",
     "winograd_p0_nonsquare": "input x[16, 11, 10]\nconv2d c(filters=32, kernel=3)",
     "winograd_p2_p1": "input x[24, 8, 9]\nconv2d c(filters=16, kernel=3, padding=(2,1))",
     "winograd_same_nonsquare": "input x[16, 9, 12]\nconv2d c(filters=24, kernel=(3,3), padding=same, activation=tanh)",
+    "winograd_two_blocks": "input x[16, 8, 32]\nconv2d c(filters=16, kernel=3, padding=1, bias=false)",
+    "winograd_wide_rows": "input x[20, 8, 21]\nconv2d c(filters=17, kernel=3, padding=1)",
+    "winograd_7x7_64": "input x[64, 7, 7]\nconv2d c(filters=64, kernel=3, padding=1, bias=false)",
     "winograd_net": "input x[3, 14, 14]\nconv2d c1(filters=16, kernel=3, padding=1, activation=relu)\n"
                     "conv2d c2(filters=32, kernel=3, padding=1, activation=relu)\n"
                     "conv2d c3(filters=16, kernel=3, padding=1)\nglobal_avgpool\ndense out(units=4)\nloss cross_entropy",
@@ -671,8 +676,8 @@ def test_winograd_is_chosen_for_3x3_stride_1_with_enough_channels_and_only_there
             assert not winograd_fits(layer), (case, layer.name)
     layer = case_network("winograd_odd_9x9").layer("c")
     for change in ({"stride": (2, 2)}, {"dilation": (2, 2)}, {"kernel": (3, 2)}, {"groups": 2},
-                   {"in_shape": (15, 9, 9)}, {"out_shape": (15, 9, 9)}, {"in_shape": (20, 7, 9)},
-                   {"out_shape": (17, 9, 7)}, {"pad_before": (3, 1)}):
+                   {"in_shape": (15, 9, 9)}, {"out_shape": (15, 9, 9)}, {"in_shape": (20, 6, 9)},
+                   {"out_shape": (17, 9, 6)}, {"pad_before": (3, 1)}):
         assert not winograd_fits(dataclasses.replace(layer, **change)), change
     monkeypatch.setattr(c_codegen, "WINOGRAD", False)  # the switch for A/B runs: blocked instead
     assert not winograd_fits(layer)

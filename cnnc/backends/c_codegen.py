@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cache
 from math import gcd, prod
 from typing import ClassVar
@@ -81,10 +81,12 @@ MAX_TILE = 16
 # and columns. CNNC_WINOGRAD=0 in the environment (read at import) or WINOGRAD = False turns it off (A/B runs).
 # Measured at ResNet-8's shapes (batch 64, one thread, calls alternating in one process): 16 channels at
 # 28x28 forward -9 to -14%, input gradient -27 to -31%; 32 at 14x14 -6 to -16% and -10 to -18%; 64 at 7x7
-# forward +5 to +7% (the tiles cover 8x8: 30% wasted), input gradient even. Hence planes of at least 8.
+# forward +5 to +7% (the tiles cover 8x8: 30% wasted), input gradient even. With the weight gradient by
+# Winograd too and the register transposes (kernels/winograd.h), 64 channels at 7x7 win as well: ResNet-8's
+# `s3.c2` backward step 23% fewer perf samples, its forward 20% fewer. Hence planes of at least 7.
 WINOGRAD = os.environ.get("CNNC_WINOGRAD", "1") != "0"
 WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_PLANE = 8
+WINOGRAD_MIN_PLANE = 7
 # Accumulators of one Winograd GEMM tile (the size of winograd_gemm_tile's array).
 WINOGRAD_TILE = 24
 
@@ -567,8 +569,8 @@ class BlockedConvPlan(ConvPlan):
 
 @dataclass(eq=False, repr=False)
 class WinogradConvPlan(BlockedConvPlan):
-    """A blocked convolution whose forward pass and input gradient run by Winograd F(2x2, 3x3)
-    (kernels/winograd.h); its weight gradient stays on conv_blocked.h's path."""
+    """A blocked convolution whose forward pass, input gradient and weight gradient run by Winograd F(2x2, 3x3)
+    (kernels/winograd.h)."""
 
     passes: tuple = ()  # (forward, input gradient): winograd_pass fields
     u: str = ""  # the transformed weights of the pass running
@@ -590,7 +592,7 @@ class WinogradConvPlan(BlockedConvPlan):
     def backward(self, dinp, dout):
         x = self.xpad if self.xpad != "NULL" else self.inp
         return [f"conv2d_winograd_backward({dinp}, {self.param_args('g')}, {dout}, {x}, p.{self.weight}, "
-                f"{self.dyt}, {self.u}, {self.wino}, N, {self.K});"]
+                f"{self.u}, {self.wino}, N, {self.K});"]
 
 
 @dataclass(eq=False, repr=False)
@@ -1420,24 +1422,21 @@ class _Planner:
                 lp.notes.append(f"inference folds it into '{conv.layer.name}'")
 
     def plan_winograd_conv(self, layer: Layer, sym: str, common: dict) -> WinogradConvPlan:
-        """A Winograd convolution's passes and scratch: the padded input (the weight gradient reads it), the
-        bias padded to whole vectors, the output gradient with filters last (unless the weight gradient
-        goes by columns), the transformed weights and the tile scratch, each the larger of the two passes'."""
-        vl, b = self.vl, BlockedConv.of(layer, self.vl)
+        """A Winograd convolution's passes and scratch: the bias padded to whole vectors, the transformed
+        weights (and the weight gradient's sums) and the tile scratch, each the larger of the two passes'. No
+        padded copy of the input: every pass places its input in the zero tile plane itself."""
+        vl, b = self.vl, replace(BlockedConv.of(layer, self.vl), padded=False)
         C, F = layer.in_shape[0], layer.out_shape[0]
         H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
         forward = winograd_pass(C, F, H, W, OH, OW, PH, PW, vl)
         input_grad = winograd_pass(F, C, OH, OW, H, W, 2 - PH, 2 - PW, vl)
-        common["notes"].append("forward and input gradient by Winograd F(2x2, 3x3); weight gradient blocked")
+        common["notes"].append("forward, input and weight gradients by Winograd F(2x2, 3x3)")
         lp = WinogradConvPlan(**common, blocking=b, passes=(tuple(forward), tuple(input_grad)))
         name = layer.name
-        if b.padded:
-            lp.xpad = self.buffer(f"{sym}_xpad", (C, b.HP, b.WP), f"'{name}' input, zero-padded: backward reads it")
         lp.bpack = self.buffer(f"{sym}_bpack", (b.FV * vl,), f"'{name}' bias, padded to whole vectors", fixed=True)
-        if not b.weight_grad_by_columns:
-            lp.dyt = self.buffer(f"{sym}_dyt", (OH, OW, b.FV * vl), f"'{name}' output gradient, filters last")
         lp.u = self.buffer(f"{sym}_u", (16, max(C * b.FV, F * b.CV) * vl),
-                           f"'{name}' weights transformed (G g G^T), forward or turned for the input gradient",
+                           f"'{name}' weights transformed (G g G^T), forward or turned for the input gradient; "
+                           f"the weight gradient's sums",
                            fixed=True)
         size = max(winograd_scratch(dict(forward), vl), winograd_scratch(dict(input_grad), vl))
         lp.wino = self.buffer(f"{sym}_wino", (size,), f"'{name}' Winograd tile plane, V and M", fixed=True)

@@ -657,11 +657,120 @@ CNNC_KERNEL void conv2d_weight_grad_by_columns(real* restrict dweight, const rea
     }
 }
 
+// ---- 16 x 16 transposes in registers -------------------------------------------------------------------
+// Moving between planes (NCHW) and channels-last rows (a vector of channels per position) one real at a
+// time costs several cycles per value; a 16 x 16 block transposed in registers costs 64 two-vector
+// shuffles, a quarter of one per value. The callers take that path when a vector is 16 floats and
+// TRANSPOSE_SHUFFLES says the shuffles compile to single instructions (vpermt2ps: AVX-512); elsewhere
+// they copy value by value (transpose_16x16 is then a plain loop, never called on the hot path).
+#if defined(__AVX512F__) && defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define TRANSPOSE_SHUFFLES 1
+#endif
+#endif
+#ifndef TRANSPOSE_SHUFFLES
+#define TRANSPOSE_SHUFFLES 0
+#endif
+#if TRANSPOSE_SHUFFLES
+#include <immintrin.h>
+#endif
+// the callers' test: whole vectors of 16 floats, shuffled in registers
+#define TRANSPOSE_IN_REGISTERS (TRANSPOSE_SHUFFLES && VL == 16)
+
+typedef float vec16f __attribute__((vector_size(64)));
+
+// r[i][j] -> r[j][i] for 16 vectors of 16 floats: at each stage h (8, 4, 2, 1), rows i and i + h (i without
+// bit h) exchange their off-diagonal h x h blocks, the recursive block transpose done for all blocks at once.
+static inline __attribute__((always_inline)) void transpose_16x16(vec16f r[16])
+{
+#if TRANSPOSE_SHUFFLES
+// the shuffles' lane indices (0-15: a's lanes, 16-31: b's), lo for row i, hi for row i + h
+#define TRANSPOSE_LO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define TRANSPOSE_HI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define TRANSPOSE_LO4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define TRANSPOSE_HI4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define TRANSPOSE_LO2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define TRANSPOSE_HI2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define TRANSPOSE_LO1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define TRANSPOSE_HI1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+#define TRANSPOSE_STAGE(h)                                           \
+    _Pragma("GCC unroll 16")                                         \
+    for (int i = 0; i < 16; i++) {                                   \
+        if ((i & (h)) == 0) {                                        \
+            vec16f a = r[i], b = r[i + (h)];                         \
+            r[i] = __builtin_shufflevector(a, b, TRANSPOSE_LO##h);   \
+            r[i + (h)] = __builtin_shufflevector(a, b, TRANSPOSE_HI##h); \
+        }                                                            \
+    }
+    TRANSPOSE_STAGE(8)
+    TRANSPOSE_STAGE(4)
+    TRANSPOSE_STAGE(2)
+    TRANSPOSE_STAGE(1)
+#undef TRANSPOSE_STAGE
+#else
+    for (int i = 0; i < 16; i++) {
+        for (int j = i + 1; j < 16; j++) {
+            float t = r[i][j];
+            r[i][j] = r[j][i];
+            r[j][i] = t;
+        }
+    }
+#endif
+}
+
+// *v = the first `count` (<= 16) floats from p in lanes 0 .. count-1, zeros after; and the first `count`
+// lanes of *v stored to p. With AVX-512, masked loads and stores (a memcpy into a vector on the stack would make the
+// next full load of it wait for the partial store); nothing is read or written past p + count.
+static inline __attribute__((always_inline)) void load16_first(vec16f* v, const void* p, const int count)
+{
+#if TRANSPOSE_SHUFFLES
+    *v = (vec16f)_mm512_maskz_loadu_ps((__mmask16)((1u << count) - 1), p);
+#else
+    *v = (vec16f){0};
+    memcpy(v, p, sizeof(float) * count);
+#endif
+}
+
+static inline __attribute__((always_inline)) void store16_first(void* p, const vec16f* v, const int count)
+{
+#if TRANSPOSE_SHUFFLES
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << count) - 1), (__m512)*v);
+#else
+    memcpy(p, v, sizeof(float) * count);
+#endif
+}
+
 // dout (N, F, OH, OW) -> dyt (N, OH, OW, FV * VL): dout with the filters last (zero beyond F), so that the
 // weight gradient reads one vector of VL filters per output position.
 CNNC_KERNEL void conv2d_blocked_transpose(real* restrict dyt, const real* restrict dout, int64_t N, Conv2dBlocked b)
 {
     Conv2d g = b.conv;
+    const int S = g.OH * g.OW;
+    if (TRANSPOSE_IN_REGISTERS && S >= 16) {  // blocks of 16 filters x 16 positions, the last block of a
+        for (int64_t n = 0; n < N; n++) {     // plane ending at its end (overlapping: the same values again)
+            real* dyt_n = dyt + n * S * b.FV * VL;
+            const real* dout_n = dout + n * g.F * S;
+            for (int fv = 0; fv < b.FV; fv++) {
+                for (int o0 = 0; o0 < S; o0 += 16) {
+                    const int o = o0 + 16 <= S ? o0 : S - 16;
+                    vec16f r[16];  // r[l]: filter fv*16 + l at positions o .. o+15, then the reverse
+#pragma GCC unroll 16
+                    for (int l = 0; l < 16; l++) {
+                        r[l] = (vec16f){0};
+                        if (fv * 16 + l < g.F) {
+                            memcpy(&r[l], dout_n + (int64_t)(fv * 16 + l) * S + o, sizeof(vec16f));
+                        }
+                    }
+                    transpose_16x16(r);
+#pragma GCC unroll 16
+                    for (int j = 0; j < 16; j++) {
+                        memcpy(dyt_n + ((int64_t)(o + j) * b.FV + fv) * VL, &r[j], sizeof(vec16f));
+                    }
+                }
+            }
+        }
+        return;
+    }
     for (int64_t n = 0; n < N; n++) {
         real* dyt_n = dyt + n * g.OH * g.OW * b.FV * VL;
         const real* dout_n = dout + n * g.F * g.OH * g.OW;

@@ -9,7 +9,8 @@
 // outputs), vectorised over outputs with a register tile of TB tiles x FB vectors. The input gradient of a
 // stride-1 convolution is the same correlation over the zero-padded output gradient, with each kernel turned
 // 180 degrees and the channels exchanged: one kernel (winograd_correlation) serves both. The weight gradient
-// stays on conv_blocked.h's path, which reads the padded input that forward keeps (xpad).
+// is Winograd's too (winograd_weight_grad: 16 GEMMs per sample reducing over the tiles), over the forward
+// pass's tiles of the input (cnnc's planner keeps no padded copy: every pass pads in its tile plane).
 // Chosen by cnnc's planner (c_codegen.winograd_fits) for 3x3 kernels, stride 1, dilation 1, padding 0-2.
 #ifndef CNNC_KERNELS_WINOGRAD_H
 #define CNNC_KERNELS_WINOGRAD_H
@@ -80,12 +81,45 @@ static inline __attribute__((always_inline))
 void winograd_plane(real* restrict plane, const real* restrict inp_n, WinogradPass w)
 {
     const int HT = 2 * w.TH + 2, WT = 2 * w.TW + 2;
-    memset(plane, 0, sizeof(real) * HT * WT * w.CP);
     const int rows = w.IH < HT - w.TOP ? w.IH : HT - w.TOP;
     const int cols = w.IW < WT - w.LEFT ? w.IW : WT - w.LEFT;
+    if (TRANSPOSE_IN_REGISTERS) {  // the copy below writes every channel (zeros past CIN) of the input's
+        const int64_t row_size = (int64_t)WT * w.CP;  // rectangle: only the frame around it is zeroed
+        memset(plane, 0, sizeof(real) * w.TOP * row_size);
+        for (int h = 0; h < rows; h++) {
+            real* plane_row = plane + (w.TOP + h) * row_size;
+            memset(plane_row, 0, sizeof(real) * w.LEFT * w.CP);
+            memset(plane_row + (int64_t)(w.LEFT + cols) * w.CP, 0, sizeof(real) * (WT - w.LEFT - cols) * w.CP);
+        }
+        memset(plane + (w.TOP + rows) * row_size, 0, sizeof(real) * (HT - w.TOP - rows) * row_size);
+    } else {
+        memset(plane, 0, sizeof(real) * HT * WT * w.CP);
+    }
     for (int h = 0; h < rows; h++) {  // (gathering loads, contiguous stores: faster than the other way round)
         real* plane_row = plane + ((int64_t)(w.TOP + h) * WT + w.LEFT) * w.CP;
         const real* in_row = inp_n + (int64_t)h * w.IW;
+        if (TRANSPOSE_IN_REGISTERS) {  // 16 channels x 16 columns at a time, transposed in registers; the
+            for (int cv = 0; cv < w.CP / VL; cv++) {  // last block of a row ends at its end (overlapping)
+                for (int x0 = 0; x0 < cols; x0 += 16) {
+                    const int x = x0 + 16 <= cols ? x0 : (cols >= 16 ? cols - 16 : 0);
+                    const int width = cols < 16 ? cols : 16;
+                    vec16f r[16];  // r[c]: channel cv*16 + c at columns x .. x+15, then the reverse
+#pragma GCC unroll 16
+                    for (int c = 0; c < 16; c++) {
+                        r[c] = (vec16f){0};
+                        if (cv * 16 + c < w.CIN) {
+                            load16_first(&r[c], in_row + (int64_t)(cv * 16 + c) * w.IH * w.IW + x, width);
+                        }
+                    }
+                    transpose_16x16(r);
+#pragma GCC unroll 16
+                    for (int j = 0; j < width; j++) {
+                        memcpy(plane_row + (int64_t)(x + j) * w.CP + cv * 16, &r[j], sizeof(vec16f));
+                    }
+                }
+            }
+            continue;
+        }
         for (int x = 0; x < cols; x++) {
             for (int c = 0; c < w.CIN; c++) {
                 plane_row[(int64_t)x * w.CP + c] = in_row[(int64_t)c * w.IH * w.IW + x];
@@ -203,6 +237,28 @@ void winograd_output_transform(real* restrict out_n, const real* restrict mbuf, 
             }
             const int count = w.M - fv * VL < VL ? w.M - fv * VL : VL;
             const int height = 2 * ty + 1 < w.OH ? 2 : 1;  // the last row of tiles may be half outside
+            if (TRANSPOSE_IN_REGISTERS) {  // 16 columns x 16 channels at a time, transposed in registers;
+                for (int i = 0; i < height; i++) {  // the last block of a row ends at its end (overlapping)
+                    for (int x0 = 0; x0 < w.OW; x0 += 16) {
+                        const int x = x0 + 16 <= w.OW ? x0 : (w.OW >= 16 ? w.OW - 16 : 0);
+                        const int width = w.OW < 16 ? w.OW : 16;
+                        vec16f r[16];  // r[j]: the channels of column x + j, then r[l]: channel l's columns
+#pragma GCC unroll 16
+                        for (int j = 0; j < 16; j++) {
+                            r[j] = (vec16f){0};
+                            if (j < width) {
+                                memcpy(&r[j], rows + ((int64_t)i * RW + x + j) * VL, sizeof(vec16f));
+                            }
+                        }
+                        transpose_16x16(r);
+#pragma GCC unroll 16
+                        for (int l = 0; l < count; l++) {
+                            store16_first(out_n + ((int64_t)(fv * VL + l) * w.OH + 2 * ty + i) * w.OW + x, &r[l], width);
+                        }
+                    }
+                }
+                continue;
+            }
             for (int l = 0; l < count; l++) {
                 for (int i = 0; i < height; i++) {
                     real* out_row = out_n + ((int64_t)(fv * VL + l) * w.OH + 2 * ty + i) * w.OW;
@@ -248,6 +304,181 @@ CNNC_KERNEL void winograd_correlation(real* restrict out, const real* restrict i
     }
 }
 
+// ---- the weight gradient by Winograd ---------------------------------------------------------------------
+// A tile's outputs are Y = A^T (U (.) V) A with U = G g G^T, V = B^T d B, so the tile's output gradient dY
+// (2x2) gives dU = V (.) (A dY A^T), and the kernel's gradient is dg = G^T (sum of dU over tiles and samples) G:
+// per sample, 16 GEMMs (CIN x tiles) . (tiles x M) reducing over the tiles, where the direct weight gradient
+// multiplies 36 times per tile and channel pair.
+
+// dout_n (M, OH, OW), one sample's output gradient -> e (16, T, MV * VL): e[k][t] = (A dY A^T)[k / 4][k % 4],
+// dY the 2x2 output gradients of tile t (zero past the plane's edge), A = [1 0; 1 1; 1 -1; 0 -1], a vector of
+// output channels at a time. Each row of tiles goes through rows (2, 2*TW, VL): its two rows of dout with
+// the channels last (16 x 16 register transposes where TRANSPOSE_IN_REGISTERS, else value by value).
+static inline __attribute__((always_inline))
+void winograd_dout_transform(real* restrict e, const real* restrict dout_n, real* restrict rows, WinogradPass w)
+{
+    const int T = w.TH * w.TW, MP = w.MV * VL, RW = 2 * w.TW;
+    for (int ty = 0; ty < w.TH; ty++) {
+        for (int fv = 0; fv < w.MV; fv++) {
+            for (int a = 0; a < 2; a++) {
+                const int oy = 2 * ty + a;
+                vec* row = (vec*)rows + a * RW;  // row[x]: channels fv*VL .. of dout at (oy, x)
+                int x_end = 0;                   // columns from x_end on are zero
+                if (oy < w.OH && TRANSPOSE_IN_REGISTERS) {
+                    const int width = w.OW < 16 ? w.OW : 16;
+                    for (int x0 = 0; x0 < w.OW; x0 += 16) {  // the last block ends at the row's end (overlapping)
+                        const int x = x0 + 16 <= w.OW ? x0 : (w.OW >= 16 ? w.OW - 16 : 0);
+                        vec16f r[16];  // r[l]: channel fv*16 + l at columns x .. x+15, then the reverse
+#pragma GCC unroll 16
+                        for (int l = 0; l < 16; l++) {
+                            r[l] = (vec16f){0};
+                            if (fv * 16 + l < w.M) {
+                                load16_first(&r[l], dout_n + ((int64_t)(fv * 16 + l) * w.OH + oy) * w.OW + x, width);
+                            }
+                        }
+                        transpose_16x16(r);
+#pragma GCC unroll 16
+                        for (int j = 0; j < width; j++) {
+                            memcpy(&row[x + j], &r[j], sizeof(vec16f));
+                        }
+                    }
+                    x_end = w.OW;
+                } else if (oy < w.OH) {
+                    for (int x = 0; x < w.OW; x++) {
+                        for (int l = 0; l < VL; l++) {
+                            row[x][l] = fv * VL + l < w.M ? dout_n[((int64_t)(fv * VL + l) * w.OH + oy) * w.OW + x] : 0;
+                        }
+                    }
+                    x_end = w.OW;
+                }
+                for (int x = x_end; x < RW; x++) {
+                    row[x] = (vec){0};
+                }
+            }
+            const vec* row0 = (const vec*)rows;
+            const vec* row1 = row0 + RW;
+            for (int tx = 0; tx < w.TW; tx++) {
+                const int t = ty * w.TW + tx;
+                vec r[4][2];
+#pragma GCC unroll 2
+                for (int b = 0; b < 2; b++) {  // A dY
+                    vec d0 = row0[2 * tx + b], d1 = row1[2 * tx + b];
+                    r[0][b] = d0;
+                    r[1][b] = d0 + d1;
+                    r[2][b] = d0 - d1;
+                    r[3][b] = -d1;
+                }
+                vec* e_t = (vec*)(e + (int64_t)t * MP) + fv;
+                const int64_t k_step = (int64_t)T * w.MV;  // vectors from one position k to the next
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++) {  // (A dY) A^T
+                    e_t[(i * 4 + 0) * k_step] = r[i][0];
+                    e_t[(i * 4 + 1) * k_step] = r[i][0] + r[i][1];
+                    e_t[(i * 4 + 2) * k_step] = r[i][0] - r[i][1];
+                    e_t[(i * 4 + 3) * k_step] = -r[i][1];
+                }
+            }
+        }
+    }
+}
+
+// One weight-gradient GEMM tile at position k: du_k[c0 + i][fv0 + b] += sum over t of v_k[t][c0 + i] *
+// e_k[t][fv0 + b] for `width` channels i and FB vectors b (v_k (T, CP), e_k (T, MV * VL), du_k (CIN, MV * VL)).
+static inline __attribute__((always_inline))
+void winograd_weight_grad_tile(real* restrict du_k, const real* restrict v_k, const real* restrict e_k, int c0,
+                               int fv0, const int width, const int FB, WinogradPass w)
+{
+    vec acc[24];
+    const int T = w.TH * w.TW, MV = w.MV;
+#pragma GCC unroll 24
+    for (int i = 0; i < width; i++) {
+#pragma GCC unroll 2
+        for (int b = 0; b < FB; b++) {
+            acc[i * FB + b] = ((const vec*)(du_k + (int64_t)(c0 + i) * MV * VL))[fv0 + b];
+        }
+    }
+    const real* v_t = v_k + c0;
+    const vec* e_t = (const vec*)e_k + fv0;
+    for (int t = 0; t < T; t++, v_t += w.CP, e_t += MV) {
+        vec ev[2];
+#pragma GCC unroll 2
+        for (int b = 0; b < FB; b++) {
+            ev[b] = e_t[b];
+        }
+#pragma GCC unroll 24
+        for (int i = 0; i < width; i++) {
+            real d = v_t[i];
+#pragma GCC unroll 2
+            for (int b = 0; b < FB; b++) {
+                acc[i * FB + b] += d * ev[b];
+            }
+        }
+    }
+#pragma GCC unroll 24
+    for (int i = 0; i < width; i++) {
+#pragma GCC unroll 2
+        for (int b = 0; b < FB; b++) {
+            ((vec*)(du_k + (int64_t)(c0 + i) * MV * VL))[fv0 + b] = acc[i * FB + b];
+        }
+    }
+}
+
+// dout (N, M, OH, OW), and x (N, CIN, IH, IW) at row TOP, column LEFT of the tile plane as w says -> dweight
+// (M, CIN, 3, 3), accumulated (+=):
+//   dweight[m][c][p][q] += sum over n, oy, ox of dout[n][m][oy][ox] * plane_nc[oy + p][ox + q]
+// Scratch: du (16, CIN, MV * VL), scratch (winograd_scratch_size(w) reals: tile plane, V, then e where M goes;
+// the plane, once transformed, holds the rows of dout).
+CNNC_KERNEL void winograd_weight_grad(real* restrict dweight, const real* restrict dout, const real* restrict x,
+                                      real* restrict du, real* restrict scratch, int64_t N, WinogradPass w)
+{
+    const int T = w.TH * w.TW, MP = w.MV * VL;
+    const int FB = w.MV % 2 == 0 ? 2 : 1;  // tiles of CB channels x FB vectors of filters: 16 accumulators
+    const int CB = 16 / FB;
+    real* plane = scratch;
+    real* v = plane + (int64_t)(2 * w.TH + 2) * (2 * w.TW + 2) * w.CP;
+    real* e = v + (int64_t)16 * T * w.CP;
+    memset(du, 0, sizeof(real) * 16 * w.CIN * MP);
+    for (int64_t n = 0; n < N; n++) {
+        winograd_plane(plane, x + n * w.CIN * w.IH * w.IW, w);
+        winograd_input_transform(v, plane, w);
+        winograd_dout_transform(e, dout + n * w.M * w.OH * w.OW, plane, w);
+        for (int k = 0; k < 16; k++) {
+            const real* v_k = v + (int64_t)k * T * w.CP;
+            const real* e_k = e + (int64_t)k * T * MP;
+            real* du_k = du + (int64_t)k * w.CIN * MP;
+            for (int fv0 = 0; fv0 < w.MV; fv0 += FB) {
+                int c0 = 0;
+                for (; c0 + CB <= w.CIN; c0 += CB) {
+                    winograd_weight_grad_tile(du_k, v_k, e_k, c0, fv0, CB, FB, w);
+                }
+                if (c0 < w.CIN) {
+                    winograd_weight_grad_tile(du_k, v_k, e_k, c0, fv0, w.CIN % CB, FB, w);
+                }
+            }
+        }
+    }
+    // dg = G^T du G, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+    for (int m = 0; m < w.M; m++) {
+        for (int c = 0; c < w.CIN; c++) {
+            real d[4][4], h[3][4];
+            for (int k = 0; k < 16; k++) {
+                d[k / 4][k % 4] = du[((int64_t)k * w.CIN + c) * MP + m];
+            }
+            for (int j = 0; j < 4; j++) {  // G^T du
+                h[0][j] = d[0][j] + (d[1][j] + d[2][j]) / 2;
+                h[1][j] = (d[1][j] - d[2][j]) / 2;
+                h[2][j] = (d[1][j] + d[2][j]) / 2 + d[3][j];
+            }
+            real* dw = dweight + ((int64_t)m * w.CIN + c) * 9;
+            for (int p = 0; p < 3; p++) {  // (G^T du) G
+                dw[p * 3 + 0] += h[p][0] + (h[p][1] + h[p][2]) / 2;
+                dw[p * 3 + 1] += (h[p][1] - h[p][2]) / 2;
+                dw[p * 3 + 2] += (h[p][1] + h[p][2]) / 2 + h[p][3];
+            }
+        }
+    }
+}
+
 // inp is (N, C, H, W), weight (F, C, 3, 3), bias (F) or NULL -> out (N, F, OH, OW), as conv2d_forward.
 // Scratch: xpad (the padded input the weight gradient reads, when b.blocked.padded), u (16, C, FV * VL) the
 // transformed weights, bpack the bias padded to whole vectors, wino (winograd_scratch_size). prepare:
@@ -271,16 +502,28 @@ CNNC_KERNEL void conv2d_winograd_forward(real* restrict out, const real* restric
     winograd_correlation(out, inp, u, bias != NULL ? bpack : NULL, wino, N, b.forward);
 }
 
-// As conv2d_blocked_backward (dweight, dbias accumulated on its path), with the input gradient (written
-// (=) unless dinp is NULL) by Winograd over the padded output gradient:
+// dout is (N, F, OH, OW), x the input as forward read it (xpad if b.blocked.padded, else inp), weight (F, C,
+// 3, 3); accumulates (+=) dweight and dbias (F, or NULL), both by Winograd (winograd_weight_grad), and writes
+// (=) the input gradient unless dinp is NULL, by Winograd over the padded output gradient:
 //   dinp[n][c][h][w] = sum over f, p, q of weight[f][c][2 - p][2 - q] * dout[n][f][h - (2 - PH) + p][w - (2 - PW) + q]
-// Scratch: dyt for the weight gradient, u (16, F, CV * VL), wino.
+// Scratch: u (16, max(C * FV, F * CV) * VL): the weight gradient's sums, then the turned weights; wino.
 CNNC_KERNEL void conv2d_winograd_backward(real* restrict dinp, real* restrict dweight, real* restrict dbias,
                                           const real* restrict dout, const real* restrict x,
-                                          const real* restrict weight, real* restrict dyt, real* restrict u,
-                                          real* restrict wino, int64_t N, Conv2dWinograd b)
+                                          const real* restrict weight, real* restrict u, real* restrict wino,
+                                          int64_t N, Conv2dWinograd b)
 {
-    conv2d_blocked_backward(NULL, dweight, dbias, dout, x, weight, dyt, NULL, NULL, N, b.blocked);
+    Conv2d g = b.blocked.conv;
+    if (dbias != NULL) {
+        bias_grad(dbias, dout, N, g.F, g.OH * g.OW);  // dbias[f] += sum over n, oh, ow of dout[n][f][oh][ow]
+    }
+    WinogradPass over_x = b.forward;  // the forward pass's tiles, over the input as forward kept it
+    if (b.blocked.padded) {           // xpad holds the padding already: the whole padded plane at (0, 0)
+        over_x.IH = b.blocked.HP;
+        over_x.IW = b.blocked.WP;
+        over_x.TOP = 0;
+        over_x.LEFT = 0;
+    }
+    winograd_weight_grad(dweight, dout, x, u, wino, N, over_x);
     if (dinp != NULL) {
         winograd_transform_weights(u, weight, 1, b.input_grad);
         winograd_correlation(dinp, dout, u, NULL, wino, N, b.input_grad);
