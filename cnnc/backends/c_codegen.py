@@ -682,8 +682,8 @@ class BatchNormPlan(ParamLayerPlan):
 
     def backward(self, dinp, dout):
         if self.act:
-            lines = [f"batchnorm_act_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, {self.out}, {self.mean}, "
-                     f"{self.invstd}, p.{self.weight}, N, train, {self.act_constant}, {self.K});"]
+            lines = [f"batchnorm_act_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, {self.mean}, "
+                     f"{self.invstd}, {self.param_args('p')}, N, train, {self.act_constant}, {self.K});"]
         else:
             lines = [f"batchnorm_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, {self.mean}, {self.invstd}, "
                      f"p.{self.weight}, N, train, {self.K});"]
