@@ -826,6 +826,7 @@ class AvgPoolPlan(PoolPlan):
 class GlobalAvgPoolPlan(LayerPlan):
     header: ClassVar[str] = "pool.h"
     struct: ClassVar[str] = "GlobalAvgPool"
+    writes_whole_input_grad: ClassVar[bool] = True
 
     def geometry(self):
         return global_avgpool_geometry(self.layer)
