@@ -123,12 +123,10 @@ static inline int64_t depthwise_scratch_reals(Conv2dGrouped geometry)
 }
 
 // inp_c is one channel's plane (H, W) -> xq (SH*SW, HQ, WQ): its padded plane split into phases (see above).
+// Writes only the positions that hold input, the same ones for every plane: the caller zeroes xq once.
 CNNC_KERNEL void depthwise_split_phases(real* restrict xq, const real* restrict inp_c, Conv2d g)
 {
     int HQ = depthwise_phase_rows(g), WQ = depthwise_phase_cols(g);
-    for (int i = 0; i < g.SH * g.SW * HQ * WQ; i++) {
-        xq[i] = 0;
-    }
     for (int a = 0; a < g.SH; a++) {
         Range rows = inside(a - g.PH, g.SH, g.H, HQ);  // the phase's rows holding input
         for (int b = 0; b < g.SW; b++) {
@@ -183,6 +181,9 @@ CNNC_KERNEL void conv2d_depthwise_forward(real* restrict out, const real* restri
     int flat = depthwise_flat(g);
     real* xq = scratch;
     real* full = scratch + g.SH * g.SW * plane;  // the outputs at every flat position
+    for (int i = 0; i < g.SH * g.SW * plane; i++) {
+        xq[i] = 0;  // the padding, which depthwise_split_phases never writes
+    }
     for (int64_t n = 0; n < N; n++) {
         for (int f = 0; f < g.F; f++) {
             if (f % FG == 0) {  // the first filter reading channel f / FG
@@ -231,6 +232,9 @@ CNNC_KERNEL void conv2d_depthwise_backward(real* restrict dinp, real* restrict d
     real* dq = scratch + phases * plane + margin;  // (HQ, WQ), zero from dq - margin on but at the outputs
     real* dxq = dq + plane;                        // (phases, HQ, WQ)
     real* prod = dxq + phases * plane;             // (block, taps, flat)
+    for (int i = 0; i < phases * plane; i++) {
+        xq[i] = 0;  // the padding, which depthwise_split_phases never writes
+    }
     for (int i = -margin; i < plane; i++) {
         dq[i] = 0;  // the positions no output sits on stay zero
     }
