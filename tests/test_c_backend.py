@@ -902,7 +902,7 @@ def test_check_reports_the_c_backends_memory_with_its_scratch_and_the_model_allo
 def test_a_buffer_past_2_to_the_31_elements_per_sample_is_refused_by_the_planner_and_reported_by_check(tmp_path, capsys):
     """Indices inside one sample's tensor are int in the kernels (those involving the batch are 64-bit): a
     layer whose scratch would need 2^31 elements or more is a clear error, not an overflow. Here the
-    depthwise kernel's three padded planes of a 1.8e9-value input (which the front end accepts: under 2^31)."""
+    depthwise kernel's phase planes of a 1.8e9-value input (which the front end accepts: under 2^31)."""
     spec = tmp_path / "big.cnn"
     spec.write_text("model big {\n  input x[2, 30000, 30000]\n  conv2d c(filters=2, kernel=3, groups=2, padding=1)\n}\n")
     with pytest.raises(cnnc.CnncError, match="more than it indexes"):
