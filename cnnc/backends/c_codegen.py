@@ -72,6 +72,8 @@ BLOCKED_MIN_WIDTH = 4
 # where the windows reach over more than this many times the input's area, the direct loops, which skip
 # taps in the padding and copy nothing, are chosen: a huge padding or dilation must not cost memory.
 BLOCKED_MAX_PADDED_GROWTH = 4
+# kernels/conv_grouped.h's DEPTHWISE_ROUND: the depthwise backward's product rows are whole multiples of it.
+DEPTHWISE_ROUND = 16
 # A blocked dense layer needs this many inputs (a vector's worth, in float32).
 BLOCKED_MIN_INPUTS = 16
 # Register budget of one tile: at most this many vector accumulators (MAX_TILE in kernels/vector.h).
@@ -622,11 +624,11 @@ def depthwise_scratch(layer: Layer) -> int:
     HP, WP = depthwise_plane(layer)
     HQ, WQ = -(-HP // SH), -(-WP // SW)
     margin = (KH - 1) * DH // SH * WQ + (KW - 1) * DW // SW
-    flat = (OH - 1) * WQ + OW
+    flat = -(-((OH - 1) * WQ + OW) // DEPTHWISE_ROUND) * DEPTHWISE_ROUND  # rounded up to whole vectors
     per_channel = layer.out_shape[0] // layer.groups  # filters per channel
     channels = max(4096 // (KH * KW * flat * per_channel), 1)  # a block of whole channels' filters (16 KiB)
     block = channels * per_channel if channels < layer.groups else layer.out_shape[0]
-    return 2 * SH * SW * HQ * WQ + margin + HQ * WQ + block * KH * KW * flat
+    return 2 * SH * SW * HQ * WQ + 2 * DEPTHWISE_ROUND + margin + HQ * WQ + block * KH * KW * flat
 
 
 @dataclass(eq=False, repr=False)

@@ -100,26 +100,36 @@ static inline int depthwise_margin(Conv2d g)
     return depthwise_tap_offset(g, g.KH - 1, g.KW - 1);
 }
 
-// Backward accumulates dweight's products for blocks of this many filters (KH*KW*flat reals each, the block
-// within 16 KiB where it can be): whole channels' filters (a multiple of F/G).
+// Backward's loop over dweight's products runs over the flat positions rounded up to a multiple of this
+// many (a whole number of vectors, no scalar tail: the positions past the last output hold dout 0, and
+// the scratch has this many zeros after the planes those loops read).
+#define DEPTHWISE_ROUND 16
+static inline int depthwise_flat_rounded(Conv2d g)
+{
+    return (depthwise_flat(g) + DEPTHWISE_ROUND - 1) / DEPTHWISE_ROUND * DEPTHWISE_ROUND;
+}
+
+// Backward accumulates dweight's products for blocks of this many filters (KH*KW*flat_rounded reals each,
+// the block within 16 KiB where it can be): whole channels' filters (a multiple of F/G).
 static inline int depthwise_filter_block(Conv2dGrouped geometry)
 {
     Conv2d g = geometry.conv;
-    int FG = g.F / geometry.G, channels = 4096 / (g.KH * g.KW * depthwise_flat(g) * FG);
+    int FG = g.F / geometry.G, channels = 4096 / (g.KH * g.KW * depthwise_flat_rounded(g) * FG);
     channels = channels > 1 ? channels : 1;
     return channels < geometry.G ? channels * FG : g.F;
 }
 
 // The reals of scratch the depthwise kernels need (c_codegen.depthwise_scratch computes the same):
 // forward: xq (SH*SW phase planes) and the outputs at their flat positions (one plane);
-// backward: xq, the spread output gradient (margin + one plane), its input gradient in phases (SH*SW planes) and
-// the per-tap products dweight sums (flat reals per tap and filter of a block).
+// backward: xq and DEPTHWISE_ROUND zeros, the spread output gradient (margin + one plane + DEPTHWISE_ROUND
+// zeros), its input gradient in phases (SH*SW planes) and the per-tap products dweight sums (flat_rounded
+// reals per tap and filter of a block).
 static inline int64_t depthwise_scratch_reals(Conv2dGrouped geometry)
 {
     Conv2d g = geometry.conv;
     int64_t plane = (int64_t)depthwise_phase_rows(g) * depthwise_phase_cols(g), phases = (int64_t)g.SH * g.SW;
-    return 2 * phases * plane + depthwise_margin(g) + plane
-           + (int64_t)depthwise_filter_block(geometry) * g.KH * g.KW * depthwise_flat(g);
+    return 2 * phases * plane + 2 * DEPTHWISE_ROUND + depthwise_margin(g) + plane
+           + (int64_t)depthwise_filter_block(geometry) * g.KH * g.KW * depthwise_flat_rounded(g);
 }
 
 // inp_c is one channel's plane (H, W) -> xq (SH*SW, HQ, WQ): its padded plane split into phases (see above).
@@ -226,16 +236,17 @@ CNNC_KERNEL void conv2d_depthwise_backward(real* restrict dinp, real* restrict d
     Conv2d g = geometry.conv;
     int FG = g.F / geometry.G;
     int WQ = depthwise_phase_cols(g), plane = depthwise_phase_rows(g) * WQ, phases = g.SH * g.SW;
-    int flat = depthwise_flat(g), margin = depthwise_margin(g), taps = g.KH * g.KW;
+    int margin = depthwise_margin(g), taps = g.KH * g.KW;
+    int flat = depthwise_flat_rounded(g);  // the products' loops read up to DEPTHWISE_ROUND - 1 past a plane
     int block = depthwise_filter_block(geometry);
-    real* xq = scratch;                            // (phases, HQ, WQ)
-    real* dq = scratch + phases * plane + margin;  // (HQ, WQ), zero from dq - margin on but at the outputs
-    real* dxq = dq + plane;                        // (phases, HQ, WQ)
-    real* prod = dxq + phases * plane;             // (block, taps, flat)
-    for (int i = 0; i < phases * plane; i++) {
+    real* xq = scratch;                                              // (phases, HQ, WQ), then zeros
+    real* dq = scratch + phases * plane + DEPTHWISE_ROUND + margin;  // (HQ, WQ), zero but at the outputs
+    real* dxq = dq + plane + DEPTHWISE_ROUND;                        // (phases, HQ, WQ)
+    real* prod = dxq + phases * plane;                               // (block, taps, flat)
+    for (int i = 0; i < phases * plane + DEPTHWISE_ROUND; i++) {
         xq[i] = 0;  // the padding, which depthwise_split_phases never writes
     }
-    for (int i = -margin; i < plane; i++) {
+    for (int i = -margin; i < plane + DEPTHWISE_ROUND; i++) {
         dq[i] = 0;  // the positions no output sits on stay zero
     }
     for (int f0 = 0; f0 < g.F; f0 += block) {
