@@ -7,7 +7,13 @@
 // biased, / (N * S)) and updates the running statistics, running = (1 - momentum) * running + momentum *
 // batch, the variance unbiased (/ (N * S - 1)). Inference mode normalises with the running statistics.
 // Forward saves the mean and invstd it used (C each) for backward, which recomputes xhat from inp.
-// Sums: each sample's row of S values in `real` (vectorised where OpenMP's simd is on), the rows in double.
+// Sums: forward's, each sample's row of S values in `real` (vectorised where OpenMP's simd is on), the rows
+// in double. Backward's, position by position over blocks of BATCHNORM_ROWS samples in `real` (vectorised),
+// each block's positions then added up once (runs of BATCHNORM_CHUNK positions, vectorised where OpenMP's
+// simd is on), the blocks in double: one horizontal sum per block of rows, not one per row (a 7x7 row is 3
+// vectors, and adding a vector's lanes in order costs more than those 3). Forward keeps its row sums: the
+// loss is then exactly flat in a shift of its input (a bias before a training batch norm), which
+// finite-difference checks of that bias rely on.
 // Training forward reads the input twice (both sums, then the normalisation), backward reads inp and dout twice.
 #ifndef CNNC_KERNELS_BATCHNORM_H
 #define CNNC_KERNELS_BATCHNORM_H
@@ -61,6 +67,9 @@ static inline const real* batchnorm_row_ahead(const real* tensor, int64_t n, int
     }
     return c < C && ahead < N ? tensor + (ahead * C + c) * S : NULL;
 }
+
+#define BATCHNORM_ROWS 64
+#define BATCHNORM_CHUNK 256
 
 // The sizes of one batch norm layer.
 typedef struct {
@@ -166,24 +175,39 @@ CNNC_KERNEL void batchnorm_act_backward(real* restrict dinp, real* restrict dwei
         real mean_c = mean[c], invstd_c = invstd[c];
         // forward's normalisation, for the activation's mask
         real y_scale = invstd_c * weight[c], y_shift = act != BATCHNORM_NONE ? bias[c] : 0;
-        for (int64_t n = 0; n < N; n++) {
-            const real* inp_nc = inp + (n * g.C + c) * g.S;
-            const real* dout_nc = dout + (n * g.C + c) * g.S;
-            const real* inp_ahead = batchnorm_row_ahead(inp, n, c, N, g.C, g.S);
-            if (inp_ahead != NULL) {
-                prefetch_reals(inp_ahead, g.S);
-                prefetch_reals(dout + (inp_ahead - inp), g.S);
+        for (int64_t n0 = 0; n0 < N; n0 += BATCHNORM_ROWS) {
+            int64_t n1 = n0 + BATCHNORM_ROWS < N ? n0 + BATCHNORM_ROWS : N;
+            for (int s0 = 0; s0 < g.S; s0 += BATCHNORM_CHUNK) {
+                int len = g.S - s0 < BATCHNORM_CHUNK ? g.S - s0 : BATCHNORM_CHUNK;
+                real acc[BATCHNORM_CHUNK], acc_xhat[BATCHNORM_CHUNK];  // per position, over the block's rows
+                for (int s = 0; s < len; s++) {
+                    acc[s] = 0;
+                    acc_xhat[s] = 0;
+                }
+                for (int64_t n = n0; n < n1; n++) {
+                    const real* inp_nc = inp + (n * g.C + c) * g.S + s0;
+                    const real* dout_nc = dout + (n * g.C + c) * g.S + s0;
+                    const real* inp_ahead = batchnorm_row_ahead(inp, n, c, N, g.C, g.S);
+                    if (inp_ahead != NULL) {
+                        prefetch_reals(inp_ahead + s0, len);
+                        prefetch_reals(dout + (inp_ahead - inp) + s0, len);
+                    }
+                    for (int s = 0; s < len; s++) {
+                        real d = act == BATCHNORM_NONE ? dout_nc[s]
+                                 : batchnorm_act_pass(dout_nc[s], batchnorm_normalise(inp_nc[s], mean_c, y_scale, y_shift), act);
+                        acc[s] += d;
+                        acc_xhat[s] += d * (inp_nc[s] - mean_c);  // times invstd once, below
+                    }
+                }
+                real sum = 0, sum_xhat = 0;
+                CNNC_SIMD_SUM2
+                for (int s = 0; s < len; s++) {
+                    sum += acc[s];
+                    sum_xhat += acc_xhat[s];
+                }
+                sum_dout += sum;
+                sum_dout_xhat += sum_xhat;
             }
-            real sum = 0, sum_xhat = 0;
-            CNNC_SIMD_SUM2
-            for (int s = 0; s < g.S; s++) {
-                real d = act == BATCHNORM_NONE ? dout_nc[s]
-                         : batchnorm_act_pass(dout_nc[s], batchnorm_normalise(inp_nc[s], mean_c, y_scale, y_shift), act);
-                sum += d;
-                sum_xhat += d * (inp_nc[s] - mean_c);  // times invstd once, below
-            }
-            sum_dout += sum;
-            sum_dout_xhat += sum_xhat;
         }
         sum_dout_xhat *= invstd_c;
         dweight[c] += (real)sum_dout_xhat;
