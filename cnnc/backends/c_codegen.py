@@ -44,7 +44,7 @@ VECTOR_BYTES = 64
 ITEM_SIZE = {"float32": 4, "float64": 8}
 # Kernel headers every glue file includes: the library's common definitions, the vectors and the loss and
 # optimiser kernels behind the module's shared entry points.
-BASE_HEADERS = ("common.h", "vector.h", "loss.h", "optim.h")
+BASE_HEADERS = ("blocks.h", "common.h", "vector.h", "loss.h", "optim.h")
 
 
 def kernel_headers() -> dict[str, str]:
@@ -286,6 +286,11 @@ class BlockedConv:
     PCB: int = 0
     PNB: int = 0
 
+    @property
+    def packs(self) -> bool:
+        """Whether forward packs the weights (filters last) and bias first: not by columns, not as a GEMM."""
+        return not (self.pointwise or self.forward_by_columns)
+
     @classmethod
     def of(cls, layer: Layer, vl: int) -> "BlockedConv":
         H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
@@ -433,6 +438,11 @@ class LayerPlan:
     def backward(self, dinp: str, dout: str) -> list[str]:
         raise NotImplementedError
 
+    def prepared_inputs(self) -> list[str]:
+        """The parameters and buffers (`p.l3_weight`, `s.l4_running_var`) its inference forward prepares from:
+        what it packs, transforms or folds into scratch before computing (under the step's `prepare`)."""
+        return []
+
     @property
     def is_view(self) -> bool:
         return self.out == self.inp
@@ -472,6 +482,9 @@ class ParamLayerPlan(LayerPlan):
     def param_args(self, block: str) -> str:
         return f"{block}.{self.weight}, " + (f"{block}.{self.bias}" if self.bias else "NULL")
 
+    def param_fields(self, block: str) -> list[str]:
+        return [f"{block}.{self.weight}"] + ([f"{block}.{self.bias}"] if self.bias else [])
+
 
 # ---- the geometry structs of the kernel library, shared with the standalone export ----
 def conv_geometry(layer: Layer) -> list[tuple[str, int]]:
@@ -510,8 +523,10 @@ class ConvPlan(ParamLayerPlan):
     def geometry(self):
         return conv_geometry(self.layer)
 
-    def forward(self, target, weights: str | None = None):
-        """weights: "weight, bias" expressions other than the layer's own (batch norm folded into them)."""
+    def forward(self, target, weights: str | None = None, prepare: str = "a.prepare"):
+        """weights: "weight, bias" expressions other than the layer's own (batch norm folded into them).
+        prepare: the C expression saying whether the weights must be prepared again (packed, transformed),
+        for the kernels that prepare them; conv.h reads them as they are."""
         return [f"conv2d_forward({target}, {self.inp}, {weights or self.param_args('p')}, N, {self.K});"]
 
     def backward(self, dinp, dout):
@@ -524,8 +539,8 @@ class BlockedConvPlan(ConvPlan):
 
     blocking: BlockedConv | None = None
     xpad: str = "NULL"  # the zero-padded input (kept for backward) when blocking.padded; a strided pointwise one's xsub
-    wpack: str = ""
-    bpack: str = ""
+    wpack: str = "NULL"  # the packed weights and bias, when forward packs them (BlockedConv.packs)
+    bpack: str = "NULL"
     wrot: str = ""
     dyt: str = "NULL"  # the output gradient with filters last, unless the weight gradient goes by columns
     dypad: str = ""
@@ -539,9 +554,12 @@ class BlockedConvPlan(ConvPlan):
         return [("conv", super().geometry())] + [(f.name, int(getattr(b, f.name))) for f in fields(b)
                                                  if b.pointwise or f.name not in pointwise_only]  # (0 when left out)
 
-    def forward(self, target, weights: str | None = None):
+    def forward(self, target, weights: str | None = None, prepare: str = "a.prepare"):
         return [f"conv2d_blocked_forward({target}, {self.inp}, {weights or self.param_args('p')}, {self.xpad}, {self.wpack}, "
-                f"{self.bpack}, N, {self.K});"]
+                f"{self.bpack}, {prepare}, N, {self.K});"]
+
+    def prepared_inputs(self):
+        return self.param_fields("p") if self.blocking.packs else []
 
     def backward(self, dinp, dout):
         x = self.xpad if self.xpad != "NULL" else self.inp  # padded, or subsampled by a pointwise stride
@@ -564,9 +582,12 @@ class WinogradConvPlan(BlockedConvPlan):
         return [("blocked", super().geometry()), ("forward", list(self.passes[0])),
                 ("input_grad", list(self.passes[1]))]
 
-    def forward(self, target, weights: str | None = None):
+    def forward(self, target, weights: str | None = None, prepare: str = "a.prepare"):
         return [f"conv2d_winograd_forward({target}, {self.inp}, {weights or self.param_args('p')}, {self.xpad}, "
-                f"{self.u}, {self.bpack}, {self.wino}, N, {self.K});"]
+                f"{self.u}, {self.bpack}, {self.wino}, {prepare}, N, {self.K});"]
+
+    def prepared_inputs(self):
+        return self.param_fields("p")
 
     def backward(self, dinp, dout):
         x = self.xpad if self.xpad != "NULL" else self.inp
@@ -590,7 +611,7 @@ class GroupedConvPlan(ParamLayerPlan):
     def writes_whole_input_grad(self) -> bool:  # type: ignore[override]
         return self.scratch != "NULL"  # the depthwise backward writes (=) dinp; conv.h's loops per group add
 
-    def forward(self, target, weights: str | None = None):
+    def forward(self, target, weights: str | None = None, prepare: str = "a.prepare"):
         weights = weights or self.param_args('p')
         if self.scratch == "NULL":
             return [f"conv2d_grouped_forward({target}, {self.inp}, {weights}, N, {self.K});"]
@@ -645,7 +666,7 @@ class BatchNormPlan(ParamLayerPlan):
     # and nothing else reads its output): the convolution's step does nothing, and this one runs it with
     # weight * scale and (bias - mean) * scale + shift, scale = weight_bn * invstd, shift = bias_bn.
     fold: "ConvPlan | None" = None
-    wfold: str = ""  # the folded weights and bias (per batch slice, recomputed at every inference pass)
+    wfold: str = ""  # the folded weights and bias (per batch slice, folded again when the weights change)
     bfold: str = ""
     # The relu or relu6 that is this batch norm's only reader, applied as the output is written (the
     # activation is then a view of this output: fuse_batchnorm_activation); backward masks dout by it.
@@ -668,8 +689,15 @@ class BatchNormPlan(ParamLayerPlan):
                 f"{c_real(self.layer.eps, 'eps')}, {c_int(weight.size // weight.shape[0], 'weights per filter')}, {self.K});")
         activation = [f"{self.act}_forward({target}, {target}, N * {self.K}_OUT_SIZE);"] if self.act else []
         return (["if (train) {"] + [f"    {line}" for line in lines]
-                + ["} else {  // folded into the convolution before it: one pass, no separate normalisation", f"    {fold}"]
+                + ["} else {  // folded into the convolution before it: one pass, no separate normalisation",
+                   "    if (a.prepare) {", f"        {fold}", "    }"]
                 + [f"    {line}" for line in conv.forward(target, f"{self.wfold}, {self.bfold}") + activation] + ["}"])
+
+    def prepared_inputs(self):
+        if self.fold is None:
+            return []
+        return (self.fold.param_fields("p") + self.param_fields("p")
+                + [f"s.{self.running_mean}", f"s.{self.running_var}"])
 
     @property
     def act_constant(self) -> str:
@@ -692,7 +720,7 @@ class BatchNormPlan(ParamLayerPlan):
         if self.fold is None:
             return lines
         # an inference forward skipped the convolution's own output, which both backward passes read
-        recompute = [f"    {line}" for line in self.fold.forward(self.fold.out)]
+        recompute = [f"    {line}" for line in self.fold.forward(self.fold.out, prepare="1")]
         return ["if (!train) {  // the forward pass folded this batch norm: compute the convolution's output"] + \
             recompute + ["}"] + lines
 
@@ -1046,6 +1074,13 @@ class NetworkPlan:
     buffers: list[ParamBuffer] = field(default_factory=list)  # the running statistics, in buffer_specs order
     buffer_count: int = 0  # reals in the buffer block
     batch_statistics: bool = False  # training mode normalises with the batch's statistics: one slice per pass
+    # What inference prepares its weights from (packs, transforms, folds: prepared_inputs), as (field, reals):
+    # each slice keeps its prepared weights between inference passes, and prepares them again only when one
+    # of these differs from the copy the last preparation read. At prepared_offset in the activation block:
+    # a flag per slice (nonzero: its prepared weights are current), then that copy.
+    prepared: list = field(default_factory=list)
+    prepared_offset: int = 0
+    prepared_flags: int = 0  # reals of the flags: `slices` rounded up to whole vectors (the copy is aligned)
 
     @property
     def in_size(self) -> int:
@@ -1242,13 +1277,25 @@ class _Planner:
         grad_stride = -(-self.param_offset // self.vl) * self.vl
         slices = batch_slices(self.param_offset, VECTOR_BYTES // self.vl)
         fixed_count = slices * slice_fixed + (slices - 1) * grad_stride
+        prepared = self.prepared_inputs(layers)
+        prepared_flags = -(-slices // self.vl) * self.vl if prepared else 0
+        copy = -(-sum(count for _, count in prepared) // self.vl) * self.vl  # whole vectors: what follows is aligned
+        prepared_offset, fixed_count = fixed_count, fixed_count + prepared_flags + copy
         network_work = min(sum(work(lp.layer) for lp in layers if kernel_family(lp.layer) and not lp.is_view), MAX_INT32)
         return NetworkPlan(n, self.P, self.K, title, layers, self.params, self.param_offset,
                            self.fixed + self.acts + self.argmax, sum(b.size for b in self.acts),
                            fixed_count, sum(b.size for b in self.argmax),
                            self.dropout_layers, forward_steps, backward_steps, current,
                            slices, slice_fixed, grad_stride, network_work, self.stats, self.stat_offset,
-                           any(layer.kind == "batchnorm" for layer in n.layers))
+                           any(layer.kind == "batchnorm" for layer in n.layers), prepared, prepared_offset,
+                           prepared_flags)
+
+    def prepared_inputs(self, layers: list[LayerPlan]) -> list[tuple[str, int]]:
+        """(field, reals) of every parameter and buffer inference prepares weights from, once each, in layer
+        order. A folded convolution's inference runs in its batch norm's step, whose list holds its weights."""
+        sizes = {f"p.{b.field}": prod(b.shape) for b in self.params} | {f"s.{b.field}": prod(b.shape) for b in self.stats}
+        names = [name for lp in layers if getattr(lp, "folded_into", None) is None for name in lp.prepared_inputs()]
+        return [(name, sizes[name]) for name in dict.fromkeys(names)]
 
     # ---- one layer's plan ----
     def plan_layer(self, index: int, layer: Layer, inputs: list[str]) -> LayerPlan:
@@ -1429,8 +1476,9 @@ class _Planner:
         name = layer.name
         if b.padded:
             lp.xpad = self.buffer(f"{sym}_xpad", (C, b.HP, b.WP), f"'{name}' input, zero-padded: backward reads it")
-        lp.wpack = self.buffer(f"{sym}_wpack", (KH, KW, C, b.FV * vl), f"'{name}' weights, filters last", fixed=True)
-        lp.bpack = self.buffer(f"{sym}_bpack", (b.FV * vl,), f"'{name}' bias, padded to whole vectors", fixed=True)
+        if b.packs:
+            lp.wpack = self.buffer(f"{sym}_wpack", (KH, KW, C, b.FV * vl), f"'{name}' weights, filters last", fixed=True)
+            lp.bpack = self.buffer(f"{sym}_bpack", (b.FV * vl,), f"'{name}' bias, padded to whole vectors", fixed=True)
         if b.pointwise_input_grad:  # a GEMM with the weights transposed (in wrot): no rotated or spread copies
             lp.wrot = self.buffer(f"{sym}_wrot", (C, F), f"'{name}' weights transposed", fixed=True)
         if b.pointwise and (OH, OW) != (H, W):  # a stride: the inputs it reads, and their gradient, on the output's grid
@@ -1664,6 +1712,8 @@ def cdef_for(plans, ctype: str) -> str:
                   f"real* param_block, real* buffer_block, const real* const* masks, int64_t N, int train);",
                   f"void {P}model_backward(real* dx, real* grad_block, const real* dy, real* param_block, "
                   f"real* act_block, int32_t* argmax_block, int64_t N, int dropout, int input_grad, int train);"]
+        if plan.prepared:
+            lines.append(f"void {P}model_forget_weights(real* act_block);")
     lines += ["double cross_entropy_loss(real* dlogits, const real* logits, const int64_t* labels, int64_t N, int K);",
               "double mse_loss(real* dy, const real* y, const real* target, int64_t count);",
               "int all_finite(const real* x, int64_t count);",

@@ -554,10 +554,11 @@ CNNC_KERNEL void conv2d_pointwise_transpose(real* restrict wt, const real* restr
 
 // inp is (N, C, H, W), weight is (F, C, KH, KW), bias is (F) or NULL -> out is (N, F, OH, OW), as
 // conv2d_forward. Scratch: xpad (N, C, HP, WP), the zero-padded input that backward reads too (unused unless
-// b.padded); wpack and bpack, the packed weights (unused by columns).
+// b.padded); wpack and bpack, the packed weights (unused by columns). prepare: pack weight and bias first;
+// 0 when wpack and bpack already hold this weight and bias (an inference pass whose weights are unchanged).
 CNNC_KERNEL void conv2d_blocked_forward(real* restrict out, const real* restrict inp, const real* restrict weight,
                                         const real* restrict bias, real* restrict xpad, real* restrict wpack,
-                                        real* restrict bpack, int64_t N, Conv2dBlocked b)
+                                        real* restrict bpack, int prepare, int64_t N, Conv2dBlocked b)
 {
     if (b.pointwise) {  // xpad holds the subsampled input (xsub) when there is a stride
         const real* x = inp;
@@ -576,7 +577,9 @@ CNNC_KERNEL void conv2d_blocked_forward(real* restrict out, const real* restrict
     if (b.forward_by_columns) {
         correlation(out, x, weight, bias, N, conv2d_forward_correlation(b));
     } else {
-        conv2d_blocked_pack(wpack, bpack, weight, bias, b);
+        if (prepare) {
+            conv2d_blocked_pack(wpack, bpack, weight, bias, b);
+        }
         correlation(out, x, wpack, bpack, N, conv2d_forward_correlation(b));
     }
 }

@@ -250,18 +250,23 @@ CNNC_KERNEL void winograd_correlation(real* restrict out, const real* restrict i
 
 // inp is (N, C, H, W), weight (F, C, 3, 3), bias (F) or NULL -> out (N, F, OH, OW), as conv2d_forward.
 // Scratch: xpad (the padded input the weight gradient reads, when b.blocked.padded), u (16, C, FV * VL) the
-// transformed weights, bpack the bias padded to whole vectors, wino (winograd_scratch_size).
+// transformed weights, bpack the bias padded to whole vectors, wino (winograd_scratch_size). prepare:
+// transform weight and pad bias first; 0 when u and bpack already hold them (an inference pass whose weights
+// are unchanged).
 CNNC_KERNEL void conv2d_winograd_forward(real* restrict out, const real* restrict inp, const real* restrict weight,
                                          const real* restrict bias, real* restrict xpad, real* restrict u,
-                                         real* restrict bpack, real* restrict wino, int64_t N, Conv2dWinograd b)
+                                         real* restrict bpack, real* restrict wino, int prepare, int64_t N,
+                                         Conv2dWinograd b)
 {
     if (b.blocked.padded) {
         conv2d_blocked_pad(xpad, inp, N, b.blocked);
     }
-    winograd_transform_weights(u, weight, 0, b.forward);
-    memset(bpack, 0, sizeof(real) * b.forward.MV * VL);
-    if (bias != NULL) {
-        memcpy(bpack, bias, sizeof(real) * b.forward.M);
+    if (prepare) {
+        winograd_transform_weights(u, weight, 0, b.forward);
+        memset(bpack, 0, sizeof(real) * b.forward.MV * VL);
+        if (bias != NULL) {
+            memcpy(bpack, bias, sizeof(real) * b.forward.M);
+        }
     }
     winograd_correlation(out, inp, u, bias != NULL ? bpack : NULL, wino, N, b.forward);
 }
