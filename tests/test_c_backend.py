@@ -19,8 +19,8 @@ import cnnc
 from cnnc.backends import c_build
 from cnnc.backends.c_backend import CModel, compile_networks
 from cnnc.backends import c_codegen
-from cnnc.backends.c_codegen import (VECTOR_BYTES, BlockedConv, BlockedConvPlan, WinogradConvPlan, choose_kernel,
-                                     depthwise_plane, generate, plan_network, winograd_fits)
+from cnnc.backends.c_codegen import (VECTOR_BYTES, BlockedConv, BlockedConvPlan, GroupedConvPlan, WinogradConvPlan,
+                                     choose_kernel, depthwise_plane, generate, plan_network, winograd_fits)
 from cnnc.backends.c_optim import FusedAdam, FusedSGD
 from cnnc.backends.numpy_backend import NumpyModel
 from cnnc.cli import main
@@ -140,6 +140,18 @@ CASES = {
     # padding out of proportion to the input: the direct loops (blocked: no padded copies), depthwise per group
     "direct_huge_padding_dilation": "input x[2, 8, 8]\nconv2d c(filters=4, kernel=3, dilation=40, padding=40, activation=relu)",
     "grouped_huge_padding_depthwise": "input x[4, 6, 6]\nconv2d c(filters=8, kernel=3, groups=4, dilation=30, padding=31)",
+    # depthwise (kernels/conv_grouped.h's phase planes): stride 2 on odd and even extents (four phase planes
+    # of different sizes), two filters per channel in several filter blocks, strides that leave input rows
+    # and columns unread (their gradient 0), dilation with a stride, 1-D, and a net of them (several batch
+    # slices' scratch)
+    "depthwise_s2_odd": "input x[12, 9, 8]\nconv2d c(filters=12, kernel=3, stride=2, padding=1, groups=12, bias=false)",
+    "depthwise_multiplier_blocks": "input x[24, 7, 7]\nconv2d c(filters=48, kernel=3, padding=1, groups=24)",
+    "depthwise_s3_unread": "input x[4, 10, 11]\nconv2d c(filters=4, kernel=2, stride=3, groups=4)",
+    "depthwise_conv1d_s2": "input x[6, 29]\nconv1d c(filters=6, kernel=5, stride=2, padding=2, groups=6)",
+    "depthwise_net": "input x[8, 10, 10]\nconv2d c1(filters=8, kernel=3, padding=1, groups=8)\n"
+                     "conv2d c2(filters=16, kernel=3, stride=2, padding=1, groups=8, activation=relu)\n"
+                     "conv2d c3(filters=16, kernel=(3,5), stride=(2,3), padding=(0,2), dilation=(1,2), groups=16)\n"
+                     "global_avgpool\ndense out(units=4)\nloss cross_entropy",
     # Winograd F(2x2, 3x3) (kernels/winograd.h): 3x3, stride 1, >= 16 channels in and out, planes >= 7x7.
     # Whole tiles (8x8), odd planes (9x9, 9x8: a last row of tiles half outside), filters and channels that
     # are not whole vectors (17, 20, 24 in float32), no padding, padding 2 (the input gradient's own padding
@@ -661,6 +673,32 @@ def test_pointwise_convolutions_give_identical_results_on_one_and_two_threads(ca
                                "out.bias"})
 
 
+DEPTHWISE_CASES = [case for case in CASES if case.startswith("depthwise")]
+
+
+def test_depthwise_cases_run_the_phase_plane_kernels():
+    for case in DEPTHWISE_CASES:
+        for lp in plan_network(case_network(case), "", "float32").layers:
+            if lp.layer.kind.startswith("conv"):
+                assert isinstance(lp, GroupedConvPlan) and lp.scratch != "NULL", (case, lp.layer.name)
+                assert lp.writes_whole_input_grad  # the depthwise backward writes dinp: no zeroing first
+
+
+@pytest.mark.parametrize("case", DEPTHWISE_CASES)
+def test_depthwise_convolutions_match_finite_differences(bundles, case):
+    errors = gradcheck(bundles["float64"].model(case), batch=2)
+    assert "input" in errors and any(name.endswith(".weight") for name in errors)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_depthwise_convolutions_give_identical_results_on_one_and_two_threads(cache_dir, tmp_path):
+    """A training step of depthwise_net at batch 64 (two slices, each with its own planes and per-tap sums):
+    the same bits on one thread and on two."""
+    results = training_step_on_one_and_two_threads("depthwise_net", cache_dir, tmp_path)
+    assert_same_bits(results, {"y", "dx", "c1.weight", "c1.bias", "c2.weight", "c2.bias", "c3.weight", "c3.bias",
+                               "out.weight", "out.bias"})
+
+
 WINOGRAD_CASES = [case for case in CASES if case.startswith("winograd")]
 
 
@@ -869,7 +907,7 @@ def test_check_reports_the_c_backends_memory_with_its_scratch_and_the_model_allo
 def test_a_buffer_past_2_to_the_31_elements_per_sample_is_refused_by_the_planner_and_reported_by_check(tmp_path, capsys):
     """Indices inside one sample's tensor are int in the kernels (those involving the batch are 64-bit): a
     layer whose scratch would need 2^31 elements or more is a clear error, not an overflow. Here the
-    depthwise kernel's three padded planes of a 1.8e9-value input (which the front end accepts: under 2^31)."""
+    depthwise kernel's phase planes of a 1.8e9-value input (which the front end accepts: under 2^31)."""
     spec = tmp_path / "big.cnn"
     spec.write_text("model big {\n  input x[2, 30000, 30000]\n  conv2d c(filters=2, kernel=3, groups=2, padding=1)\n}\n")
     with pytest.raises(cnnc.CnncError, match="more than it indexes"):

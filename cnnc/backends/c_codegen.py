@@ -72,6 +72,8 @@ BLOCKED_MIN_WIDTH = 4
 # where the windows reach over more than this many times the input's area, the direct loops, which skip
 # taps in the padding and copy nothing, are chosen: a huge padding or dilation must not cost memory.
 BLOCKED_MAX_PADDED_GROWTH = 4
+# kernels/conv_grouped.h's DEPTHWISE_ROUND: the depthwise backward's product rows are whole multiples of it.
+DEPTHWISE_ROUND = 16
 # A blocked dense layer needs this many inputs (a vector's worth, in float32).
 BLOCKED_MIN_INPUTS = 16
 # Register budget of one tile: at most this many vector accumulators (MAX_TILE in kernels/vector.h).
@@ -600,12 +602,16 @@ class GroupedConvPlan(ParamLayerPlan):
     """A grouped or depthwise convolution (groups > 1), kernels/conv_grouped.h: conv.h's loops per group, or
     for a depthwise one (one channel per group) the padded-plane loops over `scratch`."""
 
-    scratch: str = "NULL"  # depthwise: the padded plane, the spread output gradient and the padded input gradient
+    scratch: str = "NULL"  # depthwise: the phase planes of the input and its gradient, the spread output gradient, the per-tap sums
     header: ClassVar[str] = "conv_grouped.h"
     struct: ClassVar[str] = "Conv2dGrouped"
 
     def geometry(self):
         return [("conv", conv_geometry(self.layer)), ("G", self.layer.groups)]
+
+    @property
+    def writes_whole_input_grad(self) -> bool:  # type: ignore[override]
+        return self.scratch != "NULL"  # the depthwise backward writes (=) dinp; conv.h's loops per group add
 
     def forward(self, target, weights: str | None = None, prepare: str = "a.prepare"):
         weights = weights or self.param_args('p')
@@ -630,6 +636,22 @@ def depthwise_plane(layer: Layer) -> tuple[int, int] | None:
     H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
     plane = (OH - 1) * SH + (KH - 1) * DH + 1, (OW - 1) * SW + (KW - 1) * DW + 1
     return plane if plane[0] * plane[1] <= BLOCKED_MAX_PADDED_GROWTH * H * W else None
+
+
+def depthwise_scratch(layer: Layer) -> int:
+    """The reals of scratch kernels/conv_grouped.h's depthwise kernels use (depthwise_scratch_reals there): the
+    padded plane split by the strides into SH * SW phase planes of HQ x WQ, twice (the input and its gradient),
+    one more plane and a margin for the spread output gradient, and one row of flat positions per tap for each
+    filter of a block."""
+    H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW = geometry_2d(layer)
+    HP, WP = depthwise_plane(layer)
+    HQ, WQ = -(-HP // SH), -(-WP // SW)
+    margin = (KH - 1) * DH // SH * WQ + (KW - 1) * DW // SW
+    flat = -(-((OH - 1) * WQ + OW) // DEPTHWISE_ROUND) * DEPTHWISE_ROUND  # rounded up to whole vectors
+    per_channel = layer.out_shape[0] // layer.groups  # filters per channel
+    channels = max(4096 // (KH * KW * flat * per_channel), 1)  # a block of whole channels' filters (16 KiB)
+    block = channels * per_channel if channels < layer.groups else layer.out_shape[0]
+    return 2 * SH * SW * HQ * WQ + 2 * DEPTHWISE_ROUND + margin + HQ * WQ + block * KH * KW * flat
 
 
 @dataclass(eq=False, repr=False)
@@ -692,8 +714,8 @@ class BatchNormPlan(ParamLayerPlan):
 
     def backward(self, dinp, dout):
         if self.act:
-            lines = [f"batchnorm_act_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, {self.out}, {self.mean}, "
-                     f"{self.invstd}, p.{self.weight}, N, train, {self.act_constant}, {self.K});"]
+            lines = [f"batchnorm_act_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, {self.mean}, "
+                     f"{self.invstd}, {self.param_args('p')}, N, train, {self.act_constant}, {self.K});"]
         else:
             lines = [f"batchnorm_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, {self.mean}, {self.invstd}, "
                      f"p.{self.weight}, N, train, {self.K});"]
@@ -836,6 +858,7 @@ class AvgPoolPlan(PoolPlan):
 class GlobalAvgPoolPlan(LayerPlan):
     header: ClassVar[str] = "pool.h"
     struct: ClassVar[str] = "GlobalAvgPool"
+    writes_whole_input_grad: ClassVar[bool] = True
 
     def geometry(self):
         return global_avgpool_geometry(self.layer)
@@ -1324,8 +1347,9 @@ class _Planner:
                 return BlockedDensePlan(**common, vl=self.vl) if choice == "blocked" else DensePlan(**common)
             if choice == "grouped":
                 plane = depthwise_plane(layer)
-                scratch = (self.buffer(f"{sym}_planes", (3, *plane), f"'{layer.name}' padded planes (depthwise)",
-                                       fixed=True) if plane else "NULL")
+                scratch = (self.buffer(f"{sym}_planes", (depthwise_scratch(layer),),
+                                       f"'{layer.name}' padded planes and per-tap sums (depthwise)", fixed=True)
+                           if plane else "NULL")
                 return GroupedConvPlan(**common, scratch=scratch)
             if choice != "blocked":
                 return ConvPlan(**common)

@@ -33,6 +33,21 @@
 #define CNNC_SIMD_SUM
 #endif
 
+// Hint (GCC and clang; nothing elsewhere) that the `count` reals from p will be read soon: for a kernel that
+// jumps between rows of far-apart pages, where the hardware prefetchers lose track.
+static inline void prefetch_reals(const real* p, int count)
+{
+#if defined(__GNUC__)
+    for (int i = 0; i < count; i += 64 / (int)sizeof(real)) {
+        __builtin_prefetch(p + i);
+    }
+    __builtin_prefetch(p + count - 1);
+#else
+    (void)p;
+    (void)count;
+#endif
+}
+
 // The output positions o in [begin, end) whose input position o*stride + offset lies in [0, size),
 // clipped to [0, count): the outputs for which a kernel tap lands inside the input, not in the padding.
 typedef struct {

@@ -297,7 +297,7 @@ CNNC_KERNEL void global_avgpool_forward(real* restrict out, const real* restrict
     }
 }
 
-// dout is (N, C); accumulates (+=) dinp (N, C, HW): each position gets 1/HW of its channel's gradient.
+// dout is (N, C); writes (=) dinp (N, C, HW): each position gets 1/HW of its channel's gradient.
 CNNC_KERNEL void global_avgpool_backward(real* restrict dinp, const real* restrict dout, int64_t N, GlobalAvgPool g)
 {
     for (int64_t n = 0; n < N; n++) {
@@ -305,7 +305,7 @@ CNNC_KERNEL void global_avgpool_backward(real* restrict dinp, const real* restri
             real* dinp_nc = dinp + (n * g.C + c) * g.HW;
             real share = dout[n * g.C + c] / g.HW;
             for (int i = 0; i < g.HW; i++) {
-                dinp_nc[i] += share;
+                dinp_nc[i] = share;
             }
         }
     }
