@@ -9,7 +9,8 @@ runs in its own subprocess (bench/worker.py) with OMP_NUM_THREADS, OPENBLAS_NUM_
 MKL_NUM_THREADS set (and torch.set_num_threads in PyTorch's), so thread pools and allocator state never
 leak between measurements. PyTorch's subprocess runs with MALLOC_MMAP_THRESHOLD_ and
 MALLOC_TRIM_THRESHOLD_ raised (glibc then keeps freed buffers instead of returning them to the kernel, so
-PyTorch's per-step allocations stop page-faulting): PyTorch is compared at its best.
+PyTorch's per-step allocations stop page-faulting), and with THP_MEM_ALLOC_ENABLE=1 (huge pages for its
+large tensors, as cnnc's activation blocks have): PyTorch is compared at its best.
 A float32 GEMM rate (NumPy sgemm, 2048^3) is measured in the same kind of subprocess for each thread
 count, and achieved GFLOP/s are reported as a fraction of it. With the C backend present, it also times a
 cold `cnnc compile` (empty CNNC_CACHE_DIR) and a cached `cnnc.load` in a fresh process.
@@ -50,7 +51,10 @@ BACKENDS = ("c", "numpy", "torch")
 # glibc: serve blocks up to 1 GiB from the heap instead of fresh mmaps, and never give freed heap memory
 # back to the kernel, so a training step reuses already-faulted pages (checked: glibc 2.36 honours values
 # this large when they come from the environment). See docs/performance.md.
-TORCH_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+# PyTorch's own switch for huge pages (c10's alloc_cpu advises MADV_HUGEPAGE on blocks of 2 MiB and more): cnnc's
+# C backend advises them for its activation blocks, so PyTorch gets the same.
+TORCH_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
+                    "THP_MEM_ALLOC_ENABLE": "1"}
 OPENBLAS_TUNING_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 TIMING = {  # see worker.time_calls
     "full": {"warmup_s": 0.5, "warmup_calls": 3, "repeats": 30, "min_sample_s": 0.005, "max_s": 8.0},
