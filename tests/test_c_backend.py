@@ -313,6 +313,30 @@ def test_batch_sizes_one_odd_and_large_reuse_one_growing_block(bundles):
     assert c.activation_bytes == (c.plan.fixed_count + 513 * c.plan.act_count + slack) * 8 + 513 * c.plan.argmax_count * 4
 
 
+def test_a_batch_the_system_has_no_memory_for_is_refused_with_its_size_and_the_model_still_works(bundles, monkeypatch):
+    """The activation block is an anonymous mapping: when the system refuses it (ENOMEM), the error names the
+    batch and the memory it needs, and the block the model had stays in use."""
+    import mmap
+
+    from cnnc.diagnostics import CnncError
+
+    network = case_network("net_2d")
+    c, ref = c_and_numpy_models(bundles, network, "float64", 5)
+    x = np.random.default_rng(5).normal(size=(3, *network.input_shape))
+    y = c.forward(x)
+
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mmap, "mmap", refuse)
+        with pytest.raises(CnncError, match=r"a batch of 1,000 needs [0-9.]+ [KMGT]B of activation memory .* use a smaller batch"):
+            c.forward(np.zeros((1000, *network.input_shape)))
+    assert c._capacity == 3
+    np.testing.assert_array_equal(c.forward(x), y)
+    np.testing.assert_allclose(y, ref.forward(x), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_inference_short_path_matches_the_checked_path_and_returns_fresh_arrays(bundles, dtype):
     """forward on a C-contiguous array of the model's dtype skips conversions; anything else is converted

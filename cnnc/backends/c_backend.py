@@ -32,7 +32,7 @@ import numpy as np
 
 from .._version import __version__
 from ..diagnostics import CnncError
-from ..fileio import atomic_write_bytes, atomic_write_text, check_distinct
+from ..fileio import atomic_write_bytes, atomic_write_text, available_memory, check_distinct, human_size
 from ..frontend import read_network, read_source, select
 from ..ir import Network
 from ..model import DTYPES, Model, check_dtype
@@ -194,8 +194,14 @@ class CModel(Model):
         if n <= self._capacity:
             return
         # the fixed buffers, n samples' buffers, and slack (see _act_reals)
-        self._acts = self._anonymous_block("real", self._act_reals(n), self.dtype.itemsize)
-        self._argmax = self._anonymous_block("int32_t", max(n * self.plan.argmax_count, 1), 4)
+        try:
+            self._acts = self._anonymous_block("real", self._act_reals(n), self.dtype.itemsize)
+            self._argmax = self._anonymous_block("int32_t", max(n * self.plan.argmax_count, 1), 4)
+        except (OSError, MemoryError):  # the system refused the mapping (ENOMEM)
+            need = self._act_reals(n) * self.dtype.itemsize + n * self.plan.argmax_count * 4
+            raise CnncError(f"model '{self.network.name}': a batch of {n:,} needs {human_size(need)} of activation "
+                            f"memory in the C backend, more than the system gives ({human_size(available_memory())} "
+                            f"available); use a smaller batch") from None
         if self.plan.prepared:  # no slice of the new block holds prepared weights yet
             getattr(self._lib, f"{self.plan.P}model_forget_weights")(self._acts)
         self._capacity = n
