@@ -726,6 +726,50 @@ def test_depthwise_convolutions_give_identical_results_on_one_and_two_threads(ca
 WINOGRAD_CASES = [case for case in CASES if case.startswith("winograd")]
 
 
+def test_the_planner_sizes_depthwise_and_winograd_scratch_as_the_kernels_count_it(tmp_path):
+    """The planner allocates a depthwise layer's and a Winograd layer's scratch from its own formulas
+    (depthwise_scratch, winograd_scratch); the kernels index it by theirs (depthwise_scratch_reals,
+    winograd_scratch_size). They must agree, or a kernel writes past its buffer into the next one: compiled
+    and compared for every such layer of the cases and shipped specs, in both dtypes."""
+    networks = [case_network(name) for name in CASES]
+    networks += [n for path in sorted(SPECS.glob("*.cnn")) for n in cnnc.networks_from_file(path)]
+    for dtype, ctype in (("float32", "float"), ("float64", "double")):
+        plans = [plan_network(n, "", dtype) for n in networks]
+        checked, lines, expected = [], [], []
+        for k, plan in enumerate(plans):
+            sizes = {b.field: b.elements for b in plan.acts}
+            for lp in plan.layers:
+                if isinstance(lp, GroupedConvPlan) and lp.scratch != "NULL":
+                    call = "depthwise_scratch_reals({})"
+                elif isinstance(lp, WinogradConvPlan):
+                    call = "(winograd_scratch_size({0}.forward) > winograd_scratch_size({0}.input_grad) ? " \
+                           "winograd_scratch_size({0}.forward) : winograd_scratch_size({0}.input_grad))"
+                else:
+                    continue
+                name = f"G{len(checked)}"
+                scratch = lp.scratch if isinstance(lp, GroupedConvPlan) else lp.wino
+                lines.append(f"static const {lp.struct} {name} = {c_codegen.c_initializer(lp.geometry())};")
+                expected.append(sizes[scratch.removeprefix("a.")])
+                checked.append(call.format(name))
+        assert len(checked) >= 15  # every depthwise and Winograd case, and the shipped MobileNet and ResNet
+        headers = dict(generate(networks[:1], dtype).headers) | {f"kernels/{name}": text for name, text in
+                                                                  c_codegen.kernel_headers().items()}
+        for name, text in headers.items():
+            (tmp_path / name).parent.mkdir(exist_ok=True)
+            (tmp_path / name).write_text(text)
+        program = tmp_path / f"sizes_{dtype}.c"
+        program.write_text("\n".join([f"typedef {ctype} real;", "#define CNNC_KERNEL static inline",
+                                      '#include "kernels/conv_grouped.h"', '#include "kernels/winograd.h"',
+                                      "#include <stdio.h>", *lines, "int main(void)", "{",
+                                      *[f'    printf("%lld\\n", (long long)({c}));' for c in checked],
+                                      "    return 0;", "}", ""]))
+        binary = tmp_path / f"sizes_{dtype}"
+        subprocess.run(["gcc", "-O0", "-o", str(binary), str(program), "-lm"], check=True, capture_output=True)
+        counted = [int(v) for v in subprocess.run([str(binary)], check=True, capture_output=True,
+                                                  text=True).stdout.split()]
+        assert counted == expected, dtype
+
+
 def test_winograd_is_chosen_for_3x3_stride_1_with_enough_channels_and_only_there(monkeypatch):
     for case in WINOGRAD_CASES:
         plan = plan_network(case_network(case), "", "float32")
