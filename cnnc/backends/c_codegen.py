@@ -78,7 +78,7 @@ DEPTHWISE_ROUND = 16
 BLOCKED_MIN_INPUTS = 16
 # Register budget of one tile: at most this many vector accumulators (MAX_TILE in kernels/vector.h).
 MAX_TILE = 16
-# Winograd F(2x2, 3x3) (kernels/winograd.h) for the forward pass and input gradient of a blocked 3x3
+# Winograd F(2x2, 3x3) (kernels/winograd.h) for the forward pass and both gradients of a blocked 3x3
 # convolution of stride 1 with at least this many channels in and out and planes of at least this many rows
 # and columns. CNNC_WINOGRAD=0 in the environment (read at import) or WINOGRAD = False turns it off (A/B runs).
 # Measured at ResNet-8's shapes (batch 64, one thread, calls alternating in one process): 16 channels at
@@ -91,6 +91,11 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_PLANE = 7
 # Accumulators of one Winograd GEMM tile (the size of winograd_gemm_tile's array).
 WINOGRAD_TILE = 24
+
+
+def round_up(count: int, multiple: int) -> int:
+    """count rounded up to a whole number of multiples (whole vectors, with multiple = VL)."""
+    return -(-count // multiple) * multiple
 
 
 def kernel_family(layer: Layer) -> str | None:
@@ -139,7 +144,7 @@ def codegen_switches() -> dict[str, bool]:
 
 
 def winograd_fits(layer: Layer) -> bool:
-    """Whether a convolution that choose_kernel made "blocked" runs its forward pass and input gradient by
+    """Whether a convolution that choose_kernel made "blocked" runs its forward pass and gradients by
     Winograd F(2x2, 3x3) (kernels/winograd.h): 3x3, stride 1, dilation 1, one group, padding 0-2 on every
     side, WINOGRAD_MIN_CHANNELS in and out and both planes at least WINOGRAD_MIN_PLANE rows and columns."""
     if not WINOGRAD or kernel_family(layer) != "conv" or layer.groups != 1 or layer.spatial_dims != 2:
@@ -161,7 +166,7 @@ def winograd_pass(CIN: int, M: int, IH: int, IW: int, OH: int, OW: int, TOP: int
     FB = max(d for d in (1, 2, 3, 4) if MV % d == 0)
     TB = min(TH * TW, WINOGRAD_TILE // FB)
     return [("CIN", CIN), ("M", M), ("MV", MV), ("IH", IH), ("IW", IW), ("OH", OH), ("OW", OW), ("TOP", TOP),
-            ("LEFT", LEFT), ("TH", TH), ("TW", TW), ("CP", -(-CIN // vl) * vl), ("TB", TB), ("FB", FB)]
+            ("LEFT", LEFT), ("TH", TH), ("TW", TW), ("CP", round_up(CIN, vl)), ("TB", TB), ("FB", FB)]
 
 
 def winograd_scratch(p: dict, vl: int) -> int:
@@ -184,7 +189,7 @@ def column_block(width: int) -> tuple[int, int]:
 def by_columns(channels: int, width: int, vl: int) -> bool:
     """Whether a correlation with `channels` outputs on rows of `width` fills more vector lanes with
     columns than with channels."""
-    return width / (-(-width // vl) * vl) > channels / (-(-channels // vl) * vl)
+    return width / round_up(width, vl) > channels / round_up(channels, vl)
 
 
 def column_tile(channels: int, rows: int) -> tuple[int, int]:
@@ -381,7 +386,7 @@ class Buffer:
 
     @property
     def size(self) -> int:
-        return -(-self.elements // self.align) * self.align
+        return round_up(self.elements, self.align)
 
     @property
     def count_expr(self) -> str:
@@ -585,15 +590,14 @@ class WinogradConvPlan(BlockedConvPlan):
                 ("input_grad", list(self.passes[1]))]
 
     def forward(self, target, weights: str | None = None, prepare: str = "a.prepare"):
-        return [f"conv2d_winograd_forward({target}, {self.inp}, {weights or self.param_args('p')}, {self.xpad}, "
-                f"{self.u}, {self.bpack}, {self.wino}, {prepare}, N, {self.K});"]
+        return [f"conv2d_winograd_forward({target}, {self.inp}, {weights or self.param_args('p')}, {self.u}, "
+                f"{self.bpack}, {self.wino}, {prepare}, N, {self.K});"]
 
     def prepared_inputs(self):
         return self.param_fields("p")
 
     def backward(self, dinp, dout):
-        x = self.xpad if self.xpad != "NULL" else self.inp
-        return [f"conv2d_winograd_backward({dinp}, {self.param_args('g')}, {dout}, {x}, p.{self.weight}, "
+        return [f"conv2d_winograd_backward({dinp}, {self.param_args('g')}, {dout}, {self.inp}, p.{self.weight}, "
                 f"{self.u}, {self.wino}, N, {self.K});"]
 
 
@@ -1276,12 +1280,12 @@ class _Planner:
         title = (f"model '{n.name}': {n.input_name} {shape_text(n.input_shape)} -> {shape_text(n.output_shape)}, "
                  f"{len(n.layers)} layers, {params:,} parameters")
         slice_fixed = sum(b.size for b in self.fixed)
-        grad_stride = -(-self.param_offset // self.vl) * self.vl
+        grad_stride = round_up(self.param_offset, self.vl)
         slices = batch_slices(self.param_offset, VECTOR_BYTES // self.vl)
         fixed_count = slices * slice_fixed + (slices - 1) * grad_stride
         prepared = self.prepared_inputs(layers)
-        prepared_flags = -(-slices // self.vl) * self.vl if prepared else 0
-        copy = -(-sum(count for _, count in prepared) // self.vl) * self.vl  # whole vectors: what follows is aligned
+        prepared_flags = round_up(slices, self.vl) if prepared else 0
+        copy = round_up(sum(count for _, count in prepared), self.vl)  # whole vectors: what follows is aligned
         prepared_offset, fixed_count = fixed_count, fixed_count + prepared_flags + copy
         network_work = min(sum(work(lp.layer) for lp in layers if kernel_family(lp.layer) and not lp.is_view), MAX_INT32)
         return NetworkPlan(n, self.P, self.K, title, layers, self.params, self.param_offset,

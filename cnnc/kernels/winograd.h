@@ -1,4 +1,4 @@
-// winograd.h: the stride-1 3x3 convolution's forward pass and input gradient by Winograd's minimal filtering
+// winograd.h: the stride-1 3x3 convolution's forward pass and both gradients by Winograd's minimal filtering
 // F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). Each 2x2 block of
 // outputs (a tile) comes from the 4x4 inputs under it:
 //   Y = A^T [ sum over c of (G g_c G^T) (.) (B^T d_c B) ] A        (.) elementwise, 16 products, not 36
@@ -10,7 +10,7 @@
 // stride-1 convolution is the same correlation over the zero-padded output gradient, with each kernel turned
 // 180 degrees and the channels exchanged: one kernel (winograd_correlation) serves both. The weight gradient
 // is Winograd's too (winograd_weight_grad: 16 GEMMs per sample reducing over the tiles), over the forward
-// pass's tiles of the input (cnnc's planner keeps no padded copy: every pass pads in its tile plane).
+// pass's tiles of the input (no padded copy of the input is kept: every pass pads in its tile plane).
 // Chosen by cnnc's planner (c_codegen.winograd_fits) for 3x3 kernels, stride 1, dilation 1, padding 0-2.
 #ifndef CNNC_KERNELS_WINOGRAD_H
 #define CNNC_KERNELS_WINOGRAD_H
@@ -480,18 +480,14 @@ CNNC_KERNEL void winograd_weight_grad(real* restrict dweight, const real* restri
 }
 
 // inp is (N, C, H, W), weight (F, C, 3, 3), bias (F) or NULL -> out (N, F, OH, OW), as conv2d_forward.
-// Scratch: xpad (the padded input the weight gradient reads, when b.blocked.padded), u (16, C, FV * VL) the
-// transformed weights, bpack the bias padded to whole vectors, wino (winograd_scratch_size). prepare:
+// Scratch: u (16, C, FV * VL) the transformed weights, bpack the bias padded to whole vectors, wino
+// (winograd_scratch_size; the tile plane holds the padding, so no padded copy of inp is made). prepare:
 // transform weight and pad bias first; 0 when u and bpack already hold them (an inference pass whose weights
 // are unchanged).
 CNNC_KERNEL void conv2d_winograd_forward(real* restrict out, const real* restrict inp, const real* restrict weight,
-                                         const real* restrict bias, real* restrict xpad, real* restrict u,
-                                         real* restrict bpack, real* restrict wino, int prepare, int64_t N,
-                                         Conv2dWinograd b)
+                                         const real* restrict bias, real* restrict u, real* restrict bpack,
+                                         real* restrict wino, int prepare, int64_t N, Conv2dWinograd b)
 {
-    if (b.blocked.padded) {
-        conv2d_blocked_pad(xpad, inp, N, b.blocked);
-    }
     if (prepare) {
         winograd_transform_weights(u, weight, 0, b.forward);
         memset(bpack, 0, sizeof(real) * b.forward.MV * VL);
@@ -502,8 +498,7 @@ CNNC_KERNEL void conv2d_winograd_forward(real* restrict out, const real* restric
     winograd_correlation(out, inp, u, bias != NULL ? bpack : NULL, wino, N, b.forward);
 }
 
-// dout is (N, F, OH, OW), x the input as forward read it (xpad if b.blocked.padded, else inp), weight (F, C,
-// 3, 3); accumulates (+=) dweight and dbias (F, or NULL), both by Winograd (winograd_weight_grad), and writes
+// dout is (N, F, OH, OW), x the input (N, C, H, W) forward read, weight (F, C, 3, 3); accumulates (+=) dweight and dbias (F, or NULL), both by Winograd (winograd_weight_grad), and writes
 // (=) the input gradient unless dinp is NULL, by Winograd over the padded output gradient:
 //   dinp[n][c][h][w] = sum over f, p, q of weight[f][c][2 - p][2 - q] * dout[n][f][h - (2 - PH) + p][w - (2 - PW) + q]
 // Scratch: u (16, max(C * FV, F * CV) * VL): the weight gradient's sums, then the turned weights; wino.
@@ -516,14 +511,7 @@ CNNC_KERNEL void conv2d_winograd_backward(real* restrict dinp, real* restrict dw
     if (dbias != NULL) {
         bias_grad(dbias, dout, N, g.F, g.OH * g.OW);  // dbias[f] += sum over n, oh, ow of dout[n][f][oh][ow]
     }
-    WinogradPass over_x = b.forward;  // the forward pass's tiles, over the input as forward kept it
-    if (b.blocked.padded) {           // xpad holds the padding already: the whole padded plane at (0, 0)
-        over_x.IH = b.blocked.HP;
-        over_x.IW = b.blocked.WP;
-        over_x.TOP = 0;
-        over_x.LEFT = 0;
-    }
-    winograd_weight_grad(dweight, dout, x, u, wino, N, over_x);
+    winograd_weight_grad(dweight, dout, x, u, wino, N, b.forward);  // over the forward pass's tiles
     if (dinp != NULL) {
         winograd_transform_weights(u, weight, 1, b.input_grad);
         winograd_correlation(dinp, dout, u, NULL, wino, N, b.input_grad);
